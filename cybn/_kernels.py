@@ -1,0 +1,87 @@
+"""Picks the compiled kernel variant for this CPU and re-exports its functions.
+
+setup.py compiles ``_kernels_impl.pxi`` once per instruction set (``baseline`` for any
+x86-64, ``avx2``, ``avx512``). At import the widest variant the CPU supports is chosen
+from NumPy's CPU feature detection. ``CYBN_ISA=baseline|avx2|avx512`` forces one (an
+unsupported or missing choice raises ImportError). Every variant gives bitwise identical
+results; only speed differs.
+"""
+
+import importlib
+import os
+
+# The CPU features each variant needs, as NumPy names them.
+REQUIRED_FEATURES = {
+    "avx512": ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL", "AVX2", "FMA3"),
+    "avx2": ("AVX2", "FMA3", "F16C", "BMI2"),
+    "baseline": (),
+}
+PREFERENCE = ("avx512", "avx2", "baseline")
+
+
+def cpu_features():
+    """NumPy's runtime CPU feature table (empty when this NumPy does not expose it)."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return dict(importlib.import_module(module).__cpu_features__)
+        except (ImportError, AttributeError):
+            continue
+    return {}
+
+
+def supported(isa, features=None):
+    """True when the CPU has every feature the ``isa`` variant was compiled for."""
+    features = cpu_features() if features is None else features
+    return all(features.get(name, False) for name in REQUIRED_FEATURES[isa])
+
+
+def available_variants():
+    """Variants that are both built and runnable on this CPU, widest first."""
+    found = []
+    for isa in PREFERENCE:
+        if not supported(isa):
+            continue
+        try:
+            importlib.import_module(f"cybn._kernels_{isa}")
+        except ImportError:
+            continue
+        found.append(isa)
+    return found
+
+
+def load_variant(isa):
+    """Import one variant module by name."""
+    if isa not in REQUIRED_FEATURES:
+        raise ImportError(f"CYBN_ISA must be one of {', '.join(PREFERENCE)}, got {isa!r}")
+    if not supported(isa):
+        raise ImportError(f"this CPU lacks the features of cybn's {isa!r} kernels")
+    return importlib.import_module(f"cybn._kernels_{isa}")
+
+
+def select_variant():
+    forced = os.environ.get("CYBN_ISA", "").strip().lower()
+    if forced:
+        return load_variant(forced)
+    variants = available_variants()
+    if not variants:
+        raise ImportError("no compiled cybn kernels found: build the package first "
+                          "(pip install .)")
+    return importlib.import_module(f"cybn._kernels_{variants[0]}")
+
+
+_impl = select_variant()
+
+ISA = _impl.ISA
+OPENMP_ENABLED = _impl.OPENMP_ENABLED
+PLANE_BLOCK_SIZE = _impl.PLANE_BLOCK_SIZE
+plane_moments = _impl.plane_moments
+plane_affine = _impl.plane_affine
+plane_train_forward = _impl.plane_train_forward
+plane_backward = _impl.plane_backward
+row_moments = _impl.row_moments
+row_affine = _impl.row_affine
+row_grad_sums = _impl.row_grad_sums
+row_grad_apply = _impl.row_grad_apply
+grad_coefficients_array = _impl.grad_coefficients_array
+train_coefficients_array = _impl.train_coefficients_array
+parallel_copy = _impl.parallel_copy

@@ -1,0 +1,583 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# cybn's compiled kernels. Included by each instruction-set variant (_kernels_<isa>.pyx).
+#
+# Every layout reaches these kernels as a C-contiguous view (outer, C, inner) of the input,
+# in one of two families:
+#
+#   plane family  x[outer, C, inner], inner large (channels-first: N, C, H*W). Channel c's
+#                 data is `outer` contiguous runs ("planes") of `inner` elements. Reductions
+#                 cut each plane into blocks of PLANE_BLOCK elements.
+#   row family    x[rows, L], L = k * C * inner with inner small (channels-last: inner == 1).
+#                 Column j holds channel (j // inner) % C. Reductions cut the rows into
+#                 blocks of `rows_per_block` rows and vectorize across the columns.
+#
+# Determinism: block bounds depend on the shape only, never on the thread count, and block
+# results are merged per channel in one fixed order (plane family: outer index, then block;
+# row family: block, then column). Which thread computes a block does not change its bits,
+# so any thread count gives bitwise identical results. Setup compiles with
+# -ffp-contract=off, so every instruction-set variant gives the same bits too.
+#
+# Arithmetic: data may be float32 or float64 (`floating`); all per-channel values and all
+# accumulators are double, and per-element arithmetic runs in double as well, so float32
+# data far from zero (mean >> std) keeps full accuracy. Block statistics are two-pass
+# (mean, then sum of squared deviations) over a cache-resident block; blocks are merged with
+# Chan's pairwise formula.
+#
+# Arguments are marked IN (read), OUT (written) or SCRATCH (caller-allocated work space).
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from cybn._openmp cimport CYBN_OPENMP_ENABLED
+
+OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
+
+cdef enum:
+    LANES = 16            # independent accumulators in a block reduction (vectorizable)
+    PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
+
+PLANE_BLOCK_SIZE = PLANE_BLOCK
+
+
+# ---------------------------------------------------------------------------------------
+# Inline helpers: one block, one channel, no Python objects.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void block_moments(const floating* p, Py_ssize_t n,
+                               double* mean, double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of p[0:n] (n >= 1), two passes, in double."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef double s = 0.0, m, d
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            acc[j] += <double>p[i * LANES + j]
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        s += <double>p[i]
+    m = s / <double>n
+
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            d = <double>p[i * LANES + j] - m
+            acc[j] += d * d
+    s = 0.0
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        d = <double>p[i] - m
+        s += d * d
+    mean[0] = m
+    m2[0] = s
+
+
+cdef inline void merge_moments(double* count, double* mean, double* m2,
+                               double count_b, double mean_b, double m2_b) noexcept nogil:
+    """Fold block statistics (count_b, mean_b, m2_b) into (count, mean, m2): Chan et al."""
+    cdef double total = count[0] + count_b
+    cdef double delta = mean_b - mean[0]
+    if count_b == 0.0:
+        return
+    mean[0] = mean[0] + delta * (count_b / total)
+    m2[0] = m2[0] + m2_b + delta * delta * (count[0] * count_b / total)
+    count[0] = total
+
+
+cdef inline void block_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                                 double mean, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """sum(dy) and sum(dy * (x - mean)) over one block, in double."""
+    cdef double acc_a[LANES]
+    cdef double acc_b[LANES]
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef double g, a = 0.0, b = 0.0
+    for j in range(LANES):
+        acc_a[j] = 0.0
+        acc_b[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            g = <double>dy[i * LANES + j]
+            acc_a[j] += g
+            acc_b[j] += g * (<double>x[i * LANES + j] - mean)
+    for j in range(LANES):
+        a += acc_a[j]
+        b += acc_b[j]
+    for i in range(nfull, n):
+        g = <double>dy[i]
+        a += g
+        b += g * (<double>x[i] - mean)
+    sum_dy[0] = a
+    sum_dy_xmu[0] = b
+
+
+cdef inline void block_affine(const floating* x, floating* y, Py_ssize_t n,
+                              double shift, double scale, double offset) noexcept nogil:
+    """y = (x - shift) * scale + offset over one block."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = <floating>((<double>x[i] - shift) * scale + offset)
+
+
+cdef inline void block_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                  Py_ssize_t n, double mean, double k1, double k2,
+                                  double k3) noexcept nogil:
+    """dx = k1 * dy + k2 * (x - mean) + k3 over one block."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = <floating>(k1 * <double>dy[i] + k2 * (<double>x[i] - mean) + k3)
+
+
+cdef inline void train_coefficients(double count, double m2, double eps, double weight,
+                                    double* var, double* invstd, double* scale) noexcept nogil:
+    """Biased variance, 1 / sqrt(var + eps) and the scale weight * invstd of one channel."""
+    var[0] = m2 / count
+    invstd[0] = 1.0 / sqrt(var[0] + eps)
+    scale[0] = weight * invstd[0]
+
+
+cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xmu,
+                                   double invstd, double weight, bint training,
+                                   double* k1, double* k2, double* k3) noexcept nogil:
+    """Coefficients of dx = k1 * dy + k2 * (x - mean) + k3 for one channel."""
+    k1[0] = weight * invstd
+    if training:
+        k2[0] = -k1[0] * invstd * invstd * (sum_dy_xmu / count)
+        k3[0] = -k1[0] * (sum_dy / count)
+    else:
+        k2[0] = 0.0
+        k3[0] = 0.0
+
+
+cdef inline bint split_by_channel(Py_ssize_t channels, int num_threads) noexcept nogil:
+    """True when handing whole channels to threads keeps every thread busy.
+
+    Whole channels let a thread reuse a channel's data from its cache (one trip through
+    memory instead of two); with few channels the work is split into blocks instead. Both
+    schedules compute the same blocks and merge them in the same order.
+    """
+    return num_threads <= 1 or channels >= 4 * num_threads or channels % num_threads == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family: x[outer, C, inner]; channel c is the planes x[o, c, :].
+# ---------------------------------------------------------------------------------------
+
+cdef inline void plane_channel_moments(const floating* base, Py_ssize_t outer,
+                                       Py_ssize_t stride, Py_ssize_t inner,
+                                       double* mean, double* m2) noexcept nogil:
+    """Moments of one channel: planes base + o * stride, merged in (plane, block) order."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t o, q, start, length
+    cdef double count = 0.0, bmean, bm2
+    mean[0] = 0.0
+    m2[0] = 0.0
+    for o in range(outer):
+        for q in range(nblocks):
+            start = q * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            block_moments(base + o * stride + start, length, &bmean, &bm2)
+            merge_moments(&count, mean, m2, <double>length, bmean, bm2)
+
+
+cdef inline void plane_block_moments_all(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                         Py_ssize_t inner, double* mean, double* m2,
+                                         double* part_mean, double* part_m2,
+                                         int num_threads) noexcept nogil:
+    """Per-channel moments when channels are too few to split: blocks in parallel, then merge.
+
+    part_mean/part_m2 are SCRATCH of C * outer * nblocks doubles, laid out [c][o][block].
+    """
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t per_channel = outer * nblocks
+    cdef Py_ssize_t item, c, rem, o, start, length, q
+    cdef double count
+    for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
+        c = item // per_channel
+        rem = item % per_channel
+        o = rem // nblocks
+        start = (rem % nblocks) * PLANE_BLOCK
+        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        block_moments(x + (o * C + c) * inner + start, length, &part_mean[item], &part_m2[item])
+    for c in prange(C, schedule='static', num_threads=num_threads):
+        count = 0.0
+        mean[c] = 0.0
+        m2[c] = 0.0
+        for q in range(per_channel):
+            start = (q % nblocks) * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            merge_moments(&count, &mean[c], &m2[c], <double>length,
+                          part_mean[c * per_channel + q], part_m2[c * per_channel + q])
+
+
+def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
+                  double[::1] mean,                # OUT (C,)
+                  double[::1] m2,                  # OUT (C,) sum of squared deviations
+                  double[::1] part_mean,           # SCRATCH (C * outer * nblocks,)
+                  double[::1] part_m2,             # SCRATCH (C * outer * nblocks,)
+                  int num_threads):
+    """Per-channel mean and M2 of a plane-family view."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    cdef const floating* base = &x[0, 0, 0]
+    with nogil:
+        if split_by_channel(C, num_threads):
+            for c in prange(C, schedule='static', num_threads=num_threads):
+                plane_channel_moments(base + c * inner, outer, C * inner, inner, &mean[c], &m2[c])
+        else:
+            plane_block_moments_all(base, outer, C, inner, &mean[0], &m2[0],
+                                    &part_mean[0], &part_m2[0], num_threads)
+
+
+def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
+                 const double[::1] shift,          # IN  (C,)
+                 const double[::1] scale,          # IN  (C,)
+                 const double[::1] offset,         # IN  (C,)
+                 floating[:, :, ::1] y,            # OUT (outer, C, inner); may be x itself
+                 int num_threads):
+    """y = (x - shift[c]) * scale[c] + offset[c], per block in parallel."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t item, plane, c, start, length
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    with nogil:
+        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+            plane = item // nblocks
+            c = plane % C
+            start = (item % nblocks) * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            block_affine(xp + plane * inner + start, yp + plane * inner + start, length,
+                         shift[c], scale[c], offset[c])
+
+
+def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
+                        const double[::1] weight,      # IN  (C,)
+                        const double[::1] bias,        # IN  (C,)
+                        double eps,
+                        floating[:, :, ::1] y,         # OUT (outer, C, inner); may be x itself
+                        double[::1] mean,              # OUT (C,) batch mean
+                        double[::1] var,               # OUT (C,) biased batch variance
+                        double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
+                        double[::1] part_mean,         # SCRATCH (C * outer * nblocks,)
+                        double[::1] part_m2,           # SCRATCH (C * outer * nblocks,)
+                        int num_threads):
+    """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias.
+
+    With enough channels each thread takes whole channels and normalizes a channel right
+    after reducing it, while its data is still in cache.
+    """
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t stride = C * inner, c, o
+    cdef double count = <double>outer * <double>inner, m2, scale
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    if split_by_channel(C, num_threads):
+        with nogil:
+            for c in prange(C, schedule='static', num_threads=num_threads):
+                # Assigned here so that Cython makes them thread-private (they are
+                # otherwise written only through pointers).
+                m2 = 0.0
+                scale = 0.0
+                plane_channel_moments(xp + c * inner, outer, stride, inner, &mean[c], &m2)
+                train_coefficients(count, m2, eps, weight[c], &var[c], &invstd[c], &scale)
+                for o in range(outer):
+                    block_affine(xp + o * stride + c * inner, yp + o * stride + c * inner,
+                                 inner, mean[c], scale, bias[c])
+        return
+    # Few channels: reduce blocks in parallel (m2 lands in var), then normalize.
+    with nogil:
+        plane_block_moments_all(xp, outer, C, inner, &mean[0], &var[0],
+                                &part_mean[0], &part_m2[0], num_threads)
+        for c in range(C):
+            train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                               &part_mean[c])
+    plane_affine(x, mean, part_mean[:C], bias, y, num_threads)
+
+
+def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
+                   const floating[:, :, ::1] x,        # IN  (outer, C, inner)
+                   const double[::1] mean,             # IN  (C,)
+                   const double[::1] invstd,           # IN  (C,)
+                   const double[::1] weight,           # IN  (C,)
+                   bint training,
+                   floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
+                   double[::1] sum_dy,                 # OUT (C,) sum of dy
+                   double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
+                   double[::1] part_a,                 # SCRATCH (C * outer * nblocks,)
+                   double[::1] part_b,                 # SCRATCH (C * outer * nblocks,)
+                   double[:, ::1] coef,                # SCRATCH (3, C)
+                   int num_threads):
+    """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3."""
+    cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
+    cdef Py_ssize_t stride = C * inner
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t per_channel = outer * nblocks
+    cdef Py_ssize_t c, o, start, length, item, rem, q, off
+    cdef double count = <double>outer * <double>inner, a, b, k1, k2, k3
+    cdef const floating* gp = &dy[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* dp = &dx[0, 0, 0]
+    if split_by_channel(C, num_threads):
+        with nogil:
+            for c in prange(C, schedule='static', num_threads=num_threads):
+                # Assigned here so that Cython makes them thread-private.
+                a = 0.0
+                b = 0.0
+                k1 = 0.0
+                k2 = 0.0
+                k3 = 0.0
+                sum_dy[c] = 0.0
+                sum_dy_xmu[c] = 0.0
+                for o in range(outer):
+                    for q in range(nblocks):
+                        start = q * PLANE_BLOCK
+                        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+                        off = o * stride + c * inner + start
+                        block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
+                        sum_dy[c] += a
+                        sum_dy_xmu[c] += b
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &k1, &k2, &k3)
+                for o in range(outer):
+                    off = o * stride + c * inner
+                    block_grad_apply(gp + off, xp + off, dp + off, inner, mean[c], k1, k2, k3)
+        return
+    with nogil:
+        for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
+            c = item // per_channel
+            rem = item % per_channel
+            o = rem // nblocks
+            start = (rem % nblocks) * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            off = o * stride + c * inner + start
+            block_grad_sums(gp + off, xp + off, length, mean[c], &part_a[item], &part_b[item])
+        for c in range(C):
+            sum_dy[c] = 0.0
+            sum_dy_xmu[c] = 0.0
+            for q in range(per_channel):
+                sum_dy[c] += part_a[c * per_channel + q]
+                sum_dy_xmu[c] += part_b[c * per_channel + q]
+            grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                              training, &coef[0, c], &coef[1, c], &coef[2, c])
+        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+            q = item // nblocks
+            c = q % C
+            start = (item % nblocks) * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            off = q * inner + start
+            block_grad_apply(gp + off, xp + off, dp + off, length, mean[c],
+                             coef[0, c], coef[1, c], coef[2, c])
+
+
+# ---------------------------------------------------------------------------------------
+# Row family: x[rows, L]; column j belongs to channel (j // inner) % C.
+# Per-column results are folded into channels in (block, column) order.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
+                                   double* mean, double* m2) noexcept nogil:
+    """Per-column mean and M2 of rows x[0:nrows, 0:L], two passes, vectorized over columns."""
+    cdef Py_ssize_t r, j
+    cdef const floating* row
+    cdef double d
+    for j in range(L):
+        mean[j] = 0.0
+        m2[j] = 0.0
+    for r in range(nrows):
+        row = x + r * L
+        for j in range(L):
+            mean[j] += <double>row[j]
+    for j in range(L):
+        mean[j] = mean[j] / <double>nrows
+    for r in range(nrows):
+        row = x + r * L
+        for j in range(L):
+            d = <double>row[j] - mean[j]
+            m2[j] += d * d
+
+
+cdef inline void row_block_grad_sums(const floating* dy, const floating* x, Py_ssize_t nrows,
+                                     Py_ssize_t L, const double* col_mean,
+                                     double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows]."""
+    cdef Py_ssize_t r, j
+    cdef double g
+    for j in range(L):
+        sum_dy[j] = 0.0
+        sum_dy_xmu[j] = 0.0
+    for r in range(nrows):
+        for j in range(L):
+            g = <double>dy[r * L + j]
+            sum_dy[j] += g
+            sum_dy_xmu[j] += g * (<double>x[r * L + j] - col_mean[j])
+
+
+def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
+                Py_ssize_t C, Py_ssize_t inner,
+                Py_ssize_t rows_per_block,
+                double[::1] mean,                # OUT (C,)
+                double[::1] m2,                  # OUT (C,)
+                double[:, ::1] part_mean,        # SCRATCH (nblocks, L)
+                double[:, ::1] part_m2,          # SCRATCH (nblocks, L)
+                int num_threads):
+    """Per-channel mean and M2 of a row-family view."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t k = L // (C * inner)
+    cdef Py_ssize_t blk, r0, nrows, c, t, i, j
+    cdef double count
+    cdef const floating* xp = &x[0, 0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            r0 = blk * rows_per_block
+            nrows = min(rows_per_block, R - r0)
+            row_block_moments(xp + r0 * L, nrows, L, &part_mean[blk, 0], &part_m2[blk, 0])
+        for c in prange(C, schedule='static', num_threads=num_threads):
+            count = 0.0
+            mean[c] = 0.0
+            m2[c] = 0.0
+            for blk in range(nblocks):
+                nrows = min(rows_per_block, R - blk * rows_per_block)
+                for t in range(k):
+                    for i in range(inner):
+                        j = (t * C + c) * inner + i
+                        merge_moments(&count, &mean[c], &m2[c], <double>nrows,
+                                      part_mean[blk, j], part_m2[blk, j])
+
+
+def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
+               const double[::1] shift,           # IN  (L,) per column
+               const double[::1] scale,           # IN  (L,)
+               const double[::1] offset,          # IN  (L,)
+               floating[:, ::1] y,                # OUT (rows, L); may be x itself
+               Py_ssize_t rows_per_block,
+               int num_threads):
+    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j]."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t blk, r, r0, r1, j
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef const double* sh = &shift[0]
+    cdef const double* sc = &scale[0]
+    cdef const double* of = &offset[0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            r0 = blk * rows_per_block
+            r1 = min(R, r0 + rows_per_block)
+            for r in range(r0, r1):
+                for j in range(L):
+                    yp[r * L + j] = <floating>((<double>xp[r * L + j] - sh[j]) * sc[j] + of[j])
+
+
+def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
+                  const floating[:, ::1] x,       # IN  (rows, L)
+                  const double[::1] col_mean,     # IN  (L,) mean of each column's channel
+                  Py_ssize_t C, Py_ssize_t inner,
+                  Py_ssize_t rows_per_block,
+                  double[::1] sum_dy,             # OUT (C,)
+                  double[::1] sum_dy_xmu,         # OUT (C,)
+                  double[:, ::1] part_a,          # SCRATCH (nblocks, L)
+                  double[:, ::1] part_b,          # SCRATCH (nblocks, L)
+                  int num_threads):
+    """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t k = L // (C * inner)
+    cdef Py_ssize_t blk, r0, c, t, i, j
+    cdef const floating* gp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            r0 = blk * rows_per_block
+            row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
+                                &col_mean[0], &part_a[blk, 0], &part_b[blk, 0])
+        for c in prange(C, schedule='static', num_threads=num_threads):
+            sum_dy[c] = 0.0
+            sum_dy_xmu[c] = 0.0
+            for blk in range(nblocks):
+                for t in range(k):
+                    for i in range(inner):
+                        j = (t * C + c) * inner + i
+                        sum_dy[c] += part_a[blk, j]
+                        sum_dy_xmu[c] += part_b[blk, j]
+
+
+def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty
+                   const floating[:, ::1] x,      # IN  (rows, L)
+                   const double[::1] col_mean,    # IN  (L,)
+                   const double[::1] k1,          # IN  (L,)
+                   const double[::1] k2,          # IN  (L,)
+                   const double[::1] k3,          # IN  (L,)
+                   floating[:, ::1] dx,           # OUT (rows, L); may be dy or x
+                   Py_ssize_t rows_per_block,
+                   int num_threads):
+    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j]."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t blk, r, r0, r1, j
+    cdef const floating* gp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dp = &dx[0, 0]
+    cdef const double* m = &col_mean[0]
+    cdef const double* a = &k1[0]
+    cdef const double* b = &k2[0]
+    cdef const double* e = &k3[0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            r0 = blk * rows_per_block
+            r1 = min(R, r0 + rows_per_block)
+            for r in range(r0, r1):
+                for j in range(L):
+                    dp[r * L + j] = <floating>(a[j] * <double>gp[r * L + j]
+                                               + b[j] * (<double>xp[r * L + j] - m[j]) + e[j])
+
+
+def grad_coefficients_array(double count, const double[::1] sum_dy,
+                            const double[::1] sum_dy_xmu, const double[::1] invstd,
+                            const double[::1] weight, bint training,
+                            double[::1] k1, double[::1] k2, double[::1] k3):
+    """Per-channel backward coefficients (OUT k1, k2, k3), the same arithmetic as the kernels."""
+    cdef Py_ssize_t c
+    for c in range(sum_dy.shape[0]):
+        grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c], training,
+                          &k1[c], &k2[c], &k3[c])
+
+
+def train_coefficients_array(double count, const double[::1] m2, double eps,
+                             const double[::1] weight, double[::1] var,
+                             double[::1] invstd, double[::1] scale):
+    """Per-channel var, invstd and scale (OUT), the same arithmetic as the kernels."""
+    cdef Py_ssize_t c
+    for c in range(m2.shape[0]):
+        train_coefficients(count, m2[c], eps, weight[c], &var[c], &invstd[c], &scale[c])
+
+
+# ---------------------------------------------------------------------------------------
+# The memory-speed yardstick.
+# ---------------------------------------------------------------------------------------
+
+def parallel_copy(const floating[::1] src,        # IN  (n,)
+                  floating[::1] dst,              # OUT (n,)
+                  int num_threads):
+    """dst[:] = src[:], split into fixed blocks over threads: the least a new array costs."""
+    cdef Py_ssize_t n = src.shape[0], blk, start, i, end
+    cdef Py_ssize_t block = 1 << 16
+    cdef Py_ssize_t nblocks = (n + block - 1) // block
+    if n == 0:
+        return
+    cdef const floating* s = &src[0]
+    cdef floating* d = &dst[0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            start = blk * block
+            end = min(n, start + block)
+            for i in range(start, end):
+                d[i] = s[i]

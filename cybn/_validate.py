@@ -1,0 +1,267 @@
+"""Argument checks, the dtype policy and the canonical ``(outer, C, inner)`` view.
+
+Everything here runs before any kernel, so a rejected call leaves every argument as it was.
+Error messages name the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SUPPORTED = "float32 or float64"
+
+# Plane family below this many elements per (sample, channel) run turns into the row family.
+MIN_PLANE_INNER = 32
+# Row family: aim for at least this many columns per row (SIMD width), and about this many
+# elements per reduction block (stays in L2 for the second pass of the two-pass statistics).
+MIN_ROW_WIDTH = 64
+ROW_BLOCK_ELEMENTS = 32768
+MIN_ROWS_PER_BLOCK = 8
+
+
+def describe(value) -> str:
+    """Short description of a value for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}" if np.isscalar(value) else type(value).__name__
+
+
+def as_data(x, name: str) -> np.ndarray:
+    """Return ``x`` as a float32 or float64 array of at least 2 dimensions.
+
+    NumPy arrays must already be float32 or float64 (TypeError otherwise). Other array-likes
+    (lists, tuples) are converted, numbers becoming float64.
+    """
+    if not isinstance(x, np.ndarray):
+        if x is None:
+            raise TypeError(f"{name} must be an array of {SUPPORTED}, got None")
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{name} must be an array-like of numbers: {err}") from None
+        if arr.dtype.kind in "biu":
+            arr = arr.astype(np.float64)
+        x = arr
+    if x.dtype not in FLOAT_DTYPES:
+        hint = " (convert it with .astype(np.float32))" if x.dtype == np.float16 else ""
+        raise TypeError(f"{name} must have dtype {SUPPORTED}, got {x.dtype}{hint}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}")
+    return x
+
+
+def normalize_axis(axis, ndim: int) -> int:
+    """The channel axis as a non-negative int; TypeError for non-integers."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an integer, got {describe(axis)}")
+    axis = operator.index(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a positive real number, got {describe(eps)}")
+    eps = float(eps)
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be positive and finite, got {eps}")
+    return eps
+
+
+def check_momentum(momentum) -> float:
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number in [0, 1], got {describe(momentum)}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return momentum
+
+
+def check_ddof(ddof) -> float:
+    if isinstance(ddof, bool) or not isinstance(ddof, numbers.Real) or not ddof >= 0:
+        raise ValueError(f"ddof must be a non-negative number, got {ddof!r}")
+    return float(ddof)
+
+
+def channel_vector(v, name: str, channels: int, default: float | None = None) -> np.ndarray:
+    """A per-channel array as a fresh float64 copy of shape (C,).
+
+    ``None`` gives ``default`` everywhere, or is an error when there is no default.
+    """
+    if v is None:
+        if default is None:
+            raise ValueError(f"{name} is required, got None")
+        return np.full(channels, default, dtype=np.float64)
+    if not isinstance(v, np.ndarray):
+        try:
+            v = np.asarray(v, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ValueError(f"{name} must be a float32 or float64 array of shape ({channels},),"
+                             f" got {describe(v)}") from None
+    if v.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}")
+    if v.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
+                         f"got shape {v.shape}")
+    return np.array(v, dtype=np.float64, order="C", copy=True)
+
+
+def running_buffer(v, name: str, channels: int) -> np.ndarray:
+    """A running-statistics array that will be updated in place: checked, not copied."""
+    if not isinstance(v, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array (it is updated in place), "
+                         f"got {describe(v)}")
+    if v.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}")
+    if v.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got shape {v.shape}")
+    if not v.flags.writeable:
+        raise ValueError(f"{name} is read-only; it must be writeable to be updated in place")
+    return v
+
+
+def running_pair(running_mean, running_var, channels: int):
+    """Both running buffers or neither."""
+    if (running_mean is None) != (running_var is None):
+        given, missing = (("running_mean", "running_var") if running_var is None
+                          else ("running_var", "running_mean"))
+        raise ValueError(f"{given} was given without {missing}: pass both or neither")
+    if running_mean is None:
+        return None, None
+    rm = running_buffer(running_mean, "running_mean", channels)
+    rv = running_buffer(running_var, "running_var", channels)
+    if np.shares_memory(rm, rv):
+        raise ValueError("running_mean and running_var must not share memory")
+    return rm, rv
+
+
+def same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b are the very same elements in the same order."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except np.exceptions.TooHardError if hasattr(np, "exceptions") else Exception:
+        return True
+
+
+def check_out(out, shape, dtype, inputs: dict, in_place_ok: tuple = ()) -> None:
+    """``out`` must be a writeable array of the result's shape and dtype.
+
+    It may be exactly one of the inputs named in ``in_place_ok``; any other overlap with an
+    input is rejected.
+    """
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a NumPy array, got {describe(out)}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got shape {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"out must have dtype {dtype} (the input's), got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    for name, arr in inputs.items():
+        if not isinstance(arr, np.ndarray) or not overlaps(out, arr):
+            continue
+        if name in in_place_ok and same_view(out, arr):
+            continue
+        raise ValueError(f"out overlaps {name} without being exactly {name}: "
+                         f"pass out={name} for in-place, or a separate array")
+
+
+def check_same_layout(arr: np.ndarray, name: str, x: np.ndarray) -> None:
+    if arr.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {x.shape}, got shape {arr.shape}")
+    if arr.dtype != x.dtype:
+        raise ValueError(f"{name} must have the dtype of x ({x.dtype}), got {arr.dtype}")
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """How an array with a channel axis is handed to the kernels.
+
+    Any array is viewed as ``(outer, C, inner)``: the axes before the channel axis flattened
+    into ``outer``, those after it into ``inner``. Statistics run over ``outer`` and
+    ``inner`` (``count = outer * inner`` values per channel).
+
+    ``family == "plane"`` (inner >= MIN_PLANE_INNER): kernels take the 3-D view.
+    ``family == "row"``: kernels take a 2-D view ``(rows, L)`` with ``L = k * C * inner``,
+    ``k`` consecutive outer slices side by side so rows are wide enough for SIMD; column
+    ``j`` belongs to channel ``(j // inner) % C``.
+    """
+
+    shape: tuple
+    axis: int
+    outer: int
+    channels: int
+    inner: int
+    family: str
+    k: int
+    rows_per_block: int
+
+    @classmethod
+    def of(cls, shape, axis: int) -> "ChannelView":
+        outer = math.prod(shape[:axis])
+        channels = shape[axis]
+        inner = math.prod(shape[axis + 1:])
+        if inner >= MIN_PLANE_INNER:
+            return cls(tuple(shape), axis, outer, channels, inner, "plane", 1, 0)
+        width = channels * inner
+        k = 1
+        if 0 < width < MIN_ROW_WIDTH:
+            for cand in range(-(-MIN_ROW_WIDTH // width), 4 * MIN_ROW_WIDTH // width + 1):
+                if outer % cand == 0:
+                    k = cand
+                    break
+        rows_per_block = max(MIN_ROWS_PER_BLOCK, ROW_BLOCK_ELEMENTS // max(1, k * width))
+        return cls(tuple(shape), axis, outer, channels, inner, "row", k, rows_per_block)
+
+    @property
+    def count(self) -> int:
+        return self.outer * self.inner
+
+    @property
+    def size(self) -> int:
+        return self.outer * self.channels * self.inner
+
+    @property
+    def rows(self) -> int:
+        return self.outer // self.k
+
+    @property
+    def width(self) -> int:
+        return self.k * self.channels * self.inner
+
+    @property
+    def nblocks(self) -> int:
+        """Reduction blocks of the row family."""
+        return -(-self.rows // self.rows_per_block)
+
+    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
+        """C-contiguous 3-D (plane) or 2-D (row) view of arr; a copy only if arr is strided."""
+        arr = np.ascontiguousarray(arr)
+        if self.family == "plane":
+            return arr.reshape(self.outer, self.channels, self.inner)
+        return arr.reshape(self.rows, self.width)
+
+    def columns(self, per_channel: np.ndarray) -> np.ndarray:
+        """Expand a per-channel vector to the row family's columns."""
+        return np.ascontiguousarray(np.tile(np.repeat(per_channel, self.inner), self.k))
+
+
+def channel_view(x: np.ndarray, axis) -> ChannelView:
+    return ChannelView.of(x.shape, normalize_axis(axis, x.ndim))

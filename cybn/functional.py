@@ -1,0 +1,351 @@
+"""Batch normalization as functions of NumPy arrays.
+
+Conventions shared by every function here
+-----------------------------------------
+* ``axis`` is the channel axis: ``1`` for channels-first (NC, NCL, NCHW, NCDHW), ``-1`` for
+  channels-last (NLC, NHWC, NDHWC); any rank >= 2 and any axis work. Statistics run over
+  every other axis, ``count = x.size // C`` values per channel.
+* ``x`` is float32 or float64 (other NumPy dtypes raise TypeError; lists are converted).
+  Outputs (``y``, ``dx``, ``dweight``, ``dbias``) have x's dtype. Batch statistics
+  (``mean``, ``invstd``, ``var``) are float64 whatever x's dtype: they are what
+  :func:`batch_norm_backward` takes, and float64 keeps it exact on data far from zero.
+* Per-channel arrays (weight, bias, running statistics) have shape ``(C,)`` and may be
+  float32 or float64 independently of x.
+* Training normalizes with the biased batch variance. Running statistics, when given, are
+  updated in place: ``running = (1 - momentum) * running + momentum * batch``, with the
+  unbiased variance ``var * n / (n - 1)`` for ``running_var`` (PyTorch's convention).
+* ``out=`` may be a preallocated array of x's shape and dtype, or x itself (in place).
+* Arguments are all checked before anything runs: an error leaves every array unchanged.
+* Threads: OpenMP's current maximum (``OMP_NUM_THREADS``, ``threadpoolctl``,
+  :func:`cybn.set_num_threads`). Results are bitwise identical for any thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from ._openmp import get_num_threads
+from ._validate import (
+    ChannelView,
+    as_data,
+    channel_vector,
+    channel_view,
+    check_ddof,
+    check_eps,
+    check_momentum,
+    check_out,
+    check_same_layout,
+    running_pair,
+)
+
+__all__ = [
+    "batch_norm_train",
+    "batch_norm_infer",
+    "batch_norm_backward",
+    "batch_norm",
+    "moments",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Internal: run the kernel families on a ChannelView.
+# ---------------------------------------------------------------------------------------
+
+def _plane_scratch(view: ChannelView) -> tuple:
+    n = view.channels * view.outer * (-(-view.inner // _kernels.PLANE_BLOCK_SIZE))
+    return np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+
+
+def _row_scratch(view: ChannelView) -> tuple:
+    shape = (view.nblocks, view.width)
+    return np.empty(shape, dtype=np.float64), np.empty(shape, dtype=np.float64)
+
+
+def _channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
+    """Per-channel (mean, m2) in float64 of a nonempty kernel view."""
+    mean = np.empty(view.channels, dtype=np.float64)
+    m2 = np.empty(view.channels, dtype=np.float64)
+    if view.family == "plane":
+        _kernels.plane_moments(xk, mean, m2, *_plane_scratch(view), threads)
+    else:
+        _kernels.row_moments(xk, view.channels, view.inner, view.rows_per_block, mean, m2,
+                             *_row_scratch(view), threads)
+    return mean, m2
+
+
+def _affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int) -> None:
+    """yk = (xk - shift[c]) * scale[c] + offset[c] for float64 per-channel vectors."""
+    if view.family == "plane":
+        _kernels.plane_affine(xk, shift, scale, offset, yk, threads)
+    else:
+        _kernels.row_affine(xk, view.columns(shift), view.columns(scale), view.columns(offset),
+                            yk, view.rows_per_block, threads)
+
+
+class _Output:
+    """Where a kernel writes: ``out`` itself when it is C-contiguous, else a buffer that
+    :meth:`result` copies into ``out``."""
+
+    def __init__(self, view: ChannelView, out, dtype):
+        self.view, self.out = view, out
+        if out is not None and out.flags.c_contiguous:
+            self.buffer = out
+        else:
+            self.buffer = np.empty(view.shape, dtype=dtype)
+        self.kernel = view.kernel_view(self.buffer)
+
+    def result(self) -> np.ndarray:
+        if self.out is None:
+            return self.buffer
+        if self.buffer is not self.out:
+            np.copyto(self.out, self.buffer)
+        return self.out
+
+
+def _empty_result(view: ChannelView, out, dtype) -> np.ndarray:
+    return out if out is not None else np.empty(view.shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------
+
+def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
+                     momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, out=None):
+    """Training-mode batch normalization with batch statistics.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
+    biased variance of this batch.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+        Input; channel axis ``axis``, statistics over all other axes.
+    weight, bias : ndarray of shape (C,), optional
+        Scale (gamma) and shift (beta); None means 1 and 0.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Updated in place when given (both or neither): ``(1 - momentum) * running +
+        momentum * batch``, running_var receiving the unbiased variance ``var * n/(n-1)``.
+    momentum : float in [0, 1]
+    eps : float > 0
+        Added to the variance.
+    axis : int
+        Channel axis (1 for channels-first, -1 for channels-last).
+    out : ndarray, optional
+        Array of x's shape and dtype to write y into; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean : ndarray (C,), float64
+        Batch mean.
+    invstd : ndarray (C,), float64
+        ``1 / sqrt(var + eps)`` with the biased batch variance.
+
+    Raises
+    ------
+    ValueError
+        With one value per channel (``count == 1``): batch statistics are undefined.
+    """
+    x = as_data(x, "x")
+    view = channel_view(x, axis)
+    C = view.channels
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    rm, rv = running_pair(running_mean, running_var, C)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x}, in_place_ok=("x",))
+    if view.size == 0:
+        nan = np.full(C, np.nan)
+        return _empty_result(view, out, x.dtype), nan, nan.copy()
+    if view.count == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"of shape {x.shape} with channel axis {view.axis}")
+
+    threads = get_num_threads()
+    xk = view.kernel_view(x)
+    dest = _Output(view, out, x.dtype)
+    mean = np.empty(C, dtype=np.float64)
+    var = np.empty(C, dtype=np.float64)
+    invstd = np.empty(C, dtype=np.float64)
+    if view.family == "plane":
+        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd,
+                                     *_plane_scratch(view), threads)
+    else:
+        mean, m2 = _channel_moments(view, xk, threads)
+        scale = np.empty(C, dtype=np.float64)
+        _kernels.train_coefficients_array(float(view.count), m2, eps, w, var, invstd, scale)
+        _affine(view, xk, mean, scale, b, dest.kernel, threads)
+    if rm is not None:
+        n = view.count
+        _update_running(rm, mean, momentum)
+        _update_running(rv, var * (n / (n - 1)), momentum)
+    return dest.result(), mean, invstd
+
+
+def _update_running(running: np.ndarray, batch: np.ndarray, momentum: float) -> None:
+    running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch
+
+
+def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
+                     eps: float = 1e-5, axis: int = 1, out=None):
+    """Inference-mode batch normalization with given (running) statistics.
+
+    ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``, one pass over x
+    with per-channel coefficients computed once in float64.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+    running_mean, running_var : ndarray of shape (C,)
+        Statistics to normalize with (not modified).
+    weight, bias : ndarray of shape (C,), optional
+        None means 1 and 0.
+    eps : float > 0
+    axis : int
+        Channel axis.
+    out : ndarray, optional
+        Array of x's shape and dtype; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    """
+    x = as_data(x, "x")
+    view = channel_view(x, axis)
+    C = view.channels
+    rm = channel_vector(running_mean, "running_mean", C)
+    rv = channel_vector(running_var, "running_var", C)
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x}, in_place_ok=("x",))
+    if view.size == 0:
+        return _empty_result(view, out, x.dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = w / np.sqrt(rv + eps)
+    dest = _Output(view, out, x.dtype)
+    _affine(view, view.kernel_view(x), rm, scale, b, dest.kernel, get_num_threads())
+    return dest.result()
+
+
+def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, axis: int = 1,
+                        out=None):
+    """Gradients of batch normalization with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to y; x's shape and dtype.
+    x : ndarray, float32 or float64, ndim >= 2
+        The forward input.
+    weight : ndarray of shape (C,) or None
+        The forward weight (None means 1).
+    mean, invstd : ndarray of shape (C,)
+        What the forward used: with ``training=True`` the batch statistics returned by
+        :func:`batch_norm_train`; with ``training=False`` the running statistics
+        (``invstd = 1 / sqrt(running_var + eps)``).
+    training : bool
+        True: gradient through batch statistics,
+        ``dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))``.
+        False: statistics are constants (frozen BN), ``dx = dy * weight * invstd``.
+    axis : int
+        Channel axis.
+    out : ndarray, optional
+        Array of x's shape and dtype for dx; may be dy or x itself.
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight : ndarray (C,), x's dtype
+        ``sum(dy * (x - mean) * invstd)`` over all axes but the channel axis.
+    dbias : ndarray (C,), x's dtype
+        ``sum(dy)``.
+    """
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    view = channel_view(x, axis)
+    C = view.channels
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = channel_vector(mean, "mean", C)
+    inv = channel_vector(invstd, "invstd", C)
+    training = bool(training)
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy}, in_place_ok=("x", "dy"))
+    if view.size == 0:
+        zeros = np.zeros(C, dtype=x.dtype)
+        return _empty_result(view, out, x.dtype), zeros, zeros.copy()
+
+    threads = get_num_threads()
+    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    dest = _Output(view, out, x.dtype)
+    sum_dy = np.empty(C, dtype=np.float64)
+    sum_dy_xmu = np.empty(C, dtype=np.float64)
+    if view.family == "plane":
+        _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
+                                *_plane_scratch(view), np.empty((3, C)), threads)
+    else:
+        col_mean = view.columns(mu)
+        _kernels.row_grad_sums(dyk, xk, col_mean, C, view.inner, view.rows_per_block,
+                               sum_dy, sum_dy_xmu, *_row_scratch(view), threads)
+        k1, k2, k3 = np.empty((3, C))
+        _kernels.grad_coefficients_array(float(view.count), sum_dy, sum_dy_xmu, inv, w,
+                                         training, k1, k2, k3)
+        _kernels.row_grad_apply(dyk, xk, col_mean, view.columns(k1), view.columns(k2),
+                                view.columns(k3), dest.kernel, view.rows_per_block, threads)
+    dweight = (sum_dy_xmu * inv).astype(x.dtype)
+    return dest.result(), dweight, sum_dy.astype(x.dtype)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, axis: int = 1, out=None):
+    """Batch normalization with ``torch.nn.functional.batch_norm``'s semantics.
+
+    ``training=True`` normalizes with batch statistics and, when ``running_mean`` and
+    ``running_var`` are arrays, updates them in place (see :func:`batch_norm_train`).
+    ``training=False`` normalizes with ``running_mean`` and ``running_var``, which are then
+    required (see :func:`batch_norm_infer`).
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    """
+    if training:
+        y, _, _ = batch_norm_train(x, weight, bias, running_mean=running_mean,
+                                   running_var=running_var, momentum=momentum, eps=eps,
+                                   axis=axis, out=out)
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    return batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
+                            out=out)
+
+
+def moments(x, *, axis: int = 1, ddof=0):
+    """Per-channel mean and variance over every axis but ``axis``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+    axis : int
+        Channel axis.
+    ddof : non-negative number
+        The variance divides by ``count - ddof`` (0: biased, 1: unbiased).
+
+    Returns
+    -------
+    mean, var : ndarray (C,), float64
+        NaN for channels with no values (and var NaN where ``count <= ddof``).
+    """
+    x = as_data(x, "x")
+    view = channel_view(x, axis)
+    ddof = check_ddof(ddof)
+    C = view.channels
+    if view.size == 0:
+        return np.full(C, np.nan), np.full(C, np.nan)
+    mean, m2 = _channel_moments(view, view.kernel_view(x), get_num_threads())
+    denom = view.count - ddof
+    var = m2 / denom if denom > 0 else np.full(C, np.nan)
+    return mean, var
