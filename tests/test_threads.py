@@ -1,0 +1,97 @@
+"""OpenMP is on, thread settings are honoured, and results do not depend on the thread count."""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import cybn
+from cybn import _kernels
+
+
+def test_openmp_is_enabled_in_this_build():
+    assert _kernels.OPENMP_ENABLED, "cybn was built without OpenMP"
+    from cybn._config import config
+
+    assert config()["openmp_enabled"]
+    assert any(pool["user_api"] == "openmp" for pool in threadpool_info())
+
+
+def test_threadpoolctl_and_set_num_threads_are_honoured():
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert cybn.get_num_threads() == 1
+    with threadpool_limits(limits=3, user_api="openmp"):
+        assert cybn.get_num_threads() == 3
+    old = cybn.get_num_threads()
+    try:
+        cybn.set_num_threads(2)
+        assert cybn.get_num_threads() == 2
+    finally:
+        cybn.set_num_threads(old)
+
+
+# Shapes that take every kernel path: plane family with many channels (whole channels per
+# thread) and with few (blocks across threads), several blocks per plane; row family.
+SHAPES = [((8, 64, 40, 40), 1), ((3, 3, 100, 90), 1), ((2, 1, 9000), 1), ((9, 40, 40, 3), -1),
+          ((300, 257), 1), ((5, 7, 9, 13), 2)]
+
+
+def run_all(x, dy, axis):
+    C = x.shape[axis]
+    rm, rv = np.linspace(-1, 1, C), np.linspace(0.5, 2, C)
+    y, mean, invstd = cybn.batch_norm_train(x, axis=axis, running_mean=rm, running_var=rv)
+    yi = cybn.batch_norm_infer(x, rm, rv, axis=axis)
+    dx, dw, db = cybn.batch_norm_backward(dy, x, None, mean, invstd, axis=axis)
+    dxe, _, _ = cybn.batch_norm_backward(dy, x, None, mean, invstd, training=False, axis=axis)
+    m, v = cybn.moments(x, axis=axis)
+    return [y, mean, invstd, rm, rv, yi, dx, dw, db, dxe, m, v]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_bitwise_identical_for_any_thread_count(shape, axis, dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for n in (1, 2, 3, 4, 1):
+        with threadpool_limits(limits=n, user_api="openmp"):
+            results.append(run_all(x, dy, axis))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_instruction_set_variant_gives_the_same_bits(dtype):
+    import importlib
+
+    rng = np.random.default_rng(3)
+    variants = _kernels.available_variants()
+    assert _kernels.ISA == variants[0]
+    for shape, axis in SHAPES[:4]:
+        x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+        outs = []
+        for isa in variants:
+            mod = importlib.import_module(f"cybn._kernels_{isa}")
+            from cybn._validate import ChannelView
+            from cybn.functional import _plane_scratch, _row_scratch
+
+            view = ChannelView.of(x.shape, axis % x.ndim)
+            xk = view.kernel_view(x)
+            mean, m2 = np.empty(view.channels), np.empty(view.channels)
+            if view.family == "plane":
+                mod.plane_moments(xk, mean, m2, *_plane_scratch(view), 2)
+            else:
+                mod.row_moments(xk, view.channels, view.inner, view.rows_per_block, mean, m2,
+                                *_row_scratch(view), 2)
+            y = np.empty_like(xk)
+            scale = 1 / np.sqrt(m2 / view.count + 1e-5)
+            if view.family == "plane":
+                mod.plane_affine(xk, mean, scale, np.zeros(view.channels), y, 2)
+            else:
+                mod.row_affine(xk, view.columns(mean), view.columns(scale),
+                               view.columns(np.zeros(view.channels)), y, view.rows_per_block, 2)
+            outs.append((mean, m2, y))
+        for other in outs[1:]:
+            for a, b in zip(outs[0], other):
+                np.testing.assert_array_equal(a, b)
