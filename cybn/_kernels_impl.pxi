@@ -79,43 +79,59 @@ cdef inline void block_moments(const floating* p, Py_ssize_t n,
     m2[0] = s
 
 
-cdef inline void merge_moments(double* count, double* mean, double* m2,
-                               double count_b, double mean_b, double m2_b) noexcept nogil:
-    """Fold block statistics (count_b, mean_b, m2_b) into (count, mean, m2): Chan et al."""
-    cdef double total = count[0] + count_b
-    cdef double delta = mean_b - mean[0]
-    if count_b == 0.0:
-        return
-    mean[0] = mean[0] + delta * (count_b / total)
-    m2[0] = m2[0] + m2_b + delta * delta * (count[0] * count_b / total)
-    count[0] = total
+cdef inline double merge_moments(double count, double count_b, Py_ssize_t C,
+                                 double* mean, double* m2, const double* mean_b,
+                                 const double* m2_b, Py_ssize_t stride_b) noexcept nogil:
+    """Fold block statistics of C channels into (mean, m2): Chan et al.'s pairwise formula.
+
+    Every channel has seen ``count`` values so far and the block adds ``count_b`` to each,
+    so the divisions are shared and the loop over channels vectorizes. Block values for
+    channel c are mean_b[c * stride_b], m2_b[c * stride_b]. Returns the new count.
+    """
+    cdef double total = count + count_b
+    cdef double f_mean = count_b / total
+    cdef double f_m2 = count * count_b / total
+    cdef double delta
+    cdef Py_ssize_t c
+    for c in range(C):
+        delta = mean_b[c * stride_b] - mean[c]
+        mean[c] = mean[c] + delta * f_mean
+        m2[c] = m2[c] + m2_b[c * stride_b] + delta * delta * f_m2
+    return total
 
 
 cdef inline void block_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
                                  double mean, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    """sum(dy) and sum(dy * (x - mean)) over one block, in double."""
-    cdef double acc_a[LANES]
-    cdef double acc_b[LANES]
+    """sum(dy) and sum(dy * (x - mean)) over one block, in double.
+
+    Two loops with one lane array each: gcc vectorizes that form, not two arrays in one loop.
+    """
+    cdef double acc[LANES]
     cdef Py_ssize_t i, j
     cdef Py_ssize_t nfull = n - n % LANES
-    cdef double g, a = 0.0, b = 0.0
+    cdef double s = 0.0
     for j in range(LANES):
-        acc_a[j] = 0.0
-        acc_b[j] = 0.0
+        acc[j] = 0.0
     for i in range(nfull // LANES):
         for j in range(LANES):
-            g = <double>dy[i * LANES + j]
-            acc_a[j] += g
-            acc_b[j] += g * (<double>x[i * LANES + j] - mean)
+            acc[j] += <double>dy[i * LANES + j]
     for j in range(LANES):
-        a += acc_a[j]
-        b += acc_b[j]
+        s += acc[j]
     for i in range(nfull, n):
-        g = <double>dy[i]
-        a += g
-        b += g * (<double>x[i] - mean)
-    sum_dy[0] = a
-    sum_dy_xmu[0] = b
+        s += <double>dy[i]
+    sum_dy[0] = s
+
+    s = 0.0
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            acc[j] += <double>dy[i * LANES + j] * (<double>x[i * LANES + j] - mean)
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        s += <double>dy[i] * (<double>x[i] - mean)
+    sum_dy_xmu[0] = s
 
 
 cdef inline void block_affine(const floating* x, floating* y, Py_ssize_t n,
@@ -156,65 +172,38 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
         k3[0] = 0.0
 
 
-cdef inline bint split_by_channel(Py_ssize_t channels, int num_threads) noexcept nogil:
-    """True when handing whole channels to threads keeps every thread busy.
-
-    Whole channels let a thread reuse a channel's data from its cache (one trip through
-    memory instead of two); with few channels the work is split into blocks instead. Both
-    schedules compute the same blocks and merge them in the same order.
-    """
-    return num_threads <= 1 or channels >= 4 * num_threads or channels % num_threads == 0
-
-
 # ---------------------------------------------------------------------------------------
 # Plane family: x[outer, C, inner]; channel c is the planes x[o, c, :].
 # ---------------------------------------------------------------------------------------
-
-cdef inline void plane_channel_moments(const floating* base, Py_ssize_t outer,
-                                       Py_ssize_t stride, Py_ssize_t inner,
-                                       double* mean, double* m2) noexcept nogil:
-    """Moments of one channel: planes base + o * stride, merged in (plane, block) order."""
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t o, q, start, length
-    cdef double count = 0.0, bmean, bm2
-    mean[0] = 0.0
-    m2[0] = 0.0
-    for o in range(outer):
-        for q in range(nblocks):
-            start = q * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            block_moments(base + o * stride + start, length, &bmean, &bm2)
-            merge_moments(&count, mean, m2, <double>length, bmean, bm2)
-
 
 cdef inline void plane_block_moments_all(const floating* x, Py_ssize_t outer, Py_ssize_t C,
                                          Py_ssize_t inner, double* mean, double* m2,
                                          double* part_mean, double* part_m2,
                                          int num_threads) noexcept nogil:
-    """Per-channel moments when channels are too few to split: blocks in parallel, then merge.
+    """Per-channel moments: blocks in parallel, then merged in (o, block) order.
 
-    part_mean/part_m2 are SCRATCH of C * outer * nblocks doubles, laid out [c][o][block].
+    Items run in memory order (o, c, block) so each thread streams through x.
+    part_mean/part_m2 are SCRATCH of outer * nblocks * C doubles, laid out [o][block][c].
     """
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t per_channel = outer * nblocks
-    cdef Py_ssize_t item, c, rem, o, start, length, q
-    cdef double count
-    for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
-        c = item // per_channel
-        rem = item % per_channel
-        o = rem // nblocks
-        start = (rem % nblocks) * PLANE_BLOCK
+    cdef Py_ssize_t item, q, o, c, k, start, length, slot
+    cdef double count = 0.0
+    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+        q = item // nblocks
+        o = q // C
+        c = q % C
+        k = item % nblocks
+        start = k * PLANE_BLOCK
         length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-        block_moments(x + (o * C + c) * inner + start, length, &part_mean[item], &part_m2[item])
-    for c in prange(C, schedule='static', num_threads=num_threads):
-        count = 0.0
+        slot = (o * nblocks + k) * C + c
+        block_moments(x + q * inner + start, length, &part_mean[slot], &part_m2[slot])
+    for c in range(C):
         mean[c] = 0.0
         m2[c] = 0.0
-        for q in range(per_channel):
-            start = (q % nblocks) * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            merge_moments(&count, &mean[c], &m2[c], <double>length,
-                          part_mean[c * per_channel + q], part_m2[c * per_channel + q])
+    for q in range(outer * nblocks):
+        length = min(<Py_ssize_t>PLANE_BLOCK, inner - (q % nblocks) * PLANE_BLOCK)
+        count = merge_moments(count, <double>length, C, mean, m2,
+                              &part_mean[q * C], &part_m2[q * C], 1)
 
 
 def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
@@ -224,15 +213,10 @@ def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), non
                   double[::1] part_m2,             # SCRATCH (C * outer * nblocks,)
                   int num_threads):
     """Per-channel mean and M2 of a plane-family view."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
-    cdef const floating* base = &x[0, 0, 0]
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     with nogil:
-        if split_by_channel(C, num_threads):
-            for c in prange(C, schedule='static', num_threads=num_threads):
-                plane_channel_moments(base + c * inner, outer, C * inner, inner, &mean[c], &m2[c])
-        else:
-            plane_block_moments_all(base, outer, C, inner, &mean[0], &m2[0],
-                                    &part_mean[0], &part_m2[0], num_threads)
+        plane_block_moments_all(&x[0, 0, 0], outer, C, inner, &mean[0], &m2[0],
+                                &part_mean[0], &part_m2[0], num_threads)
 
 
 def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
@@ -270,30 +254,13 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         int num_threads):
     """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias.
 
-    With enough channels each thread takes whole channels and normalizes a channel right
-    after reducing it, while its data is still in cache.
+    Two streaming passes over x (reduce, then normalize), each in memory order.
     """
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t stride = C * inner, c, o
-    cdef double count = <double>outer * <double>inner, m2, scale
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0]
-    if split_by_channel(C, num_threads):
-        with nogil:
-            for c in prange(C, schedule='static', num_threads=num_threads):
-                # Assigned here so that Cython makes them thread-private (they are
-                # otherwise written only through pointers).
-                m2 = 0.0
-                scale = 0.0
-                plane_channel_moments(xp + c * inner, outer, stride, inner, &mean[c], &m2)
-                train_coefficients(count, m2, eps, weight[c], &var[c], &invstd[c], &scale)
-                for o in range(outer):
-                    block_affine(xp + o * stride + c * inner, yp + o * stride + c * inner,
-                                 inner, mean[c], scale, bias[c])
-        return
-    # Few channels: reduce blocks in parallel (m2 lands in var), then normalize.
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    cdef double count = <double>outer * <double>inner
     with nogil:
-        plane_block_moments_all(xp, outer, C, inner, &mean[0], &var[0],
+        # m2 lands in var, then var, invstd and the scale (in part_mean[:C]) are derived.
+        plane_block_moments_all(&x[0, 0, 0], outer, C, inner, &mean[0], &var[0],
                                 &part_mean[0], &part_m2[0], num_threads)
         for c in range(C):
             train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
@@ -314,59 +281,40 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    double[::1] part_b,                 # SCRATCH (C * outer * nblocks,)
                    double[:, ::1] coef,                # SCRATCH (3, C)
                    int num_threads):
-    """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3."""
+    """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3.
+
+    Both passes stream through memory in order; block sums (scratch laid out
+    [o][block][c]) are added per channel in (o, block) order.
+    """
     cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
-    cdef Py_ssize_t stride = C * inner
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t per_channel = outer * nblocks
-    cdef Py_ssize_t c, o, start, length, item, rem, q, off
-    cdef double count = <double>outer * <double>inner, a, b, k1, k2, k3
+    cdef Py_ssize_t c, o, start, length, item, q, off, slot
+    cdef double count = <double>outer * <double>inner
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
-    if split_by_channel(C, num_threads):
-        with nogil:
-            for c in prange(C, schedule='static', num_threads=num_threads):
-                # Assigned here so that Cython makes them thread-private.
-                a = 0.0
-                b = 0.0
-                k1 = 0.0
-                k2 = 0.0
-                k3 = 0.0
-                sum_dy[c] = 0.0
-                sum_dy_xmu[c] = 0.0
-                for o in range(outer):
-                    for q in range(nblocks):
-                        start = q * PLANE_BLOCK
-                        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-                        off = o * stride + c * inner + start
-                        block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
-                        sum_dy[c] += a
-                        sum_dy_xmu[c] += b
-                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                                  training, &k1, &k2, &k3)
-                for o in range(outer):
-                    off = o * stride + c * inner
-                    block_grad_apply(gp + off, xp + off, dp + off, inner, mean[c], k1, k2, k3)
-        return
     with nogil:
         for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
-            c = item // per_channel
-            rem = item % per_channel
-            o = rem // nblocks
-            start = (rem % nblocks) * PLANE_BLOCK
+            q = item // nblocks
+            o = q // C
+            c = q % C
+            start = (item % nblocks) * PLANE_BLOCK
             length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            off = o * stride + c * inner + start
-            block_grad_sums(gp + off, xp + off, length, mean[c], &part_a[item], &part_b[item])
+            off = q * inner + start
+            slot = (o * nblocks + item % nblocks) * C + c
+            block_grad_sums(gp + off, xp + off, length, mean[c], &part_a[slot], &part_b[slot])
         for c in range(C):
             sum_dy[c] = 0.0
             sum_dy_xmu[c] = 0.0
-            for q in range(per_channel):
-                sum_dy[c] += part_a[c * per_channel + q]
-                sum_dy_xmu[c] += part_b[c * per_channel + q]
+        for q in range(per_channel):
+            for c in range(C):
+                sum_dy[c] += part_a[q * C + c]
+                sum_dy_xmu[c] += part_b[q * C + c]
+        for c in range(C):
             grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
                               training, &coef[0, c], &coef[1, c], &coef[2, c])
-        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+        for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
             q = item // nblocks
             c = q % C
             start = (item % nblocks) * PLANE_BLOCK
@@ -439,17 +387,17 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
             r0 = blk * rows_per_block
             nrows = min(rows_per_block, R - r0)
             row_block_moments(xp + r0 * L, nrows, L, &part_mean[blk, 0], &part_m2[blk, 0])
-        for c in prange(C, schedule='static', num_threads=num_threads):
-            count = 0.0
+        for c in range(C):
             mean[c] = 0.0
             m2[c] = 0.0
-            for blk in range(nblocks):
-                nrows = min(rows_per_block, R - blk * rows_per_block)
-                for t in range(k):
-                    for i in range(inner):
-                        j = (t * C + c) * inner + i
-                        merge_moments(&count, &mean[c], &m2[c], <double>nrows,
-                                      part_mean[blk, j], part_m2[blk, j])
+        count = 0.0
+        for blk in range(nblocks):
+            nrows = min(rows_per_block, R - blk * rows_per_block)
+            for t in range(k):
+                for i in range(inner):
+                    j = t * C * inner + i
+                    count = merge_moments(count, <double>nrows, C, &mean[0], &m2[0],
+                                          &part_mean[blk, j], &part_m2[blk, j], inner)
 
 
 def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
@@ -499,12 +447,13 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
             r0 = blk * rows_per_block
             row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
                                 &col_mean[0], &part_a[blk, 0], &part_b[blk, 0])
-        for c in prange(C, schedule='static', num_threads=num_threads):
+        for c in range(C):
             sum_dy[c] = 0.0
             sum_dy_xmu[c] = 0.0
-            for blk in range(nblocks):
-                for t in range(k):
-                    for i in range(inner):
+        for blk in range(nblocks):
+            for t in range(k):
+                for i in range(inner):
+                    for c in range(C):
                         j = (t * C + c) * inner + i
                         sum_dy[c] += part_a[blk, j]
                         sum_dy_xmu[c] += part_b[blk, j]
