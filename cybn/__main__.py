@@ -50,7 +50,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="print version, OpenMP, threads, build flags; run a self-check")
     sub.add_parser("check", help="compare every op against a float64 reference")
+    sub.add_parser("bench", help="time cybn against copy, NumPy and PyTorch (see --help)",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
     if args.command in (None, "info"):
         from . import show_config
 

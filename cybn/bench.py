@@ -1,0 +1,281 @@
+"""Benchmark: cybn against a parallel copy (memory speed), NumPy and, if installed, PyTorch.
+
+Every contender runs in the same process on the same arrays, in the same order, with
+warm-up calls first; the figure reported is the median of the repeats. Machines are noisy,
+so read the ratios (to the copy, and PyTorch / cybn) rather than absolute times.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+
+import numpy as np
+
+from . import __version__, _kernels, functional as F
+from ._openmp import get_num_threads
+
+# The shape suite: (shape in channels-first order). Each runs as NCHW (axis 1) and as the
+# channels-last transpose (axis -1).
+SUITE = [
+    (32, 64, 56, 56),
+    (256, 64, 56, 56),
+    (8, 256, 14, 14),
+    (128, 512, 7, 7),
+    (64, 3, 224, 224),
+    (1, 32, 512, 512),
+    (4096, 1024),
+    (7, 33, 17, 19),
+]
+QUICK_SUITE = [(32, 64, 56, 56), (128, 512, 7, 7), (4096, 1024), (7, 33, 17, 19)]
+OPS = ("infer", "train", "backward")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def numpy_reference(op, x, axis, w, b, rm, rv, dy, mean, invstd, eps=1e-5):
+    """Straightforward NumPy batch norm, the way one writes it without a library."""
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    if op == "infer":
+        return (x - rm.reshape(shape)) / np.sqrt(rv.reshape(shape) + eps) * w.reshape(shape) \
+            + b.reshape(shape)
+    if op == "train":
+        mu = x.mean(axis=red, keepdims=True)
+        var = x.var(axis=red, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w.reshape(shape) + b.reshape(shape)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    n = x.size // x.shape[axis]
+    dbias = dy.sum(axis=red, keepdims=True)
+    dweight = (dy * xhat).sum(axis=red, keepdims=True)
+    return (dy - dbias / n - xhat * dweight / n) * (w.reshape(shape) * invstd.reshape(shape))
+
+
+def torch_runner(op, x, axis, w, b, rm, rv, dy, mean, invstd):
+    """A callable timing PyTorch's CPU kernel for op, or None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    tx = torch.from_numpy(x)
+    tdy = torch.from_numpy(dy)
+    if x.ndim > 2 and axis != 1:  # channels-last: the same memory as a channels_last tensor
+        perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+        tx, tdy = tx.permute(*perm), tdy.permute(*perm)
+    elif x.ndim == 2 and axis != 1:
+        return None
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+    tmean, tinv = torch.from_numpy(mean.astype(x.dtype)), torch.from_numpy(invstd.astype(x.dtype))
+    fbn = torch.nn.functional.batch_norm
+    if op == "infer":
+        return lambda: fbn(tx, trm, trv, tw, tb, training=False)
+    if op == "train":
+        return lambda: fbn(tx, trm, trv, tw, tb, training=True)
+    bwd = torch.ops.aten.native_batch_norm_backward
+    return lambda: bwd(tdy, tx, tw, trm, trv, tmean, tinv, True, 1e-5, [True, True, True])
+
+
+def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int = 15,
+        torch: bool = True, numpy_ref: bool = True, verbose: bool = True) -> dict:
+    """Time every op on every shape, layout and dtype; return a JSON-ready dict."""
+    shapes = SUITE if shapes is None else shapes
+    threads = get_num_threads()
+    if torch:
+        try:
+            import torch as _torch
+
+            _torch.set_num_threads(threads)
+            torch_version = _torch.__version__
+        except ImportError:
+            torch, torch_version = False, None
+    else:
+        torch_version = None
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "threads": threads,
+        "cybn": __version__,
+        "kernel_variant": _kernels.ISA,
+        "numpy": np.__version__,
+        "torch": torch_version,
+        "repeats": repeats,
+    }
+    rows = []
+    rng = np.random.default_rng(0)
+    if verbose:
+        print(f"# cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "
+              f"numpy {np.__version__}, torch {torch_version}, median of {repeats}")
+        print(f"{'shape':<20} {'layout':<6} {'dtype':<7} {'op':<8} {'cybn ms':>8} "
+              f"{'copy ms':>8} {'x copy':>7} {'numpy ms':>9} {'torch ms':>9} {'speed-up':>8}")
+    for base in shapes:
+        for layout in layouts:
+            if len(base) == 2 and layout == "NHWC":
+                continue
+            if layout == "NHWC":
+                shape, axis = (base[0],) + base[2:] + (base[1],), -1
+            else:
+                shape, axis = base, 1
+            for dtype in dtypes:
+                x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+                dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+                C = shape[axis]
+                w = rng.standard_normal(C).astype(dtype)
+                b = rng.standard_normal(C).astype(dtype)
+                rm = np.zeros(C, dtype=dtype)
+                rv = np.ones(C, dtype=dtype)
+                out = np.empty_like(x)
+                _, mean, invstd = F.batch_norm_train(x, w, b, axis=axis)
+                flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+                copy_t = median_time(lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
+                                     repeats)
+                for op in OPS:
+                    if op == "infer":
+                        fn = lambda: F.batch_norm_infer(x, rm, rv, w, b, axis=axis, out=out)  # noqa: E731
+                    elif op == "train":
+                        fn = lambda: F.batch_norm_train(x, w, b, axis=axis, out=out)  # noqa: E731
+                    else:
+                        fn = lambda: F.batch_norm_backward(dy, x, w, mean, invstd, axis=axis,  # noqa: E731
+                                                           out=out)
+                    t_cybn = median_time(fn, repeats)
+                    t_np = (median_time(lambda: numpy_reference(op, x, axis, w, b, rm, rv, dy,
+                                                                mean, invstd), max(3, repeats // 3),
+                                        warmup=1) if numpy_ref else None)
+                    runner = torch_runner(op, x, axis, w, b, rm, rv, dy, mean, invstd) \
+                        if torch else None
+                    t_torch = median_time(runner, repeats) if runner else None
+                    row = {
+                        "shape": list(shape), "layout": layout if len(shape) > 2 else "NC",
+                        "dtype": dtype, "op": op, "cybn_ms": t_cybn * 1e3,
+                        "copy_ms": copy_t * 1e3, "ratio_to_copy": t_cybn / copy_t,
+                        "numpy_ms": None if t_np is None else t_np * 1e3,
+                        "torch_ms": None if t_torch is None else t_torch * 1e3,
+                        "speedup_vs_torch": None if t_torch is None else t_torch / t_cybn,
+                    }
+                    rows.append(row)
+                    if verbose:
+                        print(_format_row(row), flush=True)
+    result = {"meta": meta, "rows": rows}
+    if verbose:
+        print(summary(result))
+    return result
+
+
+def _format_row(r) -> str:
+    def f(v, width, digits=3):
+        return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
+
+    shape = "x".join(str(s) for s in r["shape"])
+    return (f"{shape:<20} {r['layout']:<6} {r['dtype']:<7} {r['op']:<8} {f(r['cybn_ms'], 8)} "
+            f"{f(r['copy_ms'], 8)} {f(r['ratio_to_copy'], 7, 2)} {f(r['numpy_ms'], 9, 2)} "
+            f"{f(r['torch_ms'], 9)} {f(r['speedup_vs_torch'], 8, 2)}")
+
+
+def summary(result) -> str:
+    """Geometric-mean speed-up over PyTorch per op and dtype."""
+    lines = []
+    for dtype in sorted({r["dtype"] for r in result["rows"]}):
+        for op in OPS:
+            sp = [r["speedup_vs_torch"] for r in result["rows"]
+                  if r["op"] == op and r["dtype"] == dtype and r["speedup_vs_torch"]]
+            if sp:
+                gm = float(np.exp(np.mean(np.log(sp))))
+                lines.append(f"# {dtype} {op}: geometric-mean speed-up over PyTorch {gm:.2f}x "
+                             f"(min {min(sp):.2f}x, max {max(sp):.2f}x, {len(sp)} cases)")
+    return "\n".join(lines)
+
+
+def markdown_table(result) -> str:
+    head = ("| shape | layout | dtype | op | cybn ms | copy ms | cybn / copy | NumPy ms | "
+            "PyTorch ms | PyTorch / cybn |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in result["rows"]:
+        def f(v, d=3):
+            return "-" if v is None else f"{v:.{d}f}"
+        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['layout']} | {r['dtype']} | "
+                     f"{r['op']} | {f(r['cybn_ms'])} | {f(r['copy_ms'])} | "
+                     f"{f(r['ratio_to_copy'], 2)} | {f(r['numpy_ms'], 2)} | {f(r['torch_ms'])} | "
+                     f"{f(r['speedup_vs_torch'], 2)} |")
+    return "\n".join(lines)
+
+
+def plot(result, path: str) -> bool:
+    """Bar chart of the ratio to copy per case (matplotlib optional). True if written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result["rows"]
+    labels = [f"{'x'.join(map(str, r['shape']))} {r['layout']} {r['dtype']} {r['op']}"
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.25 * len(rows) + 1.5))
+    pos = np.arange(len(rows))
+    ax.barh(pos - 0.2, [r["ratio_to_copy"] for r in rows], height=0.4, label="cybn")
+    torch_ratio = [(r["torch_ms"] / r["copy_ms"]) if r["torch_ms"] else 0 for r in rows]
+    if any(torch_ratio):
+        ax.barh(pos + 0.2, torch_ratio, height=0.4, label="PyTorch")
+    ax.set_yticks(pos, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("time / parallel copy time (lower is better)")
+    m = result["meta"]
+    ax.set_title(f"cybn {m['cybn']} vs PyTorch {m['torch']}, {m['threads']} threads, {m['date']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cybn bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a four-shape subset")
+    p.add_argument("--dtype", default="float32", help="comma-separated: float32,float64")
+    p.add_argument("--layouts", default="NCHW,NHWC")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-numpy", action="store_true")
+    p.add_argument("--json", help="write the results as JSON to this path")
+    p.add_argument("--markdown", help="write a Markdown table to this path")
+    p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
+    args = p.parse_args(argv)
+    result = run(QUICK_SUITE if args.quick else SUITE, dtypes=tuple(args.dtype.split(",")),
+                 layouts=tuple(args.layouts.split(",")), repeats=args.repeats,
+                 torch=not args.no_torch, numpy_ref=not args.no_numpy)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(result) + "\n")
+    if args.plot and not plot(result, args.plot):
+        print("matplotlib is not installed: no plot written")
+    return 0
