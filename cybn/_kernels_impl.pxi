@@ -47,21 +47,24 @@ PLANE_BLOCK_SIZE = PLANE_BLOCK
 
 cdef inline void block_moments(const floating* p, Py_ssize_t n,
                                double* mean, double* m2) noexcept nogil:
-    """Mean and sum of squared deviations of p[0:n] (n >= 1), two passes, in double."""
+    """Mean and sum of squared deviations of p[0:n] (n >= 1), two passes, in double.
+
+    The first pass sums p[i] - p[0], so a constant block has exactly mean p[0] and m2 0.
+    """
     cdef double acc[LANES]
     cdef Py_ssize_t i, j
     cdef Py_ssize_t nfull = n - n % LANES
-    cdef double s = 0.0, m, d
+    cdef double s = 0.0, m, d, first = <double>p[0]
     for j in range(LANES):
         acc[j] = 0.0
     for i in range(nfull // LANES):
         for j in range(LANES):
-            acc[j] += <double>p[i * LANES + j]
+            acc[j] += <double>p[i * LANES + j] - first
     for j in range(LANES):
         s += acc[j]
     for i in range(nfull, n):
-        s += <double>p[i]
-    m = s / <double>n
+        s += <double>p[i] - first
+    m = first + s / <double>n
 
     for j in range(LANES):
         acc[j] = 0.0
@@ -331,19 +334,23 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
 
 cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
                                    double* mean, double* m2) noexcept nogil:
-    """Per-column mean and M2 of rows x[0:nrows, 0:L], two passes, vectorized over columns."""
+    """Per-column mean and M2 of rows x[0:nrows, 0:L], two passes, vectorized over columns.
+
+    The first pass sums x[r, j] - x[0, j] (rows 1 on), so a constant column has exactly
+    mean x[0, j] and m2 0.
+    """
     cdef Py_ssize_t r, j
     cdef const floating* row
     cdef double d
     for j in range(L):
         mean[j] = 0.0
         m2[j] = 0.0
-    for r in range(nrows):
+    for r in range(1, nrows):
         row = x + r * L
         for j in range(L):
-            mean[j] += <double>row[j]
+            mean[j] += <double>row[j] - <double>x[j]
     for j in range(L):
-        mean[j] = mean[j] / <double>nrows
+        mean[j] = <double>x[j] + mean[j] / <double>nrows
     for r in range(nrows):
         row = x + r * L
         for j in range(L):

@@ -1,0 +1,155 @@
+"""Concurrency, memory use, property tests against the reference, and (slow) huge arrays."""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cybn
+import reference as ref
+
+
+def all_ops(x, dy, axis):
+    C = x.shape[axis]
+    rm, rv = np.zeros(C), np.ones(C)
+    y, mean, invstd = cybn.batch_norm_train(x, axis=axis, running_mean=rm, running_var=rv)
+    dx, dw, db = cybn.batch_norm_backward(dy, x, None, mean, invstd, axis=axis)
+    yi = cybn.batch_norm_infer(x, rm, rv, axis=axis)
+    return [y, mean, invstd, rm, rv, dx, dw, db, yi]
+
+
+def test_python_threads_give_the_same_bits_as_serial_calls():
+    rng = np.random.default_rng(9)
+    inputs = [((rng.standard_normal((8, 16, 30, 30)) + i).astype(np.float32), 1)
+              if i % 2 == 0 else
+              ((rng.standard_normal((8, 30, 30, 16)) - i).astype(np.float32), -1)
+              for i in range(4)]
+    dys = [np.ones_like(x) * 0.5 + x * 0.1 for x, _ in inputs]
+    serial = [all_ops(x, dy, axis) for (x, axis), dy in zip(inputs, dys)]
+    results = [None] * 4
+
+    def work(i):
+        x, axis = inputs[i]
+        for _ in range(3):
+            results[i] = all_ops(x, dys[i], axis)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_repeated_calls_give_the_same_bits():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 7, 33, 9)).astype(np.float32)
+    first = all_ops(x, x, 1)
+    for _ in range(5):
+        for a, b in zip(all_ops(x, x, 1), first):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_no_memory_growth_and_no_large_temporaries(axis):
+    rng = np.random.default_rng(11)
+    shape = (8, 16, 24, 24) if axis == 1 else (8, 24, 24, 16)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = np.empty_like(x)
+    C = shape[axis]
+    rm, rv, w = np.zeros(C), np.ones(C), np.ones(C)
+    _, mean, invstd = cybn.batch_norm_train(x, axis=axis)
+
+    def calls():
+        cybn.batch_norm_train(x, w, w, running_mean=rm, running_var=rv, axis=axis, out=out)
+        cybn.batch_norm_infer(x, rm, rv, w, w, axis=axis, out=out)
+        cybn.batch_norm_backward(x, x, w, mean, invstd, axis=axis, out=out)
+        cybn.moments(x, axis=axis)
+
+    calls()
+    tracemalloc.start()
+    try:
+        calls()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(500):
+            calls()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - base < 64 * 1024, "memory grows with calls"
+    # with out=, scratch is far below the array's size (no full-size temporary)
+    assert peak - base < x.nbytes // 4, (peak - base, x.nbytes)
+
+
+@st.composite
+def problems(draw):
+    ndim = draw(st.integers(2, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim)))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    offset = draw(st.sampled_from([0.0, 1.0, -300.0, 1e4]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 50.0]))
+    step = draw(st.sampled_from([1, 2, -1]))
+    rng = np.random.default_rng(seed)
+    big = list(shape)
+    big[0] *= abs(step)
+    x = (rng.standard_normal(big) * scale + offset).astype(dtype)[::step]
+    return x, axis, rng
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_property_every_op_matches_reference(problem):
+    x, axis, rng = problem
+    C = x.shape[axis]
+    n = x.size // C
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    m, v = cybn.moments(x, axis=axis)
+    m_ref, v_ref = ref.moments(x, axis=axis)
+    # Data far from zero is ill-conditioned in any precision: float64 rounding of
+    # x - mean alone costs eps64 * |x| / std, so tolerances grow with that ratio.
+    cond = float(np.max(np.abs(x)) / max(np.sqrt(np.min(v_ref)), 1e-300)) if n > 1 else 1.0
+    np.testing.assert_allclose(m, m_ref, rtol=1e-12, atol=1e-12 * np.max(np.abs(m_ref)))
+    np.testing.assert_allclose(v, v_ref, rtol=1e-9 + 1e-15 * cond, atol=1e-20)
+    yi = cybn.batch_norm_infer(x, m_ref, v_ref + 1.0, w, b, axis=axis)
+    assert_close(yi, ref.infer(x, m_ref, v_ref + 1.0, w, b, axis=axis), x.dtype)
+    if n < 2:
+        with pytest.raises(ValueError):
+            cybn.batch_norm_train(x, w, b, axis=axis)
+        return
+    y, mean, invstd = cybn.batch_norm_train(x, w, b, axis=axis, eps=1e-3)
+    y_ref, _, invstd_ref, _ = ref.train(x, w, b, eps=1e-3, axis=axis)
+    tol = (2e-6 if x.dtype == np.float32 else 1e-12) + 1e-15 * cond
+    scale = max(1.0, float(np.max(np.abs(y_ref))))
+    assert np.max(np.abs(y - y_ref)) / scale <= tol
+    dy = rng.standard_normal(x.shape).astype(x.dtype)
+    dx, dw, db = cybn.batch_norm_backward(dy, x, w, mean, invstd, axis=axis)
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, w, mean, invstd, axis=axis)
+    scale = max(1.0, float(np.max(np.abs(dx_ref))))
+    assert np.max(np.abs(dx - dx_ref)) / scale <= tol
+    assert_close(db, db_ref, x.dtype, scale=max(1.0, float(np.abs(dy).sum())))
+
+
+@pytest.mark.slow
+def test_array_beyond_2_to_the_31_elements():
+    """float32 (2, 2, 2**29 + 3): 2**31 + 12 elements, 8.6 GB; inference in place and moments."""
+    n = 2**29 + 3
+    x = np.empty((2, 2, n), dtype=np.float32)
+    x[:, 0] = 1.0
+    x[:, 1] = 3.0
+    x[1, 1, -1] = 7.0  # the very last element must be seen
+    mean, var = cybn.moments(x, axis=1)
+    count = 2 * n
+    assert mean[0] == 1.0
+    np.testing.assert_allclose(mean[1], (3.0 * (count - 1) + 7.0) / count, rtol=1e-12)
+    assert var[0] == 0.0 and var[1] > 0
+    cybn.batch_norm_infer(x, np.array([1.0, 3.0]), np.array([0.0, 0.0]), eps=1.0, out=x)
+    assert x[1, 1, -1] == 4.0 and x[0, 1, 0] == 0.0 and x[1, 0, -1] == 0.0
