@@ -1,0 +1,283 @@
+"""A minimal, autograd-free training helper: losses, optimizers, fit / evaluate / predict.
+
+Losses return ``(loss, dloss)``: the mean loss and its gradient with respect to the
+prediction, ready for ``model.backward``.
+
+Weight decay: the optimizers apply ``weight_decay`` to every parameter whose ``decay``
+attribute is True. BatchNorm layers create their weight and bias with ``decay=False``
+(decaying the scale towards 0 works against the normalization), which differs from
+PyTorch's default of decaying every parameter; set ``param.decay = True`` to get
+PyTorch's behaviour.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["cross_entropy", "mse_loss", "SGD", "Adam", "fit", "evaluate", "predict"]
+
+
+def cross_entropy(logits, targets):
+    """Mean softmax cross-entropy over the batch.
+
+    Parameters
+    ----------
+    logits : ndarray (N, K)
+    targets : ndarray (N,) of integer class indices in [0, K)
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray (N, K), logits' dtype
+        ``(softmax(logits) - onehot(targets)) / N``.
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (N, K), got {logits.shape}")
+    if targets.shape != (logits.shape[0],) or targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integer class indices of shape ({logits.shape[0]},),"
+                         f" got {targets.dtype} array of shape {targets.shape}")
+    n, k = logits.shape
+    if n and (targets.min() < 0 or targets.max() >= k):
+        raise ValueError(f"targets must lie in [0, {k}), got values in "
+                         f"[{targets.min()}, {targets.max()}]")
+    shifted = logits - logits.max(axis=1, keepdims=True)  # stable: exp of values <= 0
+    exp = np.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, targets]))
+    grad = exp / total
+    grad[rows, targets] -= 1
+    grad /= n
+    return loss, grad.astype(logits.dtype, copy=False)
+
+
+def mse_loss(pred, target):
+    """Mean squared error ``mean((pred - target)**2)`` and its gradient ``2 (pred - target) / size``."""
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
+    diff = pred - target
+    loss = float(np.mean(diff.astype(np.float64) ** 2))
+    return loss, (2.0 / max(diff.size, 1) * diff).astype(pred.dtype, copy=False)
+
+
+class _Optimizer:
+    def __init__(self, params, lr: float, weight_decay: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params is empty: pass model.parameters()")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.zero_grad()
+
+    def _grad(self, p):
+        if self.weight_decay and getattr(p, "decay", True):
+            return p.grad + self.weight_decay * p.data
+        return p.grad
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with PyTorch's update rule (no dampening).
+
+    ``g = grad + weight_decay * p``; with momentum ``buf = momentum * buf + g`` (``buf = g``
+    on the first step) and ``g = buf``, or ``g + momentum * buf`` with nesterov;
+    ``p -= lr * g``.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False):
+        super().__init__(params, lr, weight_decay)
+        if not 0 <= momentum:
+            raise ValueError(f"momentum must be non-negative, got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov needs a positive momentum")
+        self.momentum = float(momentum)
+        self.nesterov = nesterov
+        self._buffers = [None] * len(self.params)
+
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            g = self._grad(p)
+            if self.momentum:
+                buf = self._buffers[i]
+                if buf is None:
+                    buf = self._buffers[i] = np.array(g, copy=True)
+                else:
+                    buf *= self.momentum
+                    buf += g
+                g = g + self.momentum * buf if self.nesterov else buf
+            p.data -= (self.lr * g).astype(p.data.dtype, copy=False)
+
+
+class Adam(_Optimizer):
+    """Adam with PyTorch's update rule (L2 weight decay added to the gradient, not AdamW)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.betas = (float(b1), float(b2))
+        self.eps = float(eps)
+        self.t = 0
+        self._m = [np.zeros_like(p.data) for p in self.params]
+        self._v = [np.zeros_like(p.data) for p in self.params]
+
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self._m, self._v):
+            g = self._grad(p)
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            denom = np.sqrt(v / c2) + self.eps
+            p.data -= (self.lr / c1) * m / denom
+
+
+LOSSES = {"cross_entropy": cross_entropy, "mse": mse_loss, "mse_loss": mse_loss}
+
+
+def _loss_fn(loss):
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
+    return LOSSES[loss]
+
+
+def _is_classification(loss_fn) -> bool:
+    return loss_fn is cross_entropy
+
+
+def predict(model, X, batch_size: int = 256):
+    """Model outputs on X in eval mode, batch by batch (the model is left in eval mode)."""
+    model.eval()
+    X = np.asarray(X)
+    outs = [model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+    return np.concatenate(outs) if outs else np.empty((0,))
+
+
+def evaluate(model, X, y, *, loss="cross_entropy", batch_size: int = 256):
+    """Mean loss and, for classification, accuracy of the model in eval mode.
+
+    Returns
+    -------
+    (loss, accuracy) with accuracy None for regression losses.
+    """
+    fn = _loss_fn(loss)
+    out = predict(model, X, batch_size)
+    value, _ = fn(out, y)
+    acc = float(np.mean(out.argmax(axis=1) == y)) if _is_classification(fn) else None
+    return value, acc
+
+
+def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
+        batch_size: int = 64, validation_data=None, shuffle: bool = True, seed: int = 0,
+        progress: bool = True):
+    """Train ``model`` on (X, y) with mini-batches.
+
+    Parameters
+    ----------
+    model : Module
+    X, y : ndarrays
+        Inputs and targets (class indices for cross-entropy).
+    loss : "cross_entropy", "mse" or a callable ``(pred, target) -> (loss, dpred)``
+    optimizer : SGD or Adam, optional
+        Defaults to ``SGD(model.parameters(), lr=0.01, momentum=0.9)``.
+    epochs, batch_size : int
+        A last batch of a single sample is dropped (BatchNorm needs two values per channel).
+    validation_data : (X_val, y_val), optional
+    shuffle, seed : the order of samples each epoch comes from ``np.random.default_rng(seed)``,
+        so the same seed (and the same model initialization) gives the same result.
+    progress : bool
+        A tqdm bar when tqdm is installed, else one line per epoch.
+
+    Returns
+    -------
+    history : dict of per-epoch lists ``loss``, ``accuracy``, ``val_loss``,
+        ``val_accuracy``, ``time`` (seconds), and ``diverged`` (True when the training loss
+        became NaN or infinite; training stops there).
+    """
+    fn = _loss_fn(loss)
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+    if optimizer is None:
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    classify = _is_classification(fn)
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "time": [],
+               "diverged": False}
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
+        except ImportError:
+            bar = None
+    n = len(X)
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        model.train()
+        total, correct, seen = 0.0, 0, 0
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2:
+                continue
+            xb, yb = X[idx], y[idx]
+            out = model(xb)
+            value, grad = fn(out, yb)
+            optimizer.zero_grad()
+            model.backward(grad)
+            optimizer.step()
+            total += value * len(idx)
+            seen += len(idx)
+            if classify:
+                correct += int(np.sum(out.argmax(axis=1) == yb))
+        train_loss = total / max(seen, 1)
+        history["loss"].append(train_loss)
+        history["accuracy"].append(correct / max(seen, 1) if classify else None)
+        if validation_data is not None:
+            vl, va = evaluate(model, *validation_data, loss=fn)
+        else:
+            vl, va = None, None
+        history["val_loss"].append(vl)
+        history["val_accuracy"].append(va)
+        history["time"].append(time.perf_counter() - start)
+        line = f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f}"
+        if classify:
+            line += f" acc {history['accuracy'][-1]:.3f}"
+        if vl is not None:
+            line += f" val_loss {vl:.4f}" + (f" val_acc {va:.3f}" if va is not None else "")
+        if bar is not None:
+            bar.set_postfix_str(line.split(" ", 2)[2])
+            bar.update(1)
+        elif progress:
+            print(line, flush=True)
+        if not np.isfinite(train_loss):
+            history["diverged"] = True
+            break
+    if bar is not None:
+        bar.close()
+    return history
