@@ -52,7 +52,13 @@ def main(argv=None) -> int:
     sub.add_parser("check", help="compare every op against a float64 reference")
     sub.add_parser("bench", help="time cybn against copy, NumPy and PyTorch (see --help)",
                    add_help=False)
+    sub.add_parser("demo", help="train MLP and CNN on digits with/without BatchNorm (see --help)",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(rest)
     if args.command == "bench":
         from .bench import main as bench_main
 

@@ -52,6 +52,16 @@ __all__ = [
 # Internal: run the kernel families on a ChannelView.
 # ---------------------------------------------------------------------------------------
 
+# Arrays with fewer elements run on the calling thread: waking OpenMP's threads costs more
+# than it saves there, and next to other spinning thread pools (OpenBLAS in a training loop)
+# it can cost milliseconds. Results do not depend on this (bitwise the same either way).
+MIN_PARALLEL_SIZE = 1 << 17
+
+
+def _threads(view: ChannelView) -> int:
+    return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
+
+
 def _plane_scratch(view: ChannelView) -> tuple:
     n = view.channels * view.outer * (-(-view.inner // _kernels.PLANE_BLOCK_SIZE))
     return np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
@@ -164,7 +174,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
                          f"of shape {x.shape} with channel axis {view.axis}")
 
-    threads = get_num_threads()
+    threads = _threads(view)
     xk = view.kernel_view(x)
     dest = _Output(view, out, x.dtype)
     mean = np.empty(C, dtype=np.float64)
@@ -227,7 +237,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = w / np.sqrt(rv + eps)
     dest = _Output(view, out, x.dtype)
-    _affine(view, view.kernel_view(x), rm, scale, b, dest.kernel, get_num_threads())
+    _affine(view, view.kernel_view(x), rm, scale, b, dest.kernel, _threads(view))
     return dest.result()
 
 
@@ -278,7 +288,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         zeros = np.zeros(C, dtype=x.dtype)
         return _empty_result(view, out, x.dtype), zeros, zeros.copy()
 
-    threads = get_num_threads()
+    threads = _threads(view)
     dyk, xk = view.kernel_view(dy), view.kernel_view(x)
     dest = _Output(view, out, x.dtype)
     sum_dy = np.empty(C, dtype=np.float64)
@@ -345,7 +355,7 @@ def moments(x, *, axis: int = 1, ddof=0):
     C = view.channels
     if view.size == 0:
         return np.full(C, np.nan), np.full(C, np.nan)
-    mean, m2 = _channel_moments(view, view.kernel_view(x), get_num_threads())
+    mean, m2 = _channel_moments(view, view.kernel_view(x), _threads(view))
     denom = view.count - ddof
     var = m2 / denom if denom > 0 else np.full(C, np.nan)
     return mean, var

@@ -463,11 +463,12 @@ class ReLU(Module):
     """max(x, 0)."""
 
     def forward(self, x):
+        x = np.asarray(x)
         self._mask = x > 0
-        return np.where(self._mask, x, 0).astype(x.dtype, copy=False)
+        return x * self._mask  # keeps x's dtype; a multiply beats a branchy np.where
 
     def backward(self, dy):
-        return np.where(self._mask, dy, 0).astype(dy.dtype, copy=False)
+        return dy * self._mask
 
 
 class Dropout(Module):

@@ -6,8 +6,11 @@ import cybn
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def threads(request):
-    """Run the test body under 1 and under 2 OpenMP threads."""
+def threads(request, monkeypatch):
+    """Run the test body under 1 and under 2 OpenMP threads, small arrays included."""
+    import cybn.functional
+
+    monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
     with threadpool_limits(limits=request.param, user_api="openmp"):
         yield request.param
 

@@ -46,9 +46,28 @@ def run_all(x, dy, axis):
     return [y, mean, invstd, rm, rv, yi, dx, dw, db, dxe, m, v]
 
 
+@pytest.fixture
+def always_parallel(monkeypatch):
+    """Use OpenMP's threads even for the small arrays below the serial threshold."""
+    import cybn.functional
+
+    monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
+
+
+def test_small_arrays_run_on_the_calling_thread_only(monkeypatch):
+    import cybn.functional as F
+    from cybn._validate import ChannelView
+
+    small = ChannelView.of((2, 3, 4, 4), 1)
+    big = ChannelView.of((64, 64, 32, 32), 1)
+    with threadpool_limits(limits=2, user_api="openmp"):
+        assert F._threads(small) == 1
+        assert F._threads(big) == 2
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", SHAPES)
-def test_bitwise_identical_for_any_thread_count(shape, axis, dtype):
+def test_bitwise_identical_for_any_thread_count(shape, axis, dtype, always_parallel):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
