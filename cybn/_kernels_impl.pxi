@@ -332,46 +332,128 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
 # Per-column results are folded into channels in (block, column) order.
 # ---------------------------------------------------------------------------------------
 
+cdef enum:
+    ROW_GROUP = 4         # rows folded into the column accumulators per update
+
+
 cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
                                    double* mean, double* m2) noexcept nogil:
     """Per-column mean and M2 of rows x[0:nrows, 0:L], two passes, vectorized over columns.
 
-    The first pass sums x[r, j] - x[0, j] (rows 1 on), so a constant column has exactly
-    mean x[0, j] and m2 0.
+    Rows are read in order; each update of the column accumulators adds a group of
+    ROW_GROUP rows (summed pairwise first), which quarters the accumulator traffic. The
+    first pass sums x[r, j] - x[0, j], so a constant column has exactly mean x[0, j], m2 0.
     """
-    cdef Py_ssize_t r, j
-    cdef const floating* row
-    cdef double d
+    cdef Py_ssize_t r, j, ngroups = nrows // ROW_GROUP
+    cdef const floating* a
+    cdef const floating* b
+    cdef const floating* c
+    cdef const floating* e
+    cdef double d0, d1, d2, d3
     for j in range(L):
         mean[j] = 0.0
         m2[j] = 0.0
-    for r in range(1, nrows):
-        row = x + r * L
+    for r in range(ngroups):
+        a = x + (r * ROW_GROUP) * L
+        b = a + L
+        c = b + L
+        e = c + L
         for j in range(L):
-            mean[j] += <double>row[j] - <double>x[j]
+            mean[j] += (((<double>a[j] - <double>x[j]) + (<double>b[j] - <double>x[j]))
+                        + ((<double>c[j] - <double>x[j]) + (<double>e[j] - <double>x[j])))
+    for r in range(ngroups * ROW_GROUP, nrows):
+        a = x + r * L
+        for j in range(L):
+            mean[j] += <double>a[j] - <double>x[j]
     for j in range(L):
         mean[j] = <double>x[j] + mean[j] / <double>nrows
-    for r in range(nrows):
-        row = x + r * L
+    for r in range(ngroups):
+        a = x + (r * ROW_GROUP) * L
+        b = a + L
+        c = b + L
+        e = c + L
         for j in range(L):
-            d = <double>row[j] - mean[j]
-            m2[j] += d * d
+            d0 = <double>a[j] - mean[j]
+            d1 = <double>b[j] - mean[j]
+            d2 = <double>c[j] - mean[j]
+            d3 = <double>e[j] - mean[j]
+            m2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(ngroups * ROW_GROUP, nrows):
+        a = x + r * L
+        for j in range(L):
+            d0 = <double>a[j] - mean[j]
+            m2[j] += d0 * d0
 
 
 cdef inline void row_block_grad_sums(const floating* dy, const floating* x, Py_ssize_t nrows,
                                      Py_ssize_t L, const double* col_mean,
                                      double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows]."""
-    cdef Py_ssize_t r, j
-    cdef double g
+    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows], ROW_GROUP rows per
+    accumulator update (see row_block_moments)."""
+    cdef Py_ssize_t r, j, ngroups = nrows // ROW_GROUP
+    cdef const floating* g
+    cdef const floating* v
     for j in range(L):
         sum_dy[j] = 0.0
         sum_dy_xmu[j] = 0.0
-    for r in range(nrows):
+    for r in range(ngroups):
+        g = dy + (r * ROW_GROUP) * L
         for j in range(L):
-            g = <double>dy[r * L + j]
-            sum_dy[j] += g
-            sum_dy_xmu[j] += g * (<double>x[r * L + j] - col_mean[j])
+            sum_dy[j] += ((<double>g[j] + <double>g[L + j])
+                          + (<double>g[2 * L + j] + <double>g[3 * L + j]))
+    for r in range(ngroups * ROW_GROUP, nrows):
+        g = dy + r * L
+        for j in range(L):
+            sum_dy[j] += <double>g[j]
+    for r in range(ngroups):
+        g = dy + (r * ROW_GROUP) * L
+        v = x + (r * ROW_GROUP) * L
+        for j in range(L):
+            sum_dy_xmu[j] += (
+                (<double>g[j] * (<double>v[j] - col_mean[j])
+                 + <double>g[L + j] * (<double>v[L + j] - col_mean[j]))
+                + (<double>g[2 * L + j] * (<double>v[2 * L + j] - col_mean[j])
+                   + <double>g[3 * L + j] * (<double>v[3 * L + j] - col_mean[j])))
+    for r in range(ngroups * ROW_GROUP, nrows):
+        g = dy + r * L
+        v = x + r * L
+        for j in range(L):
+            sum_dy_xmu[j] += <double>g[j] * (<double>v[j] - col_mean[j])
+
+
+cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nrows,
+                                  Py_ssize_t L, Py_ssize_t group, const double* shift,
+                                  const double* scale, const double* offset) noexcept nogil:
+    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j] over rows [0:nrows].
+
+    The coefficients come tiled over ``group`` rows (length group * L), so ``group``
+    consecutive rows are one flat, vectorized run; leftover rows go one at a time.
+    """
+    cdef Py_ssize_t r, i, run = group * L, ngroups = nrows // group
+    for r in range(ngroups):
+        for i in range(run):
+            y[r * run + i] = <floating>((<double>x[r * run + i] - shift[i]) * scale[i]
+                                        + offset[i])
+    for r in range(ngroups * group, nrows):
+        for i in range(L):
+            y[r * L + i] = <floating>((<double>x[r * L + i] - shift[i]) * scale[i] + offset[i])
+
+
+cdef inline void row_block_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                      Py_ssize_t nrows, Py_ssize_t L, Py_ssize_t group,
+                                      const double* mean, const double* k1, const double* k2,
+                                      const double* k3) noexcept nogil:
+    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j] over rows [0:nrows],
+    with coefficients tiled over ``group`` rows as in row_block_affine."""
+    cdef Py_ssize_t r, i, o, run = group * L, ngroups = nrows // group
+    for r in range(ngroups):
+        for i in range(run):
+            o = r * run + i
+            dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
+    for r in range(ngroups * group, nrows):
+        for i in range(L):
+            o = r * L + i
+            dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
 
 
 def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
@@ -408,14 +490,18 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
 
 
 def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
-               const double[::1] shift,           # IN  (L,) per column
-               const double[::1] scale,           # IN  (L,)
-               const double[::1] offset,          # IN  (L,)
+               const double[::1] shift,           # IN  (group * L,) per column, tiled
+               const double[::1] scale,           # IN  (group * L,)
+               const double[::1] offset,          # IN  (group * L,)
                floating[:, ::1] y,                # OUT (rows, L); may be x itself
                Py_ssize_t rows_per_block,
                int num_threads):
-    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j]."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j].
+
+    The per-column coefficients are tiled over ``group = len(shift) // L`` rows;
+    rows_per_block must be a multiple of group.
+    """
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], group = shift.shape[0] // x.shape[1]
     cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
     cdef Py_ssize_t blk, r, r0, r1, j
     cdef const floating* xp = &x[0, 0]
@@ -427,9 +513,7 @@ def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
         for blk in prange(nblocks, schedule='static', num_threads=num_threads):
             r0 = blk * rows_per_block
             r1 = min(R, r0 + rows_per_block)
-            for r in range(r0, r1):
-                for j in range(L):
-                    yp[r * L + j] = <floating>((<double>xp[r * L + j] - sh[j]) * sc[j] + of[j])
+            row_block_affine(xp + r0 * L, yp + r0 * L, r1 - r0, L, group, sh, sc, of)
 
 
 def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
@@ -468,15 +552,16 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
 
 def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty
                    const floating[:, ::1] x,      # IN  (rows, L)
-                   const double[::1] col_mean,    # IN  (L,)
-                   const double[::1] k1,          # IN  (L,)
-                   const double[::1] k2,          # IN  (L,)
-                   const double[::1] k3,          # IN  (L,)
+                   const double[::1] col_mean,    # IN  (group * L,) tiled as in row_affine
+                   const double[::1] k1,          # IN  (group * L,)
+                   const double[::1] k2,          # IN  (group * L,)
+                   const double[::1] k3,          # IN  (group * L,)
                    floating[:, ::1] dx,           # OUT (rows, L); may be dy or x
                    Py_ssize_t rows_per_block,
                    int num_threads):
-    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j]."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j] (tiled coefficients,
+    see row_affine)."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], group = k1.shape[0] // x.shape[1]
     cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
     cdef Py_ssize_t blk, r, r0, r1, j
     cdef const floating* gp = &dy[0, 0]
@@ -490,10 +575,8 @@ def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty
         for blk in prange(nblocks, schedule='static', num_threads=num_threads):
             r0 = blk * rows_per_block
             r1 = min(R, r0 + rows_per_block)
-            for r in range(r0, r1):
-                for j in range(L):
-                    dp[r * L + j] = <floating>(a[j] * <double>gp[r * L + j]
-                                               + b[j] * (<double>xp[r * L + j] - m[j]) + e[j])
+            row_block_grad_apply(gp + r0 * L, xp + r0 * L, dp + r0 * L, r1 - r0, L, group,
+                                 m, a, b, e)
 
 
 def grad_coefficients_array(double count, const double[::1] sum_dy,

@@ -23,6 +23,8 @@ MIN_PLANE_INNER = 32
 MIN_ROW_WIDTH = 64
 ROW_BLOCK_ELEMENTS = 32768
 MIN_ROWS_PER_BLOCK = 8
+# Elementwise row kernels take coefficients tiled over enough rows for a run this long.
+ROW_RUN = 512
 
 
 def describe(value) -> str:
@@ -227,7 +229,9 @@ class ChannelView:
                 if outer % cand == 0:
                     k = cand
                     break
+        group = max(1, ROW_RUN // max(1, k * width))
         rows_per_block = max(MIN_ROWS_PER_BLOCK, ROW_BLOCK_ELEMENTS // max(1, k * width))
+        rows_per_block = -(-rows_per_block // group) * group  # a multiple of group
         return cls(tuple(shape), axis, outer, channels, inner, "row", k, rows_per_block)
 
     @property
@@ -258,9 +262,16 @@ class ChannelView:
             return arr.reshape(self.outer, self.channels, self.inner)
         return arr.reshape(self.rows, self.width)
 
-    def columns(self, per_channel: np.ndarray) -> np.ndarray:
-        """Expand a per-channel vector to the row family's columns."""
-        return np.ascontiguousarray(np.tile(np.repeat(per_channel, self.inner), self.k))
+    @property
+    def group(self) -> int:
+        """Rows the elementwise row kernels treat as one flat run."""
+        return max(1, ROW_RUN // max(1, self.width))
+
+    def columns(self, per_channel: np.ndarray, tiled: bool = False) -> np.ndarray:
+        """Expand a per-channel vector to the row family's columns (repeated over
+        ``group`` rows with ``tiled``, as the elementwise row kernels take it)."""
+        reps = self.k * (self.group if tiled else 1)
+        return np.ascontiguousarray(np.tile(np.repeat(per_channel, self.inner), reps))
 
 
 def channel_view(x: np.ndarray, axis) -> ChannelView:

@@ -89,8 +89,8 @@ def _affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int) -> No
     if view.family == "plane":
         _kernels.plane_affine(xk, shift, scale, offset, yk, threads)
     else:
-        _kernels.row_affine(xk, view.columns(shift), view.columns(scale), view.columns(offset),
-                            yk, view.rows_per_block, threads)
+        _kernels.row_affine(xk, view.columns(shift, True), view.columns(scale, True),
+                            view.columns(offset, True), yk, view.rows_per_block, threads)
 
 
 class _Output:
@@ -303,8 +303,9 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         k1, k2, k3 = np.empty((3, C))
         _kernels.grad_coefficients_array(float(view.count), sum_dy, sum_dy_xmu, inv, w,
                                          training, k1, k2, k3)
-        _kernels.row_grad_apply(dyk, xk, col_mean, view.columns(k1), view.columns(k2),
-                                view.columns(k3), dest.kernel, view.rows_per_block, threads)
+        _kernels.row_grad_apply(dyk, xk, view.columns(mu, True), view.columns(k1, True),
+                                view.columns(k2, True), view.columns(k3, True), dest.kernel,
+                                view.rows_per_block, threads)
     dweight = (sum_dy_xmu * inv).astype(x.dtype)
     return dest.result(), dweight, sum_dy.astype(x.dtype)
 

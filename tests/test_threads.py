@@ -108,8 +108,9 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
             if view.family == "plane":
                 mod.plane_affine(xk, mean, scale, np.zeros(view.channels), y, 2)
             else:
-                mod.row_affine(xk, view.columns(mean), view.columns(scale),
-                               view.columns(np.zeros(view.channels)), y, view.rows_per_block, 2)
+                mod.row_affine(xk, view.columns(mean, True), view.columns(scale, True),
+                               view.columns(np.zeros(view.channels), True), y,
+                               view.rows_per_block, 2)
             outs.append((mean, m2, y))
         for other in outs[1:]:
             for a, b in zip(outs[0], other):
