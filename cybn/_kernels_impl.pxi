@@ -12,11 +12,13 @@
 #                 Column j holds channel (j // inner) % C. Reductions cut the rows into
 #                 blocks of `rows_per_block` rows and vectorize across the columns.
 #
-# Determinism: block bounds depend on the shape only, never on the thread count, and block
-# results are merged per channel in one fixed order (plane family: outer index, then block;
-# row family: block, then column). Which thread computes a block does not change its bits,
-# so any thread count gives bitwise identical results. Setup compiles with
-# -ffp-contract=off, so every instruction-set variant gives the same bits too.
+# Determinism: reductions cut the work into blocks, and the blocks into at most MAX_CHUNKS
+# chunks, with bounds that depend on the shape only, never on the thread count. A chunk
+# merges its blocks in order into one partial result; the partials are merged in chunk
+# order. Which thread computes a chunk does not change its bits, so any thread count gives
+# bitwise identical results. Chunking also keeps the scratch small (MAX_CHUNKS partials),
+# so no call allocates memory proportional to x. Setup compiles with -ffp-contract=off, so
+# every instruction-set variant gives the same bits too.
 #
 # Arithmetic: data may be float32 or float64 (`floating`); all per-channel values and all
 # accumulators are double, and per-element arithmetic runs in double as well, so float32
@@ -29,6 +31,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 
 from cybn._openmp cimport CYBN_OPENMP_ENABLED
 
@@ -37,8 +40,16 @@ OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
 cdef enum:
     LANES = 16            # independent accumulators in a block reduction (vectorizable)
     PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
+    MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
 
 PLANE_BLOCK_SIZE = PLANE_BLOCK
+REDUCTION_CHUNKS = MAX_CHUNKS
+
+
+cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,
+                                   Py_ssize_t i) noexcept nogil:
+    """First index of chunk i when [0, n) is cut into nchunks near-equal chunks."""
+    return (n * i) // nchunks
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,47 +190,73 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
 # Plane family: x[outer, C, inner]; channel c is the planes x[o, c, :].
 # ---------------------------------------------------------------------------------------
 
-cdef inline void plane_block_moments_all(const floating* x, Py_ssize_t outer, Py_ssize_t C,
-                                         Py_ssize_t inner, double* mean, double* m2,
-                                         double* part_mean, double* part_m2,
-                                         int num_threads) noexcept nogil:
-    """Per-channel moments: blocks in parallel, then merged in (o, block) order.
+cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                     Py_ssize_t inner, double* mean, double* m2,
+                                     double* part_mean, double* part_m2, double* part_count,
+                                     int num_threads) noexcept nogil:
+    """Per-channel moments of x[outer, C, inner]; returns -1 if out of memory.
 
-    Items run in memory order (o, c, block) so each thread streams through x.
-    part_mean/part_m2 are SCRATCH of outer * nblocks * C doubles, laid out [o][block][c].
+    Each channel's blocks are numbered q = o * nblocks + k (plane o, block k). The q range
+    is cut into at most MAX_CHUNKS chunks; a chunk reduces, for each of its q, the block of
+    every channel (memory order within a plane) and merges them, vectorized over channels,
+    into its partial [chunk][c] (SCRATCH part_mean/part_m2 of MAX_CHUNKS * C doubles,
+    part_count of MAX_CHUNKS). The partials are then merged in chunk order.
     """
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t item, q, o, c, k, start, length, slot
-    cdef double count = 0.0
-    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
-        q = item // nblocks
-        o = q // C
-        c = q % C
-        k = item % nblocks
-        start = k * PLANE_BLOCK
-        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-        slot = (o * nblocks + k) * C + c
-        block_moments(x + q * inner + start, length, &part_mean[slot], &part_m2[slot])
+    cdef Py_ssize_t Q = outer * nblocks
+    cdef Py_ssize_t nchunks = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t item, q, o, c, start, length
+    cdef double count
+    cdef double* tmp
+    cdef int status[1]
+    status[0] = 0
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        tmp = <double*>malloc(2 * C * sizeof(double))
+        if tmp == NULL:
+            status[0] = -1
+            continue
+        for c in range(C):
+            part_mean[item * C + c] = 0.0
+            part_m2[item * C + c] = 0.0
+        count = 0.0
+        for q in range(chunk_start(Q, nchunks, item), chunk_start(Q, nchunks, item + 1)):
+            o = q // nblocks
+            start = (q % nblocks) * PLANE_BLOCK
+            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+            for c in range(C):
+                block_moments(x + (o * C + c) * inner + start, length, &tmp[c], &tmp[C + c])
+            count = merge_moments(count, <double>length, C, &part_mean[item * C],
+                                  &part_m2[item * C], tmp, tmp + C, 1)
+        part_count[item] = count
+        free(tmp)
+    if status[0] != 0:
+        return -1
     for c in range(C):
         mean[c] = 0.0
         m2[c] = 0.0
-    for q in range(outer * nblocks):
-        length = min(<Py_ssize_t>PLANE_BLOCK, inner - (q % nblocks) * PLANE_BLOCK)
-        count = merge_moments(count, <double>length, C, mean, m2,
-                              &part_mean[q * C], &part_m2[q * C], 1)
+    count = 0.0
+    for item in range(nchunks):
+        count = merge_moments(count, part_count[item], C, mean, m2, &part_mean[item * C],
+                              &part_m2[item * C], 1)
+    return 0
 
 
 def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
                   double[::1] mean,                # OUT (C,)
                   double[::1] m2,                  # OUT (C,) sum of squared deviations
-                  double[::1] part_mean,           # SCRATCH (C * outer * nblocks,)
-                  double[::1] part_m2,             # SCRATCH (C * outer * nblocks,)
+                  double[:, ::1] part_mean,        # SCRATCH (MAX_CHUNKS, C)
+                  double[:, ::1] part_m2,          # SCRATCH (MAX_CHUNKS, C)
+                  double[::1] part_count,          # SCRATCH (MAX_CHUNKS,)
                   int num_threads):
     """Per-channel mean and M2 of a plane-family view."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef int status
     with nogil:
-        plane_block_moments_all(&x[0, 0, 0], outer, C, inner, &mean[0], &m2[0],
-                                &part_mean[0], &part_m2[0], num_threads)
+        status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &m2[0],
+                                       &part_mean[0, 0], &part_m2[0, 0], &part_count[0],
+                                       num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
@@ -252,23 +289,29 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         double[::1] mean,              # OUT (C,) batch mean
                         double[::1] var,               # OUT (C,) biased batch variance
                         double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
-                        double[::1] part_mean,         # SCRATCH (C * outer * nblocks,)
-                        double[::1] part_m2,           # SCRATCH (C * outer * nblocks,)
+                        double[:, ::1] part_mean,      # SCRATCH (MAX_CHUNKS, C)
+                        double[:, ::1] part_m2,        # SCRATCH (MAX_CHUNKS, C)
+                        double[::1] part_count,        # SCRATCH (MAX_CHUNKS,)
                         int num_threads):
     """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias.
 
-    Two streaming passes over x (reduce, then normalize), each in memory order.
+    Two streaming passes over x (reduce, then normalize).
     """
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
     cdef double count = <double>outer * <double>inner
+    cdef int status
     with nogil:
-        # m2 lands in var, then var, invstd and the scale (in part_mean[:C]) are derived.
-        plane_block_moments_all(&x[0, 0, 0], outer, C, inner, &mean[0], &var[0],
-                                &part_mean[0], &part_m2[0], num_threads)
-        for c in range(C):
-            train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
-                               &part_mean[c])
-    plane_affine(x, mean, part_mean[:C], bias, y, num_threads)
+        # m2 lands in var, then var, invstd and the scale (in part_mean[0]) are derived.
+        status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &var[0],
+                                       &part_mean[0, 0], &part_m2[0, 0], &part_count[0],
+                                       num_threads)
+        if status == 0:
+            for c in range(C):
+                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                   &part_mean[0, c])
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    plane_affine(x, mean, part_mean[0], bias, y, num_threads)
 
 
 def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
@@ -280,44 +323,51 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
                    double[::1] sum_dy,                 # OUT (C,) sum of dy
                    double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
-                   double[::1] part_a,                 # SCRATCH (C * outer * nblocks,)
-                   double[::1] part_b,                 # SCRATCH (C * outer * nblocks,)
+                   double[:, ::1] part_a,              # SCRATCH (MAX_CHUNKS, C)
+                   double[:, ::1] part_b,              # SCRATCH (MAX_CHUNKS, C)
                    double[:, ::1] coef,                # SCRATCH (3, C)
                    int num_threads):
     """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3.
 
-    Both passes stream through memory in order; block sums (scratch laid out
-    [o][block][c]) are added per channel in (o, block) order.
+    The reduction is chunked like plane_chunked_moments: a chunk adds its blocks' sums in
+    (o, block) order, then the chunk sums are added in chunk order.
     """
     cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t per_channel = outer * nblocks
-    cdef Py_ssize_t c, o, start, length, item, q, off, slot
-    cdef double count = <double>outer * <double>inner
+    cdef Py_ssize_t Q = outer * nblocks
+    cdef Py_ssize_t nchunks = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, o, start, length, item, q, off
+    cdef double count = <double>outer * <double>inner, a, b
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
     with nogil:
-        for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
-            q = item // nblocks
-            o = q // C
-            c = q % C
-            start = (item % nblocks) * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            off = q * inner + start
-            slot = (o * nblocks + item % nblocks) * C + c
-            block_grad_sums(gp + off, xp + off, length, mean[c], &part_a[slot], &part_b[slot])
+        for item in prange(nchunks, schedule='static', num_threads=num_threads):
+            a = 0.0  # assigned here so that Cython makes a and b thread-private
+            b = 0.0
+            for c in range(C):
+                part_a[item, c] = 0.0
+                part_b[item, c] = 0.0
+            for q in range(chunk_start(Q, nchunks, item), chunk_start(Q, nchunks, item + 1)):
+                o = q // nblocks
+                start = (q % nblocks) * PLANE_BLOCK
+                length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+                for c in range(C):
+                    off = (o * C + c) * inner + start
+                    block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
+                    part_a[item, c] += a
+                    part_b[item, c] += b
         for c in range(C):
             sum_dy[c] = 0.0
             sum_dy_xmu[c] = 0.0
-        for q in range(per_channel):
+        for item in range(nchunks):
             for c in range(C):
-                sum_dy[c] += part_a[q * C + c]
-                sum_dy_xmu[c] += part_b[q * C + c]
+                sum_dy[c] += part_a[item, c]
+                sum_dy_xmu[c] += part_b[item, c]
         for c in range(C):
             grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
                               training, &coef[0, c], &coef[1, c], &coef[2, c])
-        for item in prange(C * per_channel, schedule='static', num_threads=num_threads):
+        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
             q = item // nblocks
             c = q % C
             start = (item % nblocks) * PLANE_BLOCK
@@ -461,32 +511,64 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
                 Py_ssize_t rows_per_block,
                 double[::1] mean,                # OUT (C,)
                 double[::1] m2,                  # OUT (C,)
-                double[:, ::1] part_mean,        # SCRATCH (nblocks, L)
-                double[:, ::1] part_m2,          # SCRATCH (nblocks, L)
+                double[:, ::1] part_mean,        # SCRATCH (MAX_CHUNKS, L)
+                double[:, ::1] part_m2,          # SCRATCH (MAX_CHUNKS, L)
                 int num_threads):
-    """Per-channel mean and M2 of a row-family view."""
+    """Per-channel mean and M2 of a row-family view.
+
+    Row blocks are grouped into at most MAX_CHUNKS chunks; a chunk merges its blocks'
+    per-column statistics in order into part[chunk]; chunks are merged in order into
+    part[0], whose columns are then folded into channels in column order.
+    """
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
-    cdef Py_ssize_t blk, r0, nrows, c, t, i, j
+    cdef Py_ssize_t item, blk, r0, r1, nrows, c, t, i
     cdef double count
+    cdef double* tmp
+    cdef int status[1]
     cdef const floating* xp = &x[0, 0]
+    status[0] = 0
     with nogil:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-            r0 = blk * rows_per_block
-            nrows = min(rows_per_block, R - r0)
-            row_block_moments(xp + r0 * L, nrows, L, &part_mean[blk, 0], &part_m2[blk, 0])
-        for c in range(C):
-            mean[c] = 0.0
-            m2[c] = 0.0
-        count = 0.0
-        for blk in range(nblocks):
-            nrows = min(rows_per_block, R - blk * rows_per_block)
+        for item in prange(nchunks, schedule='static', num_threads=num_threads):
+            tmp = <double*>malloc(2 * L * sizeof(double))
+            if tmp == NULL:
+                status[0] = -1
+                continue
+            count = 0.0
+            for blk in range(chunk_start(nblocks, nchunks, item),
+                             chunk_start(nblocks, nchunks, item + 1)):
+                r0 = blk * rows_per_block
+                r1 = min(R, r0 + rows_per_block)
+                if count == 0.0:  # the chunk's first block lands directly in its partial
+                    row_block_moments(xp + r0 * L, r1 - r0, L, &part_mean[item, 0],
+                                      &part_m2[item, 0])
+                else:
+                    row_block_moments(xp + r0 * L, r1 - r0, L, tmp, tmp + L)
+                    merge_moments(count, <double>(r1 - r0), L, &part_mean[item, 0],
+                                  &part_m2[item, 0], tmp, tmp + L, 1)
+                count = count + <double>(r1 - r0)
+            free(tmp)
+        if status[0] == 0:
+            count = 0.0
+            for item in range(1, nchunks):
+                count = <double>chunk_start(nblocks, nchunks, item) * rows_per_block
+                nrows = min(R, chunk_start(nblocks, nchunks, item + 1) * rows_per_block) \
+                    - <Py_ssize_t>count
+                merge_moments(count, <double>nrows, L, &part_mean[0, 0], &part_m2[0, 0],
+                              &part_mean[item, 0], &part_m2[item, 0], 1)
+            for c in range(C):
+                mean[c] = 0.0
+                m2[c] = 0.0
+            count = 0.0
             for t in range(k):
                 for i in range(inner):
-                    j = t * C * inner + i
-                    count = merge_moments(count, <double>nrows, C, &mean[0], &m2[0],
-                                          &part_mean[blk, j], &part_m2[blk, j], inner)
+                    count = merge_moments(count, <double>R, C, &mean[0], &m2[0],
+                                          &part_mean[0, t * C * inner + i],
+                                          &part_m2[0, t * C * inner + i], inner)
+    if status[0] != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
@@ -523,31 +605,52 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                   Py_ssize_t rows_per_block,
                   double[::1] sum_dy,             # OUT (C,)
                   double[::1] sum_dy_xmu,         # OUT (C,)
-                  double[:, ::1] part_a,          # SCRATCH (nblocks, L)
-                  double[:, ::1] part_b,          # SCRATCH (nblocks, L)
+                  double[:, ::1] part_a,          # SCRATCH (MAX_CHUNKS, L)
+                  double[:, ::1] part_b,          # SCRATCH (MAX_CHUNKS, L)
                   int num_threads):
-    """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view."""
+    """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view, chunked as in
+    row_moments."""
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
-    cdef Py_ssize_t blk, r0, c, t, i, j
+    cdef Py_ssize_t item, blk, r0, j, c, t, i
+    cdef double* tmp
+    cdef int status[1]
     cdef const floating* gp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
+    status[0] = 0
     with nogil:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-            r0 = blk * rows_per_block
-            row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
-                                &col_mean[0], &part_a[blk, 0], &part_b[blk, 0])
-        for c in range(C):
-            sum_dy[c] = 0.0
-            sum_dy_xmu[c] = 0.0
-        for blk in range(nblocks):
-            for t in range(k):
-                for i in range(inner):
-                    for c in range(C):
-                        j = (t * C + c) * inner + i
-                        sum_dy[c] += part_a[blk, j]
-                        sum_dy_xmu[c] += part_b[blk, j]
+        for item in prange(nchunks, schedule='static', num_threads=num_threads):
+            tmp = <double*>malloc(2 * L * sizeof(double))
+            if tmp == NULL:
+                status[0] = -1
+                continue
+            for j in range(L):
+                part_a[item, j] = 0.0
+                part_b[item, j] = 0.0
+            for blk in range(chunk_start(nblocks, nchunks, item),
+                             chunk_start(nblocks, nchunks, item + 1)):
+                r0 = blk * rows_per_block
+                row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
+                                    &col_mean[0], tmp, tmp + L)
+                for j in range(L):
+                    part_a[item, j] += tmp[j]
+                    part_b[item, j] += tmp[L + j]
+            free(tmp)
+        if status[0] == 0:
+            for c in range(C):
+                sum_dy[c] = 0.0
+                sum_dy_xmu[c] = 0.0
+            for item in range(nchunks):
+                for t in range(k):
+                    for i in range(inner):
+                        for c in range(C):
+                            j = (t * C + c) * inner + i
+                            sum_dy[c] += part_a[item, j]
+                            sum_dy_xmu[c] += part_b[item, j]
+    if status[0] != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty

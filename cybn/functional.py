@@ -62,14 +62,17 @@ def _threads(view: ChannelView) -> int:
     return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
 
 
-def _plane_scratch(view: ChannelView) -> tuple:
-    n = view.channels * view.outer * (-(-view.inner // _kernels.PLANE_BLOCK_SIZE))
-    return np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+def _plane_scratch(view: ChannelView, counts: bool = True) -> tuple:
+    """Per-chunk partial results of a plane reduction: small, independent of x's size."""
+    shape = (_kernels.REDUCTION_CHUNKS, view.channels)
+    parts = (np.empty(shape), np.empty(shape))
+    return parts + (np.empty(_kernels.REDUCTION_CHUNKS),) if counts else parts
 
 
 def _row_scratch(view: ChannelView) -> tuple:
-    shape = (view.nblocks, view.width)
-    return np.empty(shape, dtype=np.float64), np.empty(shape, dtype=np.float64)
+    """Per-chunk partial results of a row reduction (one row of L columns per chunk)."""
+    shape = (_kernels.REDUCTION_CHUNKS, view.width)
+    return np.empty(shape), np.empty(shape)
 
 
 def _channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
@@ -295,7 +298,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     if view.family == "plane":
         _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
-                                *_plane_scratch(view), np.empty((3, C)), threads)
+                                *_plane_scratch(view, counts=False), np.empty((3, C)), threads)
     else:
         col_mean = view.columns(mu)
         _kernels.row_grad_sums(dyk, xk, col_mean, C, view.inner, view.rows_per_block,
