@@ -85,4 +85,5 @@ row_grad_sums = _impl.row_grad_sums
 row_grad_apply = _impl.row_grad_apply
 grad_coefficients_array = _impl.grad_coefficients_array
 train_coefficients_array = _impl.train_coefficients_array
+update_running = _impl.update_running
 parallel_copy = _impl.parallel_copy

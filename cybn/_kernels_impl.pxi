@@ -192,15 +192,13 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
 
 cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
                                      Py_ssize_t inner, double* mean, double* m2,
-                                     double* part_mean, double* part_m2, double* part_count,
                                      int num_threads) noexcept nogil:
     """Per-channel moments of x[outer, C, inner]; returns -1 if out of memory.
 
     Each channel's blocks are numbered q = o * nblocks + k (plane o, block k). The q range
     is cut into at most MAX_CHUNKS chunks; a chunk reduces, for each of its q, the block of
     every channel (memory order within a plane) and merges them, vectorized over channels,
-    into its partial [chunk][c] (SCRATCH part_mean/part_m2 of MAX_CHUNKS * C doubles,
-    part_count of MAX_CHUNKS). The partials are then merged in chunk order.
+    into its partial [chunk][c]. The partials are then merged in chunk order.
     """
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t Q = outer * nblocks
@@ -209,6 +207,13 @@ cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ss
     cdef double count
     cdef double* tmp
     cdef int status[1]
+    cdef double* part_mean = <double*>malloc((2 * nchunks * C + nchunks) * sizeof(double))
+    cdef double* part_m2
+    cdef double* part_count
+    if part_mean == NULL:
+        return -1
+    part_m2 = part_mean + nchunks * C
+    part_count = part_m2 + nchunks * C
     status[0] = 0
     for item in prange(nchunks, schedule='static', num_threads=num_threads):
         tmp = <double*>malloc(2 * C * sizeof(double))
@@ -229,34 +234,46 @@ cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ss
                                   &part_m2[item * C], tmp, tmp + C, 1)
         part_count[item] = count
         free(tmp)
-    if status[0] != 0:
-        return -1
-    for c in range(C):
-        mean[c] = 0.0
-        m2[c] = 0.0
-    count = 0.0
-    for item in range(nchunks):
-        count = merge_moments(count, part_count[item], C, mean, m2, &part_mean[item * C],
-                              &part_m2[item * C], 1)
-    return 0
+    if status[0] == 0:
+        for c in range(C):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        count = 0.0
+        for item in range(nchunks):
+            count = merge_moments(count, part_count[item], C, mean, m2, &part_mean[item * C],
+                                  &part_m2[item * C], 1)
+    free(part_mean)
+    return status[0]
 
 
 def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
                   double[::1] mean,                # OUT (C,)
                   double[::1] m2,                  # OUT (C,) sum of squared deviations
-                  double[:, ::1] part_mean,        # SCRATCH (MAX_CHUNKS, C)
-                  double[:, ::1] part_m2,          # SCRATCH (MAX_CHUNKS, C)
-                  double[::1] part_count,          # SCRATCH (MAX_CHUNKS,)
                   int num_threads):
     """Per-channel mean and M2 of a plane-family view."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef int status
     with nogil:
         status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &m2[0],
-                                       &part_mean[0, 0], &part_m2[0, 0], &part_count[0],
                                        num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t outer,
+                                   Py_ssize_t C, Py_ssize_t inner, const double* shift,
+                                   const double* scale, const double* offset,
+                                   int num_threads) noexcept nogil:
+    """y = (x - shift[c]) * scale[c] + offset[c], per block in parallel."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t item, plane, c, start, length
+    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+        plane = item // nblocks
+        c = plane % C
+        start = (item % nblocks) * PLANE_BLOCK
+        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        block_affine(x + plane * inner + start, y + plane * inner + start, length,
+                     shift[c], scale[c], offset[c])
 
 
 def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
@@ -265,20 +282,10 @@ def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), none
                  const double[::1] offset,         # IN  (C,)
                  floating[:, :, ::1] y,            # OUT (outer, C, inner); may be x itself
                  int num_threads):
-    """y = (x - shift[c]) * scale[c] + offset[c], per block in parallel."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t item, plane, c, start, length
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0]
+    """y = (x - shift[c]) * scale[c] + offset[c]."""
     with nogil:
-        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
-            plane = item // nblocks
-            c = plane % C
-            start = (item % nblocks) * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            block_affine(xp + plane * inner + start, yp + plane * inner + start, length,
-                         shift[c], scale[c], offset[c])
+        plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                          &shift[0], &scale[0], &offset[0], num_threads)
 
 
 def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
@@ -289,9 +296,6 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         double[::1] mean,              # OUT (C,) batch mean
                         double[::1] var,               # OUT (C,) biased batch variance
                         double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
-                        double[:, ::1] part_mean,      # SCRATCH (MAX_CHUNKS, C)
-                        double[:, ::1] part_m2,        # SCRATCH (MAX_CHUNKS, C)
-                        double[::1] part_count,        # SCRATCH (MAX_CHUNKS,)
                         int num_threads):
     """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias.
 
@@ -300,18 +304,22 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
     cdef double count = <double>outer * <double>inner
     cdef int status
+    cdef double* scale = <double*>malloc(C * sizeof(double))
+    if scale == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
     with nogil:
-        # m2 lands in var, then var, invstd and the scale (in part_mean[0]) are derived.
+        # m2 lands in var, then var, invstd and the scale are derived from it.
         status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &var[0],
-                                       &part_mean[0, 0], &part_m2[0, 0], &part_count[0],
                                        num_threads)
         if status == 0:
             for c in range(C):
                 train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
-                                   &part_mean[0, c])
+                                   &scale[c])
+            plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], outer, C, inner, &mean[0], scale,
+                              &bias[0], num_threads)
+    free(scale)
     if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
-    plane_affine(x, mean, part_mean[0], bias, y, num_threads)
 
 
 def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
@@ -323,9 +331,6 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
                    double[::1] sum_dy,                 # OUT (C,) sum of dy
                    double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
-                   double[:, ::1] part_a,              # SCRATCH (MAX_CHUNKS, C)
-                   double[:, ::1] part_b,              # SCRATCH (MAX_CHUNKS, C)
-                   double[:, ::1] coef,                # SCRATCH (3, C)
                    int num_threads):
     """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3.
 
@@ -341,13 +346,21 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
+    # Scratch: per-chunk partial sums, then the coefficients k1, k2, k3 per channel.
+    cdef double* part_a = <double*>malloc((2 * nchunks * C + 3 * C) * sizeof(double))
+    cdef double* part_b
+    cdef double* coef
+    if part_a == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    part_b = part_a + nchunks * C
+    coef = part_b + nchunks * C
     with nogil:
         for item in prange(nchunks, schedule='static', num_threads=num_threads):
             a = 0.0  # assigned here so that Cython makes a and b thread-private
             b = 0.0
             for c in range(C):
-                part_a[item, c] = 0.0
-                part_b[item, c] = 0.0
+                part_a[item * C + c] = 0.0
+                part_b[item * C + c] = 0.0
             for q in range(chunk_start(Q, nchunks, item), chunk_start(Q, nchunks, item + 1)):
                 o = q // nblocks
                 start = (q % nblocks) * PLANE_BLOCK
@@ -355,18 +368,18 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                 for c in range(C):
                     off = (o * C + c) * inner + start
                     block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
-                    part_a[item, c] += a
-                    part_b[item, c] += b
+                    part_a[item * C + c] += a
+                    part_b[item * C + c] += b
         for c in range(C):
             sum_dy[c] = 0.0
             sum_dy_xmu[c] = 0.0
         for item in range(nchunks):
             for c in range(C):
-                sum_dy[c] += part_a[item, c]
-                sum_dy_xmu[c] += part_b[item, c]
+                sum_dy[c] += part_a[item * C + c]
+                sum_dy_xmu[c] += part_b[item * C + c]
         for c in range(C):
             grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                              training, &coef[0, c], &coef[1, c], &coef[2, c])
+                              training, &coef[c], &coef[C + c], &coef[2 * C + c])
         for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
             q = item // nblocks
             c = q % C
@@ -374,7 +387,8 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
             length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
             off = q * inner + start
             block_grad_apply(gp + off, xp + off, dp + off, length, mean[c],
-                             coef[0, c], coef[1, c], coef[2, c])
+                             coef[c], coef[C + c], coef[2 * C + c])
+    free(part_a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,8 +525,6 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
                 Py_ssize_t rows_per_block,
                 double[::1] mean,                # OUT (C,)
                 double[::1] m2,                  # OUT (C,)
-                double[:, ::1] part_mean,        # SCRATCH (MAX_CHUNKS, L)
-                double[:, ::1] part_m2,          # SCRATCH (MAX_CHUNKS, L)
                 int num_threads):
     """Per-channel mean and M2 of a row-family view.
 
@@ -529,6 +541,11 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
     cdef double* tmp
     cdef int status[1]
     cdef const floating* xp = &x[0, 0]
+    cdef double* parts = <double*>malloc(2 * nchunks * L * sizeof(double))
+    if parts == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    cdef double* part_mean = parts              # [chunk][column] partials
+    cdef double* part_m2 = parts + nchunks * L
     status[0] = 0
     with nogil:
         for item in prange(nchunks, schedule='static', num_threads=num_threads):
@@ -542,12 +559,12 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
                 r0 = blk * rows_per_block
                 r1 = min(R, r0 + rows_per_block)
                 if count == 0.0:  # the chunk's first block lands directly in its partial
-                    row_block_moments(xp + r0 * L, r1 - r0, L, &part_mean[item, 0],
-                                      &part_m2[item, 0])
+                    row_block_moments(xp + r0 * L, r1 - r0, L, &part_mean[item * L],
+                                      &part_m2[item * L])
                 else:
                     row_block_moments(xp + r0 * L, r1 - r0, L, tmp, tmp + L)
-                    merge_moments(count, <double>(r1 - r0), L, &part_mean[item, 0],
-                                  &part_m2[item, 0], tmp, tmp + L, 1)
+                    merge_moments(count, <double>(r1 - r0), L, &part_mean[item * L],
+                                  &part_m2[item * L], tmp, tmp + L, 1)
                 count = count + <double>(r1 - r0)
             free(tmp)
         if status[0] == 0:
@@ -556,8 +573,8 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
                 count = <double>chunk_start(nblocks, nchunks, item) * rows_per_block
                 nrows = min(R, chunk_start(nblocks, nchunks, item + 1) * rows_per_block) \
                     - <Py_ssize_t>count
-                merge_moments(count, <double>nrows, L, &part_mean[0, 0], &part_m2[0, 0],
-                              &part_mean[item, 0], &part_m2[item, 0], 1)
+                merge_moments(count, <double>nrows, L, part_mean, part_m2,
+                              &part_mean[item * L], &part_m2[item * L], 1)
             for c in range(C):
                 mean[c] = 0.0
                 m2[c] = 0.0
@@ -565,8 +582,9 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
             for t in range(k):
                 for i in range(inner):
                     count = merge_moments(count, <double>R, C, &mean[0], &m2[0],
-                                          &part_mean[0, t * C * inner + i],
-                                          &part_m2[0, t * C * inner + i], inner)
+                                          &part_mean[t * C * inner + i],
+                                          &part_m2[t * C * inner + i], inner)
+    free(parts)
     if status[0] != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 
@@ -605,8 +623,6 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                   Py_ssize_t rows_per_block,
                   double[::1] sum_dy,             # OUT (C,)
                   double[::1] sum_dy_xmu,         # OUT (C,)
-                  double[:, ::1] part_a,          # SCRATCH (MAX_CHUNKS, L)
-                  double[:, ::1] part_b,          # SCRATCH (MAX_CHUNKS, L)
                   int num_threads):
     """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view, chunked as in
     row_moments."""
@@ -619,6 +635,11 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
     cdef int status[1]
     cdef const floating* gp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
+    cdef double* parts = <double*>malloc(2 * nchunks * L * sizeof(double))
+    if parts == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    cdef double* part_a = parts                 # [chunk][column] partial sums
+    cdef double* part_b = parts + nchunks * L
     status[0] = 0
     with nogil:
         for item in prange(nchunks, schedule='static', num_threads=num_threads):
@@ -627,16 +648,16 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                 status[0] = -1
                 continue
             for j in range(L):
-                part_a[item, j] = 0.0
-                part_b[item, j] = 0.0
+                part_a[item * L + j] = 0.0
+                part_b[item * L + j] = 0.0
             for blk in range(chunk_start(nblocks, nchunks, item),
                              chunk_start(nblocks, nchunks, item + 1)):
                 r0 = blk * rows_per_block
                 row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
                                     &col_mean[0], tmp, tmp + L)
                 for j in range(L):
-                    part_a[item, j] += tmp[j]
-                    part_b[item, j] += tmp[L + j]
+                    part_a[item * L + j] += tmp[j]
+                    part_b[item * L + j] += tmp[L + j]
             free(tmp)
         if status[0] == 0:
             for c in range(C):
@@ -647,8 +668,9 @@ def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                     for i in range(inner):
                         for c in range(C):
                             j = (t * C + c) * inner + i
-                            sum_dy[c] += part_a[item, j]
-                            sum_dy_xmu[c] += part_b[item, j]
+                            sum_dy[c] += part_a[item * L + j]
+                            sum_dy_xmu[c] += part_b[item * L + j]
+    free(parts)
     if status[0] != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 
@@ -680,6 +702,21 @@ def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty
             r1 = min(R, r0 + rows_per_block)
             row_block_grad_apply(gp + r0 * L, xp + r0 * L, dp + r0 * L, r1 - r0, L, group,
                                  m, a, b, e)
+
+
+ctypedef fused running_t:
+    float
+    double
+
+
+def update_running(running_t[::1] running,        # IN/OUT (C,) updated in place
+                   const double[::1] batch,       # IN  (C,)
+                   double momentum, double factor):
+    """running = (1 - momentum) * running + momentum * (batch * factor), in double."""
+    cdef Py_ssize_t c
+    for c in range(running.shape[0]):
+        running[c] = <running_t>((1.0 - momentum) * <double>running[c]
+                                 + momentum * (batch[c] * factor))
 
 
 def grad_coefficients_array(double count, const double[::1] sum_dy,

@@ -6,6 +6,7 @@ Error messages name the argument, what was expected and what was given.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -16,8 +17,10 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 SUPPORTED = "float32 or float64"
 
-# Plane family below this many elements per (sample, channel) run turns into the row family.
+# Plane family below this many elements per (sample, channel) run turns into the row family,
+# except for arrays below SMALL_SIZE elements, which skip the row family's column set-up.
 MIN_PLANE_INNER = 32
+SMALL_SIZE = 4096
 # Row family: aim for at least this many columns per row (SIMD width), and about this many
 # elements per reduction block (stays in L2 for the second pass of the two-pass statistics).
 MIN_ROW_WIDTH = 64
@@ -61,6 +64,8 @@ def as_data(x, name: str) -> np.ndarray:
 
 def normalize_axis(axis, ndim: int) -> int:
     """The channel axis as a non-negative int; TypeError for non-integers."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, fast
+        return axis % ndim
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an integer, got {describe(axis)}")
     axis = operator.index(axis)
@@ -70,6 +75,8 @@ def normalize_axis(axis, ndim: int) -> int:
 
 
 def check_eps(eps) -> float:
+    if type(eps) is float and 0.0 < eps < math.inf:  # the common case, fast
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a positive real number, got {describe(eps)}")
     eps = float(eps)
@@ -79,6 +86,8 @@ def check_eps(eps) -> float:
 
 
 def check_momentum(momentum) -> float:
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common case, fast
+        return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a real number in [0, 1], got {describe(momentum)}")
     momentum = float(momentum)
@@ -94,7 +103,8 @@ def check_ddof(ddof) -> float:
 
 
 def channel_vector(v, name: str, channels: int, default: float | None = None) -> np.ndarray:
-    """A per-channel array as a fresh float64 copy of shape (C,).
+    """A per-channel array as a C-contiguous float64 array of shape (C,) (the caller's own
+    array when it already is one: kernels only read it).
 
     ``None`` gives ``default`` everywhere, or is an error when there is no default.
     """
@@ -113,7 +123,7 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
     if v.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
                          f"got shape {v.shape}")
-    return np.array(v, dtype=np.float64, order="C", copy=True)
+    return np.ascontiguousarray(v, dtype=np.float64)
 
 
 def running_buffer(v, name: str, channels: int) -> np.ndarray:
@@ -220,7 +230,7 @@ class ChannelView:
         outer = math.prod(shape[:axis])
         channels = shape[axis]
         inner = math.prod(shape[axis + 1:])
-        if inner >= MIN_PLANE_INNER:
+        if inner >= MIN_PLANE_INNER or outer * channels * inner < SMALL_SIZE:
             return cls(tuple(shape), axis, outer, channels, inner, "plane", 1, 0)
         width = channels * inner
         k = 1
@@ -274,5 +284,11 @@ class ChannelView:
         return np.ascontiguousarray(np.tile(np.repeat(per_channel, self.inner), reps))
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_view(shape: tuple, axis: int) -> ChannelView:
+    return ChannelView.of(shape, axis)
+
+
 def channel_view(x: np.ndarray, axis) -> ChannelView:
-    return ChannelView.of(x.shape, normalize_axis(axis, x.ndim))
+    """The ChannelView of x with channel axis ``axis`` (memoized per shape and axis)."""
+    return _cached_view(x.shape, normalize_axis(axis, x.ndim))

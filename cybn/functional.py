@@ -62,28 +62,15 @@ def _threads(view: ChannelView) -> int:
     return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
 
 
-def _plane_scratch(view: ChannelView, counts: bool = True) -> tuple:
-    """Per-chunk partial results of a plane reduction: small, independent of x's size."""
-    shape = (_kernels.REDUCTION_CHUNKS, view.channels)
-    parts = (np.empty(shape), np.empty(shape))
-    return parts + (np.empty(_kernels.REDUCTION_CHUNKS),) if counts else parts
-
-
-def _row_scratch(view: ChannelView) -> tuple:
-    """Per-chunk partial results of a row reduction (one row of L columns per chunk)."""
-    shape = (_kernels.REDUCTION_CHUNKS, view.width)
-    return np.empty(shape), np.empty(shape)
-
-
 def _channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
     """Per-channel (mean, m2) in float64 of a nonempty kernel view."""
     mean = np.empty(view.channels, dtype=np.float64)
     m2 = np.empty(view.channels, dtype=np.float64)
     if view.family == "plane":
-        _kernels.plane_moments(xk, mean, m2, *_plane_scratch(view), threads)
+        _kernels.plane_moments(xk, mean, m2, threads)
     else:
         _kernels.row_moments(xk, view.channels, view.inner, view.rows_per_block, mean, m2,
-                             *_row_scratch(view), threads)
+                             threads)
     return mean, m2
 
 
@@ -184,8 +171,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     var = np.empty(C, dtype=np.float64)
     invstd = np.empty(C, dtype=np.float64)
     if view.family == "plane":
-        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd,
-                                     *_plane_scratch(view), threads)
+        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, threads)
     else:
         mean, m2 = _channel_moments(view, xk, threads)
         scale = np.empty(C, dtype=np.float64)
@@ -193,13 +179,9 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         _affine(view, xk, mean, scale, b, dest.kernel, threads)
     if rm is not None:
         n = view.count
-        _update_running(rm, mean, momentum)
-        _update_running(rv, var * (n / (n - 1)), momentum)
+        _kernels.update_running(rm, mean, momentum, 1.0)
+        _kernels.update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
     return dest.result(), mean, invstd
-
-
-def _update_running(running: np.ndarray, batch: np.ndarray, momentum: float) -> None:
-    running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
@@ -298,11 +280,11 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     if view.family == "plane":
         _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
-                                *_plane_scratch(view, counts=False), np.empty((3, C)), threads)
+                                threads)
     else:
         col_mean = view.columns(mu)
         _kernels.row_grad_sums(dyk, xk, col_mean, C, view.inner, view.rows_per_block,
-                               sum_dy, sum_dy_xmu, *_row_scratch(view), threads)
+                               sum_dy, sum_dy_xmu, threads)
         k1, k2, k3 = np.empty((3, C))
         _kernels.grad_coefficients_array(float(view.count), sum_dy, sum_dy_xmu, inv, w,
                                          training, k1, k2, k3)
