@@ -452,36 +452,33 @@ cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize
 cdef inline void row_block_grad_sums(const floating* dy, const floating* x, Py_ssize_t nrows,
                                      Py_ssize_t L, const double* col_mean,
                                      double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows], ROW_GROUP rows per
-    accumulator update (see row_block_moments)."""
+    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows], one pass, ROW_GROUP
+    rows per accumulator update (see row_block_moments)."""
     cdef Py_ssize_t r, j, ngroups = nrows // ROW_GROUP
     cdef const floating* g
     cdef const floating* v
+    cdef double g0, g1, g2, g3, m
     for j in range(L):
         sum_dy[j] = 0.0
         sum_dy_xmu[j] = 0.0
     for r in range(ngroups):
         g = dy + (r * ROW_GROUP) * L
-        for j in range(L):
-            sum_dy[j] += ((<double>g[j] + <double>g[L + j])
-                          + (<double>g[2 * L + j] + <double>g[3 * L + j]))
-    for r in range(ngroups * ROW_GROUP, nrows):
-        g = dy + r * L
-        for j in range(L):
-            sum_dy[j] += <double>g[j]
-    for r in range(ngroups):
-        g = dy + (r * ROW_GROUP) * L
         v = x + (r * ROW_GROUP) * L
         for j in range(L):
-            sum_dy_xmu[j] += (
-                (<double>g[j] * (<double>v[j] - col_mean[j])
-                 + <double>g[L + j] * (<double>v[L + j] - col_mean[j]))
-                + (<double>g[2 * L + j] * (<double>v[2 * L + j] - col_mean[j])
-                   + <double>g[3 * L + j] * (<double>v[3 * L + j] - col_mean[j])))
+            g0 = <double>g[j]
+            g1 = <double>g[L + j]
+            g2 = <double>g[2 * L + j]
+            g3 = <double>g[3 * L + j]
+            m = col_mean[j]
+            sum_dy[j] += (g0 + g1) + (g2 + g3)
+            sum_dy_xmu[j] += ((g0 * (<double>v[j] - m) + g1 * (<double>v[L + j] - m))
+                              + (g2 * (<double>v[2 * L + j] - m)
+                                 + g3 * (<double>v[3 * L + j] - m)))
     for r in range(ngroups * ROW_GROUP, nrows):
         g = dy + r * L
         v = x + r * L
         for j in range(L):
+            sum_dy[j] += <double>g[j]
             sum_dy_xmu[j] += <double>g[j] * (<double>v[j] - col_mean[j])
 
 
