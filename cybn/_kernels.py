@@ -86,4 +86,5 @@ row_grad_apply = _impl.row_grad_apply
 grad_coefficients_array = _impl.grad_coefficients_array
 train_coefficients_array = _impl.train_coefficients_array
 update_running = _impl.update_running
+infer_scale = _impl.infer_scale
 parallel_copy = _impl.parallel_copy

@@ -716,6 +716,16 @@ def update_running(running_t[::1] running,        # IN/OUT (C,) updated in place
                                  + momentum * (batch[c] * factor))
 
 
+def infer_scale(const double[::1] running_var,   # IN  (C,)
+                const double[::1] weight,        # IN  (C,)
+                double eps,
+                double[::1] scale):              # OUT (C,)
+    """scale = weight / sqrt(running_var + eps); NaN where running_var + eps < 0."""
+    cdef Py_ssize_t c
+    for c in range(scale.shape[0]):
+        scale[c] = weight[c] / sqrt(running_var[c] + eps)
+
+
 def grad_coefficients_array(double count, const double[::1] sum_dy,
                             const double[::1] sum_dy_xmu, const double[::1] invstd,
                             const double[::1] weight, bint training,

@@ -219,8 +219,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     check_out(out, x.shape, x.dtype, {"x": x}, in_place_ok=("x",))
     if view.size == 0:
         return _empty_result(view, out, x.dtype)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = w / np.sqrt(rv + eps)
+    scale = np.empty(C, dtype=np.float64)
+    _kernels.infer_scale(rv, w, eps, scale)
     dest = _Output(view, out, x.dtype)
     _affine(view, view.kernel_view(x), rm, scale, b, dest.kernel, _threads(view))
     return dest.result()
