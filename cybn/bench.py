@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import __version__, _kernels, functional as F
-from ._openmp import get_num_threads
+from ._openmp import get_num_threads, set_num_threads
 
 # The shape suite: (shape in channels-first order). Each runs as NCHW (axis 1) and as the
 # channels-last transpose (axis -1).
@@ -253,6 +253,52 @@ def plot(result, path: str) -> bool:
     return True
 
 
+def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
+    """Time n_threads Python threads each running batch_norm_train on its own array (one
+    OpenMP thread each) against the same calls one after another; the same for NumPy's
+    np.multiply, which also releases the GIL, as the yardstick of what the machine allows.
+    """
+    import threading
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal((16, 32, 64, 64), dtype=np.float32) for _ in range(n_threads)]
+    outs = [np.empty_like(a) for a in arrays]
+    contenders = {
+        "cybn.batch_norm_train": lambda i: F.batch_norm_train(arrays[i], out=outs[i]),
+        "np.multiply": lambda i: np.multiply(arrays[i], 2.0, out=outs[i]),
+    }
+    result = {"python_threads": n_threads}
+    for name, call in contenders.items():
+        def job(i):
+            set_num_threads(1)  # OpenMP's thread count is per calling thread
+            for _ in range(8):
+                call(i)
+
+        def serial():
+            for i in range(n_threads):
+                job(i)
+
+        def threaded():
+            ts = [threading.Thread(target=job, args=(i,)) for i in range(n_threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+
+        before = get_num_threads()
+        try:
+            t_serial = median_time(serial, repeats, warmup=1)
+            t_threads = median_time(threaded, repeats, warmup=1)
+        finally:
+            set_num_threads(before)
+        result[name] = {"serial_ms": t_serial * 1e3, "threaded_ms": t_threads * 1e3,
+                        "speedup": t_serial / t_threads}
+        print(f"# {n_threads} Python threads x 8 calls of {name} on (16,32,64,64) float32: "
+              f"serial {t_serial * 1e3:.1f} ms, threaded {t_threads * 1e3:.1f} ms, "
+              f"speed-up {t_serial / t_threads:.2f}x")
+    return result
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -266,7 +312,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results as JSON to this path")
     p.add_argument("--markdown", help="write a Markdown table to this path")
     p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
+    p.add_argument("--python-threads", action="store_true",
+                   help="only time 4 Python threads against serial calls (GIL release)")
     args = p.parse_args(argv)
+    if args.python_threads:
+        python_threads()
+        return 0
     result = run(QUICK_SUITE if args.quick else SUITE, dtypes=tuple(args.dtype.split(",")),
                  layouts=tuple(args.layouts.split(",")), repeats=args.repeats,
                  torch=not args.no_torch, numpy_ref=not args.no_numpy)
