@@ -73,8 +73,6 @@ _impl = select_variant()
 
 ISA = _impl.ISA
 OPENMP_ENABLED = _impl.OPENMP_ENABLED
-PLANE_BLOCK_SIZE = _impl.PLANE_BLOCK_SIZE
-REDUCTION_CHUNKS = _impl.REDUCTION_CHUNKS
 plane_moments = _impl.plane_moments
 plane_affine = _impl.plane_affine
 plane_train_forward = _impl.plane_train_forward

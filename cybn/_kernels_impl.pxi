@@ -42,8 +42,6 @@ cdef enum:
     PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
     MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
 
-PLANE_BLOCK_SIZE = PLANE_BLOCK
-REDUCTION_CHUNKS = MAX_CHUNKS
 
 
 cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,

@@ -260,11 +260,6 @@ class ChannelView:
     def width(self) -> int:
         return self.k * self.channels * self.inner
 
-    @property
-    def nblocks(self) -> int:
-        """Reduction blocks of the row family."""
-        return -(-self.rows // self.rows_per_block)
-
     def kernel_view(self, arr: np.ndarray) -> np.ndarray:
         """C-contiguous 3-D (plane) or 2-D (row) view of arr; a copy only if arr is strided."""
         arr = np.ascontiguousarray(arr)

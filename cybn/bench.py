@@ -55,6 +55,15 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def warm_up(threads: int, seconds: float = 0.5) -> None:
+    """Wake the OpenMP threads and let the CPU clock settle before the first timing."""
+    src = np.ones(1 << 24, dtype=np.float32)
+    dst = np.empty_like(src)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        _kernels.parallel_copy(src, dst, threads)
+
+
 def numpy_reference(op, x, axis, w, b, rm, rv, dy, mean, invstd, eps=1e-5):
     """Straightforward NumPy batch norm, the way one writes it without a library."""
     red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
@@ -126,6 +135,7 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
     }
     rows = []
     rng = np.random.default_rng(0)
+    warm_up(threads)
     if verbose:
         print(f"# cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "
               f"numpy {np.__version__}, torch {torch_version}, median of {repeats}")
@@ -253,6 +263,50 @@ def plot(result, path: str) -> bool:
     return True
 
 
+# Arrays of 10 MB or more (float32), few channels included: thread scaling cases.
+SCALING_SUITE = [((32, 64, 56, 56), 1), ((32, 56, 56, 64), -1), ((64, 1, 224, 224), 1),
+                 ((64, 2, 224, 224), 1), ((64, 3, 224, 224), 1), ((64, 224, 224, 3), -1),
+                 ((4096, 1024), 1)]
+
+
+def thread_scaling(threads=(1, 2), repeats: int = 9, dtype: str = "float32") -> dict:
+    """Time each op at each thread count on SCALING_SUITE; speed-up relative to 1 thread."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(2)
+    rows = []
+    warm_up(max(threads))
+    print(f"# thread scaling, {dtype}, {cpu_model()}, median of {repeats}")
+    print(f"{'shape':<18} {'axis':>4} {'op':<8} " + " ".join(f"{f'{n} thr ms':>9}"
+                                                           for n in threads) + "  speed-up")
+    for shape, axis in SCALING_SUITE:
+        x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        out = np.empty_like(x)
+        C = shape[axis]
+        rm, rv = np.zeros(C), np.ones(C)
+        _, mean, invstd = F.batch_norm_train(x, axis=axis)
+        ops = {
+            "infer": lambda: F.batch_norm_infer(x, rm, rv, axis=axis, out=out),
+            "train": lambda: F.batch_norm_train(x, axis=axis, out=out),
+            "backward": lambda: F.batch_norm_backward(dy, x, None, mean, invstd, axis=axis,
+                                                      out=out),
+        }
+        for op, fn in ops.items():
+            times = []
+            for n in threads:
+                with threadpool_limits(limits=n, user_api="openmp"):
+                    times.append(median_time(fn, repeats))
+            row = {"shape": list(shape), "axis": axis, "op": op, "dtype": dtype,
+                   "ms": {n: t * 1e3 for n, t in zip(threads, times)},
+                   "speedup": times[0] / times[-1]}
+            rows.append(row)
+            print(f"{'x'.join(map(str, shape)):<18} {axis:>4} {op:<8} "
+                  + " ".join(f"{t * 1e3:>9.3f}" for t in times) + f"  {row['speedup']:.2f}x",
+                  flush=True)
+    return {"threads": list(threads), "rows": rows}
+
+
 def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
     """Time n_threads Python threads each running batch_norm_train on its own array (one
     OpenMP thread each) against the same calls one after another; the same for NumPy's
@@ -314,9 +368,18 @@ def main(argv=None) -> int:
     p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
     p.add_argument("--python-threads", action="store_true",
                    help="only time 4 Python threads against serial calls (GIL release)")
+    p.add_argument("--scaling", metavar="N,N,...",
+                   help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
     if args.python_threads:
         python_threads()
+        return 0
+    if args.scaling:
+        result = thread_scaling(tuple(int(n) for n in args.scaling.split(",")),
+                                repeats=args.repeats, dtype=args.dtype.split(",")[0])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
         return 0
     result = run(QUICK_SUITE if args.quick else SUITE, dtypes=tuple(args.dtype.split(",")),
                  layouts=tuple(args.layouts.split(",")), repeats=args.repeats,

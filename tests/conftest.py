@@ -32,3 +32,20 @@ def assert_close(got, ref, dtype, scale=None):
     scale = max(1.0, float(np.max(np.abs(ref)))) if scale is None else scale
     err = np.max(np.abs(got - ref)) / scale if ref.size else 0.0
     assert err <= tolerance(dtype), f"max relative error {err:.3e}"
+
+
+def numeric_grad(f, a, h=1e-6):
+    """Central finite differences of the scalar f() with respect to every element of a
+    (perturbed in place and restored)."""
+    grad = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        up = f()
+        a[i] = old - h
+        down = f()
+        a[i] = old
+        grad[i] = (up - down) / (2 * h)
+    return grad

@@ -4,25 +4,11 @@ import numpy as np
 import pytest
 
 import cybn
+from conftest import numeric_grad
 
 
 def loss_train(x, w, b, g, axis):
     return float(np.sum(cybn.batch_norm_train(x, w, b, axis=axis)[0] * g))
-
-
-def numeric_grad(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        up = f()
-        a[i] = old - h
-        down = f()
-        a[i] = old
-        grad[i] = (up - down) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("shape,axis", [((4, 3, 5), 1), ((3, 4, 2, 3), -1), ((6, 2), 1),

@@ -8,25 +8,11 @@ import pytest
 
 import cybn
 import reference as ref
+from conftest import numeric_grad
 from cybn import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv2d, Dropout, Flatten, Linear,
                   MaxPool2d, ReLU, Sequential)
 
 F64 = np.float64
-
-
-def numeric_grad(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        up = f()
-        a[i] = old - h
-        down = f()
-        a[i] = old
-        g[i] = (up - down) / (2 * h)
-    return g
 
 
 def check_gradients(model, x, rtol=1e-5, atol=1e-7, loss=None):
