@@ -286,7 +286,9 @@ def thread_scaling(threads=(1, 2), repeats: int = 9, dtype: str = "float32") -> 
         C = shape[axis]
         rm, rv = np.zeros(C), np.ones(C)
         _, mean, invstd = F.batch_norm_train(x, axis=axis)
+        flat_x, flat_out = x.reshape(-1), out.reshape(-1)
         ops = {
+            "copy": lambda: _kernels.parallel_copy(flat_x, flat_out, get_num_threads()),
             "infer": lambda: F.batch_norm_infer(x, rm, rv, axis=axis, out=out),
             "train": lambda: F.batch_norm_train(x, axis=axis, out=out),
             "backward": lambda: F.batch_norm_backward(dy, x, None, mean, invstd, axis=axis,
