@@ -1,7 +1,8 @@
 """Benchmark: cybn against a parallel copy (memory speed), NumPy and, if installed, PyTorch.
 
-Every contender runs in the same process on the same arrays, in the same order, with
-warm-up calls first; the figure reported is the median of the repeats. Machines are noisy,
+Every contender runs in the same process on the same arrays, with warm-up calls first; cybn,
+the copy and PyTorch are timed in round-robin (one call each per round) and the figure
+reported is the median over the rounds. Machines are noisy,
 so read the ratios (to the copy, and PyTorch / cybn) rather than absolute times.
 """
 
@@ -53,6 +54,21 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median time of each callable, timed in round-robin (one call of each per round), so
+    that drift in the machine's speed reaches every contender alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def warm_up(threads: int, seconds: float = 0.5) -> None:
@@ -160,8 +176,6 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
                 out = np.empty_like(x)
                 _, mean, invstd = F.batch_norm_train(x, w, b, axis=axis)
                 flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-                copy_t = median_time(lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
-                                     repeats)
                 for op in OPS:
                     if op == "infer":
                         fn = lambda: F.batch_norm_infer(x, rm, rv, w, b, axis=axis, out=out)  # noqa: E731
@@ -170,13 +184,19 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
                     else:
                         fn = lambda: F.batch_norm_backward(dy, x, w, mean, invstd, axis=axis,  # noqa: E731
                                                            out=out)
-                    t_cybn = median_time(fn, repeats)
+                    contenders = {
+                        "copy": lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
+                        "cybn": fn,
+                    }
+                    runner = torch_runner(op, x, axis, w, b, rm, rv, dy, mean, invstd) \
+                        if torch else None
+                    if runner is not None:
+                        contenders["torch"] = runner
+                    med = interleaved_medians(contenders, repeats)
+                    t_cybn, copy_t, t_torch = med["cybn"], med["copy"], med.get("torch")
                     t_np = (median_time(lambda: numpy_reference(op, x, axis, w, b, rm, rv, dy,
                                                                 mean, invstd), max(3, repeats // 3),
                                         warmup=1) if numpy_ref else None)
-                    runner = torch_runner(op, x, axis, w, b, rm, rv, dy, mean, invstd) \
-                        if torch else None
-                    t_torch = median_time(runner, repeats) if runner else None
                     row = {
                         "shape": list(shape), "layout": layout if len(shape) > 2 else "NC",
                         "dtype": dtype, "op": op, "cybn_ms": t_cybn * 1e3,

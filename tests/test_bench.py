@@ -1,0 +1,22 @@
+"""The benchmark runs end to end on a tiny suite and reports consistent figures."""
+
+import json
+
+from cybn import bench
+
+
+def test_bench_runs_and_reports(tmp_path, capsys):
+    result = bench.run([(4, 3, 6, 6), (64, 8)], dtypes=("float32", "float64"), repeats=2,
+                       torch=False, verbose=True)
+    rows = result["rows"]
+    # 2 layouts for the 4-D shape, 1 for the 2-D one; 2 dtypes; 3 ops
+    assert len(rows) == (2 + 1) * 2 * 3
+    for r in rows:
+        assert r["cybn_ms"] > 0 and r["copy_ms"] > 0
+        assert abs(r["ratio_to_copy"] - r["cybn_ms"] / r["copy_ms"]) < 1e-9
+        assert r["torch_ms"] is None and r["numpy_ms"] > 0
+    assert result["meta"]["threads"] >= 1
+    json.dumps(result)
+    table = bench.markdown_table(result)
+    assert table.count("\n") == len(rows) + 1
+    assert "float32" in capsys.readouterr().out
