@@ -186,25 +186,16 @@ def test_array_beyond_2_to_the_31_elements():
     assert x[1, 1, -1] == 4.0 and x[0, 1, 0] == 0.0 and x[1, 0, -1] == 0.0
 
 
-def test_kernels_release_the_gil():
-    """While one Python thread runs kernels, another keeps running Python code.
-
-    A counting loop runs alone, then beside a thread making ~20 ms kernel calls on one
-    OpenMP thread. Were the GIL held during each call, the counter would only get the gaps
-    between calls (about a third of its solo rate, measured here with a GIL-holding call);
-    with the GIL released it keeps about its solo rate (about 0.9 measured).
-    """
+def counting_rate_beside(job, calls: int = 6) -> float:
+    """Rate of a Python counting loop while another thread runs job() ``calls`` times,
+    relative to the loop's rate alone over the same time."""
     import time
 
-    from threadpoolctl import threadpool_limits
-
-    x = np.random.default_rng(13).standard_normal((32, 32, 128, 128)).astype(np.float32)
-    out = np.empty_like(x)
     done = threading.Event()
 
     def work():
-        for _ in range(6):
-            cybn.batch_norm_train(x, out=out)
+        for _ in range(calls):
+            job()
         done.set()
 
     def count(end):
@@ -213,17 +204,36 @@ def test_kernels_release_the_gil():
             n += 1
         return n
 
+    start = time.perf_counter()
+    work()
+    duration = time.perf_counter() - start
+    done.clear()
+    start = time.perf_counter()
+    solo_rate = count(start + duration) / (time.perf_counter() - start)
+    worker = threading.Thread(target=work)
+    start = time.perf_counter()
+    worker.start()
+    rate = count(float("inf")) / (time.perf_counter() - start)
+    worker.join()
+    return rate / solo_rate
+
+
+def test_kernels_release_the_gil():
+    """While one Python thread runs kernels, another keeps running Python code.
+
+    Compared under the same conditions with a call that holds the GIL throughout (sorting a
+    long list): beside it the counting loop only gets the gaps between calls (measured
+    0.1 to 0.35 of its solo rate), beside cybn it keeps most of its rate (0.6 on a loaded
+    2-core machine, 0.9 on an idle one).
+    """
+    import random
+
+    from threadpoolctl import threadpool_limits
+
+    x = np.random.default_rng(13).standard_normal((32, 32, 128, 128)).astype(np.float32)
+    out = np.empty_like(x)
+    values = [random.random() for _ in range(400_000)]
     with threadpool_limits(limits=1, user_api="openmp"):
-        start = time.perf_counter()
-        work()
-        duration = time.perf_counter() - start
-        done.clear()
-        start = time.perf_counter()
-        solo_rate = count(start + duration) / (time.perf_counter() - start)
-        worker = threading.Thread(target=work)
-        start = time.perf_counter()
-        worker.start()
-        n = count(float("inf"))
-        rate = n / (time.perf_counter() - start)
-        worker.join()
-    assert rate > 0.7 * solo_rate, (rate / solo_rate)
+        released = counting_rate_beside(lambda: cybn.batch_norm_train(x, out=out))
+        held = counting_rate_beside(lambda: sorted(values))
+    assert released > held + 0.2 and released > 1.5 * held, (released, held)
