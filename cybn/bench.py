@@ -1,8 +1,8 @@
 """Benchmark: cybn against a parallel copy (memory speed), NumPy and, if installed, PyTorch.
 
-Every contender runs in the same process on the same arrays, with warm-up calls first; cybn,
-the copy and PyTorch are timed in round-robin (one call each per round) and the figure
-reported is the median over the rounds. Machines are noisy,
+Every contender runs in the same process on the same arrays. cybn, the copy and PyTorch are
+timed in alternating blocks of calls (each block's first call untimed), and the figure
+reported is the median over all blocks. Machines are noisy,
 so read the ratios (to the copy, and PyTorch / cybn) rather than absolute times.
 """
 
@@ -56,18 +56,20 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median time of each callable, timed in round-robin (one call of each per round), so
-    that drift in the machine's speed reaches every contender alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+def interleaved_medians(fns: dict, repeats: int, block: int = 5) -> dict:
+    """Median time of each callable over ``repeats`` calls, taken in rounds: each round
+    runs every contender for a block of calls (the block's first call untimed), so each
+    timing is in that contender's own steady state (its data as warm as repetition makes
+    it) while drift of the machine's speed across rounds reaches every contender alike."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    rounds = -(-repeats // block)
+    for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
