@@ -274,6 +274,7 @@ def plot(result, path: str) -> bool:
         ax.barh(pos + 0.2, torch_ratio, height=0.4, label="PyTorch")
     ax.set_yticks(pos, labels, fontsize=7)
     ax.invert_yaxis()
+    ax.set_xscale("log")
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("time / parallel copy time (lower is better)")
     m = result["meta"]
