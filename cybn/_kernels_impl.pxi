@@ -5,7 +5,8 @@
 # Every layout reaches these kernels as a C-contiguous view (outer, C, inner) of the input,
 # in one of two families:
 #
-#   plane family  x[outer, C, inner], inner large (channels-first: N, C, H*W). Channel c's
+#   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in _validate.py for
+#                 inner >= 32 and for small arrays). Channel c's
 #                 data is `outer` contiguous runs ("planes") of `inner` elements. Reductions
 #                 cut each plane into blocks of PLANE_BLOCK elements.
 #   row family    x[rows, L], L = k * C * inner with inner small (channels-last: inner == 1).
@@ -26,7 +27,8 @@
 # (mean, then sum of squared deviations) over a cache-resident block; blocks are merged with
 # Chan's pairwise formula.
 #
-# Arguments are marked IN (read), OUT (written) or SCRATCH (caller-allocated work space).
+# Arguments are marked IN (read) or OUT (written); work space is allocated inside (malloc,
+# at most MAX_CHUNKS partials), and running out of it raises MemoryError.
 
 from cython cimport floating
 from cython.parallel cimport prange

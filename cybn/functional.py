@@ -167,10 +167,10 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     threads = _threads(view)
     xk = view.kernel_view(x)
     dest = _Output(view, out, x.dtype)
-    mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
     invstd = np.empty(C, dtype=np.float64)
     if view.family == "plane":
+        mean = np.empty(C, dtype=np.float64)
         _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, threads)
     else:
         mean, m2 = _channel_moments(view, xk, threads)
