@@ -86,7 +86,10 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
 
     rng = np.random.default_rng(3)
     variants = _kernels.available_variants()
-    assert _kernels.ISA == variants[0]
+    import os
+
+    # the widest variant is chosen unless CYBN_ISA forces one
+    assert _kernels.ISA == (os.environ.get("CYBN_ISA") or variants[0])
     for shape, axis in SHAPES[:4]:
         x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
         outs = []
@@ -113,3 +116,12 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
         for other in outs[1:]:
             for a, b in zip(outs[0], other):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_cybn_isa_forces_a_variant_and_rejects_unknown_names(monkeypatch):
+    for isa in _kernels.available_variants():
+        monkeypatch.setenv("CYBN_ISA", isa)
+        assert _kernels.select_variant().ISA == isa
+    monkeypatch.setenv("CYBN_ISA", "sse9")
+    with pytest.raises(ImportError, match="CYBN_ISA must be one of"):
+        _kernels.select_variant()
