@@ -9,6 +9,7 @@ from cybn import _kernels
 
 
 def test_openmp_is_enabled_in_this_build():
+    """Fails on purpose for a serial build (CYBN_DISABLE_OPENMP=1 or no compiler support)."""
     assert _kernels.OPENMP_ENABLED, "cybn was built without OpenMP"
     from cybn._config import config
 
@@ -16,6 +17,11 @@ def test_openmp_is_enabled_in_this_build():
     assert any(pool["user_api"] == "openmp" for pool in threadpool_info())
 
 
+needs_openmp = pytest.mark.skipif(not _kernels.OPENMP_ENABLED,
+                                  reason="serial build: one thread whatever the setting")
+
+
+@needs_openmp
 def test_threadpoolctl_and_set_num_threads_are_honoured():
     with threadpool_limits(limits=1, user_api="openmp"):
         assert cybn.get_num_threads() == 1
@@ -54,6 +60,7 @@ def always_parallel(monkeypatch):
     monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
 
 
+@needs_openmp
 def test_small_arrays_run_on_the_calling_thread_only(monkeypatch):
     import cybn.functional as F
     from cybn._validate import ChannelView
