@@ -78,14 +78,19 @@ class _Optimizer:
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
+        # One work array per parameter, reused every step: no allocations in step().
+        self._work = [np.empty_like(p.data) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.zero_grad()
 
-    def _grad(self, p):
+    def _grad(self, p, work):
+        """The gradient with weight decay added (written into ``work``), or p.grad itself."""
         if self.weight_decay and getattr(p, "decay", True):
-            return p.grad + self.weight_decay * p.data
+            np.multiply(p.data, self.weight_decay, out=work)
+            work += p.grad
+            return work
         return p.grad
 
 
@@ -109,8 +114,8 @@ class SGD(_Optimizer):
         self._buffers = [None] * len(self.params)
 
     def step(self) -> None:
-        for i, p in enumerate(self.params):
-            g = self._grad(p)
+        for i, (p, work) in enumerate(zip(self.params, self._work)):
+            g = self._grad(p, work)
             if self.momentum:
                 buf = self._buffers[i]
                 if buf is None:
@@ -118,8 +123,15 @@ class SGD(_Optimizer):
                 else:
                     buf *= self.momentum
                     buf += g
-                g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= (self.lr * g).astype(p.data.dtype, copy=False)
+                if self.nesterov:  # g + momentum * buf, in work
+                    if g is not work:
+                        np.copyto(work, g)
+                    work += self.momentum * buf
+                    g = work
+                else:
+                    g = buf
+            np.multiply(g, self.lr, out=work, casting="unsafe")
+            p.data -= work
 
 
 class Adam(_Optimizer):
@@ -143,14 +155,18 @@ class Adam(_Optimizer):
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for p, m, v in zip(self.params, self._m, self._v):
-            g = self._grad(p)
+        for p, m, v, work in zip(self.params, self._m, self._v, self._work):
+            g = self._grad(p, work)
             m *= b1
             m += (1 - b1) * g
             v *= b2
-            v += (1 - b2) * g * g
-            denom = np.sqrt(v / c2) + self.eps
-            p.data -= (self.lr / c1) * m / denom
+            v += (1 - b2) * (g * g)
+            np.divide(v, c2, out=work)  # the denominator sqrt(v / c2) + eps, in work
+            np.sqrt(work, out=work)
+            work += self.eps
+            np.divide(m, work, out=work)
+            work *= self.lr / c1
+            p.data -= work
 
 
 LOSSES = {"cross_entropy": cross_entropy, "mse": mse_loss, "mse_loss": mse_loss}
