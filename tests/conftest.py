@@ -1,8 +1,16 @@
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 from threadpoolctl import threadpool_limits
 
 import cybn
+
+# CI runs the property tests on a fixed set of examples (reproducible); locally they explore.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
