@@ -83,7 +83,8 @@ int main(void) {
 
 def openmp_flags():
     if env_flag("CYBN_DISABLE_OPENMP"):
-        warnings.warn("cybn: OpenMP disabled by CYBN_DISABLE_OPENMP; kernels run serially")
+        warnings.warn("cybn: OpenMP disabled by CYBN_DISABLE_OPENMP; kernels run serially",
+                      stacklevel=2)
         return [], []
     if sys.platform == "darwin":
         candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
@@ -92,7 +93,8 @@ def openmp_flags():
     for cflags, lflags in candidates:
         if compiler_accepts(cflags, OPENMP_PROBE, lflags):
             return cflags, lflags
-    warnings.warn("cybn: the C compiler does not support OpenMP; building serial kernels")
+    warnings.warn("cybn: the C compiler does not support OpenMP; building serial kernels",
+                  stacklevel=2)
     return [], []
 
 

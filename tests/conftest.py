@@ -5,8 +5,6 @@ import pytest
 from hypothesis import settings
 from threadpoolctl import threadpool_limits
 
-import cybn
-
 # CI runs the property tests on a fixed set of examples (reproducible); locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):

@@ -1,6 +1,5 @@
 """Demo smoke test on a tiny budget (needs scikit-learn, from the demo extra)."""
 
-import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
