@@ -1,10 +1,10 @@
 """Demo: what batch normalization does to training, measured on handwritten digits.
 
 Trains an MLP and a small CNN on scikit-learn's bundled 8x8 digits (no download), each with
-and without BatchNorm, at a normal learning rate (SGD, momentum 0.9, lr 0.05) and at 10 times it, all from one
-seed. It
-prints a table (epochs to 95% validation accuracy, final validation accuracy, time per epoch,
-divergence), saves a plot of validation accuracy per epoch, and says what the table shows.
+and without BatchNorm, at a normal learning rate (SGD, momentum 0.9, lr 0.05) and at 10
+times it, all from one seed. It prints a table (epochs to 95% validation accuracy, final
+validation accuracy, time per epoch, divergence), saves a plot of validation accuracy per
+epoch, and says in one line what the table shows.
 
 Needs the ``demo`` extra: ``pip install -e ".[demo]"`` (scikit-learn, matplotlib, tqdm).
 """

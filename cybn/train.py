@@ -57,7 +57,8 @@ def cross_entropy(logits, targets):
 
 
 def mse_loss(pred, target):
-    """Mean squared error ``mean((pred - target)**2)`` and its gradient ``2 (pred - target) / size``."""
+    """Mean squared error ``mean((pred - target)**2)`` and its gradient
+    ``2 * (pred - target) / pred.size``."""
     pred = np.asarray(pred)
     target = np.asarray(target)
     if pred.shape != target.shape:
