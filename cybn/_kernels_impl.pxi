@@ -196,52 +196,61 @@ cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ss
     """Per-channel moments of x[outer, C, inner]; returns -1 if out of memory.
 
     Each channel's blocks are numbered q = o * nblocks + k (plane o, block k). The q range
-    is cut into at most MAX_CHUNKS chunks; a chunk reduces, for each of its q, the block of
-    every channel (memory order within a plane) and merges them, vectorized over channels,
-    into its partial [chunk][c]. The partials are then merged in chunk order.
+    is cut into at most MAX_CHUNKS q-chunks; when there are fewer q-chunks than that, the
+    channels are cut into ranges as well, so that even N = 1 keeps every thread busy. A work
+    item (q-chunk, channel range) reduces, for each of its q, the block of each of its
+    channels and merges them, vectorized over channels, into its partial [q-chunk][c]. The
+    partials are then merged in q-chunk order. Channel ranges do not change any channel's
+    arithmetic, so results are the same however the work is split.
     """
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t Q = outer * nblocks
-    cdef Py_ssize_t nchunks = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t item, q, o, c, start, length
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t nc = min(C, max(<Py_ssize_t>1, <Py_ssize_t>MAX_CHUNKS // nq))
+    cdef Py_ssize_t item, qi, c0, nch, q, o, c, start, length
     cdef double count
     cdef double* tmp
     cdef int status[1]
-    cdef double* part_mean = <double*>malloc((2 * nchunks * C + nchunks) * sizeof(double))
+    cdef double* part_mean = <double*>malloc((2 * nq * C + nq) * sizeof(double))
     cdef double* part_m2
     cdef double* part_count
     if part_mean == NULL:
         return -1
-    part_m2 = part_mean + nchunks * C
-    part_count = part_m2 + nchunks * C
+    part_m2 = part_mean + nq * C
+    part_count = part_m2 + nq * C
     status[0] = 0
-    for item in prange(nchunks, schedule='static', num_threads=num_threads):
-        tmp = <double*>malloc(2 * C * sizeof(double))
+    for item in prange(nq * nc, schedule='static', num_threads=num_threads):
+        qi = item // nc
+        c0 = chunk_start(C, nc, item % nc)
+        nch = chunk_start(C, nc, item % nc + 1) - c0
+        tmp = <double*>malloc(2 * nch * sizeof(double))
         if tmp == NULL:
             status[0] = -1
             continue
-        for c in range(C):
-            part_mean[item * C + c] = 0.0
-            part_m2[item * C + c] = 0.0
+        for c in range(c0, c0 + nch):
+            part_mean[qi * C + c] = 0.0
+            part_m2[qi * C + c] = 0.0
         count = 0.0
-        for q in range(chunk_start(Q, nchunks, item), chunk_start(Q, nchunks, item + 1)):
+        for q in range(chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1)):
             o = q // nblocks
             start = (q % nblocks) * PLANE_BLOCK
             length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            for c in range(C):
-                block_moments(x + (o * C + c) * inner + start, length, &tmp[c], &tmp[C + c])
-            count = merge_moments(count, <double>length, C, &part_mean[item * C],
-                                  &part_m2[item * C], tmp, tmp + C, 1)
-        part_count[item] = count
+            for c in range(nch):
+                block_moments(x + (o * C + c0 + c) * inner + start, length, &tmp[c],
+                              &tmp[nch + c])
+            count = merge_moments(count, <double>length, nch, &part_mean[qi * C + c0],
+                                  &part_m2[qi * C + c0], tmp, tmp + nch, 1)
+        if c0 == 0:
+            part_count[qi] = count
         free(tmp)
     if status[0] == 0:
         for c in range(C):
             mean[c] = 0.0
             m2[c] = 0.0
         count = 0.0
-        for item in range(nchunks):
-            count = merge_moments(count, part_count[item], C, mean, m2, &part_mean[item * C],
-                                  &part_m2[item * C], 1)
+        for qi in range(nq):
+            count = merge_moments(count, part_count[qi], C, mean, m2, &part_mean[qi * C],
+                                  &part_m2[qi * C], 1)
     free(part_mean)
     return status[0]
 
@@ -341,7 +350,8 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t Q = outer * nblocks
     cdef Py_ssize_t nchunks = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t c, o, start, length, item, q, off
+    cdef Py_ssize_t nc = min(C, max(<Py_ssize_t>1, <Py_ssize_t>MAX_CHUNKS // nchunks))
+    cdef Py_ssize_t c, c0, c1, o, start, length, item, qi, q, off
     cdef double count = <double>outer * <double>inner, a, b
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
@@ -355,21 +365,25 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
     part_b = part_a + nchunks * C
     coef = part_b + nchunks * C
     with nogil:
-        for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        # Work items (q-chunk, channel range), as in plane_chunked_moments.
+        for item in prange(nchunks * nc, schedule='static', num_threads=num_threads):
             a = 0.0  # assigned here so that Cython makes a and b thread-private
             b = 0.0
-            for c in range(C):
-                part_a[item * C + c] = 0.0
-                part_b[item * C + c] = 0.0
-            for q in range(chunk_start(Q, nchunks, item), chunk_start(Q, nchunks, item + 1)):
+            qi = item // nc
+            c0 = chunk_start(C, nc, item % nc)
+            c1 = chunk_start(C, nc, item % nc + 1)
+            for c in range(c0, c1):
+                part_a[qi * C + c] = 0.0
+                part_b[qi * C + c] = 0.0
+            for q in range(chunk_start(Q, nchunks, qi), chunk_start(Q, nchunks, qi + 1)):
                 o = q // nblocks
                 start = (q % nblocks) * PLANE_BLOCK
                 length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-                for c in range(C):
+                for c in range(c0, c1):
                     off = (o * C + c) * inner + start
                     block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
-                    part_a[item * C + c] += a
-                    part_b[item * C + c] += b
+                    part_a[qi * C + c] += a
+                    part_b[qi * C + c] += b
         for c in range(C):
             sum_dy[c] = 0.0
             sum_dy_xmu[c] = 0.0

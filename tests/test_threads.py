@@ -35,9 +35,10 @@ def test_threadpoolctl_and_set_num_threads_are_honoured():
         cybn.set_num_threads(old)
 
 
-# Shapes that take every kernel path: plane family with many channels (whole channels per
-# thread) and with few (blocks across threads), several blocks per plane; row family.
-SHAPES = [((8, 64, 40, 40), 1), ((3, 3, 100, 90), 1), ((2, 1, 9000), 1), ((9, 40, 40, 3), -1),
+# Shapes that take every kernel path: plane family with many and with few channels, several
+# blocks per plane, N = 1 (work split over channel ranges); row family.
+SHAPES = [((8, 64, 40, 40), 1), ((1, 64, 40, 40), 1), ((3, 3, 100, 90), 1), ((2, 1, 9000), 1),
+          ((9, 40, 40, 3), -1),
           ((300, 257), 1), ((5, 7, 9, 13), 2)]
 
 
