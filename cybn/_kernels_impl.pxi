@@ -6,29 +6,33 @@
 # in one of two families:
 #
 #   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in _validate.py for
-#                 inner >= 32 and for small arrays). Channel c's
-#                 data is `outer` contiguous runs ("planes") of `inner` elements. Reductions
-#                 cut each plane into blocks of PLANE_BLOCK elements.
+#                 inner >= 32 and for small arrays). Channel c's data is `outer` contiguous
+#                 runs ("planes") of `inner` elements; reductions cut each plane into blocks
+#                 of PLANE_BLOCK elements, numbered q = o * nblocks + k.
 #   row family    x[rows, L], L = k * C * inner with inner small (channels-last: inner == 1).
 #                 Column j holds channel (j // inner) % C. Reductions cut the rows into
-#                 blocks of `rows_per_block` rows and vectorize across the columns.
+#                 blocks of ROW_BLOCK rows and vectorize across the columns.
 #
-# Determinism: reductions cut the work into blocks, and the blocks into at most MAX_CHUNKS
-# chunks, with bounds that depend on the shape only, never on the thread count. A chunk
-# merges its blocks in order into one partial result; the partials are merged in chunk
-# order. Which thread computes a chunk does not change its bits, so any thread count gives
-# bitwise identical results. Chunking also keeps the scratch small (MAX_CHUNKS partials),
-# so no call allocates memory proportional to x. Setup compiles with -ffp-contract=off, so
+# Determinism: reductions cut the blocks into at most MAX_CHUNKS chunks with bounds that
+# depend on the shape only, never on the thread count. A chunk merges its blocks in order
+# into one partial result; the partials are merged in chunk order. Which thread computes a
+# chunk, and whether a thread owns whole channels (plane "owner" schedule) or threads share
+# a group of channels ("cooperative" schedule), does not change any bit: any thread count and
+# any schedule give bitwise identical results. Setup compiles with -ffp-contract=off, so
 # every instruction-set variant gives the same bits too.
 #
-# Arithmetic: data may be float32 or float64 (`floating`); all per-channel values and all
-# accumulators are double, and per-element arithmetic runs in double as well, so float32
-# data far from zero (mean >> std) keeps full accuracy. Block statistics are two-pass
-# (mean, then sum of squared deviations) over a cache-resident block; blocks are merged with
-# Chan's pairwise formula.
+# Arithmetic: per-channel values, block merges (Chan's formula) and long sums are double.
+# Per-element work of float32 data runs in float32 SIMD (_simd_f32.h): float accumulators
+# over short runs flushed into double, and the double mean split into two floats
+# m_hi + m_lo so that x - m_hi is exact for data near the mean (the low part is subtracted
+# next, or folded into the bias). float64 data is computed in double throughout.
+#
+# Streaming (non-temporal) stores: elementwise passes take a `streaming` flag; the caller
+# sets it for outputs much larger than the cache (they skip the read-for-ownership of each
+# output line). Each run that streamed ends with a store fence.
 #
 # Arguments are marked IN (read) or OUT (written); work space is allocated inside (malloc,
-# at most MAX_CHUNKS partials), and running out of it raises MemoryError.
+# O(MAX_CHUNKS * C) or O(MAX_CHUNKS * L) doubles), and running out of it raises MemoryError.
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -39,11 +43,35 @@ from cybn._openmp cimport CYBN_OPENMP_ENABLED
 
 OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
 
-cdef enum:
-    LANES = 16            # independent accumulators in a block reduction (vectorizable)
-    PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
-    MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
+cdef extern from "_simd_f32.h" nogil:
+    void cybn_split(double m, float* hi, float* lo)
+    void cybn_store_fence()
+    void cybn_f32_block_moments(const float* p, Py_ssize_t n, double* mean, double* m2)
+    void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n, float mh,
+                                  float ml, double* sum_dy, double* sum_dy_xmu)
+    void cybn_f32_affine(const float* x, float* y, Py_ssize_t n, float mh, float scale,
+                         float offset, int nt)
+    void cybn_f32_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
+                             float mh, float k1, float k2, float k3, int nt)
+    void cybn_f32_rows_moments(const float* x, Py_ssize_t nr, Py_ssize_t L, double* mean,
+                               double* m2, const float* next, Py_ssize_t next_rows)
+    void cybn_f32_rows_grad_sums(const float* g, const float* x, Py_ssize_t nr, Py_ssize_t L,
+                                 const float* hi, const float* lo, double* sum_dy,
+                                 double* sum_dy_xmu, const float* next_g, const float* next_x,
+                                 Py_ssize_t next_rows)
+    void cybn_f32_flat_affine(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
+                              Py_ssize_t W, const float* hi, const float* scale,
+                              const float* offset, int nt)
+    void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t e0,
+                                  Py_ssize_t e1, Py_ssize_t W, const float* hi,
+                                  const float* k1, const float* k2, const float* k3, int nt)
 
+cdef enum:
+    LANES = 16            # independent accumulators in a double block reduction
+    PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
+    ROW_BLOCK = 32        # rows per reduction block in the row family
+    MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
+    ELEMENT_ITEM = 65536  # elements per work item of the row family's elementwise passes
 
 
 cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,
@@ -52,8 +80,18 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,
     return (n * i) // nchunks
 
 
+cdef inline double merge_one(double count, double count_b, double* mean, double* m2,
+                             double mean_b, double m2_b) noexcept nogil:
+    """Fold one block's (count_b, mean_b, m2_b) into (count, mean, m2); returns the count."""
+    cdef double total = count + count_b
+    cdef double delta = mean_b - mean[0]
+    mean[0] = mean[0] + delta * (count_b / total)
+    m2[0] = m2[0] + m2_b + delta * delta * (count * count_b / total)
+    return total
+
+
 # ---------------------------------------------------------------------------------------
-# Inline helpers: one block, one channel, no Python objects.
+# Block helpers in double (float64 data), one block, no Python objects.
 # ---------------------------------------------------------------------------------------
 
 cdef inline void block_moments(const floating* p, Py_ssize_t n,
@@ -185,74 +223,146 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
         k2[0] = 0.0
         k3[0] = 0.0
 
+# ---------------------------------------------------------------------------------------
+# Runs: one contiguous run of one channel, dispatched on the data type.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void run_moments(const floating* p, Py_ssize_t n, double* mean,
+                             double* m2) noexcept nogil:
+    if floating is float:
+        cybn_f32_block_moments(p, n, mean, m2)
+    else:
+        block_moments(p, n, mean, m2)
+
+
+cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
+                               double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    cdef float hi, lo
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_block_grad_sums(dy, x, n, hi, lo, sum_dy, sum_dy_xmu)
+    else:
+        block_grad_sums(dy, x, n, mean, sum_dy, sum_dy_xmu)
+
+
+cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double shift,
+                            double scale, double offset, int streaming) noexcept nogil:
+    """y = (x - shift) * scale + offset; float32: (x - hi) * scale + (offset - lo * scale)."""
+    cdef float hi, lo
+    if floating is float:
+        cybn_split(shift, &hi, &lo)
+        cybn_f32_affine(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
+                        streaming)
+        if streaming:
+            cybn_store_fence()
+    else:
+        block_affine(x, y, n, shift, scale, offset)
+
+
+cdef inline void run_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                Py_ssize_t n, double mean, double k1, double k2, double k3,
+                                int streaming) noexcept nogil:
+    """dx = k1 * dy + k2 * (x - mean) + k3 (float32: the low part of mean folded into k3)."""
+    cdef float hi, lo
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
+                            <float>(k3 - k2 * <double>lo), streaming)
+        if streaming:
+            cybn_store_fence()
+    else:
+        block_grad_apply(dy, x, dx, n, mean, k1, k2, k3)
+
 
 # ---------------------------------------------------------------------------------------
 # Plane family: x[outer, C, inner]; channel c is the planes x[o, c, :].
+#
+# Two schedules, the same bits:
+#   owner        (group == 0) a thread owns whole channels and runs reduce -> coefficients
+#                -> elementwise on one channel while its data is still in cache;
+#   cooperative  (group > 0) channels are taken `group` at a time; all threads share the
+#                reduction of a group (work items = (chunk, channel)), then its elementwise
+#                pass (work items = (plane, block)).
 # ---------------------------------------------------------------------------------------
 
-cdef inline int plane_chunked_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
-                                     Py_ssize_t inner, double* mean, double* m2,
-                                     int num_threads) noexcept nogil:
-    """Per-channel moments of x[outer, C, inner]; returns -1 if out of memory.
+cdef inline void plane_chunk_moments(const floating* x, Py_ssize_t C, Py_ssize_t inner,
+                                     Py_ssize_t nblocks, Py_ssize_t q0, Py_ssize_t q1,
+                                     Py_ssize_t c, double* out) noexcept nogil:
+    """out = (count, mean, M2) of channel c over its blocks q0 <= q < q1, merged in order."""
+    cdef double count = 0.0, mean = 0.0, m2 = 0.0, bmean, bm2
+    cdef Py_ssize_t q, o, start, length
+    for q in range(q0, q1):
+        o = q // nblocks
+        start = (q % nblocks) * PLANE_BLOCK
+        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        run_moments(x + (o * C + c) * inner + start, length, &bmean, &bm2)
+        count = merge_one(count, <double>length, &mean, &m2, bmean, bm2)
+    out[0] = count
+    out[1] = mean
+    out[2] = m2
 
-    Each channel's blocks are numbered q = o * nblocks + k (plane o, block k). The q range
-    is cut into at most MAX_CHUNKS q-chunks; when there are fewer q-chunks than that, the
-    channels are cut into ranges as well, so that even N = 1 keeps every thread busy. A work
-    item (q-chunk, channel range) reduces, for each of its q, the block of each of its
-    channels and merges them, vectorized over channels, into its partial [q-chunk][c]. The
-    partials are then merged in q-chunk order. Channel ranges do not change any channel's
-    arithmetic, so results are the same however the work is split.
-    """
+
+cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t C,
+                                       Py_ssize_t inner, Py_ssize_t nblocks, Py_ssize_t q0,
+                                       Py_ssize_t q1, Py_ssize_t c, double mean,
+                                       double* out) noexcept nogil:
+    """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1."""
+    cdef double a = 0.0, b = 0.0, ba, bb
+    cdef Py_ssize_t q, o, start, length, off
+    for q in range(q0, q1):
+        o = q // nblocks
+        start = (q % nblocks) * PLANE_BLOCK
+        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        off = (o * C + c) * inner + start
+        run_grad_sums(dy + off, x + off, length, mean, &ba, &bb)
+        a = a + ba
+        b = b + bb
+    out[0] = a
+    out[1] = b
+
+
+cdef inline void plane_finish_moments(const double* part, Py_ssize_t nq, double* mean,
+                                      double* m2) noexcept nogil:
+    """Merge a channel's nq chunk partials (count, mean, M2) in chunk order."""
+    cdef double count = 0.0
+    cdef Py_ssize_t qi
+    mean[0] = 0.0
+    m2[0] = 0.0
+    for qi in range(nq):
+        count = merge_one(count, part[3 * qi], mean, m2, part[3 * qi + 1], part[3 * qi + 2])
+
+
+cdef inline void plane_finish_sums(const double* part, Py_ssize_t nq, double* a,
+                                   double* b) noexcept nogil:
+    """Add a channel's nq chunk partial sums in chunk order."""
+    cdef Py_ssize_t qi
+    a[0] = 0.0
+    b[0] = 0.0
+    for qi in range(nq):
+        a[0] = a[0] + part[2 * qi]
+        b[0] = b[0] + part[2 * qi + 1]
+
+
+cdef inline int plane_moments_core(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                   Py_ssize_t inner, double* mean, double* m2,
+                                   int num_threads) noexcept nogil:
+    """Per-channel (mean, M2), all threads sharing the work; -1 if out of memory."""
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t Q = outer * nblocks
     cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t nc = min(C, max(<Py_ssize_t>1, <Py_ssize_t>MAX_CHUNKS // nq))
-    cdef Py_ssize_t item, qi, c0, nch, q, o, c, start, length
-    cdef double count
-    cdef double* tmp
-    cdef int status[1]
-    cdef double* part_mean = <double*>malloc((2 * nq * C + nq) * sizeof(double))
-    cdef double* part_m2
-    cdef double* part_count
-    if part_mean == NULL:
+    cdef Py_ssize_t item, qi, c
+    cdef double* part = <double*>malloc(3 * nq * C * sizeof(double))
+    if part == NULL:
         return -1
-    part_m2 = part_mean + nq * C
-    part_count = part_m2 + nq * C
-    status[0] = 0
-    for item in prange(nq * nc, schedule='static', num_threads=num_threads):
-        qi = item // nc
-        c0 = chunk_start(C, nc, item % nc)
-        nch = chunk_start(C, nc, item % nc + 1) - c0
-        tmp = <double*>malloc(2 * nch * sizeof(double))
-        if tmp == NULL:
-            status[0] = -1
-            continue
-        for c in range(c0, c0 + nch):
-            part_mean[qi * C + c] = 0.0
-            part_m2[qi * C + c] = 0.0
-        count = 0.0
-        for q in range(chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1)):
-            o = q // nblocks
-            start = (q % nblocks) * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            for c in range(nch):
-                block_moments(x + (o * C + c0 + c) * inner + start, length, &tmp[c],
-                              &tmp[nch + c])
-            count = merge_moments(count, <double>length, nch, &part_mean[qi * C + c0],
-                                  &part_m2[qi * C + c0], tmp, tmp + nch, 1)
-        if c0 == 0:
-            part_count[qi] = count
-        free(tmp)
-    if status[0] == 0:
-        for c in range(C):
-            mean[c] = 0.0
-            m2[c] = 0.0
-        count = 0.0
-        for qi in range(nq):
-            count = merge_moments(count, part_count[qi], C, mean, m2, &part_mean[qi * C],
-                                  &part_m2[qi * C], 1)
-    free(part_mean)
-    return status[0]
+    for item in prange(nq * C, schedule='static', num_threads=num_threads):
+        qi = item // C
+        c = item % C
+        plane_chunk_moments(x, C, inner, nblocks, chunk_start(Q, nq, qi),
+                            chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+    for c in range(C):
+        plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &m2[c])
+    free(part)
+    return 0
 
 
 def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
@@ -260,41 +370,35 @@ def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), non
                   double[::1] m2,                  # OUT (C,) sum of squared deviations
                   int num_threads):
     """Per-channel mean and M2 of a plane-family view."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef int status
     with nogil:
-        status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &m2[0],
-                                       num_threads)
+        status = plane_moments_core(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
+                                    &m2[0], num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 
 
-cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t outer,
-                                   Py_ssize_t C, Py_ssize_t inner, const double* shift,
-                                   const double* scale, const double* offset,
-                                   int num_threads) noexcept nogil:
-    """y = (x - shift[c]) * scale[c] + offset[c], per block in parallel."""
+def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), nonempty
+                const double[::1] shift,           # IN  (C,)
+                const double[::1] scale,           # IN  (C,)
+                const double[::1] offset,          # IN  (C,)
+                floating[:, :, ::1] y,             # OUT (outer, C, inner); may be x itself
+                bint streaming,
+                int num_threads):
+    """y = (x - shift[c]) * scale[c] + offset[c], work items of one block each."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t item, plane, c, start, length
-    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
-        plane = item // nblocks
-        c = plane % C
-        start = (item % nblocks) * PLANE_BLOCK
-        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-        block_affine(x + plane * inner + start, y + plane * inner + start, length,
-                     shift[c], scale[c], offset[c])
-
-
-def plane_affine(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
-                 const double[::1] shift,          # IN  (C,)
-                 const double[::1] scale,          # IN  (C,)
-                 const double[::1] offset,         # IN  (C,)
-                 floating[:, :, ::1] y,            # OUT (outer, C, inner); may be x itself
-                 int num_threads):
-    """y = (x - shift[c]) * scale[c] + offset[c]."""
+    cdef Py_ssize_t item, plane, c, start, off
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
     with nogil:
-        plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
-                          &shift[0], &scale[0], &offset[0], num_threads)
+        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+            plane = item // nblocks
+            c = plane % C
+            start = (item % nblocks) * PLANE_BLOCK
+            off = plane * inner + start
+            run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                       shift[c], scale[c], offset[c], streaming)
 
 
 def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
@@ -305,30 +409,59 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         double[::1] mean,              # OUT (C,) batch mean
                         double[::1] var,               # OUT (C,) biased batch variance
                         double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
+                        Py_ssize_t group,              # channels per cooperative group; 0: owner
+                        bint streaming,
                         int num_threads):
-    """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias.
-
-    Two streaming passes over x (reduce, then normalize).
-    """
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t Q = outer * nblocks
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
     cdef double count = <double>outer * <double>inner
-    cdef int status
-    cdef double* scale = <double*>malloc(C * sizeof(double))
-    if scale == NULL:
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    cdef double* part = <double*>malloc((3 * nq * C + C) * sizeof(double))
+    cdef double* scale
+    if part == NULL:
         raise MemoryError("cybn: out of memory for reduction scratch")
+    scale = part + 3 * nq * C
     with nogil:
-        # m2 lands in var, then var, invstd and the scale are derived from it.
-        status = plane_chunked_moments(&x[0, 0, 0], outer, C, inner, &mean[0], &var[0],
-                                       num_threads)
-        if status == 0:
-            for c in range(C):
+        if group <= 0:
+            for c in prange(C, schedule='dynamic', num_threads=num_threads):
+                for qi in range(nq):
+                    plane_chunk_moments(xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+                plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
                 train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
                                    &scale[c])
-            plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], outer, C, inner, &mean[0], scale,
-                              &bias[0], num_threads)
-    free(scale)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+                for o in range(outer):
+                    off = (o * C + c) * inner
+                    run_affine(xp + off, yp + off, inner, mean[c], scale[c], bias[c],
+                               streaming)
+        else:
+            for gi in range((C + group - 1) // group):
+                c0 = gi * group
+                gc = min(group, C - c0)
+                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                    qi = item // gc
+                    c = c0 + item % gc
+                    plane_chunk_moments(xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+                for c in range(c0, c0 + gc):
+                    plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
+                    train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                       &scale[c])
+                for item in prange(outer * gc * nblocks, schedule='static',
+                                   num_threads=num_threads):
+                    plane = item // nblocks
+                    o = plane // gc
+                    c = c0 + plane % gc
+                    start = (item % nblocks) * PLANE_BLOCK
+                    off = (o * C + c) * inner + start
+                    run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                               mean[c], scale[c], bias[c], streaming)
+    free(part)
 
 
 def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
@@ -340,78 +473,76 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
                    double[::1] sum_dy,                 # OUT (C,) sum of dy
                    double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
+                   Py_ssize_t group,                   # as in plane_train_forward
+                   bint streaming,
                    int num_threads):
-    """Backward: one reduction pass, then dx = k1 * dy + k2 * (x - mean) + k3.
-
-    The reduction is chunked like plane_chunked_moments: a chunk adds its blocks' sums in
-    (o, block) order, then the chunk sums are added in chunk order.
-    """
+    """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel."""
     cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t Q = outer * nblocks
-    cdef Py_ssize_t nchunks = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t nc = min(C, max(<Py_ssize_t>1, <Py_ssize_t>MAX_CHUNKS // nchunks))
-    cdef Py_ssize_t c, c0, c1, o, start, length, item, qi, q, off
-    cdef double count = <double>outer * <double>inner, a, b
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
+    cdef double count = <double>outer * <double>inner
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
-    # Scratch: per-chunk partial sums, then the coefficients k1, k2, k3 per channel.
-    cdef double* part_a = <double*>malloc((2 * nchunks * C + 3 * C) * sizeof(double))
-    cdef double* part_b
+    cdef double* part = <double*>malloc((2 * nq * C + 3 * C) * sizeof(double))
     cdef double* coef
-    if part_a == NULL:
+    if part == NULL:
         raise MemoryError("cybn: out of memory for reduction scratch")
-    part_b = part_a + nchunks * C
-    coef = part_b + nchunks * C
+    coef = part + 2 * nq * C   # k1, k2, k3 of channel c at coef[3c:3c+3]
     with nogil:
-        # Work items (q-chunk, channel range), as in plane_chunked_moments.
-        for item in prange(nchunks * nc, schedule='static', num_threads=num_threads):
-            a = 0.0  # assigned here so that Cython makes a and b thread-private
-            b = 0.0
-            qi = item // nc
-            c0 = chunk_start(C, nc, item % nc)
-            c1 = chunk_start(C, nc, item % nc + 1)
-            for c in range(c0, c1):
-                part_a[qi * C + c] = 0.0
-                part_b[qi * C + c] = 0.0
-            for q in range(chunk_start(Q, nchunks, qi), chunk_start(Q, nchunks, qi + 1)):
-                o = q // nblocks
-                start = (q % nblocks) * PLANE_BLOCK
-                length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-                for c in range(c0, c1):
+        if group <= 0:
+            for c in prange(C, schedule='dynamic', num_threads=num_threads):
+                for qi in range(nq):
+                    plane_chunk_grad_sums(gp, xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                                          chunk_start(Q, nq, qi + 1), c, mean[c],
+                                          part + 2 * (c * nq + qi))
+                plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
+                for o in range(outer):
+                    off = (o * C + c) * inner
+                    run_grad_apply(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
+                                   coef[3 * c + 1], coef[3 * c + 2], streaming)
+        else:
+            for gi in range((C + group - 1) // group):
+                c0 = gi * group
+                gc = min(group, C - c0)
+                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                    qi = item // gc
+                    c = c0 + item % gc
+                    plane_chunk_grad_sums(gp, xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                                          chunk_start(Q, nq, qi + 1), c, mean[c],
+                                          part + 2 * (c * nq + qi))
+                for c in range(c0, c0 + gc):
+                    plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+                    grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                      training, &coef[3 * c], &coef[3 * c + 1],
+                                      &coef[3 * c + 2])
+                for item in prange(outer * gc * nblocks, schedule='static',
+                                   num_threads=num_threads):
+                    plane = item // nblocks
+                    o = plane // gc
+                    c = c0 + plane % gc
+                    start = (item % nblocks) * PLANE_BLOCK
                     off = (o * C + c) * inner + start
-                    block_grad_sums(gp + off, xp + off, length, mean[c], &a, &b)
-                    part_a[qi * C + c] += a
-                    part_b[qi * C + c] += b
-        for c in range(C):
-            sum_dy[c] = 0.0
-            sum_dy_xmu[c] = 0.0
-        for item in range(nchunks):
-            for c in range(C):
-                sum_dy[c] += part_a[item * C + c]
-                sum_dy_xmu[c] += part_b[item * C + c]
-        for c in range(C):
-            grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                              training, &coef[c], &coef[C + c], &coef[2 * C + c])
-        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
-            q = item // nblocks
-            c = q % C
-            start = (item % nblocks) * PLANE_BLOCK
-            length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-            off = q * inner + start
-            block_grad_apply(gp + off, xp + off, dp + off, length, mean[c],
-                             coef[c], coef[C + c], coef[2 * C + c])
-    free(part_a)
+                    run_grad_apply(gp + off, xp + off, dp + off,
+                                   min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
+                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming)
+    free(part)
 
 
 # ---------------------------------------------------------------------------------------
 # Row family: x[rows, L]; column j belongs to channel (j // inner) % C.
-# Per-column results are folded into channels in (block, column) order.
+# Reductions: blocks of ROW_BLOCK rows, per-column results, chunks merged in order, then
+# columns folded into channels in column order. Elementwise passes: one flat loop over a
+# range of elements with per-column constants tiled so that a vector never wraps.
 # ---------------------------------------------------------------------------------------
 
 cdef enum:
     ROW_GROUP = 4         # rows folded into the column accumulators per update
+    ROW_RUN = 512         # float64 elementwise: coefficients tiled over runs this long
 
 
 cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
@@ -531,188 +662,358 @@ cdef inline void row_block_grad_apply(const floating* dy, const floating* x, flo
             dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
 
 
-def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
-                Py_ssize_t C, Py_ssize_t inner,
-                Py_ssize_t rows_per_block,
-                double[::1] mean,                # OUT (C,)
-                double[::1] m2,                  # OUT (C,)
-                int num_threads):
-    """Per-channel mean and M2 of a row-family view.
 
-    Row blocks are grouped into at most MAX_CHUNKS chunks; a chunk merges its blocks'
-    per-column statistics in order into part[chunk]; chunks are merged in order into
-    part[0], whose columns are then folded into channels in column order.
-    """
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
-    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+cdef inline Py_ssize_t tile_period(Py_ssize_t L) noexcept nogil:
+    """Smallest multiple of L that is a multiple of 8 and at least 64: the period, in
+    elements, of the float32 elementwise constants."""
+    cdef Py_ssize_t W = L
+    while W % 8 != 0:
+        W += L
+    while W < 64:
+        W *= 2
+    return W
+
+
+cdef inline Py_ssize_t row_group(Py_ssize_t L) noexcept nogil:
+    """Rows the float64 elementwise row kernels treat as one flat run."""
+    return max(<Py_ssize_t>1, <Py_ssize_t>ROW_RUN // L)
+
+
+cdef inline Py_ssize_t column_channel(Py_ssize_t j, Py_ssize_t L, Py_ssize_t C,
+                                      Py_ssize_t inner) noexcept nogil:
+    return ((j % L) // inner) % C
+
+
+cdef inline int row_moments_core(const floating* x, Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
+                                 Py_ssize_t inner, double* mean, double* m2,
+                                 int num_threads) noexcept nogil:
+    """Per-channel (mean, M2) of a row-family view; -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
-    cdef Py_ssize_t item, blk, r0, r1, nrows, c, t, i
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, nnext, c, t, i
     cdef double count
     cdef double* tmp
     cdef int status[1]
-    cdef const floating* xp = &x[0, 0]
-    cdef double* parts = <double*>malloc(2 * nchunks * L * sizeof(double))
-    if parts == NULL:
-        raise MemoryError("cybn: out of memory for reduction scratch")
-    cdef double* part_mean = parts              # [chunk][column] partials
-    cdef double* part_m2 = parts + nchunks * L
+    cdef double* part_mean = <double*>malloc(2 * nchunks * L * sizeof(double))
+    cdef double* part_m2
+    if part_mean == NULL:
+        return -1
+    part_m2 = part_mean + nchunks * L
     status[0] = 0
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        tmp = <double*>malloc(2 * L * sizeof(double))
+        if tmp == NULL:
+            status[0] = -1
+            continue
+        count = 0.0
+        blk_end = chunk_start(nblocks, nchunks, item + 1)
+        for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
+            r0 = blk * ROW_BLOCK
+            nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
+            # rows of the chunk's next block, prefetched while this one is computed
+            nnext = min(<Py_ssize_t>ROW_BLOCK, R - r0 - nrows) if blk + 1 < blk_end else 0
+            if count == 0.0:  # the chunk's first block lands directly in its partial
+                row_block_stats(x + r0 * L, nrows, L, &part_mean[item * L], &part_m2[item * L],
+                                nnext)
+            else:
+                row_block_stats(x + r0 * L, nrows, L, tmp, tmp + L, nnext)
+                merge_moments(count, <double>nrows, L, &part_mean[item * L],
+                              &part_m2[item * L], tmp, tmp + L, 1)
+            count = count + <double>nrows
+        free(tmp)
+    if status[0] == 0:
+        count = 0.0
+        for item in range(1, nchunks):
+            count = <double>(chunk_start(nblocks, nchunks, item) * ROW_BLOCK)
+            nrows = min(R, chunk_start(nblocks, nchunks, item + 1) * ROW_BLOCK) \
+                - <Py_ssize_t>count
+            merge_moments(count, <double>nrows, L, part_mean, part_m2,
+                          &part_mean[item * L], &part_m2[item * L], 1)
+        for c in range(C):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        count = 0.0
+        for t in range(k):
+            for i in range(inner):
+                count = merge_moments(count, <double>R, C, mean, m2, &part_mean[t * C * inner + i],
+                                      &part_m2[t * C * inner + i], inner)
+    free(part_mean)
+    return status[0]
+
+
+cdef inline void row_block_stats(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
+                                 double* mean, double* m2, Py_ssize_t next_rows) noexcept nogil:
+    """Per-column (mean, M2) of rows x[0:nrows]; float32 prefetches the next_rows that follow."""
+    if floating is float:
+        cybn_f32_rows_moments(x, nrows, L, mean, m2, x + nrows * L if next_rows > 0 else NULL,
+                              next_rows)
+    else:
+        row_block_moments(x, nrows, L, mean, m2)
+
+
+def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
+                Py_ssize_t C, Py_ssize_t inner,
+                double[::1] mean,                # OUT (C,)
+                double[::1] m2,                  # OUT (C,)
+                int num_threads):
+    """Per-channel mean and M2 of a row-family view."""
+    cdef int status
     with nogil:
-        for item in prange(nchunks, schedule='static', num_threads=num_threads):
-            tmp = <double*>malloc(2 * L * sizeof(double))
-            if tmp == NULL:
-                status[0] = -1
-                continue
-            count = 0.0
-            for blk in range(chunk_start(nblocks, nchunks, item),
-                             chunk_start(nblocks, nchunks, item + 1)):
-                r0 = blk * rows_per_block
-                r1 = min(R, r0 + rows_per_block)
-                if count == 0.0:  # the chunk's first block lands directly in its partial
-                    row_block_moments(xp + r0 * L, r1 - r0, L, &part_mean[item * L],
-                                      &part_m2[item * L])
-                else:
-                    row_block_moments(xp + r0 * L, r1 - r0, L, tmp, tmp + L)
-                    merge_moments(count, <double>(r1 - r0), L, &part_mean[item * L],
-                                  &part_m2[item * L], tmp, tmp + L, 1)
-                count = count + <double>(r1 - r0)
-            free(tmp)
-        if status[0] == 0:
-            count = 0.0
-            for item in range(1, nchunks):
-                count = <double>chunk_start(nblocks, nchunks, item) * rows_per_block
-                nrows = min(R, chunk_start(nblocks, nchunks, item + 1) * rows_per_block) \
-                    - <Py_ssize_t>count
-                merge_moments(count, <double>nrows, L, part_mean, part_m2,
-                              &part_mean[item * L], &part_m2[item * L], 1)
-            for c in range(C):
-                mean[c] = 0.0
-                m2[c] = 0.0
-            count = 0.0
-            for t in range(k):
-                for i in range(inner):
-                    count = merge_moments(count, <double>R, C, &mean[0], &m2[0],
-                                          &part_mean[t * C * inner + i],
-                                          &part_m2[t * C * inner + i], inner)
-    free(parts)
-    if status[0] != 0:
+        status = row_moments_core(&x[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0], &m2[0],
+                                  num_threads)
+    if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 
 
-def row_affine(const floating[:, ::1] x,          # IN  (rows, L), nonempty
-               const double[::1] shift,           # IN  (group * L,) per column, tiled
-               const double[::1] scale,           # IN  (group * L,)
-               const double[::1] offset,          # IN  (group * L,)
-               floating[:, ::1] y,                # OUT (rows, L); may be x itself
-               Py_ssize_t rows_per_block,
-               int num_threads):
-    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j].
+cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t L,
+                                Py_ssize_t C, Py_ssize_t inner, const double* shift,
+                                const double* scale, const double* offset, int streaming,
+                                int num_threads) noexcept nogil:
+    """y[r, j] = (x[r, j] - shift[c]) * scale[c] + offset[c], c the channel of column j.
+    -1 if out of memory."""
+    cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
+    cdef Py_ssize_t W, i, c, item, group, rows_per_item, r0
+    cdef float hi, lo
+    cdef float* ft
+    cdef double* dt
+    if floating is float:
+        W = tile_period(L)
+        ft = <float*>malloc(3 * (W + 8) * sizeof(float))
+        if ft == NULL:
+            return -1
+        for i in range(W + 8):
+            c = column_channel(i, L, C, inner)
+            cybn_split(shift[c], &hi, &lo)
+            ft[i] = hi
+            ft[W + 8 + i] = <float>scale[c]
+            ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            cybn_f32_flat_affine(x, y, item * ELEMENT_ITEM, min(n, (item + 1) * ELEMENT_ITEM),
+                                 W, ft, ft + W + 8, ft + 2 * (W + 8), streaming)
+            if streaming:
+                cybn_store_fence()
+        free(ft)
+    else:
+        group = row_group(L)
+        W = group * L
+        dt = <double*>malloc(3 * W * sizeof(double))
+        if dt == NULL:
+            return -1
+        for i in range(W):
+            c = column_channel(i, L, C, inner)
+            dt[i] = shift[c]
+            dt[W + i] = scale[c]
+            dt[2 * W + i] = offset[c]
+        rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
+        nitems = (R + rows_per_item - 1) // rows_per_item
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            r0 = item * rows_per_item
+            row_block_affine(x + r0 * L, y + r0 * L, min(rows_per_item, R - r0), L, group,
+                             dt, dt + W, dt + 2 * W)
+        free(dt)
+    return 0
 
-    The per-column coefficients are tiled over ``group = len(shift) // L`` rows;
-    rows_per_block must be a multiple of group.
-    """
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], group = shift.shape[0] // x.shape[1]
-    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
-    cdef Py_ssize_t blk, r, r0, r1, j
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef const double* sh = &shift[0]
-    cdef const double* sc = &scale[0]
-    cdef const double* of = &offset[0]
+
+def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
+              Py_ssize_t C, Py_ssize_t inner,
+              const double[::1] shift,            # IN  (C,)
+              const double[::1] scale,            # IN  (C,)
+              const double[::1] offset,           # IN  (C,)
+              floating[:, ::1] y,                 # OUT (rows, L); may be x itself
+              bint streaming,
+              int num_threads):
+    """y = (x - shift[c]) * scale[c] + offset[c] over a row-family view."""
+    cdef int status
     with nogil:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-            r0 = blk * rows_per_block
-            r1 = min(R, r0 + rows_per_block)
-            row_block_affine(xp + r0 * L, yp + r0 * L, r1 - r0, L, group, sh, sc, of)
+        status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
+                                 &shift[0], &scale[0], &offset[0], streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
 
 
-def row_grad_sums(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
-                  const floating[:, ::1] x,       # IN  (rows, L)
-                  const double[::1] col_mean,     # IN  (L,) mean of each column's channel
-                  Py_ssize_t C, Py_ssize_t inner,
-                  Py_ssize_t rows_per_block,
-                  double[::1] sum_dy,             # OUT (C,)
-                  double[::1] sum_dy_xmu,         # OUT (C,)
-                  int num_threads):
-    """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view, chunked as in
-    row_moments."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
-    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
+def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
+                      Py_ssize_t C, Py_ssize_t inner,
+                      const double[::1] weight,   # IN  (C,)
+                      const double[::1] bias,     # IN  (C,)
+                      double eps,
+                      floating[:, ::1] y,         # OUT (rows, L); may be x itself
+                      double[::1] mean,           # OUT (C,)
+                      double[::1] var,            # OUT (C,) biased
+                      double[::1] invstd,         # OUT (C,)
+                      bint streaming,
+                      int num_threads):
+    """Training forward over a row-family view: statistics, then the elementwise pass."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* scale = <double*>malloc(C * sizeof(double))
+    if scale == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    with nogil:
+        status = row_moments_core(&x[0, 0], R, L, C, inner, &mean[0], &var[0], num_threads)
+        if status == 0:
+            for c in range(C):
+                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                   &scale[c])
+            status = row_affine_core(&x[0, 0], &y[0, 0], R, L, C, inner, &mean[0], scale,
+                                     &bias[0], streaming, num_threads)
+    free(scale)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssize_t R,
+                                   Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
+                                   const double* mean, double* sum_dy, double* sum_dy_xmu,
+                                   int num_threads) noexcept nogil:
+    """Per-channel sum(dy), sum(dy * (x - mean)); -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
-    cdef Py_ssize_t item, blk, r0, j, c, t, i
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, nnext, j, c, t, i
     cdef double* tmp
     cdef int status[1]
-    cdef const floating* gp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef double* parts = <double*>malloc(2 * nchunks * L * sizeof(double))
+    cdef float* fmean
+    cdef double* col_mean
+    # [chunk][column] partial sums, then the column means (double, and split for float32)
+    cdef double* parts = <double*>malloc((2 * nchunks * L + L) * sizeof(double) + 2 * L * sizeof(float))
     if parts == NULL:
-        raise MemoryError("cybn: out of memory for reduction scratch")
-    cdef double* part_a = parts                 # [chunk][column] partial sums
+        return -1
+    cdef double* part_a = parts
     cdef double* part_b = parts + nchunks * L
+    col_mean = parts + 2 * nchunks * L
+    fmean = <float*>(col_mean + L)
+    for j in range(L):
+        col_mean[j] = mean[column_channel(j, L, C, inner)]
+        cybn_split(col_mean[j], &fmean[j], &fmean[L + j])
     status[0] = 0
-    with nogil:
-        for item in prange(nchunks, schedule='static', num_threads=num_threads):
-            tmp = <double*>malloc(2 * L * sizeof(double))
-            if tmp == NULL:
-                status[0] = -1
-                continue
-            for j in range(L):
-                part_a[item * L + j] = 0.0
-                part_b[item * L + j] = 0.0
-            for blk in range(chunk_start(nblocks, nchunks, item),
-                             chunk_start(nblocks, nchunks, item + 1)):
-                r0 = blk * rows_per_block
-                row_block_grad_sums(gp + r0 * L, xp + r0 * L, min(rows_per_block, R - r0), L,
-                                    &col_mean[0], tmp, tmp + L)
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        tmp = <double*>malloc(2 * L * sizeof(double))
+        if tmp == NULL:
+            status[0] = -1
+            continue
+        for j in range(L):
+            part_a[item * L + j] = 0.0
+            part_b[item * L + j] = 0.0
+        blk_end = chunk_start(nblocks, nchunks, item + 1)
+        for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
+            r0 = blk * ROW_BLOCK
+            nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
+            nnext = min(<Py_ssize_t>ROW_BLOCK, R - r0 - nrows) if blk + 1 < blk_end else 0
+            if floating is float:
+                cybn_f32_rows_grad_sums(dy + r0 * L, x + r0 * L, nrows, L, fmean, fmean + L,
+                                        &part_a[item * L], &part_b[item * L],
+                                        dy + (r0 + nrows) * L if nnext > 0 else NULL,
+                                        x + (r0 + nrows) * L, nnext)
+            else:
+                row_block_grad_sums(dy + r0 * L, x + r0 * L, min(<Py_ssize_t>ROW_BLOCK, R - r0),
+                                    L, col_mean, tmp, tmp + L)
                 for j in range(L):
                     part_a[item * L + j] += tmp[j]
                     part_b[item * L + j] += tmp[L + j]
-            free(tmp)
-        if status[0] == 0:
-            for c in range(C):
-                sum_dy[c] = 0.0
-                sum_dy_xmu[c] = 0.0
-            for item in range(nchunks):
-                for t in range(k):
-                    for i in range(inner):
-                        for c in range(C):
-                            j = (t * C + c) * inner + i
-                            sum_dy[c] += part_a[item * L + j]
-                            sum_dy_xmu[c] += part_b[item * L + j]
+        free(tmp)
+    if status[0] == 0:
+        for c in range(C):
+            sum_dy[c] = 0.0
+            sum_dy_xmu[c] = 0.0
+        for item in range(nchunks):
+            for t in range(k):
+                for i in range(inner):
+                    for c in range(C):
+                        j = (t * C + c) * inner + i
+                        sum_dy[c] += part_a[item * L + j]
+                        sum_dy_xmu[c] += part_b[item * L + j]
     free(parts)
-    if status[0] != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    return status[0]
 
 
-def row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, L), nonempty
-                   const floating[:, ::1] x,      # IN  (rows, L)
-                   const double[::1] col_mean,    # IN  (group * L,) tiled as in row_affine
-                   const double[::1] k1,          # IN  (group * L,)
-                   const double[::1] k2,          # IN  (group * L,)
-                   const double[::1] k3,          # IN  (group * L,)
-                   floating[:, ::1] dx,           # OUT (rows, L); may be dy or x
-                   Py_ssize_t rows_per_block,
-                   int num_threads):
-    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j] (tiled coefficients,
-    see row_affine)."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], group = k1.shape[0] // x.shape[1]
-    cdef Py_ssize_t nblocks = (R + rows_per_block - 1) // rows_per_block
-    cdef Py_ssize_t blk, r, r0, r1, j
-    cdef const floating* gp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef const double* m = &col_mean[0]
-    cdef const double* a = &k1[0]
-    cdef const double* b = &k2[0]
-    cdef const double* e = &k3[0]
+cdef inline int row_grad_apply_core(const floating* dy, const floating* x, floating* dx,
+                                    Py_ssize_t R, Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
+                                    const double* mean, const double* k1, const double* k2,
+                                    const double* k3, int streaming,
+                                    int num_threads) noexcept nogil:
+    """dx[r, j] = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c]; -1 if out of memory."""
+    cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
+    cdef Py_ssize_t W, P, i, c, item, group, rows_per_item, r0
+    cdef float hi, lo
+    cdef float* ft
+    cdef double* dt
+    if floating is float:
+        W = tile_period(L)
+        P = W + 8
+        ft = <float*>malloc(4 * P * sizeof(float))
+        if ft == NULL:
+            return -1
+        for i in range(P):
+            c = column_channel(i, L, C, inner)
+            cybn_split(mean[c], &hi, &lo)
+            ft[i] = hi
+            ft[P + i] = <float>k1[c]
+            ft[2 * P + i] = <float>k2[c]
+            ft[3 * P + i] = <float>(k3[c] - k2[c] * <double>lo)
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            cybn_f32_flat_grad_apply(dy, x, dx, item * ELEMENT_ITEM,
+                                     min(n, (item + 1) * ELEMENT_ITEM), W, ft, ft + P,
+                                     ft + 2 * P, ft + 3 * P, streaming)
+            if streaming:
+                cybn_store_fence()
+        free(ft)
+    else:
+        group = row_group(L)
+        W = group * L
+        dt = <double*>malloc(4 * W * sizeof(double))
+        if dt == NULL:
+            return -1
+        for i in range(W):
+            c = column_channel(i, L, C, inner)
+            dt[i] = mean[c]
+            dt[W + i] = k1[c]
+            dt[2 * W + i] = k2[c]
+            dt[3 * W + i] = k3[c]
+        rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
+        nitems = (R + rows_per_item - 1) // rows_per_item
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            r0 = item * rows_per_item
+            row_block_grad_apply(dy + r0 * L, x + r0 * L, dx + r0 * L,
+                                 min(rows_per_item, R - r0), L, group, dt, dt + W, dt + 2 * W,
+                                 dt + 3 * W)
+        free(dt)
+    return 0
+
+
+def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
+                 const floating[:, ::1] x,       # IN  (rows, L)
+                 Py_ssize_t C, Py_ssize_t inner,
+                 const double[::1] mean,         # IN  (C,)
+                 const double[::1] invstd,       # IN  (C,)
+                 const double[::1] weight,       # IN  (C,)
+                 bint training,
+                 floating[:, ::1] dx,            # OUT (rows, L); may be dy or x
+                 double[::1] sum_dy,             # OUT (C,)
+                 double[::1] sum_dy_xmu,         # OUT (C,)
+                 bint streaming,
+                 int num_threads):
+    """Backward over a row-family view: gradient sums, then the elementwise pass."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* coef = <double*>malloc(3 * C * sizeof(double))
+    if coef == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
     with nogil:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-            r0 = blk * rows_per_block
-            r1 = min(R, r0 + rows_per_block)
-            row_block_grad_apply(gp + r0 * L, xp + r0 * L, dp + r0 * L, r1 - r0, L, group,
-                                 m, a, b, e)
+        status = row_grad_sums_core(&dy[0, 0], &x[0, 0], R, L, C, inner, &mean[0], &sum_dy[0],
+                                    &sum_dy_xmu[0], num_threads)
+        if status == 0:
+            for c in range(C):
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &coef[c], &coef[C + c], &coef[2 * C + c])
+            status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], R, L, C, inner,
+                                         &mean[0], coef, coef + C, coef + 2 * C, streaming,
+                                         num_threads)
+    free(coef)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
 
 
 ctypedef fused running_t:
@@ -781,3 +1082,4 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
             end = min(n, start + block)
             for i in range(start, end):
                 d[i] = s[i]
+

@@ -22,6 +22,9 @@ Conventions shared by every function here
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 
 from . import _kernels
@@ -57,9 +60,45 @@ __all__ = [
 # it can cost milliseconds. Results do not depend on this (bitwise the same either way).
 MIN_PARALLEL_SIZE = 1 << 17
 
+# Outputs of at least this many bytes are written with streaming (non-temporal) stores, which
+# skip the read-for-ownership of every output line; smaller outputs stay in the cache, where
+# the next op finds them. Only where the kernel writes contiguous runs of at least
+# STREAM_MIN_RUN bytes (short runs leave partly written lines, which cost more than they save).
+# Results do not depend on this.
+STREAM_MIN_BYTES = 4 << 20
+STREAM_MIN_RUN = 4096
+
 
 def _threads(view: ChannelView) -> int:
     return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
+
+
+def _streaming(view: ChannelView, itemsize: int) -> bool:
+    if view.family == "plane" and view.inner * itemsize < STREAM_MIN_RUN:
+        return False
+    return view.size * itemsize >= STREAM_MIN_BYTES
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_bytes() -> int:
+    """The last-level cache size (L3), or 8 MiB when the system does not say."""
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        size = 0
+    return size if size and size > 0 else 8 << 20
+
+
+def _plane_group(view: ChannelView, itemsize: int, arrays: int, threads: int) -> int:
+    """The plane family's schedule: 0 when each thread owns whole channels (reduce, then
+    write each channel while its data is in cache), else the number of channels all threads
+    work on together. ``arrays`` is how many full-size arrays the op reads (1 or 2). The
+    bits do not depend on the schedule."""
+    slab = view.count * itemsize * arrays  # bytes of one channel
+    half_cache = _cache_bytes() // 2
+    if view.channels >= 4 * threads and slab * threads <= half_cache:
+        return 0
+    return max(1, min(view.channels, half_cache // max(1, slab)))
 
 
 def _channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
@@ -69,18 +108,18 @@ def _channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
     if view.family == "plane":
         _kernels.plane_moments(xk, mean, m2, threads)
     else:
-        _kernels.row_moments(xk, view.channels, view.inner, view.rows_per_block, mean, m2,
-                             threads)
+        _kernels.row_moments(xk, view.channels, view.inner, mean, m2, threads)
     return mean, m2
 
 
 def _affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int) -> None:
     """yk = (xk - shift[c]) * scale[c] + offset[c] for float64 per-channel vectors."""
+    streaming = _streaming(view, xk.itemsize)
     if view.family == "plane":
-        _kernels.plane_affine(xk, shift, scale, offset, yk, threads)
+        _kernels.plane_infer(xk, shift, scale, offset, yk, streaming, threads)
     else:
-        _kernels.row_affine(xk, view.columns(shift, True), view.columns(scale, True),
-                            view.columns(offset, True), yk, view.rows_per_block, threads)
+        _kernels.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, streaming,
+                           threads)
 
 
 class _Output:
@@ -167,16 +206,17 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     threads = _threads(view)
     xk = view.kernel_view(x)
     dest = _Output(view, out, x.dtype)
+    mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
     invstd = np.empty(C, dtype=np.float64)
+    streaming = _streaming(view, x.itemsize)
     if view.family == "plane":
-        mean = np.empty(C, dtype=np.float64)
-        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, threads)
+        group = _plane_group(view, x.itemsize, 1, threads)
+        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, group,
+                                     streaming, threads)
     else:
-        mean, m2 = _channel_moments(view, xk, threads)
-        scale = np.empty(C, dtype=np.float64)
-        _kernels.train_coefficients_array(float(view.count), m2, eps, w, var, invstd, scale)
-        _affine(view, xk, mean, scale, b, dest.kernel, threads)
+        _kernels.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, mean, var, invstd,
+                                   streaming, threads)
     if rm is not None:
         n = view.count
         _kernels.update_running(rm, mean, momentum, 1.0)
@@ -278,19 +318,14 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     dest = _Output(view, out, x.dtype)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dy_xmu = np.empty(C, dtype=np.float64)
+    streaming = _streaming(view, x.itemsize)
     if view.family == "plane":
+        group = _plane_group(view, x.itemsize, 2, threads)
         _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
-                                threads)
+                                group, streaming, threads)
     else:
-        col_mean = view.columns(mu)
-        _kernels.row_grad_sums(dyk, xk, col_mean, C, view.inner, view.rows_per_block,
-                               sum_dy, sum_dy_xmu, threads)
-        k1, k2, k3 = np.empty((3, C))
-        _kernels.grad_coefficients_array(float(view.count), sum_dy, sum_dy_xmu, inv, w,
-                                         training, k1, k2, k3)
-        _kernels.row_grad_apply(dyk, xk, view.columns(mu, True), view.columns(k1, True),
-                                view.columns(k2, True), view.columns(k3, True), dest.kernel,
-                                view.rows_per_block, threads)
+        _kernels.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, sum_dy,
+                              sum_dy_xmu, streaming, threads)
     dweight = (sum_dy_xmu * inv).astype(x.dtype)
     return dest.result(), dweight, sum_dy.astype(x.dtype)
 

@@ -107,19 +107,17 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
 
             view = ChannelView.of(x.shape, axis % x.ndim)
             xk = view.kernel_view(x)
-            mean, m2 = np.empty(view.channels), np.empty(view.channels)
+            C = view.channels
+            mean, m2 = np.empty(C), np.empty(C)
+            y = np.empty_like(xk)
             if view.family == "plane":
                 mod.plane_moments(xk, mean, m2, 2)
+                scale = 1 / np.sqrt(m2 / view.count + 1e-5)
+                mod.plane_infer(xk, mean, scale, np.zeros(C), y, False, 2)
             else:
-                mod.row_moments(xk, view.channels, view.inner, view.rows_per_block, mean, m2, 2)
-            y = np.empty_like(xk)
-            scale = 1 / np.sqrt(m2 / view.count + 1e-5)
-            if view.family == "plane":
-                mod.plane_affine(xk, mean, scale, np.zeros(view.channels), y, 2)
-            else:
-                mod.row_affine(xk, view.columns(mean, True), view.columns(scale, True),
-                               view.columns(np.zeros(view.channels), True), y,
-                               view.rows_per_block, 2)
+                mod.row_moments(xk, C, view.inner, mean, m2, 2)
+                scale = 1 / np.sqrt(m2 / view.count + 1e-5)
+                mod.row_infer(xk, C, view.inner, mean, scale, np.zeros(C), y, True, 2)
             outs.append((mean, m2, y))
         for other in outs[1:]:
             for a, b in zip(outs[0], other):
@@ -133,3 +131,43 @@ def test_cybn_isa_forces_a_variant_and_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("CYBN_ISA", "sse9")
     with pytest.raises(ImportError, match="CYBN_ISA must be one of"):
         _kernels.select_variant()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, always_parallel,
+                                                          monkeypatch):
+    """Owner / cooperative plane schedules (any group size) and streaming stores on or off
+    give the same bits, so their size thresholds are free to tune."""
+    import cybn.functional as F
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    settings = [(lambda *a: 0, 1 << 60, 1 << 60),            # owner, no streaming
+                (lambda *a: 1, 0, 0),                        # one channel at a time, streaming
+                (lambda *a: max(1, C // 3), 0, 1 << 60),
+                (lambda *a: C, 1 << 60, 0)]                  # whole array cooperative
+    results = []
+    for group, stream_bytes, stream_run in settings:
+        monkeypatch.setattr(F, "_plane_group", group)
+        monkeypatch.setattr(F, "STREAM_MIN_BYTES", stream_bytes)
+        monkeypatch.setattr(F, "STREAM_MIN_RUN", stream_run)
+        with threadpool_limits(limits=2, user_api="openmp"):
+            results.append(run_all(x, dy, axis))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_plane_schedule_policy():
+    """Many channels that fit the cache: threads own channels; few channels or huge ones:
+    cooperative groups that fit half the cache."""
+    import cybn.functional as F
+    from cybn._validate import ChannelView
+
+    assert F._plane_group(ChannelView.of((32, 64, 56, 56), 1), 4, 1, 2) == 0
+    assert F._plane_group(ChannelView.of((64, 3, 224, 224), 1), 4, 1, 2) >= 1
+    huge = ChannelView.of((4096, 16, 64, 64), 1)
+    assert F._plane_group(huge, 4, 2, 2) == 1
