@@ -8,7 +8,8 @@
 #   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in _validate.py for
 #                 inner >= 32 and for small arrays). Channel c's data is `outer` contiguous
 #                 runs ("planes") of `inner` elements; reductions cut each plane into blocks
-#                 of PLANE_BLOCK elements, numbered q = o * nblocks + k.
+#                 of about PLANE_BLOCK elements: parts of a plane, or groups of whole planes
+#                 when planes are short (see plane_blocks).
 #   row family    x[rows, L], L = k * C * inner with inner small (channels-last: inner == 1).
 #                 Column j holds channel (j // inner) % C. Reductions cut the rows into
 #                 blocks of ROW_BLOCK rows and vectorize across the columns.
@@ -46,9 +47,11 @@ OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
 cdef extern from "_simd_f32.h" nogil:
     void cybn_split(double m, float* hi, float* lo)
     void cybn_store_fence()
-    void cybn_f32_block_moments(const float* p, Py_ssize_t n, double* mean, double* m2)
-    void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n, float mh,
-                                  float ml, double* sum_dy, double* sum_dy_xmu)
+    void cybn_f32_block_moments(const float* p, Py_ssize_t n, Py_ssize_t nplanes,
+                                Py_ssize_t stride, double* mean, double* m2)
+    void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n,
+                                  Py_ssize_t nplanes, Py_ssize_t stride, float mh, float ml,
+                                  double* sum_dy, double* sum_dy_xmu)
     void cybn_f32_affine(const float* x, float* y, Py_ssize_t n, float mh, float scale,
                          float offset, int nt)
     void cybn_f32_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
@@ -227,22 +230,38 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
 # Runs: one contiguous run of one channel, dispatched on the data type.
 # ---------------------------------------------------------------------------------------
 
-cdef inline void run_moments(const floating* p, Py_ssize_t n, double* mean,
-                             double* m2) noexcept nogil:
+cdef inline void run_moments(const floating* p, Py_ssize_t n, Py_ssize_t nplanes,
+                             Py_ssize_t stride, double* mean, double* m2) noexcept nogil:
+    """(mean, M2) of one block: nplanes runs of n elements, stride elements apart."""
+    cdef double count = 0.0, bmean, bm2
+    cdef Py_ssize_t k
     if floating is float:
-        cybn_f32_block_moments(p, n, mean, m2)
+        cybn_f32_block_moments(p, n, nplanes, stride, mean, m2)
     else:
-        block_moments(p, n, mean, m2)
+        mean[0] = 0.0
+        m2[0] = 0.0
+        for k in range(nplanes):
+            block_moments(p + k * stride, n, &bmean, &bm2)
+            count = merge_one(count, <double>n, mean, m2, bmean, bm2)
 
 
-cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
+cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                               Py_ssize_t nplanes, Py_ssize_t stride, double mean,
                                double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """sum(dy), sum(dy * (x - mean)) of one block: nplanes runs of n, stride apart."""
     cdef float hi, lo
+    cdef double a, b
+    cdef Py_ssize_t k
     if floating is float:
         cybn_split(mean, &hi, &lo)
-        cybn_f32_block_grad_sums(dy, x, n, hi, lo, sum_dy, sum_dy_xmu)
+        cybn_f32_block_grad_sums(dy, x, n, nplanes, stride, hi, lo, sum_dy, sum_dy_xmu)
     else:
-        block_grad_sums(dy, x, n, mean, sum_dy, sum_dy_xmu)
+        sum_dy[0] = 0.0
+        sum_dy_xmu[0] = 0.0
+        for k in range(nplanes):
+            block_grad_sums(dy + k * stride, x + k * stride, n, mean, &a, &b)
+            sum_dy[0] = sum_dy[0] + a
+            sum_dy_xmu[0] = sum_dy_xmu[0] + b
 
 
 cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double shift,
@@ -285,36 +304,70 @@ cdef inline void run_grad_apply(const floating* dy, const floating* x, floating*
 #                pass (work items = (plane, block)).
 # ---------------------------------------------------------------------------------------
 
-cdef inline void plane_chunk_moments(const floating* x, Py_ssize_t C, Py_ssize_t inner,
-                                     Py_ssize_t nblocks, Py_ssize_t q0, Py_ssize_t q1,
-                                     Py_ssize_t c, double* out) noexcept nogil:
+cdef struct PlaneBlocks:
+    # How a channel's data x[:, c, :] is cut into reduction blocks of about PLANE_BLOCK
+    # elements: parts of one plane (inner >= PLANE_BLOCK; per_plane blocks per plane), or
+    # groups of whole planes (planes blocks of `planes` planes each).
+    Py_ssize_t per_plane
+    Py_ssize_t planes
+    Py_ssize_t count     # blocks per channel
+
+
+cdef inline PlaneBlocks plane_blocks(Py_ssize_t outer, Py_ssize_t inner) noexcept nogil:
+    cdef PlaneBlocks b
+    if inner >= PLANE_BLOCK:
+        b.per_plane = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+        b.planes = 1
+        b.count = outer * b.per_plane
+    else:
+        b.per_plane = 1
+        b.planes = PLANE_BLOCK // inner
+        b.count = (outer + b.planes - 1) // b.planes
+    return b
+
+
+cdef inline Py_ssize_t block_span(PlaneBlocks b, Py_ssize_t outer, Py_ssize_t C,
+                                  Py_ssize_t inner, Py_ssize_t q, Py_ssize_t c,
+                                  Py_ssize_t* length, Py_ssize_t* nplanes) noexcept nogil:
+    """Offset of block q of channel c; its run length and number of runs (planes)."""
+    cdef Py_ssize_t o, start
+    if b.planes == 1:
+        o = q // b.per_plane
+        start = (q % b.per_plane) * PLANE_BLOCK
+        length[0] = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        nplanes[0] = 1
+        return (o * C + c) * inner + start
+    o = q * b.planes
+    length[0] = inner
+    nplanes[0] = min(b.planes, outer - o)
+    return (o * C + c) * inner
+
+
+cdef inline void plane_chunk_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                     Py_ssize_t inner, PlaneBlocks blocks, Py_ssize_t q0,
+                                     Py_ssize_t q1, Py_ssize_t c, double* out) noexcept nogil:
     """out = (count, mean, M2) of channel c over its blocks q0 <= q < q1, merged in order."""
     cdef double count = 0.0, mean = 0.0, m2 = 0.0, bmean, bm2
-    cdef Py_ssize_t q, o, start, length
+    cdef Py_ssize_t q, off, length, nplanes
     for q in range(q0, q1):
-        o = q // nblocks
-        start = (q % nblocks) * PLANE_BLOCK
-        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-        run_moments(x + (o * C + c) * inner + start, length, &bmean, &bm2)
-        count = merge_one(count, <double>length, &mean, &m2, bmean, bm2)
+        off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
+        run_moments(x + off, length, nplanes, C * inner, &bmean, &bm2)
+        count = merge_one(count, <double>(length * nplanes), &mean, &m2, bmean, bm2)
     out[0] = count
     out[1] = mean
     out[2] = m2
 
 
-cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t C,
-                                       Py_ssize_t inner, Py_ssize_t nblocks, Py_ssize_t q0,
-                                       Py_ssize_t q1, Py_ssize_t c, double mean,
+cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t outer,
+                                       Py_ssize_t C, Py_ssize_t inner, PlaneBlocks blocks,
+                                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t c, double mean,
                                        double* out) noexcept nogil:
     """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1."""
     cdef double a = 0.0, b = 0.0, ba, bb
-    cdef Py_ssize_t q, o, start, length, off
+    cdef Py_ssize_t q, off, length, nplanes
     for q in range(q0, q1):
-        o = q // nblocks
-        start = (q % nblocks) * PLANE_BLOCK
-        length = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
-        off = (o * C + c) * inner + start
-        run_grad_sums(dy + off, x + off, length, mean, &ba, &bb)
+        off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
+        run_grad_sums(dy + off, x + off, length, nplanes, C * inner, mean, &ba, &bb)
         a = a + ba
         b = b + bb
     out[0] = a
@@ -347,8 +400,8 @@ cdef inline int plane_moments_core(const floating* x, Py_ssize_t outer, Py_ssize
                                    Py_ssize_t inner, double* mean, double* m2,
                                    int num_threads) noexcept nogil:
     """Per-channel (mean, M2), all threads sharing the work; -1 if out of memory."""
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t Q = outer * nblocks
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
     cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t item, qi, c
     cdef double* part = <double*>malloc(3 * nq * C * sizeof(double))
@@ -357,7 +410,7 @@ cdef inline int plane_moments_core(const floating* x, Py_ssize_t outer, Py_ssize
     for item in prange(nq * C, schedule='static', num_threads=num_threads):
         qi = item // C
         c = item % C
-        plane_chunk_moments(x, C, inner, nblocks, chunk_start(Q, nq, qi),
+        plane_chunk_moments(x, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                             chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
     for c in range(C):
         plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &m2[c])
@@ -415,7 +468,8 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
     """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t Q = outer * nblocks
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
     cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
     cdef double count = <double>outer * <double>inner
@@ -430,7 +484,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
         if group <= 0:
             for c in prange(C, schedule='dynamic', num_threads=num_threads):
                 for qi in range(nq):
-                    plane_chunk_moments(xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                         chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
                 plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
                 train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
@@ -446,7 +500,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                 for item in prange(nq * gc, schedule='static', num_threads=num_threads):
                     qi = item // gc
                     c = c0 + item % gc
-                    plane_chunk_moments(xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                         chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
                 for c in range(c0, c0 + gc):
                     plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
@@ -479,7 +533,8 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
     """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel."""
     cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t Q = outer * nblocks
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
     cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
     cdef double count = <double>outer * <double>inner
@@ -495,7 +550,7 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
         if group <= 0:
             for c in prange(C, schedule='dynamic', num_threads=num_threads):
                 for qi in range(nq):
-                    plane_chunk_grad_sums(gp, xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                           chunk_start(Q, nq, qi + 1), c, mean[c],
                                           part + 2 * (c * nq + qi))
                 plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
@@ -512,7 +567,7 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                 for item in prange(nq * gc, schedule='static', num_threads=num_threads):
                     qi = item // gc
                     c = c0 + item % gc
-                    plane_chunk_grad_sums(gp, xp, C, inner, nblocks, chunk_start(Q, nq, qi),
+                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                           chunk_start(Q, nq, qi + 1), c, mean[c],
                                           part + 2 * (c * nq + qi))
                 for c in range(c0, c0 + gc):

@@ -81,38 +81,36 @@ static inline void cybn_split(double m, float* hi, float* lo) {
 
 /* ------------------------------------------------------------------ contiguous runs */
 
-/* Mean and M2 of p[0:n] (n >= 1): two passes over an L1-resident block. The first pass sums
- * p[i] - p[0], so a constant block gives exactly mean p[0] and M2 0. */
-static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, double* mean, double* m2) {
-    const float pivot = p[0];
-    const cybn_v8f vp = cybn_bc8(pivot);
-    cybn_v4d d0 = {0, 0, 0, 0}, d1 = {0, 0, 0, 0};
+/* sum(x - c) over one run, added into two double vectors (vector part) and *tail (the last
+ * n % 8 elements, in double). Float accumulators hold at most CYBN_FLUSH elements. */
+static inline void cybn_f32_run_sum(const float* p, ptrdiff_t n, float c, cybn_v4d* d0,
+                                    cybn_v4d* d1, double* tail) {
+    const cybn_v8f vc = cybn_bc8(c);
     ptrdiff_t i = 0, n32 = n & ~(ptrdiff_t)31;
     while (i < n32) {
         ptrdiff_t end = i + CYBN_FLUSH < n32 ? i + CYBN_FLUSH : n32;
         cybn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (; i < end; i += 32) {
-            a0 += cybn_ld8(p + i) - vp;
-            a1 += cybn_ld8(p + i + 8) - vp;
-            a2 += cybn_ld8(p + i + 16) - vp;
-            a3 += cybn_ld8(p + i + 24) - vp;
+            a0 += cybn_ld8(p + i) - vc;
+            a1 += cybn_ld8(p + i + 8) - vc;
+            a2 += cybn_ld8(p + i + 16) - vc;
+            a3 += cybn_ld8(p + i + 24) - vc;
         }
-        cybn_flush8((a0 + a1) + (a2 + a3), &d0, &d1);
+        cybn_flush8((a0 + a1) + (a2 + a3), d0, d1);
     }
     if (i + 8 <= n) {
         cybn_v8f a0 = {0};
-        for (; i + 8 <= n; i += 8) a0 += cybn_ld8(p + i) - vp;
-        cybn_flush8(a0, &d0, &d1);
+        for (; i + 8 <= n; i += 8) a0 += cybn_ld8(p + i) - vc;
+        cybn_flush8(a0, d0, d1);
     }
-    double s = cybn_hsum(d0, d1);
-    for (; i < n; i++) s += (double)p[i] - (double)pivot;
-    const double m = (double)pivot + s / (double)n;
-    float mh, ml;
-    cybn_split(m, &mh, &ml);
+    for (; i < n; i++) *tail += (double)p[i] - (double)c;
+}
+
+/* sum(((x - mh) - ml)^2) over one run, as cybn_f32_run_sum; m = mh + ml in double. */
+static inline void cybn_f32_run_sum_sq(const float* p, ptrdiff_t n, float mh, float ml, double m,
+                                       cybn_v4d* d0, cybn_v4d* d1, double* tail) {
     const cybn_v8f vh = cybn_bc8(mh), vl = cybn_bc8(ml);
-    d0 = (cybn_v4d){0, 0, 0, 0};
-    d1 = (cybn_v4d){0, 0, 0, 0};
-    i = 0;
+    ptrdiff_t i = 0, n32 = n & ~(ptrdiff_t)31;
     while (i < n32) {
         ptrdiff_t end = i + CYBN_FLUSH < n32 ? i + CYBN_FLUSH : n32;
         cybn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -124,7 +122,7 @@ static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, double* m
             a2 += e2 * e2;
             a3 += e3 * e3;
         }
-        cybn_flush8((a0 + a1) + (a2 + a3), &d0, &d1);
+        cybn_flush8((a0 + a1) + (a2 + a3), d0, d1);
     }
     if (i + 8 <= n) {
         cybn_v8f a0 = {0};
@@ -132,54 +130,75 @@ static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, double* m
             cybn_v8f e0 = (cybn_ld8(p + i) - vh) - vl;
             a0 += e0 * e0;
         }
-        cybn_flush8(a0, &d0, &d1);
+        cybn_flush8(a0, d0, d1);
     }
-    s = cybn_hsum(d0, d1);
     for (; i < n; i++) {
         double d = (double)p[i] - m;
-        s += d * d;
+        *tail += d * d;
     }
-    *mean = m;
-    *m2 = s;
 }
 
-/* sum(dy) and sum(dy * (x - mean)) over n elements; mean = mh + ml (split). */
-static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrdiff_t n, float mh,
+/* Mean and M2 of a block: nplanes runs of n elements (n >= 1), stride elements apart, two
+ * passes (the block fits L1/L2). The first pass sums x - p[0], so a constant block gives
+ * exactly mean p[0] and M2 0. */
+static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, ptrdiff_t nplanes,
+                                          ptrdiff_t stride, double* mean, double* m2) {
+    const float pivot = p[0];
+    cybn_v4d d0 = {0, 0, 0, 0}, d1 = {0, 0, 0, 0};
+    double tail = 0.0;
+    ptrdiff_t k;
+    for (k = 0; k < nplanes; k++) cybn_f32_run_sum(p + k * stride, n, pivot, &d0, &d1, &tail);
+    const double m = (double)pivot + (cybn_hsum(d0, d1) + tail) / ((double)n * (double)nplanes);
+    float mh, ml;
+    cybn_split(m, &mh, &ml);
+    d0 = (cybn_v4d){0, 0, 0, 0};
+    d1 = (cybn_v4d){0, 0, 0, 0};
+    tail = 0.0;
+    for (k = 0; k < nplanes; k++) cybn_f32_run_sum_sq(p + k * stride, n, mh, ml, m, &d0, &d1, &tail);
+    *mean = m;
+    *m2 = cybn_hsum(d0, d1) + tail;
+}
+
+/* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, stride apart;
+ * mean = mh + ml (split). */
+static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrdiff_t n,
+                                            ptrdiff_t nplanes, ptrdiff_t stride, float mh,
                                             float ml, double* sum_dy, double* sum_dy_xmu) {
     const cybn_v8f vh = cybn_bc8(mh), vl = cybn_bc8(ml);
-    cybn_v4d a_lo = {0, 0, 0, 0}, a_hi = {0, 0, 0, 0}, b_lo = {0, 0, 0, 0}, b_hi = {0, 0, 0, 0};
-    ptrdiff_t i = 0, n16 = n & ~(ptrdiff_t)15;
-    while (i < n16) {
-        ptrdiff_t end = i + CYBN_FLUSH < n16 ? i + CYBN_FLUSH : n16;
-        cybn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
-        for (; i < end; i += 16) {
-            cybn_v8f g0 = cybn_ld8(g + i), g1 = cybn_ld8(g + i + 8);
-            a0 += g0;
-            a1 += g1;
-            b0 += g0 * ((cybn_ld8(x + i) - vh) - vl);
-            b1 += g1 * ((cybn_ld8(x + i + 8) - vh) - vl);
-        }
-        cybn_flush8(a0 + a1, &a_lo, &a_hi);
-        cybn_flush8(b0 + b1, &b_lo, &b_hi);
-    }
-    if (i + 8 <= n) {
-        cybn_v8f a0 = {0}, b0 = {0};
-        for (; i + 8 <= n; i += 8) {
-            cybn_v8f g0 = cybn_ld8(g + i);
-            a0 += g0;
-            b0 += g0 * ((cybn_ld8(x + i) - vh) - vl);
-        }
-        cybn_flush8(a0, &a_lo, &a_hi);
-        cybn_flush8(b0, &b_lo, &b_hi);
-    }
-    double sa = cybn_hsum(a_lo, a_hi), sb = cybn_hsum(b_lo, b_hi);
     const double m = (double)mh + (double)ml;
-    for (; i < n; i++) {
-        sa += (double)g[i];
-        sb += (double)g[i] * ((double)x[i] - m);
+    cybn_v4d a_lo = {0, 0, 0, 0}, a_hi = {0, 0, 0, 0}, b_lo = {0, 0, 0, 0}, b_hi = {0, 0, 0, 0};
+    double sa = 0.0, sb = 0.0;
+    ptrdiff_t k, i, n16 = n & ~(ptrdiff_t)15;
+    for (k = 0; k < nplanes; k++) {
+        const float* gk = g + k * stride;
+        const float* xk = x + k * stride;
+        i = 0;
+        while (i < n16) {
+            ptrdiff_t end = i + CYBN_FLUSH < n16 ? i + CYBN_FLUSH : n16;
+            cybn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+            for (; i < end; i += 16) {
+                cybn_v8f g0 = cybn_ld8(gk + i), g1 = cybn_ld8(gk + i + 8);
+                a0 += g0;
+                a1 += g1;
+                b0 += g0 * ((cybn_ld8(xk + i) - vh) - vl);
+                b1 += g1 * ((cybn_ld8(xk + i + 8) - vh) - vl);
+            }
+            cybn_flush8(a0 + a1, &a_lo, &a_hi);
+            cybn_flush8(b0 + b1, &b_lo, &b_hi);
+        }
+        if (i + 8 <= n) {
+            cybn_v8f g0 = cybn_ld8(gk + i);
+            cybn_flush8(g0, &a_lo, &a_hi);
+            cybn_flush8(g0 * ((cybn_ld8(xk + i) - vh) - vl), &b_lo, &b_hi);
+            i += 8;
+        }
+        for (; i < n; i++) {
+            sa += (double)gk[i];
+            sb += (double)gk[i] * ((double)xk[i] - m);
+        }
     }
-    *sum_dy = sa;
-    *sum_dy_xmu = sb;
+    *sum_dy = cybn_hsum(a_lo, a_hi) + sa;
+    *sum_dy_xmu = cybn_hsum(b_lo, b_hi) + sb;
 }
 
 /* y = (x - mh) * scale + offset over n elements (offset already holds bias - ml * scale). */

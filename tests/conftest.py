@@ -33,9 +33,10 @@ def tolerance(dtype):
 
 def stat_rtol(dtype, float64=1e-13):
     """Relative tolerance of per-channel statistics against the float64 reference: float32
-    data is summed in float32 SIMD over short runs flushed into double (about 1e-8 relative
-    error), float64 data in double throughout."""
-    return 1e-7 if np.dtype(dtype) == np.float32 else float64
+    data is summed in float32 SIMD over short runs flushed into double (relative errors of
+    1e-8 typically, up to a few 1e-7 for coarsely quantized data summed over 32-row blocks of
+    the channels-last family), float64 data in double throughout."""
+    return 5e-7 if np.dtype(dtype) == np.float32 else float64
 
 
 def assert_close(got, ref, dtype, scale=None):
