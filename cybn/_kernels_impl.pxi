@@ -60,8 +60,7 @@ cdef extern from "_simd_f32.h" nogil:
                                double* m2, const float* next, Py_ssize_t next_rows)
     void cybn_f32_rows_grad_sums(const float* g, const float* x, Py_ssize_t nr, Py_ssize_t L,
                                  const float* hi, const float* lo, double* sum_dy,
-                                 double* sum_dy_xmu, const float* next_g, const float* next_x,
-                                 Py_ssize_t next_rows)
+                                 double* sum_dy_xmu, float* scratch)
     void cybn_f32_flat_affine(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
                               Py_ssize_t W, const float* hi, const float* scale,
                               const float* offset, int nt)
@@ -828,7 +827,7 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
     """y[r, j] = (x[r, j] - shift[c]) * scale[c] + offset[c], c the channel of column j.
     -1 if out of memory."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, i, c, item, group, rows_per_item, r0
+    cdef Py_ssize_t W, i, c, item, rev, group, rows_per_item, r0
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
@@ -844,7 +843,8 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
             ft[W + 8 + i] = <float>scale[c]
             ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
-            cybn_f32_flat_affine(x, y, item * ELEMENT_ITEM, min(n, (item + 1) * ELEMENT_ITEM),
+            rev = nitems - 1 - item  # last-read rows first: they are still in the cache
+            cybn_f32_flat_affine(x, y, rev * ELEMENT_ITEM, min(n, (rev + 1) * ELEMENT_ITEM),
                                  W, ft, ft + W + 8, ft + 2 * (W + 8), streaming)
             if streaming:
                 cybn_store_fence()
@@ -863,7 +863,7 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
         rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
         nitems = (R + rows_per_item - 1) // rows_per_item
         for item in prange(nitems, schedule='static', num_threads=num_threads):
-            r0 = item * rows_per_item
+            r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
             row_block_affine(x + r0 * L, y + r0 * L, min(rows_per_item, R - r0), L, group,
                              dt, dt + W, dt + 2 * W)
         free(dt)
@@ -926,7 +926,7 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
     cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
-    cdef Py_ssize_t item, blk, blk_end, r0, nrows, nnext, j, c, t, i
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, j, c, t, i
     cdef double* tmp
     cdef int status[1]
     cdef float* fmean
@@ -955,12 +955,9 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
         for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
             r0 = blk * ROW_BLOCK
             nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
-            nnext = min(<Py_ssize_t>ROW_BLOCK, R - r0 - nrows) if blk + 1 < blk_end else 0
             if floating is float:
                 cybn_f32_rows_grad_sums(dy + r0 * L, x + r0 * L, nrows, L, fmean, fmean + L,
-                                        &part_a[item * L], &part_b[item * L],
-                                        dy + (r0 + nrows) * L if nnext > 0 else NULL,
-                                        x + (r0 + nrows) * L, nnext)
+                                        &part_a[item * L], &part_b[item * L], <float*>tmp)
             else:
                 row_block_grad_sums(dy + r0 * L, x + r0 * L, min(<Py_ssize_t>ROW_BLOCK, R - r0),
                                     L, col_mean, tmp, tmp + L)
@@ -990,7 +987,7 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
                                     int num_threads) noexcept nogil:
     """dx[r, j] = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c]; -1 if out of memory."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, P, i, c, item, group, rows_per_item, r0
+    cdef Py_ssize_t W, P, i, c, item, rev, group, rows_per_item, r0
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
@@ -1008,8 +1005,9 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
             ft[2 * P + i] = <float>k2[c]
             ft[3 * P + i] = <float>(k3[c] - k2[c] * <double>lo)
         for item in prange(nitems, schedule='static', num_threads=num_threads):
-            cybn_f32_flat_grad_apply(dy, x, dx, item * ELEMENT_ITEM,
-                                     min(n, (item + 1) * ELEMENT_ITEM), W, ft, ft + P,
+            rev = nitems - 1 - item  # last-read rows first: they are still in the cache
+            cybn_f32_flat_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
+                                     min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
                                      ft + 2 * P, ft + 3 * P, streaming)
             if streaming:
                 cybn_store_fence()
@@ -1029,7 +1027,7 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
         rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
         nitems = (R + rows_per_item - 1) // rows_per_item
         for item in prange(nitems, schedule='static', num_threads=num_threads):
-            r0 = item * rows_per_item
+            r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
             row_block_grad_apply(dy + r0 * L, x + r0 * L, dx + r0 * L,
                                  min(rows_per_item, R - r0), L, group, dt, dt + W, dt + 2 * W,
                                  dt + 3 * W)

@@ -345,52 +345,52 @@ static inline void cybn_f32_rows_moments(const float* x, ptrdiff_t nr, ptrdiff_t
 }
 
 /* sum_dy[j] += sum over rows of dy[r, j]; sum_dy_xmu[j] += sum of dy * (x - mean[j]) with the
- * column means split into hi[j] + lo[j]; tiles of 16 columns in registers over nr rows. */
+ * column means split into hi[j] + lo[j]. Rows are read in order, four at a time (sequential
+ * streams the hardware prefetches), into float column accumulators (scratch: 2 * L floats,
+ * L1-resident) that are added into the double sums at the end of the block. */
 static inline void cybn_f32_rows_grad_sums(const float* g, const float* x, ptrdiff_t nr,
                                            ptrdiff_t L, const float* hi, const float* lo,
-                                           double* sum_dy, double* sum_dy_xmu,
-                                           const float* next_g, const float* next_x,
-                                           ptrdiff_t next_rows) {
-    ptrdiff_t j0 = 0, r;
-    int l;
-    for (; j0 + 16 <= L; j0 += 16) {
-        if (next_g) /* the same columns of the next block, while this one is computed */
-            for (r = 0; r < next_rows; r++) {
-                __builtin_prefetch(next_g + r * L + j0, 0, 3);
-                __builtin_prefetch(next_x + r * L + j0, 0, 3);
-            }
-        cybn_v8f h0 = cybn_ld8(hi + j0), h1 = cybn_ld8(hi + j0 + 8);
-        cybn_v8f l0 = cybn_ld8(lo + j0), l1 = cybn_ld8(lo + j0 + 8);
-        cybn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
-        for (r = 0; r < nr; r++) {
-            const float* gr = g + r * L + j0;
-            const float* xr = x + r * L + j0;
-            cybn_v8f g0 = cybn_ld8(gr), g1 = cybn_ld8(gr + 8);
-            a0 += g0;
-            a1 += g1;
-            b0 += g0 * ((cybn_ld8(xr) - h0) - l0);
-            b1 += g1 * ((cybn_ld8(xr + 8) - h1) - l1);
+                                           double* sum_dy, double* sum_dy_xmu, float* scratch) {
+    float* fa = scratch;
+    float* fb = scratch + L;
+    ptrdiff_t r = 0, j;
+    memset(scratch, 0, 2 * (size_t)L * sizeof(float));
+    for (; r + 4 <= nr; r += 4) {
+        const float* g0 = g + r * L;
+        const float* x0 = x + r * L;
+        for (j = 0; j + 8 <= L; j += 8) {
+            cybn_v8f h = cybn_ld8(hi + j), l = cybn_ld8(lo + j);
+            cybn_v8f a = cybn_ld8(g0 + j), b = cybn_ld8(g0 + L + j);
+            cybn_v8f c = cybn_ld8(g0 + 2 * L + j), d = cybn_ld8(g0 + 3 * L + j);
+            cybn_v8f pa = (cybn_ld8(x0 + j) - h) - l, pb = (cybn_ld8(x0 + L + j) - h) - l;
+            cybn_v8f pc = (cybn_ld8(x0 + 2 * L + j) - h) - l, pd = (cybn_ld8(x0 + 3 * L + j) - h) - l;
+            cybn_st8(fa + j, cybn_ld8(fa + j) + ((a + b) + (c + d)));
+            cybn_st8(fb + j, cybn_ld8(fb + j) + ((a * pa + b * pb) + (c * pc + d * pd)));
         }
-        for (l = 0; l < 8; l++) {
-            sum_dy[j0 + l] += (double)a0[l];
-            sum_dy[j0 + 8 + l] += (double)a1[l];
-            sum_dy_xmu[j0 + l] += (double)b0[l];
-            sum_dy_xmu[j0 + 8 + l] += (double)b1[l];
+        for (; j < L; j++) {
+            float a = g0[j], b = g0[L + j], c = g0[2 * L + j], d = g0[3 * L + j];
+            fa[j] += (a + b) + (c + d);
+            fb[j] += (a * ((x0[j] - hi[j]) - lo[j]) + b * ((x0[L + j] - hi[j]) - lo[j]))
+                     + (c * ((x0[2 * L + j] - hi[j]) - lo[j]) + d * ((x0[3 * L + j] - hi[j]) - lo[j]));
         }
     }
-    if (next_g && j0 < L)
-        for (r = 0; r < next_rows; r++) {
-            __builtin_prefetch(next_g + r * L + j0, 0, 3);
-            __builtin_prefetch(next_x + r * L + j0, 0, 3);
+    for (; r < nr; r++) {
+        const float* g0 = g + r * L;
+        const float* x0 = x + r * L;
+        for (j = 0; j + 8 <= L; j += 8) {
+            cybn_v8f a = cybn_ld8(g0 + j);
+            cybn_st8(fa + j, cybn_ld8(fa + j) + a);
+            cybn_st8(fb + j, cybn_ld8(fb + j)
+                                 + a * ((cybn_ld8(x0 + j) - cybn_ld8(hi + j)) - cybn_ld8(lo + j)));
         }
-    for (; j0 < L; j0++) {
-        double m = (double)hi[j0] + (double)lo[j0], a = 0.0, b = 0.0;
-        for (r = 0; r < nr; r++) {
-            a += (double)g[r * L + j0];
-            b += (double)g[r * L + j0] * ((double)x[r * L + j0] - m);
+        for (; j < L; j++) {
+            fa[j] += g0[j];
+            fb[j] += g0[j] * ((x0[j] - hi[j]) - lo[j]);
         }
-        sum_dy[j0] += a;
-        sum_dy_xmu[j0] += b;
+    }
+    for (j = 0; j < L; j++) {
+        sum_dy[j] += (double)fa[j];
+        sum_dy_xmu[j] += (double)fb[j];
     }
 }
 
