@@ -85,4 +85,7 @@ grad_coefficients_array = _impl.grad_coefficients_array
 train_coefficients_array = _impl.train_coefficients_array
 update_running = _impl.update_running
 infer_scale = _impl.infer_scale
+fast_infer = _impl.fast_infer
+fast_train = _impl.fast_train
+fast_backward = _impl.fast_backward
 parallel_copy = _impl.parallel_copy

@@ -5,3 +5,4 @@
 ISA = "avx2"
 
 include "_kernels_impl.pxi"
+include "_fastpath.pxi"

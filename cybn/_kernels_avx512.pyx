@@ -5,3 +5,4 @@
 ISA = "avx512"
 
 include "_kernels_impl.pxi"
+include "_fastpath.pxi"

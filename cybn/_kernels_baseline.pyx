@@ -5,3 +5,4 @@
 ISA = "baseline"
 
 include "_kernels_impl.pxi"
+include "_fastpath.pxi"

@@ -187,6 +187,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     ValueError
         With one value per channel (``count == 1``): batch statistics are undefined.
     """
+    if out is None:  # small plain arrays: one compiled call (None when it does not apply)
+        fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                                   axis, MIN_PARALLEL_SIZE)
+        if fast is not None:
+            return fast
     x = as_data(x, "x")
     view = channel_view(x, axis)
     C = view.channels
@@ -248,6 +253,11 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     -------
     y : ndarray, x's shape and dtype
     """
+    if out is None:  # small plain arrays: one compiled call (None when it does not apply)
+        y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis,
+                                MIN_PARALLEL_SIZE)
+        if y is not None:
+            return y
     x = as_data(x, "x")
     view = channel_view(x, axis)
     C = view.channels
@@ -299,6 +309,11 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     dbias : ndarray (C,), x's dtype
         ``sum(dy)``.
     """
+    if out is None:  # small plain arrays: one compiled call (None when it does not apply)
+        fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis,
+                                      MIN_PARALLEL_SIZE)
+        if fast is not None:
+            return fast
     x = as_data(x, "x")
     dy = as_data(dy, "dy")
     check_same_layout(dy, "dy", x)

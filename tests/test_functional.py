@@ -265,3 +265,37 @@ def test_nan_inf_confined_to_their_channel(axis, rng):
     assert np.isnan(dw[2])
     _, good_mean, good_invstd, _ = ref.train(np.take(x, ok, axis=axis), axis=axis)
     np.testing.assert_allclose(mean[ok], good_mean, rtol=1e-13)
+
+
+FAST_CASES = [((2, 3, 4, 4), 1), ((2, 4, 4, 3), -1), ((5, 7), 1), ((9, 17, 21, 29), 1),
+              ((3, 5, 7), 2), ((1, 2, 3), 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", FAST_CASES)
+def test_small_array_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, rng):
+    """Small plain calls take one compiled entry point; out= takes the full Python path.
+    Both must give the same bits, running statistics included."""
+    x, w, b = make(rng, shape, axis, dtype, offset=5.0)
+    C = shape[axis]
+    dy = rng.standard_normal(shape).astype(dtype)
+    rm1, rv1 = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
+    rm2, rv2 = rm1.copy(), rv1.copy()
+    y1, m1, i1 = cybn.batch_norm_train(x, w, b, running_mean=rm1, running_var=rv1, axis=axis)
+    y2, m2, i2 = cybn.batch_norm_train(x, w, b, running_mean=rm2, running_var=rv2, axis=axis,
+                                       out=np.empty_like(x))
+    for a, b_ in [(y1, y2), (m1, m2), (i1, i2), (rm1, rm2), (rv1, rv2)]:
+        np.testing.assert_array_equal(a, b_)
+    np.testing.assert_array_equal(cybn.batch_norm_infer(x, rm1, rv1, w, b, axis=axis),
+                                  cybn.batch_norm_infer(x, rm1, rv1, w, b, axis=axis,
+                                                        out=np.empty_like(x)))
+    for training in (True, False):
+        fast = cybn.batch_norm_backward(dy, x, w, m1, i1, training=training, axis=axis)
+        full = cybn.batch_norm_backward(dy, x, w, m1, i1, training=training, axis=axis,
+                                        out=np.empty_like(x))
+        for a, b_ in zip(fast, full):
+            assert a.dtype == b_.dtype
+            np.testing.assert_array_equal(a, b_)
+    # and the fast path is really taken for these calls
+    from cybn import _kernels
+    assert _kernels.fast_infer(x, rm1, rv1, w, b, 1e-5, axis, 1 << 17) is not None

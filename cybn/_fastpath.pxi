@@ -1,0 +1,302 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Compiled entry points for small arrays: one call takes the ndarrays, checks them cheaply in C,
+# computes the per-channel coefficients and runs the plane kernels on the calling thread.
+# Included by each instruction-set variant after _kernels_impl.pxi.
+#
+# A call that is not the plain common case (non-ndarray input, out=, strided or misaligned
+# arrays, anything that the full validation would reject, arrays large enough to use threads
+# or the row family) returns None, and functional.py takes its full Python path, which gives
+# every error message. Results are bitwise those of the full path: the same plane kernels on
+# the same blocks.
+
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef enum:
+    FAST_SMALL_SIZE = 4096   # _validate.SMALL_SIZE: smaller arrays are always plane family
+    FAST_MIN_INNER = 32      # _validate.MIN_PLANE_INNER
+
+
+cdef inline int data_kind(object a) noexcept:
+    """NPY type number of a C-contiguous, aligned float32/float64 ndarray, else -1."""
+    cdef cnp.ndarray arr
+    cdef int t
+    if type(a) is not cnp.ndarray:
+        return -1
+    arr = <cnp.ndarray>a
+    if not cnp.PyArray_ISCARRAY_RO(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        return -1
+    t = cnp.PyArray_TYPE(arr)
+    if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
+        return t
+    return -1
+
+
+cdef inline int load_vector(object v, Py_ssize_t C, double fill, double* dst,
+                            bint writable) noexcept:
+    """Copy a per-channel (C,) float32/float64 ndarray (or None -> fill) into dst as double.
+    0 on success, -1 if v needs the full path."""
+    cdef cnp.ndarray arr
+    cdef Py_ssize_t c
+    cdef int t
+    if v is None:
+        if writable:
+            return -1
+        for c in range(C):
+            dst[c] = fill
+        return 0
+    t = data_kind(v)
+    if t < 0:
+        return -1
+    arr = <cnp.ndarray>v
+    if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIM(arr, 0) != C:
+        return -1
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        return -1
+    if t == cnp.NPY_FLOAT32:
+        for c in range(C):
+            dst[c] = (<float*>cnp.PyArray_DATA(arr))[c]
+    else:
+        for c in range(C):
+            dst[c] = (<double*>cnp.PyArray_DATA(arr))[c]
+    return 0
+
+
+cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
+                               Py_ssize_t* outer, Py_ssize_t* C, Py_ssize_t* inner) noexcept:
+    """(outer, C, inner) of x for the plane family on one thread (size < max_size), or False."""
+    cdef int nd = cnp.PyArray_NDIM(x), ax, k
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    if type(axis) is not int or nd < 2 or size == 0 or size >= max_size:
+        return False
+    ax = <int>axis
+    if ax < -nd or ax >= nd:
+        return False
+    if ax < 0:
+        ax += nd
+    outer[0] = 1
+    inner[0] = 1
+    for k in range(ax):
+        outer[0] *= cnp.PyArray_DIM(x, k)
+    for k in range(ax + 1, nd):
+        inner[0] *= cnp.PyArray_DIM(x, k)
+    C[0] = cnp.PyArray_DIM(x, ax)
+    return inner[0] >= FAST_MIN_INNER or size < FAST_SMALL_SIZE
+
+
+cdef inline bint positive_float(object v) noexcept:
+    return type(v) is float and 0.0 < <double>v < 1e308
+
+
+cdef inline void plane_affine_serial(const floating* x, floating* y, Py_ssize_t outer,
+                                     Py_ssize_t C, Py_ssize_t inner, const double* shift,
+                                     const double* scale, const double* offset) noexcept nogil:
+    cdef Py_ssize_t o, c, off
+    for o in range(outer):
+        for c in range(C):
+            off = (o * C + c) * inner
+            run_affine(x + off, y + off, inner, shift[c], scale[c], offset[c], 0)
+
+
+cdef inline void store_running(cnp.ndarray arr, const double* batch, double momentum,
+                               double factor, Py_ssize_t C) noexcept:
+    cdef Py_ssize_t c
+    cdef float* f
+    cdef double* d
+    if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32:
+        f = <float*>cnp.PyArray_DATA(arr)
+        for c in range(C):
+            f[c] = <float>((1.0 - momentum) * <double>f[c] + momentum * (batch[c] * factor))
+    else:
+        d = <double*>cnp.PyArray_DATA(arr)
+        for c in range(C):
+            d[c] = (1.0 - momentum) * d[c] + momentum * (batch[c] * factor)
+
+
+def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, Py_ssize_t max_size):
+    """batch_norm_infer for a small C-contiguous array on one thread; None: use the full path."""
+    cdef Py_ssize_t outer, C, inner, c
+    cdef int t = data_kind(x)
+    cdef cnp.ndarray xa, ya
+    cdef double* buf
+    cdef double e
+    if t < 0 or not positive_float(eps) or running_mean is None or running_var is None:
+        return None
+    xa = <cnp.ndarray>x
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner):
+        return None
+    e = <double>eps
+    buf = <double*>malloc(4 * C * sizeof(double))
+    if buf == NULL:
+        return None
+    if (load_vector(running_mean, C, 0.0, buf, False) < 0
+            or load_vector(running_var, C, 0.0, buf + C, False) < 0
+            or load_vector(weight, C, 1.0, buf + 2 * C, False) < 0
+            or load_vector(bias, C, 0.0, buf + 3 * C, False) < 0):
+        free(buf)
+        return None
+    for c in range(C):  # scale, the same arithmetic as infer_scale
+        buf[C + c] = buf[2 * C + c] / sqrt(buf[C + c] + e)
+    ya = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
+    if t == cnp.NPY_FLOAT32:
+        plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                            outer, C, inner, buf, buf + C, buf + 3 * C)
+    else:
+        plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+                            outer, C, inner, buf, buf + C, buf + 3 * C)
+    free(buf)
+    return ya
+
+
+def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, Py_ssize_t max_size):
+    """batch_norm_train for a small C-contiguous array on one thread; None: use the full path.
+    Returns (y, mean, invstd)."""
+    cdef Py_ssize_t outer, C, inner, c
+    cdef int t = data_kind(x)
+    cdef cnp.ndarray xa, ya, mean_a, invstd_a, rm, rv
+    cdef cnp.npy_intp dims[1]
+    cdef double* buf
+    cdef double* mean
+    cdef double* invstd
+    cdef double e, mom, count
+    cdef char* lo0
+    cdef char* lo1
+    if t < 0 or not positive_float(eps):
+        return None
+    if type(momentum) is not float or not (0.0 <= <double>momentum <= 1.0):
+        return None
+    xa = <cnp.ndarray>x
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner) or outer * inner < 2:
+        return None
+    e = <double>eps
+    mom = <double>momentum
+    count = <double>outer * <double>inner
+    if (running_mean is None) != (running_var is None):
+        return None
+    if running_mean is not None:
+        if data_kind(running_mean) < 0 or data_kind(running_var) < 0:
+            return None
+        rm = <cnp.ndarray>running_mean
+        rv = <cnp.ndarray>running_var
+        if (cnp.PyArray_NDIM(rm) != 1 or cnp.PyArray_DIM(rm, 0) != C
+                or cnp.PyArray_NDIM(rv) != 1 or cnp.PyArray_DIM(rv, 0) != C
+                or not cnp.PyArray_ISWRITEABLE(rm) or not cnp.PyArray_ISWRITEABLE(rv)):
+            return None
+        lo0 = <char*>cnp.PyArray_DATA(rm)
+        lo1 = <char*>cnp.PyArray_DATA(rv)
+        if lo0 < lo1 + cnp.PyArray_NBYTES(rv) and lo1 < lo0 + cnp.PyArray_NBYTES(rm):
+            return None  # overlapping running buffers: the full path names the error
+    buf = <double*>malloc(4 * C * sizeof(double))
+    if buf == NULL:
+        return None
+    if (load_vector(weight, C, 1.0, buf, False) < 0
+            or load_vector(bias, C, 0.0, buf + C, False) < 0):
+        free(buf)
+        return None
+    dims[0] = C
+    mean_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT64, 0)
+    invstd_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT64, 0)
+    mean = <double*>cnp.PyArray_DATA(mean_a)
+    invstd = <double*>cnp.PyArray_DATA(invstd_a)
+    ya = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
+    # buf: weight, bias, var (m2 first), scale
+    if t == cnp.NPY_FLOAT32:
+        plane_moments_core(<const float*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
+                           buf + 2 * C, 1)
+    else:
+        plane_moments_core(<const double*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
+                           buf + 2 * C, 1)
+    for c in range(C):
+        train_coefficients(count, buf[2 * C + c], e, buf[c], &buf[2 * C + c], &invstd[c],
+                           &buf[3 * C + c])
+    if t == cnp.NPY_FLOAT32:
+        plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                            outer, C, inner, mean, buf + 3 * C, buf + C)
+    else:
+        plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+                            outer, C, inner, mean, buf + 3 * C, buf + C)
+    if running_mean is not None:
+        store_running(rm, mean, mom, 1.0, C)
+        store_running(rv, buf + 2 * C, mom, count / (count - 1.0), C)
+    free(buf)
+    return ya, mean_a, invstd_a
+
+
+def fast_backward(dy, x, weight, mean, invstd, training, axis, Py_ssize_t max_size):
+    """batch_norm_backward for small C-contiguous arrays on one thread; None: use the full
+    path. Returns (dx, dweight, dbias) with dweight, dbias in x's dtype."""
+    cdef Py_ssize_t outer, C, inner, c, qi, o, off, nq, Q
+    cdef int t = data_kind(x)
+    cdef cnp.ndarray xa, ga, dxa, dw_a, db_a
+    cdef cnp.npy_intp dims[1]
+    cdef double* buf
+    cdef double* part
+    cdef double count
+    cdef PlaneBlocks blocks
+    cdef bint train
+    if t < 0 or data_kind(dy) != t or type(training) is not bool:
+        return None
+    train = training
+    xa = <cnp.ndarray>x
+    ga = <cnp.ndarray>dy
+    if not cnp.PyArray_SAMESHAPE(xa, ga):
+        return None
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner):
+        return None
+    count = <double>outer * <double>inner
+    blocks = plane_blocks(outer, inner)
+    Q = blocks.count
+    nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    # weight, mean, invstd, sum_dy, sum_dy_xmu, k1, k2, k3, then chunk partials
+    buf = <double*>malloc((8 * C + 2 * nq * C) * sizeof(double))
+    if buf == NULL:
+        return None
+    part = buf + 8 * C
+    if (load_vector(weight, C, 1.0, buf, False) < 0
+            or load_vector(mean, C, 0.0, buf + C, False) < 0 or mean is None
+            or load_vector(invstd, C, 0.0, buf + 2 * C, False) < 0 or invstd is None):
+        free(buf)
+        return None
+    dxa = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
+    for c in range(C):
+        for qi in range(nq):
+            if t == cnp.NPY_FLOAT32:
+                plane_chunk_grad_sums(<const float*>cnp.PyArray_DATA(ga),
+                                      <const float*>cnp.PyArray_DATA(xa), outer, C, inner,
+                                      blocks, chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1),
+                                      c, buf[C + c], part + 2 * (c * nq + qi))
+            else:
+                plane_chunk_grad_sums(<const double*>cnp.PyArray_DATA(ga),
+                                      <const double*>cnp.PyArray_DATA(xa), outer, C, inner,
+                                      blocks, chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1),
+                                      c, buf[C + c], part + 2 * (c * nq + qi))
+        plane_finish_sums(part + 2 * c * nq, nq, &buf[3 * C + c], &buf[4 * C + c])
+        grad_coefficients(count, buf[3 * C + c], buf[4 * C + c], buf[2 * C + c], buf[c], train,
+                          &buf[5 * C + c], &buf[6 * C + c], &buf[7 * C + c])
+    for o in range(outer):
+        for c in range(C):
+            off = (o * C + c) * inner
+            if t == cnp.NPY_FLOAT32:
+                run_grad_apply(<const float*>cnp.PyArray_DATA(ga) + off,
+                               <const float*>cnp.PyArray_DATA(xa) + off,
+                               <float*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
+                               buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
+            else:
+                run_grad_apply(<const double*>cnp.PyArray_DATA(ga) + off,
+                               <const double*>cnp.PyArray_DATA(xa) + off,
+                               <double*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
+                               buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
+    dims[0] = C
+    dw_a = cnp.PyArray_EMPTY(1, dims, t, 0)
+    db_a = cnp.PyArray_EMPTY(1, dims, t, 0)
+    for c in range(C):  # dweight = sum(dy * (x - mean)) * invstd, dbias = sum(dy)
+        if t == cnp.NPY_FLOAT32:
+            (<float*>cnp.PyArray_DATA(dw_a))[c] = <float>(buf[4 * C + c] * buf[2 * C + c])
+            (<float*>cnp.PyArray_DATA(db_a))[c] = <float>buf[3 * C + c]
+        else:
+            (<double*>cnp.PyArray_DATA(dw_a))[c] = buf[4 * C + c] * buf[2 * C + c]
+            (<double*>cnp.PyArray_DATA(db_a))[c] = buf[3 * C + c]
+    free(buf)
+    return dxa, dw_a, db_a
