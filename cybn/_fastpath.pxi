@@ -18,6 +18,9 @@ cdef enum:
     FAST_SMALL_SIZE = 4096   # _validate.SMALL_SIZE: smaller arrays are always plane family
     FAST_MIN_INNER = 32      # _validate.MIN_PLANE_INNER
 
+# The plane-family rule compiled in above, for the test that keeps it equal to _validate's.
+FAST_PLANE_RULE = (FAST_SMALL_SIZE, FAST_MIN_INNER)
+
 
 cdef inline int data_kind(object a) noexcept:
     """NPY type number of a C-contiguous, aligned float32/float64 ndarray, else -1."""

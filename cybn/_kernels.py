@@ -88,4 +88,5 @@ infer_scale = _impl.infer_scale
 fast_infer = _impl.fast_infer
 fast_train = _impl.fast_train
 fast_backward = _impl.fast_backward
+FAST_PLANE_RULE = _impl.FAST_PLANE_RULE
 parallel_copy = _impl.parallel_copy

@@ -22,14 +22,8 @@ SUPPORTED = "float32 or float64"
 # except for arrays below SMALL_SIZE elements, which skip the row family's column set-up.
 MIN_PLANE_INNER = 32
 SMALL_SIZE = 4096
-# Row family: aim for at least this many columns per row (SIMD width), and about this many
-# elements per reduction block (stays in L2 for the second pass of the two-pass statistics).
+# Row family: aim for at least this many columns per row (SIMD width).
 MIN_ROW_WIDTH = 64
-ROW_BLOCK_ELEMENTS = 32768
-MIN_ROWS_PER_BLOCK = 8
-# Elementwise row kernels take coefficients tiled over enough rows for a run this long.
-ROW_RUN = 512
-
 
 def describe(value) -> str:
     """Short description of a value for error messages."""
@@ -224,7 +218,6 @@ class ChannelView:
     inner: int
     family: str
     k: int
-    rows_per_block: int
 
     @classmethod
     def of(cls, shape, axis: int) -> "ChannelView":
@@ -232,7 +225,7 @@ class ChannelView:
         channels = shape[axis]
         inner = math.prod(shape[axis + 1:])
         if inner >= MIN_PLANE_INNER or outer * channels * inner < SMALL_SIZE:
-            return cls(tuple(shape), axis, outer, channels, inner, "plane", 1, 0)
+            return cls(tuple(shape), axis, outer, channels, inner, "plane", 1)
         width = channels * inner
         k = 1
         if 0 < width < MIN_ROW_WIDTH:
@@ -240,10 +233,7 @@ class ChannelView:
                 if outer % cand == 0:
                     k = cand
                     break
-        group = max(1, ROW_RUN // max(1, k * width))
-        rows_per_block = max(MIN_ROWS_PER_BLOCK, ROW_BLOCK_ELEMENTS // max(1, k * width))
-        rows_per_block = -(-rows_per_block // group) * group  # a multiple of group
-        return cls(tuple(shape), axis, outer, channels, inner, "row", k, rows_per_block)
+        return cls(tuple(shape), axis, outer, channels, inner, "row", k)
 
     @property
     def count(self) -> int:
@@ -267,17 +257,6 @@ class ChannelView:
         if self.family == "plane":
             return arr.reshape(self.outer, self.channels, self.inner)
         return arr.reshape(self.rows, self.width)
-
-    @property
-    def group(self) -> int:
-        """Rows the elementwise row kernels treat as one flat run."""
-        return max(1, ROW_RUN // max(1, self.width))
-
-    def columns(self, per_channel: np.ndarray, tiled: bool = False) -> np.ndarray:
-        """Expand a per-channel vector to the row family's columns (repeated over
-        ``group`` rows with ``tiled``, as the elementwise row kernels take it)."""
-        reps = self.k * (self.group if tiled else 1)
-        return np.ascontiguousarray(np.tile(np.repeat(per_channel, self.inner), reps))
 
 
 @functools.lru_cache(maxsize=256)

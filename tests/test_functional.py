@@ -299,3 +299,11 @@ def test_small_array_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtyp
     # and the fast path is really taken for these calls
     from cybn import _kernels
     assert _kernels.fast_infer(x, rm1, rv1, w, b, 1e-5, axis, 1 << 17) is not None
+
+
+def test_fast_path_uses_the_family_rule_of_the_full_path():
+    """The compiled fast path repeats _validate's plane-family rule in C; they must agree,
+    or the two paths would pick different blocks (and bits)."""
+    from cybn import _kernels, _validate
+
+    assert _kernels.FAST_PLANE_RULE == (_validate.SMALL_SIZE, _validate.MIN_PLANE_INNER)
