@@ -153,6 +153,8 @@ def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, al
     for group, stream_bytes, stream_run in settings:
         monkeypatch.setattr(F, "_plane_group", group)
         monkeypatch.setattr(F, "STREAM_MIN_BYTES", stream_bytes)
+        share = 0 if stream_bytes == 0 else 1
+        monkeypatch.setattr(F, "STREAM_CACHE_SHARE", dict.fromkeys(F.STREAM_CACHE_SHARE, share))
         monkeypatch.setattr(F, "STREAM_MIN_RUN", stream_run)
         with threadpool_limits(limits=2, user_api="openmp"):
             results.append(run_all(x, dy, axis))
@@ -171,3 +173,37 @@ def test_plane_schedule_policy():
     assert F._plane_group(ChannelView.of((64, 3, 224, 224), 1), 4, 1, 2) >= 1
     huge = ChannelView.of((4096, 16, 64, 64), 1)
     assert F._plane_group(huge, 4, 2, 2) == 1
+
+
+def test_streaming_policy():
+    """Streaming stores only for outputs beyond the op's share of the cache, never for short
+    plane runs; backward (two inputs competing for the cache) streams earliest."""
+    import cybn.functional as F
+    from cybn._validate import ChannelView
+
+    cache = F._cache_bytes()
+    assert cache >= 1 << 20
+    big = ChannelView.of((64, cache // 4096 + 1, 32, 32), 1)   # > cache in float32
+    small = ChannelView.of((2048, 512), 1)                     # exactly 4 MiB in float32
+    short_runs = ChannelView.of((cache // 1024, 64, 16, 16), 1)  # 1 KiB planes
+    for op in ("infer", "train", "backward"):
+        assert F._streaming(big, 4, op)
+        assert not F._streaming(short_runs, 4, op)
+    if cache >= 16 << 20:
+        assert not F._streaming(small, 4, "infer")
+    mid = ChannelView.of((cache // 4 // 2048, 512), 1)         # a quarter of the cache
+    assert F._streaming(mid, 4, "backward") or F.STREAM_MIN_BYTES > cache // 4
+    assert not F._streaming(mid, 4, "infer")
+
+
+def test_cache_size_from_sysfs(monkeypatch, tmp_path):
+    import cybn.functional as F
+
+    for i, (level, size) in enumerate([(1, "32K"), (2, "512K"), (3, "32768K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    real_glob = F.glob.glob
+    monkeypatch.setattr(F.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
+    assert F._sysfs_cache_bytes() == 32 << 20
