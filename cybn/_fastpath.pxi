@@ -4,9 +4,9 @@
 # computes the per-channel coefficients and runs the plane kernels on the calling thread.
 # Included by each instruction-set variant after _kernels_impl.pxi.
 #
-# A call that is not the plain common case (non-ndarray input, out=, strided or misaligned
-# arrays, anything that the full validation would reject, arrays large enough to use threads
-# or the row family) returns None, and functional.py takes its full Python path, which gives
+# A call that is not the plain common case (non-ndarray input, strided or misaligned arrays,
+# an out= that is not a separate array or exactly the in-place input, anything that the full
+# validation would reject, arrays large enough to use threads or the row family) returns None, and functional.py takes its full Python path, which gives
 # every error message. Results are bitwise those of the full path: the same plane kernels on
 # the same blocks.
 
@@ -89,6 +89,44 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
     return inner[0] >= FAST_MIN_INNER or size < FAST_SMALL_SIZE
 
 
+cdef inline bint disjoint(cnp.ndarray a, object b) noexcept:
+    """True when b is None or an ndarray whose bytes do not meet a's (both contiguous)."""
+    cdef char* a0
+    cdef char* b0
+    if b is None:
+        return True
+    if type(b) is not cnp.ndarray:
+        return False
+    a0 = <char*>cnp.PyArray_DATA(a)
+    b0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return (a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(<cnp.ndarray>b) <= a0
+            or cnp.PyArray_NBYTES(a) == 0 or cnp.PyArray_NBYTES(<cnp.ndarray>b) == 0)
+
+
+cdef inline object result_array(object out, cnp.ndarray xa, int t, tuple in_place,
+                                tuple others):
+    """The array to write the result into: a new one when out is None; out itself when it is
+    a C-contiguous aligned writeable array of x's shape and dtype that is either exactly one
+    of the in_place arrays or meets none of them nor any of the others. None: full path
+    (which accepts or rejects it with a message)."""
+    cdef cnp.ndarray oa
+    cdef object a
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
+    if data_kind(out) != t:
+        return None
+    oa = <cnp.ndarray>out
+    if not cnp.PyArray_ISWRITEABLE(oa) or not cnp.PyArray_SAMESHAPE(oa, xa):
+        return None
+    for a in in_place:  # C-contiguous, same shape and dtype: same start means same view
+        if cnp.PyArray_DATA(<cnp.ndarray>a) != cnp.PyArray_DATA(oa) and not disjoint(oa, a):
+            return None
+    for a in others:
+        if not disjoint(oa, a):
+            return None
+    return oa
+
+
 cdef inline bint positive_float(object v) noexcept:
     return type(v) is float and 0.0 < <double>v < 1e308
 
@@ -118,11 +156,13 @@ cdef inline void store_running(cnp.ndarray arr, const double* batch, double mome
             d[c] = (1.0 - momentum) * d[c] + momentum * (batch[c] * factor)
 
 
-def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, Py_ssize_t max_size):
+def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
+               Py_ssize_t max_size):
     """batch_norm_infer for a small C-contiguous array on one thread; None: use the full path."""
     cdef Py_ssize_t outer, C, inner, c
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, ya
+    cdef object y
     cdef double* buf
     cdef double e
     if t < 0 or not positive_float(eps) or running_mean is None or running_var is None:
@@ -140,9 +180,13 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, Py_ssize_t
             or load_vector(bias, C, 0.0, buf + 3 * C, False) < 0):
         free(buf)
         return None
+    y = result_array(out, xa, t, (xa,), (running_mean, running_var, weight, bias))
+    if y is None:
+        free(buf)
+        return None
+    ya = <cnp.ndarray>y
     for c in range(C):  # scale, the same arithmetic as infer_scale
         buf[C + c] = buf[2 * C + c] / sqrt(buf[C + c] + e)
-    ya = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
     if t == cnp.NPY_FLOAT32:
         plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
                             outer, C, inner, buf, buf + C, buf + 3 * C)
@@ -153,7 +197,8 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, Py_ssize_t
     return ya
 
 
-def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, Py_ssize_t max_size):
+def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, out,
+               Py_ssize_t max_size):
     """batch_norm_train for a small C-contiguous array on one thread; None: use the full path.
     Returns (y, mean, invstd)."""
     cdef Py_ssize_t outer, C, inner, c
@@ -166,6 +211,7 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     cdef double e, mom, count
     cdef char* lo0
     cdef char* lo1
+    cdef object y
     if t < 0 or not positive_float(eps):
         return None
     if type(momentum) is not float or not (0.0 <= <double>momentum <= 1.0):
@@ -191,6 +237,10 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
         lo1 = <char*>cnp.PyArray_DATA(rv)
         if lo0 < lo1 + cnp.PyArray_NBYTES(rv) and lo1 < lo0 + cnp.PyArray_NBYTES(rm):
             return None  # overlapping running buffers: the full path names the error
+    y = result_array(out, xa, t, (xa,), (weight, bias, running_mean, running_var))
+    if y is None:
+        return None
+    ya = <cnp.ndarray>y
     buf = <double*>malloc(4 * C * sizeof(double))
     if buf == NULL:
         return None
@@ -203,7 +253,6 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     invstd_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT64, 0)
     mean = <double*>cnp.PyArray_DATA(mean_a)
     invstd = <double*>cnp.PyArray_DATA(invstd_a)
-    ya = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
     # buf: weight, bias, var (m2 first), scale
     if t == cnp.NPY_FLOAT32:
         plane_moments_core(<const float*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
@@ -227,7 +276,7 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     return ya, mean_a, invstd_a
 
 
-def fast_backward(dy, x, weight, mean, invstd, training, axis, Py_ssize_t max_size):
+def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t max_size):
     """batch_norm_backward for small C-contiguous arrays on one thread; None: use the full
     path. Returns (dx, dweight, dbias) with dweight, dbias in x's dtype."""
     cdef Py_ssize_t outer, C, inner, c, qi, o, off, nq, Q
@@ -239,6 +288,7 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, Py_ssize_t max_si
     cdef double count
     cdef PlaneBlocks blocks
     cdef bint train
+    cdef object dxo
     if t < 0 or data_kind(dy) != t or type(training) is not bool:
         return None
     train = training
@@ -248,6 +298,10 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, Py_ssize_t max_si
         return None
     if not fast_geometry(xa, axis, max_size, &outer, &C, &inner):
         return None
+    dxo = result_array(out, xa, t, (xa, ga), (weight, mean, invstd))
+    if dxo is None:
+        return None
+    dxa = <cnp.ndarray>dxo
     count = <double>outer * <double>inner
     blocks = plane_blocks(outer, inner)
     Q = blocks.count
@@ -262,7 +316,6 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, Py_ssize_t max_si
             or load_vector(invstd, C, 0.0, buf + 2 * C, False) < 0 or invstd is None):
         free(buf)
         return None
-    dxa = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
     for c in range(C):
         for qi in range(nq):
             if t == cnp.NPY_FLOAT32:

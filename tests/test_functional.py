@@ -271,34 +271,77 @@ FAST_CASES = [((2, 3, 4, 4), 1), ((2, 4, 4, 3), -1), ((5, 7), 1), ((9, 17, 21, 2
               ((3, 5, 7), 2), ((1, 2, 3), 1)]
 
 
+def run_ops(x, dy, w, b, rm, rv, axis, out=None):
+    """Every op once: train (with running statistics), infer, backward both modes."""
+    res = list(cybn.batch_norm_train(x, w, b, running_mean=rm, running_var=rv, axis=axis,
+                                     out=None if out is None else out()))
+    res.append(cybn.batch_norm_infer(x, rm, rv, w, b, axis=axis,
+                                     out=None if out is None else out()))
+    for training in (True, False):
+        res.extend(cybn.batch_norm_backward(dy, x, w, res[1], res[2], training=training,
+                                            axis=axis, out=None if out is None else out()))
+    return res + [rm, rv]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", FAST_CASES)
-def test_small_array_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, rng):
-    """Small plain calls take one compiled entry point; out= takes the full Python path.
-    Both must give the same bits, running statistics included."""
+def test_small_array_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, rng,
+                                                               monkeypatch):
+    """Small plain calls (with or without out=) take one compiled entry point; with it
+    disabled every call takes the full Python path. Both give the same bits, running
+    statistics included."""
+    from cybn import _kernels
+
     x, w, b = make(rng, shape, axis, dtype, offset=5.0)
     C = shape[axis]
     dy = rng.standard_normal(shape).astype(dtype)
-    rm1, rv1 = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
-    rm2, rv2 = rm1.copy(), rv1.copy()
-    y1, m1, i1 = cybn.batch_norm_train(x, w, b, running_mean=rm1, running_var=rv1, axis=axis)
-    y2, m2, i2 = cybn.batch_norm_train(x, w, b, running_mean=rm2, running_var=rv2, axis=axis,
-                                       out=np.empty_like(x))
-    for a, b_ in [(y1, y2), (m1, m2), (i1, i2), (rm1, rm2), (rv1, rv2)]:
-        np.testing.assert_array_equal(a, b_)
-    np.testing.assert_array_equal(cybn.batch_norm_infer(x, rm1, rv1, w, b, axis=axis),
-                                  cybn.batch_norm_infer(x, rm1, rv1, w, b, axis=axis,
-                                                        out=np.empty_like(x)))
-    for training in (True, False):
-        fast = cybn.batch_norm_backward(dy, x, w, m1, i1, training=training, axis=axis)
-        full = cybn.batch_norm_backward(dy, x, w, m1, i1, training=training, axis=axis,
-                                        out=np.empty_like(x))
-        for a, b_ in zip(fast, full):
-            assert a.dtype == b_.dtype
-            np.testing.assert_array_equal(a, b_)
-    # and the fast path is really taken for these calls
-    from cybn import _kernels
-    assert _kernels.fast_infer(x, rm1, rv1, w, b, 1e-5, axis, 1 << 17) is not None
+    rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
+    # the fast path is really taken for these calls, with and without out=
+    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, None, 1 << 17) is not None
+    out = np.empty_like(x)
+    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, out, 1 << 17) is out
+    fast = run_ops(x, dy, w, b, rm.copy(), rv.copy(), axis)
+    fast_out = run_ops(x, dy, w, b, rm.copy(), rv.copy(), axis, out=lambda: np.empty_like(x))
+    for name in ("fast_infer", "fast_train", "fast_backward"):
+        monkeypatch.setattr(_kernels, name, lambda *args: None)
+    full = run_ops(x, dy, w, b, rm.copy(), rv.copy(), axis)
+    for a, b_, c in zip(fast, fast_out, full):
+        assert a.dtype == b_.dtype == c.dtype
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b_, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fast_path_out_in_place_and_overlap(dtype, rng):
+    """out= on the fast path: exactly x (or dy in backward) works in place; an out that
+    overlaps an input any other way, or a per-channel argument, is left to the full path,
+    which rejects it before writing."""
+    shape, axis = (2, 3, 4, 4), 1
+    x, w, b = make(rng, shape, axis, dtype, offset=5.0)
+    dy = rng.standard_normal(shape).astype(dtype)
+    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    y_ref = cybn.batch_norm_infer(x, rm, rv, w, b, axis=axis)
+    xi = x.copy()
+    assert cybn.batch_norm_infer(xi, rm, rv, w, b, axis=axis, out=xi) is xi
+    np.testing.assert_array_equal(xi, y_ref)
+    t_ref, m, i = cybn.batch_norm_train(x, w, b, axis=axis)
+    xi = x.copy()
+    np.testing.assert_array_equal(cybn.batch_norm_train(xi, w, b, axis=axis, out=xi)[0], t_ref)
+    np.testing.assert_array_equal(xi, t_ref)
+    dx_ref = cybn.batch_norm_backward(dy, x, w, m, i, axis=axis)[0]
+    for which in ("dy", "x"):
+        g, xx = dy.copy(), x.copy()
+        target = g if which == "dy" else xx
+        cybn.batch_norm_backward(g, xx, w, m, i, axis=axis, out=target)
+        np.testing.assert_array_equal(target, dx_ref)
+    # partial overlap with x: rejected, nothing written
+    buf = np.concatenate([x.ravel(), x.ravel()])
+    xs = buf[: x.size].reshape(shape)
+    shifted = buf[1: x.size + 1].reshape(shape)
+    before = buf.copy()
+    with pytest.raises(ValueError, match="out overlaps x"):
+        cybn.batch_norm_infer(xs, rm, rv, w, b, axis=axis, out=shifted)
+    np.testing.assert_array_equal(buf, before)
 
 
 def test_fast_path_uses_the_family_rule_of_the_full_path():

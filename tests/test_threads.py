@@ -163,11 +163,16 @@ def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, al
             np.testing.assert_array_equal(a, b)
 
 
-def test_plane_schedule_policy():
-    """Many channels that fit the cache: threads own channels; few channels or huge ones:
-    cooperative groups that fit half the cache."""
+def test_plane_schedule_policy(monkeypatch):
+    """Arrays that fit half the cache: all threads on the whole array; larger arrays with many
+    channels whose slabs fit: threads own channels; few channels or huge ones: cooperative
+    groups that fit half the cache."""
     import cybn.functional as F
     from cybn._validate import ChannelView
+
+    monkeypatch.setattr(F, "_cache_bytes", lambda: 32 << 20)
+    assert F._plane_group(ChannelView.of((8, 256, 14, 14), 1), 4, 2, 2) == 256
+    assert F._plane_group(ChannelView.of((128, 512, 7, 7), 1), 4, 2, 2) == 0
 
     assert F._plane_group(ChannelView.of((32, 64, 56, 56), 1), 4, 1, 2) == 0
     assert F._plane_group(ChannelView.of((64, 3, 224, 224), 1), 4, 1, 2) >= 1
