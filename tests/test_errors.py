@@ -163,7 +163,7 @@ def test_moments_errors():
 
 
 def test_thread_count_errors():
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="between 1 and"):
         cybn.set_num_threads(0)
     with pytest.raises(TypeError):
         cybn.set_num_threads(1.5)

@@ -212,3 +212,63 @@ def test_cache_size_from_sysfs(monkeypatch, tmp_path):
     real_glob = F.glob.glob
     monkeypatch.setattr(F.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
     assert F._sysfs_cache_bytes() == 32 << 20
+
+
+def run_python(code: str, env: dict | None = None, timeout: float = 120):
+    """Run code in a fresh interpreter; return its stdout (fails on a nonzero exit)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ, **(env or {}))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+FORK_SCRIPT = """
+import multiprocessing as mp, numpy as np, cybn
+def work(seed):
+    x = np.random.default_rng(seed).random((4, 8, 64, 128)).astype(np.float32)
+    y, mean, invstd = cybn.batch_norm_train(x)
+    return cybn.get_num_threads(), float(mean.sum())
+if __name__ == "__main__":
+    cybn.set_num_threads(2)
+    x = np.random.default_rng(0).random((4, 8, 64, 128)).astype(np.float32)
+    cybn.batch_norm_train(x)  # starts OpenMP's threads in the parent
+    expected = [float(cybn.batch_norm_train(
+        np.random.default_rng(s).random((4, 8, 64, 128)).astype(np.float32))[1].sum())
+        for s in range(4)]
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map(work, range(4))
+    assert [t for t, _ in got] == [1] * 4, got
+    assert [m for _, m in got] == expected, (got, expected)
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_fork_after_a_parallel_call_does_not_hang():
+    """A child forked after OpenMP's threads started runs on one thread, same bits."""
+    assert run_python(FORK_SCRIPT, timeout=120).strip() == "ok"
+
+
+def test_thread_count_bounds():
+    old = cybn.get_num_threads()
+    for bad in (0, -1, cybn.MAX_THREADS + 1, 40000, 2 ** 40):
+        with pytest.raises(ValueError, match=f"n must be between 1 and {cybn.MAX_THREADS}"):
+            cybn.set_num_threads(bad)
+        assert cybn.get_num_threads() == old
+
+
+def test_huge_omp_num_threads_is_capped_not_a_crash():
+    code = ("import numpy as np, cybn\n"
+            "x = np.random.default_rng(0).random((64, 16, 32, 32)).astype(np.float32)\n"
+            "y, m, i = cybn.batch_norm_train(x)\n"
+            "print(cybn.get_num_threads(), float(m.sum()))\n")
+    threads, total = run_python(code, env={"OMP_NUM_THREADS": "40000"}).split()
+    assert int(threads) == cybn.MAX_THREADS
+    _, m, _ = cybn.batch_norm_train(
+        np.random.default_rng(0).random((64, 16, 32, 32)).astype(np.float32))
+    assert float(total) == float(m.sum())
