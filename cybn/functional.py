@@ -186,6 +186,18 @@ def _empty_result(view: ChannelView, out, dtype) -> np.ndarray:
 # Public API.
 # ---------------------------------------------------------------------------------------
 
+def _update_running(buffer: np.ndarray, batch: np.ndarray, momentum: float,
+                    factor: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch * factor, in place; a strided
+    buffer is updated through a contiguous copy (the same arithmetic)."""
+    if buffer.flags.c_contiguous:
+        _kernels.update_running(buffer, batch, momentum, factor)
+    else:
+        tmp = np.ascontiguousarray(buffer)
+        _kernels.update_running(tmp, batch, momentum, factor)
+        buffer[...] = tmp
+
+
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, out=None):
     """Training-mode batch normalization with batch statistics.
@@ -236,7 +248,9 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     rm, rv = running_pair(running_mean, running_var, C)
     momentum = check_momentum(momentum)
     eps = check_eps(eps)
-    check_out(out, x.shape, x.dtype, {"x": x}, in_place_ok=("x",))
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var}, in_place_ok=("x",))
     if view.size == 0:
         nan = np.full(C, np.nan)
         return _empty_result(view, out, x.dtype), nan, nan.copy()
@@ -260,8 +274,8 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                    streaming, threads)
     if rm is not None:
         n = view.count
-        _kernels.update_running(rm, mean, momentum, 1.0)
-        _kernels.update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
+        _update_running(rm, mean, momentum, 1.0)
+        _update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
     return dest.result(), mean, invstd
 
 
@@ -302,7 +316,9 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     w = channel_vector(weight, "weight", C, default=1.0)
     b = channel_vector(bias, "bias", C, default=0.0)
     eps = check_eps(eps)
-    check_out(out, x.shape, x.dtype, {"x": x}, in_place_ok=("x",))
+    check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
+                                      "running_var": running_var, "weight": weight,
+                                      "bias": bias}, in_place_ok=("x",))
     if view.size == 0:
         return _empty_result(view, out, x.dtype)
     scale = np.empty(C, dtype=np.float64)
@@ -359,7 +375,8 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     mu = channel_vector(mean, "mean", C)
     inv = channel_vector(invstd, "invstd", C)
     training = bool(training)
-    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy}, in_place_ok=("x", "dy"))
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
     if view.size == 0:
         zeros = np.zeros(C, dtype=x.dtype)
         return _empty_result(view, out, x.dtype), zeros, zeros.copy()

@@ -1,0 +1,120 @@
+"""Regression tests for defects found by hostile use (issue 9): aliasing between the arrays
+one call reads and writes, strided per-channel arrays, odd inputs that were silently
+accepted. Each asserts either the right answer or an error before anything is written."""
+
+import numpy as np
+import pytest
+
+import cybn
+
+SHAPES = [((2, 3, 4, 4), 1),        # compiled fast path
+          ((4, 3, 64, 64), 1),      # plane family, full path
+          ((64, 9, 3), 2)]          # row family
+
+
+def snapshot(*arrays):
+    return [a.copy() for a in arrays]
+
+
+def assert_unchanged(arrays, before):
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("name", ["running_mean", "running_var", "weight", "bias"])
+def test_train_out_overlapping_a_per_channel_array_is_rejected(shape, axis, name):
+    rng = np.random.default_rng(0)
+    C = shape[axis]
+    n = int(np.prod(shape))
+    pool = rng.standard_normal(n + 4 * C).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = pool[:n].reshape(shape)
+    args = {"weight": rng.uniform(0.5, 2, C).astype(np.float32),
+            "bias": rng.standard_normal(C).astype(np.float32),
+            "running_mean": np.zeros(C, np.float32), "running_var": np.ones(C, np.float32)}
+    args[name] = pool[n - C // 2 - 1: n - C // 2 - 1 + C]  # straddles the end of out
+    before = snapshot(pool, x, *args.values())
+    with pytest.raises(ValueError, match=f"out overlaps {name}"):
+        cybn.batch_norm_train(x, axis=axis, out=out, **args)
+    assert_unchanged([pool, x, *args.values()], before)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("name", ["running_mean", "running_var", "weight", "bias"])
+def test_infer_out_overlapping_a_per_channel_array_is_rejected(shape, axis, name):
+    rng = np.random.default_rng(1)
+    C = shape[axis]
+    n = int(np.prod(shape))
+    pool = rng.uniform(0.5, 2, n + 4 * C)
+    x = rng.standard_normal(shape)
+    out = pool[:n].reshape(shape)
+    args = {"running_mean": np.zeros(C), "running_var": np.ones(C),
+            "weight": np.ones(C), "bias": np.zeros(C)}
+    args[name] = pool[:C]
+    before = snapshot(pool, x)
+    with pytest.raises(ValueError, match=f"out overlaps {name}"):
+        cybn.batch_norm_infer(x, axis=axis, out=out, **args)
+    assert_unchanged([pool, x], before)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("name", ["mean", "invstd", "weight"])
+def test_backward_out_overlapping_a_per_channel_array_is_rejected(shape, axis, name):
+    rng = np.random.default_rng(2)
+    C = shape[axis]
+    n = int(np.prod(shape))
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    _, mean, invstd = cybn.batch_norm_train(x, axis=axis)
+    pool = rng.uniform(0.5, 2, n)
+    out = pool.reshape(shape)
+    args = {"weight": np.ones(C), "mean": mean, "invstd": invstd}
+    pool[:C] = args[name]
+    args[name] = pool[:C]
+    before = snapshot(pool, x, dy)
+    with pytest.raises(ValueError, match=f"out overlaps {name}"):
+        cybn.batch_norm_backward(dy, x, args["weight"], args["mean"], args["invstd"],
+                                 axis=axis, out=out)
+    assert_unchanged([pool, x, dy], before)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_in_place_training_with_running_mean_inside_x_is_rejected(shape, axis):
+    rng = np.random.default_rng(3)
+    C = shape[axis]
+    x = rng.standard_normal(shape)
+    rm = x.reshape(-1)[:C]
+    rv = np.ones(C)
+    before = snapshot(x, rv)
+    with pytest.raises(ValueError, match="out overlaps running_mean"):
+        cybn.batch_norm_train(x, running_mean=rm, running_var=rv, axis=axis, out=x)
+    assert_unchanged([x, rv], before)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_running_buffers_are_updated_like_contiguous_ones(shape, axis, dtype):
+    rng = np.random.default_rng(4)
+    C = shape[axis]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    y_ref, m_ref, i_ref = cybn.batch_norm_train(
+        x, running_mean=(rm_ref := np.zeros(C, dtype)), running_var=(rv_ref := np.ones(C, dtype)),
+        axis=axis)
+    for strided in ("mean", "var", "both"):
+        big_m = np.full(2 * C, 7, dtype)
+        big_v = np.full(3 * C, 7, dtype)
+        rm = big_m[::2] if strided in ("mean", "both") else big_m[:C]
+        rv = big_v[::3] if strided in ("var", "both") else big_v[:C]
+        rm[...] = 0
+        rv[...] = 1
+        y, m, i = cybn.batch_norm_train(x, running_mean=rm, running_var=rv, axis=axis,
+                                        out=np.empty_like(x))
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(rm, rm_ref)
+        np.testing.assert_array_equal(rv, rv_ref)
+        # the gaps between the strided elements are not touched
+        if strided in ("mean", "both"):
+            assert np.all(big_m[1::2] == 7)
+        if strided in ("var", "both"):
+            assert np.all(big_v[1::3] == 7) and np.all(big_v[2::3] == 7)
