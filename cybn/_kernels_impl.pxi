@@ -37,7 +37,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport free, malloc
 
 from cybn._openmp cimport CYBN_OPENMP_ENABLED
@@ -87,14 +87,31 @@ cdef inline double merge_one(double count, double count_b, double* mean, double*
     """Fold one block's (count_b, mean_b, m2_b) into (count, mean, m2); returns the count."""
     cdef double total = count + count_b
     cdef double delta = mean_b - mean[0]
-    mean[0] = mean[0] + delta * (count_b / total)
-    m2[0] = m2[0] + m2_b + delta * delta * (count * count_b / total)
+    if count == 0.0:  # (0 * delta**2 would be NaN for means beyond 1e154)
+        mean[0] = mean_b
+        m2[0] = m2_b
+    elif isfinite(delta):
+        mean[0] = mean[0] + delta * (count_b / total)
+        m2[0] = m2[0] + m2_b + delta * delta * (count * count_b / total)
+    else:  # means of opposite sign near the float64 limit: a weighted mean cannot overflow
+        mean[0] = mean[0] * (count / total) + mean_b * (count_b / total)
+        m2[0] = m2[0] + m2_b + delta * delta
     return total
 
 
 # ---------------------------------------------------------------------------------------
 # Block helpers in double (float64 data), one block, no Python objects.
 # ---------------------------------------------------------------------------------------
+
+cdef inline double scaled_mean(const floating* p, Py_ssize_t n) noexcept nogil:
+    """sum(p[i] / n): slower and less exact than the two-pass sum, but it cannot overflow
+    for finite data (a fallback for data near the float64 limit)."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += <double>p[i] / <double>n
+    return s
+
 
 cdef inline void block_moments(const floating* p, Py_ssize_t n,
                                double* mean, double* m2) noexcept nogil:
@@ -116,6 +133,8 @@ cdef inline void block_moments(const floating* p, Py_ssize_t n,
     for i in range(nfull, n):
         s += <double>p[i] - first
     m = first + s / <double>n
+    if not isfinite(m):  # differences beyond the float64 range (data near +-1e308)
+        m = scaled_mean(p, n)
 
     for j in range(LANES):
         acc[j] = 0.0
@@ -147,10 +166,19 @@ cdef inline double merge_moments(double count, double count_b, Py_ssize_t C,
     cdef double f_m2 = count * count_b / total
     cdef double delta
     cdef Py_ssize_t c
+    if count == 0.0:  # the first block: (0 * delta**2 would be NaN for means beyond 1e154)
+        for c in range(C):
+            mean[c] = mean_b[c * stride_b]
+            m2[c] = m2_b[c * stride_b]
+        return total
     for c in range(C):
         delta = mean_b[c * stride_b] - mean[c]
-        mean[c] = mean[c] + delta * f_mean
-        m2[c] = m2[c] + m2_b[c * stride_b] + delta * delta * f_m2
+        if isfinite(delta):
+            mean[c] = mean[c] + delta * f_mean
+            m2[c] = m2[c] + m2_b[c * stride_b] + delta * delta * f_m2
+        else:  # as in merge_one
+            merge_one(count, count_b, &mean[c], &m2[c], mean_b[c * stride_b],
+                      m2_b[c * stride_b])
     return total
 
 
@@ -630,6 +658,10 @@ cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize
             mean[j] += <double>a[j] - <double>x[j]
     for j in range(L):
         mean[j] = <double>x[j] + mean[j] / <double>nrows
+        if not isfinite(mean[j]):  # data near +-1e308 (see scaled_mean)
+            mean[j] = 0.0
+            for r in range(nrows):
+                mean[j] += <double>x[r * L + j] / <double>nrows
     for r in range(ngroups):
         a = x + (r * ROW_GROUP) * L
         b = a + L

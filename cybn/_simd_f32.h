@@ -22,6 +22,7 @@
 #define CYBN_SIMD_F32_H
 
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX__) || defined(__SSE2__)
@@ -138,6 +139,26 @@ static inline void cybn_f32_run_sum_sq(const float* p, ptrdiff_t n, float mh, fl
     }
 }
 
+/* The block moments below in double, element by element: for blocks whose float sums
+ * overflowed (deviations beyond about 1e19 square past FLT_MAX). Rare; exact range. */
+static inline void cybn_f32_block_moments_wide(const float* p, ptrdiff_t n, ptrdiff_t nplanes,
+                                               ptrdiff_t stride, double* mean, double* m2) {
+    const double pivot = p[0];
+    double s = 0.0, m, d;
+    ptrdiff_t k, i;
+    for (k = 0; k < nplanes; k++)
+        for (i = 0; i < n; i++) s += (double)p[k * stride + i] - pivot;
+    m = pivot + s / ((double)n * (double)nplanes);
+    s = 0.0;
+    for (k = 0; k < nplanes; k++)
+        for (i = 0; i < n; i++) {
+            d = (double)p[k * stride + i] - m;
+            s += d * d;
+        }
+    *mean = m;
+    *m2 = s;
+}
+
 /* Mean and M2 of a block: nplanes runs of n elements (n >= 1), stride elements apart, two
  * passes (the block fits L1/L2). The first pass sums x - p[0], so a constant block gives
  * exactly mean p[0] and M2 0. */
@@ -157,6 +178,7 @@ static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, ptrdiff_t
     for (k = 0; k < nplanes; k++) cybn_f32_run_sum_sq(p + k * stride, n, mh, ml, m, &d0, &d1, &tail);
     *mean = m;
     *m2 = cybn_hsum(d0, d1) + tail;
+    if (!isfinite(*m2)) cybn_f32_block_moments_wide(p, n, nplanes, stride, mean, m2);
 }
 
 /* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, stride apart;

@@ -118,3 +118,31 @@ def test_strided_running_buffers_are_updated_like_contiguous_ones(shape, axis, d
             assert np.all(big_m[1::2] == 7)
         if strided in ("var", "both"):
             assert np.all(big_v[1::3] == 7) and np.all(big_v[2::3] == 7)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES + [((300, 7), 1)])
+def test_float64_statistics_near_the_overflow_limit(shape, axis):
+    """A constant channel of 1e200 has variance exactly 0 (the first merge used to square
+    the whole mean: NaN); a channel of +-1e308 gets a finite mean."""
+    x = np.full(shape, 1e200)
+    b = np.arange(shape[axis], dtype=np.float64)
+    y, mean, invstd = cybn.batch_norm_train(x, bias=b, axis=axis)
+    np.testing.assert_array_equal(mean, 1e200)
+    np.testing.assert_array_equal(invstd, 1 / np.sqrt(1e-5))
+    np.testing.assert_array_equal(cybn.moments(x, axis=axis)[1], 0.0)
+    np.testing.assert_array_equal(np.moveaxis(y, axis, -1), np.broadcast_to(b, np.moveaxis(y, axis, -1).shape))
+    x = np.full(shape, 1e308)
+    x.reshape(-1)[::2] = -1e308
+    _, mean, invstd = cybn.batch_norm_train(x, axis=axis)
+    assert np.all(np.isfinite(mean)) and np.all(np.abs(mean) <= 1e308)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES + [((300, 7), 1)])
+def test_float32_spread_beyond_1e19_keeps_a_finite_variance(shape, axis):
+    """Float32 deviations above ~1e19 square past FLT_MAX in float accumulators."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 1e20).astype(np.float32)
+    _, _, invstd = cybn.batch_norm_train(x, axis=axis)
+    axes = tuple(i for i in range(x.ndim) if i != axis)
+    expected = 1 / np.sqrt(x.astype(np.float64).var(axis=axes) + 1e-5)
+    np.testing.assert_allclose(invstd, expected, rtol=1e-6)
