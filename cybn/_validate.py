@@ -32,12 +32,34 @@ def describe(value) -> str:
     return f"{type(value).__name__} {value!r}" if np.isscalar(value) else type(value).__name__
 
 
+def reject_masked(v, name: str) -> None:
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array: cybn does not honour masks; pass "
+                        f"{name}.filled(value) or {name}.compressed() explicitly")
+
+
+def check_float_dtype(v: np.ndarray, name: str) -> None:
+    """TypeError unless v is float32 or float64, with a conversion hint for numbers."""
+    if v.dtype not in FLOAT_DTYPES:
+        hint = (" (convert it with .astype(np.float32) or .astype(np.float64))"
+                if v.dtype.kind in "biuf" else "")
+        raise TypeError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}{hint}")
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python or NumPy bool, as bool; TypeError for anything else ("False" is truthy)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {describe(value)}")
+
+
 def as_data(x, name: str) -> np.ndarray:
     """Return ``x`` as a float32 or float64 array of at least 2 dimensions.
 
     NumPy arrays must already be float32 or float64 (TypeError otherwise). Other array-likes
     (lists, tuples) are converted, numbers becoming float64.
     """
+    reject_masked(x, name)
     if not isinstance(x, np.ndarray):
         if x is None:
             raise TypeError(f"{name} must be an array of {SUPPORTED}, got None")
@@ -48,9 +70,7 @@ def as_data(x, name: str) -> np.ndarray:
         if arr.dtype.kind in "biu":
             arr = arr.astype(np.float64)
         x = arr
-    if x.dtype not in FLOAT_DTYPES:
-        hint = " (convert it with .astype(np.float32))" if x.dtype == np.float16 else ""
-        raise TypeError(f"{name} must have dtype {SUPPORTED}, got {x.dtype}{hint}")
+    check_float_dtype(x, name)
     if x.ndim < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}")
@@ -107,14 +127,14 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
         if default is None:
             raise ValueError(f"{name} is required, got None")
         return np.full(channels, default, dtype=np.float64)
+    reject_masked(v, name)
     if not isinstance(v, np.ndarray):
         try:
             v = np.asarray(v, dtype=np.float64)
         except (ValueError, TypeError):
             raise ValueError(f"{name} must be a float32 or float64 array of shape ({channels},),"
                              f" got {describe(v)}") from None
-    if v.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}")
+    check_float_dtype(v, name)
     if v.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
                          f"got shape {v.shape}")
@@ -126,8 +146,8 @@ def running_buffer(v, name: str, channels: int) -> np.ndarray:
     if not isinstance(v, np.ndarray):
         raise ValueError(f"{name} must be a NumPy array (it is updated in place), "
                          f"got {describe(v)}")
-    if v.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}")
+    reject_masked(v, name)
+    check_float_dtype(v, name)
     if v.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got shape {v.shape}")
     if not v.flags.writeable:
@@ -178,7 +198,7 @@ def check_out(out, shape, dtype, inputs: dict, in_place_ok: tuple = ()) -> None:
     if out.shape != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got shape {out.shape}")
     if out.dtype != dtype:
-        raise ValueError(f"out must have dtype {dtype} (the input's), got {out.dtype}")
+        raise TypeError(f"out must have dtype {dtype} (the input's), got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     for name, arr in inputs.items():

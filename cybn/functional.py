@@ -35,6 +35,7 @@ from ._validate import (
     as_data,
     channel_vector,
     channel_view,
+    check_bool,
     check_ddof,
     check_eps,
     check_momentum,
@@ -374,7 +375,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     w = channel_vector(weight, "weight", C, default=1.0)
     mu = channel_vector(mean, "mean", C)
     inv = channel_vector(invstd, "invstd", C)
-    training = bool(training)
+    training = check_bool(training, "training")
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
                                       "invstd": invstd}, in_place_ok=("x", "dy"))
     if view.size == 0:
@@ -411,6 +412,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     -------
     y : ndarray, x's shape and dtype
     """
+    training = check_bool(training, "training")
     if training:
         y, _, _ = batch_norm_train(x, weight, bias, running_mean=running_mean,
                                    running_var=running_var, momentum=momentum, eps=eps,

@@ -146,3 +146,44 @@ def test_float32_spread_beyond_1e19_keeps_a_finite_variance(shape, axis):
     axes = tuple(i for i in range(x.ndim) if i != axis)
     expected = 1 / np.sqrt(x.astype(np.float64).var(axis=axes) + 1e-5)
     np.testing.assert_allclose(invstd, expected, rtol=1e-6)
+
+
+def test_masked_arrays_are_rejected_not_silently_unmasked():
+    x = np.ma.masked_array(np.random.default_rng(6).standard_normal((8, 3)),
+                           mask=np.zeros((8, 3), bool))
+    x.mask[0, 0] = True
+    with pytest.raises(TypeError, match="x is a masked array"):
+        cybn.batch_norm_train(x)
+    with pytest.raises(TypeError, match="weight is a masked array"):
+        cybn.batch_norm_train(x.data, weight=np.ma.masked_array(np.ones(3)))
+    rm = np.ma.masked_array(np.zeros(3))
+    with pytest.raises(TypeError, match="running_mean is a masked array"):
+        cybn.batch_norm_train(x.data, running_mean=rm, running_var=np.ones(3))
+    with pytest.raises(TypeError, match="x is a masked array"):
+        cybn.batch_norm_infer(x, np.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize("bad", ["False", 0, 1, None, np.array([True])])
+def test_training_flag_must_be_a_bool(bad):
+    x = np.random.default_rng(7).standard_normal((8, 3))
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        cybn.batch_norm(x, rm, rv, training=bad)
+    np.testing.assert_array_equal(rm, 0)
+    _, m, i = cybn.batch_norm_train(x)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        cybn.batch_norm_backward(x, x, None, m, i, training=bad)
+    # NumPy bools are bools
+    y = cybn.batch_norm(x, rm, rv, training=np.bool_(False))
+    np.testing.assert_array_equal(y, cybn.batch_norm_infer(x, rm, rv))
+
+
+@pytest.mark.parametrize("name", ["x", "weight", "running_mean", "out"])
+def test_a_wrong_dtype_is_a_type_error_for_every_argument(name):
+    x = np.ones((4, 3))
+    args = dict(x=x, weight=None, running_mean=np.zeros(3), running_var=np.ones(3), out=None)
+    bad = {"x": np.ones((4, 3), np.int32), "weight": np.ones(3, np.int32),
+           "running_mean": np.zeros(3, np.int64), "out": np.ones((4, 3), np.float32)}[name]
+    args[name] = bad
+    with pytest.raises(TypeError, match=f"{name} must have dtype"):
+        cybn.batch_norm_train(args.pop("x"), **args)
