@@ -17,6 +17,7 @@ the functional API) may run in parallel.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -45,14 +46,26 @@ def _rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def _pair(value, name: str) -> tuple:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or not all(isinstance(v, (int, np.integer)) for v in value):
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return int(value[0]), int(value[1])
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pair(value, name: str, minimum: int = 1) -> tuple:
+    """An int or a pair of ints, each at least ``minimum``, as a pair."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(_is_int(v) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return int(value), int(value)
+    if min(pair) < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _size(value, name: str) -> int:
+    """A positive int (a feature or channel count)."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 class Parameter:
@@ -118,6 +131,17 @@ class Module:
 
     def backward(self, dy):
         raise NotImplementedError
+
+    def _take_saved(self):
+        """What the last forward saved for backward; a backward consumes it, so that a
+        second backward without a new forward (which would add the parameter gradients
+        twice) is an error, as in PyTorch."""
+        saved = self.__dict__.get("_cache")
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first (each "
+                               f"forward allows one backward)")
+        object.__setattr__(self, "_cache", None)
+        return saved
 
     # ----- traversal ------------------------------------------------------------------
     def named_parameters(self, prefix: str = ""):
@@ -209,8 +233,7 @@ class _BatchNorm(Module):
                  track_running_stats: bool = True, channels_last: bool = False,
                  dtype=np.float32):
         super().__init__()
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        _size(num_features, "num_features")
         if momentum is not None:
             check_momentum(momentum)
         check_eps(eps)
@@ -249,7 +272,18 @@ class _BatchNorm(Module):
         if x.ndim not in self.ranks:
             dims = " or ".join(f"{r}-D" for r in self.ranks)
             raise ValueError(f"{type(self).__name__} expects {dims} input, got shape {x.shape}")
-        return -1 if self.channels_last and x.ndim > 2 else 1
+        axis = -1 if self.channels_last and x.ndim > 2 else 1
+        if x.shape[axis] != self.num_features:
+            name = type(self).__name__
+            hint = ""
+            if x.ndim > 2 and not self.channels_last and x.shape[-1] == self.num_features:
+                hint = "; for channels-last input pass channels_last=True"
+            elif self.channels_last and x.shape[1] == self.num_features:
+                hint = "; for channels-first input leave channels_last=False"
+            raise ValueError(f"{name} has {self.num_features} channels, but the input has "
+                             f"{x.shape[axis]} along axis {axis % x.ndim} (shape {x.shape})"
+                             f"{hint}")
+        return axis
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -285,9 +319,7 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         """dx for the last forward; adds dweight, dbias into weight.grad, bias.grad."""
-        if self._cache is None:
-            raise RuntimeError("backward called before forward")
-        x, mean, invstd, training, axis = self._cache
+        x, mean, invstd, training, axis = self._take_saved()
         w = self.weight.data if self.affine else None
         dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis)
         if self.affine:
@@ -349,6 +381,8 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  dtype=np.float32, rng=None):
         super().__init__()
+        in_features = _size(in_features, "in_features")
+        out_features = _size(out_features, "out_features")
         rng = _rng(rng)
         bound = 1.0 / math.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
@@ -358,7 +392,7 @@ class Linear(Module):
             self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype))
         else:
             self._parameters["bias"] = None
-        self._x = None
+        self._cache = None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -368,14 +402,15 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
-        self._x = x
+        self._cache = x
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
         return y
 
     def backward(self, dy):
-        self.weight.grad += dy.T @ self._x
+        x = self._take_saved()
+        self.weight.grad += dy.T @ x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
         return dy @ self.weight.data
@@ -392,10 +427,11 @@ class Conv2d(Module):
                  bias: bool = True, channels_last: bool = False, dtype=np.float32, rng=None):
         super().__init__()
         rng = _rng(rng)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = _size(in_channels, "in_channels")
+        self.out_channels = _size(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        self.padding = _pair(padding, "padding", minimum=0)
         self.channels_last = channels_last
         kh, kw = self.kernel_size
         bound = 1.0 / math.sqrt(in_channels * kh * kw)
@@ -440,7 +476,7 @@ class Conv2d(Module):
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def backward(self, dy):
-        cols, padded_shape, in_shape = self._cache
+        cols, padded_shape, in_shape = self._take_saved()
         n, hp, wp, c = padded_shape
         (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
         dyh = self._to_nhwc(dy)
@@ -460,15 +496,17 @@ class Conv2d(Module):
 
 
 class ReLU(Module):
-    """max(x, 0)."""
+    """max(x, 0), as PyTorch: -inf gives 0, NaN stays NaN; the gradient is exactly 0 where
+    x <= 0 (also for an infinite dy) and dy elsewhere (NaN x included)."""
 
     def forward(self, x):
         x = np.asarray(x)
-        self._mask = x > 0
-        return x * self._mask  # keeps x's dtype; a multiply beats a branchy np.where
+        self._cache = ~(x <= 0)
+        return np.maximum(x, x.dtype.type(0)) if x.dtype.kind == "f" else np.maximum(x, 0)
 
     def backward(self, dy):
-        return dy * self._mask
+        dy = np.asarray(dy)
+        return np.where(self._take_saved(), dy, dy.dtype.type(0))
 
 
 class Dropout(Module):
@@ -477,25 +515,27 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be in [0, 1), got {p}")
-        self.p = p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be a number in [0, 1), got {p!r}")
+        self.p = float(p)
         self.rng = _rng(rng)
-        self._scale = None
+        self._cache = None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
-            self._scale = None
+            self._cache = (None,)
             return x
         keep = self.rng.random(x.shape) >= self.p
-        self._scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
-        return x * self._scale
+        scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        self._cache = (scale,)
+        return x * scale
 
     def backward(self, dy):
-        return dy if self._scale is None else dy * self._scale
+        (scale,) = self._take_saved()
+        return dy if scale is None else dy * scale
 
 
 class MaxPool2d(Module):
@@ -506,6 +546,7 @@ class MaxPool2d(Module):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
         self.channels_last = channels_last
+        self._cache = None
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -524,7 +565,7 @@ class MaxPool2d(Module):
         return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
     def backward(self, dy):
-        shape, arg = self._cache
+        shape, arg = self._take_saved()
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         dx = np.zeros(shape, dtype=dy.dtype)
         if self.channels_last:
@@ -545,11 +586,12 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...))."""
 
     def forward(self, x):
-        self._shape = x.shape
+        x = np.asarray(x)
+        self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self._shape)
+        return np.asarray(dy).reshape(self._take_saved())
 
 
 class Sequential(Module):
