@@ -12,6 +12,8 @@ PyTorch's behaviour.
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 
@@ -68,17 +70,35 @@ def mse_loss(pred, target):
     return loss, (2.0 / max(diff.size, 1) * diff).astype(pred.dtype, copy=False)
 
 
+def _number(value, name: str, *, low: float, low_ok: bool, high: float = math.inf,
+            high_ok: bool = False) -> float:
+    """A finite real number (not a bool or a string) in the given range, as float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    inside = ((v > low or (low_ok and v == low)) and (v < high or (high_ok and v == high)))
+    if not math.isfinite(v) or not inside:
+        lo = "[" if low_ok else "("
+        hi = "]" if high_ok else ")"
+        raise ValueError(f"{name} must be finite and in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+    return v
+
+
+def _count(value, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
 class _Optimizer:
     def __init__(self, params, lr: float, weight_decay: float):
         self.params = list(params)
         if not self.params:
             raise ValueError("params is empty: pass model.parameters()")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        self.lr = _number(lr, "lr", low=0.0, low_ok=False)
+        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0, low_ok=True)
         # One work array per parameter, reused every step: no allocations in step().
         self._work = [np.empty_like(p.data) for p in self.params]
 
@@ -106,11 +126,10 @@ class SGD(_Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False):
         super().__init__(params, lr, weight_decay)
-        if not 0 <= momentum:
-            raise ValueError(f"momentum must be non-negative, got {momentum}")
+        momentum = _number(momentum, "momentum", low=0.0, low_ok=True)
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs a positive momentum")
-        self.momentum = float(momentum)
+        self.momentum = momentum
         self.nesterov = nesterov
         self._buffers = [None] * len(self.params)
 
@@ -141,13 +160,13 @@ class Adam(_Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.betas = (float(b1), float(b2))
-        self.eps = float(eps)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair of numbers, got {betas!r}") from None
+        self.betas = (_number(b1, "betas[0]", low=0.0, low_ok=True, high=1.0),
+                      _number(b2, "betas[1]", low=0.0, low_ok=True, high=1.0))
+        self.eps = _number(eps, "eps", low=0.0, low_ok=False)
         self.t = 0
         self._m = [np.zeros_like(p.data) for p in self.params]
         self._v = [np.zeros_like(p.data) for p in self.params]
@@ -187,6 +206,7 @@ def _is_classification(loss_fn) -> bool:
 
 def predict(model, X, batch_size: int = 256):
     """Model outputs on X in eval mode, batch by batch (the model is left in eval mode)."""
+    batch_size = _count(batch_size, "batch_size", 1)
     model.eval()
     X = np.asarray(X)
     outs = [model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
@@ -238,6 +258,12 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+    epochs = _count(epochs, "epochs", 0)
+    batch_size = _count(batch_size, "batch_size", 1)
+    if min(batch_size, len(X)) < 2:
+        raise ValueError(f"fit needs mini-batches of at least 2 samples (batches of one are "
+                         f"skipped: BatchNorm needs two values per channel), got {len(X)} "
+                         f"samples and batch_size={batch_size}")
     if optimizer is None:
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,63 @@
+"""Hyperparameters and fit inputs are checked up front (issue 9)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import cybn
+
+
+def model():
+    return cybn.Sequential(cybn.Linear(4, 8, rng=0), cybn.BatchNorm1d(8), cybn.ReLU(),
+                           cybn.Linear(8, 3, rng=1))
+
+
+@pytest.mark.parametrize("opt,kwargs,name", [
+    (cybn.SGD, dict(lr="0.1"), "lr"), (cybn.SGD, dict(lr=-0.1), "lr"),
+    (cybn.SGD, dict(lr=math.nan), "lr"), (cybn.SGD, dict(lr=math.inf), "lr"),
+    (cybn.SGD, dict(lr=0.0), "lr"), (cybn.SGD, dict(lr=True), "lr"),
+    (cybn.SGD, dict(lr=0.1, momentum=math.nan), "momentum"),
+    (cybn.SGD, dict(lr=0.1, momentum=-1), "momentum"),
+    (cybn.SGD, dict(lr=0.1, weight_decay=math.inf), "weight_decay"),
+    (cybn.Adam, dict(lr=math.nan), "lr"),
+    (cybn.Adam, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+    (cybn.Adam, dict(betas=(math.nan, 0.9)), r"betas\[0\]"),
+    (cybn.Adam, dict(betas=0.9), "betas"),
+    (cybn.Adam, dict(eps=0.0), "eps"),
+])
+def test_optimizer_hyperparameters(opt, kwargs, name):
+    kwargs.setdefault("lr", 0.1) if opt is cybn.SGD else None
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        opt(model().parameters(), **kwargs)
+
+
+def test_numpy_numbers_are_accepted():
+    opt = cybn.SGD(model().parameters(), lr=np.float32(0.5), momentum=np.float64(0.9))
+    assert opt.lr == 0.5 and opt.momentum == 0.9
+
+
+@pytest.mark.parametrize("n,batch_size", [(1, 64), (0, 64), (10, 1), (10, 0), (10, -4)])
+def test_fit_without_a_usable_mini_batch_raises(n, batch_size):
+    X = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
+    y = np.zeros(n, np.int64)
+    m = model()
+    before = [p.data.copy() for p in m.parameters()]
+    with pytest.raises(ValueError, match="batch_size"):
+        cybn.fit(m, X, y, epochs=1, batch_size=batch_size, progress=False)
+    for p, b in zip(m.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(epochs=-1), "epochs must be at least 0"),
+                                          (dict(epochs=2.5), "epochs must be an int"),
+                                          (dict(batch_size="8"), "batch_size must be an int")])
+def test_fit_counts_are_checked(kwargs, match):
+    X = np.zeros((8, 4), np.float32)
+    with pytest.raises(ValueError, match=match):
+        cybn.fit(model(), X, np.zeros(8, np.int64), progress=False, **kwargs)
+
+
+def test_predict_batch_size_is_checked():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        cybn.predict(model(), np.zeros((4, 4), np.float32), batch_size=0)
