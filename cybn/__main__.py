@@ -75,5 +75,21 @@ def main(argv=None) -> int:
     return 2
 
 
+def run(argv=None) -> int:
+    """main() for the command line: output piped into a reader that stops early (``| head``)
+    ends the command quietly, as other Unix tools do."""
+    import os
+
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader is gone: send what is left in Python's buffers nowhere, and exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

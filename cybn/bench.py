@@ -388,11 +388,38 @@ def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
 def main(argv=None) -> int:
     import argparse
 
+    def choices(allowed):
+        def parse(text):
+            items = tuple(t.strip() for t in text.split(","))
+            bad = [t for t in items if t not in allowed]
+            if bad or not items:
+                raise argparse.ArgumentTypeError(
+                    f"{', '.join(bad) or repr(text)} not in {', '.join(allowed)}")
+            return items
+        return parse
+
+    def counts(text):
+        try:
+            items = tuple(int(t) for t in text.split(","))
+        except ValueError:
+            items = ()
+        if not items or min(items) < 1:
+            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        return items
+
+    def positive(text):
+        value = counts(text)
+        if len(value) != 1:
+            raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+        return value[0]
+
     p = argparse.ArgumentParser(prog="python -m cybn bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a four-shape subset")
-    p.add_argument("--dtype", default="float32", help="comma-separated: float32,float64")
-    p.add_argument("--layouts", default="NCHW,NHWC")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--dtype", default=("float32",), type=choices(("float32", "float64")),
+                   help="comma-separated: float32,float64")
+    p.add_argument("--layouts", default=("NCHW", "NHWC"), type=choices(("NCHW", "NHWC")),
+                   help="comma-separated: NCHW,NHWC")
+    p.add_argument("--repeats", type=positive, default=15)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-numpy", action="store_true")
     p.add_argument("--json", help="write the results as JSON to this path")
@@ -400,21 +427,20 @@ def main(argv=None) -> int:
     p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
     p.add_argument("--python-threads", action="store_true",
                    help="only time 4 Python threads against serial calls (GIL release)")
-    p.add_argument("--scaling", metavar="N,N,...",
+    p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
     if args.python_threads:
         python_threads()
         return 0
     if args.scaling:
-        result = thread_scaling(tuple(int(n) for n in args.scaling.split(",")),
-                                repeats=args.repeats, dtype=args.dtype.split(",")[0])
+        result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
         return 0
-    result = run(QUICK_SUITE if args.quick else SUITE, dtypes=tuple(args.dtype.split(",")),
-                 layouts=tuple(args.layouts.split(",")), repeats=args.repeats,
+    result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
+                 layouts=args.layouts, repeats=args.repeats,
                  torch=not args.no_torch, numpy_ref=not args.no_numpy)
     if args.json:
         with open(args.json, "w") as f:
