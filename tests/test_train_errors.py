@@ -61,3 +61,28 @@ def test_fit_counts_are_checked(kwargs, match):
 def test_predict_batch_size_is_checked():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         cybn.predict(model(), np.zeros((4, 4), np.float32), batch_size=0)
+
+
+FIT_SCRIPT = """
+import numpy as np, cybn
+rng = np.random.default_rng(0)
+X = rng.standard_normal((1024, 192)).astype(np.float32)
+y = (X[:, :10].sum(axis=1) > 0).astype(np.int64) + 2 * (X[:, 10:20].sum(axis=1) > 0)
+model = cybn.Sequential(cybn.Linear(192, 384, rng=1), cybn.BatchNorm1d(384), cybn.ReLU(),
+                        cybn.Linear(384, 384, rng=2), cybn.BatchNorm1d(384), cybn.ReLU(),
+                        cybn.Linear(384, 4, rng=3))
+opt = cybn.SGD(model.parameters(), lr=0.5, momentum=0.9)
+h = cybn.fit(model, X, y, optimizer=opt, epochs=3, batch_size=256, seed=0, progress=False,
+             validation_data=(X[:300], y[:300]))
+print(repr(h["loss"] + h["val_loss"]), repr(cybn.predict(model, X[:5]).tolist()))
+"""
+
+
+def test_fit_gives_the_same_history_for_any_blas_and_openmp_threads():
+    """Same seed, same history and predictions, whatever OPENBLAS/OMP thread settings."""
+    from test_threads import run_python
+
+    outputs = {run_python(FIT_SCRIPT, env={"OPENBLAS_NUM_THREADS": b, "OMP_NUM_THREADS": o,
+                                           "MKL_NUM_THREADS": b})
+               for b, o in [("1", "1"), ("2", "2"), ("4", "1")]}
+    assert len(outputs) == 1, outputs
