@@ -16,7 +16,7 @@ def config() -> dict:
     try:
         from . import _build_config as build
     except ImportError:  # built by a tool that did not run setup.py's recorder
-        build = None
+        build = None  # type: ignore[assignment]
     variant_flags = getattr(build, "VARIANT_CFLAGS", {})
     return {
         "version": __version__,

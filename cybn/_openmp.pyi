@@ -1,5 +1,6 @@
 # Type stub of the compiled OpenMP shim (cybn/_openmp.pyx).
 OPENMP_ENABLED: bool
+MAX_THREADS: int
 
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

@@ -112,7 +112,7 @@ def check_momentum(momentum) -> float:
 
 
 def check_ddof(ddof) -> float:
-    if isinstance(ddof, bool) or not isinstance(ddof, numbers.Real) or not ddof >= 0:
+    if isinstance(ddof, bool) or not isinstance(ddof, numbers.Real) or not float(ddof) >= 0:
         raise ValueError(f"ddof must be a non-negative number, got {ddof!r}")
     return float(ddof)
 
@@ -180,7 +180,7 @@ def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
     if not np.may_share_memory(a, b):
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=100_000))
+        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]  # stub: -1, 0 only
     except TooHardError:  # too costly to decide exactly: treat as overlapping
         return True
 

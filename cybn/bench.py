@@ -12,6 +12,7 @@ import datetime
 import json
 import platform
 import time
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def interleaved_medians(fns: dict, repeats: int, block: int = 5) -> dict:
     runs every contender for a block of calls (the block's first call untimed), so each
     timing is in that contender's own steady state (its data as warm as repetition makes
     it) while drift of the machine's speed across rounds reaches every contender alike."""
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     rounds = -(-repeats // block)
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -301,7 +302,7 @@ SCALING_SUITE = [((32, 64, 56, 56), 1), ((32, 56, 56, 64), -1), ((64, 1, 224, 22
 
 def thread_scaling(threads=(1, 2), repeats: int = 9, dtype: str = "float32") -> dict:
     """Time each op at each thread count on SCALING_SUITE; speed-up relative to 1 thread."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     rng = np.random.default_rng(2)
     rows = []
@@ -353,7 +354,7 @@ def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
         "cybn.batch_norm_train": lambda i: F.batch_norm_train(arrays[i], out=outs[i]),
         "np.multiply": lambda i: np.multiply(arrays[i], 2.0, out=outs[i]),
     }
-    result = {"python_threads": n_threads}
+    result: dict[str, Any] = {"python_threads": n_threads}
     for name, call in contenders.items():
         def job(i):
             set_num_threads(1)  # OpenMP's thread count is per calling thread

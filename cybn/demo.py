@@ -6,7 +6,7 @@ times it, all from one seed. It prints a table (epochs to 95% validation accurac
 validation accuracy, time per epoch, divergence), saves a plot of validation accuracy per
 epoch, and says in one line what the table shows.
 
-Needs the ``demo`` extra: ``pip install -e ".[demo]"`` (scikit-learn, matplotlib, tqdm).
+Needs the ``demo`` extra: ``pip install "cybn[demo]"`` (scikit-learn, matplotlib, tqdm).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU,
+from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU,
                      Sequential)
 from .train import SGD, fit
 
@@ -27,9 +27,10 @@ CHANCE_LIMIT = 0.2
 def load_digits_split(seed: int = 0):
     """Digits scaled to [0, 1], split 75/25 into train and validation, NCHW (N, 1, 8, 8)."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise SystemExit("the demo needs scikit-learn: pip install -e '.[demo]'") from err
+        raise SystemExit('the demo needs scikit-learn: pip install "cybn[demo]" '
+                         '(in a checkout: pip install -e ".[demo]")') from err
     digits = load_digits()
     X = (digits.images / 16.0).astype(np.float32)[:, None]
     y = digits.target.astype(np.int64)
@@ -51,7 +52,7 @@ def mlp(bn: bool, seed: int):
 
 def cnn(bn: bool, seed: int):
     rng = np.random.default_rng(seed)
-    layers = [Conv2d(1, 16, 3, padding=1, rng=rng)]
+    layers: list[Module] = [Conv2d(1, 16, 3, padding=1, rng=rng)]
     layers += [BatchNorm2d(16)] if bn else []
     layers += [ReLU(), MaxPool2d(2), Conv2d(16, 32, 3, padding=1, rng=rng)]
     layers += [BatchNorm2d(32)] if bn else []

@@ -517,7 +517,7 @@ class Dropout(Module):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"p must be a number in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p: float = float(p)
         self.rng = _rng(rng)
         self._cache = None
 

@@ -131,7 +131,7 @@ class SGD(_Optimizer):
             raise ValueError("nesterov needs a positive momentum")
         self.momentum = momentum
         self.nesterov = nesterov
-        self._buffers = [None] * len(self.params)
+        self._buffers: list[np.ndarray | None] = [None] * len(self.params)
 
     def step(self) -> None:
         for i, (p, work) in enumerate(zip(self.params, self._work)):
@@ -209,7 +209,7 @@ def _one_blas_thread():
     the BLAS thread setting of the environment (OpenBLAS splits sums by thread count), and
     BLAS threads do not fight cybn's OpenMP threads for the cores. On a 2-core machine this
     was also the faster setting for the demo's networks."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     return threadpool_limits(limits=1, user_api="blas")
 
@@ -299,7 +299,7 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
     bar = None
     if progress:
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # type: ignore[import-untyped]
 
             bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
         except ImportError:

@@ -35,3 +35,12 @@ def test_info_piped_into_head_exits_quietly():
     code, _, err = cybn_cli("info", stdin_head=True)
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert code == 0
+
+
+def test_demo_without_scikit_learn_says_how_to_install_it(monkeypatch):
+    import cybn.demo as demo
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(SystemExit, match=r'pip install "cybn\[demo\]"'):
+        demo.load_digits_split()

@@ -214,7 +214,7 @@ def test_cache_size_from_sysfs(monkeypatch, tmp_path):
     assert F._sysfs_cache_bytes() == 32 << 20
 
 
-def run_python(code: str, env: dict | None = None, timeout: float = 120):
+def run_python(code: str, env=None, timeout: float = 120):
     """Run code in a fresh interpreter; return its stdout (fails on a nonzero exit)."""
     import os
     import subprocess
