@@ -2,9 +2,11 @@
 
 Trains an MLP and a small CNN on scikit-learn's bundled 8x8 digits (no download), each with
 and without BatchNorm, at a normal learning rate (SGD, momentum 0.9, lr 0.05) and at 10
-times it, all from one seed. It prints a table (epochs to 95% validation accuracy, final
-validation accuracy, time per epoch, divergence), saves a plot of validation accuracy per
-epoch, and says in one line what the table shows.
+times it, each configuration with 3 seeds (initialization and batch order). It prints a
+table (median epochs to 95% validation accuracy, final validation accuracy as mean and
+min-max over seeds, time per epoch, diverged runs), saves a plot of validation accuracy per
+epoch (mean, with the min-max band), and says in one line only what held for every seed.
+The same seeds give the same numbers whatever the thread settings.
 
 Needs the ``demo`` extra: ``pip install "cybn[demo]"`` (scikit-learn, matplotlib, tqdm).
 """
@@ -60,37 +62,60 @@ def cnn(bn: bool, seed: int):
     return Sequential(*layers)
 
 
-def run(epochs: int = 20, base_lr: float = 0.05, seed: int = 0, batch_size: int = 64,
+def train_one(arch: str, bn: bool, lr: float, seed: int, data, epochs: int,
+              batch_size: int) -> dict:
+    """One training run: validation accuracy per epoch, epochs to TARGET, divergence."""
+    Xtr, ytr, Xva, yva = data
+    model = (mlp if arch == "MLP" else cnn)(bn, seed)
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9)
+    start = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):
+        hist = fit(model, Xtr, ytr, optimizer=opt, epochs=epochs, batch_size=batch_size,
+                   validation_data=(Xva, yva), seed=seed, progress=False)
+    elapsed = time.perf_counter() - start
+    acc = [a if a is not None and np.isfinite(a) else 0.0 for a in hist["val_accuracy"]]
+    acc += [acc[-1] if acc else 0.0] * (epochs - len(acc))  # a diverged run stays where it ended
+    reached = next((i + 1 for i, a in enumerate(acc) if a >= TARGET), None)
+    # Diverged: the loss blew up (NaN/inf), or training ended at chance level (validation
+    # accuracy <= 2x the 10% of guessing): the network collapsed.
+    diverged = (hist["diverged"] or not np.isfinite(hist["loss"][-1])
+                or (bool(acc) and acc[-1] <= CHANCE_LIMIT))
+    return {"seed": seed, "val_acc": acc, "epochs_to_95": reached,
+            "final_val_acc": acc[-1] if acc else 0.0, "diverged": bool(diverged),
+            "sec_per_epoch": elapsed / max(len(hist["val_accuracy"]), 1)}
+
+
+def run(epochs: int = 20, base_lr: float = 0.05, seeds=(0, 1, 2), batch_size: int = 64,
         plot_path: str | None = "demo_convergence.png", verbose: bool = True,
         limit: int | None = None) -> list:
-    """Train the eight configurations; return one result dict each."""
-    Xtr, ytr, Xva, yva = load_digits_split(seed)
+    """Train the eight configurations, each once per seed (model initialization and batch
+    order; the train/validation split is fixed); return one result dict per configuration
+    with the per-seed runs and their summary (mean, min, max over seeds)."""
+    data = load_digits_split(0)
     if limit:
-        Xtr, ytr, Xva, yva = Xtr[:limit], ytr[:limit], Xva[:limit], yva[:limit]
+        data = tuple(a[:limit] for a in data)
     results = []
-    for arch, build in (("MLP", mlp), ("CNN", cnn)):
+    for arch in ("MLP", "CNN"):
         for lr_name, lr in (("1x", base_lr), ("10x", 10 * base_lr)):
             for bn in (False, True):
-                model = build(bn, seed)
-                opt = SGD(model.parameters(), lr=lr, momentum=0.9)
-                start = time.perf_counter()
-                with np.errstate(over="ignore", invalid="ignore"):
-                    hist = fit(model, Xtr, ytr, optimizer=opt, epochs=epochs,
-                               batch_size=batch_size, validation_data=(Xva, yva), seed=seed,
-                               progress=False)
-                elapsed = time.perf_counter() - start
-                acc = [a if a is not None and np.isfinite(a) else 0.0
-                       for a in hist["val_accuracy"]]
-                reached = next((i + 1 for i, a in enumerate(acc) if a >= TARGET), None)
-                # Diverged: the loss blew up (NaN/inf), or training ended at chance level
-                # (validation accuracy <= 2x the 10% of guessing): the network collapsed.
-                diverged = (hist["diverged"] or not np.isfinite(hist["loss"][-1])
-                            or (bool(acc) and acc[-1] <= CHANCE_LIMIT))
+                runs = [train_one(arch, bn, lr, seed, data, epochs, batch_size)
+                        for seed in seeds]
+                curves = np.array([r["val_acc"] for r in runs])
+                finals = np.array([r["final_val_acc"] for r in runs])
+                reached = [r["epochs_to_95"] for r in runs]
                 res = {"model": arch, "batchnorm": bn, "lr": lr, "lr_name": lr_name,
-                       "epochs_to_95": reached, "final_val_acc": acc[-1] if acc else 0.0,
-                       "best_val_acc": max(acc) if acc else 0.0,
-                       "sec_per_epoch": elapsed / max(len(acc), 1), "diverged": diverged,
-                       "val_acc": acc}
+                       "runs": runs, "seeds": list(seeds),
+                       "final_val_acc": float(finals.mean()),
+                       "final_val_acc_min": float(finals.min()),
+                       "final_val_acc_max": float(finals.max()),
+                       "epochs_to_95": (None if None in reached
+                                        else float(np.median(reached))),
+                       "reached_95": sum(r is not None for r in reached),
+                       "diverged": sum(r["diverged"] for r in runs),
+                       "sec_per_epoch": float(np.mean([r["sec_per_epoch"] for r in runs])),
+                       "val_acc": curves.mean(axis=0).tolist(),
+                       "val_acc_lo": curves.min(axis=0).tolist(),
+                       "val_acc_hi": curves.max(axis=0).tolist()}
                 results.append(res)
                 if verbose:
                     print(format_row(res), flush=True)
@@ -103,48 +128,61 @@ def run(epochs: int = 20, base_lr: float = 0.05, seed: int = 0, batch_size: int 
     return results
 
 
-HEADER = (f"{'model':<5} {'BN':<4} {'lr':>6} {'epochs to 95%':>14} {'final val acc':>14} "
-          f"{'s/epoch':>8} {'diverged':>9}")
+HEADER = (f"{'model':<5} {'BN':<4} {'lr':>6} {'epochs to 95%':>14} "
+          f"{'final val acc: mean (min-max)':>30} {'s/epoch':>8} {'diverged':>9}")
+
+
+def _reached(r) -> str:
+    """Median epochs to 95% over the seeds, or how many seeds got there."""
+    n = len(r["runs"])
+    if r["epochs_to_95"] is not None:
+        return f"{r['epochs_to_95']:g}"
+    return f"{r['reached_95']}/{n} seeds" if r["reached_95"] else "never"
 
 
 def format_row(r) -> str:
     if r is None:
         return HEADER
-    reached = "-" if r["epochs_to_95"] is None else str(r["epochs_to_95"])
+    acc = (f"{r['final_val_acc']:.3f} ({r['final_val_acc_min']:.3f}-"
+           f"{r['final_val_acc_max']:.3f})")
     return (f"{r['model']:<5} {'yes' if r['batchnorm'] else 'no':<4} {r['lr']:>6.2f} "
-            f"{reached:>14} {r['final_val_acc']:>14.3f} {r['sec_per_epoch']:>8.3f} "
-            f"{'yes' if r['diverged'] else 'no':>9}")
+            f"{_reached(r):>14} {acc:>30} {r['sec_per_epoch']:>8.3f} "
+            f"{str(r['diverged']) + '/' + str(len(r['runs'])):>9}")
 
 
 def markdown(results) -> str:
-    lines = ["| model | BatchNorm | lr | epochs to 95% val acc | final val acc | s / epoch | "
-             "diverged |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | BatchNorm | lr | epochs to 95% val acc (median over seeds) | "
+             "final val acc, mean (min-max) | s / epoch | diverged runs |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        reached = "not reached" if r["epochs_to_95"] is None else str(r["epochs_to_95"])
         lines.append(f"| {r['model']} | {'yes' if r['batchnorm'] else 'no'} | {r['lr']:.2f} | "
-                     f"{reached} | {r['final_val_acc']:.3f} | {r['sec_per_epoch']:.3f} | "
-                     f"{'yes' if r['diverged'] else 'no'} |")
+                     f"{_reached(r)} | {r['final_val_acc']:.3f} ({r['final_val_acc_min']:.3f}"
+                     f"-{r['final_val_acc_max']:.3f}) | {r['sec_per_epoch']:.3f} | "
+                     f"{r['diverged']}/{len(r['runs'])} |")
     return "\n".join(lines)
 
 
 def conclusion(results) -> str:
-    """One line summarizing the measured effect of BatchNorm."""
-    def epochs(r):
-        return r["epochs_to_95"] if r["epochs_to_95"] is not None else float("inf")
+    """One line saying only what held for every seed."""
+    def epochs(run):
+        return run["epochs_to_95"] if run["epochs_to_95"] is not None else float("inf")
 
-    faster = sum(1 for a in results if a["batchnorm"] for b in results
-                 if not b["batchnorm"] and b["model"] == a["model"] and b["lr"] == a["lr"]
-                 and epochs(a) < epochs(b))
-    pairs = sum(1 for r in results if r["batchnorm"])
-    high = [r for r in results if r["lr_name"] == "10x"]
-    bn_high = np.mean([r["final_val_acc"] for r in high if r["batchnorm"]])
-    plain_high = np.mean([r["final_val_acc"] for r in high if not r["batchnorm"]])
-    div_plain = sum(r["diverged"] for r in high if not r["batchnorm"])
-    div_bn = sum(r["diverged"] for r in high if r["batchnorm"])
-    return (f"BatchNorm reached 95% validation accuracy in fewer epochs in {faster} of {pairs} "
-            f"model/learning-rate pairs; at 10x the learning rate it averaged {bn_high:.3f} final "
-            f"validation accuracy against {plain_high:.3f} without it ({div_bn} vs {div_plain} "
-            f"runs diverged).")
+    pairs = [(a, b) for a in results if a["batchnorm"] for b in results
+             if not b["batchnorm"] and b["model"] == a["model"] and b["lr"] == a["lr"]]
+    nseeds = len(results[0]["runs"])
+    faster = sum(all(epochs(x) < epochs(y) for x, y in zip(a["runs"], b["runs"]))
+                 for a, b in pairs)
+    high = [(a, b) for a, b in pairs if a["lr_name"] == "10x"]
+    better_high = sum(all(x["final_val_acc"] > y["final_val_acc"]
+                          for x, y in zip(a["runs"], b["runs"])) for a, b in high)
+    div_bn = sum(a["diverged"] for a, _ in high)
+    div_plain = sum(b["diverged"] for _, b in high)
+    runs_high = nseeds * len(high)
+    return (f"Over {nseeds} seeds: BatchNorm reached 95% validation accuracy in fewer epochs "
+            f"for every seed in {faster} of {len(pairs)} model/learning-rate pairs; at 10x the "
+            f"learning rate it ended with higher validation accuracy for every seed in "
+            f"{better_high} of {len(high)} models, and {div_bn} of {runs_high} runs with "
+            f"BatchNorm diverged against {div_plain} of {runs_high} without.")
 
 
 def plot(results, path: str) -> bool:
@@ -164,16 +202,20 @@ def plot(results, path: str) -> bool:
             color = "tab:blue" if r["lr_name"] == "1x" else "tab:red"
             label = f"{'BN' if r['batchnorm'] else 'no BN'}, lr {r['lr']:.2f}"
             if r["diverged"]:
-                label += " (diverged)"
-            ax.plot(np.arange(1, len(r["val_acc"]) + 1), r["val_acc"], style, color=color,
+                label += f" ({r['diverged']}/{len(r['runs'])} diverged)"
+            epochs = np.arange(1, len(r["val_acc"]) + 1)
+            ax.plot(epochs, r["val_acc"], style, color=color,
                     marker="o" if r["batchnorm"] else "x", ms=3, label=label)
+            ax.fill_between(epochs, r["val_acc_lo"], r["val_acc_hi"], color=color,
+                            alpha=0.12 if r["batchnorm"] else 0.06, lw=0)
         ax.axhline(TARGET, color="gray", lw=0.8, ls=":")
         ax.set_title(f"{arch} on sklearn digits")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("validation accuracy")
+    axes[0].set_ylabel(f"validation accuracy (mean, band: min-max over "
+                       f"{len(results[0]['runs'])} seeds)")
     axes[0].set_ylim(0, 1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -186,13 +228,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.05, help="the normal learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3,
+                   help="runs per configuration (seeds 0..N-1 for initialization and order)")
     p.add_argument("--plot", default="demo_convergence.png", help="where to save the plot")
     p.add_argument("--markdown", help="also write the table as Markdown to this path")
     args = p.parse_args(argv)
     print(HEADER)
     start = time.perf_counter()
-    results = run(args.epochs, args.lr, args.seed, plot_path=args.plot)
+    if args.seeds < 1 or args.epochs < 1:
+        p.error("--seeds and --epochs must be at least 1")
+    results = run(args.epochs, args.lr, tuple(range(args.seeds)), plot_path=args.plot)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(results) + "\n")
