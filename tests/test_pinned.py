@@ -106,3 +106,143 @@ def test_row_family_with_inner_above_one_matches_the_reference(shape, dtype):
     np.testing.assert_allclose(dx, dx_ref, rtol=tol * 10, atol=tol * 10)
     np.testing.assert_allclose(dw, dw_ref, rtol=tol * 10, atol=tol * 10)
     np.testing.assert_allclose(db, db_ref, rtol=tol * 10, atol=tol * 10)
+
+
+def small_model():
+    return cybn.Sequential(cybn.Linear(4, 6, rng=0), cybn.BatchNorm1d(6), cybn.ReLU(),
+                           cybn.Linear(6, 3, rng=1))
+
+
+def test_failed_load_state_dict_changes_nothing():
+    model = small_model()
+    model.train()
+    model(np.random.default_rng(6).standard_normal((8, 4)).astype(np.float32))
+    before = model.state_dict()
+    new = {k: np.asarray(v) + 1 for k, v in before.items()}   # change every value
+    last = list(new)[-1]
+    new[last] = np.zeros((7, 7), np.float32)                   # break a late key
+    with pytest.raises(ValueError, match=last.replace(".", r"\.")):
+        model.load_state_dict(new)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_reset_running_stats_and_affine_false():
+    bn = cybn.BatchNorm1d(3, affine=False)
+    x = np.random.default_rng(7).standard_normal((10, 3)).astype(np.float32) * 3 + 2
+    y = bn(x)
+    np.testing.assert_allclose(y, ref.train(x, axis=1)[0], rtol=1e-5, atol=1e-5)
+    assert bn.weight is None and bn.bias is None and list(bn.parameters()) == []
+    assert not np.all(bn.running_mean == 0) and int(bn.num_batches_tracked) == 1
+    bn.reset_running_stats()
+    np.testing.assert_array_equal(bn.running_mean, 0)
+    np.testing.assert_array_equal(bn.running_var, 1)
+    assert int(bn.num_batches_tracked) == 0
+
+
+def test_eval_mode_batchnorm_backward_with_a_large_eps():
+    bn = cybn.BatchNorm1d(3, eps=0.5, dtype=np.float64)
+    rng = np.random.default_rng(8)
+    bn.running_mean[...] = rng.standard_normal(3)
+    bn.running_var[...] = rng.uniform(0.5, 2, 3)
+    bn.weight.data[...] = rng.uniform(0.5, 2, 3)
+    bn.eval()
+    x = rng.standard_normal((5, 3))
+    dy = rng.standard_normal((5, 3))
+    bn(x)
+    dx = bn.backward(dy)
+    np.testing.assert_allclose(dx, dy * bn.weight.data / np.sqrt(bn.running_var + 0.5),
+                               rtol=1e-13)
+    np.testing.assert_allclose(bn.weight.grad,
+                               (dy * (x - bn.running_mean) / np.sqrt(bn.running_var + 0.5))
+                               .sum(axis=0), rtol=1e-12)
+
+
+def test_maxpool_non_square_window_matches_a_loop():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 7, 9))
+    pool = cybn.MaxPool2d((2, 3), stride=(2, 3))
+    y = pool(x)
+    expected = np.array([[[[x[n, c, 2 * i:2 * i + 2, 3 * j:3 * j + 3].max()
+                            for j in range(3)] for i in range(3)]
+                          for c in range(3)] for n in range(2)])
+    np.testing.assert_array_equal(y, expected)
+    dx = pool.backward(np.ones_like(y))
+    assert dx.sum() == y.size and set(np.unique(dx)) <= {0.0, 1.0}
+
+
+def test_fit_keeps_a_last_batch_of_two_and_weights_the_epoch_loss_by_batch_size():
+    """The epoch loss is the mean over samples (batches weighted by their size, the last
+    batch of 3 included): with lr ~ 0 and no BatchNorm (train and eval modes agree) it
+    equals evaluate() on the same data."""
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((11, 4)).astype(np.float64)   # batches of 4, 4, 3
+    y = rng.integers(0, 3, 11)
+    model = cybn.Sequential(cybn.Linear(4, 5, dtype=np.float64, rng=0), cybn.ReLU(),
+                            cybn.Linear(5, 3, dtype=np.float64, rng=1))
+    opt = cybn.SGD(model.parameters(), lr=1e-300)
+    h = cybn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=4, shuffle=False,
+                 progress=False)
+    loss, acc = cybn.evaluate(model, X, y)
+    assert h["loss"][0] == pytest.approx(loss, rel=1e-12)
+    assert h["accuracy"][0] == pytest.approx(acc, rel=1e-12)
+
+
+def test_fit_switches_back_to_train_mode_each_epoch_and_predict_leaves_running_stats():
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    model = small_model()
+    seen = []
+    bn = model[1]
+    original = bn.forward
+
+    def spy(x):
+        seen.append(bn.training)
+        return original(x)
+
+    bn.forward = spy
+    cybn.fit(model, X, y, epochs=2, batch_size=16, validation_data=(X, y), progress=False)
+    # per epoch: 2 training batches in train mode, then validation in eval mode
+    assert seen == [True, True, False, True, True, False]
+    rm = bn.running_mean.copy()
+    cybn.predict(model, X)
+    cybn.evaluate(model, X, y)
+    np.testing.assert_array_equal(bn.running_mean, rm)
+
+
+def test_fit_flags_divergence_on_inf():
+    X = np.ones((8, 4), np.float32)
+    y = np.zeros(8, np.int64)
+    model = cybn.Sequential(cybn.Linear(4, 3, rng=0))
+    model[0].weight.data[...] = np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = cybn.fit(model, X, y, epochs=3, batch_size=4, progress=False)
+    assert h["diverged"] is True and len(h["loss"]) == 1
+
+
+def test_sgd_nesterov_without_weight_decay_matches_pytorch_rule():
+    p = cybn.Parameter(np.array([1.0, -2.0]))
+    opt = cybn.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    grads = [np.array([0.5, 1.0]), np.array([-1.0, 2.0])]
+    buf, expected = None, np.array([1.0, -2.0])
+    for g in grads:
+        p.grad[...] = g
+        opt.step()
+        buf = g.copy() if buf is None else 0.9 * buf + g
+        expected = expected - 0.1 * (g + 0.9 * buf)
+    np.testing.assert_allclose(p.data, expected, rtol=1e-15)
+
+
+def test_adam_with_betas_zero_is_sign_like_step():
+    p = cybn.Parameter(np.array([1.0, -2.0]))
+    opt = cybn.Adam([p], lr=0.1, betas=(0.0, 0.0), eps=1e-12)
+    p.grad[...] = np.array([3.0, -0.5])
+    opt.step()
+    np.testing.assert_allclose(p.data, [0.9, -1.9], rtol=1e-10)
+
+
+def test_targets_equal_to_the_class_count_are_rejected():
+    logits = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\)"):
+        cybn.cross_entropy(logits, np.array([0, 1, 2, 3]))
