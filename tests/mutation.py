@@ -1,0 +1,129 @@
+"""Mutation check of the Python layer: inject plausible one-line bugs one at a time and run
+the whole suite against each; a mutant is *killed* when some test fails.
+
+    python tests/mutation.py            # every mutant (about 20 s each on 2 cores)
+    python tests/mutation.py 3 7        # only these indices
+
+Not part of the default test run. It edits the working tree and restores every file (also
+on Ctrl-C); run it on a clean checkout. The compiled kernels are not mutated here (each
+mutant would need a rebuild); their tests compare every op with tests/reference.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (file, original text, mutated text): each original occurs exactly once in its file.
+MUTANTS = [
+    ("cybn/functional.py", "n / (n - 1))  # unbiased", "n / n)  # unbiased"),
+    ("cybn/functional.py", "_update_running(rm, mean, momentum, 1.0)",
+     "_update_running(rm, mean, 1.0 - momentum, 1.0)"),
+    ("cybn/functional.py", "    if view.count == 1:\n", "    if view.count == 0:\n"),
+    ("cybn/functional.py", "return 1 if view.size < MIN_PARALLEL_SIZE", "return 1 if view.size <= MIN_PARALLEL_SIZE"),
+    ("cybn/functional.py", "    denom = view.count - ddof", "    denom = view.count - ddof + 1"),
+    ("cybn/functional.py", "var = m2 / denom if denom > 0", "var = m2 / denom if denom >= 0"),
+    ("cybn/functional.py", "def moments(x, *, axis: int = 1, ddof=0):",
+     "def moments(x, *, axis: int = -1, ddof=0):"),
+    ("cybn/functional.py", "        return np.full(C, np.nan), np.full(C, np.nan)",
+     "        nan = np.full(C, np.nan)\n        return nan, nan"),
+    ("cybn/functional.py", "    return batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps,",
+     "    return batch_norm_infer(x, running_mean, running_var, bias, weight, eps=eps,"),
+    ("cybn/functional.py", "    if training:\n        y, _, _ = batch_norm_train(",
+     "    if not training:\n        y, _, _ = batch_norm_train("),
+    ("cybn/functional.py", '"running_var": running_var}, in_place_ok=("x",))',
+     '}, in_place_ok=("x",))'),
+    ("cybn/functional.py", '"invstd": invstd}, in_place_ok=("x", "dy"))', '}, in_place_ok=("x", "dy"))'),
+    ("cybn/functional.py", "    if buffer.flags.c_contiguous:", "    if True:"),
+    ("cybn/functional.py", "    if slab * view.channels <= half_cache:", "    if False:"),
+    ("cybn/functional.py", "    return view.size * itemsize >= threshold", "    return True"),
+    ("cybn/_validate.py", "    if np.shares_memory(rm, rv):", "    if False:"),
+    ("cybn/_validate.py", "    if out.shape != tuple(shape):", "    if out.size != int(np.prod(shape)):"),
+    ("cybn/_validate.py", "    if isinstance(v, np.ma.MaskedArray):", "    if False:"),
+    ("cybn/_validate.py", "    if isinstance(value, (bool, np.bool_)):\n        return bool(value)",
+     "    if True:\n        return bool(value)"),
+    ("cybn/_validate.py", "        if name in in_place_ok and same_view(out, arr):",
+     "        if name in in_place_ok:"),
+    ("cybn/_validate.py", "        raise ValueError(f\"{name} is read-only;",
+     "        pass\n    if False:\n        raise ValueError(f\"{name} is read-only;"),
+    ("cybn/layers.py", "                momentum = 1.0 / float(self.num_batches_tracked + 1)",
+     "                momentum = 1.0 / float(self.num_batches_tracked + 2)"),
+    ("cybn/layers.py", "                self.num_batches_tracked[...] += 1", "                pass"),
+    ("cybn/layers.py", "            self.running_var.fill(1)", "            self.running_var.fill(0)"),
+    ("cybn/layers.py", "        if self.training or not self.track_running_stats:",
+     "        if self.training:"),
+    ("cybn/layers.py", "            self.weight.grad += dw", "            self.weight.grad = dw"),
+    ("cybn/layers.py", "        self.weight.grad += dy.T @ x", "        self.weight.grad = dy.T @ x"),
+    ("cybn/layers.py", "        arg = flat.argmax(axis=-1)", "        arg = (flat.shape[-1] - 1) - flat[..., ::-1].argmax(axis=-1)"),
+    ("cybn/layers.py", "        self._cache = ~(x <= 0)", "        self._cache = x > 0"),
+    ("cybn/layers.py", "        return np.where(self._take_saved(), dy, dy.dtype.type(0))",
+     "        return dy * self._take_saved()"),
+    ("cybn/layers.py", "        object.__setattr__(self, \"_cache\", None)\n", ""),
+    ("cybn/layers.py", "        for key, value in converted.items():\n            np.copyto(",
+     "            np.copyto(targets[key], value, casting=\"unsafe\")\n        for key, value in converted.items():\n            np.copyto("),
+    ("cybn/layers.py", "        self.padding = _pair(padding, \"padding\", minimum=0)",
+     "        self.padding = _pair(padding, \"padding\", minimum=-9)"),
+    ("cybn/train.py", "            total += value * len(idx)", "            total += value"),
+    ("cybn/train.py", "            if len(idx) < 2:", "            if len(idx) < 1:"),
+    ("cybn/train.py", "        model.train()\n", "\n"),
+    ("cybn/train.py", "                    work += self.momentum * buf", "                    work += buf"),
+    ("cybn/train.py", "            v += (1 - b2) * (g * g)", "            v += (1 - b1) * (g * g)"),
+    ("cybn/train.py", "        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t", "        c1, c2 = 1.0, 1 - b2 ** self.t"),
+    ("cybn/train.py", "    if n and (targets.min() < 0 or targets.max() >= k):",
+     "    if n and (targets.min() < 0 or targets.max() > k):"),
+    ("cybn/train.py", "    grad /= n\n", "\n"),
+    ("cybn/train.py", "        if not np.isfinite(train_loss):", "        if np.isnan(train_loss):"),
+    ("cybn/train.py", "        if self.weight_decay and getattr(p, \"decay\", True):",
+     "        if self.weight_decay:"),
+    ("cybn/train.py", "    return threadpool_limits(limits=1, user_api=\"blas\")",
+     "    import contextlib\n    return contextlib.nullcontext()"),
+    ("cybn/train.py", "    if min(batch_size, len(X)) < 2:", "    if min(batch_size, len(X)) < 1:"),
+]
+MUTANTS = [m for m in MUTANTS if m[1]]
+
+
+def run_suite() -> bool:
+    """True when the suite passes (the mutant survived)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                           "-W", "ignore"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    return done.returncode == 0
+
+
+def main(argv: list[str]) -> int:
+    chosen = [int(a) for a in argv] or list(range(len(MUTANTS)))
+    killed, survived = 0, []
+    for i in chosen:
+        path, old, new = MUTANTS[i]
+        full = os.path.join(ROOT, path)
+        with open(full) as f:
+            text = f.read()
+        if text.count(old) != 1:
+            print(f"[{i}] {path}: original text found {text.count(old)} times: fix the list")
+            return 2
+        start = time.perf_counter()
+        try:
+            with open(full, "w") as f:
+                f.write(text.replace(old, new))
+            alive = run_suite()
+        finally:
+            with open(full, "w") as f:
+                f.write(text)
+        status = "SURVIVED" if alive else "killed"
+        print(f"[{i:2d}] {status:8s} {time.perf_counter() - start:5.1f} s  {path}: "
+              f"{old.strip().splitlines()[0][:70]}", flush=True)
+        if alive:
+            survived.append(i)
+        else:
+            killed += 1
+    total = len(chosen)
+    print(f"killed {killed} of {total} ({100.0 * killed / total:.0f}%); survived: {survived}")
+    return 0 if not survived else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
