@@ -246,3 +246,60 @@ def test_targets_equal_to_the_class_count_are_rejected():
     logits = np.zeros((4, 3))
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\)"):
         cybn.cross_entropy(logits, np.array([0, 1, 2, 3]))
+
+
+def test_moments_of_an_empty_batch_are_two_separate_nan_arrays():
+    mean, var = cybn.moments(np.zeros((0, 3)))
+    assert not np.shares_memory(mean, var)
+    assert np.all(np.isnan(mean)) and np.all(np.isnan(var))
+
+
+def test_batchnorm_parameter_gradients_accumulate_over_forward_backward_pairs():
+    bn = cybn.BatchNorm1d(3, dtype=np.float64)
+    rng = np.random.default_rng(12)
+    x, dy = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    bn(x)
+    bn.backward(dy)
+    once_w, once_b = bn.weight.grad.copy(), bn.bias.grad.copy()
+    assert np.all(once_w != 0)
+    bn(x)
+    bn.backward(dy)
+    np.testing.assert_allclose(bn.weight.grad, 2 * once_w, rtol=1e-14)
+    np.testing.assert_allclose(bn.bias.grad, 2 * once_b, rtol=1e-14)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxpool_ties_send_the_gradient_to_the_first_maximum(channels_last):
+    """As PyTorch: among equal maxima, the first in row-major window order wins."""
+    x = np.zeros((1, 2, 4, 4))
+    if channels_last:
+        x = x.transpose(0, 2, 3, 1).copy()
+    pool = cybn.MaxPool2d(2, channels_last=channels_last)
+    y = pool(x)
+    dx = pool.backward(np.ones_like(y))
+    plane = dx[0, :, :, 0] if channels_last else dx[0, 0]
+    expected = np.zeros((4, 4))
+    expected[::2, ::2] = 1
+    np.testing.assert_array_equal(plane, expected)
+
+
+def test_fit_drops_only_a_last_batch_of_one_sample():
+    """9 samples in batches of 4: 4, 4 and a single sample, which is skipped (BatchNorm
+    needs two values per channel); the two full batches train."""
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((9, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 9)
+    h = cybn.fit(small_model(), X, y, epochs=1, batch_size=4, shuffle=False, progress=False)
+    assert np.isfinite(h["loss"][0]) and not h["diverged"]
+
+
+def test_fit_flags_an_infinite_loss_as_divergence():
+    """A loss that overflows to +inf (not NaN) also stops training."""
+    X = np.ones((8, 4))
+    y = np.zeros((8, 1))
+    model = cybn.Sequential(cybn.Linear(4, 1, dtype=np.float64, rng=0))
+    model[0].weight.data[...] = 1e300
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = cybn.fit(model, X, y, loss="mse", epochs=3, batch_size=4, progress=False)
+    assert h["loss"][0] == np.inf
+    assert h["diverged"] is True and len(h["loss"]) == 1
