@@ -204,6 +204,41 @@ def test_array_beyond_2_to_the_31_elements():
     assert x[1, 1, -1] == 4.0 and x[0, 1, 0] == 0.0 and x[1, 0, -1] == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(available_memory() < 12 * 2**30, reason="needs 12 GB of free memory")
+def test_training_and_backward_beyond_2_to_the_31_elements():
+    """The training forward and the backward (both in place) on 2**31 + 12 float32 elements,
+    against closed forms: channel 0 constant, channel 1 all 3.0 but one 7.0 at the very end.
+    With dy = x and the batch statistics, dx = (x - mean) * invstd * eps / (var + eps)."""
+    n = 2**29 + 3
+    count = 2 * n
+    x = np.empty((2, 2, n), dtype=np.float32)
+    x[:, 0] = 1.0
+    x[:, 1] = 3.0
+    x[1, 1, -1] = 7.0
+    m1 = (3.0 * (count - 1) + 7.0) / count
+    var1 = ((count - 1) * (3.0 - m1) ** 2 + (7.0 - m1) ** 2) / count
+    eps = 1.0
+    _, mean, invstd = cybn.batch_norm_train(x, eps=eps, out=x)
+    s1 = 1.0 / np.sqrt(var1 + eps)
+    assert mean[0] == 1.0 and invstd[0] == 1.0
+    np.testing.assert_allclose([mean[1], invstd[1]], [m1, s1], rtol=1e-9)
+    assert x[0, 0, 0] == 0.0 and x[1, 0, -1] == 0.0
+    np.testing.assert_allclose([x[1, 1, -1], x[0, 1, 0]], [(7.0 - m1) * s1, (3.0 - m1) * s1],
+                               rtol=1e-6)
+    # x now holds xhat: mean 0 and variance var1 * s1**2 on channel 1, constant 0 on channel 0
+    m_h, v_h = cybn.moments(x)
+    s_h = 1.0 / np.sqrt(v_h + eps)
+    dx, dweight, dbias = cybn.batch_norm_backward(x, x, None, m_h, s_h, out=x)
+    assert dx is x
+    np.testing.assert_allclose(dbias, [0.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(dweight, [0.0, count * v_h[1] * s_h[1]], rtol=1e-6)
+    factor = s_h[1] * eps / (v_h[1] + eps)
+    assert x[0, 0, 0] == 0.0 and x[1, 0, -1] == 0.0
+    np.testing.assert_allclose([x[1, 1, -1], x[0, 1, 0]],
+                               [(7.0 - m1) * s1 * factor, (3.0 - m1) * s1 * factor], rtol=1e-5)
+
+
 def counting_rate_beside(job, calls: int = 6) -> float:
     """Rate of a Python counting loop while another thread runs job() ``calls`` times,
     relative to the loop's rate alone over the same time."""
