@@ -209,8 +209,6 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     cdef double* mean
     cdef double* invstd
     cdef double e, mom, count
-    cdef char* lo0
-    cdef char* lo1
     cdef object y
     if t < 0 or not positive_float(eps):
         return None
@@ -233,9 +231,7 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
                 or cnp.PyArray_NDIM(rv) != 1 or cnp.PyArray_DIM(rv, 0) != C
                 or not cnp.PyArray_ISWRITEABLE(rm) or not cnp.PyArray_ISWRITEABLE(rv)):
             return None
-        lo0 = <char*>cnp.PyArray_DATA(rm)
-        lo1 = <char*>cnp.PyArray_DATA(rv)
-        if lo0 < lo1 + cnp.PyArray_NBYTES(rv) and lo1 < lo0 + cnp.PyArray_NBYTES(rm):
+        if not disjoint(rm, rv):
             return None  # overlapping running buffers: the full path names the error
     y = result_array(out, xa, t, (xa,), (weight, bias, running_mean, running_var))
     if y is None:

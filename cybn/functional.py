@@ -86,6 +86,9 @@ def _streaming(view: ChannelView, itemsize: int, op: str) -> bool:
     return view.size * itemsize >= threshold
 
 
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
 def _sysfs_cache_bytes() -> int:
     """The size of the largest cache level Linux reports for CPU 0, or 0."""
     best_level, best_size = 0, 0
@@ -97,8 +100,8 @@ def _sysfs_cache_bytes() -> int:
                 text = f.read().strip()
         except (OSError, ValueError):
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        size = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text or 0)
+        unit = _SIZE_UNITS.get(text[-1:])
+        size = int(text[:-1]) * unit if unit else int(text or 0)
         if level > best_level:
             best_level, best_size = level, size
     return best_size
