@@ -3,7 +3,7 @@
 What it builds
 --------------
 * ``cybn._openmp``: the OpenMP shim (thread-count helpers, serial fallback).
-* ``cybn._kernels_<isa>``: the same kernels (``cybn/_kernels_impl.pxi``) compiled once per
+* ``cybn._kernels.<isa>``: the same kernels (``cybn/_kernels/*.pxi``) compiled once per
   instruction set. ``baseline`` runs on any x86-64 (SSE2); on x86-64 ``avx2`` and ``avx512``
   are built as well and ``cybn._kernels`` picks the widest one the CPU supports at import
   time (NumPy's CPU feature detection). Floating-point contraction is off in every variant
@@ -127,7 +127,8 @@ def build_extensions():
         link += san
     native = ["-march=native"] if env_flag("CYBN_MARCH_NATIVE") else []
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    include = [np.get_include(), os.path.join(HERE, "cybn")]
+    include = [np.get_include(), os.path.join(HERE, "cybn"),
+               os.path.join(HERE, "cybn", "_kernels")]
 
     extensions = [
         Extension("cybn._openmp", ["cybn/_openmp.pyx"], include_dirs=include,
@@ -138,7 +139,7 @@ def build_extensions():
     for isa in isa_variants():
         flags = base + omp_cflags + ISA_FLAGS[isa] + native
         extensions.append(
-            Extension(f"cybn._kernels_{isa}", [f"cybn/_kernels_{isa}.pyx"], include_dirs=include,
+            Extension(f"cybn._kernels.{isa}", [f"cybn/_kernels/{isa}.pyx"], include_dirs=include,
                       extra_compile_args=flags, extra_link_args=link, define_macros=macros)
         )
         config["variants"][isa] = flags

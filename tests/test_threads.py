@@ -102,7 +102,7 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
         x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
         outs = []
         for isa in variants:
-            mod = importlib.import_module(f"cybn._kernels_{isa}")
+            mod = importlib.import_module(f"cybn._kernels.{isa}")
             from cybn._validate import ChannelView
 
             view = ChannelView.of(x.shape, axis % x.ndim)

@@ -1,7 +1,7 @@
 /* cybn: float32 SIMD block kernels (no threads, no Python objects).
  *
- * The Cython kernels (_kernels_impl.pxi) cut the work into blocks and threads; this header does
- * the per-element work of float32 data on one block, in float32 vectors written with GCC/Clang
+ * The Cython kernels (stats.pxi, apply.pxi, grad.pxi) cut the work into blocks and threads;
+ * this header does the per-element work of float32 data on one block, in float32 vectors written with GCC/Clang
  * vector extensions (8 floats; the compiler maps them to AVX, SSE or NEON registers).
  *
  * Accuracy where it lives:

@@ -2,7 +2,7 @@
 #
 # Compiled entry points for small arrays: one call takes the ndarrays, checks them cheaply in C,
 # computes the per-channel coefficients and runs the plane kernels on the calling thread.
-# Included by each instruction-set variant after _kernels_impl.pxi.
+# Included by each instruction-set variant after grad.pxi.
 #
 # A call that is not the plain common case (non-ndarray input, strided or misaligned arrays,
 # an out= that is not a separate array or exactly the in-place input, anything that the full

@@ -1,7 +1,7 @@
-# Type stub of cybn/_kernels.py: the instruction-set dispatcher and the compiled kernels it
-# re-exports (cybn/_kernels_impl.pxi and _fastpath.pxi, one module per instruction set).
+# Type stub of cybn._kernels: the instruction-set dispatcher and the compiled kernels it
+# re-exports (common/stats/apply/grad/fastpath.pxi, one module per instruction set).
 # Arrays are C-contiguous; "data" arrays are float32 or float64 (all of one call the same);
-# per-channel arrays are float64. Private API: argument checks happen in cybn.functional.
+# per-channel arrays are float64. Private API: argument checks happen in cybn.ops.
 from types import ModuleType
 from typing import Any
 

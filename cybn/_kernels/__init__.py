@@ -1,8 +1,9 @@
 """Picks the compiled kernel variant for this CPU and re-exports its functions.
 
-setup.py compiles ``_kernels_impl.pxi`` once per instruction set (``baseline`` for any
-x86-64, ``avx2``, ``avx512``). At import the widest variant the CPU supports is chosen
-from NumPy's CPU feature detection. ``CYBN_ISA=baseline|avx2|avx512`` forces one (an
+setup.py compiles the kernel sources of this folder (``common``, ``stats``, ``apply``,
+``grad`` and ``fastpath.pxi``) once per instruction set (``baseline`` for any x86-64,
+``avx2``, ``avx512``). At import the widest variant the CPU supports is chosen from
+NumPy's CPU feature detection. ``CYBN_ISA=baseline|avx2|avx512`` forces one (an
 unsupported or missing choice raises ImportError). Every variant gives bitwise identical
 results; only speed differs.
 """
@@ -42,7 +43,7 @@ def available_variants():
         if not supported(isa):
             continue
         try:
-            importlib.import_module(f"cybn._kernels_{isa}")
+            importlib.import_module(f"cybn._kernels.{isa}")
         except ImportError:
             continue
         found.append(isa)
@@ -55,7 +56,7 @@ def load_variant(isa):
         raise ImportError(f"CYBN_ISA must be one of {', '.join(PREFERENCE)}, got {isa!r}")
     if not supported(isa):
         raise ImportError(f"this CPU lacks the features of cybn's {isa!r} kernels")
-    return importlib.import_module(f"cybn._kernels_{isa}")
+    return importlib.import_module(f"cybn._kernels.{isa}")
 
 
 def select_variant():
@@ -66,7 +67,7 @@ def select_variant():
     if not variants:
         raise ImportError("no compiled cybn kernels found: build the package first "
                           "(pip install .)")
-    return importlib.import_module(f"cybn._kernels_{variants[0]}")
+    return importlib.import_module(f"cybn._kernels.{variants[0]}")
 
 
 _impl = select_variant()

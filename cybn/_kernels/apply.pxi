@@ -1,0 +1,278 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Elementwise passes: y = (x - shift[c]) * scale[c] + offset[c] over a view (inference), and
+# the training forward built from statistics (stats.pxi) and this pass. Included after
+# stats.pxi.
+
+# ---------------------------------------------------------------------------------------
+# One run of one channel.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void block_affine(const floating* x, floating* y, Py_ssize_t n,
+                              double shift, double scale, double offset) noexcept nogil:
+    """y = (x - shift) * scale + offset over one block."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = <floating>((<double>x[i] - shift) * scale + offset)
+
+
+cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double shift,
+                            double scale, double offset, int streaming) noexcept nogil:
+    """y = (x - shift) * scale + offset; float32: (x - hi) * scale + (offset - lo * scale)."""
+    cdef float hi, lo
+    if floating is float:
+        cybn_split(shift, &hi, &lo)
+        cybn_f32_affine(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
+                        streaming)
+        if streaming:
+            cybn_store_fence()
+    else:
+        block_affine(x, y, n, shift, scale, offset)
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family.
+# ---------------------------------------------------------------------------------------
+
+def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), nonempty
+                const double[::1] shift,           # IN  (C,)
+                const double[::1] scale,           # IN  (C,)
+                const double[::1] offset,          # IN  (C,)
+                floating[:, :, ::1] y,             # OUT (outer, C, inner); may be x itself
+                bint streaming,
+                int num_threads):
+    """y = (x - shift[c]) * scale[c] + offset[c], work items of one block each."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t item, plane, c, start, off
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    with nogil:
+        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+            plane = item // nblocks
+            c = plane % C
+            start = (item % nblocks) * PLANE_BLOCK
+            off = plane * inner + start
+            run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                       shift[c], scale[c], offset[c], streaming)
+
+
+def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
+                        const double[::1] weight,      # IN  (C,)
+                        const double[::1] bias,        # IN  (C,)
+                        double eps,
+                        floating[:, :, ::1] y,         # OUT (outer, C, inner); may be x itself
+                        double[::1] mean,              # OUT (C,) batch mean
+                        double[::1] var,               # OUT (C,) biased batch variance
+                        double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
+                        Py_ssize_t group,              # channels per cooperative group; 0: owner
+                        bint streaming,
+                        int num_threads):
+    """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
+    cdef double count = <double>outer * <double>inner
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    cdef double* part = <double*>malloc((3 * nq * C + C) * sizeof(double))
+    cdef double* scale
+    if part == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    scale = part + 3 * nq * C
+    with nogil:
+        if group <= 0:
+            for c in prange(C, schedule='dynamic', num_threads=num_threads):
+                for qi in range(nq):
+                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+                plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
+                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                   &scale[c])
+                for o in range(outer):
+                    off = (o * C + c) * inner
+                    run_affine(xp + off, yp + off, inner, mean[c], scale[c], bias[c],
+                               streaming)
+        else:
+            for gi in range((C + group - 1) // group):
+                c0 = gi * group
+                gc = min(group, C - c0)
+                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                    qi = item // gc
+                    c = c0 + item % gc
+                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+                for c in range(c0, c0 + gc):
+                    plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
+                    train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                       &scale[c])
+                for item in prange(outer * gc * nblocks, schedule='static',
+                                   num_threads=num_threads):
+                    plane = item // nblocks
+                    o = plane // gc
+                    c = c0 + plane % gc
+                    start = (item % nblocks) * PLANE_BLOCK
+                    off = (o * C + c) * inner + start
+                    run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                               mean[c], scale[c], bias[c], streaming)
+    free(part)
+
+
+# ---------------------------------------------------------------------------------------
+# Row family.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nrows,
+                                  Py_ssize_t L, Py_ssize_t group, const double* shift,
+                                  const double* scale, const double* offset) noexcept nogil:
+    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j] over rows [0:nrows].
+
+    The coefficients come tiled over ``group`` rows (length group * L), so ``group``
+    consecutive rows are one flat, vectorized run; leftover rows go one at a time.
+    """
+    cdef Py_ssize_t r, i, run = group * L, ngroups = nrows // group
+    for r in range(ngroups):
+        for i in range(run):
+            y[r * run + i] = <floating>((<double>x[r * run + i] - shift[i]) * scale[i]
+                                        + offset[i])
+    for r in range(ngroups * group, nrows):
+        for i in range(L):
+            y[r * L + i] = <floating>((<double>x[r * L + i] - shift[i]) * scale[i] + offset[i])
+
+
+cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t L,
+                                Py_ssize_t C, Py_ssize_t inner, const double* shift,
+                                const double* scale, const double* offset, int streaming,
+                                int num_threads) noexcept nogil:
+    """y[r, j] = (x[r, j] - shift[c]) * scale[c] + offset[c], c the channel of column j.
+    -1 if out of memory."""
+    cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
+    cdef Py_ssize_t W, i, c, item, rev, group, rows_per_item, r0
+    cdef float hi, lo
+    cdef float* ft
+    cdef double* dt
+    if floating is float:
+        W = tile_period(L)
+        ft = <float*>malloc(3 * (W + 8) * sizeof(float))
+        if ft == NULL:
+            return -1
+        for i in range(W + 8):
+            c = column_channel(i, L, C, inner)
+            cybn_split(shift[c], &hi, &lo)
+            ft[i] = hi
+            ft[W + 8 + i] = <float>scale[c]
+            ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            rev = nitems - 1 - item  # last-read rows first: they are still in the cache
+            cybn_f32_flat_affine(x, y, rev * ELEMENT_ITEM, min(n, (rev + 1) * ELEMENT_ITEM),
+                                 W, ft, ft + W + 8, ft + 2 * (W + 8), streaming)
+            if streaming:
+                cybn_store_fence()
+        free(ft)
+    else:
+        group = row_group(L)
+        W = group * L
+        dt = <double*>malloc(3 * W * sizeof(double))
+        if dt == NULL:
+            return -1
+        for i in range(W):
+            c = column_channel(i, L, C, inner)
+            dt[i] = shift[c]
+            dt[W + i] = scale[c]
+            dt[2 * W + i] = offset[c]
+        rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
+        nitems = (R + rows_per_item - 1) // rows_per_item
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
+            row_block_affine(x + r0 * L, y + r0 * L, min(rows_per_item, R - r0), L, group,
+                             dt, dt + W, dt + 2 * W)
+        free(dt)
+    return 0
+
+
+def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
+              Py_ssize_t C, Py_ssize_t inner,
+              const double[::1] shift,            # IN  (C,)
+              const double[::1] scale,            # IN  (C,)
+              const double[::1] offset,           # IN  (C,)
+              floating[:, ::1] y,                 # OUT (rows, L); may be x itself
+              bint streaming,
+              int num_threads):
+    """y = (x - shift[c]) * scale[c] + offset[c] over a row-family view."""
+    cdef int status
+    with nogil:
+        status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
+                                 &shift[0], &scale[0], &offset[0], streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
+                      Py_ssize_t C, Py_ssize_t inner,
+                      const double[::1] weight,   # IN  (C,)
+                      const double[::1] bias,     # IN  (C,)
+                      double eps,
+                      floating[:, ::1] y,         # OUT (rows, L); may be x itself
+                      double[::1] mean,           # OUT (C,)
+                      double[::1] var,            # OUT (C,) biased
+                      double[::1] invstd,         # OUT (C,)
+                      bint streaming,
+                      int num_threads):
+    """Training forward over a row-family view: statistics, then the elementwise pass."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* scale = <double*>malloc(C * sizeof(double))
+    if scale == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    with nogil:
+        status = row_moments_core(&x[0, 0], R, L, C, inner, &mean[0], &var[0], num_threads)
+        if status == 0:
+            for c in range(C):
+                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                   &scale[c])
+            status = row_affine_core(&x[0, 0], &y[0, 0], R, L, C, inner, &mean[0], scale,
+                                     &bias[0], streaming, num_threads)
+    free(scale)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Per-channel arrays.
+# ---------------------------------------------------------------------------------------
+
+def infer_scale(const double[::1] running_var,   # IN  (C,)
+                const double[::1] weight,        # IN  (C,)
+                double eps,
+                double[::1] scale):              # OUT (C,)
+    """scale = weight / sqrt(running_var + eps); NaN where running_var + eps < 0."""
+    cdef Py_ssize_t c
+    for c in range(scale.shape[0]):
+        scale[c] = weight[c] / sqrt(running_var[c] + eps)
+
+
+# ---------------------------------------------------------------------------------------
+# The memory-speed yardstick.
+# ---------------------------------------------------------------------------------------
+
+def parallel_copy(const floating[::1] src,        # IN  (n,)
+                  floating[::1] dst,              # OUT (n,)
+                  int num_threads):
+    """dst[:] = src[:], split into fixed blocks over threads: the least a new array costs."""
+    cdef Py_ssize_t n = src.shape[0], blk, start, i, end
+    cdef Py_ssize_t block = 1 << 16
+    cdef Py_ssize_t nblocks = (n + block - 1) // block
+    if n == 0:
+        return
+    cdef const floating* s = &src[0]
+    cdef floating* d = &dst[0]
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            start = blk * block
+            end = min(n, start + block)
+            for i in range(start, end):
+                d[i] = s[i]

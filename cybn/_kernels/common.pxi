@@ -1,0 +1,172 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# cybn's compiled kernels, common part: what every kernel file below relies on (imports, the
+# SIMD declarations, block sizes, and how the two view families are cut into blocks).
+# Each instruction-set variant (baseline.pyx, avx2.pyx, avx512.pyx) includes, in order:
+#   common.pxi    this file
+#   stats.pxi     statistics: block moments, Chan merges, per-channel reductions
+#   apply.pxi     elementwise passes (affine) and the forward ops built on them
+#   grad.pxi      gradient sums and the backward elementwise pass
+#   fastpath.pxi  compiled entry points for small arrays (no Python per call)
+#
+# Every layout reaches these kernels as a C-contiguous view (outer, C, inner) of the input,
+# in one of two families:
+#
+#   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in _validate.py for
+#                 inner >= 32 and for small arrays). Channel c's data is `outer` contiguous
+#                 runs ("planes") of `inner` elements; reductions cut each plane into blocks
+#                 of about PLANE_BLOCK elements: parts of a plane, or groups of whole planes
+#                 when planes are short (see plane_blocks).
+#   row family    x[rows, L], L = k * C * inner with inner small (channels-last: inner == 1).
+#                 Column j holds channel (j // inner) % C. Reductions cut the rows into
+#                 blocks of ROW_BLOCK rows and vectorize across the columns.
+#
+# Determinism: reductions cut the blocks into at most MAX_CHUNKS chunks with bounds that
+# depend on the shape only, never on the thread count. A chunk merges its blocks in order
+# into one partial result; the partials are merged in chunk order. Which thread computes a
+# chunk, and whether a thread owns whole channels (plane "owner" schedule) or threads share
+# a group of channels ("cooperative" schedule), does not change any bit: any thread count and
+# any schedule give bitwise identical results. Setup compiles with -ffp-contract=off, so
+# every instruction-set variant gives the same bits too.
+#
+# Arithmetic: per-channel values, block merges (Chan's formula) and long sums are double.
+# Per-element work of float32 data runs in float32 SIMD (simd_f32.h): float accumulators
+# over short runs flushed into double, and the double mean split into two floats
+# m_hi + m_lo so that x - m_hi is exact for data near the mean (the low part is subtracted
+# next, or folded into the bias). float64 data is computed in double throughout.
+#
+# Streaming (non-temporal) stores: elementwise passes take a `streaming` flag; the caller
+# sets it for outputs much larger than the cache (they skip the read-for-ownership of each
+# output line). Each run that streamed ends with a store fence.
+#
+# Arguments are marked IN (read) or OUT (written); work space is allocated inside (malloc,
+# O(MAX_CHUNKS * C) or O(MAX_CHUNKS * L) doubles), and running out of it raises MemoryError.
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport isfinite, sqrt
+from libc.stdlib cimport free, malloc
+
+from cybn._openmp cimport CYBN_OPENMP_ENABLED
+
+OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
+
+cdef extern from "simd_f32.h" nogil:
+    void cybn_split(double m, float* hi, float* lo)
+    void cybn_store_fence()
+    void cybn_f32_block_moments(const float* p, Py_ssize_t n, Py_ssize_t nplanes,
+                                Py_ssize_t stride, double* mean, double* m2)
+    void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n,
+                                  Py_ssize_t nplanes, Py_ssize_t stride, float mh, float ml,
+                                  double* sum_dy, double* sum_dy_xmu)
+    void cybn_f32_affine(const float* x, float* y, Py_ssize_t n, float mh, float scale,
+                         float offset, int nt)
+    void cybn_f32_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
+                             float mh, float k1, float k2, float k3, int nt)
+    void cybn_f32_rows_moments(const float* x, Py_ssize_t nr, Py_ssize_t L, double* mean,
+                               double* m2, const float* next, Py_ssize_t next_rows)
+    void cybn_f32_rows_grad_sums(const float* g, const float* x, Py_ssize_t nr, Py_ssize_t L,
+                                 const float* hi, const float* lo, double* sum_dy,
+                                 double* sum_dy_xmu, float* scratch)
+    void cybn_f32_flat_affine(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
+                              Py_ssize_t W, const float* hi, const float* scale,
+                              const float* offset, int nt)
+    void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t e0,
+                                  Py_ssize_t e1, Py_ssize_t W, const float* hi,
+                                  const float* k1, const float* k2, const float* k3, int nt)
+
+cdef enum:
+    LANES = 16            # independent accumulators in a double block reduction
+    PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)
+    ROW_BLOCK = 32        # rows per reduction block in the row family
+    MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
+    ELEMENT_ITEM = 65536  # elements per work item of the row family's elementwise passes
+
+
+cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,
+                                   Py_ssize_t i) noexcept nogil:
+    """First index of chunk i when [0, n) is cut into nchunks near-equal chunks."""
+    return (n * i) // nchunks
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family: x[outer, C, inner]; channel c is the planes x[o, c, :].
+#
+# Two schedules, the same bits:
+#   owner        (group == 0) a thread owns whole channels and runs reduce -> coefficients
+#                -> elementwise on one channel while its data is still in cache;
+#   cooperative  (group > 0) channels are taken `group` at a time; all threads share the
+#                reduction of a group (work items = (chunk, channel)), then its elementwise
+#                pass (work items = (plane, block)).
+# ---------------------------------------------------------------------------------------
+
+cdef struct PlaneBlocks:
+    # How a channel's data x[:, c, :] is cut into reduction blocks of about PLANE_BLOCK
+    # elements: parts of one plane (inner >= PLANE_BLOCK; per_plane blocks per plane), or
+    # groups of whole planes (planes blocks of `planes` planes each).
+    Py_ssize_t per_plane
+    Py_ssize_t planes
+    Py_ssize_t count     # blocks per channel
+
+
+cdef inline PlaneBlocks plane_blocks(Py_ssize_t outer, Py_ssize_t inner) noexcept nogil:
+    cdef PlaneBlocks b
+    if inner >= PLANE_BLOCK:
+        b.per_plane = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+        b.planes = 1
+        b.count = outer * b.per_plane
+    else:
+        b.per_plane = 1
+        b.planes = PLANE_BLOCK // inner
+        b.count = (outer + b.planes - 1) // b.planes
+    return b
+
+
+cdef inline Py_ssize_t block_span(PlaneBlocks b, Py_ssize_t outer, Py_ssize_t C,
+                                  Py_ssize_t inner, Py_ssize_t q, Py_ssize_t c,
+                                  Py_ssize_t* length, Py_ssize_t* nplanes) noexcept nogil:
+    """Offset of block q of channel c; its run length and number of runs (planes)."""
+    cdef Py_ssize_t o, start
+    if b.planes == 1:
+        o = q // b.per_plane
+        start = (q % b.per_plane) * PLANE_BLOCK
+        length[0] = min(<Py_ssize_t>PLANE_BLOCK, inner - start)
+        nplanes[0] = 1
+        return (o * C + c) * inner + start
+    o = q * b.planes
+    length[0] = inner
+    nplanes[0] = min(b.planes, outer - o)
+    return (o * C + c) * inner
+
+
+# ---------------------------------------------------------------------------------------
+# Row family: x[rows, L]; column j belongs to channel (j // inner) % C.
+# Reductions: blocks of ROW_BLOCK rows, per-column results, chunks merged in order, then
+# columns folded into channels in column order. Elementwise passes: one flat loop over a
+# range of elements with per-column constants tiled so that a vector never wraps.
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    ROW_GROUP = 4         # rows folded into the column accumulators per update
+    ROW_RUN = 512         # float64 elementwise: coefficients tiled over runs this long
+
+
+cdef inline Py_ssize_t tile_period(Py_ssize_t L) noexcept nogil:
+    """Smallest multiple of L that is a multiple of 8 and at least 64: the period, in
+    elements, of the float32 elementwise constants."""
+    cdef Py_ssize_t W = L
+    while W % 8 != 0:
+        W += L
+    while W < 64:
+        W *= 2
+    return W
+
+
+cdef inline Py_ssize_t row_group(Py_ssize_t L) noexcept nogil:
+    """Rows the float64 elementwise row kernels treat as one flat run."""
+    return max(<Py_ssize_t>1, <Py_ssize_t>ROW_RUN // L)
+
+
+cdef inline Py_ssize_t column_channel(Py_ssize_t j, Py_ssize_t L, Py_ssize_t C,
+                                      Py_ssize_t inner) noexcept nogil:
+    return ((j % L) // inner) % C

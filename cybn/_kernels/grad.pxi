@@ -1,0 +1,418 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Gradients: per-channel sums of dy and dy * (x - mean), then the elementwise pass
+# dx = k1 * dy + k2 * (x - mean) + k3 with per-channel coefficients. Included after apply.pxi.
+
+# ---------------------------------------------------------------------------------------
+# One block, one run, one channel's coefficients.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void block_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                                 double mean, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """sum(dy) and sum(dy * (x - mean)) over one block, in double.
+
+    Two loops with one lane array each: gcc vectorizes that form, not two arrays in one loop.
+    """
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef double s = 0.0
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            acc[j] += <double>dy[i * LANES + j]
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        s += <double>dy[i]
+    sum_dy[0] = s
+
+    s = 0.0
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            acc[j] += <double>dy[i * LANES + j] * (<double>x[i * LANES + j] - mean)
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        s += <double>dy[i] * (<double>x[i] - mean)
+    sum_dy_xmu[0] = s
+
+
+cdef inline void block_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                  Py_ssize_t n, double mean, double k1, double k2,
+                                  double k3) noexcept nogil:
+    """dx = k1 * dy + k2 * (x - mean) + k3 over one block."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = <floating>(k1 * <double>dy[i] + k2 * (<double>x[i] - mean) + k3)
+
+
+cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xmu,
+                                   double invstd, double weight, bint training,
+                                   double* k1, double* k2, double* k3) noexcept nogil:
+    """Coefficients of dx = k1 * dy + k2 * (x - mean) + k3 for one channel."""
+    k1[0] = weight * invstd
+    if training:
+        k2[0] = -k1[0] * invstd * invstd * (sum_dy_xmu / count)
+        k3[0] = -k1[0] * (sum_dy / count)
+    else:
+        k2[0] = 0.0
+        k3[0] = 0.0
+
+
+cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                               Py_ssize_t nplanes, Py_ssize_t stride, double mean,
+                               double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """sum(dy), sum(dy * (x - mean)) of one block: nplanes runs of n, stride apart."""
+    cdef float hi, lo
+    cdef double a, b
+    cdef Py_ssize_t k
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_block_grad_sums(dy, x, n, nplanes, stride, hi, lo, sum_dy, sum_dy_xmu)
+    else:
+        sum_dy[0] = 0.0
+        sum_dy_xmu[0] = 0.0
+        for k in range(nplanes):
+            block_grad_sums(dy + k * stride, x + k * stride, n, mean, &a, &b)
+            sum_dy[0] = sum_dy[0] + a
+            sum_dy_xmu[0] = sum_dy_xmu[0] + b
+
+
+cdef inline void run_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                Py_ssize_t n, double mean, double k1, double k2, double k3,
+                                int streaming) noexcept nogil:
+    """dx = k1 * dy + k2 * (x - mean) + k3 (float32: the low part of mean folded into k3)."""
+    cdef float hi, lo
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
+                            <float>(k3 - k2 * <double>lo), streaming)
+        if streaming:
+            cybn_store_fence()
+    else:
+        block_grad_apply(dy, x, dx, n, mean, k1, k2, k3)
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t outer,
+                                       Py_ssize_t C, Py_ssize_t inner, PlaneBlocks blocks,
+                                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t c, double mean,
+                                       double* out) noexcept nogil:
+    """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1."""
+    cdef double a = 0.0, b = 0.0, ba, bb
+    cdef Py_ssize_t q, off, length, nplanes
+    for q in range(q0, q1):
+        off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
+        run_grad_sums(dy + off, x + off, length, nplanes, C * inner, mean, &ba, &bb)
+        a = a + ba
+        b = b + bb
+    out[0] = a
+    out[1] = b
+
+
+cdef inline void plane_finish_sums(const double* part, Py_ssize_t nq, double* a,
+                                   double* b) noexcept nogil:
+    """Add a channel's nq chunk partial sums in chunk order."""
+    cdef Py_ssize_t qi
+    a[0] = 0.0
+    b[0] = 0.0
+    for qi in range(nq):
+        a[0] = a[0] + part[2 * qi]
+        b[0] = b[0] + part[2 * qi + 1]
+
+
+def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
+                   const floating[:, :, ::1] x,        # IN  (outer, C, inner)
+                   const double[::1] mean,             # IN  (C,)
+                   const double[::1] invstd,           # IN  (C,)
+                   const double[::1] weight,           # IN  (C,)
+                   bint training,
+                   floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
+                   double[::1] sum_dy,                 # OUT (C,) sum of dy
+                   double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
+                   Py_ssize_t group,                   # as in plane_train_forward
+                   bint streaming,
+                   int num_threads):
+    """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel."""
+    cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
+    cdef double count = <double>outer * <double>inner
+    cdef const floating* gp = &dy[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* dp = &dx[0, 0, 0]
+    cdef double* part = <double*>malloc((2 * nq * C + 3 * C) * sizeof(double))
+    cdef double* coef
+    if part == NULL:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+    coef = part + 2 * nq * C   # k1, k2, k3 of channel c at coef[3c:3c+3]
+    with nogil:
+        if group <= 0:
+            for c in prange(C, schedule='dynamic', num_threads=num_threads):
+                for qi in range(nq):
+                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                          chunk_start(Q, nq, qi + 1), c, mean[c],
+                                          part + 2 * (c * nq + qi))
+                plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
+                for o in range(outer):
+                    off = (o * C + c) * inner
+                    run_grad_apply(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
+                                   coef[3 * c + 1], coef[3 * c + 2], streaming)
+        else:
+            for gi in range((C + group - 1) // group):
+                c0 = gi * group
+                gc = min(group, C - c0)
+                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                    qi = item // gc
+                    c = c0 + item % gc
+                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                          chunk_start(Q, nq, qi + 1), c, mean[c],
+                                          part + 2 * (c * nq + qi))
+                for c in range(c0, c0 + gc):
+                    plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+                    grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                      training, &coef[3 * c], &coef[3 * c + 1],
+                                      &coef[3 * c + 2])
+                for item in prange(outer * gc * nblocks, schedule='static',
+                                   num_threads=num_threads):
+                    plane = item // nblocks
+                    o = plane // gc
+                    c = c0 + plane % gc
+                    start = (item % nblocks) * PLANE_BLOCK
+                    off = (o * C + c) * inner + start
+                    run_grad_apply(gp + off, xp + off, dp + off,
+                                   min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
+                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming)
+    free(part)
+
+
+# ---------------------------------------------------------------------------------------
+# Row family.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void row_block_grad_sums(const floating* dy, const floating* x, Py_ssize_t nrows,
+                                     Py_ssize_t L, const double* col_mean,
+                                     double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """Per-column sum(dy) and sum(dy * (x - mean)) over rows [0:nrows], one pass, ROW_GROUP
+    rows per accumulator update (see row_block_moments)."""
+    cdef Py_ssize_t r, j, ngroups = nrows // ROW_GROUP
+    cdef const floating* g
+    cdef const floating* v
+    cdef double g0, g1, g2, g3, m
+    for j in range(L):
+        sum_dy[j] = 0.0
+        sum_dy_xmu[j] = 0.0
+    for r in range(ngroups):
+        g = dy + (r * ROW_GROUP) * L
+        v = x + (r * ROW_GROUP) * L
+        for j in range(L):
+            g0 = <double>g[j]
+            g1 = <double>g[L + j]
+            g2 = <double>g[2 * L + j]
+            g3 = <double>g[3 * L + j]
+            m = col_mean[j]
+            sum_dy[j] += (g0 + g1) + (g2 + g3)
+            sum_dy_xmu[j] += ((g0 * (<double>v[j] - m) + g1 * (<double>v[L + j] - m))
+                              + (g2 * (<double>v[2 * L + j] - m)
+                                 + g3 * (<double>v[3 * L + j] - m)))
+    for r in range(ngroups * ROW_GROUP, nrows):
+        g = dy + r * L
+        v = x + r * L
+        for j in range(L):
+            sum_dy[j] += <double>g[j]
+            sum_dy_xmu[j] += <double>g[j] * (<double>v[j] - col_mean[j])
+
+
+cdef inline void row_block_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                      Py_ssize_t nrows, Py_ssize_t L, Py_ssize_t group,
+                                      const double* mean, const double* k1, const double* k2,
+                                      const double* k3) noexcept nogil:
+    """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j] over rows [0:nrows],
+    with coefficients tiled over ``group`` rows as in row_block_affine."""
+    cdef Py_ssize_t r, i, o, run = group * L, ngroups = nrows // group
+    for r in range(ngroups):
+        for i in range(run):
+            o = r * run + i
+            dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
+    for r in range(ngroups * group, nrows):
+        for i in range(L):
+            o = r * L + i
+            dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
+
+
+cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssize_t R,
+                                   Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
+                                   const double* mean, double* sum_dy, double* sum_dy_xmu,
+                                   int num_threads) noexcept nogil:
+    """Per-channel sum(dy), sum(dy * (x - mean)); -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t k = L // (C * inner)
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, j, c, t, i
+    cdef double* tmp
+    cdef int status[1]
+    cdef float* fmean
+    cdef double* col_mean
+    # [chunk][column] partial sums, then the column means (double, and split for float32)
+    cdef double* parts = <double*>malloc((2 * nchunks * L + L) * sizeof(double) + 2 * L * sizeof(float))
+    if parts == NULL:
+        return -1
+    cdef double* part_a = parts
+    cdef double* part_b = parts + nchunks * L
+    col_mean = parts + 2 * nchunks * L
+    fmean = <float*>(col_mean + L)
+    for j in range(L):
+        col_mean[j] = mean[column_channel(j, L, C, inner)]
+        cybn_split(col_mean[j], &fmean[j], &fmean[L + j])
+    status[0] = 0
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        tmp = <double*>malloc(2 * L * sizeof(double))
+        if tmp == NULL:
+            status[0] = -1
+            continue
+        for j in range(L):
+            part_a[item * L + j] = 0.0
+            part_b[item * L + j] = 0.0
+        blk_end = chunk_start(nblocks, nchunks, item + 1)
+        for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
+            r0 = blk * ROW_BLOCK
+            nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
+            if floating is float:
+                cybn_f32_rows_grad_sums(dy + r0 * L, x + r0 * L, nrows, L, fmean, fmean + L,
+                                        &part_a[item * L], &part_b[item * L], <float*>tmp)
+            else:
+                row_block_grad_sums(dy + r0 * L, x + r0 * L, min(<Py_ssize_t>ROW_BLOCK, R - r0),
+                                    L, col_mean, tmp, tmp + L)
+                for j in range(L):
+                    part_a[item * L + j] += tmp[j]
+                    part_b[item * L + j] += tmp[L + j]
+        free(tmp)
+    if status[0] == 0:
+        for c in range(C):
+            sum_dy[c] = 0.0
+            sum_dy_xmu[c] = 0.0
+        for item in range(nchunks):
+            for t in range(k):
+                for i in range(inner):
+                    for c in range(C):
+                        j = (t * C + c) * inner + i
+                        sum_dy[c] += part_a[item * L + j]
+                        sum_dy_xmu[c] += part_b[item * L + j]
+    free(parts)
+    return status[0]
+
+
+cdef inline int row_grad_apply_core(const floating* dy, const floating* x, floating* dx,
+                                    Py_ssize_t R, Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
+                                    const double* mean, const double* k1, const double* k2,
+                                    const double* k3, int streaming,
+                                    int num_threads) noexcept nogil:
+    """dx[r, j] = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c]; -1 if out of memory."""
+    cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
+    cdef Py_ssize_t W, P, i, c, item, rev, group, rows_per_item, r0
+    cdef float hi, lo
+    cdef float* ft
+    cdef double* dt
+    if floating is float:
+        W = tile_period(L)
+        P = W + 8
+        ft = <float*>malloc(4 * P * sizeof(float))
+        if ft == NULL:
+            return -1
+        for i in range(P):
+            c = column_channel(i, L, C, inner)
+            cybn_split(mean[c], &hi, &lo)
+            ft[i] = hi
+            ft[P + i] = <float>k1[c]
+            ft[2 * P + i] = <float>k2[c]
+            ft[3 * P + i] = <float>(k3[c] - k2[c] * <double>lo)
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            rev = nitems - 1 - item  # last-read rows first: they are still in the cache
+            cybn_f32_flat_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
+                                     min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
+                                     ft + 2 * P, ft + 3 * P, streaming)
+            if streaming:
+                cybn_store_fence()
+        free(ft)
+    else:
+        group = row_group(L)
+        W = group * L
+        dt = <double*>malloc(4 * W * sizeof(double))
+        if dt == NULL:
+            return -1
+        for i in range(W):
+            c = column_channel(i, L, C, inner)
+            dt[i] = mean[c]
+            dt[W + i] = k1[c]
+            dt[2 * W + i] = k2[c]
+            dt[3 * W + i] = k3[c]
+        rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
+        nitems = (R + rows_per_item - 1) // rows_per_item
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
+            row_block_grad_apply(dy + r0 * L, x + r0 * L, dx + r0 * L,
+                                 min(rows_per_item, R - r0), L, group, dt, dt + W, dt + 2 * W,
+                                 dt + 3 * W)
+        free(dt)
+    return 0
+
+
+def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
+                 const floating[:, ::1] x,       # IN  (rows, L)
+                 Py_ssize_t C, Py_ssize_t inner,
+                 const double[::1] mean,         # IN  (C,)
+                 const double[::1] invstd,       # IN  (C,)
+                 const double[::1] weight,       # IN  (C,)
+                 bint training,
+                 floating[:, ::1] dx,            # OUT (rows, L); may be dy or x
+                 double[::1] sum_dy,             # OUT (C,)
+                 double[::1] sum_dy_xmu,         # OUT (C,)
+                 bint streaming,
+                 int num_threads):
+    """Backward over a row-family view: gradient sums, then the elementwise pass."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* coef = <double*>malloc(3 * C * sizeof(double))
+    if coef == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    with nogil:
+        status = row_grad_sums_core(&dy[0, 0], &x[0, 0], R, L, C, inner, &mean[0], &sum_dy[0],
+                                    &sum_dy_xmu[0], num_threads)
+        if status == 0:
+            for c in range(C):
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &coef[c], &coef[C + c], &coef[2 * C + c])
+            status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], R, L, C, inner,
+                                         &mean[0], coef, coef + C, coef + 2 * C, streaming,
+                                         num_threads)
+    free(coef)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Per-channel arrays.
+# ---------------------------------------------------------------------------------------
+
+def grad_coefficients_array(double count, const double[::1] sum_dy,
+                            const double[::1] sum_dy_xmu, const double[::1] invstd,
+                            const double[::1] weight, bint training,
+                            double[::1] k1, double[::1] k2, double[::1] k3):
+    """Per-channel backward coefficients (OUT k1, k2, k3), the same arithmetic as the kernels."""
+    cdef Py_ssize_t c
+    for c in range(sum_dy.shape[0]):
+        grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c], training,
+                          &k1[c], &k2[c], &k3[c])

@@ -1,0 +1,360 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Statistics: the per-channel mean and M2 (sum of squared deviations) of a view, computed
+# per block (two passes in double, or float32 SIMD with double flushes) and merged with
+# Chan et al.'s pairwise formula in a fixed order. Every normalization builds on these.
+# Included after common.pxi (see there for the families, determinism and arithmetic).
+
+# ---------------------------------------------------------------------------------------
+# Merges and one block in double (float64 data).
+# ---------------------------------------------------------------------------------------
+
+cdef inline double merge_one(double count, double count_b, double* mean, double* m2,
+                             double mean_b, double m2_b) noexcept nogil:
+    """Fold one block's (count_b, mean_b, m2_b) into (count, mean, m2); returns the count."""
+    cdef double total = count + count_b
+    cdef double delta = mean_b - mean[0]
+    if count == 0.0:  # (0 * delta**2 would be NaN for means beyond 1e154)
+        mean[0] = mean_b
+        m2[0] = m2_b
+    elif isfinite(delta):
+        mean[0] = mean[0] + delta * (count_b / total)
+        m2[0] = m2[0] + m2_b + delta * delta * (count * count_b / total)
+    else:  # means of opposite sign near the float64 limit: a weighted mean cannot overflow
+        mean[0] = mean[0] * (count / total) + mean_b * (count_b / total)
+        m2[0] = m2[0] + m2_b + delta * delta
+    return total
+
+
+cdef inline double scaled_mean(const floating* p, Py_ssize_t n) noexcept nogil:
+    """sum(p[i] / n): slower and less exact than the two-pass sum, but it cannot overflow
+    for finite data (a fallback for data near the float64 limit)."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += <double>p[i] / <double>n
+    return s
+
+
+cdef inline void block_moments(const floating* p, Py_ssize_t n,
+                               double* mean, double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of p[0:n] (n >= 1), two passes, in double.
+
+    The first pass sums p[i] - p[0], so a constant block has exactly mean p[0] and m2 0.
+    """
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef double s = 0.0, m, d, first = <double>p[0]
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            acc[j] += <double>p[i * LANES + j] - first
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        s += <double>p[i] - first
+    m = first + s / <double>n
+    if not isfinite(m):  # differences beyond the float64 range (data near +-1e308)
+        m = scaled_mean(p, n)
+
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            d = <double>p[i * LANES + j] - m
+            acc[j] += d * d
+    s = 0.0
+    for j in range(LANES):
+        s += acc[j]
+    for i in range(nfull, n):
+        d = <double>p[i] - m
+        s += d * d
+    mean[0] = m
+    m2[0] = s
+
+
+cdef inline double merge_moments(double count, double count_b, Py_ssize_t C,
+                                 double* mean, double* m2, const double* mean_b,
+                                 const double* m2_b, Py_ssize_t stride_b) noexcept nogil:
+    """Fold block statistics of C channels into (mean, m2): Chan et al.'s pairwise formula.
+
+    Every channel has seen ``count`` values so far and the block adds ``count_b`` to each,
+    so the divisions are shared and the loop over channels vectorizes. Block values for
+    channel c are mean_b[c * stride_b], m2_b[c * stride_b]. Returns the new count.
+    """
+    cdef double total = count + count_b
+    cdef double f_mean = count_b / total
+    cdef double f_m2 = count * count_b / total
+    cdef double delta
+    cdef Py_ssize_t c
+    if count == 0.0:  # the first block: (0 * delta**2 would be NaN for means beyond 1e154)
+        for c in range(C):
+            mean[c] = mean_b[c * stride_b]
+            m2[c] = m2_b[c * stride_b]
+        return total
+    for c in range(C):
+        delta = mean_b[c * stride_b] - mean[c]
+        if isfinite(delta):
+            mean[c] = mean[c] + delta * f_mean
+            m2[c] = m2[c] + m2_b[c * stride_b] + delta * delta * f_m2
+        else:  # as in merge_one
+            merge_one(count, count_b, &mean[c], &m2[c], mean_b[c * stride_b],
+                      m2_b[c * stride_b])
+    return total
+
+
+cdef inline void train_coefficients(double count, double m2, double eps, double weight,
+                                    double* var, double* invstd, double* scale) noexcept nogil:
+    """Biased variance, 1 / sqrt(var + eps) and the scale weight * invstd of one channel."""
+    var[0] = m2 / count
+    invstd[0] = 1.0 / sqrt(var[0] + eps)
+    scale[0] = weight * invstd[0]
+
+
+cdef inline void run_moments(const floating* p, Py_ssize_t n, Py_ssize_t nplanes,
+                             Py_ssize_t stride, double* mean, double* m2) noexcept nogil:
+    """(mean, M2) of one block: nplanes runs of n elements, stride elements apart."""
+    cdef double count = 0.0, bmean, bm2
+    cdef Py_ssize_t k
+    if floating is float:
+        cybn_f32_block_moments(p, n, nplanes, stride, mean, m2)
+    else:
+        mean[0] = 0.0
+        m2[0] = 0.0
+        for k in range(nplanes):
+            block_moments(p + k * stride, n, &bmean, &bm2)
+            count = merge_one(count, <double>n, mean, m2, bmean, bm2)
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void plane_chunk_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                     Py_ssize_t inner, PlaneBlocks blocks, Py_ssize_t q0,
+                                     Py_ssize_t q1, Py_ssize_t c, double* out) noexcept nogil:
+    """out = (count, mean, M2) of channel c over its blocks q0 <= q < q1, merged in order."""
+    cdef double count = 0.0, mean = 0.0, m2 = 0.0, bmean, bm2
+    cdef Py_ssize_t q, off, length, nplanes
+    for q in range(q0, q1):
+        off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
+        run_moments(x + off, length, nplanes, C * inner, &bmean, &bm2)
+        count = merge_one(count, <double>(length * nplanes), &mean, &m2, bmean, bm2)
+    out[0] = count
+    out[1] = mean
+    out[2] = m2
+
+
+cdef inline void plane_finish_moments(const double* part, Py_ssize_t nq, double* mean,
+                                      double* m2) noexcept nogil:
+    """Merge a channel's nq chunk partials (count, mean, M2) in chunk order."""
+    cdef double count = 0.0
+    cdef Py_ssize_t qi
+    mean[0] = 0.0
+    m2[0] = 0.0
+    for qi in range(nq):
+        count = merge_one(count, part[3 * qi], mean, m2, part[3 * qi + 1], part[3 * qi + 2])
+
+
+cdef inline int plane_moments_core(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+                                   Py_ssize_t inner, double* mean, double* m2,
+                                   int num_threads) noexcept nogil:
+    """Per-channel (mean, M2), all threads sharing the work; -1 if out of memory."""
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t item, qi, c
+    cdef double* part = <double*>malloc(3 * nq * C * sizeof(double))
+    if part == NULL:
+        return -1
+    for item in prange(nq * C, schedule='static', num_threads=num_threads):
+        qi = item // C
+        c = item % C
+        plane_chunk_moments(x, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                            chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+    for c in range(C):
+        plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &m2[c])
+    free(part)
+    return 0
+
+
+def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
+                  double[::1] mean,                # OUT (C,)
+                  double[::1] m2,                  # OUT (C,) sum of squared deviations
+                  int num_threads):
+    """Per-channel mean and M2 of a plane-family view."""
+    cdef int status
+    with nogil:
+        status = plane_moments_core(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
+                                    &m2[0], num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Row family.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
+                                   double* mean, double* m2) noexcept nogil:
+    """Per-column mean and M2 of rows x[0:nrows, 0:L], two passes, vectorized over columns.
+
+    Rows are read in order; each update of the column accumulators adds a group of
+    ROW_GROUP rows (summed pairwise first), which quarters the accumulator traffic. The
+    first pass sums x[r, j] - x[0, j], so a constant column has exactly mean x[0, j], m2 0.
+    """
+    cdef Py_ssize_t r, j, ngroups = nrows // ROW_GROUP
+    cdef const floating* a
+    cdef const floating* b
+    cdef const floating* c
+    cdef const floating* e
+    cdef double d0, d1, d2, d3
+    for j in range(L):
+        mean[j] = 0.0
+        m2[j] = 0.0
+    for r in range(ngroups):
+        a = x + (r * ROW_GROUP) * L
+        b = a + L
+        c = b + L
+        e = c + L
+        for j in range(L):
+            mean[j] += (((<double>a[j] - <double>x[j]) + (<double>b[j] - <double>x[j]))
+                        + ((<double>c[j] - <double>x[j]) + (<double>e[j] - <double>x[j])))
+    for r in range(ngroups * ROW_GROUP, nrows):
+        a = x + r * L
+        for j in range(L):
+            mean[j] += <double>a[j] - <double>x[j]
+    for j in range(L):
+        mean[j] = <double>x[j] + mean[j] / <double>nrows
+        if not isfinite(mean[j]):  # data near +-1e308 (see scaled_mean)
+            mean[j] = 0.0
+            for r in range(nrows):
+                mean[j] += <double>x[r * L + j] / <double>nrows
+    for r in range(ngroups):
+        a = x + (r * ROW_GROUP) * L
+        b = a + L
+        c = b + L
+        e = c + L
+        for j in range(L):
+            d0 = <double>a[j] - mean[j]
+            d1 = <double>b[j] - mean[j]
+            d2 = <double>c[j] - mean[j]
+            d3 = <double>e[j] - mean[j]
+            m2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(ngroups * ROW_GROUP, nrows):
+        a = x + r * L
+        for j in range(L):
+            d0 = <double>a[j] - mean[j]
+            m2[j] += d0 * d0
+
+
+cdef inline void row_block_stats(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
+                                 double* mean, double* m2, Py_ssize_t next_rows) noexcept nogil:
+    """Per-column (mean, M2) of rows x[0:nrows]; float32 prefetches the next_rows that follow."""
+    if floating is float:
+        cybn_f32_rows_moments(x, nrows, L, mean, m2, x + nrows * L if next_rows > 0 else NULL,
+                              next_rows)
+    else:
+        row_block_moments(x, nrows, L, mean, m2)
+
+
+cdef inline int row_moments_core(const floating* x, Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
+                                 Py_ssize_t inner, double* mean, double* m2,
+                                 int num_threads) noexcept nogil:
+    """Per-channel (mean, M2) of a row-family view; -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t k = L // (C * inner)
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, nnext, c, t, i
+    cdef double count
+    cdef double* tmp
+    cdef int status[1]
+    cdef double* part_mean = <double*>malloc(2 * nchunks * L * sizeof(double))
+    cdef double* part_m2
+    if part_mean == NULL:
+        return -1
+    part_m2 = part_mean + nchunks * L
+    status[0] = 0
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        tmp = <double*>malloc(2 * L * sizeof(double))
+        if tmp == NULL:
+            status[0] = -1
+            continue
+        count = 0.0
+        blk_end = chunk_start(nblocks, nchunks, item + 1)
+        for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
+            r0 = blk * ROW_BLOCK
+            nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
+            # rows of the chunk's next block, prefetched while this one is computed
+            nnext = min(<Py_ssize_t>ROW_BLOCK, R - r0 - nrows) if blk + 1 < blk_end else 0
+            if count == 0.0:  # the chunk's first block lands directly in its partial
+                row_block_stats(x + r0 * L, nrows, L, &part_mean[item * L], &part_m2[item * L],
+                                nnext)
+            else:
+                row_block_stats(x + r0 * L, nrows, L, tmp, tmp + L, nnext)
+                merge_moments(count, <double>nrows, L, &part_mean[item * L],
+                              &part_m2[item * L], tmp, tmp + L, 1)
+            count = count + <double>nrows
+        free(tmp)
+    if status[0] == 0:
+        count = 0.0
+        for item in range(1, nchunks):
+            count = <double>(chunk_start(nblocks, nchunks, item) * ROW_BLOCK)
+            nrows = min(R, chunk_start(nblocks, nchunks, item + 1) * ROW_BLOCK) \
+                - <Py_ssize_t>count
+            merge_moments(count, <double>nrows, L, part_mean, part_m2,
+                          &part_mean[item * L], &part_m2[item * L], 1)
+        for c in range(C):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        count = 0.0
+        for t in range(k):
+            for i in range(inner):
+                count = merge_moments(count, <double>R, C, mean, m2, &part_mean[t * C * inner + i],
+                                      &part_m2[t * C * inner + i], inner)
+    free(part_mean)
+    return status[0]
+
+
+def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
+                Py_ssize_t C, Py_ssize_t inner,
+                double[::1] mean,                # OUT (C,)
+                double[::1] m2,                  # OUT (C,)
+                int num_threads):
+    """Per-channel mean and M2 of a row-family view."""
+    cdef int status
+    with nogil:
+        status = row_moments_core(&x[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0], &m2[0],
+                                  num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Per-channel arrays: coefficients and running statistics.
+# ---------------------------------------------------------------------------------------
+
+def train_coefficients_array(double count, const double[::1] m2, double eps,
+                             const double[::1] weight, double[::1] var,
+                             double[::1] invstd, double[::1] scale):
+    """Per-channel var, invstd and scale (OUT), the same arithmetic as the kernels."""
+    cdef Py_ssize_t c
+    for c in range(m2.shape[0]):
+        train_coefficients(count, m2[c], eps, weight[c], &var[c], &invstd[c], &scale[c])
+
+
+ctypedef fused running_t:
+    float
+    double
+
+
+def update_running(running_t[::1] running,        # IN/OUT (C,) updated in place
+                   const double[::1] batch,       # IN  (C,)
+                   double momentum, double factor):
+    """running = (1 - momentum) * running + momentum * (batch * factor), in double."""
+    cdef Py_ssize_t c
+    for c in range(running.shape[0]):
+        running[c] = <running_t>((1.0 - momentum) * <double>running[c]
+                                 + momentum * (batch[c] * factor))
