@@ -1,16 +1,18 @@
 """cybn: Cython + OpenMP batch normalization for NumPy arrays.
 
-Functional ops (:mod:`cybn.functional`), layers (:mod:`cybn.layers`), a training helper
-(:mod:`cybn.train`), thread control and build information.
+Functional ops (:mod:`cybn.ops`, also reachable as :mod:`cybn.functional`), layers
+(:mod:`cybn.nn`, also :mod:`cybn.layers`), a training helper (:mod:`cybn.train`), thread
+control and build information. Every public name is re-exported here (``cybn.BatchNorm2d``,
+``cybn.batch_norm_train``, ...).
 """
 
 __version__ = "0.1.0"
 
-from . import functional, layers, train
+from . import functional, layers, nn, ops, train
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
-from .functional import *  # noqa: F401,F403  (batch_norm_train, ..., moments)
-from .layers import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
+from .nn import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
+from .ops import *  # noqa: F401,F403  (batch_norm_train, ..., moments)
 from .train import *  # noqa: F401,F403  (cross_entropy, mse_loss, SGD, Adam, fit, ...)
 
 __all__ = [
@@ -19,7 +21,7 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "show_config",
-    *functional.__all__,
-    *layers.__all__,
+    *ops.__all__,
+    *nn.__all__,
     *train.__all__,
 ]

@@ -10,7 +10,7 @@ def self_check(seed: int = 0) -> bool:
     """Compare every op against a float64 NumPy computation on random data; print a line each."""
     import numpy as np
 
-    from . import functional as F
+    from . import ops as F
 
     rng = np.random.default_rng(seed)
     ok = True

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _kernels, functional as F
+from . import __version__, _kernels, ops as F
 from ._openmp import get_num_threads, set_num_threads
 
 # The shape suite: (shape in channels-first order). Each runs as NCHW (axis 1) and as the

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU,
-                     Sequential)
+from .nn import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU,
+                 Sequential)
 from .train import SGD, fit
 
 TARGET = 0.95

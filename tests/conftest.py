@@ -14,9 +14,9 @@ if os.environ.get("CI"):
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
 def threads(request, monkeypatch):
     """Run the test body under 1 and under 2 OpenMP threads, small arrays included."""
-    import cybn.functional
+    from cybn.ops import _schedule
 
-    monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", 0)
     with threadpool_limits(limits=request.param, user_api="openmp"):
         yield request.param
 

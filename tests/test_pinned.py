@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cybn
-import cybn.functional as F
+from cybn.ops import _schedule as S
 from cybn._validate import ChannelView
 
 import reference as ref
@@ -48,10 +48,10 @@ def test_empty_batch_statistics_are_two_separate_nan_arrays():
 
 
 def test_single_thread_threshold_boundary():
-    below = ChannelView.of((F.MIN_PARALLEL_SIZE - 1, 1), 1)
-    at = ChannelView.of((F.MIN_PARALLEL_SIZE, 1), 1)
-    assert F._threads(below) == 1
-    assert F._threads(at) == cybn.get_num_threads()
+    below = ChannelView.of((S.MIN_PARALLEL_SIZE - 1, 1), 1)
+    at = ChannelView.of((S.MIN_PARALLEL_SIZE, 1), 1)
+    assert S.threads(below) == 1
+    assert S.threads(at) == cybn.get_num_threads()
 
 
 @pytest.mark.parametrize("momentum", [1, np.float64(1.0), np.float32(1.0)])

@@ -25,9 +25,9 @@ def all_ops(x, dy, axis):
 
 
 def test_python_threads_give_the_same_bits_as_serial_calls(monkeypatch):
-    import cybn.functional
+    from cybn.ops import _schedule
 
-    monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", 0)
     rng = np.random.default_rng(9)
     inputs = [((rng.standard_normal((8, 16, 30, 30)) + i).astype(np.float32), 1)
               if i % 2 == 0 else

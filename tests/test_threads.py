@@ -56,21 +56,21 @@ def run_all(x, dy, axis):
 @pytest.fixture
 def always_parallel(monkeypatch):
     """Use OpenMP's threads even for the small arrays below the serial threshold."""
-    import cybn.functional
+    from cybn.ops import _schedule
 
-    monkeypatch.setattr(cybn.functional, "MIN_PARALLEL_SIZE", 0)
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", 0)
 
 
 @needs_openmp
 def test_small_arrays_run_on_the_calling_thread_only(monkeypatch):
-    import cybn.functional as F
+    from cybn.ops import _schedule as S
     from cybn._validate import ChannelView
 
     small = ChannelView.of((2, 3, 4, 4), 1)
     big = ChannelView.of((64, 64, 32, 32), 1)
     with threadpool_limits(limits=2, user_api="openmp"):
-        assert F._threads(small) == 1
-        assert F._threads(big) == 2
+        assert S.threads(small) == 1
+        assert S.threads(big) == 2
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -139,7 +139,7 @@ def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, al
                                                           monkeypatch):
     """Owner / cooperative plane schedules (any group size) and streaming stores on or off
     give the same bits, so their size thresholds are free to tune."""
-    import cybn.functional as F
+    from cybn.ops import _schedule as S
 
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
@@ -151,11 +151,11 @@ def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, al
                 (lambda *a: C, 1 << 60, 0)]                  # whole array cooperative
     results = []
     for group, stream_bytes, stream_run in settings:
-        monkeypatch.setattr(F, "_plane_group", group)
-        monkeypatch.setattr(F, "STREAM_MIN_BYTES", stream_bytes)
+        monkeypatch.setattr(S, "plane_group", group)
+        monkeypatch.setattr(S, "STREAM_MIN_BYTES", stream_bytes)
         share = 0 if stream_bytes == 0 else 1
-        monkeypatch.setattr(F, "STREAM_CACHE_SHARE", dict.fromkeys(F.STREAM_CACHE_SHARE, share))
-        monkeypatch.setattr(F, "STREAM_MIN_RUN", stream_run)
+        monkeypatch.setattr(S, "STREAM_CACHE_SHARE", dict.fromkeys(S.STREAM_CACHE_SHARE, share))
+        monkeypatch.setattr(S, "STREAM_MIN_RUN", stream_run)
         with threadpool_limits(limits=2, user_api="openmp"):
             results.append(run_all(x, dy, axis))
     for other in results[1:]:
@@ -167,51 +167,51 @@ def test_plane_schedule_policy(monkeypatch):
     """Arrays that fit half the cache: all threads on the whole array; larger arrays with many
     channels whose slabs fit: threads own channels; few channels or huge ones: cooperative
     groups that fit half the cache."""
-    import cybn.functional as F
+    from cybn.ops import _schedule as S
     from cybn._validate import ChannelView
 
-    monkeypatch.setattr(F, "_cache_bytes", lambda: 32 << 20)
-    assert F._plane_group(ChannelView.of((8, 256, 14, 14), 1), 4, 2, 2) == 256
-    assert F._plane_group(ChannelView.of((128, 512, 7, 7), 1), 4, 2, 2) == 0
+    monkeypatch.setattr(S, "cache_bytes", lambda: 32 << 20)
+    assert S.plane_group(ChannelView.of((8, 256, 14, 14), 1), 4, 2, 2) == 256
+    assert S.plane_group(ChannelView.of((128, 512, 7, 7), 1), 4, 2, 2) == 0
 
-    assert F._plane_group(ChannelView.of((32, 64, 56, 56), 1), 4, 1, 2) == 0
-    assert F._plane_group(ChannelView.of((64, 3, 224, 224), 1), 4, 1, 2) >= 1
+    assert S.plane_group(ChannelView.of((32, 64, 56, 56), 1), 4, 1, 2) == 0
+    assert S.plane_group(ChannelView.of((64, 3, 224, 224), 1), 4, 1, 2) >= 1
     huge = ChannelView.of((4096, 16, 64, 64), 1)
-    assert F._plane_group(huge, 4, 2, 2) == 1
+    assert S.plane_group(huge, 4, 2, 2) == 1
 
 
 def test_streaming_policy():
     """Streaming stores only for outputs beyond the op's share of the cache, never for short
     plane runs; backward (two inputs competing for the cache) streams earliest."""
-    import cybn.functional as F
+    from cybn.ops import _schedule as S
     from cybn._validate import ChannelView
 
-    cache = F._cache_bytes()
+    cache = S.cache_bytes()
     assert cache >= 1 << 20
     big = ChannelView.of((64, cache // 4096 + 1, 32, 32), 1)   # > cache in float32
     small = ChannelView.of((2048, 512), 1)                     # exactly 4 MiB in float32
     short_runs = ChannelView.of((cache // 1024, 64, 16, 16), 1)  # 1 KiB planes
     for op in ("infer", "train", "backward"):
-        assert F._streaming(big, 4, op)
-        assert not F._streaming(short_runs, 4, op)
+        assert S.streaming(big, 4, op)
+        assert not S.streaming(short_runs, 4, op)
     if cache >= 16 << 20:
-        assert not F._streaming(small, 4, "infer")
+        assert not S.streaming(small, 4, "infer")
     mid = ChannelView.of((cache // 4 // 2048, 512), 1)         # a quarter of the cache
-    assert F._streaming(mid, 4, "backward") or F.STREAM_MIN_BYTES > cache // 4
-    assert not F._streaming(mid, 4, "infer")
+    assert S.streaming(mid, 4, "backward") or S.STREAM_MIN_BYTES > cache // 4
+    assert not S.streaming(mid, 4, "infer")
 
 
 def test_cache_size_from_sysfs(monkeypatch, tmp_path):
-    import cybn.functional as F
+    from cybn.ops import _schedule as S
 
     for i, (level, size) in enumerate([(1, "32K"), (2, "512K"), (3, "32768K")]):
         d = tmp_path / f"index{i}"
         d.mkdir()
         (d / "level").write_text(f"{level}\n")
         (d / "size").write_text(f"{size}\n")
-    real_glob = F.glob.glob
-    monkeypatch.setattr(F.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
-    assert F._sysfs_cache_bytes() == 32 << 20
+    real_glob = S.glob.glob
+    monkeypatch.setattr(S.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
+    assert S.sysfs_cache_bytes() == 32 << 20
 
 
 def run_python(code: str, env=None, timeout: float = 120):

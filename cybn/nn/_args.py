@@ -1,0 +1,30 @@
+"""Argument checks and random-number helpers shared by the layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+def as_rng(rng) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def int_pair(value, name: str, minimum: int = 1) -> tuple:
+    """An int or a pair of ints, each at least ``minimum``, as a pair."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(is_int(v) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def positive_int(value, name: str) -> int:
+    """A positive int (a feature or channel count)."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)

@@ -1,0 +1,159 @@
+"""Batch normalization layers for 2-D to 5-D input, channels-first or channels-last."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops as F
+from .._validate import check_eps, check_momentum
+from ._args import positive_int
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _BatchNorm(Module):
+    """Shared code of BatchNorm1d/2d/3d. Subclasses set the accepted ranks."""
+
+    ranks: tuple = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+                 track_running_stats: bool = True, channels_last: bool = False,
+                 dtype=np.float32):
+        super().__init__()
+        positive_int(num_features, "num_features")
+        if momentum is not None:
+            check_momentum(momentum)
+        check_eps(eps)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.channels_last = channels_last
+        self.dtype = dtype
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype), decay=False)
+            self.bias = Parameter(np.zeros(num_features, dtype), decay=False)
+        else:
+            self._parameters["weight"] = None
+            self._parameters["bias"] = None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                f"{', channels_last=True' if self.channels_last else ''}")
+
+    def _axis(self, x) -> int:
+        if x.ndim not in self.ranks:
+            dims = " or ".join(f"{r}-D" for r in self.ranks)
+            raise ValueError(f"{type(self).__name__} expects {dims} input, got shape {x.shape}")
+        axis = -1 if self.channels_last and x.ndim > 2 else 1
+        if x.shape[axis] != self.num_features:
+            name = type(self).__name__
+            hint = ""
+            if x.ndim > 2 and not self.channels_last and x.shape[-1] == self.num_features:
+                hint = "; for channels-last input pass channels_last=True"
+            elif self.channels_last and x.shape[1] == self.num_features:
+                hint = "; for channels-first input leave channels_last=False"
+            raise ValueError(f"{name} has {self.num_features} channels, but the input has "
+                             f"{x.shape[axis]} along axis {axis % x.ndim} (shape {x.shape})"
+                             f"{hint}")
+        return axis
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked.fill(0)
+
+    def forward(self, x):
+        """Normalize x: batch statistics in training mode (or without running statistics),
+        running statistics in eval mode. Training updates the running statistics."""
+        x = np.asarray(x)
+        axis = self._axis(x)
+        w = self.weight.data if self.affine else None
+        b = self.bias.data if self.affine else None
+        if self.training or not self.track_running_stats:
+            update = self.training and self.track_running_stats
+            momentum = self.momentum
+            if update and momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked + 1)
+            y, mean, invstd = F.batch_norm_train(
+                x, w, b, running_mean=self.running_mean if update else None,
+                running_var=self.running_var if update else None,
+                momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis)
+            if update:
+                self.num_batches_tracked[...] += 1
+            self._cache = (x, mean, invstd, True, axis)
+        else:
+            y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
+                                   axis=axis)
+            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis)
+        return y
+
+    def backward(self, dy):
+        """dx for the last forward; adds dweight, dbias into weight.grad, bias.grad."""
+        x, mean, invstd, training, axis = self._take_saved()
+        w = self.weight.data if self.affine else None
+        dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis)
+        if self.affine:
+            self.weight.grad += dw
+            self.bias.grad += db
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization over (N, C) or (N, C, L) input (channels-last: (N, L, C)).
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float
+        Added to the variance.
+    momentum : float or None
+        ``running = (1 - momentum) * running + momentum * batch``; None gives the cumulative
+        average over ``num_batches_tracked``.
+    affine : bool
+        Learn ``weight`` (gamma) and ``bias`` (beta).
+    track_running_stats : bool
+        Keep running statistics; False uses batch statistics in eval mode too.
+    channels_last : bool
+        Channel axis last for 3-D input.
+    dtype : float32 or float64
+        dtype of the parameters and running statistics.
+    """
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization over (N, C, H, W) input, or (N, H, W, C) with channels_last.
+
+    Same parameters as :class:`BatchNorm1d`.
+    """
+
+    ranks = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalization over (N, C, D, H, W), or (N, D, H, W, C) with channels_last.
+
+    Same parameters as :class:`BatchNorm1d`.
+    """
+
+    ranks = (5,)

@@ -1,0 +1,39 @@
+"""Dropout."""
+
+from __future__ import annotations
+
+import numbers
+
+from ._args import as_rng
+from .module import Module
+
+__all__ = ["Dropout"]
+
+
+class Dropout(Module):
+    """Zeroes each element with probability p in training and scales the rest by 1/(1-p);
+    identity in eval mode. ``rng`` is a seed or a numpy Generator."""
+
+    def __init__(self, p: float = 0.5, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be a number in [0, 1), got {p!r}")
+        self.p: float = float(p)
+        self.rng = as_rng(rng)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._cache = (None,)
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        self._cache = (scale,)
+        return x * scale
+
+    def backward(self, dy):
+        (scale,) = self._take_saved()
+        return dy if scale is None else dy * scale

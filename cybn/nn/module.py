@@ -1,0 +1,195 @@
+"""The base classes: Parameter, Module (parameters, buffers, modes, state_dict) and Sequential."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["Parameter", "Module", "Sequential"]
+
+
+class Parameter:
+    """A trainable array: ``data`` and the gradient ``grad`` accumulated by backward.
+
+    ``decay`` tells the optimizers whether weight decay applies (False for BatchNorm's
+    weight and bias, see :mod:`cybn.train`).
+    """
+
+    def __init__(self, data, decay: bool = True):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+        self.decay = decay
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: registers parameters, buffers and sub-modules in assignment order."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self._parameters and value is None:
+            self._parameters[name] = None
+        elif name in self._buffers:
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for table in ("_parameters", "_buffers", "_modules"):
+            entries = self.__dict__.get(table)
+            if entries is not None and name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_buffer(self, name: str, value) -> None:
+        """A state array saved in state_dict but not trained (running statistics)."""
+        self._buffers[name] = value
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def _take_saved(self):
+        """What the last forward saved for backward; a backward consumes it, so that a
+        second backward without a new forward (which would add the parameter gradients
+        twice) is an error, as in PyTorch."""
+        saved = self.__dict__.get("_cache")
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first (each "
+                               f"forward allows one backward)")
+        object.__setattr__(self, "_cache", None)
+        return saved
+
+    # ----- traversal ------------------------------------------------------------------
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self):
+        """The trainable parameters, in PyTorch's order."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def modules(self):
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # ----- state --------------------------------------------------------------------------
+    def _state_items(self, prefix: str = ""):
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p.data
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m._state_items(f"{prefix}{name}.")
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer under PyTorch's keys."""
+        return OrderedDict((k, np.array(v, copy=True)) for k, v in self._state_items())
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Copy arrays from ``state`` into this model's parameters and buffers.
+
+        Every key and shape is checked before anything is written: a missing or unexpected
+        key (with ``strict``) or a wrong shape raises ValueError naming it and leaves the
+        model unchanged. Values are cast to the existing arrays' dtypes.
+        """
+        targets = OrderedDict(self._state_items())
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        converted = {}
+        for key, target in targets.items():
+            if key not in state:
+                continue
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, the model "
+                                 f"expects {target.shape}")
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"state_dict[{key!r}] has dtype {value.dtype}, expected numbers")
+            converted[key] = value
+        for key, value in converted.items():
+            np.copyto(targets[key], value, casting="unsafe")
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({name}): " + repr(m).replace("\n", "\n  ")
+                        for name, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse. Indexable like a list."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {i} is not a cybn Module: {type(layer).__name__}")
+            self._modules[str(i)] = layer
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy

@@ -1,0 +1,68 @@
+"""Running the kernel families on a ChannelView: per-channel moments, the affine pass, the
+output buffer and the running-statistics update, shared by every op."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+from .._validate import ChannelView
+from . import _schedule
+
+
+def channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
+    """Per-channel (mean, m2) in float64 of a nonempty kernel view."""
+    mean = np.empty(view.channels, dtype=np.float64)
+    m2 = np.empty(view.channels, dtype=np.float64)
+    if view.family == "plane":
+        _kernels.plane_moments(xk, mean, m2, threads)
+    else:
+        _kernels.row_moments(xk, view.channels, view.inner, mean, m2, threads)
+    return mean, m2
+
+
+def channel_affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int) -> None:
+    """yk = (xk - shift[c]) * scale[c] + offset[c] for float64 per-channel vectors."""
+    streaming = _schedule.streaming(view, xk.itemsize, "infer")
+    if view.family == "plane":
+        _kernels.plane_infer(xk, shift, scale, offset, yk, streaming, threads)
+    else:
+        _kernels.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, streaming,
+                           threads)
+
+
+class Output:
+    """Where a kernel writes: ``out`` itself when it is C-contiguous, else a buffer that
+    :meth:`result` copies into ``out``."""
+
+    def __init__(self, view: ChannelView, out, dtype):
+        self.view, self.out = view, out
+        if out is not None and out.flags.c_contiguous:
+            self.buffer = out
+        else:
+            self.buffer = np.empty(view.shape, dtype=dtype)
+        self.kernel = view.kernel_view(self.buffer)
+
+    def result(self) -> np.ndarray:
+        if self.out is None:
+            return self.buffer
+        if self.buffer is not self.out:
+            np.copyto(self.out, self.buffer)
+        return self.out
+
+
+def empty_result(view: ChannelView, out, dtype) -> np.ndarray:
+    """The result of an op on an empty array: ``out``, or a new empty array."""
+    return out if out is not None else np.empty(view.shape, dtype=dtype)
+
+
+def update_running(buffer: np.ndarray, batch: np.ndarray, momentum: float,
+                   factor: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch * factor, in place; a strided
+    buffer is updated through a contiguous copy (the same arithmetic)."""
+    if buffer.flags.c_contiguous:
+        _kernels.update_running(buffer, batch, momentum, factor)
+    else:
+        tmp = np.ascontiguousarray(buffer)
+        _kernels.update_running(tmp, batch, momentum, factor)
+        buffer[...] = tmp

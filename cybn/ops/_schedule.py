@@ -1,0 +1,99 @@
+"""How an op runs on the kernels: thread count, streaming stores and the plane schedule.
+
+These choices change speed only: every kernel gives bitwise identical results for any thread
+count, schedule and store kind. They are module globals so that tests (and users measuring
+their machine) can change them.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+from .._openmp import get_num_threads
+from .._validate import ChannelView
+
+# Arrays with fewer elements run on the calling thread: waking OpenMP's threads costs more
+# than it saves there, and next to other spinning thread pools (OpenBLAS in a training loop)
+# it can cost milliseconds.
+MIN_PARALLEL_SIZE = 1 << 17
+
+# Outputs larger than a share of the last-level cache are written with streaming
+# (non-temporal) stores, which skip the read-for-ownership of every output line; smaller
+# outputs stay in the cache, where the next op finds them (streaming them was up to 1.5x
+# slower). The share is per op because the inputs compete for the cache too: measured on a
+# 32 MB L3 (Zen 3, 2 threads), streaming won from about 16 MB of output for inference,
+# 11 MB for training forward and 7 MB for backward. Never below STREAM_MIN_BYTES, and only
+# where the kernel writes contiguous runs of at least STREAM_MIN_RUN bytes (short runs leave
+# partly written lines, which cost more than they save).
+STREAM_MIN_BYTES = 4 << 20
+STREAM_CACHE_SHARE = {"infer": 1 / 2, "train": 1 / 3, "backward": 1 / 5}
+STREAM_MIN_RUN = 4096
+
+
+def threads(view: ChannelView) -> int:
+    """The OpenMP threads an op on ``view`` uses: 1 below MIN_PARALLEL_SIZE elements."""
+    return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
+
+
+def streaming(view: ChannelView, itemsize: int, op: str) -> bool:
+    """Whether the elementwise pass of ``op`` ("infer", "train", "backward") streams."""
+    if view.family == "plane" and view.inner * itemsize < STREAM_MIN_RUN:
+        return False
+    threshold = max(STREAM_MIN_BYTES, int(cache_bytes() * STREAM_CACHE_SHARE[op]))
+    return view.size * itemsize >= threshold
+
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def sysfs_cache_bytes() -> int:
+    """The size of the largest cache level Linux reports for CPU 0, or 0."""
+    best_level, best_size = 0, 0
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(index, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        unit = _SIZE_UNITS.get(text[-1:])
+        size = int(text[:-1]) * unit if unit else int(text or 0)
+        if level > best_level:
+            best_level, best_size = level, size
+    return best_size
+
+
+@functools.lru_cache(maxsize=1)
+def cache_bytes() -> int:
+    """The last-level cache one core sees (Linux sysfs; else sysconf), or 8 MiB when the
+    system does not say. sysfs is preferred: it gives the cache of one core complex, where
+    some C libraries report the whole socket's."""
+    try:
+        size = sysfs_cache_bytes()
+    except (OSError, ValueError):
+        size = 0
+    if size <= 0:
+        try:
+            size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            size = 0
+    return size if size and size > 0 else 8 << 20
+
+
+def plane_group(view: ChannelView, itemsize: int, arrays: int, threads: int) -> int:
+    """The plane family's schedule: 0 when each thread owns whole channels (reduce, then
+    write each channel while its data is in cache), else the number of channels all threads
+    work on together. ``arrays`` is how many full-size arrays the op reads (1 or 2).
+
+    Owning channels pays only when the arrays do not fit the cache: on arrays that do, the
+    whole array done cooperatively was 1.1-1.5x faster (both at 1 and 2 threads)."""
+    slab = view.count * itemsize * arrays  # bytes of one channel
+    half_cache = cache_bytes() // 2
+    if slab * view.channels <= half_cache:
+        return view.channels
+    if view.channels >= 4 * threads and slab * threads <= half_cache:
+        return 0
+    return max(1, min(view.channels, half_cache // max(1, slab)))

@@ -1,0 +1,249 @@
+"""Batch normalization: training forward, inference, backward, and PyTorch's
+``batch_norm`` with its ``training`` switch (conventions: :mod:`cybn.ops`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+from .._validate import (
+    as_data,
+    channel_vector,
+    channel_view,
+    check_bool,
+    check_eps,
+    check_momentum,
+    check_out,
+    check_same_layout,
+    running_pair,
+)
+from . import _schedule
+from ._run import Output, channel_affine, empty_result, update_running
+
+__all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm"]
+
+
+def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
+                     momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, out=None):
+    """Training-mode batch normalization with batch statistics.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
+    biased variance of this batch.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+        Input; channel axis ``axis``, statistics over all other axes.
+    weight, bias : ndarray of shape (C,), optional
+        Scale (gamma) and shift (beta); None means 1 and 0.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Updated in place when given (both or neither): ``(1 - momentum) * running +
+        momentum * batch``, running_var receiving the unbiased variance ``var * n/(n-1)``.
+    momentum : float in [0, 1]
+    eps : float > 0
+        Added to the variance.
+    axis : int
+        Channel axis (1 for channels-first, -1 for channels-last).
+    out : ndarray, optional
+        Array of x's shape and dtype to write y into; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean : ndarray (C,), float64
+        Batch mean.
+    invstd : ndarray (C,), float64
+        ``1 / sqrt(var + eps)`` with the biased batch variance.
+
+    Raises
+    ------
+    ValueError
+        With one value per channel (``count == 1``): batch statistics are undefined.
+    """
+    # small plain arrays: one compiled call (None when it does not apply)
+    fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                               axis, out, _schedule.MIN_PARALLEL_SIZE)
+    if fast is not None:
+        return fast
+    x = as_data(x, "x")
+    view = channel_view(x, axis)
+    C = view.channels
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    rm, rv = running_pair(running_mean, running_var, C)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var}, in_place_ok=("x",))
+    if view.size == 0:
+        nan = np.full(C, np.nan)
+        return empty_result(view, out, x.dtype), nan, nan.copy()
+    if view.count == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"of shape {x.shape} with channel axis {view.axis}")
+
+    threads = _schedule.threads(view)
+    xk = view.kernel_view(x)
+    dest = Output(view, out, x.dtype)
+    mean = np.empty(C, dtype=np.float64)
+    var = np.empty(C, dtype=np.float64)
+    invstd = np.empty(C, dtype=np.float64)
+    streaming = _schedule.streaming(view, x.itemsize, "train")
+    if view.family == "plane":
+        group = _schedule.plane_group(view, x.itemsize, 1, threads)
+        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, group,
+                                     streaming, threads)
+    else:
+        _kernels.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, mean, var, invstd,
+                                   streaming, threads)
+    if rm is not None:
+        n = view.count
+        update_running(rm, mean, momentum, 1.0)
+        update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
+    return dest.result(), mean, invstd
+
+
+def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
+                     eps: float = 1e-5, axis: int = 1, out=None):
+    """Inference-mode batch normalization with given (running) statistics.
+
+    ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``, one pass over x
+    with per-channel coefficients computed once in float64.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+    running_mean, running_var : ndarray of shape (C,)
+        Statistics to normalize with (not modified).
+    weight, bias : ndarray of shape (C,), optional
+        None means 1 and 0.
+    eps : float > 0
+    axis : int
+        Channel axis.
+    out : ndarray, optional
+        Array of x's shape and dtype; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    """
+    # small plain arrays: one compiled call (None when it does not apply)
+    y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
+                            _schedule.MIN_PARALLEL_SIZE)
+    if y is not None:
+        return y
+    x = as_data(x, "x")
+    view = channel_view(x, axis)
+    C = view.channels
+    rm = channel_vector(running_mean, "running_mean", C)
+    rv = channel_vector(running_var, "running_var", C)
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
+                                      "running_var": running_var, "weight": weight,
+                                      "bias": bias}, in_place_ok=("x",))
+    if view.size == 0:
+        return empty_result(view, out, x.dtype)
+    scale = np.empty(C, dtype=np.float64)
+    _kernels.infer_scale(rv, w, eps, scale)
+    dest = Output(view, out, x.dtype)
+    channel_affine(view, view.kernel_view(x), rm, scale, b, dest.kernel,
+                   _schedule.threads(view))
+    return dest.result()
+
+
+def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, axis: int = 1,
+                        out=None):
+    """Gradients of batch normalization with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to y; x's shape and dtype.
+    x : ndarray, float32 or float64, ndim >= 2
+        The forward input.
+    weight : ndarray of shape (C,) or None
+        The forward weight (None means 1).
+    mean, invstd : ndarray of shape (C,)
+        What the forward used: with ``training=True`` the batch statistics returned by
+        :func:`batch_norm_train`; with ``training=False`` the running statistics
+        (``invstd = 1 / sqrt(running_var + eps)``).
+    training : bool
+        True: gradient through batch statistics,
+        ``dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))``.
+        False: statistics are constants (frozen BN), ``dx = dy * weight * invstd``.
+    axis : int
+        Channel axis.
+    out : ndarray, optional
+        Array of x's shape and dtype for dx; may be dy or x itself.
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight : ndarray (C,), x's dtype
+        ``sum(dy * (x - mean) * invstd)`` over all axes but the channel axis.
+    dbias : ndarray (C,), x's dtype
+        ``sum(dy)``.
+    """
+    # small plain arrays: one compiled call (None when it does not apply)
+    fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
+                                  _schedule.MIN_PARALLEL_SIZE)
+    if fast is not None:
+        return fast
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    view = channel_view(x, axis)
+    C = view.channels
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = channel_vector(mean, "mean", C)
+    inv = channel_vector(invstd, "invstd", C)
+    training = check_bool(training, "training")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+    if view.size == 0:
+        zeros = np.zeros(C, dtype=x.dtype)
+        return empty_result(view, out, x.dtype), zeros, zeros.copy()
+
+    threads = _schedule.threads(view)
+    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    dest = Output(view, out, x.dtype)
+    sum_dy = np.empty(C, dtype=np.float64)
+    sum_dy_xmu = np.empty(C, dtype=np.float64)
+    streaming = _schedule.streaming(view, x.itemsize, "backward")
+    if view.family == "plane":
+        group = _schedule.plane_group(view, x.itemsize, 2, threads)
+        _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
+                                group, streaming, threads)
+    else:
+        _kernels.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, sum_dy,
+                              sum_dy_xmu, streaming, threads)
+    dweight = (sum_dy_xmu * inv).astype(x.dtype)
+    return dest.result(), dweight, sum_dy.astype(x.dtype)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, axis: int = 1, out=None):
+    """Batch normalization with ``torch.nn.functional.batch_norm``'s semantics.
+
+    ``training=True`` normalizes with batch statistics and, when ``running_mean`` and
+    ``running_var`` are arrays, updates them in place (see :func:`batch_norm_train`).
+    ``training=False`` normalizes with ``running_mean`` and ``running_var``, which are then
+    required (see :func:`batch_norm_infer`).
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    """
+    training = check_bool(training, "training")
+    if training:
+        y, _, _ = batch_norm_train(x, weight, bias, running_mean=running_mean,
+                                   running_var=running_var, momentum=momentum, eps=eps,
+                                   axis=axis, out=out)
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    return batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
+                            out=out)
