@@ -53,8 +53,8 @@ def check_bool(value, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {describe(value)}")
 
 
-def as_data(x, name: str) -> np.ndarray:
-    """Return ``x`` as a float32 or float64 array of at least 2 dimensions.
+def as_data(x, name: str, min_ndim: int = 2) -> np.ndarray:
+    """Return ``x`` as a float32 or float64 array of at least ``min_ndim`` dimensions.
 
     NumPy arrays must already be float32 or float64 (TypeError otherwise). Other array-likes
     (lists, tuples) are converted, numbers becoming float64.
@@ -71,9 +71,10 @@ def as_data(x, name: str) -> np.ndarray:
             arr = arr.astype(np.float64)
         x = arr
     check_float_dtype(x, name)
-    if x.ndim < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}")
+    if x.ndim < min_ndim:
+        what = " (batch and channel)" if min_ndim == 2 else ""
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions{what}, "
+                         f"got shape {x.shape}")
     return x
 
 
@@ -138,6 +139,28 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
     if v.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
                          f"got shape {v.shape}")
+    return np.ascontiguousarray(v, dtype=np.float64)
+
+
+def shaped_array(v, name: str, shape: tuple, default: float | None = None,
+                 what: str = "") -> np.ndarray:
+    """An array of a given shape (per group, per sample, per normalized element) as a
+    C-contiguous float64 array, like :func:`channel_vector`; ``what`` explains the shape."""
+    if v is None:
+        if default is None:
+            raise ValueError(f"{name} is required, got None")
+        return np.full(shape, default, dtype=np.float64)
+    reject_masked(v, name)
+    if not isinstance(v, np.ndarray):
+        try:
+            v = np.asarray(v, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ValueError(f"{name} must be a float32 or float64 array of shape {shape}, "
+                             f"got {describe(v)}") from None
+    check_float_dtype(v, name)
+    if v.shape != tuple(shape):
+        explain = f" ({what})" if what else ""
+        raise ValueError(f"{name} must have shape {tuple(shape)}{explain}, got shape {v.shape}")
     return np.ascontiguousarray(v, dtype=np.float64)
 
 

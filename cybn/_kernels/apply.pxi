@@ -34,6 +34,22 @@ cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double
 # Plane family.
 # ---------------------------------------------------------------------------------------
 
+cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t outer,
+                                   Py_ssize_t C, Py_ssize_t inner, const double* shift,
+                                   const double* scale, const double* offset, int streaming,
+                                   int num_threads) noexcept nogil:
+    """y = (x - shift[c]) * scale[c] + offset[c], work items of one block each."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t item, plane, c, start, off
+    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+        plane = item // nblocks
+        c = plane % C
+        start = (item % nblocks) * PLANE_BLOCK
+        off = plane * inner + start
+        run_affine(x + off, y + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                   shift[c], scale[c], offset[c], streaming)
+
+
 def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), nonempty
                 const double[::1] shift,           # IN  (C,)
                 const double[::1] scale,           # IN  (C,)
@@ -41,20 +57,10 @@ def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), none
                 floating[:, :, ::1] y,             # OUT (outer, C, inner); may be x itself
                 bint streaming,
                 int num_threads):
-    """y = (x - shift[c]) * scale[c] + offset[c], work items of one block each."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t item, plane, c, start, off
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0]
+    """y = (x - shift[c]) * scale[c] + offset[c] over a plane-family view."""
     with nogil:
-        for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
-            plane = item // nblocks
-            c = plane % C
-            start = (item % nblocks) * PLANE_BLOCK
-            off = plane * inner + start
-            run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
-                       shift[c], scale[c], offset[c], streaming)
+        plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                          &shift[0], &scale[0], &offset[0], streaming, num_threads)
 
 
 def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
@@ -276,3 +282,95 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
             end = min(n, start + block)
             for i in range(start, end):
                 d[i] = s[i]
+
+
+# ---------------------------------------------------------------------------------------
+# Samples (see common.pxi): the affine pass with per-(sample, channel) coefficients.
+# ---------------------------------------------------------------------------------------
+
+cdef inline int sample_affine_one(const floating* x, floating* y, Py_ssize_t outer,
+                                  Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k, bint plane,
+                                  const double* shift, const double* scale,
+                                  const double* offset, int streaming,
+                                  int num_threads) noexcept nogil:
+    if plane:
+        plane_affine_core(x, y, outer, C, inner, shift, scale, offset, streaming, num_threads)
+        return 0
+    return row_affine_core(x, y, outer // k, k * C * inner, C, inner, shift, scale, offset,
+                           streaming, num_threads)
+
+
+def sample_affine(const floating[:, ::1] x,      # IN  (N, size): sample n is x[n]
+                  Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                  bint plane,                    # one sample's view
+                  const double[:, ::1] shift,    # IN  (N, C)
+                  const double[:, ::1] scale,    # IN  (N, C)
+                  const double[:, ::1] offset,   # IN  (N, C)
+                  floating[:, ::1] y,            # OUT (N, size); may be x itself
+                  bint streaming,
+                  int num_threads):
+    """y[n] = (x[n] - shift[n, c]) * scale[n, c] + offset[n, c], c the channel."""
+    cdef Py_ssize_t N = x.shape[0], n
+    cdef int inside, across
+    cdef int status[1]
+    status[0] = 0
+    across = sample_threads(N, x.shape[1], num_threads, &inside)
+    with nogil:
+        if across == 1:
+            for n in range(N):
+                if sample_affine_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
+                                     &shift[n, 0], &scale[n, 0], &offset[n, 0], streaming,
+                                     inside) != 0:
+                    status[0] = -1
+        else:
+            for n in prange(N, schedule='static', num_threads=across):
+                if sample_affine_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
+                                     &shift[n, 0], &scale[n, 0], &offset[n, 0], streaming,
+                                     inside) != 0:
+                    status[0] = -1
+    if status[0] != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Rows: x[M, D] normalized per row (layer and RMS norm) with a per-column affine.
+# ---------------------------------------------------------------------------------------
+
+def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
+                const double[::1] shift,         # IN  (M,)
+                const double[::1] scale,         # IN  (M,)
+                const double[::1] weight,        # IN  (D,)
+                const double[::1] bias,          # IN  (D,)
+                floating[:, ::1] y,              # OUT (M, D); may be x itself
+                int num_threads):
+    """y[m, d] = ((x[m, d] - shift[m]) * scale[m]) * weight[d] + bias[d].
+
+    float32: (x - hi) * s + o in float with the row mean split hi + lo (o = -lo * s), then
+    the per-column affine in float; float64: in double throughout."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], m, d
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef float hi, lo, fs, fo
+    cdef double s, sh
+    cdef float* fw = <float*>malloc(2 * D * sizeof(float))
+    if fw == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    cdef float* fb = fw + D
+    for d in range(D):
+        fw[d] = <float>weight[d]
+        fb[d] = <float>bias[d]
+    with nogil:
+        for m in prange(M, schedule='static', num_threads=num_threads):
+            if floating is float:
+                hi = <float>shift[m]  # the split of cybn_split, assigned here so that
+                lo = <float>(shift[m] - <double>hi)  # prange makes hi and lo private
+                fs = <float>scale[m]
+                fo = <float>(-<double>lo * scale[m])
+                for d in range(D):
+                    yp[m * D + d] = ((xp[m * D + d] - hi) * fs + fo) * fw[d] + fb[d]
+            else:
+                sh = shift[m]
+                s = scale[m]
+                for d in range(D):
+                    yp[m * D + d] = ((xp[m * D + d] - sh) * s) * weight[d] + bias[d]
+    free(fw)

@@ -416,3 +416,224 @@ def grad_coefficients_array(double count, const double[::1] sum_dy,
     for c in range(sum_dy.shape[0]):
         grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c], training,
                           &k1[c], &k2[c], &k3[c])
+
+
+# ---------------------------------------------------------------------------------------
+# Plane family, the two halves of the backward apart (all channels shared by all threads):
+# for norms whose coefficients mix channels (group norm), computed between the halves.
+# ---------------------------------------------------------------------------------------
+
+cdef inline int plane_grad_sums_core(const floating* dy, const floating* x, Py_ssize_t outer,
+                                     Py_ssize_t C, Py_ssize_t inner, const double* mean,
+                                     double* sum_dy, double* sum_dy_xmu,
+                                     int num_threads) noexcept nogil:
+    """Per-channel sum(dy), sum(dy * (x - mean[c])); the blocks of plane_backward."""
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t item, qi, c
+    cdef double* part = <double*>malloc(2 * nq * C * sizeof(double))
+    if part == NULL:
+        return -1
+    for item in prange(nq * C, schedule='static', num_threads=num_threads):
+        qi = item // C
+        c = item % C
+        plane_chunk_grad_sums(dy, x, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                              chunk_start(Q, nq, qi + 1), c, mean[c], part + 2 * (c * nq + qi))
+    for c in range(C):
+        plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+    free(part)
+    return 0
+
+
+cdef inline void plane_grad_apply_core(const floating* dy, const floating* x, floating* dx,
+                                       Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                       const double* mean, const double* k1, const double* k2,
+                                       const double* k3, int streaming,
+                                       int num_threads) noexcept nogil:
+    """dx = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c], work items of one block each."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t item, plane, c, start, off
+    for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
+        plane = item // nblocks
+        c = plane % C
+        start = (item % nblocks) * PLANE_BLOCK
+        off = plane * inner + start
+        run_grad_apply(dy + off, x + off, dx + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                       mean[c], k1[c], k2[c], k3[c], streaming)
+
+
+# ---------------------------------------------------------------------------------------
+# Samples (see common.pxi): per-(sample, channel) gradient sums and the elementwise pass.
+# ---------------------------------------------------------------------------------------
+
+cdef inline int sample_grad_sums_one(const floating* dy, const floating* x, Py_ssize_t outer,
+                                     Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k, bint plane,
+                                     const double* mean, double* sum_dy, double* sum_dy_xmu,
+                                     int num_threads) noexcept nogil:
+    if plane:
+        return plane_grad_sums_core(dy, x, outer, C, inner, mean, sum_dy, sum_dy_xmu,
+                                    num_threads)
+    return row_grad_sums_core(dy, x, outer // k, k * C * inner, C, inner, mean, sum_dy,
+                              sum_dy_xmu, num_threads)
+
+
+def sample_grad_sums(const floating[:, ::1] dy,    # IN  (N, size): sample n is dy[n]
+                     const floating[:, ::1] x,     # IN  (N, size)
+                     Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                     bint plane,                   # one sample's view
+                     const double[:, ::1] mean,    # IN  (N, C)
+                     double[:, ::1] sum_dy,        # OUT (N, C)
+                     double[:, ::1] sum_dy_xmu,    # OUT (N, C) sum of dy * (x - mean)
+                     int num_threads):
+    """Per-(sample, channel) sum(dy) and sum(dy * (x - mean[n, c]))."""
+    cdef Py_ssize_t N = x.shape[0], n
+    cdef int inside, across
+    cdef int status[1]
+    status[0] = 0
+    across = sample_threads(N, x.shape[1], num_threads, &inside)
+    with nogil:
+        if across == 1:
+            for n in range(N):
+                if sample_grad_sums_one(&dy[n, 0], &x[n, 0], outer, C, inner, k, plane,
+                                        &mean[n, 0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
+                                        inside) != 0:
+                    status[0] = -1
+        else:
+            for n in prange(N, schedule='static', num_threads=across):
+                if sample_grad_sums_one(&dy[n, 0], &x[n, 0], outer, C, inner, k, plane,
+                                        &mean[n, 0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
+                                        inside) != 0:
+                    status[0] = -1
+    if status[0] != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+cdef inline int sample_grad_apply_one(const floating* dy, const floating* x, floating* dx,
+                                      Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                      Py_ssize_t k, bint plane, const double* mean,
+                                      const double* k1, const double* k2, const double* k3,
+                                      int streaming, int num_threads) noexcept nogil:
+    if plane:
+        plane_grad_apply_core(dy, x, dx, outer, C, inner, mean, k1, k2, k3, streaming,
+                              num_threads)
+        return 0
+    return row_grad_apply_core(dy, x, dx, outer // k, k * C * inner, C, inner, mean, k1, k2,
+                               k3, streaming, num_threads)
+
+
+def sample_grad_apply(const floating[:, ::1] dy,   # IN  (N, size)
+                      const floating[:, ::1] x,    # IN  (N, size)
+                      Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                      bint plane,                  # one sample's view
+                      const double[:, ::1] mean,   # IN  (N, C)
+                      const double[:, ::1] k1,     # IN  (N, C)
+                      const double[:, ::1] k2,     # IN  (N, C)
+                      const double[:, ::1] k3,     # IN  (N, C)
+                      floating[:, ::1] dx,         # OUT (N, size); may be dy or x
+                      bint streaming,
+                      int num_threads):
+    """dx[n] = k1[n, c] * dy + k2[n, c] * (x - mean[n, c]) + k3[n, c], c the channel."""
+    cdef Py_ssize_t N = x.shape[0], n
+    cdef int inside, across
+    cdef int status[1]
+    status[0] = 0
+    across = sample_threads(N, x.shape[1], num_threads, &inside)
+    with nogil:
+        if across == 1:
+            for n in range(N):
+                if sample_grad_apply_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
+                                         plane, &mean[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
+                                         streaming, inside) != 0:
+                    status[0] = -1
+        else:
+            for n in prange(N, schedule='static', num_threads=across):
+                if sample_grad_apply_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
+                                         plane, &mean[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
+                                         streaming, inside) != 0:
+                    status[0] = -1
+    if status[0] != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+# ---------------------------------------------------------------------------------------
+# Rows (layer and RMS norm): x[M, D], statistics per row, affine per column.
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    ROWS_CHUNKS = 64   # row chunks of the column sums (fixed by the shape, merged in order)
+
+
+cdef inline void rows_grad_row(const floating* dy, const floating* x, floating* dx,
+                               Py_ssize_t D, double mean, double invstd, const double* weight,
+                               bint centered, double* col_xhat, double* col_dy) noexcept nogil:
+    """One row: dx, and the row's dy * xhat and dy added into the column sums.
+
+    g = weight * dy; dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) with
+    xhat = (x - mean) * invstd (centered, layer norm); without centering (RMS norm) the
+    mean is 0 and the mean(g) term is dropped."""
+    cdef double acc_a[LANES]
+    cdef double acc_b[LANES]
+    cdef Py_ssize_t i, j, nfull = D - D % LANES
+    cdef double a = 0.0, b = 0.0, g, xm, k1, k2, k3
+    for j in range(LANES):
+        acc_a[j] = 0.0
+        acc_b[j] = 0.0
+    for i in range(nfull // LANES):
+        for j in range(LANES):
+            g = weight[i * LANES + j] * <double>dy[i * LANES + j]
+            acc_a[j] += g
+            acc_b[j] += g * (<double>x[i * LANES + j] - mean)
+    for j in range(LANES):
+        a += acc_a[j]
+        b += acc_b[j]
+    for i in range(nfull, D):
+        g = weight[i] * <double>dy[i]
+        a += g
+        b += g * (<double>x[i] - mean)
+    k1 = invstd
+    k2 = -invstd * invstd * invstd * (b / <double>D)
+    k3 = -invstd * (a / <double>D) if centered else 0.0
+    for i in range(D):
+        g = <double>dy[i]
+        xm = <double>x[i] - mean
+        col_xhat[i] += g * (xm * invstd)
+        col_dy[i] += g
+        dx[i] = <floating>(k1 * (weight[i] * g) + k2 * xm + k3)
+
+
+def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
+                  const floating[:, ::1] x,      # IN  (M, D)
+                  const double[::1] mean,        # IN  (M,) (zeros: RMS norm)
+                  const double[::1] invstd,      # IN  (M,)
+                  const double[::1] weight,      # IN  (D,)
+                  bint centered,                 # layer norm True, RMS norm False
+                  floating[:, ::1] dx,           # OUT (M, D); may be dy or x
+                  double[::1] dweight,           # OUT (D,) sum over rows of dy * xhat
+                  double[::1] dbias,             # OUT (D,) sum over rows of dy
+                  int num_threads):
+    """Backward of a per-row normalization with a per-column affine, in one pass per row."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item
+    cdef Py_ssize_t nchunks = min(M, <Py_ssize_t>ROWS_CHUNKS)
+    cdef const floating* gp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dp = &dx[0, 0]
+    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double))
+    if part == NULL:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    with nogil:
+        for item in prange(nchunks, schedule='static', num_threads=num_threads):
+            for d in range(2 * D):
+                part[2 * item * D + d] = 0.0
+            for m in range(chunk_start(M, nchunks, item), chunk_start(M, nchunks, item + 1)):
+                rows_grad_row(gp + m * D, xp + m * D, dp + m * D, D, mean[m], invstd[m],
+                              &weight[0], centered, part + 2 * item * D,
+                              part + 2 * item * D + D)
+        for d in range(D):
+            dweight[d] = 0.0
+            dbias[d] = 0.0
+        for item in range(nchunks):
+            for d in range(D):
+                dweight[d] += part[2 * item * D + d]
+                dbias[d] += part[2 * item * D + D + d]
+    free(part)

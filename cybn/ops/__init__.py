@@ -1,5 +1,6 @@
-"""cybn's operations as functions of NumPy arrays: batch normalization (:mod:`.batchnorm`)
-and per-channel statistics (:mod:`.stats`).
+"""cybn's operations as functions of NumPy arrays: batch normalization (:mod:`.batchnorm`),
+layer, group, instance and RMS normalization (:mod:`.norms`) and per-channel statistics
+(:mod:`.stats`).
 
 Conventions shared by every function here
 -----------------------------------------
@@ -21,8 +22,9 @@ Conventions shared by every function here
   :func:`cybn.set_num_threads`). Results are bitwise identical for any thread count.
 """
 
-from . import batchnorm, stats
+from . import batchnorm, norms, stats
 from .batchnorm import *  # noqa: F401,F403
+from .norms import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
 
-__all__ = [*batchnorm.__all__, *stats.__all__]
+__all__ = [*batchnorm.__all__, *stats.__all__, *norms.__all__]

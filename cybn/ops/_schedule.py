@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import math
 import os
 
 from .._openmp import get_num_threads
@@ -34,15 +35,26 @@ STREAM_MIN_RUN = 4096
 
 def threads(view: ChannelView) -> int:
     """The OpenMP threads an op on ``view`` uses: 1 below MIN_PARALLEL_SIZE elements."""
-    return 1 if view.size < MIN_PARALLEL_SIZE else get_num_threads()
+    return threads_for(view.size)
+
+
+def threads_for(size: int) -> int:
+    """The OpenMP threads an op on ``size`` elements uses."""
+    return 1 if size < MIN_PARALLEL_SIZE else get_num_threads()
 
 
 def streaming(view: ChannelView, itemsize: int, op: str) -> bool:
     """Whether the elementwise pass of ``op`` ("infer", "train", "backward") streams."""
-    if view.family == "plane" and view.inner * itemsize < STREAM_MIN_RUN:
+    run = view.inner * itemsize if view.family == "plane" else math.inf
+    return streams(view.size * itemsize, run, op)
+
+
+def streams(nbytes: int, run_bytes: float, op: str) -> bool:
+    """Whether an output of ``nbytes``, written in contiguous runs of ``run_bytes``, streams."""
+    if run_bytes < STREAM_MIN_RUN:
         return False
     threshold = max(STREAM_MIN_BYTES, int(cache_bytes() * STREAM_CACHE_SHARE[op]))
-    return view.size * itemsize >= threshold
+    return nbytes >= threshold
 
 
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -1,0 +1,631 @@
+"""Layer, group, instance and RMS normalization on the batch-norm kernels.
+
+They are batch norm's statistics over a different grouping, run by the same kernels:
+
+* **group and instance norm** normalize each sample's channels (in groups): the samples
+  ``x[n]`` are handed to the kernels as ``(outer, C, inner)`` views, one per sample (or, for
+  channels-first data, all samples at once as ``(1, N*C, inner)``), which give per-(sample,
+  channel) moments; channels are merged into groups exactly (Chan's formula, float64),
+  and the affine and gradient passes take per-(sample, channel) coefficients.
+* **layer and RMS norm** normalize each row of ``x`` viewed as ``(M, D)``, ``D`` the size
+  of ``normalized_shape``: per-row moments from the plane kernels on ``(1, M, D)``, then a
+  pass with per-row statistics and a per-column affine.
+
+Conventions as for batch norm (:mod:`cybn.ops`): float32 or float64 data, outputs in x's
+dtype, statistics float64, every argument checked before anything is written, ``out=`` a
+separate array or x itself, bitwise identical results for any thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _kernels
+from .._validate import (
+    ChannelView,
+    as_data,
+    channel_vector,
+    check_bool,
+    check_eps,
+    check_momentum,
+    check_out,
+    check_same_layout,
+    describe,
+    normalize_axis,
+    running_pair,
+    shaped_array,
+)
+from . import _schedule
+from ._run import Output, update_running
+from .batchnorm import batch_norm_backward, batch_norm_infer
+
+__all__ = [
+    "layer_norm",
+    "layer_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Samples: x as N samples with C channels each (group and instance norm).
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Samples:
+    """How x (batch axis 0, channel axis ``axis`` >= 1) reaches the sample kernels.
+
+    ``rows`` arrays of ``size`` elements, each viewed as ``(outer, channels, inner)`` in the
+    family ``plane``/row (``k`` as in ChannelView). Channels-first data (nothing between the
+    batch and the channel axis) is one row of ``N * C`` channels; otherwise one row per
+    sample. Per-(sample, channel) vectors are ``(N, C)`` arrays, ``(rows, channels)`` to
+    the kernels.
+    """
+
+    shape: tuple
+    N: int
+    C: int
+    rows: int
+    geometry: tuple  # (outer, channels, inner, k, plane) of one row
+
+    @classmethod
+    def of(cls, shape: tuple, axis: int) -> "_Samples":
+        N, C = shape[0], shape[axis]
+        per_sample = ChannelView.of(shape[1:], axis - 1)
+        if per_sample.outer == 1:
+            geometry = (1, N * C, per_sample.inner, 1, True)
+            return cls(tuple(shape), N, C, 1, geometry)
+        geometry = (per_sample.outer, C, per_sample.inner, per_sample.k,
+                    per_sample.family == "plane")
+        return cls(tuple(shape), N, C, N, geometry)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(arr).reshape(self.rows, -1)
+
+    def vector(self, v: np.ndarray) -> np.ndarray:
+        """An (N, C) float64 array as the kernels take it."""
+        return np.ascontiguousarray(v, dtype=np.float64).reshape(self.rows, -1)
+
+    def streaming(self, itemsize: int, op: str) -> bool:
+        _, _, inner, _, plane = self.geometry
+        return _schedule.streams(self.size * itemsize, inner * itemsize if plane else math.inf,
+                                 op)
+
+    def moments(self, x: np.ndarray, threads: int) -> tuple:
+        """Per-(sample, channel) mean and M2, (N, C) float64."""
+        mean = np.empty((self.N, self.C))
+        m2 = np.empty((self.N, self.C))
+        _kernels.sample_moments(self.kernel_view(x), *self.geometry, self.vector(mean),
+                                self.vector(m2), threads)
+        return mean, m2
+
+    def affine(self, x, shift, scale, offset, out, op: str, threads: int) -> np.ndarray:
+        """(x - shift) * scale + offset with (N, C) coefficients, into out or a new array."""
+        dest = Output(self, out, x.dtype)
+        _kernels.sample_affine(self.kernel_view(x), *self.geometry, self.vector(shift),
+                               self.vector(scale), self.vector(offset), dest.kernel,
+                               self.streaming(x.itemsize, op), threads)
+        return dest.result()
+
+    def grad_sums(self, dy, x, mean, threads: int) -> tuple:
+        """Per-(sample, channel) sum(dy) and sum(dy * (x - mean)), (N, C) float64."""
+        sum_dy = np.empty((self.N, self.C))
+        sum_dy_xmu = np.empty((self.N, self.C))
+        _kernels.sample_grad_sums(self.kernel_view(dy), self.kernel_view(x), *self.geometry,
+                                  self.vector(mean), self.vector(sum_dy),
+                                  self.vector(sum_dy_xmu), threads)
+        return sum_dy, sum_dy_xmu
+
+    def grad_apply(self, dy, x, mean, k1, k2, k3, out, threads: int) -> np.ndarray:
+        """k1 * dy + k2 * (x - mean) + k3 with (N, C) coefficients."""
+        dest = Output(self, out, x.dtype)
+        _kernels.sample_grad_apply(self.kernel_view(dy), self.kernel_view(x), *self.geometry,
+                                   self.vector(mean), self.vector(k1), self.vector(k2),
+                                   self.vector(k3), dest.kernel,
+                                   self.streaming(x.itemsize, "backward"), threads)
+        return dest.result()
+
+
+def _channel_axis(axis, x: np.ndarray) -> int:
+    ax = normalize_axis(axis, x.ndim)
+    if ax == 0:
+        raise ValueError("axis is the channel axis and must not be 0 (the batch axis): "
+                         "use 1 for channels-first or -1 for channels-last")
+    return ax
+
+
+def _num_groups(num_groups, channels: int) -> int:
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {describe(num_groups)}")
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of the number of channels "
+                         f"({channels}), got {num_groups}")
+    return int(num_groups)
+
+
+def _merge_groups(mean: np.ndarray, m2: np.ndarray, count: int, groups: int) -> tuple:
+    """(N, C) per-channel moments of ``count`` values each -> (N, G) group moments (Chan's
+    formula for equal counts, float64)."""
+    N, C = mean.shape
+    if groups == C:
+        return mean, m2
+    mean_c = mean.reshape(N, groups, C // groups)
+    mean_g = mean_c.mean(axis=2)
+    spread = ((mean_c - mean_g[..., None]) ** 2).sum(axis=2)
+    return mean_g, m2.reshape(N, groups, C // groups).sum(axis=2) + count * spread
+
+
+def _per_channel(v: np.ndarray, channels: int) -> np.ndarray:
+    """(N, G) -> (N, C), each group's value repeated over its channels."""
+    return np.repeat(v, channels // v.shape[1], axis=1)
+
+
+def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
+    """Group statistics, then the affine pass; returns y and the (N, G) mean, invstd and
+    biased variance."""
+    mean_c, m2_c = samples.moments(x, threads)
+    count = x.size // (samples.N * samples.C)
+    mean, m2 = _merge_groups(mean_c, m2_c, count, groups)
+    var = m2 / (count * (samples.C // groups))
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = _per_channel(invstd, samples.C) * w
+    shift = _per_channel(mean, samples.C)
+    offset = np.broadcast_to(b, shift.shape)
+    y = samples.affine(x, shift, scale, offset, out, "train", threads)
+    return y, mean, invstd, var
+
+
+def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
+    """Backward of group normalization with (N, G) statistics; returns dx, dw, db."""
+    C = samples.C
+    shift = _per_channel(mean, C)
+    sum_dy, sum_dy_xmu = samples.grad_sums(dy, x, shift, threads)
+    inv_c = _per_channel(invstd, C)
+    dbias = sum_dy.sum(axis=0)
+    dweight = (sum_dy_xmu * inv_c).sum(axis=0)
+    count = (x.size // (samples.N * C)) * (C // groups)
+    a = (w * sum_dy).reshape(samples.N, groups, -1).sum(axis=2)
+    b = (w * sum_dy_xmu).reshape(samples.N, groups, -1).sum(axis=2)
+    k1 = w * inv_c
+    k2 = _per_channel(-(invstd ** 3) * (b / count), C)
+    k3 = _per_channel(-invstd * (a / count), C)
+    dx = samples.grad_apply(dy, x, shift, k1, k2, k3, out, threads)
+    return dx, dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+def _empty(x, out):
+    return out if out is not None else np.empty(x.shape, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Group norm.
+# ---------------------------------------------------------------------------------------
+
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
+               axis: int = 1, out=None):
+    """Group normalization: each sample's channels are split into ``num_groups`` groups of
+    consecutive channels, each group normalized over its channels and all other axes but
+    the batch axis (0), then a per-channel affine (PyTorch's ``group_norm``).
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+        Batch axis 0, channel axis ``axis``.
+    num_groups : int
+        A divisor of the number of channels C.
+    weight, bias : ndarray of shape (C,), optional
+        None means 1 and 0.
+    eps : float > 0
+    axis : int
+        Channel axis: 1 (channels-first, NCHW), -1 (channels-last, NHWC) or any other
+        axis but 0.
+    out : ndarray, optional
+        Array of x's shape and dtype for y; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean, invstd : ndarray (N, num_groups), float64
+        Each group's mean and ``1 / sqrt(var + eps)`` (biased variance).
+    """
+    x = as_data(x, "x")
+    ax = _channel_axis(axis, x)
+    N, C = x.shape[0], x.shape[ax]
+    groups = _num_groups(num_groups, C)
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias},
+              in_place_ok=("x",))
+    if x.size == 0:
+        nan = np.full((N, groups), np.nan)
+        return _empty(x, out), nan, nan.copy()
+    samples = _Samples.of(x.shape, ax)
+    y, mean, invstd, _ = _grouped_forward(x, groups, w, b, eps, out,
+                                          _schedule.threads_for(x.size), samples)
+    return y, mean, invstd
+
+
+def group_norm_backward(dy, x, num_groups: int, weight, mean, invstd, *, axis: int = 1,
+                        out=None):
+    """Gradients of :func:`group_norm` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy, x : ndarray
+        Gradient with respect to y, and the forward input (same shape and dtype).
+    num_groups : int
+    weight : ndarray (C,) or None
+        The forward weight (None means 1).
+    mean, invstd : ndarray (N, num_groups)
+        What :func:`group_norm` returned.
+    axis : int
+        Channel axis.
+    out : ndarray, optional
+        For dx; may be dy or x itself.
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight, dbias : ndarray (C,), x's dtype
+    """
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    ax = _channel_axis(axis, x)
+    N, C = x.shape[0], x.shape[ax]
+    groups = _num_groups(num_groups, C)
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = shaped_array(mean, "mean", (N, groups), what="per sample and group")
+    inv = shaped_array(invstd, "invstd", (N, groups), what="per sample and group")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+    if x.size == 0:
+        zeros = np.zeros(C, dtype=x.dtype)
+        return _empty(x, out), zeros, zeros.copy()
+    samples = _Samples.of(x.shape, ax)
+    return _grouped_backward(dy, x, groups, w, mu, inv, out, _schedule.threads_for(x.size),
+                             samples)
+
+
+# ---------------------------------------------------------------------------------------
+# Instance norm.
+# ---------------------------------------------------------------------------------------
+
+def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=None,
+                  use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                  axis: int = 1, out=None):
+    """Instance normalization: each channel of each sample normalized over its spatial axes
+    (every axis but the batch axis 0 and the channel axis), then a per-channel affine
+    (PyTorch's ``instance_norm``).
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, ndim >= 2
+    weight, bias : ndarray (C,), optional
+    running_mean, running_var : ndarray (C,), optional
+        With ``use_input_stats=True`` they are updated in place when given (both or
+        neither) with the batch average of the instances' statistics:
+        ``(1 - momentum) * running + momentum * mean_n(stat)``, the variance unbiased.
+        With ``use_input_stats=False`` they are what x is normalized with (required).
+    use_input_stats : bool
+    momentum : float in [0, 1]
+    eps : float > 0
+    axis : int
+        Channel axis (1 or -1, or any other but 0).
+    out : ndarray, optional
+        For y; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean, invstd : ndarray, float64
+        ``(N, C)`` per-instance statistics with ``use_input_stats=True``; ``(C,)``, from the
+        running statistics, otherwise. Hand them to :func:`instance_norm_backward`.
+
+    Raises
+    ------
+    ValueError
+        With ``use_input_stats=True`` and one spatial element per instance.
+    """
+    use_input_stats = check_bool(use_input_stats, "use_input_stats")
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when "
+                             "use_input_stats=False")
+        x = as_data(x, "x")
+        ax = _channel_axis(axis, x)
+        C = x.shape[ax]
+        rm = channel_vector(running_mean, "running_mean", C)
+        rv = channel_vector(running_var, "running_var", C)
+        y = batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=ax,
+                             out=out)
+        return y, rm.copy(), 1.0 / np.sqrt(rv + eps)
+    x = as_data(x, "x")
+    ax = _channel_axis(axis, x)
+    N, C = x.shape[0], x.shape[ax]
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    rm, rv = running_pair(running_mean, running_var, C)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var}, in_place_ok=("x",))
+    if x.size == 0:
+        nan = np.full((N, C), np.nan)
+        return _empty(x, out), nan, nan.copy()
+    count = x.size // (N * C)
+    if count == 1:
+        raise ValueError(f"Expected more than 1 spatial element per instance when using "
+                         f"input statistics, got input of shape {x.shape} with channel "
+                         f"axis {ax}")
+    samples = _Samples.of(x.shape, ax)
+    y, mean, invstd, var = _grouped_forward(x, C, w, b, eps, out,
+                                            _schedule.threads_for(x.size), samples)
+    if rm is not None:
+        update_running(rm, mean.mean(axis=0), momentum, 1.0)
+        update_running(rv, var.mean(axis=0), momentum, count / (count - 1))
+    return y, mean, invstd
+
+
+def instance_norm_backward(dy, x, weight, mean, invstd, *, use_input_stats: bool = True,
+                           axis: int = 1, out=None):
+    """Gradients of :func:`instance_norm` with respect to x, weight and bias.
+
+    ``mean`` and ``invstd`` are what the forward returned: ``(N, C)`` with
+    ``use_input_stats=True`` (gradient through the instance statistics), ``(C,)`` otherwise
+    (statistics are constants, as :func:`batch_norm_backward` with ``training=False``).
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight, dbias : ndarray (C,), x's dtype
+    """
+    use_input_stats = check_bool(use_input_stats, "use_input_stats")
+    if not use_input_stats:
+        return batch_norm_backward(dy, x, weight, mean, invstd, training=False, axis=axis,
+                                   out=out)
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    ax = _channel_axis(axis, x)
+    N, C = x.shape[0], x.shape[ax]
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = shaped_array(mean, "mean", (N, C), what="per sample and channel")
+    inv = shaped_array(invstd, "invstd", (N, C), what="per sample and channel")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+    if x.size == 0:
+        zeros = np.zeros(C, dtype=x.dtype)
+        return _empty(x, out), zeros, zeros.copy()
+    samples = _Samples.of(x.shape, ax)
+    return _grouped_backward(dy, x, C, w, mu, inv, out, _schedule.threads_for(x.size),
+                             samples)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer norm and RMS norm: rows of x.
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Rows:
+    """x as (M, D): D the size of the normalized (trailing) axes."""
+
+    shape: tuple
+    lead: tuple   # x.shape without the normalized axes: the statistics' shape
+    M: int
+    D: int
+
+    @classmethod
+    def of(cls, shape: tuple, normalized: tuple) -> "_Rows":
+        lead = tuple(shape[:len(shape) - len(normalized)])
+        return cls(tuple(shape), lead, math.prod(lead), math.prod(normalized))
+
+    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(arr).reshape(self.M, self.D)
+
+
+def _normalized_shape(normalized_shape) -> tuple:
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape,
+                                                                         (bool, np.bool_)):
+        normalized_shape = (normalized_shape,)
+    try:
+        shape = tuple(normalized_shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got "
+                        f"{describe(normalized_shape)}") from None
+    if (not shape or any(isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral)
+                         or d < 0 for d in shape)):
+        raise ValueError(f"normalized_shape must be a non-empty sequence of non-negative "
+                         f"ints, got {normalized_shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def _rows_input(x, name: str, normalized_shape) -> tuple:
+    shape = _normalized_shape(normalized_shape)
+    x = as_data(x, name, min_ndim=len(shape))
+    if x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"normalized_shape {shape} must equal the last {len(shape)} axes of "
+                         f"{name}, got {name} of shape {x.shape}")
+    return x, shape
+
+
+def _row_moments(rows: _Rows, xk: np.ndarray) -> tuple:
+    """Per-row mean and M2 (float64, shape (M,)) from the plane kernels on (1, M, D)."""
+    mean = np.empty(rows.M)
+    m2 = np.empty(rows.M)
+    _kernels.plane_moments(xk.reshape(1, rows.M, rows.D), mean, m2,
+                           _schedule.threads_for(xk.size))
+    return mean, m2
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, out=None):
+    """Layer normalization over the trailing axes ``normalized_shape`` (PyTorch's
+    ``layer_norm``): each row (one index of the leading axes) normalized with its own mean
+    and biased variance, then an elementwise affine of shape ``normalized_shape``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+        Its last ``len(normalized_shape)`` axes must equal ``normalized_shape``.
+    normalized_shape : int or sequence of ints
+    weight, bias : ndarray of shape normalized_shape, optional
+        None means 1 and 0.
+    eps : float > 0
+    out : ndarray, optional
+        For y; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean, invstd : ndarray, float64, shape ``x.shape[:-len(normalized_shape)]``
+    """
+    x, shape = _rows_input(x, "x", normalized_shape)
+    rows = _Rows.of(x.shape, shape)
+    w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
+    b = shaped_array(bias, "bias", shape, default=0.0, what="normalized_shape").ravel()
+    eps = check_eps(eps)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias},
+              in_place_ok=("x",))
+    if x.size == 0:
+        nan = np.full(rows.lead, np.nan)
+        return _empty(x, out), nan, nan.copy()
+    xk = rows.kernel_view(x)
+    mean, m2 = _row_moments(rows, xk)
+    invstd = 1.0 / np.sqrt(m2 / rows.D + eps)
+    dest = Output(rows, out, x.dtype)
+    _kernels.rows_affine(xk, mean, invstd, w, b, dest.kernel, _schedule.threads_for(x.size))
+    return dest.result(), mean.reshape(rows.lead), invstd.reshape(rows.lead)
+
+
+def _rows_backward(dy, x, shape, weight, mean, invstd, out, centered: bool):
+    rows = _Rows.of(x.shape, shape)
+    w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
+    dest = Output(rows, out, x.dtype)
+    dweight = np.empty(rows.D)
+    dbias = np.empty(rows.D)
+    _kernels.rows_backward(rows.kernel_view(dy), rows.kernel_view(x), mean.ravel(),
+                           invstd.ravel(), w, centered, dest.kernel, dweight, dbias,
+                           _schedule.threads_for(x.size))
+    return (dest.result(), dweight.reshape(shape).astype(x.dtype),
+            dbias.reshape(shape).astype(x.dtype))
+
+
+def layer_norm_backward(dy, x, weight, mean, invstd, normalized_shape, *, out=None):
+    """Gradients of :func:`layer_norm` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy, x : ndarray
+        Gradient with respect to y, and the forward input (same shape and dtype).
+    weight : ndarray of shape normalized_shape, or None (1)
+    mean, invstd : ndarray
+        What :func:`layer_norm` returned (shape ``x.shape[:-len(normalized_shape)]``).
+    normalized_shape : int or sequence of ints
+    out : ndarray, optional
+        For dx; may be dy or x itself.
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight, dbias : ndarray of shape normalized_shape, x's dtype
+    """
+    x, shape = _rows_input(x, "x", normalized_shape)
+    dy = as_data(dy, "dy", min_ndim=len(shape))
+    check_same_layout(dy, "dy", x)
+    lead = x.shape[:x.ndim - len(shape)]
+    shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape")
+    mu = shaped_array(mean, "mean", lead, what="one value per row")
+    inv = shaped_array(invstd, "invstd", lead, what="one value per row")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+    if x.size == 0:
+        zeros = np.zeros(shape, dtype=x.dtype)
+        return _empty(x, out), zeros, zeros.copy()
+    return _rows_backward(dy, x, shape, weight, mu, inv, out, centered=True)
+
+
+def _rms_eps(eps, dtype) -> float:
+    return float(np.finfo(dtype).eps) if eps is None else check_eps(eps)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
+    """RMS normalization over the trailing axes ``normalized_shape`` (PyTorch's
+    ``rms_norm``): ``y = x / sqrt(mean(x**2) + eps) * weight``, no centering, no bias.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+    normalized_shape : int or sequence of ints
+    weight : ndarray of shape normalized_shape, optional
+    eps : float > 0 or None
+        None means the machine epsilon of x's dtype (as PyTorch).
+    out : ndarray, optional
+        For y; may be x itself.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    invrms : ndarray, float64, shape ``x.shape[:-len(normalized_shape)]``
+        ``1 / sqrt(mean(x**2) + eps)`` per row.
+    """
+    x, shape = _rows_input(x, "x", normalized_shape)
+    rows = _Rows.of(x.shape, shape)
+    w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
+    eps = _rms_eps(eps, x.dtype)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight}, in_place_ok=("x",))
+    if x.size == 0:
+        return _empty(x, out), np.full(rows.lead, np.nan)
+    xk = rows.kernel_view(x)
+    mean, m2 = _row_moments(rows, xk)
+    invrms = 1.0 / np.sqrt(m2 / rows.D + mean * mean + eps)
+    dest = Output(rows, out, x.dtype)
+    _kernels.rows_affine(xk, np.zeros(rows.M), invrms, w, np.zeros(rows.D), dest.kernel,
+                         _schedule.threads_for(x.size))
+    return dest.result(), invrms.reshape(rows.lead)
+
+
+def rms_norm_backward(dy, x, weight, invrms, normalized_shape, *, out=None):
+    """Gradients of :func:`rms_norm` with respect to x and weight.
+
+    Parameters
+    ----------
+    dy, x : ndarray
+    weight : ndarray of shape normalized_shape, or None (1)
+    invrms : ndarray
+        What :func:`rms_norm` returned.
+    normalized_shape : int or sequence of ints
+    out : ndarray, optional
+        For dx; may be dy or x itself.
+
+    Returns
+    -------
+    dx : ndarray, x's shape and dtype
+    dweight : ndarray of shape normalized_shape, x's dtype
+    """
+    x, shape = _rows_input(x, "x", normalized_shape)
+    dy = as_data(dy, "dy", min_ndim=len(shape))
+    check_same_layout(dy, "dy", x)
+    lead = x.shape[:x.ndim - len(shape)]
+    shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape")
+    inv = shaped_array(invrms, "invrms", lead, what="one value per row")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "invrms": invrms},
+              in_place_ok=("x", "dy"))
+    if x.size == 0:
+        return _empty(x, out), np.zeros(shape, dtype=x.dtype)
+    dx, dweight, _ = _rows_backward(dy, x, shape, weight, np.zeros(inv.shape), inv, out,
+                                    centered=False)
+    return dx, dweight
