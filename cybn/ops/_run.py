@@ -3,6 +3,8 @@ output buffer and the running-statistics update, shared by every op."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from .. import _kernels
@@ -31,11 +33,20 @@ def channel_affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int
                            threads)
 
 
+class Layout(Protocol):
+    """How an op hands arrays of ``shape`` to its kernels (ChannelView and the like)."""
+
+    @property
+    def shape(self) -> tuple: ...
+
+    def kernel_view(self, arr: np.ndarray) -> np.ndarray: ...
+
+
 class Output:
     """Where a kernel writes: ``out`` itself when it is C-contiguous, else a buffer that
     :meth:`result` copies into ``out``."""
 
-    def __init__(self, view: ChannelView, out, dtype):
+    def __init__(self, view: Layout, out, dtype):
         self.view, self.out = view, out
         if out is not None and out.flags.c_contiguous:
             self.buffer = out

@@ -74,7 +74,7 @@ class _Samples:
     N: int
     C: int
     rows: int
-    geometry: tuple  # (outer, channels, inner, k, plane) of one row
+    geometry: tuple[int, int, int, int, bool]  # (outer, channels, inner, k, plane) of a row
 
     @classmethod
     def of(cls, shape: tuple, axis: int) -> "_Samples":
