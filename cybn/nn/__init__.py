@@ -14,7 +14,8 @@ be used from several threads at once; separate objects (or ``eval()`` inference 
 the functional API) may run in parallel.
 """
 
-from . import activation, batchnorm, conv, dropout, flatten, linear, module, pooling
+from . import (activation, batchnorm, conv, dropout, flatten, linear, module, normalization,
+               pooling)
 from .activation import *  # noqa: F401,F403
 from .batchnorm import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
@@ -22,11 +23,13 @@ from .dropout import *  # noqa: F401,F403
 from .flatten import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .module import *  # noqa: F401,F403
+from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 
 __all__ = [
     *module.__all__,
     *batchnorm.__all__,
+    *normalization.__all__,
     *linear.__all__,
     *conv.__all__,
     *activation.__all__,

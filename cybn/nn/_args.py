@@ -28,3 +28,11 @@ def positive_int(value, name: str) -> int:
     if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def param_dtype(dtype) -> np.dtype:
+    """The dtype of a layer's parameters and buffers: float32 or float64."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_eps, check_momentum
-from ._args import positive_int
+from ._args import param_dtype, positive_int
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -25,9 +25,7 @@ class _BatchNorm(Module):
         if momentum is not None:
             check_momentum(momentum)
         check_eps(eps)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = param_dtype(dtype)
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = momentum
