@@ -386,6 +386,178 @@ def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
     return result
 
 
+# The normalization suite: (name, shape, layout, argument). Layer and RMS norm normalize
+# the last axis; group norm has 32 groups; instance norm one group per channel.
+NORM_SUITE = [
+    ("layer", (8192, 1024), "NC", 1024),
+    ("layer", (64, 197, 768), "NLC", 768),
+    ("rms", (8192, 1024), "NC", 1024),
+    ("rms", (64, 197, 768), "NLC", 768),
+    ("group", (32, 64, 56, 56), "NCHW", 32),
+    ("group", (32, 56, 56, 64), "NHWC", 32),
+    ("group", (8, 256, 28, 28), "NCHW", 32),
+    ("group", (8, 28, 28, 256), "NHWC", 32),
+    ("instance", (16, 64, 64, 64), "NCHW", None),
+    ("instance", (16, 64, 64, 64), "NHWC", None),
+]
+
+
+def _norm_contenders(kind, x, layout, arg, dy, torch_mod):
+    """(cybn forward, cybn backward, torch forward, torch backward) callables for one case;
+    PyTorch's are its ATen kernels with preallocated outputs where it has them (instance
+    norm: PyTorch runs it as batch norm over (1, N*C, ...), timed that way)."""
+    axis = -1 if layout in ("NHWC",) else 1
+    out = np.empty_like(x)
+    if kind in ("layer", "rms"):
+        D = x.shape[-1]
+        w = np.linspace(0.5, 1.5, D).astype(x.dtype)
+        b = np.linspace(-0.5, 0.5, D).astype(x.dtype)
+        if kind == "layer":
+            _, mean, invstd = F.layer_norm(x, D, w, b)
+            fwd = lambda: F.layer_norm(x, D, w, b, out=out)  # noqa: E731
+            bwd = lambda: F.layer_norm_backward(dy, x, w, mean, invstd, D, out=out)  # noqa: E731
+        else:
+            _, invrms = F.rms_norm(x, D, w, eps=1e-6)
+            fwd = lambda: F.rms_norm(x, D, w, eps=1e-6, out=out)  # noqa: E731
+            bwd = lambda: F.rms_norm_backward(dy, x, w, invrms, D, out=out)  # noqa: E731
+    else:
+        C = x.shape[axis]
+        G = C if kind == "instance" else arg
+        w = np.linspace(0.5, 1.5, C).astype(x.dtype)
+        b = np.linspace(-0.5, 0.5, C).astype(x.dtype)
+        _, mean, invstd = F.group_norm(x, G, w, b, axis=axis)
+        fwd = lambda: F.group_norm(x, G, w, b, axis=axis, out=out)  # noqa: E731
+        bwd = lambda: F.group_norm_backward(dy, x, G, w, mean, invstd, axis=axis,  # noqa: E731
+                                            out=out)
+        if kind == "instance":
+            fwd = lambda: F.instance_norm(x, w, b, axis=axis, out=out)  # noqa: E731
+            bwd = lambda: F.instance_norm_backward(dy, x, w, mean, invstd,  # noqa: E731
+                                                   axis=axis, out=out)
+    if torch_mod is None:
+        return fwd, bwd, None, None
+    torch, aten = torch_mod, torch_mod.ops.aten
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    tout = torch.empty_like(tx)
+    if kind == "layer":
+        D = x.shape[-1]
+        M = x.size // D
+        tmean, trstd = tx.new_empty(x.shape[:-1] + (1,)), tx.new_empty(x.shape[:-1] + (1,))
+        _, m, r = aten.native_layer_norm(tx, [D], tw, tb, 1e-5)
+        gx, gw, gb = torch.empty_like(tx), torch.empty_like(tw), torch.empty_like(tb)
+        tfwd = lambda: aten.native_layer_norm.out(tx, [D], tw, tb, 1e-5, out0=tout,  # noqa: E731
+                                                  out1=tmean, out2=trstd)
+        tbwd = lambda: aten.native_layer_norm_backward.out(  # noqa: E731
+            tdy, tx, [D], m, r, tw, tb, [True, True, True], out0=gx, out1=gw, out2=gb)
+        return fwd, bwd, tfwd, tbwd
+    if kind == "rms":
+        D = x.shape[-1]
+        tfwd = lambda: aten._fused_rms_norm(tx, [D], tw, 1e-6)  # noqa: E731
+        # PyTorch has no CPU kernel for the RMS norm backward: autograd runs the composite
+        gx, gw = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True)
+        ty = torch.nn.functional.rms_norm(gx, [D], gw, 1e-6)
+        tbwd = lambda: torch.autograd.grad(ty, [gx, gw], tdy, retain_graph=True)  # noqa: E731
+        return fwd, bwd, tfwd, tbwd
+    if axis == -1:  # the same memory as a channels_last tensor
+        perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+        tx, tdy, tout = tx.permute(*perm), tdy.permute(*perm), tout.permute(*perm)
+    N, C = tx.shape[0], tx.shape[1]
+    HxW = x.size // (N * C)
+    if kind == "group":
+        G = arg
+        tmean, trstd = tx.new_empty((N, G)), tx.new_empty((N, G))
+        _, m, r = aten.native_group_norm(tx, tw, tb, N, C, HxW, G, 1e-5)
+        gx = torch.empty_like(tx)
+        gw, gb = torch.empty_like(tw), torch.empty_like(tb)
+        tfwd = lambda: aten.native_group_norm.out(tx, tw, tb, N, C, HxW, G, 1e-5,  # noqa: E731
+                                                  out0=tout, out1=tmean, out2=trstd)
+        tbwd = lambda: aten.native_group_norm_backward.out(  # noqa: E731
+            tdy, tx, m, r, tw, N, C, HxW, G, [True, True, True], out0=gx, out1=gw, out2=gb)
+        return fwd, bwd, tfwd, tbwd
+    # instance norm: PyTorch reshapes to (1, N*C, ...) and runs batch norm
+    shape1 = (1, N * C) + tuple(tx.shape[2:])
+    bx, bdy = tx.reshape(shape1), tdy.reshape(shape1)
+    bout = torch.empty_like(bx)
+    bw, bb = tw.repeat(N), tb.repeat(N)
+    sm, si = bw.new_empty(bw.shape), bw.new_empty(bw.shape)
+    _, m, r = aten.native_batch_norm(bx, bw, bb, None, None, True, 0.1, 1e-5)
+    tfwd = lambda: aten.native_batch_norm.out(bx, bw, bb, None, None, True, 0.1, 1e-5,  # noqa: E731
+                                              out=bout, save_mean=sm, save_invstd=si)
+    tbwd = lambda: aten.native_batch_norm_backward(bdy, bx, bw, None, None, m, r,  # noqa: E731
+                                                   True, 1e-5, [True, True, True])
+    return fwd, bwd, tfwd, tbwd
+
+
+def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
+               verbose: bool = True) -> dict:
+    """Time layer, group, instance and RMS norm (forward with batch statistics, backward)
+    against PyTorch on NORM_SUITE; a JSON-ready dict."""
+    threads = get_num_threads()
+    torch_mod = None
+    if torch:
+        try:
+            import torch as torch_mod
+
+            torch_mod.set_num_threads(threads)
+        except ImportError:
+            torch_mod = None
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
+            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
+            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
+    rng = np.random.default_rng(0)
+    warm_up(threads)
+    rows = []
+    if verbose:
+        print(f"# norms: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
+              f" torch {meta['torch']}, {dtype}, median of {repeats}")
+        print(f"{'norm':<9} {'shape':<16} {'layout':<6} {'op':<8} {'cybn ms':>8} {'copy ms':>8} "
+              f"{'torch ms':>9} {'speed-up':>8}")
+    for kind, shape, layout, arg in NORM_SUITE:
+        if kind == "instance" and layout == "NHWC":
+            shape = (shape[0],) + shape[2:] + (shape[1],)
+        x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        flat_x, flat_out = x.reshape(-1), np.empty(x.size, dtype=x.dtype)
+        fwd, bwd, tfwd, tbwd = _norm_contenders(kind, x, layout, arg, dy, torch_mod)
+        for op, fn, tfn in (("forward", fwd, tfwd), ("backward", bwd, tbwd)):
+            contenders = {"copy": lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
+                          "cybn": fn}
+            if tfn is not None:
+                contenders["torch"] = tfn
+            med = interleaved_medians(contenders, repeats)
+            t_torch = med.get("torch")
+            row = {"norm": kind, "shape": list(shape), "layout": layout, "dtype": dtype,
+                   "op": op, "cybn_ms": med["cybn"] * 1e3, "copy_ms": med["copy"] * 1e3,
+                   "torch_ms": None if t_torch is None else t_torch * 1e3,
+                   "speedup_vs_torch": None if t_torch is None else t_torch / med["cybn"]}
+            rows.append(row)
+            if verbose:
+                sp = "-" if t_torch is None else f"{row['speedup_vs_torch']:.2f}"
+                tt = "-" if t_torch is None else f"{row['torch_ms']:.3f}"
+                print(f"{kind:<9} {'x'.join(map(str, shape)):<16} {layout:<6} {op:<8} "
+                      f"{row['cybn_ms']:>8.3f} {row['copy_ms']:>8.3f} {tt:>9} {sp:>8}",
+                      flush=True)
+    result = {"meta": meta, "rows": rows}
+    sp = [r["speedup_vs_torch"] for r in rows if r["speedup_vs_torch"]]
+    if verbose and sp:
+        print(f"# geometric-mean speed-up over PyTorch {np.exp(np.mean(np.log(sp))):.2f}x "
+              f"(min {min(sp):.2f}x, max {max(sp):.2f}x, {len(sp)} cases)")
+    return result
+
+
+def norms_markdown(result) -> str:
+    head = ("| norm | shape | layout | op | cybn ms | copy ms | PyTorch ms | PyTorch / cybn |\n"
+            "|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in result["rows"]:
+        def f(v, d=3):
+            return "-" if v is None else f"{v:.{d}f}"
+        lines.append(f"| {r['norm']} | {'x'.join(map(str, r['shape']))} | {r['layout']} | "
+                     f"{r['op']} | {f(r['cybn_ms'])} | {f(r['copy_ms'])} | {f(r['torch_ms'])} | "
+                     f"{f(r['speedup_vs_torch'], 2)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -428,11 +600,22 @@ def main(argv=None) -> int:
     p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
     p.add_argument("--python-threads", action="store_true",
                    help="only time 4 Python threads against serial calls (GIL release)")
+    p.add_argument("--norms", action="store_true",
+                   help="only the layer/group/instance/RMS norm suite against PyTorch")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
     if args.python_threads:
         python_threads()
+        return 0
+    if args.norms:
+        result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(norms_markdown(result) + "\n")
         return 0
     if args.scaling:
         result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])

@@ -18,6 +18,7 @@ GROUP_CASES = [
     ((2, 5, 7, 6), -1, 2),
     ((3, 4, 6), 1, 4),         # instance-like: one channel per group
     ((1, 8, 33), 1, 1),        # one group, one sample
+    ((1, 9, 10, 4), -1, 4),    # one sample, channels-last, one channel per group
     ((5, 12), 1, 3),           # rank 2: no spatial axes
     ((2, 3, 4, 4, 2), 1, 3),   # rank 5
     ((2, 7, 8, 40), 2, 1),     # channel axis in the middle (plane family per sample)

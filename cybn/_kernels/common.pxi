@@ -174,19 +174,22 @@ cdef inline Py_ssize_t column_channel(Py_ssize_t j, Py_ssize_t L, Py_ssize_t C,
 
 # ---------------------------------------------------------------------------------------
 # Samples: the per-sample norms (group, instance) run a family's kernel on each sample
-# x[n] of an array (N, size), with per-(sample, channel) results. Small samples go one per
-# thread; large ones one after another, each with all threads. The bits are the same
-# either way (a kernel's result never depends on its thread count).
+# x[n] of an array (N, size), with per-(sample, channel) results. Samples are spread over
+# the threads, one parallel region for all (with a passive OpenMP wait policy every region
+# costs a wake-up of each thread), unless there are too few samples to share evenly: then
+# they run one after another, each with all threads. The bits are the same either way (a
+# kernel's result never depends on its thread count).
 # ---------------------------------------------------------------------------------------
 
 cdef enum:
-    SAMPLE_SPLIT = 65536  # samples with fewer elements are spread over the threads
+    SAMPLE_SPLIT = 65536  # samples with fewer elements are always spread over the threads
 
 
 cdef inline int sample_threads(Py_ssize_t N, Py_ssize_t size, int num_threads,
                                int* inside) noexcept nogil:
     """Threads across samples (returned) and inside each sample (*inside): one of them is 1."""
-    if N > 1 and num_threads > 1 and size < SAMPLE_SPLIT:
+    if N > 1 and num_threads > 1 and (size < SAMPLE_SPLIT or N >= 4 * num_threads
+                                      or (N >= num_threads and N % num_threads == 0)):
         inside[0] = 1
         return num_threads
     inside[0] = num_threads
