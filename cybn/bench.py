@@ -489,16 +489,17 @@ def _norm_contenders(kind, x, layout, arg, dy, torch_mod):
 
 
 def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
-               verbose: bool = True) -> dict:
+               verbose: bool = True, suite=None) -> dict:
     """Time layer, group, instance and RMS norm (forward with batch statistics, backward)
-    against PyTorch on NORM_SUITE; a JSON-ready dict."""
+    against PyTorch on ``suite`` (NORM_SUITE); a JSON-ready dict."""
     threads = get_num_threads()
-    torch_mod = None
+    torch_mod: Any = None
     if torch:
         try:
-            import torch as torch_mod
+            import torch as _torch
 
-            torch_mod.set_num_threads(threads)
+            _torch.set_num_threads(threads)
+            torch_mod = _torch
         except ImportError:
             torch_mod = None
     meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
@@ -512,7 +513,7 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
               f" torch {meta['torch']}, {dtype}, median of {repeats}")
         print(f"{'norm':<9} {'shape':<16} {'layout':<6} {'op':<8} {'cybn ms':>8} {'copy ms':>8} "
               f"{'torch ms':>9} {'speed-up':>8}")
-    for kind, shape, layout, arg in NORM_SUITE:
+    for kind, shape, layout, arg in NORM_SUITE if suite is None else suite:
         if kind == "instance" and layout == "NHWC":
             shape = (shape[0],) + shape[2:] + (shape[1],)
         x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -538,10 +539,10 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
                       f"{row['cybn_ms']:>8.3f} {row['copy_ms']:>8.3f} {tt:>9} {sp:>8}",
                       flush=True)
     result = {"meta": meta, "rows": rows}
-    sp = [r["speedup_vs_torch"] for r in rows if r["speedup_vs_torch"]]
-    if verbose and sp:
-        print(f"# geometric-mean speed-up over PyTorch {np.exp(np.mean(np.log(sp))):.2f}x "
-              f"(min {min(sp):.2f}x, max {max(sp):.2f}x, {len(sp)} cases)")
+    speedups = [r["speedup_vs_torch"] for r in rows if r["speedup_vs_torch"]]
+    if verbose and speedups:
+        print(f"# geometric-mean speed-up over PyTorch {np.exp(np.mean(np.log(speedups))):.2f}x"
+              f" (min {min(speedups):.2f}x, max {max(speedups):.2f}x, {len(speedups)} cases)")
     return result
 
 

@@ -20,3 +20,19 @@ def test_bench_runs_and_reports(tmp_path, capsys):
     table = bench.markdown_table(result)
     assert table.count("\n") == len(rows) + 1
     assert "float32" in capsys.readouterr().out
+
+
+def test_norm_suite_runs_and_reports(capsys):
+    suite = [("layer", (16, 8), "NC", 8), ("rms", (4, 3, 8), "NLC", 8),
+             ("group", (2, 4, 3, 3), "NCHW", 2), ("group", (2, 3, 3, 4), "NHWC", 2),
+             ("instance", (2, 4, 5, 5), "NCHW", None), ("instance", (2, 4, 5, 5), "NHWC", None)]
+    result = bench.norm_suite(repeats=2, torch=False, suite=suite)
+    rows = result["rows"]
+    assert [(r["norm"], r["op"]) for r in rows[:2]] == [("layer", "forward"), ("layer", "backward")]
+    assert len(rows) == 2 * len(suite)
+    assert rows[-1]["shape"] == [2, 5, 5, 4]  # instance NHWC: the channels-last transpose
+    for r in rows:
+        assert r["cybn_ms"] > 0 and r["copy_ms"] > 0 and r["torch_ms"] is None
+    json.dumps(result)
+    assert bench.norms_markdown(result).count("\n") == len(rows) + 1
+    assert "instance" in capsys.readouterr().out
