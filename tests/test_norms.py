@@ -24,7 +24,8 @@ GROUP_CASES = [
     ((2, 7, 8, 40), 2, 1),     # channel axis in the middle (plane family per sample)
     ((3, 40, 70, 8), -1, 4),   # channels-last, row family per sample
     ((4, 1024, 8), -1, 4),     # channels-last, short rows folded (k > 1)
-    ((2, 64, 48, 48), 1, 32),  # large enough for both threads
+    ((2, 64, 48, 48), 1, 32),  # large enough for both threads; a group per thread item
+    ((8, 24, 9, 9), 1, 8),     # channels-first, 64 groups: a group per thread item
 ]
 
 
@@ -63,6 +64,7 @@ def test_group_norm_matches_reference(shape, axis, groups, dtype, threads):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((2, 3, 5, 7), 1), ((2, 5, 7, 3), -1), ((4, 6, 50), 1),
+                                        ((4, 16, 6, 6), 1),
                                         ((3, 80, 16), -1)])
 def test_instance_norm_matches_reference_and_updates_running_stats(shape, axis, dtype,
                                                                    threads):
@@ -209,6 +211,8 @@ def test_layer_and_rms_norm_gradients_match_finite_differences(shape, normalized
 def run_all(x_first, x_last, x_rows):
     outs = []
     outs += cybn.group_norm(x_first, 8, axis=1)
+    y, mean, invstd = cybn.group_norm(x_first, 2, axis=1)  # few groups: the sample kernels
+    outs += cybn.group_norm_backward(x_first * 0.5, x_first, 2, None, mean, invstd)
     outs += cybn.group_norm(x_last, 8, axis=-1)
     y, mean, invstd = cybn.group_norm(x_last, 4, axis=-1)
     outs += cybn.group_norm_backward(x_last * 0.5, x_last, 4, None, mean, invstd, axis=-1)

@@ -97,3 +97,5 @@ sample_grad_sums = _impl.sample_grad_sums
 sample_grad_apply = _impl.sample_grad_apply
 rows_affine = _impl.rows_affine
 rows_backward = _impl.rows_backward
+group_train_forward = _impl.group_train_forward
+group_backward = _impl.group_backward

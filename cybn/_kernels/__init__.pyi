@@ -62,6 +62,13 @@ def rows_affine(x: Data, shift: F64, scale: F64, weight: F64, bias: F64, y: Data
 def rows_backward(dy: Data, x: Data, mean: F64, invstd: F64, weight: F64, centered: bool,
                   dx: Data, dweight: F64, dbias: F64, num_threads: int) -> None: ...
 
+# groups: channels-first group norm, x (N * G, Cg * S), a thread per group
+def group_train_forward(x: Data, S: int, weight: F64, bias: F64, eps: float, y: Data,
+                        mean: F64, var: F64, invstd: F64, streaming: bool,
+                        num_threads: int) -> None: ...
+def group_backward(dy: Data, x: Data, S: int, mean: F64, invstd: F64, weight: F64, dx: Data,
+                   sum_dy: F64, sum_dy_xmu: F64, streaming: bool, num_threads: int) -> None: ...
+
 # small arrays on the calling thread; None means "take the full path"
 def fast_infer(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: Any,
                axis: Any, out: Any, max_size: int) -> Data | None: ...

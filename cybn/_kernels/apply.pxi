@@ -374,3 +374,59 @@ def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
                 for d in range(D):
                     yp[m * D + d] = ((xp[m * D + d] - sh) * s) * weight[d] + bias[d]
     free(fw)
+
+
+# ---------------------------------------------------------------------------------------
+# Groups: channels-first group (and instance) norm, x[N * G, Cg * S]: each row is one group
+# of one sample, Cg contiguous channels of S elements. A thread owns whole groups and runs
+# statistics -> coefficients -> affine on one group while it is in its cache (one read from
+# memory, as the owner schedule of the plane family).
+# ---------------------------------------------------------------------------------------
+
+cdef inline void group_moments(const floating* x, Py_ssize_t n, double* mean,
+                               double* m2) noexcept nogil:
+    """Mean and M2 of one group's n contiguous elements: blocks of PLANE_BLOCK merged in
+    order (Chan), as the plane family does for one plane."""
+    cdef double count = 0.0, bmean, bm2
+    cdef Py_ssize_t start, length
+    mean[0] = 0.0
+    m2[0] = 0.0
+    start = 0
+    while start < n:
+        length = min(<Py_ssize_t>PLANE_BLOCK, n - start)
+        run_moments(x + start, length, 1, length, &bmean, &bm2)
+        count = merge_one(count, <double>length, mean, m2, bmean, bm2)
+        start += length
+
+
+def group_train_forward(const floating[:, ::1] x,    # IN  (N * G, Cg * S), nonempty
+                        Py_ssize_t S,                # elements per channel
+                        const double[::1] weight,    # IN  (C,), C = G * Cg
+                        const double[::1] bias,      # IN  (C,)
+                        double eps,
+                        floating[:, ::1] y,          # OUT (N * G, Cg * S); may be x itself
+                        double[::1] mean,            # OUT (N * G,)
+                        double[::1] var,             # OUT (N * G,) biased
+                        double[::1] invstd,          # OUT (N * G,)
+                        bint streaming,
+                        int num_threads):
+    """Group norm forward: per group, its statistics, then y = (x - mean) * scale[c] +
+    bias[c] with scale[c] = weight[c] * invstd, channel by channel."""
+    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
+    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
+    cdef Py_ssize_t r, j, ch
+    cdef double m, m2
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    with nogil:
+        for r in prange(R, schedule='static', num_threads=num_threads):
+            m = 0.0  # assigned in the loop, so that prange makes m and m2 private
+            m2 = 0.0
+            group_moments(xp + r * n, n, &m, &m2)
+            mean[r] = m
+            var[r] = m2 / <double>n
+            invstd[r] = 1.0 / sqrt(var[r] + eps)
+            for j in range(Cg):
+                ch = (r % G) * Cg + j
+                run_affine(xp + r * n + j * S, yp + r * n + j * S, S, m,
+                           weight[ch] * invstd[r], bias[ch], streaming)

@@ -637,3 +637,54 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
                 dweight[d] += part[2 * item * D + d]
                 dbias[d] += part[2 * item * D + D + d]
     free(part)
+
+
+# ---------------------------------------------------------------------------------------
+# Groups (see apply.pxi): channels-first group norm backward, a thread per group.
+# ---------------------------------------------------------------------------------------
+
+def group_backward(const floating[:, ::1] dy,      # IN  (N * G, Cg * S), nonempty
+                   const floating[:, ::1] x,       # IN  (N * G, Cg * S)
+                   Py_ssize_t S,                   # elements per channel
+                   const double[::1] mean,         # IN  (N * G,)
+                   const double[::1] invstd,       # IN  (N * G,)
+                   const double[::1] weight,       # IN  (C,)
+                   floating[:, ::1] dx,            # OUT (N * G, Cg * S); may be dy or x
+                   double[:, ::1] sum_dy,          # OUT (N, C)
+                   double[:, ::1] sum_dy_xmu,      # OUT (N, C) sum of dy * (x - mean)
+                   bint streaming,
+                   int num_threads):
+    """Group norm backward: per group, each channel's sums (dy, dy * (x - mean)), the
+    group's coefficients, then dx = k1[c] * dy + k2 * (x - mean) + k3 channel by channel."""
+    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
+    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
+    cdef Py_ssize_t r, j, ch, s, c0
+    cdef double a, b, k2, k3, inv, sa, sb
+    cdef const floating* gp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dp = &dx[0, 0]
+    cdef double* sdy = &sum_dy[0, 0]
+    cdef double* sdx = &sum_dy_xmu[0, 0]
+    with nogil:
+        for r in prange(R, schedule='static', num_threads=num_threads):
+            s = r // G
+            c0 = (r % G) * Cg
+            a = 0.0
+            b = 0.0
+            sa = 0.0  # assigned in the loop, so that prange makes sa and sb private
+            sb = 0.0
+            for j in range(Cg):
+                ch = c0 + j
+                run_grad_sums(gp + r * n + j * S, xp + r * n + j * S, S, 1, S, mean[r],
+                              &sa, &sb)
+                sdy[s * C + ch] = sa
+                sdx[s * C + ch] = sb
+                a = a + weight[ch] * sa
+                b = b + weight[ch] * sb
+            inv = invstd[r]
+            k2 = -inv * inv * inv * (b / <double>n)
+            k3 = -inv * (a / <double>n)
+            for j in range(Cg):
+                ch = c0 + j
+                run_grad_apply(gp + r * n + j * S, xp + r * n + j * S, dp + r * n + j * S, S,
+                               mean[r], weight[ch] * inv, k2, k3, streaming)

@@ -172,29 +172,36 @@ def _per_channel(v: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(v, channels // v.shape[1], axis=1)
 
 
-def _planes(samples: _Samples) -> ChannelView | None:
-    """For one group per channel on folded channels-first data, the (1, N*C, inner) view
-    on which instance norm is batch norm (channel = instance), else None."""
-    outer, channels, inner, _, plane = samples.geometry
-    if outer != 1 or not plane:
-        return None
-    return ChannelView((1, channels, inner), 1, 1, channels, inner, "plane", 1)
+# Channels-first data with at least this many (sample, group) rows runs a group per thread
+# item. The choice depends on the shape only, never on the thread count (the two paths
+# merge their sums in different orders).
+MIN_GROUP_ROWS = 64
+
+
+def _group_rows(samples: _Samples, groups: int) -> int:
+    """Elements per channel when the groups are contiguous rows (channels-first data) and
+    numerous enough to share among threads: then one kernel does a group at a time, one
+    pass over memory. 0 otherwise."""
+    outer, _, inner, _, plane = samples.geometry
+    if outer != 1 or not plane or samples.N * groups < MIN_GROUP_ROWS:
+        return 0
+    return inner
 
 
 def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
     """Group statistics, then the affine pass; returns y and the (N, G) mean, invstd and
     biased variance."""
-    view = _planes(samples) if groups == samples.C else None
-    if view is not None:  # batch norm's fused kernel, per-instance weights
-        mean, var, invstd = (np.empty(view.channels) for _ in range(3))
+    S = _group_rows(samples, groups)
+    if S:
+        shape = (samples.N, groups)
+        mean, var, invstd = (np.empty(shape) for _ in range(3))
         dest = Output(samples, out, x.dtype)
-        _kernels.plane_train_forward(
-            view.kernel_view(x), np.tile(w, samples.N), np.tile(b, samples.N), eps,
-            view.kernel_view(dest.buffer), mean, var, invstd,
-            _schedule.plane_group(view, x.itemsize, 1, threads),
-            _schedule.streaming(view, x.itemsize, "train"), threads)
-        shape = (samples.N, samples.C)
-        return dest.result(), mean.reshape(shape), invstd.reshape(shape), var.reshape(shape)
+        rows = samples.N * groups
+        _kernels.group_train_forward(
+            np.ascontiguousarray(x).reshape(rows, -1), S, w, b, eps,
+            dest.buffer.reshape(rows, -1), mean.reshape(-1), var.reshape(-1),
+            invstd.reshape(-1), samples.streaming(x.itemsize, "train"), threads)
+        return dest.result(), mean, invstd, var
     mean_c, m2_c = samples.moments(x, threads)
     count = x.size // (samples.N * samples.C)
     mean, m2 = _merge_groups(mean_c, m2_c, count, groups)
@@ -210,19 +217,17 @@ def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
 def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
     """Backward of group normalization with (N, G) statistics; returns dx, dw, db."""
     C = samples.C
-    view = _planes(samples) if groups == C else None
-    if view is not None:  # batch norm's fused kernel, per-instance weights
-        sum_dy, sum_dy_xmu = np.empty(view.channels), np.empty(view.channels)
+    S = _group_rows(samples, groups)
+    if S:
+        rows = samples.N * groups
+        sum_dy, sum_dy_xmu = np.empty((samples.N, C)), np.empty((samples.N, C))
         dest = Output(samples, out, x.dtype)
-        inv = invstd.ravel()
-        _kernels.plane_backward(view.kernel_view(dy), view.kernel_view(x), mean.ravel(), inv,
-                                np.tile(w, samples.N), True, view.kernel_view(dest.buffer),
-                                sum_dy, sum_dy_xmu,
-                                _schedule.plane_group(view, x.itemsize, 2, threads),
-                                _schedule.streaming(view, x.itemsize, "backward"), threads)
-        dweight = (sum_dy_xmu * inv).reshape(samples.N, C).sum(axis=0)
-        dbias = sum_dy.reshape(samples.N, C).sum(axis=0)
-        return dest.result(), dweight.astype(x.dtype), dbias.astype(x.dtype)
+        _kernels.group_backward(
+            np.ascontiguousarray(dy).reshape(rows, -1), np.ascontiguousarray(x).reshape(rows, -1),
+            S, mean.reshape(-1), invstd.reshape(-1), w, dest.buffer.reshape(rows, -1), sum_dy,
+            sum_dy_xmu, samples.streaming(x.itemsize, "backward"), threads)
+        dweight = (sum_dy_xmu * _per_channel(invstd, C)).sum(axis=0)
+        return dest.result(), dweight.astype(x.dtype), sum_dy.sum(axis=0).astype(x.dtype)
     shift = _per_channel(mean, C)
     sum_dy, sum_dy_xmu = samples.grad_sums(dy, x, shift, threads)
     inv_c = _per_channel(invstd, C)
