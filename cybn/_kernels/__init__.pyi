@@ -44,17 +44,15 @@ def row_backward(dy: Data, x: Data, C: int, inner: int, mean: F64, invstd: F64, 
                  training: bool, dx: Data, sum_dy: F64, sum_dy_xmu: F64, streaming: bool,
                  num_threads: int) -> None: ...
 
-# samples: array (N, size), sample n viewed as (outer, C, inner) of one family; (N, C) vectors
-def sample_moments(x: Data, outer: int, C: int, inner: int, k: int, plane: bool, mean: F64,
-                   m2: F64, num_threads: int) -> None: ...
-def sample_affine(x: Data, outer: int, C: int, inner: int, k: int, plane: bool, shift: F64,
-                  scale: F64, offset: F64, y: Data, streaming: bool,
-                  num_threads: int) -> None: ...
-def sample_grad_sums(dy: Data, x: Data, outer: int, C: int, inner: int, k: int, plane: bool,
-                     mean: F64, sum_dy: F64, sum_dy_xmu: F64, num_threads: int) -> None: ...
-def sample_grad_apply(dy: Data, x: Data, outer: int, C: int, inner: int, k: int, plane: bool,
-                      mean: F64, k1: F64, k2: F64, k3: F64, dx: Data, streaming: bool,
-                      num_threads: int) -> None: ...
+# samples: array (rows, size), a row viewed as (outer, C, inner) of one family, groups of
+# C // groups channels; weight (Cw,) with channel c using c % Cw; (rows, groups) statistics
+def sample_group_forward(x: Data, outer: int, C: int, inner: int, k: int, plane: bool,
+                         groups: int, weight: F64, bias: F64, eps: float, y: Data, mean: F64,
+                         var: F64, invstd: F64, streaming: bool, num_threads: int) -> None: ...
+def sample_group_backward(dy: Data, x: Data, outer: int, C: int, inner: int, k: int,
+                          plane: bool, groups: int, mean: F64, invstd: F64, weight: F64,
+                          dx: Data, sum_dy: F64, sum_dy_xmu: F64, streaming: bool,
+                          num_threads: int) -> None: ...
 
 # rows: x (M, D) normalized per row, affine per column (layer norm, RMS norm)
 def rows_affine(x: Data, shift: F64, scale: F64, weight: F64, bias: F64, y: Data,

@@ -285,7 +285,8 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
 
 
 # ---------------------------------------------------------------------------------------
-# Samples (see common.pxi): the affine pass with per-(sample, channel) coefficients.
+# Samples (see common.pxi): group norm a sample at a time, statistics then the affine pass
+# with per-(sample, channel) coefficients.
 # ---------------------------------------------------------------------------------------
 
 cdef inline int sample_affine_one(const floating* x, floating* y, Py_ssize_t outer,
@@ -300,17 +301,65 @@ cdef inline int sample_affine_one(const floating* x, floating* y, Py_ssize_t out
                            streaming, num_threads)
 
 
-def sample_affine(const floating[:, ::1] x,      # IN  (N, size): sample n is x[n]
-                  Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                  bint plane,                    # one sample's view
-                  const double[:, ::1] shift,    # IN  (N, C)
-                  const double[:, ::1] scale,    # IN  (N, C)
-                  const double[:, ::1] offset,   # IN  (N, C)
-                  floating[:, ::1] y,            # OUT (N, size); may be x itself
-                  bint streaming,
-                  int num_threads):
-    """y[n] = (x[n] - shift[n, c]) * scale[n, c] + offset[n, c], c the channel."""
-    cdef Py_ssize_t N = x.shape[0], n
+cdef inline int sample_group_forward_one(const floating* x, floating* y, Py_ssize_t outer,
+                                         Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                                         bint plane, Py_ssize_t groups, Py_ssize_t Cw,
+                                         const double* weight, const double* bias, double eps,
+                                         double* mean, double* var, double* invstd,
+                                         int streaming, int num_threads) noexcept nogil:
+    """One row of sample_group_forward; -1 if out of memory."""
+    cdef Py_ssize_t Cg = C // groups, g, c
+    cdef int status
+    cdef double count = <double>(outer * inner), m, m2, d
+    cdef double* chm = <double*>malloc(5 * C * sizeof(double))
+    if chm == NULL:
+        return -1
+    cdef double* chm2 = chm + C
+    cdef double* shift = chm + 2 * C
+    cdef double* scale = chm + 3 * C
+    cdef double* offset = chm + 4 * C
+    if sample_moments_one(x, outer, C, inner, k, plane, chm, chm2, num_threads) != 0:
+        free(chm)
+        return -1
+    for g in range(groups):
+        # Chan's merge of Cg channels of equal counts: mean of means, M2 plus the spread
+        m = 0.0
+        for c in range(g * Cg, (g + 1) * Cg):
+            m = m + chm[c]
+        m = m / <double>Cg if Cg > 1 else chm[g * Cg]
+        m2 = 0.0
+        for c in range(g * Cg, (g + 1) * Cg):
+            d = chm[c] - m
+            m2 = m2 + chm2[c] + count * (d * d)
+        mean[g] = m
+        var[g] = m2 / (count * <double>Cg)
+        invstd[g] = 1.0 / sqrt(var[g] + eps)
+        for c in range(g * Cg, (g + 1) * Cg):
+            shift[c] = m
+            scale[c] = weight[c % Cw] * invstd[g]
+            offset[c] = bias[c % Cw]
+    status = sample_affine_one(x, y, outer, C, inner, k, plane, shift, scale, offset,
+                               streaming, num_threads)
+    free(chm)
+    return status
+
+
+def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sample a row
+                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                         bint plane,                  # one row's view (C channels)
+                         Py_ssize_t groups,           # groups of C // groups channels a row
+                         const double[::1] weight,    # IN  (Cw,): channel c uses c % Cw
+                         const double[::1] bias,      # IN  (Cw,)
+                         double eps,
+                         floating[:, ::1] y,          # OUT (rows, size); may be x itself
+                         double[:, ::1] mean,         # OUT (rows, groups)
+                         double[:, ::1] var,          # OUT (rows, groups) biased
+                         double[:, ::1] invstd,       # OUT (rows, groups)
+                         bint streaming,
+                         int num_threads):
+    """Group norm forward, a row at a time: per-channel moments, merged into groups, then
+    y = (x - mean[g]) * weight[c] * invstd[g] + bias[c]."""
+    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
     cdef int inside, across
     cdef int status[1]
     status[0] = 0
@@ -318,18 +367,19 @@ def sample_affine(const floating[:, ::1] x,      # IN  (N, size): sample n is x[
     with nogil:
         if across == 1:
             for n in range(N):
-                if sample_affine_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                     &shift[n, 0], &scale[n, 0], &offset[n, 0], streaming,
-                                     inside) != 0:
+                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
+                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
+                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
                     status[0] = -1
         else:
             for n in prange(N, schedule='static', num_threads=across):
-                if sample_affine_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                     &shift[n, 0], &scale[n, 0], &offset[n, 0], streaming,
-                                     inside) != 0:
+                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
+                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
+                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
                     status[0] = -1
     if status[0] != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")
+
 
 
 # ---------------------------------------------------------------------------------------

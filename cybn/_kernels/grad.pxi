@@ -464,7 +464,8 @@ cdef inline void plane_grad_apply_core(const floating* dy, const floating* x, fl
 
 
 # ---------------------------------------------------------------------------------------
-# Samples (see common.pxi): per-(sample, channel) gradient sums and the elementwise pass.
+# Samples (see common.pxi): group norm backward a sample at a time: per-(sample, channel)
+# gradient sums, the group's coefficients, the elementwise pass.
 # ---------------------------------------------------------------------------------------
 
 cdef inline int sample_grad_sums_one(const floating* dy, const floating* x, Py_ssize_t outer,
@@ -477,36 +478,6 @@ cdef inline int sample_grad_sums_one(const floating* dy, const floating* x, Py_s
     return row_grad_sums_core(dy, x, outer // k, k * C * inner, C, inner, mean, sum_dy,
                               sum_dy_xmu, num_threads)
 
-
-def sample_grad_sums(const floating[:, ::1] dy,    # IN  (N, size): sample n is dy[n]
-                     const floating[:, ::1] x,     # IN  (N, size)
-                     Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                     bint plane,                   # one sample's view
-                     const double[:, ::1] mean,    # IN  (N, C)
-                     double[:, ::1] sum_dy,        # OUT (N, C)
-                     double[:, ::1] sum_dy_xmu,    # OUT (N, C) sum of dy * (x - mean)
-                     int num_threads):
-    """Per-(sample, channel) sum(dy) and sum(dy * (x - mean[n, c]))."""
-    cdef Py_ssize_t N = x.shape[0], n
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
-    with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_grad_sums_one(&dy[n, 0], &x[n, 0], outer, C, inner, k, plane,
-                                        &mean[n, 0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                        inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_grad_sums_one(&dy[n, 0], &x[n, 0], outer, C, inner, k, plane,
-                                        &mean[n, 0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                        inside) != 0:
-                    status[0] = -1
-    if status[0] != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 cdef inline int sample_grad_apply_one(const floating* dy, const floating* x, floating* dx,
@@ -522,19 +493,63 @@ cdef inline int sample_grad_apply_one(const floating* dy, const floating* x, flo
                                k3, streaming, num_threads)
 
 
-def sample_grad_apply(const floating[:, ::1] dy,   # IN  (N, size)
-                      const floating[:, ::1] x,    # IN  (N, size)
-                      Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                      bint plane,                  # one sample's view
-                      const double[:, ::1] mean,   # IN  (N, C)
-                      const double[:, ::1] k1,     # IN  (N, C)
-                      const double[:, ::1] k2,     # IN  (N, C)
-                      const double[:, ::1] k3,     # IN  (N, C)
-                      floating[:, ::1] dx,         # OUT (N, size); may be dy or x
-                      bint streaming,
-                      int num_threads):
-    """dx[n] = k1[n, c] * dy + k2[n, c] * (x - mean[n, c]) + k3[n, c], c the channel."""
-    cdef Py_ssize_t N = x.shape[0], n
+cdef inline int sample_group_backward_one(const floating* dy, const floating* x, floating* dx,
+                                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                          Py_ssize_t k, bint plane, Py_ssize_t groups,
+                                          Py_ssize_t Cw, const double* mean,
+                                          const double* invstd, const double* weight,
+                                          double* sum_dy, double* sum_dy_xmu, int streaming,
+                                          int num_threads) noexcept nogil:
+    """One row of sample_group_backward; -1 if out of memory."""
+    cdef Py_ssize_t Cg = C // groups, g, c
+    cdef int status
+    cdef double count = <double>(outer * inner) * <double>Cg, a, b, inv, w
+    cdef double* shift = <double*>malloc(4 * C * sizeof(double))
+    if shift == NULL:
+        return -1
+    cdef double* k1 = shift + C
+    cdef double* k2 = shift + 2 * C
+    cdef double* k3 = shift + 3 * C
+    for c in range(C):
+        shift[c] = mean[c // Cg]
+    if sample_grad_sums_one(dy, x, outer, C, inner, k, plane, shift, sum_dy, sum_dy_xmu,
+                            num_threads) != 0:
+        free(shift)
+        return -1
+    for g in range(groups):
+        a = 0.0
+        b = 0.0
+        for c in range(g * Cg, (g + 1) * Cg):
+            w = weight[c % Cw]
+            a = a + w * sum_dy[c]
+            b = b + w * sum_dy_xmu[c]
+        inv = invstd[g]
+        for c in range(g * Cg, (g + 1) * Cg):
+            k1[c] = weight[c % Cw] * inv
+            k2[c] = -inv * inv * inv * (b / count)
+            k3[c] = -inv * (a / count)
+    status = sample_grad_apply_one(dy, x, dx, outer, C, inner, k, plane, shift, k1, k2, k3,
+                                   streaming, num_threads)
+    free(shift)
+    return status
+
+
+def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sample a row
+                          const floating[:, ::1] x,   # IN  (rows, size)
+                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                          bint plane,                 # one row's view (C channels)
+                          Py_ssize_t groups,          # groups of C // groups channels a row
+                          const double[:, ::1] mean,      # IN  (rows, groups)
+                          const double[:, ::1] invstd,    # IN  (rows, groups)
+                          const double[::1] weight,       # IN  (Cw,): channel c uses c % Cw
+                          floating[:, ::1] dx,            # OUT (rows, size); may be dy or x
+                          double[:, ::1] sum_dy,          # OUT (rows, C)
+                          double[:, ::1] sum_dy_xmu,      # OUT (rows, C) sum dy * (x - mean)
+                          bint streaming,
+                          int num_threads):
+    """Group norm backward, a row at a time: per-channel gradient sums, the group's
+    coefficients, dx = k1[c] * dy + k2[g] * (x - mean[g]) + k3[g]."""
+    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
     cdef int inside, across
     cdef int status[1]
     status[0] = 0
@@ -542,15 +557,17 @@ def sample_grad_apply(const floating[:, ::1] dy,   # IN  (N, size)
     with nogil:
         if across == 1:
             for n in range(N):
-                if sample_grad_apply_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                         plane, &mean[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
-                                         streaming, inside) != 0:
+                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
+                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
+                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
+                                             streaming, inside) != 0:
                     status[0] = -1
         else:
             for n in prange(N, schedule='static', num_threads=across):
-                if sample_grad_apply_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                         plane, &mean[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
-                                         streaming, inside) != 0:
+                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
+                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
+                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
+                                             streaming, inside) != 0:
                     status[0] = -1
     if status[0] != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")

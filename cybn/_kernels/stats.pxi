@@ -370,30 +370,3 @@ cdef inline int sample_moments_one(const floating* x, Py_ssize_t outer, Py_ssize
     if plane:
         return plane_moments_core(x, outer, C, inner, mean, m2, num_threads)
     return row_moments_core(x, outer // k, k * C * inner, C, inner, mean, m2, num_threads)
-
-
-def sample_moments(const floating[:, ::1] x,     # IN  (N, size): sample n is x[n]
-                   Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                   bint plane,                   # one sample's view: family and geometry
-                   double[:, ::1] mean,          # OUT (N, C)
-                   double[:, ::1] m2,            # OUT (N, C) sum of squared deviations
-                   int num_threads):
-    """Per-(sample, channel) mean and M2; each sample viewed as (outer, C, inner)."""
-    cdef Py_ssize_t N = x.shape[0], n
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
-    with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_moments_one(&x[n, 0], outer, C, inner, k, plane, &mean[n, 0],
-                                      &m2[n, 0], inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_moments_one(&x[n, 0], outer, C, inner, k, plane, &mean[n, 0],
-                                      &m2[n, 0], inside) != 0:
-                    status[0] = -1
-    if status[0] != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")

@@ -103,39 +103,29 @@ class _Samples:
         return _schedule.streams(self.size * itemsize, inner * itemsize if plane else math.inf,
                                  op)
 
-    def moments(self, x: np.ndarray, threads: int) -> tuple:
-        """Per-(sample, channel) mean and M2, (N, C) float64."""
-        mean = np.empty((self.N, self.C))
-        m2 = np.empty((self.N, self.C))
-        _kernels.sample_moments(self.kernel_view(x), *self.geometry, self.vector(mean),
-                                self.vector(m2), threads)
-        return mean, m2
-
-    def affine(self, x, shift, scale, offset, out, op: str, threads: int) -> np.ndarray:
-        """(x - shift) * scale + offset with (N, C) coefficients, into out or a new array."""
+    def forward(self, x, groups: int, w, b, eps: float, out, threads: int) -> tuple:
+        """Group norm (groups of C // groups channels per sample): y and the (N, groups)
+        mean, invstd and biased variance."""
+        row_groups = groups * self.N if self.rows == 1 else groups  # folded: samples side by side
+        mean, var, invstd = (np.empty((self.N, groups)) for _ in range(3))
         dest = Output(self, out, x.dtype)
-        _kernels.sample_affine(self.kernel_view(x), *self.geometry, self.vector(shift),
-                               self.vector(scale), self.vector(offset), dest.kernel,
-                               self.streaming(x.itemsize, op), threads)
-        return dest.result()
+        _kernels.sample_group_forward(
+            self.kernel_view(x), *self.geometry, row_groups, w, b,
+            eps, dest.kernel, self.vector(mean), self.vector(var), self.vector(invstd),
+            self.streaming(x.itemsize, "train"), threads)
+        return dest.result(), mean, invstd, var
 
-    def grad_sums(self, dy, x, mean, threads: int) -> tuple:
-        """Per-(sample, channel) sum(dy) and sum(dy * (x - mean)), (N, C) float64."""
-        sum_dy = np.empty((self.N, self.C))
-        sum_dy_xmu = np.empty((self.N, self.C))
-        _kernels.sample_grad_sums(self.kernel_view(dy), self.kernel_view(x), *self.geometry,
-                                  self.vector(mean), self.vector(sum_dy),
-                                  self.vector(sum_dy_xmu), threads)
-        return sum_dy, sum_dy_xmu
-
-    def grad_apply(self, dy, x, mean, k1, k2, k3, out, threads: int) -> np.ndarray:
-        """k1 * dy + k2 * (x - mean) + k3 with (N, C) coefficients."""
+    def backward(self, dy, x, groups: int, w, mean, invstd, out, threads: int) -> tuple:
+        """dx and the per-(sample, channel) sums of dy and dy * (x - mean), (N, C)."""
+        row_groups = groups * self.N if self.rows == 1 else groups
+        sum_dy, sum_dy_xmu = np.empty((self.N, self.C)), np.empty((self.N, self.C))
         dest = Output(self, out, x.dtype)
-        _kernels.sample_grad_apply(self.kernel_view(dy), self.kernel_view(x), *self.geometry,
-                                   self.vector(mean), self.vector(k1), self.vector(k2),
-                                   self.vector(k3), dest.kernel,
-                                   self.streaming(x.itemsize, "backward"), threads)
-        return dest.result()
+        _kernels.sample_group_backward(
+            self.kernel_view(dy), self.kernel_view(x), *self.geometry,
+            row_groups, self.vector(mean), self.vector(invstd), w,
+            dest.kernel, self.vector(sum_dy), self.vector(sum_dy_xmu),
+            self.streaming(x.itemsize, "backward"), threads)
+        return dest.result(), sum_dy, sum_dy_xmu
 
 
 def _channel_axis(axis, x: np.ndarray) -> int:
@@ -153,18 +143,6 @@ def _num_groups(num_groups, channels: int) -> int:
         raise ValueError(f"num_groups must be a positive divisor of the number of channels "
                          f"({channels}), got {num_groups}")
     return int(num_groups)
-
-
-def _merge_groups(mean: np.ndarray, m2: np.ndarray, count: int, groups: int) -> tuple:
-    """(N, C) per-channel moments of ``count`` values each -> (N, G) group moments (Chan's
-    formula for equal counts, float64)."""
-    N, C = mean.shape
-    if groups == C:
-        return mean, m2
-    mean_c = mean.reshape(N, groups, C // groups)
-    mean_g = mean_c.mean(axis=2)
-    spread = ((mean_c - mean_g[..., None]) ** 2).sum(axis=2)
-    return mean_g, m2.reshape(N, groups, C // groups).sum(axis=2) + count * spread
 
 
 def _per_channel(v: np.ndarray, channels: int) -> np.ndarray:
@@ -202,16 +180,7 @@ def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
             dest.buffer.reshape(rows, -1), mean.reshape(-1), var.reshape(-1),
             invstd.reshape(-1), samples.streaming(x.itemsize, "train"), threads)
         return dest.result(), mean, invstd, var
-    mean_c, m2_c = samples.moments(x, threads)
-    count = x.size // (samples.N * samples.C)
-    mean, m2 = _merge_groups(mean_c, m2_c, count, groups)
-    var = m2 / (count * (samples.C // groups))
-    invstd = 1.0 / np.sqrt(var + eps)
-    scale = _per_channel(invstd, samples.C) * w
-    shift = _per_channel(mean, samples.C)
-    offset = np.broadcast_to(b, shift.shape)
-    y = samples.affine(x, shift, scale, offset, out, "train", threads)
-    return y, mean, invstd, var
+    return samples.forward(x, groups, w, b, eps, out, threads)
 
 
 def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
@@ -226,21 +195,11 @@ def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
             np.ascontiguousarray(dy).reshape(rows, -1), np.ascontiguousarray(x).reshape(rows, -1),
             S, mean.reshape(-1), invstd.reshape(-1), w, dest.buffer.reshape(rows, -1), sum_dy,
             sum_dy_xmu, samples.streaming(x.itemsize, "backward"), threads)
-        dweight = (sum_dy_xmu * _per_channel(invstd, C)).sum(axis=0)
-        return dest.result(), dweight.astype(x.dtype), sum_dy.sum(axis=0).astype(x.dtype)
-    shift = _per_channel(mean, C)
-    sum_dy, sum_dy_xmu = samples.grad_sums(dy, x, shift, threads)
-    inv_c = _per_channel(invstd, C)
-    dbias = sum_dy.sum(axis=0)
-    dweight = (sum_dy_xmu * inv_c).sum(axis=0)
-    count = (x.size // (samples.N * C)) * (C // groups)
-    a = (w * sum_dy).reshape(samples.N, groups, -1).sum(axis=2)
-    b = (w * sum_dy_xmu).reshape(samples.N, groups, -1).sum(axis=2)
-    k1 = w * inv_c
-    k2 = _per_channel(-(invstd ** 3) * (b / count), C)
-    k3 = _per_channel(-invstd * (a / count), C)
-    dx = samples.grad_apply(dy, x, shift, k1, k2, k3, out, threads)
-    return dx, dweight.astype(x.dtype), dbias.astype(x.dtype)
+        dx = dest.result()
+    else:
+        dx, sum_dy, sum_dy_xmu = samples.backward(dy, x, groups, w, mean, invstd, out, threads)
+    dweight = (sum_dy_xmu * _per_channel(invstd, C)).sum(axis=0)
+    return dx, dweight.astype(x.dtype), sum_dy.sum(axis=0).astype(x.dtype)
 
 
 def _empty(x, out):
