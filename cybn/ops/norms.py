@@ -2,11 +2,14 @@
 
 They are batch norm's statistics over a different grouping, run by the same kernels:
 
-* **group and instance norm** normalize each sample's channels (in groups): the samples
-  ``x[n]`` are handed to the kernels as ``(outer, C, inner)`` views, one per sample (or, for
-  channels-first data, all samples at once as ``(1, N*C, inner)``), which give per-(sample,
-  channel) moments; channels are merged into groups exactly (Chan's formula, float64),
-  and the affine and gradient passes take per-(sample, channel) coefficients.
+* **group and instance norm** (one group per channel) normalize each sample's channels in
+  groups. Channels-first data with at least MIN_GROUP_ROWS (sample, group) pairs is viewed
+  as ``(N * G, Cg * S)``: each row one group, and a thread takes a group at a time
+  (statistics, then the affine or gradient pass while it is in cache). Otherwise each
+  sample ``x[n]`` is a ``(outer, C, inner)`` view of one of the batch-norm families (for
+  channels-first data, all samples side by side as ``(1, N*C, inner)``): per-channel
+  moments merged into groups exactly (Chan's formula for equal counts, float64), then the
+  affine or gradient pass with per-(sample, channel) coefficients, a sample at a time.
 * **layer and RMS norm** normalize each row of ``x`` viewed as ``(M, D)``, ``D`` the size
   of ``normalized_shape``: per-row moments from the plane kernels on ``(1, M, D)``, then a
   pass with per-row statistics and a per-column affine.
