@@ -1,5 +1,7 @@
 """OpenMP is on, thread settings are honoured, and results do not depend on the thread count."""
 
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -94,8 +96,6 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
 
     rng = np.random.default_rng(3)
     variants = _kernels.available_variants()
-    import os
-
     # the widest variant is chosen unless CYBN_ISA forces one
     assert _kernels.ISA == (os.environ.get("CYBN_ISA") or variants[0])
     for shape, axis in SHAPES[:4]:
@@ -272,3 +272,53 @@ def test_huge_omp_num_threads_is_capped_not_a_crash():
     _, m, _ = cybn.batch_norm_train(
         np.random.default_rng(0).random((64, 16, 32, 32)).astype(np.float32))
     assert float(total) == float(m.sum())
+
+
+VARIANT_SCRIPT = r"""
+import sys
+import numpy as np
+import cybn
+rng = np.random.default_rng(4)
+out = {}
+cases = [((6, 40, 30, 30), 1), ((6, 30, 30, 40), -1), ((50, 8, 9), -1), ((4, 72, 33), 1),
+         ((300, 257), 1), ((2, 3, 4, 4), 1), ((4000, 9), 1)]
+for i, (shape, axis) in enumerate(cases):
+    for dtype in (np.float32, np.float64):
+        x = (1e3 + rng.standard_normal(shape) * 2).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        key = f"{i}{np.dtype(dtype).char}"
+        y, mean, invstd = cybn.batch_norm_train(x, axis=axis)
+        out[key + "bn"] = y
+        out[key + "bnm"] = mean
+        out[key + "bnb"] = cybn.batch_norm_backward(dy, x, None, mean, invstd, axis=axis)[0]
+        out[key + "bni"] = cybn.batch_norm_infer(x, mean, 1 / invstd ** 2, axis=axis)
+        if x.ndim > 2:
+            y, mean, invstd = cybn.instance_norm(x, axis=axis)
+            out[key + "in"] = y
+            out[key + "inb"] = cybn.instance_norm_backward(dy, x, None, mean, invstd,
+                                                           axis=axis)[0]
+        y, mean, invstd = cybn.layer_norm(x, shape[-1])
+        out[key + "ln"] = y
+        out[key + "lnb"] = cybn.layer_norm_backward(dy, x, None, mean, invstd, shape[-1])[0]
+        out[key + "rms"] = cybn.rms_norm(x, shape[-1])[0]
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_variant_gives_the_same_bits_for_every_op(tmp_path):
+    """Each available instruction-set variant (CYBN_ISA) on the public ops, offset data,
+    both families, short rows, the fast path and the other norms: the same bits."""
+    import subprocess
+    import sys
+
+    variants = _kernels.available_variants()
+    results = []
+    for isa in variants:
+        path = tmp_path / f"{isa}.npz"
+        env = dict(os.environ, CYBN_ISA=isa, OMP_NUM_THREADS="2")
+        subprocess.run([sys.executable, "-c", VARIANT_SCRIPT, str(path)], env=env, check=True)
+        results.append(np.load(path))
+    for isa, other in zip(variants[1:], results[1:]):
+        for key in results[0].files:
+            np.testing.assert_array_equal(other[key], results[0][key],
+                                          err_msg=f"{isa} vs {variants[0]}: {key}")

@@ -412,8 +412,9 @@ def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
     with nogil:
         for m in prange(M, schedule='static', num_threads=num_threads):
             if floating is float:
-                hi = <float>shift[m]  # the split of cybn_split, assigned here so that
-                lo = <float>(shift[m] - <double>hi)  # prange makes hi and lo private
+                hi = 0.0  # assigned in the loop, so that prange makes hi and lo private
+                lo = 0.0
+                cybn_split(shift[m], &hi, &lo)
                 fs = <float>scale[m]
                 fo = <float>(-<double>lo * scale[m])
                 for d in range(D):

@@ -76,8 +76,15 @@ static inline double cybn_hsum(cybn_v4d a, cybn_v4d b) {
 }
 
 static inline void cybn_split(double m, float* hi, float* lo) {
-    *hi = (float)m;
-    *lo = (float)(m - (double)*hi);
+    float h = (float)m;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    /* An empty asm the compiler cannot see through keeps the rounding to float: GCC 12's
+     * vectorizer at -O3 with -mavx512f dropped the double -> float -> double round trip
+     * (hi came out unrounded and lo zero), so the avx512 variant lost the low part. */
+    __asm__("" : "+x"(h));
+#endif
+    *hi = h;
+    *lo = (float)(m - (double)h);
 }
 
 /* ------------------------------------------------------------------ contiguous runs */
