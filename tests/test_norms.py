@@ -250,8 +250,14 @@ def test_statistics_accurate_on_offset_data(dtype):
     x64 = 1e5 + rng.standard_normal((4, 8, 30, 30))
     x = x64.astype(dtype)
     exact = x.astype(np.float64)
-    _, mean, invstd = cybn.group_norm(x, 2, eps=1e-12)
-    _, rmean, rinv = ref.group_norm(exact, 2, eps=1e-12)
+    for groups in (2, 8):  # per-sample kernels, and a group per thread item (64 rows)
+        xg = np.concatenate([x, x[::-1]]) if groups == 8 else x
+        _, mean, invstd = cybn.group_norm(xg, groups, eps=1e-12)
+        _, rmean, rinv = ref.group_norm(xg.astype(np.float64), groups, eps=1e-12)
+        np.testing.assert_allclose(1 / invstd ** 2, 1 / rinv ** 2, rtol=1e-6)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    _, mean, invstd = cybn.instance_norm(xl, axis=-1, eps=1e-12)
+    _, rmean, rinv = ref.group_norm(xl.astype(np.float64), 8, eps=1e-12, axis=-1)
     np.testing.assert_allclose(1 / invstd ** 2, 1 / rinv ** 2, rtol=1e-6)
     _, mean, invstd = cybn.layer_norm(x.reshape(32, 900), 900, eps=1e-12)
     _, rmean, rinv = ref.layer_norm(exact.reshape(32, 900), (900,), eps=1e-12)
@@ -323,3 +329,24 @@ def test_empty_input():
     assert y.shape == x.shape and mean.shape == (0, 3)
     y, mean, invstd = cybn.layer_norm(np.empty((0, 4)), 4)
     assert y.shape == (0, 4) and mean.shape == (0,)
+
+
+def test_python_threads_give_the_serial_bits():
+    import threading
+
+    xs = [data((4, 16, 20, 20), np.float32, seed=s) for s in range(4)]
+    serial = [cybn.group_norm(x, 4)[0] for x in xs] + [cybn.layer_norm(x, (16, 20, 20))[0]
+                                                       for x in xs]
+    results = [None] * 8
+
+    def job(i):
+        x = xs[i % 4]
+        results[i] = cybn.group_norm(x, 4)[0] if i < 4 else cybn.layer_norm(x, (16, 20, 20))[0]
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(serial, results):
+        np.testing.assert_array_equal(a, b)
