@@ -110,6 +110,18 @@ MUTANTS = [
      '    import contextlib\n    return contextlib.nullcontext()'),
     ('cybn/train.py', '    if min(batch_size, len(X)) < 2:',
      '    if min(batch_size, len(X)) < 1:'),
+    ('cybn/ops/norms.py', '    if count == 1:\n',
+     '    if count == 0:\n'),
+    ('cybn/ops/norms.py', 'momentum, count / (count - 1))',
+     'momentum, 1.0)'),
+    ('cybn/ops/norms.py', 'float(np.finfo(dtype).eps) if eps is None',
+     '1e-5 if eps is None'),
+    ('cybn/ops/norms.py', '    dweight = (sum_dy_xmu * _per_channel(invstd, C)).sum(axis=0)',
+     '    dweight = sum_dy_xmu.sum(axis=0)'),
+    ('cybn/ops/norms.py', '    if x.shape[x.ndim - len(shape):] != shape:',
+     '    if x.size != x.size:'),
+    ('cybn/ops/norms.py', 'samples.N * groups < MIN_GROUP_ROWS',
+     'samples.N * groups < 0'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 

@@ -303,3 +303,15 @@ def test_fit_flags_an_infinite_loss_as_divergence():
         h = cybn.fit(model, X, y, loss="mse", epochs=3, batch_size=4, progress=False)
     assert h["loss"][0] == np.inf
     assert h["diverged"] is True and len(h["loss"]) == 1
+
+
+def test_group_norm_path_policy():
+    """Channels-first group norm takes a group per thread item from MIN_GROUP_ROWS (sample,
+    group) rows on; fewer rows, channels-last and middle axes take the per-sample kernels."""
+    from cybn.ops import norms
+
+    assert norms.MIN_GROUP_ROWS == 64
+    assert norms._group_rows(norms._Samples.of((16, 64, 8, 8), 1), 64) == 64  # S = 8 * 8
+    assert norms._group_rows(norms._Samples.of((2, 64, 5, 5), 1), 32) == 25
+    assert norms._group_rows(norms._Samples.of((2, 6, 5, 5), 1), 3) == 0
+    assert norms._group_rows(norms._Samples.of((16, 8, 8, 64), 3), 64) == 0
