@@ -124,28 +124,14 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
 
     ``None`` gives ``default`` everywhere, or is an error when there is no default.
     """
-    if v is None:
-        if default is None:
-            raise ValueError(f"{name} is required, got None")
-        return np.full(channels, default, dtype=np.float64)
-    reject_masked(v, name)
-    if not isinstance(v, np.ndarray):
-        try:
-            v = np.asarray(v, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise ValueError(f"{name} must be a float32 or float64 array of shape ({channels},),"
-                             f" got {describe(v)}") from None
-    check_float_dtype(v, name)
-    if v.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
-                         f"got shape {v.shape}")
-    return np.ascontiguousarray(v, dtype=np.float64)
+    return shaped_array(v, name, (channels,), default, what="one value per channel")
 
 
 def shaped_array(v, name: str, shape: tuple, default: float | None = None,
                  what: str = "") -> np.ndarray:
-    """An array of a given shape (per group, per sample, per normalized element) as a
-    C-contiguous float64 array, like :func:`channel_vector`; ``what`` explains the shape."""
+    """An array of a given shape (per channel, per group, per sample, per normalized
+    element) as a C-contiguous float64 array (the caller's own when it already is one);
+    ``None`` gives ``default``, or is an error without one; ``what`` explains the shape."""
     if v is None:
         if default is None:
             raise ValueError(f"{name} is required, got None")
@@ -162,6 +148,16 @@ def shaped_array(v, name: str, shape: tuple, default: float | None = None,
         explain = f" ({what})" if what else ""
         raise ValueError(f"{name} must have shape {tuple(shape)}{explain}, got shape {v.shape}")
     return np.ascontiguousarray(v, dtype=np.float64)
+
+
+def train_args(channels: int, weight, bias, running_mean, running_var, momentum,
+               eps) -> tuple:
+    """The per-channel arguments of a training forward, checked: (weight, bias) as float64
+    vectors (1 and 0 by default), the running buffers (or None), momentum and eps."""
+    w = channel_vector(weight, "weight", channels, default=1.0)
+    b = channel_vector(bias, "bias", channels, default=0.0)
+    rm, rv = running_pair(running_mean, running_var, channels)
+    return w, b, rm, rv, check_momentum(momentum), check_eps(eps)
 
 
 def running_buffer(v, name: str, channels: int) -> np.ndarray:

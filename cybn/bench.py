@@ -248,18 +248,31 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(result) -> str:
-    head = ("| shape | layout | dtype | op | cybn ms | copy ms | cybn / copy | NumPy ms | "
-            "PyTorch ms | PyTorch / cybn |\n|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in result["rows"]:
-        def f(v, d=3):
-            return "-" if v is None else f"{v:.{d}f}"
-        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['layout']} | {r['dtype']} | "
-                     f"{r['op']} | {f(r['cybn_ms'])} | {f(r['copy_ms'])} | "
-                     f"{f(r['ratio_to_copy'], 2)} | {f(r['numpy_ms'], 2)} | {f(r['torch_ms'])} | "
-                     f"{f(r['speedup_vs_torch'], 2)} |")
+def _number(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _markdown(rows, columns) -> str:
+    """A Markdown table: ``columns`` is a list of (heading, function of a row -> text)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _shape_text(r) -> str:
+    return "x".join(map(str, r["shape"]))
+
+
+def markdown_table(result) -> str:
+    return _markdown(result["rows"], [
+        ("shape", _shape_text), ("layout", lambda r: r["layout"]),
+        ("dtype", lambda r: r["dtype"]), ("op", lambda r: r["op"]),
+        ("cybn ms", lambda r: _number(r["cybn_ms"])), ("copy ms", lambda r: _number(r["copy_ms"])),
+        ("cybn / copy", lambda r: _number(r["ratio_to_copy"], 2)),
+        ("NumPy ms", lambda r: _number(r["numpy_ms"], 2)),
+        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
+        ("PyTorch / cybn", lambda r: _number(r["speedup_vs_torch"], 2))])
 
 
 def plot(result, path: str) -> bool:
@@ -547,16 +560,12 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
 
 
 def norms_markdown(result) -> str:
-    head = ("| norm | shape | layout | op | cybn ms | copy ms | PyTorch ms | PyTorch / cybn |\n"
-            "|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in result["rows"]:
-        def f(v, d=3):
-            return "-" if v is None else f"{v:.{d}f}"
-        lines.append(f"| {r['norm']} | {'x'.join(map(str, r['shape']))} | {r['layout']} | "
-                     f"{r['op']} | {f(r['cybn_ms'])} | {f(r['copy_ms'])} | {f(r['torch_ms'])} | "
-                     f"{f(r['speedup_vs_torch'], 2)} |")
-    return "\n".join(lines)
+    return _markdown(result["rows"], [
+        ("norm", lambda r: r["norm"]), ("shape", _shape_text), ("layout", lambda r: r["layout"]),
+        ("op", lambda r: r["op"]), ("cybn ms", lambda r: _number(r["cybn_ms"])),
+        ("copy ms", lambda r: _number(r["copy_ms"])),
+        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
+        ("PyTorch / cybn", lambda r: _number(r["speedup_vs_torch"], 2))])
 
 
 def main(argv=None) -> int:

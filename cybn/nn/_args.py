@@ -1,4 +1,5 @@
-"""Argument checks and random-number helpers shared by the layers."""
+"""Argument checks and construction helpers (random numbers, dtypes, affine parameters,
+running statistics) shared by the layers."""
 
 from __future__ import annotations
 
@@ -36,3 +37,27 @@ def param_dtype(dtype) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
+
+
+def affine_parameters(layer, shape: tuple, dtype, weight: bool, bias: bool) -> None:
+    """A normalization layer's ``weight`` (ones) and ``bias`` (zeros) of ``shape``, or None
+    entries; not weight-decayed (see :mod:`cybn.train`)."""
+    from .module import Parameter
+
+    if weight:
+        layer.weight = Parameter(np.ones(shape, dtype), decay=False)
+    else:
+        layer._parameters["weight"] = None
+    if bias:
+        layer.bias = Parameter(np.zeros(shape, dtype), decay=False)
+    else:
+        layer._parameters["bias"] = None
+
+
+def running_buffers(layer, channels: int, dtype, track: bool) -> None:
+    """``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked``
+    buffers, or None entries."""
+    for name, value in (("running_mean", np.zeros(channels, dtype)),
+                        ("running_var", np.ones(channels, dtype)),
+                        ("num_batches_tracked", np.zeros((), np.int64))):
+        layer.register_buffer(name, value if track else None)

@@ -6,8 +6,8 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_eps, check_momentum
-from ._args import param_dtype, positive_int
-from .module import Module, Parameter
+from ._args import affine_parameters, param_dtype, positive_int, running_buffers
+from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -33,20 +33,8 @@ class _BatchNorm(Module):
         self.track_running_stats = track_running_stats
         self.channels_last = channels_last
         self.dtype = dtype
-        if affine:
-            self.weight = Parameter(np.ones(num_features, dtype), decay=False)
-            self.bias = Parameter(np.zeros(num_features, dtype), decay=False)
-        else:
-            self._parameters["weight"] = None
-            self._parameters["bias"] = None
-        if track_running_stats:
-            self.register_buffer("running_mean", np.zeros(num_features, dtype))
-            self.register_buffer("running_var", np.ones(num_features, dtype))
-            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        affine_parameters(self, (num_features,), dtype, affine, affine)
+        running_buffers(self, num_features, dtype, track_running_stats)
         self._cache = None
 
     def extra_repr(self) -> str:

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_bool, check_eps, check_momentum
-from ._args import param_dtype, positive_int
-from .module import Module, Parameter
+from ._args import affine_parameters, param_dtype, positive_int, running_buffers
+from .module import Module
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "RMSNorm"]
@@ -27,18 +27,6 @@ def _shape(normalized_shape) -> tuple:
     return tuple(int(d) for d in shape)
 
 
-def _affine_parameters(layer: Module, shape: tuple, dtype, weight: bool, bias: bool) -> None:
-    """weight (ones) and bias (zeros) of ``shape``, or None entries (no weight decay)."""
-    if weight:
-        layer.weight = Parameter(np.ones(shape, dtype), decay=False)
-    else:
-        layer._parameters["weight"] = None
-    if bias:
-        layer.bias = Parameter(np.zeros(shape, dtype), decay=False)
-    else:
-        layer._parameters["bias"] = None
-
-
 def _accumulate(param, grad) -> None:
     if param is not None:
         param.grad += grad
@@ -48,7 +36,25 @@ def _data(param):
     return None if param is None else param.data
 
 
-class LayerNorm(Module):
+class _TrailingNorm(Module):
+    """Shared code of LayerNorm and RMSNorm: normalization over the trailing axes."""
+
+    def __init__(self, normalized_shape, eps, elementwise_affine: bool, bias: bool, dtype):
+        super().__init__()
+        self.normalized_shape = _shape(normalized_shape)
+        self.eps = None if eps is None else check_eps(eps)
+        self.elementwise_affine = check_bool(elementwise_affine, "elementwise_affine")
+        self.dtype = param_dtype(dtype)
+        affine_parameters(self, self.normalized_shape, self.dtype, self.elementwise_affine,
+                          self.elementwise_affine and bias)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+
+class LayerNorm(_TrailingNorm):
     """Layer normalization over the last ``len(normalized_shape)`` axes.
 
     Parameters
@@ -65,19 +71,8 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, dtype=np.float32):
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = check_eps(eps)
-        self.elementwise_affine = check_bool(elementwise_affine, "elementwise_affine")
-        has_bias = check_bool(bias, "bias")
-        self.dtype = param_dtype(dtype)
-        _affine_parameters(self, self.normalized_shape, self.dtype, self.elementwise_affine,
-                           self.elementwise_affine and has_bias)
-        self._cache = None
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
+        super().__init__(normalized_shape, check_eps(eps), elementwise_affine,
+                         check_bool(bias, "bias"), dtype)
 
     def forward(self, x):
         x = np.asarray(x)
@@ -95,7 +90,7 @@ class LayerNorm(Module):
         return dx
 
 
-class RMSNorm(Module):
+class RMSNorm(_TrailingNorm):
     """RMS normalization over the last ``len(normalized_shape)`` axes:
     ``x / sqrt(mean(x**2) + eps) * weight``.
 
@@ -111,19 +106,8 @@ class RMSNorm(Module):
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine: bool = True,
                  dtype=np.float32):
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = None if eps is None else check_eps(eps)
-        self.elementwise_affine = check_bool(elementwise_affine, "elementwise_affine")
-        self.dtype = param_dtype(dtype)
-        _affine_parameters(self, self.normalized_shape, self.dtype, self.elementwise_affine,
-                           False)
+        super().__init__(normalized_shape, eps, elementwise_affine, False, dtype)
         del self._parameters["bias"]
-        self._cache = None
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
 
     def forward(self, x):
         x = np.asarray(x)
@@ -184,7 +168,7 @@ class GroupNorm(Module):
         self.affine = check_bool(affine, "affine")
         self.channels_last = check_bool(channels_last, "channels_last")
         self.dtype = param_dtype(dtype)
-        _affine_parameters(self, (self.num_channels,), self.dtype, self.affine, self.affine)
+        affine_parameters(self, (self.num_channels,), self.dtype, self.affine, self.affine)
         self._cache = None
 
     def extra_repr(self) -> str:
@@ -224,15 +208,8 @@ class _InstanceNorm(Module):
         self.track_running_stats = check_bool(track_running_stats, "track_running_stats")
         self.channels_last = check_bool(channels_last, "channels_last")
         self.dtype = param_dtype(dtype)
-        _affine_parameters(self, (self.num_features,), self.dtype, self.affine, self.affine)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", np.zeros(self.num_features, self.dtype))
-            self.register_buffer("running_var", np.ones(self.num_features, self.dtype))
-            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        affine_parameters(self, (self.num_features,), self.dtype, self.affine, self.affine)
+        running_buffers(self, self.num_features, self.dtype, self.track_running_stats)
         self._cache = None
 
     def extra_repr(self) -> str:

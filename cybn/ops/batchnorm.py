@@ -12,10 +12,9 @@ from .._validate import (
     channel_view,
     check_bool,
     check_eps,
-    check_momentum,
     check_out,
     check_same_layout,
-    running_pair,
+    train_args,
 )
 from . import _schedule
 from ._run import Output, channel_affine, empty_result, update_running
@@ -68,11 +67,8 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     x = as_data(x, "x")
     view = channel_view(x, axis)
     C = view.channels
-    w = channel_vector(weight, "weight", C, default=1.0)
-    b = channel_vector(bias, "bias", C, default=0.0)
-    rm, rv = running_pair(running_mean, running_var, C)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
+    w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
+                                             momentum, eps)
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
                                       "running_mean": running_mean,
                                       "running_var": running_var}, in_place_ok=("x",))

@@ -34,13 +34,12 @@ from .._validate import (
     channel_vector,
     check_bool,
     check_eps,
-    check_momentum,
     check_out,
     check_same_layout,
     describe,
     normalize_axis,
-    running_pair,
     shaped_array,
+    train_args,
 )
 from . import _schedule
 from ._run import Output, update_running
@@ -205,6 +204,29 @@ def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
     return dx, dweight.astype(x.dtype), sum_dy.sum(axis=0).astype(x.dtype)
 
 
+def _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out):
+    """Group norm backward (instance norm: ``num_groups`` None, one group per channel) with
+    every argument checked first."""
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    ax = _channel_axis(axis, x)
+    N, C = x.shape[0], x.shape[ax]
+    groups = C if num_groups is None else _num_groups(num_groups, C)
+    what = "per sample and channel" if num_groups is None else "per sample and group"
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = shaped_array(mean, "mean", (N, groups), what=what)
+    inv = shaped_array(invstd, "invstd", (N, groups), what=what)
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+    if x.size == 0:
+        zeros = np.zeros(C, dtype=x.dtype)
+        return _empty(x, out), zeros, zeros.copy()
+    samples = _Samples.of(x.shape, ax)
+    return _grouped_backward(dy, x, groups, w, mu, inv, out, _schedule.threads_for(x.size),
+                             samples)
+
+
 def _empty(x, out):
     return out if out is not None else np.empty(x.shape, dtype=x.dtype)
 
@@ -281,23 +303,7 @@ def group_norm_backward(dy, x, num_groups: int, weight, mean, invstd, *, axis: i
     dx : ndarray, x's shape and dtype
     dweight, dbias : ndarray (C,), x's dtype
     """
-    x = as_data(x, "x")
-    dy = as_data(dy, "dy")
-    check_same_layout(dy, "dy", x)
-    ax = _channel_axis(axis, x)
-    N, C = x.shape[0], x.shape[ax]
-    groups = _num_groups(num_groups, C)
-    w = channel_vector(weight, "weight", C, default=1.0)
-    mu = shaped_array(mean, "mean", (N, groups), what="per sample and group")
-    inv = shaped_array(invstd, "invstd", (N, groups), what="per sample and group")
-    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
-                                      "invstd": invstd}, in_place_ok=("x", "dy"))
-    if x.size == 0:
-        zeros = np.zeros(C, dtype=x.dtype)
-        return _empty(x, out), zeros, zeros.copy()
-    samples = _Samples.of(x.shape, ax)
-    return _grouped_backward(dy, x, groups, w, mu, inv, out, _schedule.threads_for(x.size),
-                             samples)
+    return _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,11 +362,8 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
     x = as_data(x, "x")
     ax = _channel_axis(axis, x)
     N, C = x.shape[0], x.shape[ax]
-    w = channel_vector(weight, "weight", C, default=1.0)
-    b = channel_vector(bias, "bias", C, default=0.0)
-    rm, rv = running_pair(running_mean, running_var, C)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
+    w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
+                                             momentum, eps)
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
                                       "running_mean": running_mean,
                                       "running_var": running_var}, in_place_ok=("x",))
@@ -398,22 +401,7 @@ def instance_norm_backward(dy, x, weight, mean, invstd, *, use_input_stats: bool
     if not use_input_stats:
         return batch_norm_backward(dy, x, weight, mean, invstd, training=False, axis=axis,
                                    out=out)
-    x = as_data(x, "x")
-    dy = as_data(dy, "dy")
-    check_same_layout(dy, "dy", x)
-    ax = _channel_axis(axis, x)
-    N, C = x.shape[0], x.shape[ax]
-    w = channel_vector(weight, "weight", C, default=1.0)
-    mu = shaped_array(mean, "mean", (N, C), what="per sample and channel")
-    inv = shaped_array(invstd, "invstd", (N, C), what="per sample and channel")
-    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
-                                      "invstd": invstd}, in_place_ok=("x", "dy"))
-    if x.size == 0:
-        zeros = np.zeros(C, dtype=x.dtype)
-        return _empty(x, out), zeros, zeros.copy()
-    samples = _Samples.of(x.shape, ax)
-    return _grouped_backward(dy, x, C, w, mu, inv, out, _schedule.threads_for(x.size),
-                             samples)
+    return _grouped_backward_checked(dy, x, None, weight, mean, invstd, axis, out)
 
 
 # ---------------------------------------------------------------------------------------
