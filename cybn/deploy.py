@@ -1,0 +1,287 @@
+"""From a trained network to inference, and back: fold batch norm into the neighbouring
+Linear or Conv2d layer, or insert batch norm into a trained network without changing what it
+computes.
+
+In eval mode batch norm is a per-channel affine map ``y = z * s + t`` with
+``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``, so it folds
+into the layer before it (scale that layer's output channels) or, where the map commutes
+with the layer after it, into that one. Both functions work on a :class:`cybn.Sequential`,
+compute in float64, and return a new model: the one given is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+
+from . import nn
+from .nn.batchnorm import _BatchNorm
+
+__all__ = ["fold_batchnorm", "insert_batchnorm"]
+
+_INTO = ("previous", "next", "any")
+
+
+def _check_sequential(model, name: str = "model") -> None:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"{name} must be a cybn Sequential, got {type(model).__name__}")
+    known = tuple(getattr(nn, n) for n in nn.__all__ if isinstance(getattr(nn, n), type))
+    for i, layer in enumerate(model):
+        if type(layer) not in known:
+            raise TypeError(f"layer {i} of {name} is a {type(layer).__name__}, not one of "
+                            f"cybn's layers")
+
+
+def _bn_affine(bn: _BatchNorm) -> tuple:
+    """(s, t) of the eval-mode map y = z * s + t, float64."""
+    s = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    t = -bn.running_mean.astype(np.float64) * s
+    if bn.affine:
+        w = bn.weight.data.astype(np.float64)
+        s, t = s * w, t * w + bn.bias.data.astype(np.float64)
+    return s, t
+
+
+def _layer_channels_last(layer) -> bool:
+    return bool(getattr(layer, "channels_last", False))
+
+
+def _foldable_previous(layer, bn: _BatchNorm) -> str | None:
+    """Why ``bn`` cannot fold into the layer before it, or None when it can."""
+    if isinstance(layer, nn.Linear):
+        if not isinstance(bn, nn.BatchNorm1d):
+            return "a Linear layer is followed by BatchNorm1d only"
+        channels = layer.out_features
+    elif isinstance(layer, nn.Conv2d):
+        if not isinstance(bn, nn.BatchNorm2d):
+            return "a Conv2d layer is followed by BatchNorm2d only"
+        if _layer_channels_last(layer) != bn.channels_last:
+            return "the Conv2d and the BatchNorm2d disagree on channels_last"
+        channels = layer.out_channels
+    else:
+        return f"the layer before it is a {type(layer).__name__}"
+    if channels != bn.num_features:
+        raise ValueError(f"a {type(bn).__name__} with {bn.num_features} channels follows a "
+                         f"{type(layer).__name__} with {channels} output channels")
+    return None
+
+
+def _fold_into_previous(layer, bn: _BatchNorm) -> None:
+    s, t = _bn_affine(bn)
+    w = layer.weight.data.astype(np.float64)
+    b = np.zeros(len(s)) if layer.bias is None else layer.bias.data.astype(np.float64)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    dtype = layer.weight.data.dtype
+    layer.weight = nn.Parameter((w * s.reshape(shape)).astype(dtype))
+    layer.bias = nn.Parameter((b * s + t).astype(dtype))
+
+
+def _foldable_next(bn: _BatchNorm, layer) -> str | None:
+    """Why ``bn`` cannot fold into the layer after it, or None when it can."""
+    if isinstance(layer, nn.Linear):
+        if not isinstance(bn, nn.BatchNorm1d):
+            return "folding into a following Linear needs BatchNorm1d on (N, C) input"
+        channels = layer.in_features
+    elif isinstance(layer, nn.Conv2d):
+        if not isinstance(bn, nn.BatchNorm2d):
+            return "a Conv2d layer follows BatchNorm2d only"
+        if _layer_channels_last(layer) != bn.channels_last:
+            return "the BatchNorm2d and the Conv2d disagree on channels_last"
+        if any(layer.padding):
+            return ("the following Conv2d pads with zeros, which are not normalized values: "
+                    "folding would not be exact at the borders")
+        channels = layer.in_channels
+    else:
+        return f"the layer after it is a {type(layer).__name__}"
+    if channels != bn.num_features:
+        raise ValueError(f"a {type(bn).__name__} with {bn.num_features} channels is followed "
+                         f"by a {type(layer).__name__} with {channels} input channels")
+    return None
+
+
+def _fold_into_next(bn: _BatchNorm, layer) -> None:
+    s, t = _bn_affine(bn)
+    w = layer.weight.data.astype(np.float64)  # (out, in) or (out, in, kh, kw)
+    b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.data.astype(np.float64)
+    shape = (1, -1) + (1,) * (w.ndim - 2)
+    dtype = layer.weight.data.dtype
+    layer.weight = nn.Parameter((w * s.reshape(shape)).astype(dtype))
+    layer.bias = nn.Parameter((b + (w * t.reshape(shape)).reshape(w.shape[0], -1)
+                               .sum(axis=1)).astype(dtype))
+
+
+def fold_batchnorm(model, *, into: str = "previous"):
+    """An inference model with batch norm folded into the neighbouring layers.
+
+    Parameters
+    ----------
+    model : Sequential, in eval mode
+        cybn layers; every BatchNorm in it must track running statistics to be folded.
+    into : "previous", "next" or "any"
+        ``"previous"``: a BatchNorm right after a Linear (BatchNorm1d) or Conv2d
+        (BatchNorm2d, same layout, any stride, padding, bias or none) is folded into that
+        layer's weight and bias. ``"next"``: into a Linear right after a BatchNorm1d, or a
+        Conv2d without padding right after a BatchNorm2d (zero padding would meet
+        unnormalized zeros at the borders, so padded convs are never folded into).
+        ``"any"``: the previous layer where possible, else the next.
+
+    Returns
+    -------
+    Sequential
+        A new model in eval mode without the folded BatchNorm layers; its ``not_folded``
+        attribute lists ``(index, reason)`` of the BatchNorm layers left in place (indices
+        in the given model), which are also reported with a warning.
+
+    Raises
+    ------
+    ValueError
+        A model in training mode, or a BatchNorm whose channel count does not match its
+        neighbour's. TypeError: not a Sequential of cybn layers.
+    """
+    _check_sequential(model)
+    if into not in _INTO:
+        raise ValueError(f"into must be one of {', '.join(_INTO)}, got {into!r}")
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval()): "
+                         "folding uses the running statistics, which training mode ignores")
+    layers = [copy.deepcopy(layer) for layer in model]
+    keep, not_folded = [], []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if not isinstance(layer, _BatchNorm):
+            keep.append(layer)
+            i += 1
+            continue
+        if not layer.track_running_stats:
+            not_folded.append((i, "it has no running statistics (batch statistics in eval "
+                                  "mode too)"))
+            keep.append(layer)
+            i += 1
+            continue
+        reasons = []
+        if into in ("previous", "any"):
+            why = _foldable_previous(keep[-1], layer) if keep else "it is the first layer"
+            if why is None:
+                _fold_into_previous(keep[-1], layer)
+                i += 1
+                continue
+            reasons.append(why)
+        if into in ("next", "any"):
+            why = (_foldable_next(layer, layers[i + 1]) if i + 1 < len(layers)
+                   else "it is the last layer")
+            if why is None:
+                _fold_into_next(layer, layers[i + 1])
+                i += 1
+                continue
+            reasons.append(why)
+        not_folded.append((i, "; ".join(reasons)))
+        keep.append(layer)
+        i += 1
+    result = nn.Sequential(*keep).eval()
+    result.not_folded = not_folded
+    if not_folded:
+        warnings.warn("fold_batchnorm left in place: " + ", ".join(
+            f"layer {i} ({why})" for i, why in not_folded), stacklevel=2)
+    return result
+
+
+def _output_moments(model, upto: int, X, batch_size: int) -> tuple:
+    """Exact mean and (population) variance per channel of layer ``upto``'s output over X,
+    streaming over batches with Chan's merge of (count, mean, M2)."""
+    layer = model[upto]
+    axis = -1 if _layer_channels_last(layer) else 1
+    count = 0.0
+    mean = m2 = np.zeros(0)
+    for start in range(0, len(X), batch_size):
+        z = X[start:start + batch_size]
+        for k in range(upto + 1):
+            z = model[k](z)
+        z = np.asarray(z, dtype=np.float64)
+        C = z.shape[axis]
+        zc = np.moveaxis(z, axis, -1).reshape(-1, C)
+        n_b = float(zc.shape[0])
+        mean_b = zc.mean(axis=0)
+        m2_b = ((zc - mean_b) ** 2).sum(axis=0)
+        if count == 0.0:
+            count, mean, m2 = n_b, mean_b, m2_b
+            continue
+        total = count + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta * delta * (count * n_b / total)
+        count = total
+    return mean, m2 / count
+
+
+def insert_batchnorm(model, X, *, after=None, eps: float = 1e-5, momentum=0.1,
+                     batch_size: int = 256):
+    """A model with a BatchNorm after each chosen layer that computes the same function.
+
+    Each inserted BatchNorm gets the exact mean and variance of its input over ``X`` as
+    running statistics, and ``weight = sqrt(running_var + eps)``, ``bias = running_mean``,
+    so that in eval mode it is the identity up to rounding, and in training mode on a batch
+    like X it nearly is (batch statistics instead of X's). Fine-tuning then starts from the
+    trained network's function with batch norm's conditioning.
+
+    Parameters
+    ----------
+    model : Sequential of cybn layers
+    X : array
+        Calibration inputs (a batch axis first, the model's input shape after it).
+    after : tuple of layer classes, optional
+        Insert after these (default ``(Linear, Conv2d)``); layers already followed by a
+        BatchNorm are skipped.
+    eps, momentum : float
+        Of the new BatchNorm layers.
+    batch_size : int
+        X is pushed through the model in batches of this size (eval mode).
+
+    Returns
+    -------
+    Sequential
+        A new model (in the given model's mode); the given one is not modified. Its
+        ``running_var`` holds the variance over X divided by the count (population), not
+        PyTorch's unbiased running estimate.
+    """
+    _check_sequential(model)
+    after = (nn.Linear, nn.Conv2d) if after is None else tuple(after)
+    X = np.asarray(X)
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"X must be a nonempty batch of inputs, got shape {X.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    reference = copy.deepcopy(model).eval()
+    try:
+        reference(X[:1])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"X of shape {X.shape} does not fit the model: {err}") from None
+    layers = [copy.deepcopy(layer) for layer in model]
+    out = []
+    for i, layer in enumerate(layers):
+        out.append(layer)
+        if not isinstance(layer, after) or isinstance(layer, _BatchNorm):
+            continue
+        if i + 1 < len(layers) and isinstance(layers[i + 1], _BatchNorm):
+            continue
+        bn: _BatchNorm
+        if isinstance(layer, nn.Linear):
+            bn = nn.BatchNorm1d(layer.out_features, eps=eps, momentum=momentum,
+                                dtype=layer.weight.data.dtype)
+        elif isinstance(layer, nn.Conv2d):
+            bn = nn.BatchNorm2d(layer.out_channels, eps=eps, momentum=momentum,
+                                channels_last=_layer_channels_last(layer),
+                                dtype=layer.weight.data.dtype)
+        else:
+            raise TypeError(f"insert_batchnorm inserts after Linear and Conv2d layers, not "
+                            f"{type(layer).__name__}")
+        mean, var = _output_moments(reference, i, X, batch_size)
+        bn.running_mean[...] = mean
+        bn.running_var[...] = var
+        bn.weight.data[...] = np.sqrt(var + eps)
+        bn.bias.data[...] = mean
+        out.append(bn)
+    result = nn.Sequential(*out)
+    return result.train(model.training)
