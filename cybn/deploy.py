@@ -103,12 +103,16 @@ def _foldable_next(bn: _BatchNorm, layer) -> str | None:
 
 def _fold_into_next(bn: _BatchNorm, layer) -> None:
     s, t = _bn_affine(bn)
-    w = layer.weight.data.astype(np.float64)  # (out, in) or (out, in, kh, kw)
+    w = layer.weight.data.astype(np.float64)  # (out, in) or (out, in // groups, kh, kw)
     b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.data.astype(np.float64)
-    shape = (1, -1) + (1,) * (w.ndim - 2)
+    groups = getattr(layer, "groups", 1)
+    # output o reads the input channels of its group: (out, in // groups) per-input factors
+    s_in = np.repeat(s.reshape(groups, -1), w.shape[0] // groups, axis=0)
+    t_in = np.repeat(t.reshape(groups, -1), w.shape[0] // groups, axis=0)
+    shape = s_in.shape + (1,) * (w.ndim - 2)
     dtype = layer.weight.data.dtype
-    layer.weight = nn.Parameter((w * s.reshape(shape)).astype(dtype))
-    layer.bias = nn.Parameter((b + (w * t.reshape(shape)).reshape(w.shape[0], -1)
+    layer.weight = nn.Parameter((w * s_in.reshape(shape)).astype(dtype))
+    layer.bias = nn.Parameter((b + (w * t_in.reshape(shape)).reshape(w.shape[0], -1)
                                .sum(axis=1)).astype(dtype))
 
 

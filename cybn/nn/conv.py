@@ -14,14 +14,18 @@ __all__ = ["Conv2d"]
 
 
 class Conv2d(Module):
-    """2-D convolution (cross-correlation, as PyTorch) by im2col and one matrix product.
+    """2-D convolution (cross-correlation, as PyTorch) by im2col and matrix products, one per
+    group.
 
-    weight has shape (out_channels, in_channels, kh, kw) in both layouts; input is
-    (N, C, H, W), or (N, H, W, C) with ``channels_last``. Zero padding.
+    weight has shape (out_channels, in_channels // groups, kh, kw) in both layouts (PyTorch's
+    state_dict layout); input is (N, C, H, W), or (N, H, W, C) with ``channels_last``. Zero
+    padding. ``groups`` splits the channels into groups convolved separately
+    (``groups == in_channels``: depthwise); ``dilation`` spaces the kernel's taps.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, channels_last: bool = False, dtype=np.float32, rng=None):
+                 bias: bool = True, channels_last: bool = False, dtype=np.float32, rng=None,
+                 groups: int = 1, dilation=1):
         super().__init__()
         rng = as_rng(rng)
         self.in_channels = positive_int(in_channels, "in_channels")
@@ -29,11 +33,17 @@ class Conv2d(Module):
         self.kernel_size = int_pair(kernel_size, "kernel_size")
         self.stride = int_pair(stride, "stride")
         self.padding = int_pair(padding, "padding", minimum=0)
+        self.dilation = int_pair(dilation, "dilation")
+        self.groups = positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) and "
+                             f"out_channels ({out_channels})")
         self.channels_last = channels_last
         kh, kw = self.kernel_size
-        bound = 1.0 / math.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels, kh, kw))
-                                .astype(dtype))
+        fan_in = in_channels // groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        shape = (out_channels, in_channels // groups, kh, kw)
+        self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
         if bias:
             self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(dtype))
         else:
@@ -41,11 +51,17 @@ class Conv2d(Module):
         self._cache = None
 
     def extra_repr(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v, default in (
+            ("groups", self.groups, 1), ("dilation", self.dilation, (1, 1))) if v != default)
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}{extra}")
 
     def _to_nhwc(self, x):
         return x if self.channels_last else x.transpose(0, 2, 3, 1)
+
+    def _grouped_weight(self) -> np.ndarray:
+        """weight as (groups, out // groups, in // groups * kh * kw)."""
+        return self.weight.data.reshape(self.groups, self.out_channels // self.groups, -1)
 
     def forward(self, x):
         x = np.asarray(x)
@@ -56,37 +72,105 @@ class Conv2d(Module):
                              f"got {x.shape}")
         xh = self._to_nhwc(x)
         (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
+        dil_h, dil_w = self.dilation
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n, hp, wp, c = xh.shape
-        ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+        ekh, ekw = (kh - 1) * dil_h + 1, (kw - 1) * dil_w + 1  # the dilated kernel's extent
+        ho, wo = (hp - ekh) // sh + 1, (wp - ekw) // sw + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
-        win = sliding_window_view(xh, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # N,Ho,Wo,C,kh,kw
-        cols = win.reshape(n * ho * wo, c * kh * kw)
-        wmat = self.weight.data.reshape(self.out_channels, -1)
-        y = cols @ wmat.T
+        if self.groups == c:  # depthwise: one multiply-add pass per kernel tap
+            y = self._depthwise_forward(xh, ho, wo)
+            self._cache = ("depthwise", xh, x.shape)
+            return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        win = sliding_window_view(xh, (ekh, ekw), axis=(1, 2))
+        win = win[:, ::sh, ::sw, :, ::dil_h, ::dil_w]  # N, Ho, Wo, C, kh, kw
+        G = self.groups
+        cols = win.reshape(n * ho * wo, G, -1)  # N,Ho,Wo,C,kh,kw with C = (G, C // G)
+        if G == 1:
+            y = cols[:, 0] @ self._grouped_weight()[0].T
+        else:  # one matrix product per group: (G, M, K) @ (G, K, out // G)
+            y = np.matmul(cols.transpose(1, 0, 2), self._grouped_weight().transpose(0, 2, 1))
+            y = y.transpose(1, 0, 2).reshape(n * ho * wo, self.out_channels)
         if self.bias is not None:
             y += self.bias.data
         y = y.reshape(n, ho, wo, self.out_channels)
-        self._cache = (cols, xh.shape, x.shape)
+        self._cache = ("im2col", cols, xh.shape, x.shape)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
+    def _taps(self, xh, ho: int, wo: int):
+        """(i, j, the input elements tap (i, j) of every output reads: (N, Ho, Wo, C))."""
+        (sh, sw), (kh, kw) = self.stride, self.kernel_size
+        dil_h, dil_w = self.dilation
+        for i in range(kh):
+            for j in range(kw):
+                r, q = i * dil_h, j * dil_w
+                yield i, j, xh[:, r:r + sh * (ho - 1) + 1:sh, q:q + sw * (wo - 1) + 1:sw, :]
+
+    def _depthwise_weight(self) -> np.ndarray:
+        """weight as (C, multiplier, kh, kw): output channel c * multiplier + m reads c."""
+        return self.weight.data.reshape(self.in_channels, -1, *self.kernel_size)
+
+    def _depthwise_forward(self, xh, ho: int, wo: int) -> np.ndarray:
+        n, c = xh.shape[0], xh.shape[3]
+        wd = self._depthwise_weight()
+        y = np.zeros((n, ho, wo, c, wd.shape[1]), dtype=np.result_type(xh, wd))
+        for i, j, tap in self._taps(xh, ho, wo):
+            y += tap[..., None] * wd[:, :, i, j]
+        y = y.reshape(n, ho, wo, self.out_channels)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def _depthwise_backward(self, xh, in_shape, dy) -> np.ndarray:
+        dyh = self._to_nhwc(dy)
+        n, ho, wo = dyh.shape[:3]
+        c = xh.shape[3]
+        wd = self._depthwise_weight()
+        dy5 = dyh.reshape(n, ho, wo, c, wd.shape[1])
+        dw = np.zeros(wd.shape, dtype=np.result_type(xh, dy5))
+        dxp = np.zeros(xh.shape, dtype=np.result_type(dy5, wd))
+        for i, j, tap in self._taps(xh, ho, wo):
+            dw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", tap, dy5)
+            (sh, sw), (r, q) = self.stride, (i * self.dilation[0], j * self.dilation[1])
+            dxp[:, r:r + sh * (ho - 1) + 1:sh, q:q + sw * (wo - 1) + 1:sw, :] += \
+                (dy5 * wd[:, :, i, j]).sum(axis=-1)
+        self.weight.grad += dw.reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad += dyh.reshape(-1, self.out_channels).sum(axis=0)
+        ph, pw = self.padding
+        dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
+        return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
+
     def backward(self, dy):
-        cols, padded_shape, in_shape = self._take_saved()
+        kind, *saved = self._take_saved()
+        if kind == "depthwise":
+            return self._depthwise_backward(saved[0], saved[1], dy)
+        cols, padded_shape, in_shape = saved
         n, hp, wp, c = padded_shape
         (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
+        dil_h, dil_w = self.dilation
+        G = self.groups
         dyh = self._to_nhwc(dy)
         ho, wo = dyh.shape[1], dyh.shape[2]
-        dy2 = dyh.reshape(n * ho * wo, self.out_channels)
-        wmat = self.weight.data.reshape(self.out_channels, -1)
-        self.weight.grad += (dy2.T @ cols).reshape(self.weight.data.shape)
+        dy3 = dyh.reshape(n * ho * wo, G, -1)
+        wg = self._grouped_weight()
+        if G == 1:
+            dw_g = (dy3[:, 0].T @ cols[:, 0])[None]
+            dcols = (dy3[:, 0] @ wg[0])[:, None]
+        else:
+            dy_t = dy3.transpose(1, 0, 2)                           # (G, M, out // G)
+            dw_g = np.matmul(dy_t.transpose(0, 2, 1), cols.transpose(1, 0, 2))
+            dcols = np.matmul(dy_t, wg).transpose(1, 0, 2)          # (M, G, K)
+        self.weight.grad += dw_g.reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad += dy2.sum(axis=0)
-        dcols = (dy2 @ wmat).reshape(n, ho, wo, c, kh, kw)
+            self.bias.grad += dy3.reshape(n * ho * wo, -1).sum(axis=0)
+        dcols = dcols.reshape(n, ho, wo, c, kh, kw)
         dxp = np.zeros(padded_shape, dtype=dcols.dtype)
         for i in range(kh):
             for j in range(kw):
-                dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += dcols[:, :, :, :, i, j]
+                r, q = i * dil_h, j * dil_w
+                dxp[:, r:r + sh * ho:sh, q:q + sw * wo:sw, :] += dcols[:, :, :, :, i, j]
         dx = dxp[:, ph:hp - ph, pw:wp - pw, :]
         return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))

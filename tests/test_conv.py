@@ -1,0 +1,108 @@
+"""Conv2d with groups (depthwise included), dilation, stride and padding, against a direct
+float64 loop and finite differences, in both layouts; folding batch norm into such convs."""
+
+import numpy as np
+import pytest
+
+import cybn
+from conftest import numeric_grad
+
+
+def direct_conv(x, w, b, stride, padding, dilation, groups):
+    """NCHW cross-correlation written from its definition."""
+    n, c, h, wd = x.shape
+    out, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho = (h + 2 * ph - (kh - 1) * dh - 1) // sh + 1
+    wo = (wd + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    y = np.zeros((n, out, ho, wo))
+    og = out // groups
+    for o in range(out):
+        g = o // og
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, g * cg:(g + 1) * cg, i * sh:i * sh + (kh - 1) * dh + 1:dh,
+                           j * sw:j * sw + (kw - 1) * dw + 1:dw]
+                y[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3)) + (0 if b is None else b[o])
+    return y
+
+
+CASES = [  # in, out, kernel, stride, padding, dilation, groups
+    (4, 6, 3, 1, 1, 1, 2),
+    (4, 4, 3, 1, 1, 1, 4),        # depthwise
+    (6, 12, 3, 2, 2, 2, 3),       # stride, dilation
+    (3, 6, (3, 2), 1, (2, 0), (2, 1), 3),
+    (4, 8, 1, 1, 0, 1, 1),        # pointwise
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_grouped_dilated_conv_matches_the_definition(case, channels_last):
+    cin, cout, k, s, p, d, g = case
+    conv = cybn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,
+                       channels_last=channels_last, dtype=np.float64, rng=0)
+    assert conv.weight.shape == (cout, cin // g) + conv.kernel_size
+    x = np.random.default_rng(1).standard_normal((2, cin, 7, 8))
+    ref = direct_conv(x, conv.weight.data, conv.bias.data, conv.stride, conv.padding,
+                      conv.dilation, g)
+    if channels_last:
+        y = conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    else:
+        y = conv(x)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CASES[:4])
+def test_grouped_conv_gradients_match_finite_differences(case, channels_last):
+    cin, cout, k, s, p, d, g = case
+    conv = cybn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,
+                       channels_last=channels_last, dtype=np.float64, rng=2)
+    shape = (2, 6, 7, cin) if channels_last else (2, cin, 6, 7)
+    x = np.random.default_rng(3).standard_normal(shape)
+    out = conv(x)
+    gy = np.random.default_rng(4).standard_normal(out.shape)
+    dx = conv.backward(gy)
+    f = lambda: float(np.sum(conv(x) * gy))  # noqa: E731
+    np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    dw = conv.weight.grad.copy()
+    np.testing.assert_allclose(dw, numeric_grad(f, conv.weight.data), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(conv.bias.grad, numeric_grad(f, conv.bias.data), rtol=1e-6,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: cybn.Conv2d(4, 6, 3, groups=3), "groups"),
+    (lambda: cybn.Conv2d(4, 6, 3, groups=0), "groups"),
+    (lambda: cybn.Conv2d(4, 4, 3, dilation=0), "dilation"),
+])
+def test_conv_argument_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_batchnorm_folds_into_and_across_depthwise_convs():
+    rng = np.random.default_rng(5)
+    model = cybn.Sequential(
+        cybn.Conv2d(4, 4, 3, padding=1, groups=4, dtype=np.float64, rng=rng),   # depthwise
+        cybn.BatchNorm2d(4, dtype=np.float64),
+        cybn.BatchNorm2d(4, dtype=np.float64),
+        cybn.Conv2d(4, 8, 3, groups=2, bias=False, dtype=np.float64, rng=rng),  # unpadded
+    )
+    for bn in (model[1], model[2]):
+        bn.running_mean[...] = rng.standard_normal(4)
+        bn.running_var[...] = rng.uniform(0.5, 2, 4)
+        bn.weight.data[...] = rng.standard_normal(4)
+        bn.bias.data[...] = rng.standard_normal(4)
+    model.eval()
+    x = rng.standard_normal((2, 4, 6, 6))
+    folded = cybn.fold_batchnorm(model)  # both into the depthwise conv before them
+    assert [type(layer).__name__ for layer in folded] == ["Conv2d", "Conv2d"]
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-12, atol=1e-12)
+    # the second one into the grouped conv after it
+    with pytest.warns(UserWarning, match="layer 1"):  # the first: the next is a BatchNorm
+        folded = cybn.fold_batchnorm(model, into="next")
+    assert [type(layer).__name__ for layer in folded] == ["Conv2d", "BatchNorm2d", "Conv2d"]
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-12, atol=1e-12)
