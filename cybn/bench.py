@@ -618,30 +618,23 @@ def main(argv=None) -> int:
     if args.python_threads:
         python_threads()
         return 0
+    table = None
     if args.norms:
         result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-        if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(norms_markdown(result) + "\n")
-        return 0
-    if args.scaling:
+        table = norms_markdown
+    elif args.scaling:
         result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-        return 0
-    result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
-                 layouts=args.layouts, repeats=args.repeats,
-                 torch=not args.no_torch, numpy_ref=not args.no_numpy)
+    else:
+        result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
+                     layouts=args.layouts, repeats=args.repeats,
+                     torch=not args.no_torch, numpy_ref=not args.no_numpy)
+        table = markdown_table
+        if args.plot and not plot(result, args.plot):
+            print("matplotlib is not installed: no plot written")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    if args.markdown:
+    if args.markdown and table is not None:
         with open(args.markdown, "w") as f:
-            f.write(markdown_table(result) + "\n")
-    if args.plot and not plot(result, args.plot):
-        print("matplotlib is not installed: no plot written")
+            f.write(table(result) + "\n")
     return 0
