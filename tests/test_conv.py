@@ -106,3 +106,31 @@ def test_batchnorm_folds_into_and_across_depthwise_convs():
         folded = cybn.fold_batchnorm(model, into="next")
     assert [type(layer).__name__ for layer in folded] == ["Conv2d", "BatchNorm2d", "Conv2d"]
     np.testing.assert_allclose(folded(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_depthwise_float32_and_thread_bits(channels_last, monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    from cybn.ops import _schedule
+
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", 0)
+    conv = cybn.Conv2d(8, 8, 3, stride=2, padding=1, dilation=2, groups=8,
+                       channels_last=channels_last, rng=6)
+    x = np.random.default_rng(7).standard_normal((3, 8, 9, 10)).astype(np.float32)
+    xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if channels_last else x
+    ref = direct_conv(x.astype(np.float64), conv.weight.data.astype(np.float64),
+                      conv.bias.data.astype(np.float64), conv.stride, conv.padding,
+                      conv.dilation, 8)
+    results = []
+    for n in (1, 2):
+        with threadpool_limits(limits=n, user_api="openmp"):
+            conv.zero_grad()
+            y = conv(xi)
+            dx = conv.backward(np.ones_like(y))
+            results.append((y, dx, conv.weight.grad.copy()))
+    y = results[0][0].transpose(0, 3, 1, 2) if channels_last else results[0][0]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0], results[1]):
+        np.testing.assert_array_equal(a, b)

@@ -97,3 +97,5 @@ rows_affine = _impl.rows_affine
 rows_backward = _impl.rows_backward
 group_train_forward = _impl.group_train_forward
 group_backward = _impl.group_backward
+depthwise_forward = _impl.depthwise_forward
+depthwise_backward = _impl.depthwise_backward

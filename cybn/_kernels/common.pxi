@@ -7,6 +7,7 @@
 #   stats.pxi     statistics: block moments, Chan merges, per-channel reductions
 #   apply.pxi     elementwise passes (affine) and the forward ops built on them
 #   grad.pxi      gradient sums and the backward elementwise pass
+#   conv.pxi      depthwise convolution (channels-last), forward and backward
 #   fastpath.pxi  compiled entry points for small arrays (no Python per call)
 #
 # Every layout reaches these kernels as a C-contiguous view (outer, C, inner) of the input,

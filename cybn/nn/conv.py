@@ -7,6 +7,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..ops.conv import depthwise_backward, depthwise_forward
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -80,7 +81,14 @@ class Conv2d(Module):
         ho, wo = (hp - ekh) // sh + 1, (wp - ekw) // sw + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
-        if self.groups == c:  # depthwise: one multiply-add pass per kernel tap
+        if self.groups == c == self.out_channels and xh.dtype in (np.float32, np.float64):
+            # depthwise, one filter per channel: the compiled kernel
+            xh = np.ascontiguousarray(xh)
+            y = depthwise_forward(xh, self.weight.data, None if self.bias is None else
+                                  self.bias.data, self.stride, self.dilation)
+            self._cache = ("compiled depthwise", xh, x.shape)
+            return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        if self.groups == c:  # depthwise with a channel multiplier: a pass per kernel tap
             y = self._depthwise_forward(xh, ho, wo)
             self._cache = ("depthwise", xh, x.shape)
             return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
@@ -143,8 +151,20 @@ class Conv2d(Module):
         dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
         return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
 
+    def _compiled_depthwise_backward(self, xh, dy) -> np.ndarray:
+        dyh = self._to_nhwc(np.asarray(dy))
+        dxp, dw = depthwise_backward(xh, self.weight.data, dyh, self.stride, self.dilation)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += dyh.reshape(-1, self.out_channels).sum(axis=0)
+        ph, pw = self.padding
+        dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
+        return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
+
     def backward(self, dy):
         kind, *saved = self._take_saved()
+        if kind == "compiled depthwise":
+            return self._compiled_depthwise_backward(saved[0], dy)
         if kind == "depthwise":
             return self._depthwise_backward(saved[0], saved[1], dy)
         cols, padded_shape, in_shape = saved
