@@ -301,6 +301,10 @@ for i, (shape, axis) in enumerate(cases):
         out[key + "ln"] = y
         out[key + "lnb"] = cybn.layer_norm_backward(dy, x, None, mean, invstd, shape[-1])[0]
         out[key + "rms"] = cybn.rms_norm(x, shape[-1])[0]
+conv = cybn.Conv2d(16, 16, 3, padding=1, groups=16, channels_last=True, rng=0)
+xc = rng.standard_normal((2, 9, 9, 16)).astype(np.float32)
+out["depthwise"] = conv(xc)
+out["depthwise dx"] = conv.backward(np.ones_like(out["depthwise"]))
 np.savez(sys.argv[1], **out)
 """
 
