@@ -67,11 +67,11 @@ def group_train_forward(x: Data, S: int, weight: F64, bias: F64, eps: float, y: 
 def group_backward(dy: Data, x: Data, S: int, mean: F64, invstd: F64, weight: F64, dx: Data,
                    sum_dy: F64, sum_dy_xmu: F64, streaming: bool, num_threads: int) -> None: ...
 
-# depthwise convolution, channels-last: x (N, Hp, Wp, C) padded, weight (kh, kw, C)
-def depthwise_forward(x: Data, weight: Data, bias: Data, sh: int, sw: int, dh: int, dw: int,
-                      y: Data, num_threads: int) -> None: ...
-def depthwise_backward(x: Data, weight: Data, dy: Data, sh: int, sw: int, dh: int, dw: int,
-                       dx: Data, dweight: F64, num_threads: int) -> None: ...
+# depthwise convolution, channels-last: x (N, H, W, C), weight (kh, kw, C), zero padding
+def depthwise_forward(x: Data, weight: Data, bias: Data, sh: int, sw: int, ph: int, pw: int,
+                      dh: int, dw: int, y: Data, num_threads: int) -> None: ...
+def depthwise_backward(x: Data, weight: Data, dy: Data, sh: int, sw: int, ph: int, pw: int,
+                       dh: int, dw: int, dx: Data, dweight: F64, num_threads: int) -> None: ...
 
 # small arrays on the calling thread; None means "take the full path"
 def fast_infer(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: Any,

@@ -1,79 +1,141 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
 #
-# Depthwise convolution (one filter per channel), channels-last: x[N, Hp, Wp, C] already
-# zero-padded, weight[kh, kw, C]. Every loop runs over C innermost, contiguous in x, the
-# weight and the output, so it vectorizes; each output row is one work item. Sums run in the
-# data's type, taps in a fixed order: the same bits for any thread count. Included after
-# grad.pxi.
+# Depthwise convolution (one filter per channel), channels-last: x[N, H, W, C],
+# weight[kh, kw, C], zero padding (ph, pw) handled by skipping the taps that fall outside
+# (no padded copy). Every loop runs over C innermost, contiguous in x, the weight and the
+# output, so it vectorizes. Sums run in the data's type, taps in a fixed order: the same
+# bits for any thread count. Included after grad.pxi.
 
-def depthwise_forward(const floating[:, :, :, ::1] x,    # IN  (N, Hp, Wp, C), padded
+cdef enum:
+    DW_BLOCK = 32  # channels summed in registers at a time
+
+
+cdef struct DwGeometry:
+    Py_ssize_t H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+
+
+cdef inline void tap_range(Py_ssize_t o, Py_ssize_t s, Py_ssize_t p, Py_ssize_t d,
+                           Py_ssize_t k, Py_ssize_t size, Py_ssize_t* first,
+                           Py_ssize_t* last) noexcept nogil:
+    """Taps t in [first, last) with 0 <= o * s - p + t * d < size."""
+    cdef Py_ssize_t base = o * s - p
+    first[0] = 0
+    while first[0] < k and base + first[0] * d < 0:
+        first[0] += 1
+    last[0] = k
+    while last[0] > first[0] and base + (last[0] - 1) * d >= size:
+        last[0] -= 1
+
+
+cdef inline void depthwise_pixel(const floating* x, const floating* weight,
+                                 const floating* bias, DwGeometry g, Py_ssize_t oh,
+                                 Py_ssize_t ow, floating* out) noexcept nogil:
+    """One output pixel of one sample (x at the sample's first element); channels in
+    blocks of DW_BLOCK summed in registers, taps added in order."""
+    cdef floating acc[DW_BLOCK]
+    cdef const floating* src
+    cdef const floating* tap
+    cdef Py_ssize_t c0 = 0, nc, i, j, c, i0, i1, j0, j1
+    tap_range(oh, g.sh, g.ph, g.dh, g.kh, g.H, &i0, &i1)
+    tap_range(ow, g.sw, g.pw, g.dw, g.kw, g.W, &j0, &j1)
+    while c0 < g.C:
+        nc = min(<Py_ssize_t>DW_BLOCK, g.C - c0)
+        for c in range(nc):
+            acc[c] = bias[c0 + c]
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                src = x + ((oh * g.sh - g.ph + i * g.dh) * g.W + ow * g.sw - g.pw
+                           + j * g.dw) * g.C + c0
+                tap = weight + (i * g.kw + j) * g.C + c0
+                for c in range(nc):
+                    acc[c] = acc[c] + src[c] * tap[c]
+        for c in range(nc):
+            out[c0 + c] = acc[c]
+        c0 = c0 + nc
+
+
+cdef inline DwGeometry dw_geometry(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t Ho,
+                                   Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                   Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept:
+    cdef DwGeometry g
+    g.H, g.W, g.C, g.Ho, g.Wo, g.kh, g.kw = H, W, C, Ho, Wo, kh, kw
+    g.sh, g.sw, g.ph, g.pw, g.dh, g.dw = sh, sw, ph, pw, dh, dw
+    return g
+
+
+def depthwise_forward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
                       const floating[:, :, ::1] weight,  # IN  (kh, kw, C)
                       const floating[::1] bias,          # IN  (C,)
-                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t dh, Py_ssize_t dw,
                       floating[:, :, :, ::1] y,          # OUT (N, Ho, Wo, C)
                       int num_threads):
-    """y[n, oh, ow, c] = bias[c] + sum over taps of x[n, oh*sh + i*dh, ow*sw + j*dw, c] *
-    weight[i, j, c]."""
-    cdef Py_ssize_t N = y.shape[0], Ho = y.shape[1], Wo = y.shape[2], C = y.shape[3]
-    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
-    cdef Py_ssize_t Hp = x.shape[1], Wp = x.shape[2]
-    cdef Py_ssize_t row, n, oh, ow, i, j, c
+    """y[n, oh, ow, c] = bias[c] + sum over taps of x[n, oh*sh - ph + i*dh,
+    ow*sw - pw + j*dw, c] * weight[i, j, c], outside taps 0; an output row per work item."""
+    cdef DwGeometry g = dw_geometry(x.shape[1], x.shape[2], x.shape[3], y.shape[1],
+                                    y.shape[2], weight.shape[0], weight.shape[1], sh, sw, ph,
+                                    pw, dh, dw)
+    cdef Py_ssize_t N = y.shape[0], row, n, oh, ow
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0]
     cdef const floating* bp = &bias[0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef floating* out
-    cdef const floating* src
-    cdef const floating* tap
     with nogil:
-        for row in prange(N * Ho, schedule='static', num_threads=num_threads):
-            n = row // Ho
-            oh = row % Ho
-            for ow in range(Wo):
-                out = yp + ((n * Ho + oh) * Wo + ow) * C
-                for c in range(C):
-                    out[c] = bp[c]
-                for i in range(kh):
-                    for j in range(kw):
-                        src = xp + ((n * Hp + oh * sh + i * dh) * Wp + ow * sw + j * dw) * C
-                        tap = wp + (i * kw + j) * C
-                        for c in range(C):
-                            out[c] = out[c] + src[c] * tap[c]
+        for row in prange(N * g.Ho, schedule='static', num_threads=num_threads):
+            n = row // g.Ho
+            oh = row % g.Ho
+            for ow in range(g.Wo):
+                depthwise_pixel(xp + n * g.H * g.W * g.C, wp, bp, g, oh, ow,
+                                yp + ((n * g.Ho + oh) * g.Wo + ow) * g.C)
 
 
-def depthwise_backward(const floating[:, :, :, ::1] x,    # IN  (N, Hp, Wp, C), padded
+cdef inline void depthwise_sample_backward(const floating* x, const floating* weight,
+                                           const floating* dy, floating* dx, double* dweight,
+                                           DwGeometry g) noexcept nogil:
+    """One sample: dx (zeroed by the caller) and its weight gradient (overwritten)."""
+    cdef Py_ssize_t oh, ow, i, j, c, off, i0, i1, j0, j1
+    cdef const floating* gr
+    cdef const floating* tap
+    cdef double* acc
+    for c in range(g.kh * g.kw * g.C):
+        dweight[c] = 0.0
+    for oh in range(g.Ho):
+        tap_range(oh, g.sh, g.ph, g.dh, g.kh, g.H, &i0, &i1)
+        for ow in range(g.Wo):
+            tap_range(ow, g.sw, g.pw, g.dw, g.kw, g.W, &j0, &j1)
+            gr = dy + (oh * g.Wo + ow) * g.C
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    off = ((oh * g.sh - g.ph + i * g.dh) * g.W + ow * g.sw - g.pw
+                           + j * g.dw) * g.C
+                    tap = weight + (i * g.kw + j) * g.C
+                    acc = dweight + (i * g.kw + j) * g.C
+                    for c in range(g.C):
+                        dx[off + c] = dx[off + c] + gr[c] * tap[c]
+                        acc[c] = acc[c] + <double>gr[c] * <double>x[off + c]
+
+
+def depthwise_backward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
                        const floating[:, :, ::1] weight,  # IN  (kh, kw, C)
                        const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C)
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                       floating[:, :, :, ::1] dx,         # OUT (N, Hp, Wp, C), zeroed
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t dh, Py_ssize_t dw,
+                       floating[:, :, :, ::1] dx,         # OUT (N, H, W, C), zeroed
                        double[:, :, :, ::1] dweight,      # OUT (N, kh, kw, C) per sample
                        int num_threads):
-    """dx (padded) and each sample's weight gradient; a thread takes whole samples, so the
-    scattered dx updates never meet. The caller sums dweight over samples in order."""
-    cdef Py_ssize_t N = dy.shape[0], Ho = dy.shape[1], Wo = dy.shape[2], C = dy.shape[3]
-    cdef Py_ssize_t kh = weight.shape[0], kw = weight.shape[1]
-    cdef Py_ssize_t Hp = x.shape[1], Wp = x.shape[2]
-    cdef Py_ssize_t n, oh, ow, i, j, c, off
+    """dx and each sample's weight gradient; a thread takes whole samples, so the scattered
+    dx updates never meet. The caller sums dweight over samples in order."""
+    cdef DwGeometry g = dw_geometry(x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
+                                    dy.shape[2], weight.shape[0], weight.shape[1], sh, sw, ph,
+                                    pw, dh, dw)
+    cdef Py_ssize_t N = dy.shape[0], n
+    cdef Py_ssize_t xs = g.H * g.W * g.C, ys = g.Ho * g.Wo * g.C, ws = g.kh * g.kw * g.C
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0]
     cdef const floating* gp = &dy[0, 0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0, 0]
     cdef double* wg = &dweight[0, 0, 0, 0]
-    cdef const floating* g
-    cdef const floating* tap
-    cdef double* acc
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
-            for c in range(kh * kw * C):
-                wg[n * kh * kw * C + c] = 0.0
-            for oh in range(Ho):
-                for ow in range(Wo):
-                    g = gp + ((n * Ho + oh) * Wo + ow) * C
-                    for i in range(kh):
-                        for j in range(kw):
-                            off = ((n * Hp + oh * sh + i * dh) * Wp + ow * sw + j * dw) * C
-                            tap = wp + (i * kw + j) * C
-                            acc = wg + ((n * kh + i) * kw + j) * C
-                            for c in range(C):
-                                dp[off + c] = dp[off + c] + g[c] * tap[c]
-                                acc[c] = acc[c] + <double>g[c] * <double>xp[off + c]
+            depthwise_sample_backward(xp + n * xs, wp, gp + n * ys, dp + n * xs, wg + n * ws, g)

@@ -74,20 +74,22 @@ class Conv2d(Module):
         xh = self._to_nhwc(x)
         (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
         dil_h, dil_w = self.dilation
-        if ph or pw:
-            xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        n, hp, wp, c = xh.shape
         ekh, ekw = (kh - 1) * dil_h + 1, (kw - 1) * dil_w + 1  # the dilated kernel's extent
-        ho, wo = (hp - ekh) // sh + 1, (wp - ekw) // sw + 1
+        ho = (xh.shape[1] + 2 * ph - ekh) // sh + 1
+        wo = (xh.shape[2] + 2 * pw - ekw) // sw + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
+        c = xh.shape[3]
         if self.groups == c == self.out_channels and xh.dtype in (np.float32, np.float64):
-            # depthwise, one filter per channel: the compiled kernel
+            # depthwise, one filter per channel: the compiled kernel (padding inside it)
             xh = np.ascontiguousarray(xh)
             y = depthwise_forward(xh, self.weight.data, None if self.bias is None else
-                                  self.bias.data, self.stride, self.dilation)
+                                  self.bias.data, self.stride, self.padding, self.dilation)
             self._cache = ("compiled depthwise", xh, x.shape)
             return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        if ph or pw:
+            xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        n = xh.shape[0]
         if self.groups == c:  # depthwise with a channel multiplier: a pass per kernel tap
             y = self._depthwise_forward(xh, ho, wo)
             self._cache = ("depthwise", xh, x.shape)
@@ -153,13 +155,12 @@ class Conv2d(Module):
 
     def _compiled_depthwise_backward(self, xh, dy) -> np.ndarray:
         dyh = self._to_nhwc(np.asarray(dy))
-        dxp, dw = depthwise_backward(xh, self.weight.data, dyh, self.stride, self.dilation)
+        dx, dw = depthwise_backward(xh, self.weight.data, dyh, self.stride, self.padding,
+                                    self.dilation)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += dyh.reshape(-1, self.out_channels).sum(axis=0)
-        ph, pw = self.padding
-        dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
-        return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
+        return dx if self.channels_last else np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
 
     def backward(self, dy):
         kind, *saved = self._take_saved()

@@ -10,33 +10,35 @@ from .. import _kernels
 from . import _schedule
 
 
-def depthwise_forward(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                      stride: tuple, dilation: tuple) -> np.ndarray:
-    """y (N, Ho, Wo, C) from padded xp (N, Hp, Wp, C) and weight (C, 1, kh, kw)."""
-    xp = np.ascontiguousarray(xp)
+def depthwise_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                      stride: tuple, padding: tuple, dilation: tuple) -> np.ndarray:
+    """y (N, Ho, Wo, C) from x (N, H, W, C), zero-padded by ``padding``, and weight
+    (C, 1, kh, kw)."""
+    xp = np.ascontiguousarray(x)
     C, _, kh, kw = weight.shape
-    (sh, sw), (dh, dw) = stride, dilation
-    ho = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    wo = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (xp.shape[1] + 2 * ph - (kh - 1) * dh - 1) // sh + 1
+    wo = (xp.shape[2] + 2 * pw - (kw - 1) * dw - 1) // sw + 1
     w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=xp.dtype)
     b = np.zeros(C, xp.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xp.dtype)
     y = np.empty((xp.shape[0], ho, wo, C), dtype=xp.dtype)
-    _kernels.depthwise_forward(xp, w, b, sh, sw, dh, dw, y, _schedule.threads_for(y.size))
+    _kernels.depthwise_forward(xp, w, b, sh, sw, ph, pw, dh, dw, y,
+                               _schedule.threads_for(y.size))
     return y
 
 
-def depthwise_backward(xp: np.ndarray, weight: np.ndarray, dy: np.ndarray, stride: tuple,
-                       dilation: tuple) -> tuple:
-    """(dxp, dweight): the gradient of the padded input (N, Hp, Wp, C) and of the weight
+def depthwise_backward(x: np.ndarray, weight: np.ndarray, dy: np.ndarray, stride: tuple,
+                       padding: tuple, dilation: tuple) -> tuple:
+    """(dx, dweight): the gradient of the input (N, H, W, C) and of the weight
     (C, 1, kh, kw), float64, summed over samples in order."""
-    xp = np.ascontiguousarray(xp)
+    xp = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=xp.dtype)
     C, _, kh, kw = weight.shape
-    (sh, sw), (dh, dw) = stride, dilation
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=xp.dtype)
     dxp = np.zeros_like(xp)
     per_sample = np.empty((xp.shape[0], kh, kw, C))
-    _kernels.depthwise_backward(xp, w, dy, sh, sw, dh, dw, dxp, per_sample,
+    _kernels.depthwise_backward(xp, w, dy, sh, sw, ph, pw, dh, dw, dxp, per_sample,
                                 _schedule.threads_for(xp.size))
     dweight = per_sample.sum(axis=0).transpose(2, 0, 1).reshape(C, 1, kh, kw)
     return dxp, dweight
