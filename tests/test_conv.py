@@ -134,3 +134,19 @@ def test_compiled_depthwise_float32_and_thread_bits(channels_last, monkeypatch):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(results[0], results[1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 2, 2), ((1, 2), (0, 3), 1)])
+def test_compiled_depthwise_layouts_give_the_same_forward_bits(stride, padding, dilation):
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=6, rng=8)
+    first = cybn.Conv2d(6, 6, 3, **kwargs)
+    last = cybn.Conv2d(6, 6, 3, channels_last=True, **kwargs)
+    x = np.random.default_rng(9).standard_normal((2, 6, 11, 12)).astype(np.float32)
+    y = first(x)
+    y_last = last(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_array_equal(y_last.transpose(0, 3, 1, 2), y)
+    g = np.random.default_rng(10).standard_normal(y.shape).astype(np.float32)
+    dx = first.backward(g)
+    dx_last = last.backward(np.ascontiguousarray(g.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(dx_last.transpose(0, 3, 1, 2), dx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(first.weight.grad, last.weight.grad)  # same order, double

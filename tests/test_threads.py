@@ -305,6 +305,9 @@ conv = cybn.Conv2d(16, 16, 3, padding=1, groups=16, channels_last=True, rng=0)
 xc = rng.standard_normal((2, 9, 9, 16)).astype(np.float32)
 out["depthwise"] = conv(xc)
 out["depthwise dx"] = conv.backward(np.ones_like(out["depthwise"]))
+conv = cybn.Conv2d(16, 16, 3, padding=1, stride=(1, 2), groups=16, rng=0)
+out["depthwise nchw"] = conv(np.ascontiguousarray(xc.transpose(0, 3, 1, 2)))
+out["depthwise nchw dx"] = conv.backward(np.ones_like(out["depthwise nchw"]))
 np.savez(sys.argv[1], **out)
 """
 

@@ -99,3 +99,5 @@ group_train_forward = _impl.group_train_forward
 group_backward = _impl.group_backward
 depthwise_forward = _impl.depthwise_forward
 depthwise_backward = _impl.depthwise_backward
+depthwise_forward_planes = _impl.depthwise_forward_planes
+depthwise_backward_planes = _impl.depthwise_backward_planes

@@ -139,3 +139,136 @@ def depthwise_backward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             depthwise_sample_backward(xp + n * xs, wp, gp + n * ys, dp + n * xs, wg + n * ws, g)
+
+
+# ---------------------------------------------------------------------------------------
+# Channels-first: planes x[N * C, H, W], weight[C, kh, kw]; loops run along the output row
+# (contiguous for stride 1). Each output pixel adds its taps in the same order as the
+# channels-last kernel, so the forward gives the same bits in both layouts.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void out_range(Py_ssize_t s, Py_ssize_t p, Py_ssize_t offset, Py_ssize_t size,
+                           Py_ssize_t n_out, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Outputs o in [lo, hi) whose input o * s - p + offset lies in [0, size)."""
+    cdef Py_ssize_t start = p - offset
+    lo[0] = 0 if start <= 0 else (start + s - 1) // s
+    hi[0] = min(n_out, (size - 1 + p - offset) // s + 1) if size - 1 + p - offset >= 0 else 0
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef inline void row_axpy(floating* out, const floating* src, floating a,
+                          Py_ssize_t n) noexcept nogil:
+    """out[k] += src[k] * a for k < n (a plain loop the compiler vectorizes)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        out[k] = out[k] + src[k] * a
+
+
+cdef inline void depthwise_plane_row(const floating* x, const floating* weight,
+                                     floating bias, Py_ssize_t H, Py_ssize_t W,
+                                     Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                     Py_ssize_t oh, Py_ssize_t sh, Py_ssize_t sw,
+                                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                                     Py_ssize_t dw, floating* out) noexcept nogil:
+    """One output row of one plane (x and weight at the plane's and channel's start)."""
+    cdef Py_ssize_t ow, i, j, i0, i1, lo, hi, shift
+    cdef const floating* src
+    cdef floating wv
+    for ow in range(Wo):
+        out[ow] = bias
+    tap_range(oh, sh, ph, dh, kh, H, &i0, &i1)
+    for i in range(i0, i1):
+        src = x + (oh * sh - ph + i * dh) * W
+        for j in range(kw):
+            wv = weight[i * kw + j]
+            out_range(sw, pw, j * dw, W, Wo, &lo, &hi)
+            shift = j * dw - pw
+            if sw == 1:
+                row_axpy(out + lo, src + lo + shift, wv, hi - lo)
+            else:
+                for ow in range(lo, hi):
+                    out[ow] = out[ow] + src[ow * sw + shift] * wv
+
+
+def depthwise_forward_planes(const floating[:, :, ::1] x,    # IN  (N * C, H, W)
+                             const floating[:, :, ::1] weight,  # IN  (C, kh, kw)
+                             const floating[::1] bias,       # IN  (C,)
+                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                             Py_ssize_t dh, Py_ssize_t dw,
+                             floating[:, :, ::1] y,          # OUT (N * C, Ho, Wo)
+                             int num_threads):
+    """Channels-first depthwise convolution, an output row per work item."""
+    cdef Py_ssize_t P = y.shape[0], Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = weight.shape[0]
+    cdef Py_ssize_t kh = weight.shape[1], kw = weight.shape[2]
+    cdef Py_ssize_t row, p, c
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    with nogil:
+        for row in prange(P * Ho, schedule='static', num_threads=num_threads):
+            p = row // Ho
+            c = p % C
+            depthwise_plane_row(xp + p * H * W, wp + c * kh * kw, bias[c], H, W, Wo, kh, kw,
+                                row % Ho, sh, sw, ph, pw, dh, dw, yp + row * Wo)
+
+
+cdef inline void depthwise_plane_backward(const floating* x, const floating* weight,
+                                          const floating* dy, floating* dx, double* dweight,
+                                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                                          Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                          Py_ssize_t pw, Py_ssize_t dh,
+                                          Py_ssize_t dw) noexcept nogil:
+    """One plane: dx (zeroed by the caller) and the weight gradient of its channel."""
+    cdef Py_ssize_t oh, ow, i, j, lo, hi, shift, ih
+    cdef const floating* g
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating wv
+    cdef double acc
+    for i in range(kh):
+        for j in range(kw):
+            wv = weight[i * kw + j]
+            out_range(sw, pw, j * dw, W, Wo, &lo, &hi)
+            shift = j * dw - pw
+            acc = 0.0
+            for oh in range(Ho):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                g = dy + oh * Wo
+                src = x + ih * W
+                dst = dx + ih * W
+                for ow in range(lo, hi):
+                    dst[ow * sw + shift] = dst[ow * sw + shift] + g[ow] * wv
+                for ow in range(lo, hi):
+                    acc = acc + <double>g[ow] * <double>src[ow * sw + shift]
+            dweight[i * kw + j] = acc
+
+
+def depthwise_backward_planes(const floating[:, :, ::1] x,     # IN  (N * C, H, W)
+                              const floating[:, :, ::1] weight,  # IN  (C, kh, kw)
+                              const floating[:, :, ::1] dy,    # IN  (N * C, Ho, Wo)
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                              Py_ssize_t dh, Py_ssize_t dw,
+                              floating[:, :, ::1] dx,          # OUT (N * C, H, W), zeroed
+                              double[:, :, ::1] dweight,       # OUT (N * C, kh, kw)
+                              int num_threads):
+    """Channels-first depthwise backward, a plane per work item: dx, and each plane's
+    weight gradient (summed over output rows, then columns, in order, in double)."""
+    cdef Py_ssize_t P = dy.shape[0], Ho = dy.shape[1], Wo = dy.shape[2]
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = weight.shape[0]
+    cdef Py_ssize_t kh = weight.shape[1], kw = weight.shape[2]
+    cdef Py_ssize_t p
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0]
+    cdef const floating* gp = &dy[0, 0, 0]
+    cdef floating* dp = &dx[0, 0, 0]
+    cdef double* wg = &dweight[0, 0, 0]
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            depthwise_plane_backward(xp + p * H * W, wp + (p % C) * kh * kw, gp + p * Ho * Wo,
+                                     dp + p * H * W, wg + p * kh * kw, H, W, Ho, Wo, kh, kw,
+                                     sh, sw, ph, pw, dh, dw)

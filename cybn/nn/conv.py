@@ -81,12 +81,12 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
         c = xh.shape[3]
         if self.groups == c == self.out_channels and xh.dtype in (np.float32, np.float64):
-            # depthwise, one filter per channel: the compiled kernel (padding inside it)
-            xh = np.ascontiguousarray(xh)
-            y = depthwise_forward(xh, self.weight.data, None if self.bias is None else
-                                  self.bias.data, self.stride, self.padding, self.dilation)
-            self._cache = ("compiled depthwise", xh, x.shape)
-            return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            # depthwise, one filter per channel: compiled kernels, in x's own layout
+            x = np.ascontiguousarray(x)
+            self._cache = ("compiled depthwise", x, x.shape)
+            return depthwise_forward(x, self.weight.data, None if self.bias is None else
+                                     self.bias.data, self.stride, self.padding, self.dilation,
+                                     self.channels_last)
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n = xh.shape[0]
@@ -153,14 +153,14 @@ class Conv2d(Module):
         dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
         return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
 
-    def _compiled_depthwise_backward(self, xh, dy) -> np.ndarray:
-        dyh = self._to_nhwc(np.asarray(dy))
-        dx, dw = depthwise_backward(xh, self.weight.data, dyh, self.stride, self.padding,
-                                    self.dilation)
+    def _compiled_depthwise_backward(self, x, dy) -> np.ndarray:
+        dy = np.asarray(dy)
+        dx, dw = depthwise_backward(x, self.weight.data, dy, self.stride, self.padding,
+                                    self.dilation, self.channels_last)
         self.weight.grad += dw
         if self.bias is not None:
-            self.bias.grad += dyh.reshape(-1, self.out_channels).sum(axis=0)
-        return dx if self.channels_last else np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
+            self.bias.grad += dy.sum(axis=(0, 1, 2) if self.channels_last else (0, 2, 3))
+        return dx
 
     def backward(self, dy):
         kind, *saved = self._take_saved()

@@ -1,6 +1,6 @@
 """Compiled convolution pieces the layers use: depthwise convolution (one filter per
-channel) on zero-padded channels-last arrays. Not public API (the layer is
-:class:`cybn.Conv2d` with ``groups == in_channels``)."""
+channel) with zero padding, channels-last (N, H, W, C) or channels-first (N, C, H, W). Not
+public API (the layer is :class:`cybn.Conv2d` with ``groups == in_channels``)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,55 @@ from .. import _kernels
 from . import _schedule
 
 
+def _output_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - (k - 1) * d - 1) // s + 1
+
+
 def depthwise_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                      stride: tuple, padding: tuple, dilation: tuple) -> np.ndarray:
-    """y (N, Ho, Wo, C) from x (N, H, W, C), zero-padded by ``padding``, and weight
-    (C, 1, kh, kw)."""
-    xp = np.ascontiguousarray(x)
+                      stride: tuple, padding: tuple, dilation: tuple,
+                      channels_last: bool) -> np.ndarray:
+    """y from x, zero-padded by ``padding``, and weight (C, 1, kh, kw), in x's layout."""
+    x = np.ascontiguousarray(x)
     C, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (xp.shape[1] + 2 * ph - (kh - 1) * dh - 1) // sh + 1
-    wo = (xp.shape[2] + 2 * pw - (kw - 1) * dw - 1) // sw + 1
-    w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=xp.dtype)
-    b = np.zeros(C, xp.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xp.dtype)
-    y = np.empty((xp.shape[0], ho, wo, C), dtype=xp.dtype)
-    _kernels.depthwise_forward(xp, w, b, sh, sw, ph, pw, dh, dw, y,
-                               _schedule.threads_for(y.size))
+    H, W = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    ho, wo = _output_size(H, kh, sh, ph, dh), _output_size(W, kw, sw, pw, dw)
+    b = np.zeros(C, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    n = x.shape[0]
+    if channels_last:
+        w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=x.dtype)
+        y = np.empty((n, ho, wo, C), dtype=x.dtype)
+        _kernels.depthwise_forward(x, w, b, sh, sw, ph, pw, dh, dw, y,
+                                   _schedule.threads_for(y.size))
+        return y
+    w = np.ascontiguousarray(weight.reshape(C, kh, kw), dtype=x.dtype)
+    y = np.empty((n, C, ho, wo), dtype=x.dtype)
+    _kernels.depthwise_forward_planes(x.reshape(n * C, H, W), w, b, sh, sw, ph, pw, dh, dw,
+                                      y.reshape(n * C, ho, wo), _schedule.threads_for(y.size))
     return y
 
 
 def depthwise_backward(x: np.ndarray, weight: np.ndarray, dy: np.ndarray, stride: tuple,
-                       padding: tuple, dilation: tuple) -> tuple:
-    """(dx, dweight): the gradient of the input (N, H, W, C) and of the weight
+                       padding: tuple, dilation: tuple, channels_last: bool) -> tuple:
+    """(dx, dweight): the gradient of the input (x's layout) and of the weight
     (C, 1, kh, kw), float64, summed over samples in order."""
-    xp = np.ascontiguousarray(x)
-    dy = np.ascontiguousarray(dy, dtype=xp.dtype)
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
     C, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=xp.dtype)
-    dxp = np.zeros_like(xp)
-    per_sample = np.empty((xp.shape[0], kh, kw, C))
-    _kernels.depthwise_backward(xp, w, dy, sh, sw, ph, pw, dh, dw, dxp, per_sample,
-                                _schedule.threads_for(xp.size))
-    dweight = per_sample.sum(axis=0).transpose(2, 0, 1).reshape(C, 1, kh, kw)
-    return dxp, dweight
+    dx = np.zeros_like(x)
+    n = x.shape[0]
+    threads = _schedule.threads_for(x.size)
+    if channels_last:
+        w = np.ascontiguousarray(weight.reshape(C, kh, kw).transpose(1, 2, 0), dtype=x.dtype)
+        per_sample = np.empty((n, kh, kw, C))
+        _kernels.depthwise_backward(x, w, dy, sh, sw, ph, pw, dh, dw, dx, per_sample, threads)
+        return dx, per_sample.sum(axis=0).transpose(2, 0, 1).reshape(C, 1, kh, kw)
+    w = np.ascontiguousarray(weight.reshape(C, kh, kw), dtype=x.dtype)
+    per_plane = np.empty((n * C, kh, kw))
+    H, W = x.shape[2], x.shape[3]
+    _kernels.depthwise_backward_planes(x.reshape(n * C, H, W), w,
+                                       dy.reshape(n * C, dy.shape[2], dy.shape[3]), sh, sw,
+                                       ph, pw, dh, dw, dx.reshape(n * C, H, W), per_plane,
+                                       threads)
+    return dx, per_plane.reshape(n, C, kh, kw).sum(axis=0).reshape(C, 1, kh, kw)
