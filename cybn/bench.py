@@ -454,7 +454,6 @@ def _norm_contenders(kind, x, layout, arg, dy, torch_mod):
     tout = torch.empty_like(tx)
     if kind == "layer":
         D = x.shape[-1]
-        M = x.size // D
         tmean, trstd = tx.new_empty(x.shape[:-1] + (1,)), tx.new_empty(x.shape[:-1] + (1,))
         _, m, r = aten.native_layer_norm(tx, [D], tw, tb, 1e-5)
         gx, gw, gb = torch.empty_like(tx), torch.empty_like(tw), torch.empty_like(tb)

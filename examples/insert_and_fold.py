@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
