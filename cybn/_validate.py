@@ -229,6 +229,18 @@ def check_out(out, shape, dtype, inputs: dict, in_place_ok: tuple = ()) -> None:
                          f"pass out={name} for in-place, or a separate array")
 
 
+ACTIVATIONS = (None, "relu")
+
+
+def check_activation(activation) -> bool:
+    """True for "relu", False for None; anything else is an error naming ``activation``."""
+    if activation is None:
+        return False
+    if isinstance(activation, str) and activation == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu', got {describe(activation)}")
+
+
 def check_same_layout(arr: np.ndarray, name: str, x: np.ndarray) -> None:
     if arr.shape != x.shape:
         raise ValueError(f"{name} must have the shape of x {x.shape}, got shape {arr.shape}")

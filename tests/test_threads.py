@@ -113,11 +113,11 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
             if view.family == "plane":
                 mod.plane_moments(xk, mean, m2, 2)
                 scale = 1 / np.sqrt(m2 / view.count + 1e-5)
-                mod.plane_infer(xk, mean, scale, np.zeros(C), y, False, 2)
+                mod.plane_infer(xk, mean, scale, np.zeros(C), y, xk, 0, False, 2)
             else:
                 mod.row_moments(xk, C, view.inner, mean, m2, 2)
                 scale = 1 / np.sqrt(m2 / view.count + 1e-5)
-                mod.row_infer(xk, C, view.inner, mean, scale, np.zeros(C), y, True, 2)
+                mod.row_infer(xk, C, view.inner, mean, scale, np.zeros(C), y, xk, 0, True, 2)
             outs.append((mean, m2, y))
         for other in outs[1:]:
             for a, b in zip(outs[0], other):

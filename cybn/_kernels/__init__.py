@@ -73,6 +73,8 @@ def select_variant():
 _impl = select_variant()
 
 ISA = _impl.ISA
+EP_RESIDUAL = _impl.EP_RESIDUAL_BIT
+EP_RELU = _impl.EP_RELU_BIT
 OPENMP_ENABLED = _impl.OPENMP_ENABLED
 plane_moments = _impl.plane_moments
 plane_infer = _impl.plane_infer

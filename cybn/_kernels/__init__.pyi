@@ -12,6 +12,8 @@ F64 = NDArray[np.float64]
 Data = NDArray[np.float32] | NDArray[np.float64]
 
 ISA: str
+EP_RESIDUAL: int
+EP_RELU: int
 OPENMP_ENABLED: bool
 FAST_PLANE_RULE: tuple[int, int]
 
@@ -24,24 +26,29 @@ def select_variant() -> ModuleType: ...
 # plane family: x viewed as (outer, C, inner); group 0 = each thread owns whole channels,
 # else channels per cooperative group
 def plane_moments(x: Data, mean: F64, m2: F64, num_threads: int) -> None: ...
-def plane_infer(x: Data, shift: F64, scale: F64, offset: F64, y: Data, streaming: bool,
-                num_threads: int) -> None: ...
-def plane_train_forward(x: Data, weight: F64, bias: F64, eps: float, y: Data, mean: F64,
-                        var: F64, invstd: F64, group: int, streaming: bool,
-                        num_threads: int) -> None: ...
+# ep: fused epilogue bits EP_RESIDUAL | EP_RELU (0: plain); residual has x's shape (pass x
+# when unused); the backward recomputes the ReLU mask from fscale (weight * invstd) and
+# foffset (bias) and, with EP_RESIDUAL, writes the masked dy into dres
+def plane_infer(x: Data, shift: F64, scale: F64, offset: F64, y: Data, residual: Data, ep: int,
+                streaming: bool, num_threads: int) -> None: ...
+def plane_train_forward(x: Data, weight: F64, bias: F64, eps: float, y: Data, residual: Data,
+                        ep: int, mean: F64, var: F64, invstd: F64, group: int,
+                        streaming: bool, num_threads: int) -> None: ...
 def plane_backward(dy: Data, x: Data, mean: F64, invstd: F64, weight: F64, training: bool,
-                   dx: Data, sum_dy: F64, sum_dy_xmu: F64, group: int, streaming: bool,
+                   dx: Data, ep: int, residual: Data, dres: Data, fscale: F64, foffset: F64,
+                   sum_dy: F64, sum_dy_xmu: F64, group: int, streaming: bool,
                    num_threads: int) -> None: ...
 
 # row family: x viewed as (rows, L), column j of channel (j // inner) % C
 def row_moments(x: Data, C: int, inner: int, mean: F64, m2: F64, num_threads: int) -> None: ...
 def row_infer(x: Data, C: int, inner: int, shift: F64, scale: F64, offset: F64, y: Data,
-              streaming: bool, num_threads: int) -> None: ...
+              residual: Data, ep: int, streaming: bool, num_threads: int) -> None: ...
 def row_train_forward(x: Data, C: int, inner: int, weight: F64, bias: F64, eps: float,
-                      y: Data, mean: F64, var: F64, invstd: F64, streaming: bool,
-                      num_threads: int) -> None: ...
+                      y: Data, residual: Data, ep: int, mean: F64, var: F64, invstd: F64,
+                      streaming: bool, num_threads: int) -> None: ...
 def row_backward(dy: Data, x: Data, C: int, inner: int, mean: F64, invstd: F64, weight: F64,
-                 training: bool, dx: Data, sum_dy: F64, sum_dy_xmu: F64, streaming: bool,
+                 training: bool, dx: Data, ep: int, residual: Data, dres: Data, fscale: F64,
+                 foffset: F64, sum_dy: F64, sum_dy_xmu: F64, streaming: bool,
                  num_threads: int) -> None: ...
 
 # samples: array (rows, size), a row viewed as (outer, C, inner) of one family, groups of

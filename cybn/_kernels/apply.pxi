@@ -8,6 +8,16 @@
 # One run of one channel.
 # ---------------------------------------------------------------------------------------
 
+cdef inline double epilogue(double v, const double* r, Py_ssize_t i, int ep) noexcept nogil:
+    """float64 data: v + r[i] (RESIDUAL), then relu (RELU): 0 where v <= 0 (see simd_f32.h)."""
+    if ep & EP_RESIDUAL:
+        v = v + r[i]
+    if ep & EP_RELU:
+        if v <= 0.0:
+            v = 0.0
+    return v
+
+
 cdef inline void block_affine(const floating* x, floating* y, Py_ssize_t n,
                               double shift, double scale, double offset) noexcept nogil:
     """y = (x - shift) * scale + offset over one block."""
@@ -16,16 +26,29 @@ cdef inline void block_affine(const floating* x, floating* y, Py_ssize_t n,
         y[i] = <floating>((<double>x[i] - shift) * scale + offset)
 
 
+cdef inline void block_affine_ep(const double* x, double* y, Py_ssize_t n, double shift,
+                                 double scale, double offset, const double* r,
+                                 int ep) noexcept nogil:
+    """y = epilogue((x - shift) * scale + offset) over one block of float64 data."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = epilogue((x[i] - shift) * scale + offset, r, i, ep)
+
+
 cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double shift,
-                            double scale, double offset, int streaming) noexcept nogil:
-    """y = (x - shift) * scale + offset; float32: (x - hi) * scale + (offset - lo * scale)."""
+                            double scale, double offset, int streaming, const floating* r=NULL,
+                            int ep=0) noexcept nogil:
+    """y = ep((x - shift) * scale + offset); float32: (x - hi) * scale + (offset - lo * scale).
+    r: the residual run (read when ep has EP_RESIDUAL)."""
     cdef float hi, lo
     if floating is float:
         cybn_split(shift, &hi, &lo)
-        cybn_f32_affine(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
-                        streaming)
+        cybn_f32_affine_ep(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
+                           streaming, r, ep)
         if streaming:
             cybn_store_fence()
+    elif ep:
+        block_affine_ep(x, y, n, shift, scale, offset, r, ep)
     else:
         block_affine(x, y, n, shift, scale, offset)
 
@@ -37,8 +60,10 @@ cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double
 cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t outer,
                                    Py_ssize_t C, Py_ssize_t inner, const double* shift,
                                    const double* scale, const double* offset, int streaming,
-                                   int num_threads) noexcept nogil:
-    """y = (x - shift[c]) * scale[c] + offset[c], work items of one block each."""
+                                   int num_threads, const floating* r=NULL,
+                                   int ep=0) noexcept nogil:
+    """y = ep((x - shift[c]) * scale[c] + offset[c]), work items of one block each; r: the
+    residual, x's layout (read when ep has EP_RESIDUAL)."""
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef Py_ssize_t item, plane, c, start, off
     for item in prange(outer * C * nblocks, schedule='static', num_threads=num_threads):
@@ -47,7 +72,7 @@ cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t ou
         start = (item % nblocks) * PLANE_BLOCK
         off = plane * inner + start
         run_affine(x + off, y + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
-                   shift[c], scale[c], offset[c], streaming)
+                   shift[c], scale[c], offset[c], streaming, r + off if ep else NULL, ep)
 
 
 def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), nonempty
@@ -55,12 +80,15 @@ def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), none
                 const double[::1] scale,           # IN  (C,)
                 const double[::1] offset,          # IN  (C,)
                 floating[:, :, ::1] y,             # OUT (outer, C, inner); may be x itself
+                const floating[:, :, ::1] residual,  # IN  x's shape (x itself when unused)
+                int ep,                            # EP_RESIDUAL | EP_RELU bits
                 bint streaming,
                 int num_threads):
-    """y = (x - shift[c]) * scale[c] + offset[c] over a plane-family view."""
+    """y = ep((x - shift[c]) * scale[c] + offset[c]) over a plane-family view."""
     with nogil:
         plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
-                          &shift[0], &scale[0], &offset[0], streaming, num_threads)
+                          &shift[0], &scale[0], &offset[0], streaming, num_threads,
+                          &residual[0, 0, 0], ep)
 
 
 def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
@@ -68,13 +96,15 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         const double[::1] bias,        # IN  (C,)
                         double eps,
                         floating[:, :, ::1] y,         # OUT (outer, C, inner); may be x itself
+                        const floating[:, :, ::1] residual,  # IN  x's shape (x when unused)
+                        int ep,                        # EP_RESIDUAL | EP_RELU bits
                         double[::1] mean,              # OUT (C,) batch mean
                         double[::1] var,               # OUT (C,) biased batch variance
                         double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
                         Py_ssize_t group,              # channels per cooperative group; 0: owner
                         bint streaming,
                         int num_threads):
-    """Training forward: batch statistics, then y = (x - mean) * weight * invstd + bias."""
+    """Training forward: batch statistics, then y = ep((x - mean) * weight * invstd + bias)."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef PlaneBlocks blocks = plane_blocks(outer, inner)
@@ -84,6 +114,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
     cdef double count = <double>outer * <double>inner
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &y[0, 0, 0]
+    cdef const floating* rp = &residual[0, 0, 0]
     cdef double* part = <double*>malloc((3 * nq * C + C) * sizeof(double))
     cdef double* scale
     if part == NULL:
@@ -101,7 +132,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                 for o in range(outer):
                     off = (o * C + c) * inner
                     run_affine(xp + off, yp + off, inner, mean[c], scale[c], bias[c],
-                               streaming)
+                               streaming, rp + off, ep)
         else:
             for gi in range((C + group - 1) // group):
                 c0 = gi * group
@@ -123,7 +154,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                     start = (item % nblocks) * PLANE_BLOCK
                     off = (o * C + c) * inner + start
                     run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
-                               mean[c], scale[c], bias[c], streaming)
+                               mean[c], scale[c], bias[c], streaming, rp + off, ep)
     free(part)
 
 
@@ -133,13 +164,26 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
 
 cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nrows,
                                   Py_ssize_t L, Py_ssize_t group, const double* shift,
-                                  const double* scale, const double* offset) noexcept nogil:
-    """y[r, j] = (x[r, j] - shift[j]) * scale[j] + offset[j] over rows [0:nrows].
+                                  const double* scale, const double* offset,
+                                  const floating* res, int ep) noexcept nogil:
+    """y[r, j] = ep((x[r, j] - shift[j]) * scale[j] + offset[j]) over rows [0:nrows].
+    ep and res (the residual, x's layout) only for float64 data.
 
     The coefficients come tiled over ``group`` rows (length group * L), so ``group``
     consecutive rows are one flat, vectorized run; leftover rows go one at a time.
     """
     cdef Py_ssize_t r, i, run = group * L, ngroups = nrows // group
+    if floating is double:
+        if ep:
+            for r in range(ngroups):
+                for i in range(run):
+                    y[r * run + i] = epilogue((x[r * run + i] - shift[i]) * scale[i] + offset[i],
+                                              res, r * run + i, ep)
+            for r in range(ngroups * group, nrows):
+                for i in range(L):
+                    y[r * L + i] = epilogue((x[r * L + i] - shift[i]) * scale[i] + offset[i],
+                                            res, r * L + i, ep)
+            return
     for r in range(ngroups):
         for i in range(run):
             y[r * run + i] = <floating>((<double>x[r * run + i] - shift[i]) * scale[i]
@@ -152,9 +196,10 @@ cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nro
 cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t L,
                                 Py_ssize_t C, Py_ssize_t inner, const double* shift,
                                 const double* scale, const double* offset, int streaming,
-                                int num_threads) noexcept nogil:
-    """y[r, j] = (x[r, j] - shift[c]) * scale[c] + offset[c], c the channel of column j.
-    -1 if out of memory."""
+                                int num_threads, const floating* res=NULL,
+                                int ep=0) noexcept nogil:
+    """y[r, j] = ep((x[r, j] - shift[c]) * scale[c] + offset[c]), c the channel of column j;
+    res: the residual, x's layout (read when ep has EP_RESIDUAL). -1 if out of memory."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
     cdef Py_ssize_t W, i, c, item, rev, group, rows_per_item, r0
     cdef float hi, lo
@@ -173,8 +218,8 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
             ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
-            cybn_f32_flat_affine(x, y, rev * ELEMENT_ITEM, min(n, (rev + 1) * ELEMENT_ITEM),
-                                 W, ft, ft + W + 8, ft + 2 * (W + 8), streaming)
+            cybn_f32_flat_affine_ep(x, y, rev * ELEMENT_ITEM, min(n, (rev + 1) * ELEMENT_ITEM),
+                                    W, ft, ft + W + 8, ft + 2 * (W + 8), streaming, res, ep)
             if streaming:
                 cybn_store_fence()
         free(ft)
@@ -194,7 +239,7 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
             row_block_affine(x + r0 * L, y + r0 * L, min(rows_per_item, R - r0), L, group,
-                             dt, dt + W, dt + 2 * W)
+                             dt, dt + W, dt + 2 * W, res + r0 * L if ep else NULL, ep)
         free(dt)
     return 0
 
@@ -205,13 +250,16 @@ def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
               const double[::1] scale,            # IN  (C,)
               const double[::1] offset,           # IN  (C,)
               floating[:, ::1] y,                 # OUT (rows, L); may be x itself
+              const floating[:, ::1] residual,    # IN  x's shape (x itself when unused)
+              int ep,                             # EP_RESIDUAL | EP_RELU bits
               bint streaming,
               int num_threads):
-    """y = (x - shift[c]) * scale[c] + offset[c] over a row-family view."""
+    """y = ep((x - shift[c]) * scale[c] + offset[c]) over a row-family view."""
     cdef int status
     with nogil:
         status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
-                                 &shift[0], &scale[0], &offset[0], streaming, num_threads)
+                                 &shift[0], &scale[0], &offset[0], streaming, num_threads,
+                                 &residual[0, 0], ep)
     if status != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")
 
@@ -222,6 +270,8 @@ def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
                       const double[::1] bias,     # IN  (C,)
                       double eps,
                       floating[:, ::1] y,         # OUT (rows, L); may be x itself
+                      const floating[:, ::1] residual,  # IN  x's shape (x itself when unused)
+                      int ep,                     # EP_RESIDUAL | EP_RELU bits
                       double[::1] mean,           # OUT (C,)
                       double[::1] var,            # OUT (C,) biased
                       double[::1] invstd,         # OUT (C,)
@@ -241,7 +291,7 @@ def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
                 train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
                                    &scale[c])
             status = row_affine_core(&x[0, 0], &y[0, 0], R, L, C, inner, &mean[0], scale,
-                                     &bias[0], streaming, num_threads)
+                                     &bias[0], streaming, num_threads, &residual[0, 0], ep)
     free(scale)
     if status != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")
@@ -255,10 +305,11 @@ def infer_scale(const double[::1] running_var,   # IN  (C,)
                 const double[::1] weight,        # IN  (C,)
                 double eps,
                 double[::1] scale):              # OUT (C,)
-    """scale = weight / sqrt(running_var + eps); NaN where running_var + eps < 0."""
+    """scale = weight * invstd with invstd = 1 / sqrt(running_var + eps) (the product the
+    training forward and the backward use too); NaN where running_var + eps < 0."""
     cdef Py_ssize_t c
     for c in range(scale.shape[0]):
-        scale[c] = weight[c] / sqrt(running_var[c] + eps)
+        scale[c] = weight[c] * (1.0 / sqrt(running_var[c] + eps))
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_f32_block_moments(const float* p, Py_ssize_t n, Py_ssize_t nplanes,
                                 Py_ssize_t stride, double* mean, double* m2)
     void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n,
-                                  Py_ssize_t nplanes, Py_ssize_t stride, float mh, float ml,
-                                  double* sum_dy, double* sum_dy_xmu)
+                                  Py_ssize_t nplanes, Py_ssize_t stride, Py_ssize_t gstride,
+                                  float mh, float ml, double* sum_dy, double* sum_dy_xmu)
     void cybn_f32_affine(const float* x, float* y, Py_ssize_t n, float mh, float scale,
                          float offset, int nt)
     void cybn_f32_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
@@ -75,6 +75,27 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t e0,
                                   Py_ssize_t e1, Py_ssize_t W, const float* hi,
                                   const float* k1, const float* k2, const float* k3, int nt)
+    # fused ReLU / residual (see simd_f32.h)
+    enum:
+        EP_RESIDUAL "CYBN_EP_RESIDUAL"
+        EP_RELU "CYBN_EP_RELU"
+    void cybn_f32_affine_ep(const float* x, float* y, Py_ssize_t n, float mh, float scale,
+                            float offset, int nt, const float* r, int ep)
+    void cybn_f32_flat_affine_ep(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
+                                 Py_ssize_t W, const float* hi, const float* scale,
+                                 const float* offset, int nt, const float* r, int ep)
+    void cybn_f32_relu_mask(const float* dy, const float* x, const float* r, float* g,
+                            Py_ssize_t n, float mh, float s, float o, int ep)
+    void cybn_f32_flat_relu_mask(const float* dy, const float* x, const float* r, float* g,
+                                 Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t W, const float* hi,
+                                 const float* s, const float* o, int ep)
+    void cybn_f32_relu_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                  float mh, float k1, float k2, float k3, int nt, float s,
+                                  float o)
+    void cybn_f32_flat_relu_grad_apply(const float* g, const float* x, float* dx,
+                                       Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t W,
+                                       const float* hi, const float* k1, const float* k2,
+                                       const float* k3, int nt, const float* s, const float* o)
 
 cdef enum:
     LANES = 16            # independent accumulators in a double block reduction
@@ -82,6 +103,10 @@ cdef enum:
     ROW_BLOCK = 32        # rows per reduction block in the row family
     MAX_CHUNKS = 16       # reductions run as at most this many independent chunks
     ELEMENT_ITEM = 65536  # elements per work item of the row family's elementwise passes
+
+# the fused epilogue bits, for the Python side
+EP_RESIDUAL_BIT = EP_RESIDUAL
+EP_RELU_BIT = EP_RELU
 
 
 cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t nchunks,

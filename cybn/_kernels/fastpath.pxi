@@ -186,7 +186,7 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
         return None
     ya = <cnp.ndarray>y
     for c in range(C):  # scale, the same arithmetic as infer_scale
-        buf[C + c] = buf[2 * C + c] / sqrt(buf[C + c] + e)
+        buf[C + c] = buf[2 * C + c] * (1.0 / sqrt(buf[C + c] + e))
     if t == cnp.NPY_FLOAT32:
         plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
                             outer, C, inner, buf, buf + C, buf + 3 * C)

@@ -65,19 +65,24 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
 
 cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
                                Py_ssize_t nplanes, Py_ssize_t stride, double mean,
-                               double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    """sum(dy), sum(dy * (x - mean)) of one block: nplanes runs of n, stride apart."""
+                               double* sum_dy, double* sum_dy_xmu,
+                               Py_ssize_t gstride=-1) noexcept nogil:
+    """sum(dy), sum(dy * (x - mean)) of one block: nplanes runs of n, x's stride apart and
+    dy's gstride apart (default: stride)."""
     cdef float hi, lo
     cdef double a, b
     cdef Py_ssize_t k
+    if gstride < 0:
+        gstride = stride
     if floating is float:
         cybn_split(mean, &hi, &lo)
-        cybn_f32_block_grad_sums(dy, x, n, nplanes, stride, hi, lo, sum_dy, sum_dy_xmu)
+        cybn_f32_block_grad_sums(dy, x, n, nplanes, stride, gstride, hi, lo, sum_dy,
+                                 sum_dy_xmu)
     else:
         sum_dy[0] = 0.0
         sum_dy_xmu[0] = 0.0
         for k in range(nplanes):
-            block_grad_sums(dy + k * stride, x + k * stride, n, mean, &a, &b)
+            block_grad_sums(dy + k * gstride, x + k * stride, n, mean, &a, &b)
             sum_dy[0] = sum_dy[0] + a
             sum_dy_xmu[0] = sum_dy_xmu[0] + b
 
@@ -98,19 +103,97 @@ cdef inline void run_grad_apply(const floating* dy, const floating* x, floating*
 
 
 # ---------------------------------------------------------------------------------------
+# Through a fused ReLU (and residual add): the forward's pre-activation value
+# (x - mean) * s + o (+ r) is recomputed with the forward's arithmetic (s = weight * invstd,
+# o = bias; float32: the split mean and o - lo * s, as run_affine), and dy is kept where it
+# is not <= 0, else replaced by an exact 0. See simd_f32.h.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void run_relu_mask(const floating* dy, const floating* x, const floating* r,
+                               floating* g, Py_ssize_t n, double mean, double s, double o,
+                               int ep) noexcept nogil:
+    """g = dy masked by the forward's ReLU over one run (r read when ep has EP_RESIDUAL)."""
+    cdef float hi, lo
+    cdef Py_ssize_t i
+    cdef double v
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep)
+    else:
+        for i in range(n):
+            v = (x[i] - mean) * s + o
+            if ep & EP_RESIDUAL:
+                v = v + r[i]
+            g[i] = 0.0 if v <= 0.0 else dy[i]
+
+
+cdef inline void run_relu_grad_apply(const floating* dy, const floating* x, floating* dx,
+                                     Py_ssize_t n, double mean, double k1, double k2, double k3,
+                                     double s, double o, int streaming) noexcept nogil:
+    """dx = k1 * g + k2 * (x - mean) + k3, g = dy masked by the forward's ReLU (no residual)."""
+    cdef float hi, lo
+    cdef Py_ssize_t i
+    cdef double g
+    if floating is float:
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_relu_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
+                                 <float>(k3 - k2 * <double>lo), streaming, <float>s,
+                                 <float>(o - <double>lo * s))
+        if streaming:
+            cybn_store_fence()
+    else:
+        for i in range(n):
+            g = 0.0 if (x[i] - mean) * s + o <= 0.0 else dy[i]
+            dx[i] = k1 * g + k2 * (x[i] - mean) + k3
+
+
+cdef inline void run_grad_apply_ep(const floating* dy, const floating* x, floating* dx,
+                                   Py_ssize_t n, double mean, double k1, double k2, double k3,
+                                   int streaming, const floating* dres, double s, double o,
+                                   int ep) noexcept nogil:
+    """The elementwise backward of one run: plain, through the ReLU (mask recomputed), or,
+    with a residual, from the masked dy the reduction pass stored in dres."""
+    if ep & EP_RESIDUAL:
+        run_grad_apply(dres, x, dx, n, mean, k1, k2, k3, streaming)
+    elif ep:
+        run_relu_grad_apply(dy, x, dx, n, mean, k1, k2, k3, s, o, streaming)
+    else:
+        run_grad_apply(dy, x, dx, n, mean, k1, k2, k3, streaming)
+
+
+# ---------------------------------------------------------------------------------------
 # Plane family.
 # ---------------------------------------------------------------------------------------
 
 cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t outer,
                                        Py_ssize_t C, Py_ssize_t inner, PlaneBlocks blocks,
                                        Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t c, double mean,
-                                       double* out) noexcept nogil:
-    """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1."""
+                                       double* out, const floating* r=NULL,
+                                       floating* dres=NULL, double s=0.0, double o=0.0,
+                                       int ep=0) noexcept nogil:
+    """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1.
+
+    With ep, dy is first masked by the forward's ReLU, block by block: into dres (the
+    residual's gradient, an output) with EP_RESIDUAL, else into a block on the stack."""
     cdef double a = 0.0, b = 0.0, ba, bb
-    cdef Py_ssize_t q, off, length, nplanes
+    cdef Py_ssize_t q, off, length, nplanes, k, stride = C * inner
+    cdef floating gbuf[PLANE_BLOCK]
+    cdef floating* g
     for q in range(q0, q1):
         off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
-        run_grad_sums(dy + off, x + off, length, nplanes, C * inner, mean, &ba, &bb)
+        if ep & EP_RESIDUAL:
+            for k in range(nplanes):
+                run_relu_mask(dy + off + k * stride, x + off + k * stride, r + off + k * stride,
+                              dres + off + k * stride, length, mean, s, o, ep)
+            run_grad_sums(dres + off, x + off, length, nplanes, stride, mean, &ba, &bb)
+        elif ep:
+            g = &gbuf[0]
+            for k in range(nplanes):
+                run_relu_mask(dy + off + k * stride, x + off + k * stride, <const floating*>NULL,
+                              g + k * length, length, mean, s, o, ep)
+            run_grad_sums(g, x + off, length, nplanes, stride, mean, &ba, &bb, length)
+        else:
+            run_grad_sums(dy + off, x + off, length, nplanes, stride, mean, &ba, &bb)
         a = a + ba
         b = b + bb
     out[0] = a
@@ -135,12 +218,18 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    const double[::1] weight,           # IN  (C,)
                    bint training,
                    floating[:, :, ::1] dx,             # OUT (outer, C, inner); may be dy or x
+                   int ep,                             # the forward's EP_RESIDUAL | EP_RELU
+                   const floating[:, :, ::1] residual,  # IN  with EP_RESIDUAL (else any)
+                   floating[:, :, ::1] dres,           # OUT with EP_RESIDUAL: dy masked (else any)
+                   const double[::1] fscale,           # IN  (C,) with ep: weight * invstd
+                   const double[::1] foffset,          # IN  (C,) with ep: bias
                    double[::1] sum_dy,                 # OUT (C,) sum of dy
                    double[::1] sum_dy_xmu,             # OUT (C,) sum of dy * (x - mean)
                    Py_ssize_t group,                   # as in plane_train_forward
                    bint streaming,
                    int num_threads):
-    """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel."""
+    """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel; with
+    ep, through the forward's ReLU (dy masked where its pre-activation was <= 0)."""
     cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
     cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
     cdef PlaneBlocks blocks = plane_blocks(outer, inner)
@@ -151,6 +240,10 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
+    cdef const floating* rp = &residual[0, 0, 0] if ep & EP_RESIDUAL else NULL
+    cdef floating* gp_res = &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL
+    cdef const double* fs = &fscale[0] if ep else NULL
+    cdef const double* fo = &foffset[0] if ep else NULL
     cdef double* part = <double*>malloc((2 * nq * C + 3 * C) * sizeof(double))
     cdef double* coef
     if part == NULL:
@@ -162,14 +255,17 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                 for qi in range(nq):
                     plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                           chunk_start(Q, nq, qi + 1), c, mean[c],
-                                          part + 2 * (c * nq + qi))
+                                          part + 2 * (c * nq + qi), rp, gp_res,
+                                          fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
                 plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
                 grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
                                   training, &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
                 for o in range(outer):
                     off = (o * C + c) * inner
-                    run_grad_apply(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
-                                   coef[3 * c + 1], coef[3 * c + 2], streaming)
+                    run_grad_apply_ep(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
+                                      coef[3 * c + 1], coef[3 * c + 2], streaming,
+                                      gp_res + off if ep & EP_RESIDUAL else NULL,
+                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
         else:
             for gi in range((C + group - 1) // group):
                 c0 = gi * group
@@ -179,7 +275,8 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                     c = c0 + item % gc
                     plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
                                           chunk_start(Q, nq, qi + 1), c, mean[c],
-                                          part + 2 * (c * nq + qi))
+                                          part + 2 * (c * nq + qi), rp, gp_res,
+                                          fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
                 for c in range(c0, c0 + gc):
                     plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
                     grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
@@ -192,9 +289,11 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                     c = c0 + plane % gc
                     start = (item % nblocks) * PLANE_BLOCK
                     off = (o * C + c) * inner + start
-                    run_grad_apply(gp + off, xp + off, dp + off,
-                                   min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
-                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming)
+                    run_grad_apply_ep(gp + off, xp + off, dp + off,
+                                      min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
+                                      coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming,
+                                      gp_res + off if ep & EP_RESIDUAL else NULL,
+                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
     free(part)
 
 
@@ -238,10 +337,20 @@ cdef inline void row_block_grad_sums(const floating* dy, const floating* x, Py_s
 cdef inline void row_block_grad_apply(const floating* dy, const floating* x, floating* dx,
                                       Py_ssize_t nrows, Py_ssize_t L, Py_ssize_t group,
                                       const double* mean, const double* k1, const double* k2,
-                                      const double* k3) noexcept nogil:
+                                      const double* k3, const double* s=NULL,
+                                      const double* fo=NULL) noexcept nogil:
     """dx[r, j] = k1[j] * dy[r, j] + k2[j] * (x[r, j] - mean[j]) + k3[j] over rows [0:nrows],
-    with coefficients tiled over ``group`` rows as in row_block_affine."""
+    with coefficients tiled over ``group`` rows as in row_block_affine. With s and fo (the
+    forward's tiled scale and offset), dy is masked by the forward's ReLU."""
     cdef Py_ssize_t r, i, o, run = group * L, ngroups = nrows // group
+    cdef double g
+    if s != NULL:
+        for r in range(nrows):
+            for i in range(L):
+                o = r * L + i
+                g = 0.0 if (<double>x[o] - mean[i]) * s[i] + fo[i] <= 0.0 else <double>dy[o]
+                dx[o] = <floating>(k1[i] * g + k2[i] * (<double>x[o] - mean[i]) + k3[i])
+        return
     for r in range(ngroups):
         for i in range(run):
             o = r * run + i
@@ -252,33 +361,79 @@ cdef inline void row_block_grad_apply(const floating* dy, const floating* x, flo
             dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
 
 
+cdef inline void row_relu_mask(const floating* dy, const floating* x, const floating* res,
+                               floating* g, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t L,
+                               Py_ssize_t W, const float* ftile, const double* col,
+                               int ep) noexcept nogil:
+    """g[0:nrows * L] = dy masked by the forward's ReLU over rows [r0, r0 + nrows); float32:
+    ftile holds the tiled (hi, scale, offset), 3 arrays of W + 8; float64: col holds the
+    per-column (mean, scale, offset), 3 arrays of L."""
+    cdef Py_ssize_t r, j, e
+    cdef double v
+    if floating is float:
+        cybn_f32_flat_relu_mask(dy, x, res, g, r0 * L, (r0 + nrows) * L, W, ftile,
+                                ftile + W + 8, ftile + 2 * (W + 8), ep)
+    else:
+        for r in range(nrows):
+            for j in range(L):
+                e = (r0 + r) * L + j
+                v = (x[e] - col[j]) * col[L + j] + col[2 * L + j]
+                if ep & EP_RESIDUAL:
+                    v = v + res[e]
+                g[r * L + j] = 0.0 if v <= 0.0 else dy[e]
+
+
 cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssize_t R,
                                    Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
                                    const double* mean, double* sum_dy, double* sum_dy_xmu,
-                                   int num_threads) noexcept nogil:
-    """Per-channel sum(dy), sum(dy * (x - mean)); -1 if out of memory."""
+                                   int num_threads, const floating* res=NULL,
+                                   floating* dres=NULL, const double* fscale=NULL,
+                                   const double* foffset=NULL, int ep=0) noexcept nogil:
+    """Per-channel sum(dy), sum(dy * (x - mean)); -1 if out of memory. With ep, dy is first
+    masked by the forward's ReLU (fscale, foffset: its per-channel scale and offset), block by
+    block: into dres (an output) with EP_RESIDUAL (res: the residual), else into scratch."""
     cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
+    cdef Py_ssize_t W = tile_period(L) if ep else 0
     cdef Py_ssize_t item, blk, blk_end, r0, nrows, j, c, t, i
     cdef double* tmp
     cdef int status[1]
     cdef float* fmean
+    cdef float* ftile
     cdef double* col_mean
-    # [chunk][column] partial sums, then the column means (double, and split for float32)
-    cdef double* parts = <double*>malloc((2 * nchunks * L + L) * sizeof(double) + 2 * L * sizeof(float))
+    cdef float hi, lo
+    cdef const floating* g
+    # [chunk][column] partial sums, the column means (double, and split for float32), and
+    # with ep the forward's per-column (scale, offset) and float32 tiles (hi, scale, offset)
+    cdef double* parts = <double*>malloc((2 * nchunks * L + 3 * L) * sizeof(double)
+                                         + (2 * L + 3 * (W + 8)) * sizeof(float))
     if parts == NULL:
         return -1
     cdef double* part_a = parts
     cdef double* part_b = parts + nchunks * L
     col_mean = parts + 2 * nchunks * L
-    fmean = <float*>(col_mean + L)
+    fmean = <float*>(col_mean + 3 * L)
+    ftile = fmean + 2 * L
     for j in range(L):
-        col_mean[j] = mean[column_channel(j, L, C, inner)]
+        c = column_channel(j, L, C, inner)
+        col_mean[j] = mean[c]
         cybn_split(col_mean[j], &fmean[j], &fmean[L + j])
+        if ep:
+            col_mean[L + j] = fscale[c]
+            col_mean[2 * L + j] = foffset[c]
+    if ep:
+        for j in range(W + 8):
+            c = column_channel(j, L, C, inner)
+            cybn_split(mean[c], &hi, &lo)
+            ftile[j] = hi
+            ftile[W + 8 + j] = <float>fscale[c]
+            ftile[2 * (W + 8) + j] = <float>(foffset[c] - <double>lo * fscale[c])
     status[0] = 0
     for item in prange(nchunks, schedule='static', num_threads=num_threads):
-        tmp = <double*>malloc(2 * L * sizeof(double))
+        # 2 * L doubles of column sums, and a block of masked dy when ep has no residual
+        tmp = <double*>malloc(2 * L * sizeof(double)
+                              + (ROW_BLOCK * L * sizeof(floating) if ep else 0))
         if tmp == NULL:
             status[0] = -1
             continue
@@ -289,12 +444,20 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
         for blk in range(chunk_start(nblocks, nchunks, item), blk_end):
             r0 = blk * ROW_BLOCK
             nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
+            if ep & EP_RESIDUAL:
+                row_relu_mask(dy, x, res, dres + r0 * L, r0, nrows, L, W, ftile, col_mean, ep)
+                g = dres + r0 * L
+            elif ep:
+                row_relu_mask(dy, x, res, <floating*>(tmp + 2 * L), r0, nrows, L, W, ftile,
+                              col_mean, ep)
+                g = <const floating*>(tmp + 2 * L)
+            else:
+                g = dy + r0 * L
             if floating is float:
-                cybn_f32_rows_grad_sums(dy + r0 * L, x + r0 * L, nrows, L, fmean, fmean + L,
+                cybn_f32_rows_grad_sums(g, x + r0 * L, nrows, L, fmean, fmean + L,
                                         &part_a[item * L], &part_b[item * L], <float*>tmp)
             else:
-                row_block_grad_sums(dy + r0 * L, x + r0 * L, min(<Py_ssize_t>ROW_BLOCK, R - r0),
-                                    L, col_mean, tmp, tmp + L)
+                row_block_grad_sums(g, x + r0 * L, nrows, L, col_mean, tmp, tmp + L)
                 for j in range(L):
                     part_a[item * L + j] += tmp[j]
                     part_b[item * L + j] += tmp[L + j]
@@ -318,17 +481,21 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
                                     Py_ssize_t R, Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
                                     const double* mean, const double* k1, const double* k2,
                                     const double* k3, int streaming,
-                                    int num_threads) noexcept nogil:
-    """dx[r, j] = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c]; -1 if out of memory."""
+                                    int num_threads, const double* fscale=NULL,
+                                    const double* foffset=NULL) noexcept nogil:
+    """dx[r, j] = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c]; -1 if out of memory. With
+    fscale and foffset (the forward's per-channel scale and offset), dy is masked by the
+    forward's ReLU."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
     cdef Py_ssize_t W, P, i, c, item, rev, group, rows_per_item, r0
+    cdef bint relu = fscale != NULL
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
     if floating is float:
         W = tile_period(L)
         P = W + 8
-        ft = <float*>malloc(4 * P * sizeof(float))
+        ft = <float*>malloc(6 * P * sizeof(float))
         if ft == NULL:
             return -1
         for i in range(P):
@@ -338,18 +505,27 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
             ft[P + i] = <float>k1[c]
             ft[2 * P + i] = <float>k2[c]
             ft[3 * P + i] = <float>(k3[c] - k2[c] * <double>lo)
+            if relu:
+                ft[4 * P + i] = <float>fscale[c]
+                ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
-            cybn_f32_flat_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
-                                     min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
-                                     ft + 2 * P, ft + 3 * P, streaming)
+            if relu:
+                cybn_f32_flat_relu_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
+                                              min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
+                                              ft + 2 * P, ft + 3 * P, streaming, ft + 4 * P,
+                                              ft + 5 * P)
+            else:
+                cybn_f32_flat_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
+                                         min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
+                                         ft + 2 * P, ft + 3 * P, streaming)
             if streaming:
                 cybn_store_fence()
         free(ft)
     else:
         group = row_group(L)
         W = group * L
-        dt = <double*>malloc(4 * W * sizeof(double))
+        dt = <double*>malloc(6 * W * sizeof(double))
         if dt == NULL:
             return -1
         for i in range(W):
@@ -358,13 +534,17 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
             dt[W + i] = k1[c]
             dt[2 * W + i] = k2[c]
             dt[3 * W + i] = k3[c]
+            if relu:
+                dt[4 * W + i] = fscale[c]
+                dt[5 * W + i] = foffset[c]
         rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
         nitems = (R + rows_per_item - 1) // rows_per_item
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             r0 = (nitems - 1 - item) * rows_per_item  # last-read rows first (cache)
             row_block_grad_apply(dy + r0 * L, x + r0 * L, dx + r0 * L,
                                  min(rows_per_item, R - r0), L, group, dt, dt + W, dt + 2 * W,
-                                 dt + 3 * W)
+                                 dt + 3 * W, dt + 4 * W if relu else NULL,
+                                 dt + 5 * W if relu else NULL)
         free(dt)
     return 0
 
@@ -377,27 +557,42 @@ def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                  const double[::1] weight,       # IN  (C,)
                  bint training,
                  floating[:, ::1] dx,            # OUT (rows, L); may be dy or x
+                 int ep,                         # the forward's EP_RESIDUAL | EP_RELU
+                 const floating[:, ::1] residual,  # IN  with EP_RESIDUAL (else any)
+                 floating[:, ::1] dres,          # OUT with EP_RESIDUAL: dy masked (else any)
+                 const double[::1] fscale,       # IN  (C,) with ep: weight * invstd
+                 const double[::1] foffset,      # IN  (C,) with ep: bias
                  double[::1] sum_dy,             # OUT (C,)
                  double[::1] sum_dy_xmu,         # OUT (C,)
                  bint streaming,
                  int num_threads):
-    """Backward over a row-family view: gradient sums, then the elementwise pass."""
+    """Backward over a row-family view: gradient sums, then the elementwise pass; with ep,
+    through the forward's ReLU (see plane_backward)."""
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
     cdef double count = <double>(R * (L // C))
     cdef int status
+    cdef const floating* rp = &residual[0, 0] if ep & EP_RESIDUAL else NULL
+    cdef floating* gp_res = &dres[0, 0] if ep & EP_RESIDUAL else NULL
+    cdef const double* fs = &fscale[0] if ep else NULL
+    cdef const double* fo = &foffset[0] if ep else NULL
     cdef double* coef = <double*>malloc(3 * C * sizeof(double))
     if coef == NULL:
         raise MemoryError("cybn: out of memory for kernel scratch")
     with nogil:
         status = row_grad_sums_core(&dy[0, 0], &x[0, 0], R, L, C, inner, &mean[0], &sum_dy[0],
-                                    &sum_dy_xmu[0], num_threads)
+                                    &sum_dy_xmu[0], num_threads, rp, gp_res, fs, fo, ep)
         if status == 0:
             for c in range(C):
                 grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
                                   training, &coef[c], &coef[C + c], &coef[2 * C + c])
-            status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], R, L, C, inner,
-                                         &mean[0], coef, coef + C, coef + 2 * C, streaming,
-                                         num_threads)
+            if ep & EP_RESIDUAL:  # from the masked dy the reduction stored in dres
+                status = row_grad_apply_core(gp_res, &x[0, 0], &dx[0, 0], R, L, C, inner,
+                                             &mean[0], coef, coef + C, coef + 2 * C, streaming,
+                                             num_threads)
+            else:
+                status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], R, L, C, inner,
+                                             &mean[0], coef, coef + C, coef + 2 * C, streaming,
+                                             num_threads, fs, fo)
     free(coef)
     if status != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")

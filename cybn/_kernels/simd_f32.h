@@ -188,18 +188,19 @@ static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, ptrdiff_t
     if (!isfinite(*m2)) cybn_f32_block_moments_wide(p, n, nplanes, stride, mean, m2);
 }
 
-/* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, stride apart;
- * mean = mh + ml (split). */
+/* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, x's runs
+ * stride apart and g's gstride apart; mean = mh + ml (split). */
 static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrdiff_t n,
-                                            ptrdiff_t nplanes, ptrdiff_t stride, float mh,
-                                            float ml, double* sum_dy, double* sum_dy_xmu) {
+                                            ptrdiff_t nplanes, ptrdiff_t stride,
+                                            ptrdiff_t gstride, float mh, float ml,
+                                            double* sum_dy, double* sum_dy_xmu) {
     const cybn_v8f vh = cybn_bc8(mh), vl = cybn_bc8(ml);
     const double m = (double)mh + (double)ml;
     cybn_v4d a_lo = {0, 0, 0, 0}, a_hi = {0, 0, 0, 0}, b_lo = {0, 0, 0, 0}, b_hi = {0, 0, 0, 0};
     double sa = 0.0, sb = 0.0;
     ptrdiff_t k, i, n16 = n & ~(ptrdiff_t)15;
     for (k = 0; k < nplanes; k++) {
-        const float* gk = g + k * stride;
+        const float* gk = g + k * gstride;
         const float* xk = x + k * stride;
         i = 0;
         while (i < n16) {
@@ -230,71 +231,192 @@ static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrd
     *sum_dy_xmu = cybn_hsum(b_lo, b_hi) + sb;
 }
 
-/* y = (x - mh) * scale + offset over n elements (offset already holds bias - ml * scale). */
-static inline void cybn_f32_affine(const float* x, float* y, ptrdiff_t n, float mh, float scale,
-                                   float offset, int nt) {
+/* ------------------------------------------------------------------ fused epilogues
+ * The elementwise passes can finish each value v with post-operations (ep bits):
+ * CYBN_EP_RESIDUAL adds r[i] (in float32, as a separate add would), CYBN_EP_RELU then takes
+ * relu(v) = 0 where v <= 0 (so -inf gives 0) and v elsewhere (NaN stays NaN), as PyTorch.
+ * The backward keeps dy where the forward's pre-activation value was not <= 0 and puts an exact
+ * 0 elsewhere (also for an infinite or NaN dy), recomputing that value with the forward's
+ * arithmetic, so forward and backward agree bit for bit. The *_impl functions are inlined
+ * with constant ep, so every combination compiles to its own loop. */
+#define CYBN_EP_RESIDUAL 1
+#define CYBN_EP_RELU 2
+#define CYBN_INLINE static inline __attribute__((always_inline))
+
+typedef int cybn_v8i __attribute__((vector_size(32)));
+
+/* v where keep is not <= 0, else +0. */
+CYBN_INLINE cybn_v8f cybn_keep8(cybn_v8f v, cybn_v8f keep) {
+    return (cybn_v8f)((cybn_v8i)v & ~(keep <= cybn_bc8(0.0f)));
+}
+
+CYBN_INLINE float cybn_keep1(float v, float keep) { return keep <= 0.0f ? 0.0f : v; }
+
+CYBN_INLINE cybn_v8f cybn_ep8(cybn_v8f v, const float* r, ptrdiff_t i, int ep) {
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ld8(r + i);
+    if (ep & CYBN_EP_RELU) v = cybn_keep8(v, v);
+    return v;
+}
+
+CYBN_INLINE float cybn_ep1(float v, const float* r, ptrdiff_t i, int ep) {
+    if (ep & CYBN_EP_RESIDUAL) v += r[i];
+    if (ep & CYBN_EP_RELU) v = cybn_keep1(v, v);
+    return v;
+}
+
+/* y = ep((x - mh) * scale + offset) over n elements (offset already holds bias - ml * scale). */
+CYBN_INLINE void cybn_f32_affine_impl(const float* x, float* y, ptrdiff_t n, float mh,
+                                      float scale, float offset, int nt, const float* r,
+                                      int ep) {
     const cybn_v8f vh = cybn_bc8(mh), vs = cybn_bc8(scale), vo = cybn_bc8(offset);
     ptrdiff_t i = 0;
     if (nt) {
-        for (; i < n && ((uintptr_t)(y + i) & 31); i++) y[i] = (x[i] - mh) * scale + offset;
+        for (; i < n && ((uintptr_t)(y + i) & 31); i++)
+            y[i] = cybn_ep1((x[i] - mh) * scale + offset, r, i, ep);
         if (i + 32 <= n) {
             cybn_v8f a0 = cybn_ld8(x + i), a1 = cybn_ld8(x + i + 8);
             cybn_v8f a2 = cybn_ld8(x + i + 16), a3 = cybn_ld8(x + i + 24);
             for (; i + 64 <= n; i += 32) {
                 cybn_v8f n0 = cybn_ld8(x + i + 32), n1 = cybn_ld8(x + i + 40);
                 cybn_v8f n2 = cybn_ld8(x + i + 48), n3 = cybn_ld8(x + i + 56);
-                cybn_st8_nt(y + i, (a0 - vh) * vs + vo);
-                cybn_st8_nt(y + i + 8, (a1 - vh) * vs + vo);
-                cybn_st8_nt(y + i + 16, (a2 - vh) * vs + vo);
-                cybn_st8_nt(y + i + 24, (a3 - vh) * vs + vo);
+                cybn_st8_nt(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
+                cybn_st8_nt(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
+                cybn_st8_nt(y + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep));
+                cybn_st8_nt(y + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep));
                 a0 = n0; a1 = n1; a2 = n2; a3 = n3;
             }
-            cybn_st8_nt(y + i, (a0 - vh) * vs + vo);
-            cybn_st8_nt(y + i + 8, (a1 - vh) * vs + vo);
-            cybn_st8_nt(y + i + 16, (a2 - vh) * vs + vo);
-            cybn_st8_nt(y + i + 24, (a3 - vh) * vs + vo);
+            cybn_st8_nt(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
+            cybn_st8_nt(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
+            cybn_st8_nt(y + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep));
+            cybn_st8_nt(y + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep));
             i += 32;
         }
-        for (; i + 8 <= n; i += 8) cybn_st8_nt(y + i, (cybn_ld8(x + i) - vh) * vs + vo);
+        for (; i + 8 <= n; i += 8)
+            cybn_st8_nt(y + i, cybn_ep8((cybn_ld8(x + i) - vh) * vs + vo, r, i, ep));
     } else {
         for (; i + 16 <= n; i += 16) {
             cybn_v8f a0 = cybn_ld8(x + i), a1 = cybn_ld8(x + i + 8);
-            cybn_st8(y + i, (a0 - vh) * vs + vo);
-            cybn_st8(y + i + 8, (a1 - vh) * vs + vo);
+            cybn_st8(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
+            cybn_st8(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
         }
-        for (; i + 8 <= n; i += 8) cybn_st8(y + i, (cybn_ld8(x + i) - vh) * vs + vo);
+        for (; i + 8 <= n; i += 8)
+            cybn_st8(y + i, cybn_ep8((cybn_ld8(x + i) - vh) * vs + vo, r, i, ep));
     }
-    for (; i < n; i++) y[i] = (x[i] - mh) * scale + offset;
+    for (; i < n; i++) y[i] = cybn_ep1((x[i] - mh) * scale + offset, r, i, ep);
 }
 
-/* dx = k1 * dy + k2 * (x - mh) + k3 over n elements (k3 already holds k3 - k2 * ml). */
-static inline void cybn_f32_grad_apply(const float* g, const float* x, float* dx, ptrdiff_t n,
-                                       float mh, float k1, float k2, float k3, int nt) {
+static inline void cybn_f32_affine(const float* x, float* y, ptrdiff_t n, float mh, float scale,
+                                   float offset, int nt) {
+    cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, NULL, 0);
+}
+
+/* cybn_f32_affine with the epilogue ep (r: the residual run, read when ep has RESIDUAL). */
+static inline void cybn_f32_affine_ep(const float* x, float* y, ptrdiff_t n, float mh,
+                                      float scale, float offset, int nt, const float* r,
+                                      int ep) {
+    switch (ep) {
+    case CYBN_EP_RELU: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RELU); break;
+    case CYBN_EP_RESIDUAL: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RESIDUAL); break;
+    case CYBN_EP_RESIDUAL | CYBN_EP_RELU:
+        cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RESIDUAL | CYBN_EP_RELU);
+        break;
+    default: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, 0);
+    }
+}
+
+/* The forward's pre-activation value (x - mh) * s + o (+ r) as the backward recomputes it. */
+CYBN_INLINE cybn_v8f cybn_pre8(cybn_v8f xm, cybn_v8f vs, cybn_v8f vo, const float* r,
+                               ptrdiff_t i, int ep) {
+    cybn_v8f v = xm * vs + vo;
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ld8(r + i);
+    return v;
+}
+
+CYBN_INLINE float cybn_pre1(float xm, float s, float o, const float* r, ptrdiff_t i, int ep) {
+    float v = xm * s + o;
+    if (ep & CYBN_EP_RESIDUAL) v += r[i];
+    return v;
+}
+
+/* dx = k1 * g + k2 * (x - mh) + k3 over n elements (k3 already holds k3 - k2 * ml), where
+ * g = dy, or with relu != 0 dy masked by the forward's ReLU: 0 where (x - mh) * s + o <= 0. */
+CYBN_INLINE void cybn_f32_grad_apply_impl(const float* g, const float* x, float* dx, ptrdiff_t n,
+                                          float mh, float k1, float k2, float k3, int nt,
+                                          float s, float o, int relu) {
     const cybn_v8f vh = cybn_bc8(mh), a = cybn_bc8(k1), b = cybn_bc8(k2), c = cybn_bc8(k3);
+    const cybn_v8f vs = cybn_bc8(s), vo = cybn_bc8(o);
+#define CYBN_G8(gv, xm) (relu ? cybn_keep8((gv), (xm) * vs + vo) : (gv))
+#define CYBN_G1(gv, xm) (relu ? cybn_keep1((gv), (xm) * s + o) : (gv))
     ptrdiff_t i = 0;
     if (nt) {
-        for (; i < n && ((uintptr_t)(dx + i) & 31); i++) dx[i] = k1 * g[i] + k2 * (x[i] - mh) + k3;
+        for (; i < n && ((uintptr_t)(dx + i) & 31); i++) {
+            float xm = x[i] - mh;
+            dx[i] = k1 * CYBN_G1(g[i], xm) + k2 * xm + k3;
+        }
         if (i + 16 <= n) {
             cybn_v8f g0 = cybn_ld8(g + i), g1 = cybn_ld8(g + i + 8);
             cybn_v8f x0 = cybn_ld8(x + i), x1 = cybn_ld8(x + i + 8);
             for (; i + 32 <= n; i += 16) {
                 cybn_v8f ng0 = cybn_ld8(g + i + 16), ng1 = cybn_ld8(g + i + 24);
                 cybn_v8f nx0 = cybn_ld8(x + i + 16), nx1 = cybn_ld8(x + i + 24);
-                cybn_st8_nt(dx + i, a * g0 + b * (x0 - vh) + c);
-                cybn_st8_nt(dx + i + 8, a * g1 + b * (x1 - vh) + c);
+                cybn_v8f m0 = x0 - vh, m1 = x1 - vh;
+                cybn_st8_nt(dx + i, a * CYBN_G8(g0, m0) + b * m0 + c);
+                cybn_st8_nt(dx + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
                 g0 = ng0; g1 = ng1; x0 = nx0; x1 = nx1;
             }
-            cybn_st8_nt(dx + i, a * g0 + b * (x0 - vh) + c);
-            cybn_st8_nt(dx + i + 8, a * g1 + b * (x1 - vh) + c);
+            cybn_v8f m0 = x0 - vh, m1 = x1 - vh;
+            cybn_st8_nt(dx + i, a * CYBN_G8(g0, m0) + b * m0 + c);
+            cybn_st8_nt(dx + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
             i += 16;
         }
-        for (; i + 8 <= n; i += 8)
-            cybn_st8_nt(dx + i, a * cybn_ld8(g + i) + b * (cybn_ld8(x + i) - vh) + c);
+        for (; i + 8 <= n; i += 8) {
+            cybn_v8f m0 = cybn_ld8(x + i) - vh;
+            cybn_st8_nt(dx + i, a * CYBN_G8(cybn_ld8(g + i), m0) + b * m0 + c);
+        }
     } else {
-        for (; i + 8 <= n; i += 8)
-            cybn_st8(dx + i, a * cybn_ld8(g + i) + b * (cybn_ld8(x + i) - vh) + c);
+        for (; i + 8 <= n; i += 8) {
+            cybn_v8f m0 = cybn_ld8(x + i) - vh;
+            cybn_st8(dx + i, a * CYBN_G8(cybn_ld8(g + i), m0) + b * m0 + c);
+        }
     }
-    for (; i < n; i++) dx[i] = k1 * g[i] + k2 * (x[i] - mh) + k3;
+    for (; i < n; i++) {
+        float xm = x[i] - mh;
+        dx[i] = k1 * CYBN_G1(g[i], xm) + k2 * xm + k3;
+    }
+#undef CYBN_G8
+#undef CYBN_G1
+}
+
+static inline void cybn_f32_grad_apply(const float* g, const float* x, float* dx, ptrdiff_t n,
+                                       float mh, float k1, float k2, float k3, int nt) {
+    cybn_f32_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, 0.0f, 0.0f, 0);
+}
+
+/* cybn_f32_grad_apply through the forward's ReLU (no residual), the mask recomputed from x. */
+static inline void cybn_f32_relu_grad_apply(const float* g, const float* x, float* dx,
+                                            ptrdiff_t n, float mh, float k1, float k2, float k3,
+                                            int nt, float s, float o) {
+    cybn_f32_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, s, o, 1);
+}
+
+/* g = dy where the forward's ReLU passed, else 0: over n elements, the pre-activation
+ * (x - mh) * s + o (+ r[i] with ep's RESIDUAL bit) recomputed as the forward did. */
+CYBN_INLINE void cybn_f32_relu_mask_impl(const float* dy, const float* x, const float* r,
+                                         float* g, ptrdiff_t n, float mh, float s, float o,
+                                         int ep) {
+    const cybn_v8f vh = cybn_bc8(mh), vs = cybn_bc8(s), vo = cybn_bc8(o);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        cybn_st8(g + i, cybn_keep8(cybn_ld8(dy + i), cybn_pre8(cybn_ld8(x + i) - vh, vs, vo, r, i, ep)));
+    for (; i < n; i++) g[i] = cybn_keep1(dy[i], cybn_pre1(x[i] - mh, s, o, r, i, ep));
+}
+
+static inline void cybn_f32_relu_mask(const float* dy, const float* x, const float* r, float* g,
+                                      ptrdiff_t n, float mh, float s, float o, int ep) {
+    if (ep & CYBN_EP_RESIDUAL)
+        cybn_f32_relu_mask_impl(dy, x, r, g, n, mh, s, o, CYBN_EP_RESIDUAL);
+    else
+        cybn_f32_relu_mask_impl(dy, x, r, g, n, mh, s, o, 0);
 }
 
 /* ------------------------------------------------------------------ rows (channels-last) */
@@ -426,14 +548,16 @@ static inline void cybn_f32_rows_grad_sums(const float* g, const float* x, ptrdi
 /* Elements [e0, e1) of a row-major array whose per-column constants repeat with period W
  * (a multiple of the row length and of 8; the constant arrays hold W + 8 values, so 8
  * consecutive elements always read 8 consecutive constants):
- * y = (x - hi[k]) * scale[k] + offset[k], k = e % W. */
-static inline void cybn_f32_flat_affine(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
-                                        ptrdiff_t W, const float* hi, const float* scale,
-                                        const float* offset, int nt) {
+ * y = ep((x - hi[k]) * scale[k] + offset[k]), k = e % W, r indexed as x. */
+CYBN_INLINE void cybn_f32_flat_affine_impl(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
+                                           ptrdiff_t W, const float* hi, const float* scale,
+                                           const float* offset, int nt, const float* r, int ep) {
     ptrdiff_t e = e0, k = e0 % W;
+#define CYBN_AFF8(v, k, i) \
+    cybn_ep8(((v) - cybn_ld8(hi + (k))) * cybn_ld8(scale + (k)) + cybn_ld8(offset + (k)), r, (i), ep)
     if (nt) {
         for (; e < e1 && ((uintptr_t)(y + e) & 31); e++) {
-            y[e] = (x[e] - hi[k]) * scale[k] + offset[k];
+            y[e] = cybn_ep1((x[e] - hi[k]) * scale[k] + offset[k], r, e, ep);
             if (++k == W) k = 0;
         }
         if (e + 16 <= e1) {
@@ -441,79 +565,153 @@ static inline void cybn_f32_flat_affine(const float* x, float* y, ptrdiff_t e0, 
             for (; e + 32 <= e1; e += 16) {
                 cybn_v8f n0 = cybn_ld8(x + e + 16), n1 = cybn_ld8(x + e + 24);
                 ptrdiff_t k1 = k + 8 >= W ? k + 8 - W : k + 8;
-                cybn_st8_nt(y + e, (a0 - cybn_ld8(hi + k)) * cybn_ld8(scale + k) + cybn_ld8(offset + k));
-                cybn_st8_nt(y + e + 8,
-                            (a1 - cybn_ld8(hi + k1)) * cybn_ld8(scale + k1) + cybn_ld8(offset + k1));
+                cybn_st8_nt(y + e, CYBN_AFF8(a0, k, e));
+                cybn_st8_nt(y + e + 8, CYBN_AFF8(a1, k1, e + 8));
                 k = k1 + 8 >= W ? k1 + 8 - W : k1 + 8;
                 a0 = n0; a1 = n1;
             }
             ptrdiff_t k1 = k + 8 >= W ? k + 8 - W : k + 8;
-            cybn_st8_nt(y + e, (a0 - cybn_ld8(hi + k)) * cybn_ld8(scale + k) + cybn_ld8(offset + k));
-            cybn_st8_nt(y + e + 8,
-                        (a1 - cybn_ld8(hi + k1)) * cybn_ld8(scale + k1) + cybn_ld8(offset + k1));
-            k = k1 + 8 >= W ? k1 + 8 - W : k1 + 8;
+            cybn_st8_nt(y + e, CYBN_AFF8(a0, k, e));
+            cybn_st8_nt(y + e + 8, CYBN_AFF8(a1, k1, e + 8));
             e += 16;
+            k = k1 + 8 >= W ? k1 + 8 - W : k1 + 8;
         }
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8_nt(y + e, (cybn_ld8(x + e) - cybn_ld8(hi + k)) * cybn_ld8(scale + k)
-                                   + cybn_ld8(offset + k));
+            cybn_st8_nt(y + e, CYBN_AFF8(cybn_ld8(x + e), k, e));
             k += 8;
             if (k >= W) k -= W;
         }
     } else {
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8(y + e, (cybn_ld8(x + e) - cybn_ld8(hi + k)) * cybn_ld8(scale + k)
-                                + cybn_ld8(offset + k));
+            cybn_st8(y + e, CYBN_AFF8(cybn_ld8(x + e), k, e));
             k += 8;
             if (k >= W) k -= W;
         }
     }
+#undef CYBN_AFF8
     for (; e < e1; e++) {
-        y[e] = (x[e] - hi[k]) * scale[k] + offset[k];
+        y[e] = cybn_ep1((x[e] - hi[k]) * scale[k] + offset[k], r, e, ep);
         if (++k == W) k = 0;
     }
 }
 
-/* dx = k1[k] * dy + k2[k] * (x - hi[k]) + k3[k] over elements [e0, e1), constants as above. */
-static inline void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx,
-                                            ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
-                                            const float* hi, const float* k1, const float* k2,
-                                            const float* k3, int nt) {
+static inline void cybn_f32_flat_affine(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
+                                        ptrdiff_t W, const float* hi, const float* scale,
+                                        const float* offset, int nt) {
+    cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, NULL, 0);
+}
+
+static inline void cybn_f32_flat_affine_ep(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
+                                           ptrdiff_t W, const float* hi, const float* scale,
+                                           const float* offset, int nt, const float* r, int ep) {
+    switch (ep) {
+    case CYBN_EP_RELU:
+        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, CYBN_EP_RELU);
+        break;
+    case CYBN_EP_RESIDUAL:
+        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, CYBN_EP_RESIDUAL);
+        break;
+    case CYBN_EP_RESIDUAL | CYBN_EP_RELU:
+        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r,
+                                  CYBN_EP_RESIDUAL | CYBN_EP_RELU);
+        break;
+    default: cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, 0);
+    }
+}
+
+/* dx = k1[k] * g + k2[k] * (x - hi[k]) + k3[k] over elements [e0, e1), constants as above;
+ * g = dy, or with relu != 0 dy masked where (x - hi[k]) * s[k] + o[k] <= 0. */
+CYBN_INLINE void cybn_f32_flat_grad_apply_impl(const float* g, const float* x, float* dx,
+                                               ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                               const float* hi, const float* k1, const float* k2,
+                                               const float* k3, int nt, const float* s,
+                                               const float* o, int relu) {
     ptrdiff_t e = e0, k = e0 % W;
+#define CYBN_GA8(gv, xv, k) __extension__({ \
+        cybn_v8f m_ = (xv) - cybn_ld8(hi + (k)); \
+        cybn_v8f g_ = relu ? cybn_keep8((gv), m_ * cybn_ld8(s + (k)) + cybn_ld8(o + (k))) : (gv); \
+        cybn_ld8(k1 + (k)) * g_ + cybn_ld8(k2 + (k)) * m_ + cybn_ld8(k3 + (k)); })
+#define CYBN_GA1(e, k) __extension__({ \
+        float m_ = x[e] - hi[k]; \
+        float g_ = relu ? cybn_keep1(g[e], m_ * s[k] + o[k]) : g[e]; \
+        k1[k] * g_ + k2[k] * m_ + k3[k]; })
     if (nt) {
         for (; e < e1 && ((uintptr_t)(dx + e) & 31); e++) {
-            dx[e] = k1[k] * g[e] + k2[k] * (x[e] - hi[k]) + k3[k];
+            dx[e] = CYBN_GA1(e, k);
             if (++k == W) k = 0;
         }
         if (e + 8 <= e1) {
             cybn_v8f g0 = cybn_ld8(g + e), x0 = cybn_ld8(x + e);
             for (; e + 16 <= e1; e += 8) {
                 cybn_v8f ng = cybn_ld8(g + e + 8), nx = cybn_ld8(x + e + 8);
-                cybn_st8_nt(dx + e, cybn_ld8(k1 + k) * g0 + cybn_ld8(k2 + k) * (x0 - cybn_ld8(hi + k))
-                                        + cybn_ld8(k3 + k));
+                cybn_st8_nt(dx + e, CYBN_GA8(g0, x0, k));
                 k += 8;
                 if (k >= W) k -= W;
                 g0 = ng; x0 = nx;
             }
-            cybn_st8_nt(dx + e, cybn_ld8(k1 + k) * g0 + cybn_ld8(k2 + k) * (x0 - cybn_ld8(hi + k))
-                                    + cybn_ld8(k3 + k));
+            cybn_st8_nt(dx + e, CYBN_GA8(g0, x0, k));
             k += 8;
             if (k >= W) k -= W;
             e += 8;
         }
     } else {
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8(dx + e, cybn_ld8(k1 + k) * cybn_ld8(g + e)
-                                 + cybn_ld8(k2 + k) * (cybn_ld8(x + e) - cybn_ld8(hi + k))
-                                 + cybn_ld8(k3 + k));
+            cybn_st8(dx + e, CYBN_GA8(cybn_ld8(g + e), cybn_ld8(x + e), k));
             k += 8;
             if (k >= W) k -= W;
         }
     }
     for (; e < e1; e++) {
-        dx[e] = k1[k] * g[e] + k2[k] * (x[e] - hi[k]) + k3[k];
+        dx[e] = CYBN_GA1(e, k);
         if (++k == W) k = 0;
     }
+#undef CYBN_GA8
+#undef CYBN_GA1
+}
+
+static inline void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx,
+                                            ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                            const float* hi, const float* k1, const float* k2,
+                                            const float* k3, int nt) {
+    cybn_f32_flat_grad_apply_impl(g, x, dx, e0, e1, W, hi, k1, k2, k3, nt, NULL, NULL, 0);
+}
+
+static inline void cybn_f32_flat_relu_grad_apply(const float* g, const float* x, float* dx,
+                                                 ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                                 const float* hi, const float* k1,
+                                                 const float* k2, const float* k3, int nt,
+                                                 const float* s, const float* o) {
+    cybn_f32_flat_grad_apply_impl(g, x, dx, e0, e1, W, hi, k1, k2, k3, nt, s, o, 1);
+}
+
+/* g[e - e0] = dy[e] where the forward's ReLU passed, else 0, over elements [e0, e1) with the
+ * tiled constants above; the residual r (ep's RESIDUAL bit) indexed as x. */
+CYBN_INLINE void cybn_f32_flat_relu_mask_impl(const float* dy, const float* x, const float* r,
+                                              float* g, ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                              const float* hi, const float* s, const float* o,
+                                              int ep) {
+    ptrdiff_t e = e0, k = e0 % W;
+    for (; e + 8 <= e1; e += 8) {
+        cybn_v8f m = cybn_ld8(x + e) - cybn_ld8(hi + k);
+        cybn_st8(g + (e - e0),
+                 cybn_keep8(cybn_ld8(dy + e), cybn_pre8(m, cybn_ld8(s + k), cybn_ld8(o + k), r, e, ep)));
+        k += 8;
+        if (k >= W) k -= W;
+    }
+    for (; e < e1; e++) {
+        g[e - e0] = cybn_keep1(dy[e], cybn_pre1(x[e] - hi[k], s[k], o[k], r, e, ep));
+        if (++k == W) k = 0;
+    }
+}
+
+static inline void cybn_f32_flat_relu_mask(const float* dy, const float* x, const float* r,
+                                           float* g, ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                           const float* hi, const float* s, const float* o,
+                                           int ep) {
+    if (ep & CYBN_EP_RESIDUAL)
+        cybn_f32_flat_relu_mask_impl(dy, x, r, g, e0, e1, W, hi, s, o, CYBN_EP_RESIDUAL);
+    else
+        cybn_f32_flat_relu_mask_impl(dy, x, r, g, e0, e1, W, hi, s, o, 0);
 }
 
 #endif

@@ -23,14 +23,17 @@ def channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
     return mean, m2
 
 
-def channel_affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int) -> None:
-    """yk = (xk - shift[c]) * scale[c] + offset[c] for float64 per-channel vectors."""
+def channel_affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int, *,
+                   residual=None, ep: int = 0) -> None:
+    """yk = ep((xk - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors; ep:
+    the kernels' fused-epilogue bits (residual: a kernel view like xk, with EP_RESIDUAL)."""
     streaming = _schedule.streaming(view, xk.itemsize, "infer")
+    rk = xk if residual is None else residual
     if view.family == "plane":
-        _kernels.plane_infer(xk, shift, scale, offset, yk, streaming, threads)
+        _kernels.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
     else:
-        _kernels.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, streaming,
-                           threads)
+        _kernels.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, rk, ep,
+                           streaming, threads)
 
 
 class Layout(Protocol):

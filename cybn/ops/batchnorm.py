@@ -10,6 +10,7 @@ from .._validate import (
     as_data,
     channel_vector,
     channel_view,
+    check_activation,
     check_bool,
     check_eps,
     check_out,
@@ -22,12 +23,29 @@ from ._run import Output, channel_affine, empty_result, update_running
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm"]
 
 
+def _epilogue(relu: bool, residual) -> int:
+    """The kernels' fused-epilogue bits."""
+    return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
+                                                else 0)
+
+
+def _residual(residual, x: np.ndarray):
+    """The checked residual (x's shape and dtype), or None."""
+    if residual is None:
+        return None
+    residual = as_data(residual, "residual")
+    check_same_layout(residual, "residual", x)
+    return residual
+
+
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
-                     momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, out=None):
+                     momentum: float = 0.1, eps: float = 1e-5, axis: int = 1,
+                     activation: str | None = None, residual=None, out=None):
     """Training-mode batch normalization with batch statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
-    biased variance of this batch.
+    biased variance of this batch; with ``residual`` and ``activation="relu"`` the ResNet
+    block ending ``y = relu(BN(x) + residual)``, in the same pass over memory.
 
     Parameters
     ----------
@@ -43,8 +61,15 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         Added to the variance.
     axis : int
         Channel axis (1 for channels-first, -1 for channels-last).
+    activation : None or "relu"
+        "relu": ``y = max(BN(x) [+ residual], 0)`` fused into the elementwise pass (``-inf``
+        gives 0, NaN stays NaN). Nothing else is stored: :func:`batch_norm_backward`
+        recomputes the ReLU's mask from x (and the residual) with the same arithmetic.
+    residual : ndarray, optional
+        Array of x's shape and dtype added to BN(x) before the activation (in x's dtype, as a
+        separate add would).
     out : ndarray, optional
-        Array of x's shape and dtype to write y into; may be x itself.
+        Array of x's shape and dtype to write y into; may be x or residual itself.
 
     Returns
     -------
@@ -59,19 +84,23 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     ValueError
         With one value per channel (``count == 1``): batch statistics are undefined.
     """
-    # small plain arrays: one compiled call (None when it does not apply)
-    fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                               axis, out, _schedule.MIN_PARALLEL_SIZE)
-    if fast is not None:
-        return fast
+    if activation is None and residual is None:
+        # small plain arrays: one compiled call (None when it does not apply)
+        fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                                   axis, out, _schedule.MIN_PARALLEL_SIZE)
+        if fast is not None:
+            return fast
     x = as_data(x, "x")
     view = channel_view(x, axis)
     C = view.channels
     w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
                                              momentum, eps)
+    ep = _epilogue(check_activation(activation), residual)
+    residual = _residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
                                       "running_mean": running_mean,
-                                      "running_var": running_var}, in_place_ok=("x",))
+                                      "running_var": running_var, "residual": residual},
+              in_place_ok=("x", "residual"))
     if view.size == 0:
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
@@ -81,6 +110,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
 
     threads = _schedule.threads(view)
     xk = view.kernel_view(x)
+    rk = xk if residual is None else view.kernel_view(residual)
     dest = Output(view, out, x.dtype)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
@@ -88,11 +118,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     streaming = _schedule.streaming(view, x.itemsize, "train")
     if view.family == "plane":
         group = _schedule.plane_group(view, x.itemsize, 1, threads)
-        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, mean, var, invstd, group,
-                                     streaming, threads)
+        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd,
+                                     group, streaming, threads)
     else:
-        _kernels.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, mean, var, invstd,
-                                   streaming, threads)
+        _kernels.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean,
+                                   var, invstd, streaming, threads)
     if rm is not None:
         n = view.count
         update_running(rm, mean, momentum, 1.0)
@@ -101,11 +131,13 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
-                     eps: float = 1e-5, axis: int = 1, out=None):
+                     eps: float = 1e-5, axis: int = 1, activation: str | None = None,
+                     residual=None, out=None):
     """Inference-mode batch normalization with given (running) statistics.
 
-    ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``, one pass over x
-    with per-channel coefficients computed once in float64.
+    ``y = (x - running_mean) * scale + bias`` with ``scale = weight * invstd`` and
+    ``invstd = 1 / sqrt(running_var + eps)``, one pass over x with per-channel coefficients
+    computed once in float64; optionally ``relu(... + residual)`` in the same pass.
 
     Parameters
     ----------
@@ -117,18 +149,23 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     eps : float > 0
     axis : int
         Channel axis.
+    activation : None or "relu"
+        As in :func:`batch_norm_train`.
+    residual : ndarray, optional
+        As in :func:`batch_norm_train`.
     out : ndarray, optional
-        Array of x's shape and dtype; may be x itself.
+        Array of x's shape and dtype; may be x or residual itself.
 
     Returns
     -------
     y : ndarray, x's shape and dtype
     """
-    # small plain arrays: one compiled call (None when it does not apply)
-    y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-                            _schedule.MIN_PARALLEL_SIZE)
-    if y is not None:
-        return y
+    if activation is None and residual is None:
+        # small plain arrays: one compiled call (None when it does not apply)
+        y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
+                                _schedule.MIN_PARALLEL_SIZE)
+        if y is not None:
+            return y
     x = as_data(x, "x")
     view = channel_view(x, axis)
     C = view.channels
@@ -137,22 +174,27 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     w = channel_vector(weight, "weight", C, default=1.0)
     b = channel_vector(bias, "bias", C, default=0.0)
     eps = check_eps(eps)
+    ep = _epilogue(check_activation(activation), residual)
+    residual = _residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
                                       "running_var": running_var, "weight": weight,
-                                      "bias": bias}, in_place_ok=("x",))
+                                      "bias": bias, "residual": residual},
+              in_place_ok=("x", "residual"))
     if view.size == 0:
         return empty_result(view, out, x.dtype)
     scale = np.empty(C, dtype=np.float64)
     _kernels.infer_scale(rv, w, eps, scale)
     dest = Output(view, out, x.dtype)
-    channel_affine(view, view.kernel_view(x), rm, scale, b, dest.kernel,
-                   _schedule.threads(view))
+    xk = view.kernel_view(x)
+    channel_affine(view, xk, rm, scale, b, dest.kernel, _schedule.threads(view),
+                   residual=None if residual is None else view.kernel_view(residual), ep=ep)
     return dest.result()
 
 
 def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, axis: int = 1,
-                        out=None):
-    """Gradients of batch normalization with respect to x, weight and bias.
+                        activation: str | None = None, bias=None, residual=None, out=None):
+    """Gradients of batch normalization with respect to x, weight and bias (and, after a
+    fused ``relu(BN(x) + residual)``, the residual).
 
     Parameters
     ----------
@@ -172,22 +214,37 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         False: statistics are constants (frozen BN), ``dx = dy * weight * invstd``.
     axis : int
         Channel axis.
+    activation : None or "relu"
+        The forward's activation. With "relu" the gradient flows through
+        ``relu(BN(x) [+ residual])``: dy is replaced by 0 where the forward's pre-activation
+        value was <= 0 (so the gradient at exactly 0 is 0, as PyTorch's), that value being
+        recomputed from x, mean, invstd, weight, bias (and residual) with the forward's
+        arithmetic, bit for bit.
+    bias : ndarray of shape (C,), optional
+        The forward's bias (None means 0); used with ``activation="relu"`` only.
+    residual : ndarray, optional
+        The forward's residual (x's shape and dtype); its gradient is returned as well.
     out : ndarray, optional
-        Array of x's shape and dtype for dx; may be dy or x itself.
+        Array of x's shape and dtype for dx; may be dy, x or residual itself.
 
     Returns
     -------
     dx : ndarray, x's shape and dtype
     dweight : ndarray (C,), x's dtype
-        ``sum(dy * (x - mean) * invstd)`` over all axes but the channel axis.
+        ``sum(g * (x - mean) * invstd)`` over all axes but the channel axis, with g the
+        gradient reaching BN's output (dy, masked by the ReLU when there is one).
     dbias : ndarray (C,), x's dtype
-        ``sum(dy)``.
+        ``sum(g)``.
+    dresidual : ndarray, x's shape and dtype
+        Only when ``residual`` is given: g, the gradient of the residual.
     """
-    # small plain arrays: one compiled call (None when it does not apply)
-    fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
-                                  _schedule.MIN_PARALLEL_SIZE)
-    if fast is not None:
-        return fast
+    relu = check_activation(activation)
+    if not relu and residual is None:
+        # small plain arrays: one compiled call (None when it does not apply)
+        fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
+                                      _schedule.MIN_PARALLEL_SIZE)
+        if fast is not None:
+            return fast
     x = as_data(x, "x")
     dy = as_data(dy, "dy")
     check_same_layout(dy, "dy", x)
@@ -196,28 +253,42 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     w = channel_vector(weight, "weight", C, default=1.0)
     mu = channel_vector(mean, "mean", C)
     inv = channel_vector(invstd, "invstd", C)
+    b = channel_vector(bias, "bias", C, default=0.0)
     training = check_bool(training, "training")
+    residual = _residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
-                                      "invstd": invstd}, in_place_ok=("x", "dy"))
+                                      "invstd": invstd, "bias": bias, "residual": residual},
+              in_place_ok=("x", "dy", "residual"))
+    if not relu and residual is not None:  # y = BN(x) + residual: the residual gets dy
+        dres = dy.copy()
+        return (*batch_norm_backward(dy, x, weight, mean, invstd, training=training,
+                                     axis=axis, out=out), dres)
     if view.size == 0:
         zeros = np.zeros(C, dtype=x.dtype)
-        return empty_result(view, out, x.dtype), zeros, zeros.copy()
+        result = (empty_result(view, out, x.dtype), zeros, zeros.copy())
+        return result if residual is None else (*result, np.empty_like(x))
 
+    ep = _epilogue(relu, residual)
     threads = _schedule.threads(view)
     dyk, xk = view.kernel_view(dy), view.kernel_view(x)
     dest = Output(view, out, x.dtype)
+    rk = xk if residual is None else view.kernel_view(residual)
+    dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
+    gk = dest.kernel if dres is None else view.kernel_view(dres)
+    fscale = w * inv  # the forward's scale, as the kernels compute it
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "backward")
     if view.family == "plane":
         group = _schedule.plane_group(view, x.itemsize, 2, threads)
-        _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, sum_dy, sum_dy_xmu,
-                                group, streaming, threads)
+        _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, ep, rk, gk, fscale,
+                                b, sum_dy, sum_dy_xmu, group, streaming, threads)
     else:
-        _kernels.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, sum_dy,
-                              sum_dy_xmu, streaming, threads)
+        _kernels.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, ep, rk,
+                              gk, fscale, b, sum_dy, sum_dy_xmu, streaming, threads)
     dweight = (sum_dy_xmu * inv).astype(x.dtype)
-    return dest.result(), dweight, sum_dy.astype(x.dtype)
+    result = (dest.result(), dweight, sum_dy.astype(x.dtype))
+    return result if dres is None else (*result, dres)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
