@@ -19,7 +19,7 @@ import numpy as np
 from . import nn
 from .nn.batchnorm import _BatchNorm
 
-__all__ = ["fold_batchnorm", "insert_batchnorm"]
+__all__ = ["fold_batchnorm", "insert_batchnorm", "fuse"]
 
 _INTO = ("previous", "next", "any")
 
@@ -134,7 +134,8 @@ def fold_batchnorm(model, *, into: str = "previous"):
     Returns
     -------
     Sequential
-        A new model in eval mode without the folded BatchNorm layers; its ``not_folded``
+        A new model in eval mode without the folded BatchNorm layers (a BatchNorm with a
+        fused ReLU leaves a :class:`ReLU` in its place); its ``not_folded``
         attribute lists ``(index, reason)`` of the BatchNorm layers left in place (indices
         in the given model), which are also reported with a warning.
 
@@ -170,12 +171,18 @@ def fold_batchnorm(model, *, into: str = "previous"):
             why = _foldable_previous(keep[-1], layer) if keep else "it is the first layer"
             if why is None:
                 _fold_into_previous(keep[-1], layer)
+                if layer.activation == "relu":  # the fused ReLU stays, as its own layer
+                    keep.append(nn.ReLU())
                 i += 1
                 continue
             reasons.append(why)
         if into in ("next", "any"):
-            why = (_foldable_next(layer, layers[i + 1]) if i + 1 < len(layers)
-                   else "it is the last layer")
+            if layer.activation is not None:
+                why = f"its fused {layer.activation} sits between it and the next layer"
+            elif i + 1 < len(layers):
+                why = _foldable_next(layer, layers[i + 1])
+            else:
+                why = "it is the last layer"
             if why is None:
                 _fold_into_next(layer, layers[i + 1])
                 i += 1
@@ -189,6 +196,49 @@ def fold_batchnorm(model, *, into: str = "previous"):
     if not_folded:
         warnings.warn("fold_batchnorm left in place: " + ", ".join(
             f"layer {i} ({why})" for i, why in not_folded), stacklevel=2)
+    return result
+
+
+def _fuse_in_place(module) -> int:
+    """Fuse BatchNorm -> ReLU pairs inside module (Sequentials at any depth); the count."""
+    count = 0
+    if isinstance(module, nn.Sequential):
+        layers = list(module)
+        for i, layer in enumerate(layers[:-1]):
+            if (isinstance(layer, _BatchNorm) and layer.activation is None
+                    and type(layers[i + 1]) is nn.ReLU):
+                layer.activation = "relu"
+                module._modules[str(i + 1)] = nn.Identity()
+                count += 1
+    for child in list(module._modules.values()):
+        count += _fuse_in_place(child)
+    return count
+
+
+def fuse(model):
+    """A model with every BatchNorm that a ReLU follows fused with it.
+
+    In each :class:`Sequential` (at any depth, inside :class:`Residual` blocks too) a
+    BatchNorm layer directly followed by a :class:`ReLU` gets ``activation="relu"`` and the
+    ReLU becomes an :class:`Identity`, so indices and state_dict keys stay as they were. The
+    fused model computes the same outputs and gradients, bit for bit, in training and in
+    eval mode, with one pass over memory fewer each way. (A :class:`Residual` block's add and
+    ReLU fuse into its body's last BatchNorm without this pass.)
+
+    Parameters
+    ----------
+    model : Module
+        Not modified.
+
+    Returns
+    -------
+    Module
+        A fused copy (in the given model's mode); its ``fused`` attribute counts the pairs.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a cybn Module, got {type(model).__name__}")
+    result = copy.deepcopy(model)
+    object.__setattr__(result, "fused", _fuse_in_place(result))
     return result
 
 

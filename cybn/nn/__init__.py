@@ -15,7 +15,7 @@ the functional API) may run in parallel.
 """
 
 from . import (activation, batchnorm, conv, dropout, flatten, linear, module, normalization,
-               pooling)
+               pooling, residual)
 from .activation import *  # noqa: F401,F403
 from .batchnorm import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
@@ -25,6 +25,7 @@ from .linear import *  # noqa: F401,F403
 from .module import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
+from .residual import *  # noqa: F401,F403
 
 __all__ = [
     *module.__all__,
@@ -36,4 +37,5 @@ __all__ = [
     *dropout.__all__,
     *pooling.__all__,
     *flatten.__all__,
+    *residual.__all__,
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops as F
-from .._validate import check_eps, check_momentum
+from .._validate import check_activation, check_eps, check_momentum
 from ._args import affine_parameters, param_dtype, positive_int, running_buffers
 from .module import Module
 
@@ -19,12 +19,13 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
                  track_running_stats: bool = True, channels_last: bool = False,
-                 dtype=np.float32):
+                 dtype=np.float32, activation: str | None = None):
         super().__init__()
         positive_int(num_features, "num_features")
         if momentum is not None:
             check_momentum(momentum)
         check_eps(eps)
+        check_activation(activation)
         dtype = param_dtype(dtype)
         self.num_features = int(num_features)
         self.eps = float(eps)
@@ -33,6 +34,7 @@ class _BatchNorm(Module):
         self.track_running_stats = track_running_stats
         self.channels_last = channels_last
         self.dtype = dtype
+        self.activation = activation
         affine_parameters(self, (num_features,), dtype, affine, affine)
         running_buffers(self, num_features, dtype, track_running_stats)
         self._cache = None
@@ -40,7 +42,8 @@ class _BatchNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-                f"{', channels_last=True' if self.channels_last else ''}")
+                f"{', channels_last=True' if self.channels_last else ''}"
+                f"{', activation=' + repr(self.activation) if self.activation else ''}")
 
     def _axis(self, x) -> int:
         if x.ndim not in self.ranks:
@@ -67,9 +70,16 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         """Normalize x: batch statistics in training mode (or without running statistics),
-        running statistics in eval mode. Training updates the running statistics."""
+        running statistics in eval mode. Training updates the running statistics. With
+        ``activation="relu"``, ``relu(BN(x))`` in the same pass."""
+        return self._run(x, None, self.activation)
+
+    def _run(self, x, residual, activation):
+        """forward with a fused ``activation(BN(x) + residual)`` (for :class:`Residual`);
+        after a residual, :meth:`backward` returns ``(dx, dresidual)``."""
         x = np.asarray(x)
         axis = self._axis(x)
+        fused = {"activation": activation, "residual": residual}
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         if self.training or not self.track_running_stats:
@@ -80,26 +90,31 @@ class _BatchNorm(Module):
             y, mean, invstd = F.batch_norm_train(
                 x, w, b, running_mean=self.running_mean if update else None,
                 running_var=self.running_var if update else None,
-                momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis)
+                momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis,
+                **fused)
             if update:
                 self.num_batches_tracked[...] += 1
-            self._cache = (x, mean, invstd, True, axis)
+            self._cache = (x, mean, invstd, True, axis, residual, activation)
         else:
             y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
-                                   axis=axis)
+                                   axis=axis, **fused)
             invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis)
+            self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis,
+                           residual, activation)
         return y
 
     def backward(self, dy):
-        """dx for the last forward; adds dweight, dbias into weight.grad, bias.grad."""
-        x, mean, invstd, training, axis = self._take_saved()
+        """dx for the last forward (and the residual's gradient when it had one, as
+        ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad."""
+        x, mean, invstd, training, axis, residual, activation = self._take_saved()
         w = self.weight.data if self.affine else None
-        dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis)
+        b = self.bias.data if self.affine else None
+        grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
+                                      activation=activation, bias=b, residual=residual)
         if self.affine:
-            self.weight.grad += dw
-            self.bias.grad += db
-        return dx
+            self.weight.grad += grads[1]
+            self.bias.grad += grads[2]
+        return grads[0] if residual is None else (grads[0], grads[3])
 
 
 class BatchNorm1d(_BatchNorm):
@@ -122,6 +137,10 @@ class BatchNorm1d(_BatchNorm):
         Channel axis last for 3-D input.
     dtype : float32 or float64
         dtype of the parameters and running statistics.
+    activation : None or "relu"
+        "relu" fuses the ReLU that follows into the same pass (forward and backward), with
+        the outputs and gradients of BatchNorm followed by :class:`ReLU`; see
+        :func:`cybn.fuse`.
     """
 
     ranks = (2, 3)

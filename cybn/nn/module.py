@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module", "Sequential", "Identity"]
 
 
 class Parameter:
@@ -192,4 +192,15 @@ class Sequential(Module):
     def backward(self, dy):
         for layer in reversed(self._modules.values()):
             dy = layer.backward(dy)
+        return dy
+
+
+class Identity(Module):
+    """y = x (and dx = dy): a placeholder that keeps a Sequential's indices, and so its
+    state_dict keys, when a layer is fused into its neighbour (see :func:`cybn.fuse`)."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
         return dy

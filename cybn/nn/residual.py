@@ -1,0 +1,94 @@
+"""The residual connection of a ResNet block, with the add and the ReLU fused into the
+block's last batch norm."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_activation
+from .batchnorm import _BatchNorm
+from .module import Module, Sequential
+
+__all__ = ["Residual"]
+
+
+class Residual(Module):
+    """``y = relu(body(x) + shortcut(x))``, the ending of a ResNet block.
+
+    Parameters
+    ----------
+    body : Module
+        Usually a :class:`Sequential` ending in a BatchNorm layer (conv, BN, ReLU, conv, BN).
+    shortcut : Module or None
+        None for the identity; a projection (1x1 Conv2d and BatchNorm2d) when the body
+        changes the shape.
+    activation : "relu" or None
+        Applied to the sum.
+
+    When the body ends in a BatchNorm layer without its own activation, the add and the
+    ReLU run inside that layer's elementwise pass (``batch_norm_train(..., residual=,
+    activation="relu")``) and its backward returns the shortcut's gradient too; otherwise they
+    run as NumPy operations. The outputs and gradients are the same either way, bit for bit.
+    state_dict keys are ``body.*`` and ``shortcut.*``, as in a PyTorch module with those
+    attribute names.
+    """
+
+    def __init__(self, body: Module, shortcut: Module | None = None,
+                 activation: str | None = "relu"):
+        super().__init__()
+        for name, m in (("body", body), ("shortcut", shortcut)):
+            if m is not None and not isinstance(m, Module):
+                raise TypeError(f"{name} must be a cybn Module, got {type(m).__name__}")
+        check_activation(activation)
+        self.body = body
+        if shortcut is not None:
+            self.shortcut = shortcut
+        self.activation = activation
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
+    def _shortcut(self) -> Module | None:
+        return self._modules.get("shortcut")
+
+    def _split_body(self) -> tuple:
+        """(the layers before the fused BatchNorm, that BatchNorm), or (None, None) when the
+        body does not end in a BatchNorm without an activation."""
+        body = self.body
+        layers = list(body) if isinstance(body, Sequential) else [body]
+        if layers and isinstance(layers[-1], _BatchNorm) and layers[-1].activation is None:
+            return layers[:-1], layers[-1]
+        return None, None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        shortcut = self._shortcut()
+        s = x if shortcut is None else np.asarray(shortcut(x))
+        head, bn = self._split_body()
+        if bn is not None:
+            h = x
+            for layer in head:
+                h = layer(h)
+            self._cache = ("fused", head, bn)
+            return bn._run(h, s, self.activation)
+        pre = np.asarray(self.body(x)) + s
+        if self.activation is None:
+            self._cache = ("plain", None, None)
+            return pre
+        self._cache = ("plain", pre <= 0, None)
+        return np.where(self._cache[1], pre.dtype.type(0), pre)
+
+    def backward(self, dy):
+        kind, state, bn = self._take_saved()
+        dy = np.asarray(dy)
+        if kind == "fused":
+            dh, dsum = bn.backward(dy)
+            for layer in reversed(state):
+                dh = layer.backward(dh)
+        else:
+            dsum = dy if state is None else np.where(state, dy.dtype.type(0), dy)
+            dh = self.body.backward(dsum)
+        shortcut = self._shortcut()
+        ds = dsum if shortcut is None else shortcut.backward(dsum)
+        return dh + ds
