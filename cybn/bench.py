@@ -567,6 +567,149 @@ def norms_markdown(result) -> str:
         ("PyTorch / cybn", lambda r: _number(r["speedup_vs_torch"], 2))])
 
 
+# The fused-op suite: batch norm + ReLU and batch norm + residual add + ReLU on a ResNet
+# activation, each layout.
+FUSED_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC")]
+
+
+def _fused_contenders(kind, op, x, r, dy, axis, torch_mod):
+    """({name: callable}, (fused result, two-op result)) for one case: cybn's fused op, cybn's
+    batch norm followed by NumPy's in-place ufuncs (the two-op path), PyTorch's ATen batch
+    norm followed by its in-place add_ / relu_ (backward: threshold_backward, then the batch
+    norm backward). The two cybn results are the arrays the callables write (y, or dx)."""
+    C = x.shape[axis]
+    w = np.linspace(0.5, 1.5, C)
+    b = np.linspace(-0.5, 0.5, C)
+    rm, rv = np.linspace(-0.1, 0.1, C), np.linspace(0.9, 1.1, C)
+    res = r if kind == "bn_add_relu" else None
+    y = np.empty_like(x)
+    g = np.empty_like(x)
+    out2 = np.empty_like(x)
+    mask = np.empty(x.shape, dtype=bool)
+    y_fused, mean, invstd = F.batch_norm_train(x, w, b, axis=axis, activation="relu",
+                                               residual=res)
+    if op == "train":
+        def fused():
+            F.batch_norm_train(x, w, b, axis=axis, activation="relu", residual=res, out=y)
+
+        def two_op():
+            F.batch_norm_train(x, w, b, axis=axis, out=out2)
+            if res is not None:
+                np.add(out2, res, out=out2)
+            np.maximum(out2, 0, out=out2)
+    elif op == "infer":
+        def fused():
+            F.batch_norm_infer(x, rm, rv, w, b, axis=axis, activation="relu", residual=res,
+                               out=y)
+
+        def two_op():
+            F.batch_norm_infer(x, rm, rv, w, b, axis=axis, out=out2)
+            if res is not None:
+                np.add(out2, res, out=out2)
+            np.maximum(out2, 0, out=out2)
+    else:
+        def fused():
+            F.batch_norm_backward(dy, x, w, mean, invstd, axis=axis, activation="relu", bias=b,
+                                  residual=res, out=y)
+
+        def two_op():
+            np.greater(y_fused, 0, out=mask)
+            np.multiply(dy, mask, out=g)  # the ReLU's backward (g is also d_residual)
+            F.batch_norm_backward(g, x, w, mean, invstd, axis=axis, out=out2)
+    contenders = {"fused": fused, "two_op": two_op}
+    if torch_mod is None:
+        return contenders, (y, out2)
+    torch, aten = torch_mod, torch_mod.ops.aten
+    perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+    tx, tr, tdy = (torch.from_numpy(a) for a in (x, r, dy))
+    ty = torch.from_numpy(y_fused.copy())
+    tout = torch.empty_like(tx)
+    if axis != 1:  # the same memory as channels_last tensors
+        tx, tr, tdy, ty, tout = (t.permute(*perm) for t in (tx, tr, tdy, ty, tout))
+    tw, tb = torch.from_numpy(w.astype(x.dtype)), torch.from_numpy(b.astype(x.dtype))
+    trm, trv = torch.from_numpy(rm.astype(x.dtype)), torch.from_numpy(rv.astype(x.dtype))
+    sm, si = tw.new_empty(tw.shape), tw.new_empty(tw.shape)
+    tmean = torch.from_numpy(mean.astype(x.dtype))
+    tinv = torch.from_numpy(invstd.astype(x.dtype))
+    if op in ("train", "infer"):
+        training = op == "train"
+
+        def torch_fn():
+            aten.native_batch_norm.out(tx, tw, tb, trm, trv, training, 0.0, 1e-5, out=tout,
+                                       save_mean=sm, save_invstd=si)
+            if res is not None:
+                tout.add_(tr)
+            tout.relu_()
+    else:
+        def torch_fn():
+            tg = aten.threshold_backward(tdy, ty, 0)
+            aten.native_batch_norm_backward(tg, tx, tw, trm, trv, tmean, tinv, True, 1e-5,
+                                            [True, True, True])
+    contenders["torch"] = torch_fn
+    return contenders, (y, out2)
+
+
+def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
+                verbose: bool = True, suite=None) -> dict:
+    """Time the fused ops against cybn's two-op path and PyTorch; a JSON-ready dict."""
+    threads = get_num_threads()
+    torch_mod: Any = None
+    if torch:
+        try:
+            import torch as _torch
+
+            _torch.set_num_threads(threads)
+            torch_mod = _torch
+        except ImportError:
+            torch_mod = None
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
+            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
+            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
+    rng = np.random.default_rng(0)
+    warm_up(threads)
+    rows = []
+    if verbose:
+        print(f"# fused: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
+              f" torch {meta['torch']}, {dtype}, median of {repeats}")
+        print(f"{'op':<12} {'layout':<6} {'pass':<8} {'fused ms':>9} {'2-op ms':>8} "
+              f"{'torch ms':>9} {'2-op/fused':>10} {'torch/fused':>11}")
+    for shape, layout in FUSED_SUITE if suite is None else suite:
+        axis = -1 if layout == "NHWC" else 1
+        x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        r = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        for kind in ("bn_relu", "bn_add_relu"):
+            for op in ("train", "backward", "infer"):
+                contenders, _ = _fused_contenders(kind, op, x, r, dy, axis, torch_mod)
+                med = interleaved_medians(contenders, repeats)
+                t_torch = med.get("torch")
+                row = {"op": kind, "shape": list(shape), "layout": layout, "dtype": dtype,
+                       "pass": op, "fused_ms": med["fused"] * 1e3,
+                       "two_op_ms": med["two_op"] * 1e3,
+                       "torch_ms": None if t_torch is None else t_torch * 1e3,
+                       "speedup_vs_two_op": med["two_op"] / med["fused"],
+                       "speedup_vs_torch": None if t_torch is None else t_torch / med["fused"]}
+                rows.append(row)
+                if verbose:
+                    tt = "-" if t_torch is None else f"{row['torch_ms']:.3f}"
+                    sp = "-" if t_torch is None else f"{row['speedup_vs_torch']:.2f}"
+                    print(f"{kind:<12} {layout:<6} {op:<8} {row['fused_ms']:>9.3f} "
+                          f"{row['two_op_ms']:>8.3f} {tt:>9} {row['speedup_vs_two_op']:>10.2f} "
+                          f"{sp:>11}", flush=True)
+    return {"meta": meta, "rows": rows}
+
+
+def fused_markdown(result) -> str:
+    return _markdown(result["rows"], [
+        ("op", lambda r: r["op"].replace("_", "+").replace("bn", "BN")),
+        ("shape", _shape_text), ("layout", lambda r: r["layout"]), ("pass", lambda r: r["pass"]),
+        ("fused ms", lambda r: _number(r["fused_ms"])),
+        ("two-op ms", lambda r: _number(r["two_op_ms"])),
+        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
+        ("two-op / fused", lambda r: _number(r["speedup_vs_two_op"], 2)),
+        ("PyTorch / fused", lambda r: _number(r["speedup_vs_torch"], 2))])
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -611,6 +754,8 @@ def main(argv=None) -> int:
                    help="only time 4 Python threads against serial calls (GIL release)")
     p.add_argument("--norms", action="store_true",
                    help="only the layer/group/instance/RMS norm suite against PyTorch")
+    p.add_argument("--fused", action="store_true",
+                   help="only the fused BN+ReLU / BN+add+ReLU suite against the two-op paths")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
@@ -621,6 +766,9 @@ def main(argv=None) -> int:
     if args.norms:
         result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
         table = norms_markdown
+    elif args.fused:
+        result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
+        table = fused_markdown
     elif args.scaling:
         result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
     else:

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from cybn import bench
 
 
@@ -36,3 +38,29 @@ def test_norm_suite_runs_and_reports(capsys):
     json.dumps(result)
     assert bench.norms_markdown(result).count("\n") == len(rows) + 1
     assert "instance" in capsys.readouterr().out
+
+
+def test_fused_suite_contenders_compute_the_same_thing(capsys):
+    suite = [((4, 8, 6, 6), "NCHW"), ((4, 6, 6, 8), "NHWC")]
+    result = bench.fused_suite(repeats=2, torch=False, suite=suite)
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 3
+    assert {(r["op"], r["pass"]) for r in rows} == {
+        (k, p) for k in ("bn_relu", "bn_add_relu") for p in ("train", "backward", "infer")}
+    for r in rows:
+        assert r["fused_ms"] > 0 and r["two_op_ms"] > 0 and r["torch_ms"] is None
+    json.dumps(result)
+    assert bench.fused_markdown(result).count("\n") == len(rows) + 1
+    assert "bn_add_relu" in capsys.readouterr().out
+    # the fused and the two-op contenders compute the same arrays (y, or dx)
+    rng = np.random.default_rng(0)
+    for shape, axis in (((4, 8, 6, 6), 1), ((4, 6, 6, 8), -1)):
+        x, r, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+        for kind in ("bn_relu", "bn_add_relu"):
+            for op in ("train", "infer", "backward"):
+                fns, (fused_out, two_op_out) = bench._fused_contenders(kind, op, x, r, dy,
+                                                                       axis, None)
+                fns["fused"]()
+                fns["two_op"]()
+                np.testing.assert_array_equal(fused_out, two_op_out)
+                assert fused_out.any()
