@@ -201,7 +201,7 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
     """y[r, j] = ep((x[r, j] - shift[c]) * scale[c] + offset[c]), c the channel of column j;
     res: the residual, x's layout (read when ep has EP_RESIDUAL). -1 if out of memory."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, i, c, item, rev, group, rows_per_item, r0
+    cdef Py_ssize_t W, i, c, item, rev, group, rows_per_item, r0, e0
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
@@ -218,8 +218,10 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
             ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
-            cybn_f32_flat_affine_ep(x, y, rev * ELEMENT_ITEM, min(n, (rev + 1) * ELEMENT_ITEM),
-                                    W, ft, ft + W + 8, ft + 2 * (W + 8), streaming, res, ep)
+            e0 = rev * ELEMENT_ITEM
+            cybn_f32_flat_affine_ep(x + e0, y + e0, min(n, e0 + ELEMENT_ITEM) - e0, e0 % W, W,
+                                    ft, ft + W + 8, ft + 2 * (W + 8), streaming,
+                                    res + e0 if ep & EP_RESIDUAL else NULL, ep)
             if streaming:
                 cybn_store_fence()
         free(ft)

@@ -69,11 +69,9 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_f32_rows_grad_sums(const float* g, const float* x, Py_ssize_t nr, Py_ssize_t L,
                                  const float* hi, const float* lo, double* sum_dy,
                                  double* sum_dy_xmu, float* scratch)
-    void cybn_f32_flat_affine(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
-                              Py_ssize_t W, const float* hi, const float* scale,
-                              const float* offset, int nt)
-    void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t e0,
-                                  Py_ssize_t e1, Py_ssize_t W, const float* hi,
+    # the flat functions: n elements from the pointers given, the first at tile index k0
+    void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                  Py_ssize_t k0, Py_ssize_t W, const float* hi,
                                   const float* k1, const float* k2, const float* k3, int nt)
     # fused ReLU / residual (see simd_f32.h)
     enum:
@@ -81,19 +79,19 @@ cdef extern from "simd_f32.h" nogil:
         EP_RELU "CYBN_EP_RELU"
     void cybn_f32_affine_ep(const float* x, float* y, Py_ssize_t n, float mh, float scale,
                             float offset, int nt, const float* r, int ep)
-    void cybn_f32_flat_affine_ep(const float* x, float* y, Py_ssize_t e0, Py_ssize_t e1,
+    void cybn_f32_flat_affine_ep(const float* x, float* y, Py_ssize_t n, Py_ssize_t k0,
                                  Py_ssize_t W, const float* hi, const float* scale,
                                  const float* offset, int nt, const float* r, int ep)
     void cybn_f32_relu_mask(const float* dy, const float* x, const float* r, float* g,
                             Py_ssize_t n, float mh, float s, float o, int ep)
     void cybn_f32_flat_relu_mask(const float* dy, const float* x, const float* r, float* g,
-                                 Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t W, const float* hi,
+                                 Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* hi,
                                  const float* s, const float* o, int ep)
     void cybn_f32_relu_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
                                   float mh, float k1, float k2, float k3, int nt, float s,
                                   float o)
     void cybn_f32_flat_relu_grad_apply(const float* g, const float* x, float* dx,
-                                       Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t W,
+                                       Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W,
                                        const float* hi, const float* k1, const float* k2,
                                        const float* k3, int nt, const float* s, const float* o)
 

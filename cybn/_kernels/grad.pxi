@@ -371,8 +371,9 @@ cdef inline void row_relu_mask(const floating* dy, const floating* x, const floa
     cdef Py_ssize_t r, j, e
     cdef double v
     if floating is float:
-        cybn_f32_flat_relu_mask(dy, x, res, g, r0 * L, (r0 + nrows) * L, W, ftile,
-                                ftile + W + 8, ftile + 2 * (W + 8), ep)
+        cybn_f32_flat_relu_mask(dy + r0 * L, x + r0 * L, res + r0 * L if ep & EP_RESIDUAL else NULL,
+                                g, nrows * L, (r0 * L) % W, W, ftile, ftile + W + 8,
+                                ftile + 2 * (W + 8), ep)
     else:
         for r in range(nrows):
             for j in range(L):
@@ -487,7 +488,7 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
     fscale and foffset (the forward's per-channel scale and offset), dy is masked by the
     forward's ReLU."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, P, i, c, item, rev, group, rows_per_item, r0
+    cdef Py_ssize_t W, P, i, c, item, e0, group, rows_per_item, r0
     cdef bint relu = fscale != NULL
     cdef float hi, lo
     cdef float* ft
@@ -509,16 +510,15 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
                 ft[4 * P + i] = <float>fscale[c]
                 ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
-            rev = nitems - 1 - item  # last-read rows first: they are still in the cache
+            e0 = (nitems - 1 - item) * ELEMENT_ITEM  # last-read rows first (still cached)
             if relu:
-                cybn_f32_flat_relu_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
-                                              min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
-                                              ft + 2 * P, ft + 3 * P, streaming, ft + 4 * P,
-                                              ft + 5 * P)
+                cybn_f32_flat_relu_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
+                                              e0 % W, W, ft, ft + P, ft + 2 * P, ft + 3 * P,
+                                              streaming, ft + 4 * P, ft + 5 * P)
             else:
-                cybn_f32_flat_grad_apply(dy, x, dx, rev * ELEMENT_ITEM,
-                                         min(n, (rev + 1) * ELEMENT_ITEM), W, ft, ft + P,
-                                         ft + 2 * P, ft + 3 * P, streaming)
+                cybn_f32_flat_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
+                                         e0 % W, W, ft, ft + P, ft + 2 * P, ft + 3 * P,
+                                         streaming)
             if streaming:
                 cybn_store_fence()
         free(ft)

@@ -545,14 +545,14 @@ static inline void cybn_f32_rows_grad_sums(const float* g, const float* x, ptrdi
     }
 }
 
-/* Elements [e0, e1) of a row-major array whose per-column constants repeat with period W
- * (a multiple of the row length and of 8; the constant arrays hold W + 8 values, so 8
- * consecutive elements always read 8 consecutive constants):
- * y = ep((x - hi[k]) * scale[k] + offset[k]), k = e % W, r indexed as x. */
-CYBN_INLINE void cybn_f32_flat_affine_impl(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
+/* n elements of a row-major array whose per-column constants repeat with period W (a
+ * multiple of the row length and of 8; the constant arrays hold W + 8 values, so 8
+ * consecutive elements always read 8 consecutive constants), the first at constant index k0:
+ * y[e] = ep((x[e] - hi[k]) * scale[k] + offset[k]), k = (k0 + e) % W, r indexed as x. */
+CYBN_INLINE void cybn_f32_flat_affine_impl(const float* x, float* y, ptrdiff_t n, ptrdiff_t k0,
                                            ptrdiff_t W, const float* hi, const float* scale,
                                            const float* offset, int nt, const float* r, int ep) {
-    ptrdiff_t e = e0, k = e0 % W;
+    ptrdiff_t e = 0, e1 = n, k = k0;
 #define CYBN_AFF8(v, k, i) \
     cybn_ep8(((v) - cybn_ld8(hi + (k))) * cybn_ld8(scale + (k)) + cybn_ld8(offset + (k)), r, (i), ep)
     if (nt) {
@@ -595,38 +595,32 @@ CYBN_INLINE void cybn_f32_flat_affine_impl(const float* x, float* y, ptrdiff_t e
     }
 }
 
-static inline void cybn_f32_flat_affine(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
-                                        ptrdiff_t W, const float* hi, const float* scale,
-                                        const float* offset, int nt) {
-    cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, NULL, 0);
-}
-
-static inline void cybn_f32_flat_affine_ep(const float* x, float* y, ptrdiff_t e0, ptrdiff_t e1,
+static inline void cybn_f32_flat_affine_ep(const float* x, float* y, ptrdiff_t n, ptrdiff_t k0,
                                            ptrdiff_t W, const float* hi, const float* scale,
                                            const float* offset, int nt, const float* r, int ep) {
     switch (ep) {
     case CYBN_EP_RELU:
-        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, CYBN_EP_RELU);
+        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, CYBN_EP_RELU);
         break;
     case CYBN_EP_RESIDUAL:
-        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, CYBN_EP_RESIDUAL);
+        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, CYBN_EP_RESIDUAL);
         break;
     case CYBN_EP_RESIDUAL | CYBN_EP_RELU:
-        cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r,
+        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r,
                                   CYBN_EP_RESIDUAL | CYBN_EP_RELU);
         break;
-    default: cybn_f32_flat_affine_impl(x, y, e0, e1, W, hi, scale, offset, nt, r, 0);
+    default: cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, 0);
     }
 }
 
-/* dx = k1[k] * g + k2[k] * (x - hi[k]) + k3[k] over elements [e0, e1), constants as above;
+/* dx = k1[k] * g + k2[k] * (x - hi[k]) + k3[k] over n elements, constants as above;
  * g = dy, or with relu != 0 dy masked where (x - hi[k]) * s[k] + o[k] <= 0. */
 CYBN_INLINE void cybn_f32_flat_grad_apply_impl(const float* g, const float* x, float* dx,
-                                               ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                               ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                                const float* hi, const float* k1, const float* k2,
                                                const float* k3, int nt, const float* s,
                                                const float* o, int relu) {
-    ptrdiff_t e = e0, k = e0 % W;
+    ptrdiff_t e = 0, e1 = n, k = k0;
 #define CYBN_GA8(gv, xv, k) __extension__({ \
         cybn_v8f m_ = (xv) - cybn_ld8(hi + (k)); \
         cybn_v8f g_ = relu ? cybn_keep8((gv), m_ * cybn_ld8(s + (k)) + cybn_ld8(o + (k))) : (gv); \
@@ -670,48 +664,48 @@ CYBN_INLINE void cybn_f32_flat_grad_apply_impl(const float* g, const float* x, f
 }
 
 static inline void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx,
-                                            ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                            ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                             const float* hi, const float* k1, const float* k2,
                                             const float* k3, int nt) {
-    cybn_f32_flat_grad_apply_impl(g, x, dx, e0, e1, W, hi, k1, k2, k3, nt, NULL, NULL, 0);
+    cybn_f32_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, NULL, NULL, 0);
 }
 
 static inline void cybn_f32_flat_relu_grad_apply(const float* g, const float* x, float* dx,
-                                                 ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                                 ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                                  const float* hi, const float* k1,
                                                  const float* k2, const float* k3, int nt,
                                                  const float* s, const float* o) {
-    cybn_f32_flat_grad_apply_impl(g, x, dx, e0, e1, W, hi, k1, k2, k3, nt, s, o, 1);
+    cybn_f32_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, s, o, 1);
 }
 
-/* g[e - e0] = dy[e] where the forward's ReLU passed, else 0, over elements [e0, e1) with the
- * tiled constants above; the residual r (ep's RESIDUAL bit) indexed as x. */
+/* g = dy where the forward's ReLU passed, else 0, over n elements with the tiled constants
+ * above (the first at index k0); the residual r (ep's RESIDUAL bit) indexed as x. */
 CYBN_INLINE void cybn_f32_flat_relu_mask_impl(const float* dy, const float* x, const float* r,
-                                              float* g, ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                              float* g, ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                               const float* hi, const float* s, const float* o,
                                               int ep) {
-    ptrdiff_t e = e0, k = e0 % W;
-    for (; e + 8 <= e1; e += 8) {
+    ptrdiff_t e = 0, k = k0;
+    for (; e + 8 <= n; e += 8) {
         cybn_v8f m = cybn_ld8(x + e) - cybn_ld8(hi + k);
-        cybn_st8(g + (e - e0),
+        cybn_st8(g + e,
                  cybn_keep8(cybn_ld8(dy + e), cybn_pre8(m, cybn_ld8(s + k), cybn_ld8(o + k), r, e, ep)));
         k += 8;
         if (k >= W) k -= W;
     }
-    for (; e < e1; e++) {
-        g[e - e0] = cybn_keep1(dy[e], cybn_pre1(x[e] - hi[k], s[k], o[k], r, e, ep));
+    for (; e < n; e++) {
+        g[e] = cybn_keep1(dy[e], cybn_pre1(x[e] - hi[k], s[k], o[k], r, e, ep));
         if (++k == W) k = 0;
     }
 }
 
 static inline void cybn_f32_flat_relu_mask(const float* dy, const float* x, const float* r,
-                                           float* g, ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t W,
+                                           float* g, ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                            const float* hi, const float* s, const float* o,
                                            int ep) {
     if (ep & CYBN_EP_RESIDUAL)
-        cybn_f32_flat_relu_mask_impl(dy, x, r, g, e0, e1, W, hi, s, o, CYBN_EP_RESIDUAL);
+        cybn_f32_flat_relu_mask_impl(dy, x, r, g, n, k0, W, hi, s, o, CYBN_EP_RESIDUAL);
     else
-        cybn_f32_flat_relu_mask_impl(dy, x, r, g, e0, e1, W, hi, s, o, 0);
+        cybn_f32_flat_relu_mask_impl(dy, x, r, g, n, k0, W, hi, s, o, 0);
 }
 
 #endif
