@@ -17,6 +17,7 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 TooHardError = getattr(np, "exceptions", np).TooHardError  # np.exceptions from NumPy 1.25
 SUPPORTED = "float32 or float64"
+HALF_SUPPORTED = "float32, float64, float16 or bfloat16"
 
 # Plane family below this many elements per (sample, channel) run turns into the row family,
 # except for arrays below SMALL_SIZE elements, which skip the row family's column set-up.
@@ -38,12 +39,38 @@ def reject_masked(v, name: str) -> None:
                         f"{name}.filled(value) or {name}.compressed() explicitly")
 
 
-def check_float_dtype(v: np.ndarray, name: str) -> None:
-    """TypeError unless v is float32 or float64, with a conversion hint for numbers."""
-    if v.dtype not in FLOAT_DTYPES:
-        hint = (" (convert it with .astype(np.float32) or .astype(np.float64))"
-                if v.dtype.kind in "biuf" else "")
-        raise TypeError(f"{name} must have dtype {SUPPORTED}, got {v.dtype}{hint}")
+def is_half(dtype) -> bool:
+    """float16 or bfloat16 (ml_dtypes' type, recognized by name without importing it)."""
+    dtype = np.dtype(dtype)
+    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+
+
+def resolve_dtype(spec) -> np.dtype:
+    """A dtype from a name or type; "bfloat16" imports ml_dtypes (an optional dependency)."""
+    if isinstance(spec, str) and spec == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ImportError("bfloat16 needs the ml_dtypes package: pip install ml_dtypes "
+                              "(or cybn[half])") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(spec)
+
+
+def check_float_dtype(v: np.ndarray, name: str, half: bool = False) -> None:
+    """TypeError unless v is float32 or float64 (or, with ``half``, float16 or bfloat16),
+    with a conversion hint for numbers."""
+    if v.dtype in FLOAT_DTYPES or (half and is_half(v.dtype)):
+        return
+    supported = HALF_SUPPORTED if half else SUPPORTED
+    if is_half(v.dtype):
+        hint = (" (half-precision storage is accepted by the batch norm ops; convert it with "
+                ".astype(np.float32) here)")
+    elif v.dtype.kind in "biuf":
+        hint = " (convert it with .astype(np.float32) or .astype(np.float64))"
+    else:
+        hint = ""
+    raise TypeError(f"{name} must have dtype {supported}, got {v.dtype}{hint}")
 
 
 def check_bool(value, name: str) -> bool:
@@ -53,11 +80,12 @@ def check_bool(value, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {describe(value)}")
 
 
-def as_data(x, name: str, min_ndim: int = 2) -> np.ndarray:
+def as_data(x, name: str, min_ndim: int = 2, half: bool = False) -> np.ndarray:
     """Return ``x`` as a float32 or float64 array of at least ``min_ndim`` dimensions.
 
-    NumPy arrays must already be float32 or float64 (TypeError otherwise). Other array-likes
-    (lists, tuples) are converted, numbers becoming float64.
+    NumPy arrays must already be float32 or float64, or with ``half`` also float16 or
+    bfloat16 (TypeError otherwise). Other array-likes (lists, tuples) are converted, numbers
+    becoming float64.
     """
     reject_masked(x, name)
     if not isinstance(x, np.ndarray):
@@ -70,7 +98,7 @@ def as_data(x, name: str, min_ndim: int = 2) -> np.ndarray:
         if arr.dtype.kind in "biu":
             arr = arr.astype(np.float64)
         x = arr
-    check_float_dtype(x, name)
+    check_float_dtype(x, name, half)
     if x.ndim < min_ndim:
         what = " (batch and channel)" if min_ndim == 2 else ""
         raise ValueError(f"{name} must have at least {min_ndim} dimensions{what}, "

@@ -8,8 +8,11 @@ unsupported or missing choice raises ImportError). Every variant gives bitwise i
 results; only speed differs.
 """
 
+import functools
 import importlib
 import os
+import sys
+import types
 
 # The CPU features each variant needs, as NumPy names them.
 REQUIRED_FEATURES = {
@@ -103,3 +106,21 @@ depthwise_forward = _impl.depthwise_forward
 depthwise_backward = _impl.depthwise_backward
 depthwise_forward_planes = _impl.depthwise_forward_planes
 depthwise_backward_planes = _impl.depthwise_backward_planes
+half_from_float = _impl.half_from_float
+half_to_float = _impl.half_to_float
+
+# The batch norm kernels for half-precision storage: the same names and arguments as the
+# float32/float64 ones above, data passed as its 16-bit words (uint16 views).
+HALF_KERNELS = ("plane_moments", "row_moments", "plane_infer", "row_infer",
+                "plane_train_forward", "row_train_forward", "plane_backward", "row_backward")
+HALF_KINDS = {"float16": 0, "bfloat16": 1}
+_HALF_SETS = {
+    name: types.SimpleNamespace(**{f: functools.partial(getattr(_impl, f + "_half"), kind=kind)
+                                   for f in HALF_KERNELS})
+    for name, kind in HALF_KINDS.items()}
+
+
+def for_dtype(dtype):
+    """The batch norm kernels for data of ``dtype``: this module for float32 and float64,
+    the half-precision set for float16 and bfloat16."""
+    return _HALF_SETS[dtype.name] if dtype.itemsize == 2 else sys.modules[__name__]

@@ -35,32 +35,49 @@ cdef inline void block_affine_ep(const double* x, double* y, Py_ssize_t n, doubl
         y[i] = epilogue((x[i] - shift) * scale + offset, r, i, ep)
 
 
-cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, double shift,
-                            double scale, double offset, int streaming, const floating* r=NULL,
+cdef inline void run_affine(const storage* x, storage* y, Py_ssize_t n, double shift,
+                            double scale, double offset, int streaming, const storage* r=NULL,
                             int ep=0) noexcept nogil:
-    """y = ep((x - shift) * scale + offset); float32: (x - hi) * scale + (offset - lo * scale).
-    r: the residual run (read when ep has EP_RESIDUAL)."""
+    """y = ep((x - shift) * scale + offset); float32: (x - hi) * scale + (offset - lo * scale);
+    half-precision: the float32 arithmetic on runs converted into scratch. r: the residual run
+    (read when ep has EP_RESIDUAL)."""
     cdef float hi, lo
-    if floating is float:
+    cdef float xb[HALF_RUN]
+    cdef float rb[HALF_RUN]
+    cdef Py_ssize_t i, m
+    if storage is float:
         cybn_split(shift, &hi, &lo)
         cybn_f32_affine_ep(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
                            streaming, r, ep)
         if streaming:
             cybn_store_fence()
-    elif ep:
-        block_affine_ep(x, y, n, shift, scale, offset, r, ep)
+    elif storage is double:
+        if ep:
+            block_affine_ep(x, y, n, shift, scale, offset, r, ep)
+        else:
+            block_affine(x, y, n, shift, scale, offset)
     else:
-        block_affine(x, y, n, shift, scale, offset)
+        cybn_split(shift, &hi, &lo)
+        i = 0
+        while i < n:
+            m = min(<Py_ssize_t>HALF_RUN, n - i)
+            half_load(x + i, xb, m)
+            if ep & EP_RESIDUAL:
+                half_load(r + i, rb, m)
+            cybn_f32_affine_ep(xb, xb, m, hi, <float>scale,
+                               <float>(offset - <double>lo * scale), 0, rb, ep)
+            half_store(xb, y + i, m)
+            i += m
 
 
 # ---------------------------------------------------------------------------------------
 # Plane family.
 # ---------------------------------------------------------------------------------------
 
-cdef inline void plane_affine_core(const floating* x, floating* y, Py_ssize_t outer,
+cdef inline void plane_affine_core(const storage* x, storage* y, Py_ssize_t outer,
                                    Py_ssize_t C, Py_ssize_t inner, const double* shift,
                                    const double* scale, const double* offset, int streaming,
-                                   int num_threads, const floating* r=NULL,
+                                   int num_threads, const storage* r=NULL,
                                    int ep=0) noexcept nogil:
     """y = ep((x - shift[c]) * scale[c] + offset[c]), work items of one block each; r: the
     residual, x's layout (read when ep has EP_RESIDUAL)."""
@@ -91,6 +108,80 @@ def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), none
                           &residual[0, 0, 0], ep)
 
 
+def plane_infer_half(const unsigned short[:, :, ::1] x, const double[::1] shift,
+                     const double[::1] scale, const double[::1] offset,
+                     unsigned short[:, :, ::1] y, const unsigned short[:, :, ::1] residual,
+                     int ep, bint streaming, int num_threads,
+                     int kind):                    # HALF_F16 or HALF_BF16
+    """plane_infer of float16 or bfloat16 data (16-bit words)."""
+    with nogil:
+        if kind == HALF_F16:
+            plane_affine_core(<const cybn_f16*>&x[0, 0, 0], <cybn_f16*>&y[0, 0, 0], x.shape[0],
+                              x.shape[1], x.shape[2], &shift[0], &scale[0], &offset[0],
+                              streaming, num_threads, <const cybn_f16*>&residual[0, 0, 0], ep)
+        else:
+            plane_affine_core(<const cybn_bf16*>&x[0, 0, 0], <cybn_bf16*>&y[0, 0, 0],
+                              x.shape[0], x.shape[1], x.shape[2], &shift[0], &scale[0],
+                              &offset[0], streaming, num_threads,
+                              <const cybn_bf16*>&residual[0, 0, 0], ep)
+
+
+cdef inline int plane_train_forward_core(const storage* xp, storage* yp, const storage* rp,
+                                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                         const double* weight, const double* bias, double eps,
+                                         int ep, double* mean, double* var, double* invstd,
+                                         Py_ssize_t group, int streaming,
+                                         int num_threads) noexcept nogil:
+    """Training forward: batch statistics, then y = ep((x - mean) * weight * invstd + bias);
+    -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
+    cdef double count = <double>outer * <double>inner
+    cdef double* part = <double*>malloc((3 * nq * C + C) * sizeof(double))
+    cdef double* scale
+    if part == NULL:
+        return -1
+    scale = part + 3 * nq * C
+    if group <= 0:
+        for c in prange(C, schedule='dynamic', num_threads=num_threads):
+            for qi in range(nq):
+                plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                    chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+            plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
+            train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c], &scale[c])
+            for o in range(outer):
+                off = (o * C + c) * inner
+                run_affine(xp + off, yp + off, inner, mean[c], scale[c], bias[c], streaming,
+                           rp + off, ep)
+    else:
+        for gi in range((C + group - 1) // group):
+            c0 = gi * group
+            gc = min(group, C - c0)
+            for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                qi = item // gc
+                c = c0 + item % gc
+                plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                    chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
+            for c in range(c0, c0 + gc):
+                plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
+                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
+                                   &scale[c])
+            for item in prange(outer * gc * nblocks, schedule='static',
+                               num_threads=num_threads):
+                plane = item // nblocks
+                o = plane // gc
+                c = c0 + plane % gc
+                start = (item % nblocks) * PLANE_BLOCK
+                off = (o * C + c) * inner + start
+                run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
+                           mean[c], scale[c], bias[c], streaming, rp + off, ep)
+    free(part)
+    return 0
+
+
 def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
                         const double[::1] weight,      # IN  (C,)
                         const double[::1] bias,        # IN  (C,)
@@ -105,57 +196,39 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         bint streaming,
                         int num_threads):
     """Training forward: batch statistics, then y = ep((x - mean) * weight * invstd + bias)."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
-    cdef Py_ssize_t Q = blocks.count
-    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
-    cdef double count = <double>outer * <double>inner
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0]
-    cdef const floating* rp = &residual[0, 0, 0]
-    cdef double* part = <double*>malloc((3 * nq * C + C) * sizeof(double))
-    cdef double* scale
-    if part == NULL:
-        raise MemoryError("cybn: out of memory for reduction scratch")
-    scale = part + 3 * nq * C
+    cdef int status
     with nogil:
-        if group <= 0:
-            for c in prange(C, schedule='dynamic', num_threads=num_threads):
-                for qi in range(nq):
-                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
-                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
-                plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
-                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
-                                   &scale[c])
-                for o in range(outer):
-                    off = (o * C + c) * inner
-                    run_affine(xp + off, yp + off, inner, mean[c], scale[c], bias[c],
-                               streaming, rp + off, ep)
+        status = plane_train_forward_core(&x[0, 0, 0], &y[0, 0, 0], &residual[0, 0, 0],
+                                          x.shape[0], x.shape[1], x.shape[2], &weight[0],
+                                          &bias[0], eps, ep, &mean[0], &var[0], &invstd[0],
+                                          group, streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def plane_train_forward_half(const unsigned short[:, :, ::1] x, const double[::1] weight,
+                             const double[::1] bias, double eps, unsigned short[:, :, ::1] y,
+                             const unsigned short[:, :, ::1] residual, int ep,
+                             double[::1] mean, double[::1] var, double[::1] invstd,
+                             Py_ssize_t group, bint streaming, int num_threads,
+                             int kind):        # HALF_F16 or HALF_BF16
+    """plane_train_forward of float16 or bfloat16 data (16-bit words)."""
+    cdef int status
+    with nogil:
+        if kind == HALF_F16:
+            status = plane_train_forward_core(
+                <const cybn_f16*>&x[0, 0, 0], <cybn_f16*>&y[0, 0, 0],
+                <const cybn_f16*>&residual[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                &weight[0], &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], group, streaming,
+                num_threads)
         else:
-            for gi in range((C + group - 1) // group):
-                c0 = gi * group
-                gc = min(group, C - c0)
-                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
-                    qi = item // gc
-                    c = c0 + item % gc
-                    plane_chunk_moments(xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
-                                        chunk_start(Q, nq, qi + 1), c, part + 3 * (c * nq + qi))
-                for c in range(c0, c0 + gc):
-                    plane_finish_moments(part + 3 * c * nq, nq, &mean[c], &var[c])
-                    train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
-                                       &scale[c])
-                for item in prange(outer * gc * nblocks, schedule='static',
-                                   num_threads=num_threads):
-                    plane = item // nblocks
-                    o = plane // gc
-                    c = c0 + plane % gc
-                    start = (item % nblocks) * PLANE_BLOCK
-                    off = (o * C + c) * inner + start
-                    run_affine(xp + off, yp + off, min(<Py_ssize_t>PLANE_BLOCK, inner - start),
-                               mean[c], scale[c], bias[c], streaming, rp + off, ep)
-    free(part)
+            status = plane_train_forward_core(
+                <const cybn_bf16*>&x[0, 0, 0], <cybn_bf16*>&y[0, 0, 0],
+                <const cybn_bf16*>&residual[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                &weight[0], &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], group, streaming,
+                num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,10 +266,28 @@ cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nro
             y[r * L + i] = <floating>((<double>x[r * L + i] - shift[i]) * scale[i] + offset[i])
 
 
-cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t L,
+cdef inline void row_half_affine(const storage* x, storage* y, Py_ssize_t n, Py_ssize_t k0,
+                                 Py_ssize_t W, const float* ft, const storage* res,
+                                 int ep) noexcept nogil:
+    """The float32 flat affine pass over n half-precision elements, in converted runs."""
+    cdef float xb[HALF_RUN]
+    cdef float rb[HALF_RUN]
+    cdef Py_ssize_t i = 0, m
+    while i < n:
+        m = min(<Py_ssize_t>HALF_RUN, n - i)
+        half_load(x + i, xb, m)
+        if ep & EP_RESIDUAL:
+            half_load(res + i, rb, m)
+        cybn_f32_flat_affine_ep(xb, xb, m, (k0 + i) % W, W, ft, ft + W + 8, ft + 2 * (W + 8), 0,
+                                rb, ep)
+        half_store(xb, y + i, m)
+        i += m
+
+
+cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_ssize_t L,
                                 Py_ssize_t C, Py_ssize_t inner, const double* shift,
                                 const double* scale, const double* offset, int streaming,
-                                int num_threads, const floating* res=NULL,
+                                int num_threads, const storage* res=NULL,
                                 int ep=0) noexcept nogil:
     """y[r, j] = ep((x[r, j] - shift[c]) * scale[c] + offset[c]), c the channel of column j;
     res: the residual, x's layout (read when ep has EP_RESIDUAL). -1 if out of memory."""
@@ -205,7 +296,7 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
-    if floating is float:
+    if storage is not double:
         W = tile_period(L)
         ft = <float*>malloc(3 * (W + 8) * sizeof(float))
         if ft == NULL:
@@ -219,11 +310,15 @@ cdef inline int row_affine_core(const floating* x, floating* y, Py_ssize_t R, Py
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
             e0 = rev * ELEMENT_ITEM
-            cybn_f32_flat_affine_ep(x + e0, y + e0, min(n, e0 + ELEMENT_ITEM) - e0, e0 % W, W,
-                                    ft, ft + W + 8, ft + 2 * (W + 8), streaming,
-                                    res + e0 if ep & EP_RESIDUAL else NULL, ep)
-            if streaming:
-                cybn_store_fence()
+            if storage is float:
+                cybn_f32_flat_affine_ep(x + e0, y + e0, min(n, e0 + ELEMENT_ITEM) - e0, e0 % W,
+                                        W, ft, ft + W + 8, ft + 2 * (W + 8), streaming,
+                                        res + e0 if ep & EP_RESIDUAL else NULL, ep)
+                if streaming:
+                    cybn_store_fence()
+            else:
+                row_half_affine(x + e0, y + e0, min(n, e0 + ELEMENT_ITEM) - e0, e0 % W, W, ft,
+                                res + e0 if ep & EP_RESIDUAL else NULL, ep)
         free(ft)
     else:
         group = row_group(L)
@@ -266,6 +361,52 @@ def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
         raise MemoryError("cybn: out of memory for kernel scratch")
 
 
+def row_infer_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
+                   const double[::1] shift, const double[::1] scale, const double[::1] offset,
+                   unsigned short[:, ::1] y, const unsigned short[:, ::1] residual, int ep,
+                   bint streaming, int num_threads,
+                   int kind):                    # HALF_F16 or HALF_BF16
+    """row_infer of float16 or bfloat16 data (16-bit words)."""
+    cdef int status
+    with nogil:
+        if kind == HALF_F16:
+            status = row_affine_core(<const cybn_f16*>&x[0, 0], <cybn_f16*>&y[0, 0], x.shape[0],
+                                     x.shape[1], C, inner, &shift[0], &scale[0], &offset[0],
+                                     streaming, num_threads, <const cybn_f16*>&residual[0, 0],
+                                     ep)
+        else:
+            status = row_affine_core(<const cybn_bf16*>&x[0, 0], <cybn_bf16*>&y[0, 0],
+                                     x.shape[0], x.shape[1], C, inner, &shift[0], &scale[0],
+                                     &offset[0], streaming, num_threads,
+                                     <const cybn_bf16*>&residual[0, 0], ep)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+cdef inline int row_train_forward_core(const storage* x, storage* y, const storage* res,
+                                       Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
+                                       Py_ssize_t inner, const double* weight,
+                                       const double* bias, double eps, int ep, double* mean,
+                                       double* var, double* invstd, int streaming,
+                                       int num_threads) noexcept nogil:
+    """Training forward over a row-family view: statistics, then the elementwise pass; -1 if
+    out of memory."""
+    cdef Py_ssize_t c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* scale = <double*>malloc(C * sizeof(double))
+    if scale == NULL:
+        return -1
+    status = row_moments_core(x, R, L, C, inner, mean, var, num_threads)
+    if status == 0:
+        for c in range(C):
+            train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c], &scale[c])
+        status = row_affine_core(x, y, R, L, C, inner, mean, scale, bias, streaming,
+                                 num_threads, res, ep)
+    free(scale)
+    return status
+
+
 def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
                       Py_ssize_t C, Py_ssize_t inner,
                       const double[::1] weight,   # IN  (C,)
@@ -280,21 +421,34 @@ def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
                       bint streaming,
                       int num_threads):
     """Training forward over a row-family view: statistics, then the elementwise pass."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
-    cdef double count = <double>(R * (L // C))
     cdef int status
-    cdef double* scale = <double*>malloc(C * sizeof(double))
-    if scale == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
     with nogil:
-        status = row_moments_core(&x[0, 0], R, L, C, inner, &mean[0], &var[0], num_threads)
-        if status == 0:
-            for c in range(C):
-                train_coefficients(count, var[c], eps, weight[c], &var[c], &invstd[c],
-                                   &scale[c])
-            status = row_affine_core(&x[0, 0], &y[0, 0], R, L, C, inner, &mean[0], scale,
-                                     &bias[0], streaming, num_threads, &residual[0, 0], ep)
-    free(scale)
+        status = row_train_forward_core(&x[0, 0], &y[0, 0], &residual[0, 0], x.shape[0],
+                                        x.shape[1], C, inner, &weight[0], &bias[0], eps, ep,
+                                        &mean[0], &var[0], &invstd[0], streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+def row_train_forward_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
+                           const double[::1] weight, const double[::1] bias, double eps,
+                           unsigned short[:, ::1] y, const unsigned short[:, ::1] residual,
+                           int ep, double[::1] mean, double[::1] var, double[::1] invstd,
+                           bint streaming, int num_threads,
+                           int kind):            # HALF_F16 or HALF_BF16
+    """row_train_forward of float16 or bfloat16 data (16-bit words)."""
+    cdef int status
+    with nogil:
+        if kind == HALF_F16:
+            status = row_train_forward_core(
+                <const cybn_f16*>&x[0, 0], <cybn_f16*>&y[0, 0], <const cybn_f16*>&residual[0, 0],
+                x.shape[0], x.shape[1], C, inner, &weight[0], &bias[0], eps, ep, &mean[0],
+                &var[0], &invstd[0], streaming, num_threads)
+        else:
+            status = row_train_forward_core(
+                <const cybn_bf16*>&x[0, 0], <cybn_bf16*>&y[0, 0],
+                <const cybn_bf16*>&residual[0, 0], x.shape[0], x.shape[1], C, inner, &weight[0],
+                &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], streaming, num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")
 

@@ -95,6 +95,63 @@ cdef extern from "simd_f32.h" nogil:
                                        const float* hi, const float* k1, const float* k2,
                                        const float* k3, int nt, const float* s, const float* o)
 
+cdef extern from "half.h" nogil:
+    # half-precision storage: 16-bit words, converted to float32 for the work (half.h)
+    ctypedef struct cybn_f16:
+        unsigned short bits
+    ctypedef struct cybn_bf16:
+        unsigned short bits
+    enum:
+        HALF_F16 "CYBN_HALF_F16"
+        HALF_BF16 "CYBN_HALF_BF16"
+    void cybn_half_load(const void* src, float* dst, Py_ssize_t n, int kind)
+    void cybn_half_store(const float* src, void* dst, Py_ssize_t n, int kind)
+
+# The element types of the batch norm kernels: float32 and float64 data worked on directly,
+# float16 and bfloat16 data converted run by run into float32 scratch.
+ctypedef fused storage:
+    float
+    double
+    cybn_f16
+    cybn_bf16
+
+
+cdef inline void half_load(const storage* src, float* dst, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = src[0:n] as float32 (half-precision storage only)."""
+    if storage is cybn_f16:
+        cybn_half_load(src, dst, n, HALF_F16)
+    elif storage is cybn_bf16:
+        cybn_half_load(src, dst, n, HALF_BF16)
+
+
+cdef inline void half_store(const float* src, storage* dst, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = src[0:n] rounded to nearest even (half-precision storage only)."""
+    if storage is cybn_f16:
+        cybn_half_store(src, dst, n, HALF_F16)
+    elif storage is cybn_bf16:
+        cybn_half_store(src, dst, n, HALF_BF16)
+
+
+def half_from_float(const float[::1] src,         # IN  (n,)
+                    unsigned short[::1] dst,      # OUT (n,) float16 (kind 0) or bfloat16 words
+                    int kind):
+    """The kernels' float32 -> half conversion (for tests)."""
+    if src.shape[0]:
+        cybn_half_store(&src[0], &dst[0], src.shape[0], kind)
+
+
+def half_to_float(const unsigned short[::1] src,  # IN  (n,) float16 (kind 0) or bfloat16 words
+                  float[::1] dst,                 # OUT (n,)
+                  int kind):
+    """The kernels' half -> float32 conversion (for tests)."""
+    if src.shape[0]:
+        cybn_half_load(&src[0], &dst[0], src.shape[0], kind)
+
+
+cdef enum:
+    HALF_RUN = 1024       # elements per float32 scratch run of half-precision data
+
+
 cdef enum:
     LANES = 16            # independent accumulators in a double block reduction
     PLANE_BLOCK = 4096    # elements per reduction block in the plane family (fits L1)

@@ -63,43 +63,66 @@ cdef inline void grad_coefficients(double count, double sum_dy, double sum_dy_xm
         k3[0] = 0.0
 
 
-cdef inline void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+cdef inline void run_grad_sums(const storage* dy, const storage* x, Py_ssize_t n,
                                Py_ssize_t nplanes, Py_ssize_t stride, double mean,
                                double* sum_dy, double* sum_dy_xmu,
                                Py_ssize_t gstride=-1) noexcept nogil:
     """sum(dy), sum(dy * (x - mean)) of one block: nplanes runs of n, x's stride apart and
-    dy's gstride apart (default: stride)."""
+    dy's gstride apart (default: stride); half-precision: n * nplanes <= PLANE_BLOCK,
+    converted into float32 scratch."""
     cdef float hi, lo
     cdef double a, b
     cdef Py_ssize_t k
+    cdef float gb[PLANE_BLOCK]
+    cdef float xb[PLANE_BLOCK]
     if gstride < 0:
         gstride = stride
-    if floating is float:
+    if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_block_grad_sums(dy, x, n, nplanes, stride, gstride, hi, lo, sum_dy,
                                  sum_dy_xmu)
-    else:
+    elif storage is double:
         sum_dy[0] = 0.0
         sum_dy_xmu[0] = 0.0
         for k in range(nplanes):
             block_grad_sums(dy + k * gstride, x + k * stride, n, mean, &a, &b)
             sum_dy[0] = sum_dy[0] + a
             sum_dy_xmu[0] = sum_dy_xmu[0] + b
+    else:
+        for k in range(nplanes):
+            half_load(dy + k * gstride, gb + k * n, n)
+            half_load(x + k * stride, xb + k * n, n)
+        cybn_split(mean, &hi, &lo)
+        cybn_f32_block_grad_sums(gb, xb, n, nplanes, n, n, hi, lo, sum_dy, sum_dy_xmu)
 
 
-cdef inline void run_grad_apply(const floating* dy, const floating* x, floating* dx,
+cdef inline void run_grad_apply(const storage* dy, const storage* x, storage* dx,
                                 Py_ssize_t n, double mean, double k1, double k2, double k3,
                                 int streaming) noexcept nogil:
     """dx = k1 * dy + k2 * (x - mean) + k3 (float32: the low part of mean folded into k3)."""
     cdef float hi, lo
-    if floating is float:
+    cdef float gb[HALF_RUN]
+    cdef float xb[HALF_RUN]
+    cdef Py_ssize_t i, m
+    if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
                             <float>(k3 - k2 * <double>lo), streaming)
         if streaming:
             cybn_store_fence()
-    else:
+    elif storage is double:
         block_grad_apply(dy, x, dx, n, mean, k1, k2, k3)
+    else:
+        cybn_split(mean, &hi, &lo)
+        i = 0
+        while i < n:
+            m = min(<Py_ssize_t>HALF_RUN, n - i)
+            half_load(dy + i, gb, m)
+            half_load(x + i, xb, m)
+            cybn_f32_grad_apply(gb, xb, gb, m, hi, <float>k1, <float>k2,
+                                <float>(k3 - k2 * <double>lo), 0)
+            half_store(gb, dx + i, m)
+            i += m
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,16 +132,31 @@ cdef inline void run_grad_apply(const floating* dy, const floating* x, floating*
 # is not <= 0, else replaced by an exact 0. See simd_f32.h.
 # ---------------------------------------------------------------------------------------
 
-cdef inline void run_relu_mask(const floating* dy, const floating* x, const floating* r,
-                               floating* g, Py_ssize_t n, double mean, double s, double o,
+cdef inline void run_relu_mask(const storage* dy, const storage* x, const storage* r,
+                               storage* g, Py_ssize_t n, double mean, double s, double o,
                                int ep) noexcept nogil:
     """g = dy masked by the forward's ReLU over one run (r read when ep has EP_RESIDUAL)."""
     cdef float hi, lo
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, m
     cdef double v
-    if floating is float:
+    cdef float gb[HALF_RUN]
+    cdef float xb[HALF_RUN]
+    cdef float rb[HALF_RUN]
+    if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep)
+    elif storage is not double:
+        cybn_split(mean, &hi, &lo)
+        i = 0
+        while i < n:
+            m = min(<Py_ssize_t>HALF_RUN, n - i)
+            half_load(dy + i, gb, m)
+            half_load(x + i, xb, m)
+            if ep & EP_RESIDUAL:
+                half_load(r + i, rb, m)
+            cybn_f32_relu_mask(gb, xb, rb, gb, m, hi, <float>s, <float>(o - <double>lo * s), ep)
+            half_store(gb, g + i, m)
+            i += m
     else:
         for i in range(n):
             v = (x[i] - mean) * s + o
@@ -127,29 +165,43 @@ cdef inline void run_relu_mask(const floating* dy, const floating* x, const floa
             g[i] = 0.0 if v <= 0.0 else dy[i]
 
 
-cdef inline void run_relu_grad_apply(const floating* dy, const floating* x, floating* dx,
+cdef inline void run_relu_grad_apply(const storage* dy, const storage* x, storage* dx,
                                      Py_ssize_t n, double mean, double k1, double k2, double k3,
                                      double s, double o, int streaming) noexcept nogil:
     """dx = k1 * g + k2 * (x - mean) + k3, g = dy masked by the forward's ReLU (no residual)."""
     cdef float hi, lo
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, m
     cdef double g
-    if floating is float:
+    cdef float gb[HALF_RUN]
+    cdef float xb[HALF_RUN]
+    if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_relu_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
                                  <float>(k3 - k2 * <double>lo), streaming, <float>s,
                                  <float>(o - <double>lo * s))
         if streaming:
             cybn_store_fence()
+    elif storage is not double:
+        cybn_split(mean, &hi, &lo)
+        i = 0
+        while i < n:
+            m = min(<Py_ssize_t>HALF_RUN, n - i)
+            half_load(dy + i, gb, m)
+            half_load(x + i, xb, m)
+            cybn_f32_relu_grad_apply(gb, xb, gb, m, hi, <float>k1, <float>k2,
+                                     <float>(k3 - k2 * <double>lo), 0, <float>s,
+                                     <float>(o - <double>lo * s))
+            half_store(gb, dx + i, m)
+            i += m
     else:
         for i in range(n):
             g = 0.0 if (x[i] - mean) * s + o <= 0.0 else dy[i]
             dx[i] = k1 * g + k2 * (x[i] - mean) + k3
 
 
-cdef inline void run_grad_apply_ep(const floating* dy, const floating* x, floating* dx,
+cdef inline void run_grad_apply_ep(const storage* dy, const storage* x, storage* dx,
                                    Py_ssize_t n, double mean, double k1, double k2, double k3,
-                                   int streaming, const floating* dres, double s, double o,
+                                   int streaming, const storage* dres, double s, double o,
                                    int ep) noexcept nogil:
     """The elementwise backward of one run: plain, through the ReLU (mask recomputed), or,
     with a residual, from the masked dy the reduction pass stored in dres."""
@@ -165,11 +217,11 @@ cdef inline void run_grad_apply_ep(const floating* dy, const floating* x, floati
 # Plane family.
 # ---------------------------------------------------------------------------------------
 
-cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py_ssize_t outer,
+cdef inline void plane_chunk_grad_sums(const storage* dy, const storage* x, Py_ssize_t outer,
                                        Py_ssize_t C, Py_ssize_t inner, PlaneBlocks blocks,
                                        Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t c, double mean,
-                                       double* out, const floating* r=NULL,
-                                       floating* dres=NULL, double s=0.0, double o=0.0,
+                                       double* out, const storage* r=NULL,
+                                       storage* dres=NULL, double s=0.0, double o=0.0,
                                        int ep=0) noexcept nogil:
     """out = (sum dy, sum dy * (x - mean)) of channel c over its blocks q0 <= q < q1.
 
@@ -177,8 +229,8 @@ cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py
     residual's gradient, an output) with EP_RESIDUAL, else into a block on the stack."""
     cdef double a = 0.0, b = 0.0, ba, bb
     cdef Py_ssize_t q, off, length, nplanes, k, stride = C * inner
-    cdef floating gbuf[PLANE_BLOCK]
-    cdef floating* g
+    cdef storage gbuf[PLANE_BLOCK]
+    cdef storage* g
     for q in range(q0, q1):
         off = block_span(blocks, outer, C, inner, q, c, &length, &nplanes)
         if ep & EP_RESIDUAL:
@@ -189,7 +241,7 @@ cdef inline void plane_chunk_grad_sums(const floating* dy, const floating* x, Py
         elif ep:
             g = &gbuf[0]
             for k in range(nplanes):
-                run_relu_mask(dy + off + k * stride, x + off + k * stride, <const floating*>NULL,
+                run_relu_mask(dy + off + k * stride, x + off + k * stride, <const storage*>NULL,
                               g + k * length, length, mean, s, o, ep)
             run_grad_sums(g, x + off, length, nplanes, stride, mean, &ba, &bb, length)
         else:
@@ -211,6 +263,77 @@ cdef inline void plane_finish_sums(const double* part, Py_ssize_t nq, double* a,
         b[0] = b[0] + part[2 * qi + 1]
 
 
+cdef inline int plane_backward_core(const storage* gp, const storage* xp, storage* dp,
+                                    Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                    const double* mean, const double* invstd,
+                                    const double* weight, bint training, int ep,
+                                    const storage* rp, storage* gp_res, const double* fs,
+                                    const double* fo, double* sum_dy, double* sum_dy_xmu,
+                                    Py_ssize_t group, int streaming,
+                                    int num_threads) noexcept nogil:
+    """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel; with
+    ep, through the forward's ReLU (dy masked where its pre-activation was <= 0); rp and
+    gp_res (the residual and its gradient) with EP_RESIDUAL, fs and fo (the forward's scale
+    and offset) with ep, else NULL. -1 if out of memory."""
+    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
+    cdef double count = <double>outer * <double>inner
+    cdef double* part = <double*>malloc((2 * nq * C + 3 * C) * sizeof(double))
+    cdef double* coef
+    if part == NULL:
+        return -1
+    coef = part + 2 * nq * C   # k1, k2, k3 of channel c at coef[3c:3c+3]
+    if group <= 0:
+        for c in prange(C, schedule='dynamic', num_threads=num_threads):
+            for qi in range(nq):
+                plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                      chunk_start(Q, nq, qi + 1), c, mean[c],
+                                      part + 2 * (c * nq + qi), rp, gp_res,
+                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
+            plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+            grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                              training, &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
+            for o in range(outer):
+                off = (o * C + c) * inner
+                run_grad_apply_ep(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
+                                  coef[3 * c + 1], coef[3 * c + 2], streaming,
+                                  gp_res + off if ep & EP_RESIDUAL else NULL,
+                                  fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
+    else:
+        for gi in range((C + group - 1) // group):
+            c0 = gi * group
+            gc = min(group, C - c0)
+            for item in prange(nq * gc, schedule='static', num_threads=num_threads):
+                qi = item // gc
+                c = c0 + item % gc
+                plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                                      chunk_start(Q, nq, qi + 1), c, mean[c],
+                                      part + 2 * (c * nq + qi), rp, gp_res,
+                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
+            for c in range(c0, c0 + gc):
+                plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
+                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
+                                  training, &coef[3 * c], &coef[3 * c + 1],
+                                  &coef[3 * c + 2])
+            for item in prange(outer * gc * nblocks, schedule='static',
+                               num_threads=num_threads):
+                plane = item // nblocks
+                o = plane // gc
+                c = c0 + plane % gc
+                start = (item % nblocks) * PLANE_BLOCK
+                off = (o * C + c) * inner + start
+                run_grad_apply_ep(gp + off, xp + off, dp + off,
+                                  min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
+                                  coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming,
+                                  gp_res + off if ep & EP_RESIDUAL else NULL,
+                                  fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
+    free(part)
+    return 0
+
+
 def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), nonempty
                    const floating[:, :, ::1] x,        # IN  (outer, C, inner)
                    const double[::1] mean,             # IN  (C,)
@@ -230,71 +353,48 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    int num_threads):
     """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel; with
     ep, through the forward's ReLU (dy masked where its pre-activation was <= 0)."""
-    cdef Py_ssize_t outer = dy.shape[0], C = dy.shape[1], inner = dy.shape[2]
-    cdef Py_ssize_t nblocks = (inner + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef PlaneBlocks blocks = plane_blocks(outer, inner)
-    cdef Py_ssize_t Q = blocks.count
-    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
-    cdef Py_ssize_t c, c0, gi, gc, qi, o, item, plane, start, off
-    cdef double count = <double>outer * <double>inner
-    cdef const floating* gp = &dy[0, 0, 0]
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* dp = &dx[0, 0, 0]
-    cdef const floating* rp = &residual[0, 0, 0] if ep & EP_RESIDUAL else NULL
-    cdef floating* gp_res = &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL
+    cdef int status
+    with nogil:
+        status = plane_backward_core(
+            &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], dy.shape[0], dy.shape[1], dy.shape[2],
+            &mean[0], &invstd[0], &weight[0], training, ep,
+            &residual[0, 0, 0] if ep & EP_RESIDUAL else NULL,
+            &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL, &fscale[0] if ep else NULL,
+            &foffset[0] if ep else NULL, &sum_dy[0], &sum_dy_xmu[0], group, streaming,
+            num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def plane_backward_half(const unsigned short[:, :, ::1] dy, const unsigned short[:, :, ::1] x,
+                        const double[::1] mean, const double[::1] invstd,
+                        const double[::1] weight, bint training, unsigned short[:, :, ::1] dx,
+                        int ep, const unsigned short[:, :, ::1] residual,
+                        unsigned short[:, :, ::1] dres, const double[::1] fscale,
+                        const double[::1] foffset, double[::1] sum_dy, double[::1] sum_dy_xmu,
+                        Py_ssize_t group, bint streaming, int num_threads,
+                        int kind):              # HALF_F16 or HALF_BF16
+    """plane_backward of float16 or bfloat16 data (16-bit words)."""
+    cdef int status
+    cdef const unsigned short* rp = &residual[0, 0, 0] if ep & EP_RESIDUAL else NULL
+    cdef unsigned short* gp = &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL
     cdef const double* fs = &fscale[0] if ep else NULL
     cdef const double* fo = &foffset[0] if ep else NULL
-    cdef double* part = <double*>malloc((2 * nq * C + 3 * C) * sizeof(double))
-    cdef double* coef
-    if part == NULL:
-        raise MemoryError("cybn: out of memory for reduction scratch")
-    coef = part + 2 * nq * C   # k1, k2, k3 of channel c at coef[3c:3c+3]
     with nogil:
-        if group <= 0:
-            for c in prange(C, schedule='dynamic', num_threads=num_threads):
-                for qi in range(nq):
-                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
-                                          chunk_start(Q, nq, qi + 1), c, mean[c],
-                                          part + 2 * (c * nq + qi), rp, gp_res,
-                                          fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
-                plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
-                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                                  training, &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-                for o in range(outer):
-                    off = (o * C + c) * inner
-                    run_grad_apply_ep(gp + off, xp + off, dp + off, inner, mean[c], coef[3 * c],
-                                      coef[3 * c + 1], coef[3 * c + 2], streaming,
-                                      gp_res + off if ep & EP_RESIDUAL else NULL,
-                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
+        if kind == HALF_F16:
+            status = plane_backward_core(
+                <const cybn_f16*>&dy[0, 0, 0], <const cybn_f16*>&x[0, 0, 0],
+                <cybn_f16*>&dx[0, 0, 0], dy.shape[0], dy.shape[1], dy.shape[2], &mean[0],
+                &invstd[0], &weight[0], training, ep, <const cybn_f16*>rp, <cybn_f16*>gp, fs,
+                fo, &sum_dy[0], &sum_dy_xmu[0], group, streaming, num_threads)
         else:
-            for gi in range((C + group - 1) // group):
-                c0 = gi * group
-                gc = min(group, C - c0)
-                for item in prange(nq * gc, schedule='static', num_threads=num_threads):
-                    qi = item // gc
-                    c = c0 + item % gc
-                    plane_chunk_grad_sums(gp, xp, outer, C, inner, blocks, chunk_start(Q, nq, qi),
-                                          chunk_start(Q, nq, qi + 1), c, mean[c],
-                                          part + 2 * (c * nq + qi), rp, gp_res,
-                                          fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
-                for c in range(c0, c0 + gc):
-                    plane_finish_sums(part + 2 * c * nq, nq, &sum_dy[c], &sum_dy_xmu[c])
-                    grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                                      training, &coef[3 * c], &coef[3 * c + 1],
-                                      &coef[3 * c + 2])
-                for item in prange(outer * gc * nblocks, schedule='static',
-                                   num_threads=num_threads):
-                    plane = item // nblocks
-                    o = plane // gc
-                    c = c0 + plane % gc
-                    start = (item % nblocks) * PLANE_BLOCK
-                    off = (o * C + c) * inner + start
-                    run_grad_apply_ep(gp + off, xp + off, dp + off,
-                                      min(<Py_ssize_t>PLANE_BLOCK, inner - start), mean[c],
-                                      coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], streaming,
-                                      gp_res + off if ep & EP_RESIDUAL else NULL,
-                                      fs[c] if ep else 0.0, fo[c] if ep else 0.0, ep)
-    free(part)
+            status = plane_backward_core(
+                <const cybn_bf16*>&dy[0, 0, 0], <const cybn_bf16*>&x[0, 0, 0],
+                <cybn_bf16*>&dx[0, 0, 0], dy.shape[0], dy.shape[1], dy.shape[2], &mean[0],
+                &invstd[0], &weight[0], training, ep, <const cybn_bf16*>rp, <cybn_bf16*>gp, fs,
+                fo, &sum_dy[0], &sum_dy_xmu[0], group, streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,20 +461,21 @@ cdef inline void row_block_grad_apply(const floating* dy, const floating* x, flo
             dx[o] = <floating>(k1[i] * <double>dy[o] + k2[i] * (<double>x[o] - mean[i]) + k3[i])
 
 
-cdef inline void row_relu_mask(const floating* dy, const floating* x, const floating* res,
-                               floating* g, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t L,
+cdef inline void row_relu_mask(const storage* dy, const storage* x, const storage* res,
+                               storage* g, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t L,
                                Py_ssize_t W, const float* ftile, const double* col,
                                int ep) noexcept nogil:
     """g[0:nrows * L] = dy masked by the forward's ReLU over rows [r0, r0 + nrows); float32:
     ftile holds the tiled (hi, scale, offset), 3 arrays of W + 8; float64: col holds the
-    per-column (mean, scale, offset), 3 arrays of L."""
+    per-column (mean, scale, offset), 3 arrays of L. (Half-precision data: see
+    row_grad_sums_core.)"""
     cdef Py_ssize_t r, j, e
     cdef double v
-    if floating is float:
+    if storage is float:
         cybn_f32_flat_relu_mask(dy + r0 * L, x + r0 * L, res + r0 * L if ep & EP_RESIDUAL else NULL,
                                 g, nrows * L, (r0 * L) % W, W, ftile, ftile + W + 8,
                                 ftile + 2 * (W + 8), ep)
-    else:
+    elif storage is double:
         for r in range(nrows):
             for j in range(L):
                 e = (r0 + r) * L + j
@@ -384,15 +485,17 @@ cdef inline void row_relu_mask(const floating* dy, const floating* x, const floa
                 g[r * L + j] = 0.0 if v <= 0.0 else dy[e]
 
 
-cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssize_t R,
+cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize_t R,
                                    Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
                                    const double* mean, double* sum_dy, double* sum_dy_xmu,
-                                   int num_threads, const floating* res=NULL,
-                                   floating* dres=NULL, const double* fscale=NULL,
+                                   int num_threads, const storage* res=NULL,
+                                   storage* dres=NULL, const double* fscale=NULL,
                                    const double* foffset=NULL, int ep=0) noexcept nogil:
     """Per-channel sum(dy), sum(dy * (x - mean)); -1 if out of memory. With ep, dy is first
     masked by the forward's ReLU (fscale, foffset: its per-channel scale and offset), block by
-    block: into dres (an output) with EP_RESIDUAL (res: the residual), else into scratch."""
+    block: into dres (an output) with EP_RESIDUAL (res: the residual), else into scratch.
+    Half-precision data: each block of dy, x (and the residual) converted into float32
+    scratch, masked there, the masked dy stored into dres with EP_RESIDUAL."""
     cdef Py_ssize_t nblocks = (R + ROW_BLOCK - 1) // ROW_BLOCK
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
@@ -404,7 +507,11 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
     cdef float* ftile
     cdef double* col_mean
     cdef float hi, lo
-    cdef const floating* g
+    cdef const storage* g
+    cdef float* gf
+    cdef float* xf
+    cdef float* rf
+    cdef Py_ssize_t nb
     # [chunk][column] partial sums, the column means (double, and split for float32), and
     # with ep the forward's per-column (scale, offset) and float32 tiles (hi, scale, offset)
     cdef double* parts = <double*>malloc((2 * nchunks * L + 3 * L) * sizeof(double)
@@ -432,9 +539,12 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
             ftile[2 * (W + 8) + j] = <float>(foffset[c] - <double>lo * fscale[c])
     status[0] = 0
     for item in prange(nchunks, schedule='static', num_threads=num_threads):
-        # 2 * L doubles of column sums, and a block of masked dy when ep has no residual
+        # 2 * L doubles of column sums, and a block of masked dy when ep has no residual;
+        # half-precision: blocks of dy, x and the residual in float32
         tmp = <double*>malloc(2 * L * sizeof(double)
-                              + (ROW_BLOCK * L * sizeof(floating) if ep else 0))
+                              + (ROW_BLOCK * L * sizeof(storage) if ep else 0)
+                              + (3 * ROW_BLOCK * L * sizeof(float) if sizeof(storage) == 2
+                                 else 0))
         if tmp == NULL:
             status[0] = -1
             continue
@@ -446,22 +556,39 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
             r0 = blk * ROW_BLOCK
             nrows = min(<Py_ssize_t>ROW_BLOCK, R - r0)
             if ep & EP_RESIDUAL:
-                row_relu_mask(dy, x, res, dres + r0 * L, r0, nrows, L, W, ftile, col_mean, ep)
                 g = dres + r0 * L
             elif ep:
-                row_relu_mask(dy, x, res, <floating*>(tmp + 2 * L), r0, nrows, L, W, ftile,
-                              col_mean, ep)
-                g = <const floating*>(tmp + 2 * L)
+                g = <const storage*>(tmp + 2 * L)
             else:
                 g = dy + r0 * L
-            if floating is float:
+            if storage is float or storage is double:
+                if ep:
+                    row_relu_mask(dy, x, res, <storage*>g, r0, nrows, L, W, ftile, col_mean, ep)
+            if storage is float:
                 cybn_f32_rows_grad_sums(g, x + r0 * L, nrows, L, fmean, fmean + L,
                                         &part_a[item * L], &part_b[item * L], <float*>tmp)
-            else:
+            elif storage is double:
                 row_block_grad_sums(g, x + r0 * L, nrows, L, col_mean, tmp, tmp + L)
                 for j in range(L):
                     part_a[item * L + j] += tmp[j]
                     part_b[item * L + j] += tmp[L + j]
+            else:
+                nb = nrows * L
+                gf = <float*>(<char*>(tmp + 2 * L) + (ROW_BLOCK * L * sizeof(storage) if ep
+                                                      else 0))
+                xf = gf + ROW_BLOCK * L
+                rf = xf + ROW_BLOCK * L
+                half_load(dy + r0 * L, gf, nb)
+                half_load(x + r0 * L, xf, nb)
+                if ep:
+                    if ep & EP_RESIDUAL:
+                        half_load(res + r0 * L, rf, nb)
+                    cybn_f32_flat_relu_mask(gf, xf, rf, gf, nb, (r0 * L) % W, W, ftile,
+                                            ftile + W + 8, ftile + 2 * (W + 8), ep)
+                    if ep & EP_RESIDUAL:
+                        half_store(gf, dres + r0 * L, nb)
+                cybn_f32_rows_grad_sums(gf, xf, nrows, L, fmean, fmean + L, &part_a[item * L],
+                                        &part_b[item * L], <float*>tmp)
         free(tmp)
     if status[0] == 0:
         for c in range(C):
@@ -478,7 +605,29 @@ cdef inline int row_grad_sums_core(const floating* dy, const floating* x, Py_ssi
     return status[0]
 
 
-cdef inline int row_grad_apply_core(const floating* dy, const floating* x, floating* dx,
+cdef inline void row_half_grad_apply(const storage* dy, const storage* x, storage* dx,
+                                     Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* ft,
+                                     bint relu) noexcept nogil:
+    """The float32 flat backward pass (ft: the tiles of row_grad_apply_core) over n
+    half-precision elements, in converted runs."""
+    cdef float gb[HALF_RUN]
+    cdef float xb[HALF_RUN]
+    cdef Py_ssize_t i = 0, m, P = W + 8
+    while i < n:
+        m = min(<Py_ssize_t>HALF_RUN, n - i)
+        half_load(dy + i, gb, m)
+        half_load(x + i, xb, m)
+        if relu:
+            cybn_f32_flat_relu_grad_apply(gb, xb, gb, m, (k0 + i) % W, W, ft, ft + P, ft + 2 * P,
+                                          ft + 3 * P, 0, ft + 4 * P, ft + 5 * P)
+        else:
+            cybn_f32_flat_grad_apply(gb, xb, gb, m, (k0 + i) % W, W, ft, ft + P, ft + 2 * P,
+                                     ft + 3 * P, 0)
+        half_store(gb, dx + i, m)
+        i += m
+
+
+cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage* dx,
                                     Py_ssize_t R, Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
                                     const double* mean, const double* k1, const double* k2,
                                     const double* k3, int streaming,
@@ -493,7 +642,7 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
     cdef float hi, lo
     cdef float* ft
     cdef double* dt
-    if floating is float:
+    if storage is not double:
         W = tile_period(L)
         P = W + 8
         ft = <float*>malloc(6 * P * sizeof(float))
@@ -511,7 +660,10 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
                 ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             e0 = (nitems - 1 - item) * ELEMENT_ITEM  # last-read rows first (still cached)
-            if relu:
+            if storage is not float:
+                row_half_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
+                                    e0 % W, W, ft, relu)
+            elif relu:
                 cybn_f32_flat_relu_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
                                               e0 % W, W, ft, ft + P, ft + 2 * P, ft + 3 * P,
                                               streaming, ft + 4 * P, ft + 5 * P)
@@ -549,6 +701,37 @@ cdef inline int row_grad_apply_core(const floating* dy, const floating* x, float
     return 0
 
 
+cdef inline int row_backward_core(const storage* dy, const storage* x, storage* dx,
+                                  Py_ssize_t R, Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner,
+                                  const double* mean, const double* invstd,
+                                  const double* weight, bint training, int ep,
+                                  const storage* rp, storage* gp_res, const double* fs,
+                                  const double* fo, double* sum_dy, double* sum_dy_xmu,
+                                  int streaming, int num_threads) noexcept nogil:
+    """Backward over a row-family view (arguments as plane_backward_core); -1 if out of
+    memory."""
+    cdef Py_ssize_t c
+    cdef double count = <double>(R * (L // C))
+    cdef int status
+    cdef double* coef = <double*>malloc(3 * C * sizeof(double))
+    if coef == NULL:
+        return -1
+    status = row_grad_sums_core(dy, x, R, L, C, inner, mean, sum_dy, sum_dy_xmu, num_threads,
+                                rp, gp_res, fs, fo, ep)
+    if status == 0:
+        for c in range(C):
+            grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c], training,
+                              &coef[c], &coef[C + c], &coef[2 * C + c])
+        if ep & EP_RESIDUAL:  # from the masked dy the reduction stored in dres
+            status = row_grad_apply_core(gp_res, x, dx, R, L, C, inner, mean, coef, coef + C,
+                                         coef + 2 * C, streaming, num_threads)
+        else:
+            status = row_grad_apply_core(dy, x, dx, R, L, C, inner, mean, coef, coef + C,
+                                         coef + 2 * C, streaming, num_threads, fs, fo)
+    free(coef)
+    return status
+
+
 def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                  const floating[:, ::1] x,       # IN  (rows, L)
                  Py_ssize_t C, Py_ssize_t inner,
@@ -568,32 +751,44 @@ def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                  int num_threads):
     """Backward over a row-family view: gradient sums, then the elementwise pass; with ep,
     through the forward's ReLU (see plane_backward)."""
-    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], c
-    cdef double count = <double>(R * (L // C))
     cdef int status
-    cdef const floating* rp = &residual[0, 0] if ep & EP_RESIDUAL else NULL
-    cdef floating* gp_res = &dres[0, 0] if ep & EP_RESIDUAL else NULL
+    with nogil:
+        status = row_backward_core(
+            &dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0],
+            &invstd[0], &weight[0], training, ep, &residual[0, 0] if ep & EP_RESIDUAL else NULL,
+            &dres[0, 0] if ep & EP_RESIDUAL else NULL, &fscale[0] if ep else NULL,
+            &foffset[0] if ep else NULL, &sum_dy[0], &sum_dy_xmu[0], streaming, num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+def row_backward_half(const unsigned short[:, ::1] dy, const unsigned short[:, ::1] x,
+                      Py_ssize_t C, Py_ssize_t inner, const double[::1] mean,
+                      const double[::1] invstd, const double[::1] weight, bint training,
+                      unsigned short[:, ::1] dx, int ep, const unsigned short[:, ::1] residual,
+                      unsigned short[:, ::1] dres, const double[::1] fscale,
+                      const double[::1] foffset, double[::1] sum_dy, double[::1] sum_dy_xmu,
+                      bint streaming, int num_threads,
+                      int kind):                # HALF_F16 or HALF_BF16
+    """row_backward of float16 or bfloat16 data (16-bit words)."""
+    cdef int status
+    cdef const unsigned short* rp = &residual[0, 0] if ep & EP_RESIDUAL else NULL
+    cdef unsigned short* gp = &dres[0, 0] if ep & EP_RESIDUAL else NULL
     cdef const double* fs = &fscale[0] if ep else NULL
     cdef const double* fo = &foffset[0] if ep else NULL
-    cdef double* coef = <double*>malloc(3 * C * sizeof(double))
-    if coef == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
     with nogil:
-        status = row_grad_sums_core(&dy[0, 0], &x[0, 0], R, L, C, inner, &mean[0], &sum_dy[0],
-                                    &sum_dy_xmu[0], num_threads, rp, gp_res, fs, fo, ep)
-        if status == 0:
-            for c in range(C):
-                grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c],
-                                  training, &coef[c], &coef[C + c], &coef[2 * C + c])
-            if ep & EP_RESIDUAL:  # from the masked dy the reduction stored in dres
-                status = row_grad_apply_core(gp_res, &x[0, 0], &dx[0, 0], R, L, C, inner,
-                                             &mean[0], coef, coef + C, coef + 2 * C, streaming,
-                                             num_threads)
-            else:
-                status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], R, L, C, inner,
-                                             &mean[0], coef, coef + C, coef + 2 * C, streaming,
-                                             num_threads, fs, fo)
-    free(coef)
+        if kind == HALF_F16:
+            status = row_backward_core(
+                <const cybn_f16*>&dy[0, 0], <const cybn_f16*>&x[0, 0], <cybn_f16*>&dx[0, 0],
+                x.shape[0], x.shape[1], C, inner, &mean[0], &invstd[0], &weight[0], training,
+                ep, <const cybn_f16*>rp, <cybn_f16*>gp, fs, fo, &sum_dy[0], &sum_dy_xmu[0],
+                streaming, num_threads)
+        else:
+            status = row_backward_core(
+                <const cybn_bf16*>&dy[0, 0], <const cybn_bf16*>&x[0, 0], <cybn_bf16*>&dx[0, 0],
+                x.shape[0], x.shape[1], C, inner, &mean[0], &invstd[0], &weight[0], training,
+                ep, <const cybn_bf16*>rp, <cybn_bf16*>gp, fs, fo, &sum_dy[0], &sum_dy_xmu[0],
+                streaming, num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for kernel scratch")
 

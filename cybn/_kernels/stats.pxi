@@ -113,26 +113,32 @@ cdef inline void train_coefficients(double count, double m2, double eps, double 
     scale[0] = weight * invstd[0]
 
 
-cdef inline void run_moments(const floating* p, Py_ssize_t n, Py_ssize_t nplanes,
+cdef inline void run_moments(const storage* p, Py_ssize_t n, Py_ssize_t nplanes,
                              Py_ssize_t stride, double* mean, double* m2) noexcept nogil:
-    """(mean, M2) of one block: nplanes runs of n elements, stride elements apart."""
+    """(mean, M2) of one block: nplanes runs of n elements, stride elements apart
+    (half-precision: n * nplanes <= PLANE_BLOCK, converted into float32 scratch)."""
     cdef double count = 0.0, bmean, bm2
     cdef Py_ssize_t k
-    if floating is float:
+    cdef float buf[PLANE_BLOCK]
+    if storage is float:
         cybn_f32_block_moments(p, n, nplanes, stride, mean, m2)
-    else:
+    elif storage is double:
         mean[0] = 0.0
         m2[0] = 0.0
         for k in range(nplanes):
             block_moments(p + k * stride, n, &bmean, &bm2)
             count = merge_one(count, <double>n, mean, m2, bmean, bm2)
+    else:
+        for k in range(nplanes):
+            half_load(p + k * stride, buf + k * n, n)
+        cybn_f32_block_moments(buf, n, nplanes, n, mean, m2)
 
 
 # ---------------------------------------------------------------------------------------
 # Plane family.
 # ---------------------------------------------------------------------------------------
 
-cdef inline void plane_chunk_moments(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+cdef inline void plane_chunk_moments(const storage* x, Py_ssize_t outer, Py_ssize_t C,
                                      Py_ssize_t inner, PlaneBlocks blocks, Py_ssize_t q0,
                                      Py_ssize_t q1, Py_ssize_t c, double* out) noexcept nogil:
     """out = (count, mean, M2) of channel c over its blocks q0 <= q < q1, merged in order."""
@@ -158,7 +164,7 @@ cdef inline void plane_finish_moments(const double* part, Py_ssize_t nq, double*
         count = merge_one(count, part[3 * qi], mean, m2, part[3 * qi + 1], part[3 * qi + 2])
 
 
-cdef inline int plane_moments_core(const floating* x, Py_ssize_t outer, Py_ssize_t C,
+cdef inline int plane_moments_core(const storage* x, Py_ssize_t outer, Py_ssize_t C,
                                    Py_ssize_t inner, double* mean, double* m2,
                                    int num_threads) noexcept nogil:
     """Per-channel (mean, M2), all threads sharing the work; -1 if out of memory."""
@@ -189,6 +195,22 @@ def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), non
     with nogil:
         status = plane_moments_core(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
                                     &m2[0], num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def plane_moments_half(const unsigned short[:, :, ::1] x,  # IN  half words, as plane_moments
+                       double[::1] mean, double[::1] m2, int num_threads,
+                       int kind):                          # HALF_F16 or HALF_BF16
+    """plane_moments of float16 or bfloat16 data."""
+    cdef int status
+    with nogil:
+        if kind == HALF_F16:
+            status = plane_moments_core(<const cybn_f16*>&x[0, 0, 0], x.shape[0], x.shape[1],
+                                        x.shape[2], &mean[0], &m2[0], num_threads)
+        else:
+            status = plane_moments_core(<const cybn_bf16*>&x[0, 0, 0], x.shape[0], x.shape[1],
+                                        x.shape[2], &mean[0], &m2[0], num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 
@@ -250,17 +272,22 @@ cdef inline void row_block_moments(const floating* x, Py_ssize_t nrows, Py_ssize
             m2[j] += d0 * d0
 
 
-cdef inline void row_block_stats(const floating* x, Py_ssize_t nrows, Py_ssize_t L,
-                                 double* mean, double* m2, Py_ssize_t next_rows) noexcept nogil:
-    """Per-column (mean, M2) of rows x[0:nrows]; float32 prefetches the next_rows that follow."""
-    if floating is float:
+cdef inline void row_block_stats(const storage* x, Py_ssize_t nrows, Py_ssize_t L,
+                                 double* mean, double* m2, Py_ssize_t next_rows,
+                                 float* scratch) noexcept nogil:
+    """Per-column (mean, M2) of rows x[0:nrows]; float32 prefetches the next_rows that
+    follow; half-precision data is converted into scratch (nrows * L floats) first."""
+    if storage is float:
         cybn_f32_rows_moments(x, nrows, L, mean, m2, x + nrows * L if next_rows > 0 else NULL,
                               next_rows)
-    else:
+    elif storage is double:
         row_block_moments(x, nrows, L, mean, m2)
+    else:
+        half_load(x, scratch, nrows * L)
+        cybn_f32_rows_moments(scratch, nrows, L, mean, m2, NULL, 0)
 
 
-cdef inline int row_moments_core(const floating* x, Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
+cdef inline int row_moments_core(const storage* x, Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
                                  Py_ssize_t inner, double* mean, double* m2,
                                  int num_threads) noexcept nogil:
     """Per-channel (mean, M2) of a row-family view; -1 if out of memory."""
@@ -278,7 +305,9 @@ cdef inline int row_moments_core(const floating* x, Py_ssize_t R, Py_ssize_t L, 
     part_m2 = part_mean + nchunks * L
     status[0] = 0
     for item in prange(nchunks, schedule='static', num_threads=num_threads):
-        tmp = <double*>malloc(2 * L * sizeof(double))
+        # 2 * L doubles of block moments; half-precision: a converted block of rows
+        tmp = <double*>malloc(2 * L * sizeof(double) + (ROW_BLOCK * L * sizeof(float)
+                                                        if sizeof(storage) == 2 else 0))
         if tmp == NULL:
             status[0] = -1
             continue
@@ -291,9 +320,9 @@ cdef inline int row_moments_core(const floating* x, Py_ssize_t R, Py_ssize_t L, 
             nnext = min(<Py_ssize_t>ROW_BLOCK, R - r0 - nrows) if blk + 1 < blk_end else 0
             if count == 0.0:  # the chunk's first block lands directly in its partial
                 row_block_stats(x + r0 * L, nrows, L, &part_mean[item * L], &part_m2[item * L],
-                                nnext)
+                                nnext, <float*>(tmp + 2 * L))
             else:
-                row_block_stats(x + r0 * L, nrows, L, tmp, tmp + L, nnext)
+                row_block_stats(x + r0 * L, nrows, L, tmp, tmp + L, nnext, <float*>(tmp + 2 * L))
                 merge_moments(count, <double>nrows, L, &part_mean[item * L],
                               &part_m2[item * L], tmp, tmp + L, 1)
             count = count + <double>nrows
@@ -328,6 +357,22 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
     with nogil:
         status = row_moments_core(&x[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0], &m2[0],
                                   num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def row_moments_half(const unsigned short[:, ::1] x,  # IN  half words, as row_moments
+                     Py_ssize_t C, Py_ssize_t inner, double[::1] mean, double[::1] m2,
+                     int num_threads, int kind):     # HALF_F16 or HALF_BF16
+    """row_moments of float16 or bfloat16 data."""
+    cdef int status
+    with nogil:
+        if kind == HALF_F16:
+            status = row_moments_core(<const cybn_f16*>&x[0, 0], x.shape[0], x.shape[1], C, inner,
+                                      &mean[0], &m2[0], num_threads)
+        else:
+            status = row_moments_core(<const cybn_bf16*>&x[0, 0], x.shape[0], x.shape[1], C,
+                                      inner, &mean[0], &m2[0], num_threads)
     if status != 0:
         raise MemoryError("cybn: out of memory for reduction scratch")
 

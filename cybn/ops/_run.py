@@ -12,28 +12,40 @@ from .._validate import ChannelView
 from . import _schedule
 
 
-def channel_moments(view: ChannelView, xk: np.ndarray, threads: int) -> tuple:
-    """Per-channel (mean, m2) in float64 of a nonempty kernel view."""
+def kernel_array(view: "Layout", arr: np.ndarray) -> np.ndarray:
+    """What the kernels take for arr: its C-contiguous kernel view (a copy only if arr is
+    strided), half-precision data as its 16-bit words."""
+    k = view.kernel_view(arr)
+    return k.view(np.uint16) if k.dtype.itemsize == 2 else k
+
+
+def channel_moments(view: ChannelView, x: np.ndarray, threads: int) -> tuple:
+    """Per-channel (mean, m2) in float64 of a nonempty array x."""
     mean = np.empty(view.channels, dtype=np.float64)
     m2 = np.empty(view.channels, dtype=np.float64)
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
     if view.family == "plane":
-        _kernels.plane_moments(xk, mean, m2, threads)
+        K.plane_moments(xk, mean, m2, threads)
     else:
-        _kernels.row_moments(xk, view.channels, view.inner, mean, m2, threads)
+        K.row_moments(xk, view.channels, view.inner, mean, m2, threads)
     return mean, m2
 
 
-def channel_affine(view: ChannelView, xk, shift, scale, offset, yk, threads: int, *,
+def channel_affine(view: ChannelView, x, shift, scale, offset, yk, threads: int, *,
                    residual=None, ep: int = 0) -> None:
-    """yk = ep((xk - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors; ep:
-    the kernels' fused-epilogue bits (residual: a kernel view like xk, with EP_RESIDUAL)."""
-    streaming = _schedule.streaming(view, xk.itemsize, "infer")
-    rk = xk if residual is None else residual
+    """yk = ep((x - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors, yk the
+    output's kernel array; ep: the kernels' fused-epilogue bits (residual: an array of x's
+    shape, with EP_RESIDUAL)."""
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
+    streaming = _schedule.streaming(view, x.itemsize, "infer")
+    rk = xk if residual is None else kernel_array(view, residual)
     if view.family == "plane":
-        _kernels.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
+        K.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
     else:
-        _kernels.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, rk, ep,
-                           streaming, threads)
+        K.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, rk, ep, streaming,
+                    threads)
 
 
 class Layout(Protocol):
@@ -55,7 +67,7 @@ class Output:
             self.buffer = out
         else:
             self.buffer = np.empty(view.shape, dtype=dtype)
-        self.kernel = view.kernel_view(self.buffer)
+        self.kernel = kernel_array(view, self.buffer)
 
     def result(self) -> np.ndarray:
         if self.out is None:

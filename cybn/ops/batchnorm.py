@@ -18,7 +18,7 @@ from .._validate import (
     train_args,
 )
 from . import _schedule
-from ._run import Output, channel_affine, empty_result, update_running
+from ._run import Output, channel_affine, empty_result, kernel_array, update_running
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm"]
 
@@ -33,9 +33,14 @@ def _residual(residual, x: np.ndarray):
     """The checked residual (x's shape and dtype), or None."""
     if residual is None:
         return None
-    residual = as_data(residual, "residual")
+    residual = as_data(residual, "residual", half=True)
     check_same_layout(residual, "residual", x)
     return residual
+
+
+def _param_dtype(x: np.ndarray) -> np.dtype:
+    """dtype of the per-channel gradients: x's, float32 for half-precision x."""
+    return np.dtype(np.float32) if x.dtype.itemsize == 2 else x.dtype
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
@@ -90,7 +95,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                    axis, out, _schedule.MIN_PARALLEL_SIZE)
         if fast is not None:
             return fast
-    x = as_data(x, "x")
+    x = as_data(x, "x", half=True)
     view = channel_view(x, axis)
     C = view.channels
     w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
@@ -109,8 +114,9 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                          f"of shape {x.shape} with channel axis {view.axis}")
 
     threads = _schedule.threads(view)
-    xk = view.kernel_view(x)
-    rk = xk if residual is None else view.kernel_view(residual)
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
+    rk = xk if residual is None else kernel_array(view, residual)
     dest = Output(view, out, x.dtype)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
@@ -118,11 +124,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     streaming = _schedule.streaming(view, x.itemsize, "train")
     if view.family == "plane":
         group = _schedule.plane_group(view, x.itemsize, 1, threads)
-        _kernels.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd,
-                                     group, streaming, threads)
+        K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
+                              streaming, threads)
     else:
-        _kernels.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean,
-                                   var, invstd, streaming, threads)
+        K.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean, var,
+                            invstd, streaming, threads)
     if rm is not None:
         n = view.count
         update_running(rm, mean, momentum, 1.0)
@@ -166,7 +172,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
                                 _schedule.MIN_PARALLEL_SIZE)
         if y is not None:
             return y
-    x = as_data(x, "x")
+    x = as_data(x, "x", half=True)
     view = channel_view(x, axis)
     C = view.channels
     rm = channel_vector(running_mean, "running_mean", C)
@@ -185,9 +191,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     scale = np.empty(C, dtype=np.float64)
     _kernels.infer_scale(rv, w, eps, scale)
     dest = Output(view, out, x.dtype)
-    xk = view.kernel_view(x)
-    channel_affine(view, xk, rm, scale, b, dest.kernel, _schedule.threads(view),
-                   residual=None if residual is None else view.kernel_view(residual), ep=ep)
+    channel_affine(view, x, rm, scale, b, dest.kernel, _schedule.threads(view),
+                   residual=residual, ep=ep)
     return dest.result()
 
 
@@ -245,8 +250,8 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
                                       _schedule.MIN_PARALLEL_SIZE)
         if fast is not None:
             return fast
-    x = as_data(x, "x")
-    dy = as_data(dy, "dy")
+    x = as_data(x, "x", half=True)
+    dy = as_data(dy, "dy", half=True)
     check_same_layout(dy, "dy", x)
     view = channel_view(x, axis)
     C = view.channels
@@ -264,30 +269,31 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         return (*batch_norm_backward(dy, x, weight, mean, invstd, training=training,
                                      axis=axis, out=out), dres)
     if view.size == 0:
-        zeros = np.zeros(C, dtype=x.dtype)
+        zeros = np.zeros(C, dtype=_param_dtype(x))
         result = (empty_result(view, out, x.dtype), zeros, zeros.copy())
         return result if residual is None else (*result, np.empty_like(x))
 
     ep = _epilogue(relu, residual)
     threads = _schedule.threads(view)
-    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    K = _kernels.for_dtype(x.dtype)
+    dyk, xk = kernel_array(view, dy), kernel_array(view, x)
     dest = Output(view, out, x.dtype)
-    rk = xk if residual is None else view.kernel_view(residual)
+    rk = xk if residual is None else kernel_array(view, residual)
     dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
-    gk = dest.kernel if dres is None else view.kernel_view(dres)
+    gk = dest.kernel if dres is None else kernel_array(view, dres)
     fscale = w * inv  # the forward's scale, as the kernels compute it
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "backward")
     if view.family == "plane":
         group = _schedule.plane_group(view, x.itemsize, 2, threads)
-        _kernels.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, ep, rk, gk, fscale,
-                                b, sum_dy, sum_dy_xmu, group, streaming, threads)
+        K.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, ep, rk, gk, fscale, b,
+                         sum_dy, sum_dy_xmu, group, streaming, threads)
     else:
-        _kernels.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, ep, rk,
-                              gk, fscale, b, sum_dy, sum_dy_xmu, streaming, threads)
-    dweight = (sum_dy_xmu * inv).astype(x.dtype)
-    result = (dest.result(), dweight, sum_dy.astype(x.dtype))
+        K.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, ep, rk, gk,
+                       fscale, b, sum_dy, sum_dy_xmu, streaming, threads)
+    dweight = (sum_dy_xmu * inv).astype(_param_dtype(x))
+    result = (dest.result(), dweight, sum_dy.astype(_param_dtype(x)))
     return result if dres is None else (*result, dres)
 
 

@@ -16,7 +16,7 @@ def moments(x, *, axis: int = 1, ddof=0):
 
     Parameters
     ----------
-    x : ndarray, float32 or float64, ndim >= 2
+    x : ndarray, float32, float64, float16 or bfloat16, ndim >= 2
     axis : int
         Channel axis.
     ddof : non-negative number
@@ -27,13 +27,13 @@ def moments(x, *, axis: int = 1, ddof=0):
     mean, var : ndarray (C,), float64
         NaN for channels with no values (and var NaN where ``count <= ddof``).
     """
-    x = as_data(x, "x")
+    x = as_data(x, "x", half=True)
     view = channel_view(x, axis)
     ddof = check_ddof(ddof)
     C = view.channels
     if view.size == 0:
         return np.full(C, np.nan), np.full(C, np.nan)
-    mean, m2 = channel_moments(view, view.kernel_view(x), _schedule.threads(view))
+    mean, m2 = channel_moments(view, x, _schedule.threads(view))
     denom = view.count - ddof
     var = m2 / denom if denom > 0 else np.full(C, np.nan)
     return mean, var
