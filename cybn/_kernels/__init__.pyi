@@ -1,7 +1,9 @@
 # Type stub of cybn._kernels: the instruction-set dispatcher and the compiled kernels it
 # re-exports (common/stats/apply/grad/fastpath.pxi, one module per instruction set).
 # Arrays are C-contiguous; "data" arrays are float32 or float64 (all of one call the same);
-# per-channel arrays are float64. Private API: argument checks happen in cybn.ops.
+# per-channel arrays are float64. for_dtype(dtype) gives the batch norm kernels for a dtype:
+# this module, or for float16/bfloat16 the same names taking uint16 views.
+# Private API: argument checks happen in cybn.ops.
 from types import ModuleType
 from typing import Any
 
@@ -103,3 +105,10 @@ def grad_coefficients_array(count: float, sum_dy: F64, sum_dy_xmu: F64, invstd: 
 def train_coefficients_array(count: float, m2: F64, eps: float, weight: F64, var: F64,
                              invstd: F64, scale: F64) -> None: ...
 def parallel_copy(src: Data, dst: Data, num_threads: int) -> None: ...
+
+# half-precision storage: float16 (kind 0) and bfloat16 (kind 1) as 16-bit words
+HALF_KERNELS: tuple[str, ...]
+HALF_KINDS: dict[str, int]
+def half_from_float(src: NDArray[np.float32], dst: NDArray[np.uint16], kind: int) -> None: ...
+def half_to_float(src: NDArray[np.uint16], dst: NDArray[np.float32], kind: int) -> None: ...
+def for_dtype(dtype: np.dtype) -> Any: ...
