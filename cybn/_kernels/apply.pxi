@@ -42,9 +42,6 @@ cdef inline void run_affine(const storage* x, storage* y, Py_ssize_t n, double s
     half-precision: the float32 arithmetic on runs converted into scratch. r: the residual run
     (read when ep has EP_RESIDUAL)."""
     cdef float hi, lo
-    cdef float xb[HALF_RUN]
-    cdef float rb[HALF_RUN]
-    cdef Py_ssize_t i, m
     if storage is float:
         cybn_split(shift, &hi, &lo)
         cybn_f32_affine_ep(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale),
@@ -56,18 +53,10 @@ cdef inline void run_affine(const storage* x, storage* y, Py_ssize_t n, double s
             block_affine_ep(x, y, n, shift, scale, offset, r, ep)
         else:
             block_affine(x, y, n, shift, scale, offset)
-    else:
+    else:  # half precision: converted in registers, no streaming stores
         cybn_split(shift, &hi, &lo)
-        i = 0
-        while i < n:
-            m = min(<Py_ssize_t>HALF_RUN, n - i)
-            half_load(x + i, xb, m)
-            if ep & EP_RESIDUAL:
-                half_load(r + i, rb, m)
-            cybn_f32_affine_ep(xb, xb, m, hi, <float>scale,
-                               <float>(offset - <double>lo * scale), 0, rb, ep)
-            half_store(xb, y + i, m)
-            i += m
+        cybn_affine_ep(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale), 0, r,
+                       ep, kind_of(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,19 +258,9 @@ cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nro
 cdef inline void row_half_affine(const storage* x, storage* y, Py_ssize_t n, Py_ssize_t k0,
                                  Py_ssize_t W, const float* ft, const storage* res,
                                  int ep) noexcept nogil:
-    """The float32 flat affine pass over n half-precision elements, in converted runs."""
-    cdef float xb[HALF_RUN]
-    cdef float rb[HALF_RUN]
-    cdef Py_ssize_t i = 0, m
-    while i < n:
-        m = min(<Py_ssize_t>HALF_RUN, n - i)
-        half_load(x + i, xb, m)
-        if ep & EP_RESIDUAL:
-            half_load(res + i, rb, m)
-        cybn_f32_flat_affine_ep(xb, xb, m, (k0 + i) % W, W, ft, ft + W + 8, ft + 2 * (W + 8), 0,
-                                rb, ep)
-        half_store(xb, y + i, m)
-        i += m
+    """The flat affine pass over n half-precision elements (converted in registers)."""
+    cybn_flat_affine_ep(x, y, n, k0, W, ft, ft + W + 8, ft + 2 * (W + 8), 0, res, ep,
+                        kind_of(x))
 
 
 cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_ssize_t L,

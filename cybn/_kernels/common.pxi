@@ -73,6 +73,34 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
                                   Py_ssize_t k0, Py_ssize_t W, const float* hi,
                                   const float* k1, const float* k2, const float* k3, int nt)
+    # any element kind (KIND_*): float32 data as is, float16 / bfloat16 converted in registers
+    enum:
+        KIND_F32 "CYBN_KIND_F32"
+        KIND_F16 "CYBN_KIND_F16"
+        KIND_BF16 "CYBN_KIND_BF16"
+    void cybn_block_grad_sums(const void* g, const void* x, Py_ssize_t n, Py_ssize_t nplanes,
+                              Py_ssize_t stride, Py_ssize_t gstride, float mh, float ml,
+                              double* sum_dy, double* sum_dy_xmu, int kind)
+    void cybn_rows_grad_sums(const void* g, const void* x, Py_ssize_t nr, Py_ssize_t L,
+                             const float* hi, const float* lo, double* sum_dy,
+                             double* sum_dy_xmu, float* scratch, int kind)
+    void cybn_affine_ep(const void* x, void* y, Py_ssize_t n, float mh, float scale,
+                        float offset, int nt, const void* r, int ep, int kind)
+    void cybn_grad_apply_k(const void* g, const void* x, void* dx, Py_ssize_t n, float mh,
+                           float k1, float k2, float k3, int nt, float s, float o, int relu,
+                           int kind)
+    void cybn_relu_mask(const void* dy, const void* x, const void* r, void* g, Py_ssize_t n,
+                        float mh, float s, float o, int ep, int kind)
+    void cybn_flat_affine_ep(const void* x, void* y, Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W,
+                             const float* hi, const float* scale, const float* offset, int nt,
+                             const void* r, int ep, int kind)
+    void cybn_flat_grad_apply_k(const void* g, const void* x, void* dx, Py_ssize_t n,
+                                Py_ssize_t k0, Py_ssize_t W, const float* hi, const float* k1,
+                                const float* k2, const float* k3, int nt, const float* s,
+                                const float* o, int relu, int kind)
+    void cybn_flat_relu_mask(const void* dy, const void* x, const void* r, float* g,
+                             Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* hi,
+                             const float* s, const float* o, int ep, int kind)
     # fused ReLU / residual (see simd_f32.h)
     enum:
         EP_RESIDUAL "CYBN_EP_RESIDUAL"
@@ -124,6 +152,15 @@ cdef inline void half_load(const storage* src, float* dst, Py_ssize_t n) noexcep
         cybn_half_load(src, dst, n, HALF_BF16)
 
 
+cdef inline int kind_of(const storage* p) noexcept nogil:
+    """The SIMD kernels' element kind of float32 / float16 / bfloat16 data."""
+    if storage is cybn_f16:
+        return KIND_F16
+    elif storage is cybn_bf16:
+        return KIND_BF16
+    return KIND_F32
+
+
 cdef inline void half_store(const float* src, storage* dst, Py_ssize_t n) noexcept nogil:
     """dst[0:n] = src[0:n] rounded to nearest even (half-precision storage only)."""
     if storage is cybn_f16:
@@ -146,10 +183,6 @@ def half_to_float(const unsigned short[::1] src,  # IN  (n,) float16 (kind 0) or
     """The kernels' half -> float32 conversion (for tests)."""
     if src.shape[0]:
         cybn_half_load(&src[0], &dst[0], src.shape[0], kind)
-
-
-cdef enum:
-    HALF_RUN = 1024       # elements per float32 scratch run of half-precision data
 
 
 cdef enum:

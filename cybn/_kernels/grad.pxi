@@ -73,8 +73,6 @@ cdef inline void run_grad_sums(const storage* dy, const storage* x, Py_ssize_t n
     cdef float hi, lo
     cdef double a, b
     cdef Py_ssize_t k
-    cdef float gb[PLANE_BLOCK]
-    cdef float xb[PLANE_BLOCK]
     if gstride < 0:
         gstride = stride
     if storage is float:
@@ -88,12 +86,10 @@ cdef inline void run_grad_sums(const storage* dy, const storage* x, Py_ssize_t n
             block_grad_sums(dy + k * gstride, x + k * stride, n, mean, &a, &b)
             sum_dy[0] = sum_dy[0] + a
             sum_dy_xmu[0] = sum_dy_xmu[0] + b
-    else:
-        for k in range(nplanes):
-            half_load(dy + k * gstride, gb + k * n, n)
-            half_load(x + k * stride, xb + k * n, n)
+    else:  # half precision: converted in registers
         cybn_split(mean, &hi, &lo)
-        cybn_f32_block_grad_sums(gb, xb, n, nplanes, n, n, hi, lo, sum_dy, sum_dy_xmu)
+        cybn_block_grad_sums(dy, x, n, nplanes, stride, gstride, hi, lo, sum_dy, sum_dy_xmu,
+                             kind_of(x))
 
 
 cdef inline void run_grad_apply(const storage* dy, const storage* x, storage* dx,
@@ -101,9 +97,6 @@ cdef inline void run_grad_apply(const storage* dy, const storage* x, storage* dx
                                 int streaming) noexcept nogil:
     """dx = k1 * dy + k2 * (x - mean) + k3 (float32: the low part of mean folded into k3)."""
     cdef float hi, lo
-    cdef float gb[HALF_RUN]
-    cdef float xb[HALF_RUN]
-    cdef Py_ssize_t i, m
     if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
@@ -112,17 +105,10 @@ cdef inline void run_grad_apply(const storage* dy, const storage* x, storage* dx
             cybn_store_fence()
     elif storage is double:
         block_grad_apply(dy, x, dx, n, mean, k1, k2, k3)
-    else:
+    else:  # half precision: converted in registers
         cybn_split(mean, &hi, &lo)
-        i = 0
-        while i < n:
-            m = min(<Py_ssize_t>HALF_RUN, n - i)
-            half_load(dy + i, gb, m)
-            half_load(x + i, xb, m)
-            cybn_f32_grad_apply(gb, xb, gb, m, hi, <float>k1, <float>k2,
-                                <float>(k3 - k2 * <double>lo), 0)
-            half_store(gb, dx + i, m)
-            i += m
+        cybn_grad_apply_k(dy, x, dx, n, hi, <float>k1, <float>k2, <float>(k3 - k2 * <double>lo),
+                          0, 0.0, 0.0, 0, kind_of(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,24 +125,13 @@ cdef inline void run_relu_mask(const storage* dy, const storage* x, const storag
     cdef float hi, lo
     cdef Py_ssize_t i, m
     cdef double v
-    cdef float gb[HALF_RUN]
-    cdef float xb[HALF_RUN]
-    cdef float rb[HALF_RUN]
     if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep)
-    elif storage is not double:
+    elif storage is not double:  # half precision: converted in registers
         cybn_split(mean, &hi, &lo)
-        i = 0
-        while i < n:
-            m = min(<Py_ssize_t>HALF_RUN, n - i)
-            half_load(dy + i, gb, m)
-            half_load(x + i, xb, m)
-            if ep & EP_RESIDUAL:
-                half_load(r + i, rb, m)
-            cybn_f32_relu_mask(gb, xb, rb, gb, m, hi, <float>s, <float>(o - <double>lo * s), ep)
-            half_store(gb, g + i, m)
-            i += m
+        cybn_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep,
+                       kind_of(x))
     else:
         for i in range(n):
             v = (x[i] - mean) * s + o
@@ -172,8 +147,6 @@ cdef inline void run_relu_grad_apply(const storage* dy, const storage* x, storag
     cdef float hi, lo
     cdef Py_ssize_t i, m
     cdef double g
-    cdef float gb[HALF_RUN]
-    cdef float xb[HALF_RUN]
     if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_relu_grad_apply(dy, x, dx, n, hi, <float>k1, <float>k2,
@@ -181,18 +154,10 @@ cdef inline void run_relu_grad_apply(const storage* dy, const storage* x, storag
                                  <float>(o - <double>lo * s))
         if streaming:
             cybn_store_fence()
-    elif storage is not double:
+    elif storage is not double:  # half precision: converted in registers
         cybn_split(mean, &hi, &lo)
-        i = 0
-        while i < n:
-            m = min(<Py_ssize_t>HALF_RUN, n - i)
-            half_load(dy + i, gb, m)
-            half_load(x + i, xb, m)
-            cybn_f32_relu_grad_apply(gb, xb, gb, m, hi, <float>k1, <float>k2,
-                                     <float>(k3 - k2 * <double>lo), 0, <float>s,
-                                     <float>(o - <double>lo * s))
-            half_store(gb, dx + i, m)
-            i += m
+        cybn_grad_apply_k(dy, x, dx, n, hi, <float>k1, <float>k2, <float>(k3 - k2 * <double>lo),
+                          0, <float>s, <float>(o - <double>lo * s), 1, kind_of(x))
     else:
         for i in range(n):
             g = 0.0 if (x[i] - mean) * s + o <= 0.0 else dy[i]
@@ -510,7 +475,6 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     cdef const storage* g
     cdef float* gf
     cdef float* xf
-    cdef float* rf
     cdef Py_ssize_t nb
     # [chunk][column] partial sums, the column means (double, and split for float32), and
     # with ep the forward's per-column (scale, offset) and float32 tiles (hi, scale, offset)
@@ -543,8 +507,8 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
         # half-precision: blocks of dy, x and the residual in float32
         tmp = <double*>malloc(2 * L * sizeof(double)
                               + (ROW_BLOCK * L * sizeof(storage) if ep else 0)
-                              + (3 * ROW_BLOCK * L * sizeof(float) if sizeof(storage) == 2
-                                 else 0))
+                              + (2 * ROW_BLOCK * L * sizeof(float)
+                                 if sizeof(storage) == 2 and ep else 0))
         if tmp == NULL:
             status[0] = -1
             continue
@@ -572,23 +536,23 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
                 for j in range(L):
                     part_a[item * L + j] += tmp[j]
                     part_b[item * L + j] += tmp[L + j]
-            else:
+            elif ep:  # half precision through the ReLU: a float32 block of masked dy
                 nb = nrows * L
-                gf = <float*>(<char*>(tmp + 2 * L) + (ROW_BLOCK * L * sizeof(storage) if ep
-                                                      else 0))
+                gf = <float*>(<char*>(tmp + 2 * L) + ROW_BLOCK * L * sizeof(storage))
                 xf = gf + ROW_BLOCK * L
-                rf = xf + ROW_BLOCK * L
-                half_load(dy + r0 * L, gf, nb)
+                cybn_flat_relu_mask(dy + r0 * L, x + r0 * L,
+                                    res + r0 * L if ep & EP_RESIDUAL else NULL, gf, nb,
+                                    (r0 * L) % W, W, ftile, ftile + W + 8, ftile + 2 * (W + 8), ep,
+                                    kind_of(x))
+                if ep & EP_RESIDUAL:
+                    half_store(gf, dres + r0 * L, nb)
                 half_load(x + r0 * L, xf, nb)
-                if ep:
-                    if ep & EP_RESIDUAL:
-                        half_load(res + r0 * L, rf, nb)
-                    cybn_f32_flat_relu_mask(gf, xf, rf, gf, nb, (r0 * L) % W, W, ftile,
-                                            ftile + W + 8, ftile + 2 * (W + 8), ep)
-                    if ep & EP_RESIDUAL:
-                        half_store(gf, dres + r0 * L, nb)
                 cybn_f32_rows_grad_sums(gf, xf, nrows, L, fmean, fmean + L, &part_a[item * L],
                                         &part_b[item * L], <float*>tmp)
+            else:  # half precision: converted in registers
+                cybn_rows_grad_sums(dy + r0 * L, x + r0 * L, nrows, L, fmean, fmean + L,
+                                    &part_a[item * L], &part_b[item * L], <float*>tmp,
+                                    kind_of(x))
         free(tmp)
     if status[0] == 0:
         for c in range(C):
@@ -608,23 +572,11 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
 cdef inline void row_half_grad_apply(const storage* dy, const storage* x, storage* dx,
                                      Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* ft,
                                      bint relu) noexcept nogil:
-    """The float32 flat backward pass (ft: the tiles of row_grad_apply_core) over n
-    half-precision elements, in converted runs."""
-    cdef float gb[HALF_RUN]
-    cdef float xb[HALF_RUN]
-    cdef Py_ssize_t i = 0, m, P = W + 8
-    while i < n:
-        m = min(<Py_ssize_t>HALF_RUN, n - i)
-        half_load(dy + i, gb, m)
-        half_load(x + i, xb, m)
-        if relu:
-            cybn_f32_flat_relu_grad_apply(gb, xb, gb, m, (k0 + i) % W, W, ft, ft + P, ft + 2 * P,
-                                          ft + 3 * P, 0, ft + 4 * P, ft + 5 * P)
-        else:
-            cybn_f32_flat_grad_apply(gb, xb, gb, m, (k0 + i) % W, W, ft, ft + P, ft + 2 * P,
-                                     ft + 3 * P, 0)
-        half_store(gb, dx + i, m)
-        i += m
+    """The flat backward pass (ft: the tiles of row_grad_apply_core) over n half-precision
+    elements, converted in registers."""
+    cdef Py_ssize_t P = W + 8
+    cybn_flat_grad_apply_k(dy, x, dx, n, k0, W, ft, ft + P, ft + 2 * P, ft + 3 * P, 0, ft + 4 * P,
+                           ft + 5 * P, relu, kind_of(x))
 
 
 cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage* dx,

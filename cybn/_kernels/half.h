@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -87,6 +87,12 @@ static inline void cybn_half_load(const void* src_, float* dst, ptrdiff_t n, int
     const uint16_t* src = (const uint16_t*)src_;
     ptrdiff_t i = 0;
     if (kind == CYBN_HALF_BF16) {
+#if defined(__AVX2__)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_si256((__m256i*)(dst + i),
+                                _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                    _mm_loadu_si128((const __m128i*)(src + i))), 16));
+#endif
         for (; i + 8 <= n; i += 8) {
             cybn_v8h h;
             memcpy(&h, src + i, 16);

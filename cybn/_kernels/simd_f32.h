@@ -28,6 +28,7 @@
 #if defined(__AVX__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
+#include "half.h"
 
 typedef float cybn_v8f __attribute__((vector_size(32)));
 typedef float cybn_v8f_u __attribute__((vector_size(32), aligned(4)));
@@ -85,6 +86,86 @@ static inline void cybn_split(double m, float* hi, float* lo) {
 #endif
     *hi = h;
     *lo = (float)(m - (double)h);
+}
+
+/* ------------------------------------------------------------------ element kinds
+ * The elementwise kernels below read and write their data arrays through cybn_ldk / cybn_stk:
+ * float32 as is, float16 and bfloat16 (half.h) converted in registers, so half-precision
+ * data moves half the bytes with the float32 arithmetic unchanged. kind is a constant in
+ * every instantiation (the *_impl functions are inlined by dispatchers), so each kind
+ * compiles to its own loop. Streaming stores apply to float32 data only. */
+#define CYBN_INLINE static inline __attribute__((always_inline))
+enum { CYBN_KIND_F32 = 0, CYBN_KIND_F16 = 1, CYBN_KIND_BF16 = 2 };
+
+typedef int cybn_v8i __attribute__((vector_size(32)));
+
+CYBN_INLINE cybn_v8f cybn_ldk(const void* p, ptrdiff_t i, int kind) {
+    if (kind == CYBN_KIND_F32) return cybn_ld8((const float*)p + i);
+    if (kind == CYBN_KIND_F16) {
+#if defined(__F16C__)
+        return (cybn_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)p + i)));
+#else
+        cybn_v8f v;
+        int l;
+        for (l = 0; l < 8; l++) v[l] = cybn_f16_to_f32(((const uint16_t*)p)[i + l]);
+        return v;
+#endif
+    }
+    {
+#if defined(__AVX2__)
+        __m256i u = _mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)p + i))), 16);
+        return (cybn_v8f)_mm256_castsi256_ps(u);
+#else
+        cybn_v8h h;
+        cybn_v8f v;
+        memcpy(&h, (const uint16_t*)p + i, 16);
+        cybn_v8u u = __builtin_convertvector(h, cybn_v8u) << 16;
+        memcpy(&v, &u, 32);
+        return v;
+#endif
+    }
+}
+
+CYBN_INLINE void cybn_stk(void* p, ptrdiff_t i, cybn_v8f v, int kind) {
+    if (kind == CYBN_KIND_F32) {
+        cybn_st8((float*)p + i, v);
+    } else if (kind == CYBN_KIND_F16) {
+#if defined(__F16C__)
+        _mm_storeu_si128((__m128i*)((uint16_t*)p + i),
+                         _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+        int l;
+        for (l = 0; l < 8; l++) ((uint16_t*)p)[i + l] = cybn_f32_to_f16(v[l]);
+#endif
+    } else {
+        cybn_v8u u, r, nan;
+        memcpy(&u, &v, 32);
+        nan = (cybn_v8u)((u & 0x7fffffffu) > 0x7f800000u);
+        r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        r = (r & ~nan) | (((u >> 16) | 0x40u) & nan);
+#if defined(__AVX512VL__) && defined(__AVX512BW__)
+        _mm_storeu_si128((__m128i*)((uint16_t*)p + i), _mm256_cvtepi32_epi16((__m256i)r));
+#elif defined(__AVX2__)
+        __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0x08);
+        _mm_storeu_si128((__m128i*)((uint16_t*)p + i), _mm256_castsi256_si128(w));
+#else
+        cybn_v8h h = __builtin_convertvector(r, cybn_v8h);
+        memcpy((uint16_t*)p + i, &h, 16);
+#endif
+    }
+}
+
+CYBN_INLINE float cybn_ldk1(const void* p, ptrdiff_t i, int kind) {
+    if (kind == CYBN_KIND_F32) return ((const float*)p)[i];
+    if (kind == CYBN_KIND_F16) return cybn_f16_to_f32(((const uint16_t*)p)[i]);
+    return cybn_bf16_to_f32(((const uint16_t*)p)[i]);
+}
+
+CYBN_INLINE void cybn_stk1(void* p, ptrdiff_t i, float v, int kind) {
+    if (kind == CYBN_KIND_F32) ((float*)p)[i] = v;
+    else if (kind == CYBN_KIND_F16) ((uint16_t*)p)[i] = cybn_f32_to_f16(v);
+    else ((uint16_t*)p)[i] = cybn_f32_to_bf16(v);
 }
 
 /* ------------------------------------------------------------------ contiguous runs */
@@ -190,45 +271,74 @@ static inline void cybn_f32_block_moments(const float* p, ptrdiff_t n, ptrdiff_t
 
 /* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, x's runs
  * stride apart and g's gstride apart; mean = mh + ml (split). */
-static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrdiff_t n,
-                                            ptrdiff_t nplanes, ptrdiff_t stride,
-                                            ptrdiff_t gstride, float mh, float ml,
-                                            double* sum_dy, double* sum_dy_xmu) {
+CYBN_INLINE void cybn_block_grad_sums_impl(const void* g, const void* x, ptrdiff_t n,
+                                           ptrdiff_t nplanes, ptrdiff_t stride,
+                                           ptrdiff_t gstride, float mh, float ml,
+                                           double* sum_dy, double* sum_dy_xmu, int kind) {
     const cybn_v8f vh = cybn_bc8(mh), vl = cybn_bc8(ml);
     const double m = (double)mh + (double)ml;
     cybn_v4d a_lo = {0, 0, 0, 0}, a_hi = {0, 0, 0, 0}, b_lo = {0, 0, 0, 0}, b_hi = {0, 0, 0, 0};
     double sa = 0.0, sb = 0.0;
     ptrdiff_t k, i, n16 = n & ~(ptrdiff_t)15;
     for (k = 0; k < nplanes; k++) {
-        const float* gk = g + k * gstride;
-        const float* xk = x + k * stride;
+        const ptrdiff_t gk = k * gstride, xk = k * stride;
         i = 0;
         while (i < n16) {
             ptrdiff_t end = i + CYBN_FLUSH < n16 ? i + CYBN_FLUSH : n16;
             cybn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
             for (; i < end; i += 16) {
-                cybn_v8f g0 = cybn_ld8(gk + i), g1 = cybn_ld8(gk + i + 8);
+                cybn_v8f g0 = cybn_ldk(g, gk + i, kind), g1 = cybn_ldk(g, gk + i + 8, kind);
                 a0 += g0;
                 a1 += g1;
-                b0 += g0 * ((cybn_ld8(xk + i) - vh) - vl);
-                b1 += g1 * ((cybn_ld8(xk + i + 8) - vh) - vl);
+                b0 += g0 * ((cybn_ldk(x, xk + i, kind) - vh) - vl);
+                b1 += g1 * ((cybn_ldk(x, xk + i + 8, kind) - vh) - vl);
             }
             cybn_flush8(a0 + a1, &a_lo, &a_hi);
             cybn_flush8(b0 + b1, &b_lo, &b_hi);
         }
         if (i + 8 <= n) {
-            cybn_v8f g0 = cybn_ld8(gk + i);
+            cybn_v8f g0 = cybn_ldk(g, gk + i, kind);
             cybn_flush8(g0, &a_lo, &a_hi);
-            cybn_flush8(g0 * ((cybn_ld8(xk + i) - vh) - vl), &b_lo, &b_hi);
+            cybn_flush8(g0 * ((cybn_ldk(x, xk + i, kind) - vh) - vl), &b_lo, &b_hi);
             i += 8;
         }
         for (; i < n; i++) {
-            sa += (double)gk[i];
-            sb += (double)gk[i] * ((double)xk[i] - m);
+            double gv = (double)cybn_ldk1(g, gk + i, kind);
+            sa += gv;
+            sb += gv * ((double)cybn_ldk1(x, xk + i, kind) - m);
         }
     }
     *sum_dy = cybn_hsum(a_lo, a_hi) + sa;
     *sum_dy_xmu = cybn_hsum(b_lo, b_hi) + sb;
+}
+
+/* sum(dy) and sum(dy * (x - mean)) over a block of nplanes runs of n elements, x's runs
+ * stride apart and g's gstride apart; mean = mh + ml (split); data of element kind kind. */
+static inline void cybn_block_grad_sums(const void* g, const void* x, ptrdiff_t n,
+                                        ptrdiff_t nplanes, ptrdiff_t stride, ptrdiff_t gstride,
+                                        float mh, float ml, double* sum_dy, double* sum_dy_xmu,
+                                        int kind) {
+    switch (kind) {
+    case CYBN_KIND_F16:
+        cybn_block_grad_sums_impl(g, x, n, nplanes, stride, gstride, mh, ml, sum_dy, sum_dy_xmu,
+                                  CYBN_KIND_F16);
+        break;
+    case CYBN_KIND_BF16:
+        cybn_block_grad_sums_impl(g, x, n, nplanes, stride, gstride, mh, ml, sum_dy, sum_dy_xmu,
+                                  CYBN_KIND_BF16);
+        break;
+    default:
+        cybn_block_grad_sums_impl(g, x, n, nplanes, stride, gstride, mh, ml, sum_dy, sum_dy_xmu,
+                                  CYBN_KIND_F32);
+    }
+}
+
+static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrdiff_t n,
+                                            ptrdiff_t nplanes, ptrdiff_t stride,
+                                            ptrdiff_t gstride, float mh, float ml,
+                                            double* sum_dy, double* sum_dy_xmu) {
+    cybn_block_grad_sums_impl(g, x, n, nplanes, stride, gstride, mh, ml, sum_dy, sum_dy_xmu,
+                              CYBN_KIND_F32);
 }
 
 /* ------------------------------------------------------------------ fused epilogues
@@ -241,9 +351,25 @@ static inline void cybn_f32_block_grad_sums(const float* g, const float* x, ptrd
  * with constant ep, so every combination compiles to its own loop. */
 #define CYBN_EP_RESIDUAL 1
 #define CYBN_EP_RELU 2
-#define CYBN_INLINE static inline __attribute__((always_inline))
 
-typedef int cybn_v8i __attribute__((vector_size(32)));
+/* Instantiate call(EP, KIND) for the run-time (ep, kind): every combination its own loop. */
+#define CYBN_DISPATCH(ep, kind, call)                                                        \
+    do {                                                                                      \
+        switch ((kind) * 4 + (ep)) {                                                          \
+        case 0: call(0, CYBN_KIND_F32); break;                                                \
+        case 1: call(1, CYBN_KIND_F32); break;                                                \
+        case 2: call(2, CYBN_KIND_F32); break;                                                \
+        case 3: call(3, CYBN_KIND_F32); break;                                                \
+        case 4: call(0, CYBN_KIND_F16); break;                                                \
+        case 5: call(1, CYBN_KIND_F16); break;                                                \
+        case 6: call(2, CYBN_KIND_F16); break;                                                \
+        case 7: call(3, CYBN_KIND_F16); break;                                                \
+        case 8: call(0, CYBN_KIND_BF16); break;                                               \
+        case 9: call(1, CYBN_KIND_BF16); break;                                               \
+        case 10: call(2, CYBN_KIND_BF16); break;                                              \
+        default: call(3, CYBN_KIND_BF16); break;                                              \
+        }                                                                                     \
+    } while (0)
 
 /* v where keep is not <= 0, else +0. */
 CYBN_INLINE cybn_v8f cybn_keep8(cybn_v8f v, cybn_v8f keep) {
@@ -252,136 +378,141 @@ CYBN_INLINE cybn_v8f cybn_keep8(cybn_v8f v, cybn_v8f keep) {
 
 CYBN_INLINE float cybn_keep1(float v, float keep) { return keep <= 0.0f ? 0.0f : v; }
 
-CYBN_INLINE cybn_v8f cybn_ep8(cybn_v8f v, const float* r, ptrdiff_t i, int ep) {
-    if (ep & CYBN_EP_RESIDUAL) v += cybn_ld8(r + i);
+CYBN_INLINE cybn_v8f cybn_ep8(cybn_v8f v, const void* r, ptrdiff_t i, int ep, int kind) {
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk(r, i, kind);
     if (ep & CYBN_EP_RELU) v = cybn_keep8(v, v);
     return v;
 }
 
-CYBN_INLINE float cybn_ep1(float v, const float* r, ptrdiff_t i, int ep) {
-    if (ep & CYBN_EP_RESIDUAL) v += r[i];
+CYBN_INLINE float cybn_ep1(float v, const void* r, ptrdiff_t i, int ep, int kind) {
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk1(r, i, kind);
     if (ep & CYBN_EP_RELU) v = cybn_keep1(v, v);
     return v;
 }
 
 /* y = ep((x - mh) * scale + offset) over n elements (offset already holds bias - ml * scale). */
-CYBN_INLINE void cybn_f32_affine_impl(const float* x, float* y, ptrdiff_t n, float mh,
-                                      float scale, float offset, int nt, const float* r,
-                                      int ep) {
+CYBN_INLINE void cybn_affine_impl(const void* x, void* y, ptrdiff_t n, float mh, float scale,
+                                  float offset, int nt, const void* r, int ep, int kind) {
     const cybn_v8f vh = cybn_bc8(mh), vs = cybn_bc8(scale), vo = cybn_bc8(offset);
+    float* yf = (float*)y;
     ptrdiff_t i = 0;
-    if (nt) {
-        for (; i < n && ((uintptr_t)(y + i) & 31); i++)
-            y[i] = cybn_ep1((x[i] - mh) * scale + offset, r, i, ep);
+    if (nt && kind == CYBN_KIND_F32) {
+        for (; i < n && ((uintptr_t)(yf + i) & 31); i++)
+            yf[i] = cybn_ep1((cybn_ldk1(x, i, kind) - mh) * scale + offset, r, i, ep, kind);
         if (i + 32 <= n) {
-            cybn_v8f a0 = cybn_ld8(x + i), a1 = cybn_ld8(x + i + 8);
-            cybn_v8f a2 = cybn_ld8(x + i + 16), a3 = cybn_ld8(x + i + 24);
+            cybn_v8f a0 = cybn_ldk(x, i, kind), a1 = cybn_ldk(x, i + 8, kind);
+            cybn_v8f a2 = cybn_ldk(x, i + 16, kind), a3 = cybn_ldk(x, i + 24, kind);
             for (; i + 64 <= n; i += 32) {
-                cybn_v8f n0 = cybn_ld8(x + i + 32), n1 = cybn_ld8(x + i + 40);
-                cybn_v8f n2 = cybn_ld8(x + i + 48), n3 = cybn_ld8(x + i + 56);
-                cybn_st8_nt(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
-                cybn_st8_nt(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
-                cybn_st8_nt(y + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep));
-                cybn_st8_nt(y + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep));
+                cybn_v8f n0 = cybn_ldk(x, i + 32, kind), n1 = cybn_ldk(x, i + 40, kind);
+                cybn_v8f n2 = cybn_ldk(x, i + 48, kind), n3 = cybn_ldk(x, i + 56, kind);
+                cybn_st8_nt(yf + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep, kind));
+                cybn_st8_nt(yf + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep, kind));
+                cybn_st8_nt(yf + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep, kind));
+                cybn_st8_nt(yf + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep, kind));
                 a0 = n0; a1 = n1; a2 = n2; a3 = n3;
             }
-            cybn_st8_nt(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
-            cybn_st8_nt(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
-            cybn_st8_nt(y + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep));
-            cybn_st8_nt(y + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep));
+            cybn_st8_nt(yf + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep, kind));
+            cybn_st8_nt(yf + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep, kind));
+            cybn_st8_nt(yf + i + 16, cybn_ep8((a2 - vh) * vs + vo, r, i + 16, ep, kind));
+            cybn_st8_nt(yf + i + 24, cybn_ep8((a3 - vh) * vs + vo, r, i + 24, ep, kind));
             i += 32;
         }
         for (; i + 8 <= n; i += 8)
-            cybn_st8_nt(y + i, cybn_ep8((cybn_ld8(x + i) - vh) * vs + vo, r, i, ep));
+            cybn_st8_nt(yf + i, cybn_ep8((cybn_ldk(x, i, kind) - vh) * vs + vo, r, i, ep, kind));
     } else {
         for (; i + 16 <= n; i += 16) {
-            cybn_v8f a0 = cybn_ld8(x + i), a1 = cybn_ld8(x + i + 8);
-            cybn_st8(y + i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep));
-            cybn_st8(y + i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep));
+            cybn_v8f a0 = cybn_ldk(x, i, kind), a1 = cybn_ldk(x, i + 8, kind);
+            cybn_stk(y, i, cybn_ep8((a0 - vh) * vs + vo, r, i, ep, kind), kind);
+            cybn_stk(y, i + 8, cybn_ep8((a1 - vh) * vs + vo, r, i + 8, ep, kind), kind);
         }
         for (; i + 8 <= n; i += 8)
-            cybn_st8(y + i, cybn_ep8((cybn_ld8(x + i) - vh) * vs + vo, r, i, ep));
+            cybn_stk(y, i, cybn_ep8((cybn_ldk(x, i, kind) - vh) * vs + vo, r, i, ep, kind), kind);
     }
-    for (; i < n; i++) y[i] = cybn_ep1((x[i] - mh) * scale + offset, r, i, ep);
+    for (; i < n; i++)
+        cybn_stk1(y, i, cybn_ep1((cybn_ldk1(x, i, kind) - mh) * scale + offset, r, i, ep, kind),
+                  kind);
 }
 
 static inline void cybn_f32_affine(const float* x, float* y, ptrdiff_t n, float mh, float scale,
                                    float offset, int nt) {
-    cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, NULL, 0);
+    cybn_affine_impl(x, y, n, mh, scale, offset, nt, NULL, 0, CYBN_KIND_F32);
 }
 
-/* cybn_f32_affine with the epilogue ep (r: the residual run, read when ep has RESIDUAL). */
+/* The affine pass of data of element kind `kind` with the epilogue ep (r: the residual run,
+ * of the same kind, read when ep has RESIDUAL). */
+static inline void cybn_affine_ep(const void* x, void* y, ptrdiff_t n, float mh, float scale,
+                                  float offset, int nt, const void* r, int ep, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_affine_impl(x, y, n, mh, scale, offset, nt, r, EP, KIND)
+    CYBN_DISPATCH(ep, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
 static inline void cybn_f32_affine_ep(const float* x, float* y, ptrdiff_t n, float mh,
                                       float scale, float offset, int nt, const float* r,
                                       int ep) {
-    switch (ep) {
-    case CYBN_EP_RELU: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RELU); break;
-    case CYBN_EP_RESIDUAL: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RESIDUAL); break;
-    case CYBN_EP_RESIDUAL | CYBN_EP_RELU:
-        cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, CYBN_EP_RESIDUAL | CYBN_EP_RELU);
-        break;
-    default: cybn_f32_affine_impl(x, y, n, mh, scale, offset, nt, r, 0);
-    }
+    cybn_affine_ep(x, y, n, mh, scale, offset, nt, r, ep, CYBN_KIND_F32);
 }
 
 /* The forward's pre-activation value (x - mh) * s + o (+ r) as the backward recomputes it. */
-CYBN_INLINE cybn_v8f cybn_pre8(cybn_v8f xm, cybn_v8f vs, cybn_v8f vo, const float* r,
-                               ptrdiff_t i, int ep) {
+CYBN_INLINE cybn_v8f cybn_pre8(cybn_v8f xm, cybn_v8f vs, cybn_v8f vo, const void* r,
+                               ptrdiff_t i, int ep, int kind) {
     cybn_v8f v = xm * vs + vo;
-    if (ep & CYBN_EP_RESIDUAL) v += cybn_ld8(r + i);
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk(r, i, kind);
     return v;
 }
 
-CYBN_INLINE float cybn_pre1(float xm, float s, float o, const float* r, ptrdiff_t i, int ep) {
+CYBN_INLINE float cybn_pre1(float xm, float s, float o, const void* r, ptrdiff_t i, int ep,
+                            int kind) {
     float v = xm * s + o;
-    if (ep & CYBN_EP_RESIDUAL) v += r[i];
+    if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk1(r, i, kind);
     return v;
 }
 
 /* dx = k1 * g + k2 * (x - mh) + k3 over n elements (k3 already holds k3 - k2 * ml), where
  * g = dy, or with relu != 0 dy masked by the forward's ReLU: 0 where (x - mh) * s + o <= 0. */
-CYBN_INLINE void cybn_f32_grad_apply_impl(const float* g, const float* x, float* dx, ptrdiff_t n,
-                                          float mh, float k1, float k2, float k3, int nt,
-                                          float s, float o, int relu) {
+CYBN_INLINE void cybn_grad_apply_impl(const void* g, const void* x, void* dx, ptrdiff_t n,
+                                      float mh, float k1, float k2, float k3, int nt, float s,
+                                      float o, int relu, int kind) {
     const cybn_v8f vh = cybn_bc8(mh), a = cybn_bc8(k1), b = cybn_bc8(k2), c = cybn_bc8(k3);
     const cybn_v8f vs = cybn_bc8(s), vo = cybn_bc8(o);
+    float* dxf = (float*)dx;
 #define CYBN_G8(gv, xm) (relu ? cybn_keep8((gv), (xm) * vs + vo) : (gv))
 #define CYBN_G1(gv, xm) (relu ? cybn_keep1((gv), (xm) * s + o) : (gv))
     ptrdiff_t i = 0;
-    if (nt) {
-        for (; i < n && ((uintptr_t)(dx + i) & 31); i++) {
-            float xm = x[i] - mh;
-            dx[i] = k1 * CYBN_G1(g[i], xm) + k2 * xm + k3;
+    if (nt && kind == CYBN_KIND_F32) {
+        for (; i < n && ((uintptr_t)(dxf + i) & 31); i++) {
+            float xm = cybn_ldk1(x, i, kind) - mh;
+            dxf[i] = k1 * CYBN_G1(cybn_ldk1(g, i, kind), xm) + k2 * xm + k3;
         }
         if (i + 16 <= n) {
-            cybn_v8f g0 = cybn_ld8(g + i), g1 = cybn_ld8(g + i + 8);
-            cybn_v8f x0 = cybn_ld8(x + i), x1 = cybn_ld8(x + i + 8);
+            cybn_v8f g0 = cybn_ldk(g, i, kind), g1 = cybn_ldk(g, i + 8, kind);
+            cybn_v8f x0 = cybn_ldk(x, i, kind), x1 = cybn_ldk(x, i + 8, kind);
             for (; i + 32 <= n; i += 16) {
-                cybn_v8f ng0 = cybn_ld8(g + i + 16), ng1 = cybn_ld8(g + i + 24);
-                cybn_v8f nx0 = cybn_ld8(x + i + 16), nx1 = cybn_ld8(x + i + 24);
+                cybn_v8f ng0 = cybn_ldk(g, i + 16, kind), ng1 = cybn_ldk(g, i + 24, kind);
+                cybn_v8f nx0 = cybn_ldk(x, i + 16, kind), nx1 = cybn_ldk(x, i + 24, kind);
                 cybn_v8f m0 = x0 - vh, m1 = x1 - vh;
-                cybn_st8_nt(dx + i, a * CYBN_G8(g0, m0) + b * m0 + c);
-                cybn_st8_nt(dx + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
+                cybn_st8_nt(dxf + i, a * CYBN_G8(g0, m0) + b * m0 + c);
+                cybn_st8_nt(dxf + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
                 g0 = ng0; g1 = ng1; x0 = nx0; x1 = nx1;
             }
             cybn_v8f m0 = x0 - vh, m1 = x1 - vh;
-            cybn_st8_nt(dx + i, a * CYBN_G8(g0, m0) + b * m0 + c);
-            cybn_st8_nt(dx + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
+            cybn_st8_nt(dxf + i, a * CYBN_G8(g0, m0) + b * m0 + c);
+            cybn_st8_nt(dxf + i + 8, a * CYBN_G8(g1, m1) + b * m1 + c);
             i += 16;
         }
         for (; i + 8 <= n; i += 8) {
-            cybn_v8f m0 = cybn_ld8(x + i) - vh;
-            cybn_st8_nt(dx + i, a * CYBN_G8(cybn_ld8(g + i), m0) + b * m0 + c);
+            cybn_v8f m0 = cybn_ldk(x, i, kind) - vh;
+            cybn_st8_nt(dxf + i, a * CYBN_G8(cybn_ldk(g, i, kind), m0) + b * m0 + c);
         }
     } else {
         for (; i + 8 <= n; i += 8) {
-            cybn_v8f m0 = cybn_ld8(x + i) - vh;
-            cybn_st8(dx + i, a * CYBN_G8(cybn_ld8(g + i), m0) + b * m0 + c);
+            cybn_v8f m0 = cybn_ldk(x, i, kind) - vh;
+            cybn_stk(dx, i, a * CYBN_G8(cybn_ldk(g, i, kind), m0) + b * m0 + c, kind);
         }
     }
     for (; i < n; i++) {
-        float xm = x[i] - mh;
-        dx[i] = k1 * CYBN_G1(g[i], xm) + k2 * xm + k3;
+        float xm = cybn_ldk1(x, i, kind) - mh;
+        cybn_stk1(dx, i, k1 * CYBN_G1(cybn_ldk1(g, i, kind), xm) + k2 * xm + k3, kind);
     }
 #undef CYBN_G8
 #undef CYBN_G1
@@ -389,34 +520,53 @@ CYBN_INLINE void cybn_f32_grad_apply_impl(const float* g, const float* x, float*
 
 static inline void cybn_f32_grad_apply(const float* g, const float* x, float* dx, ptrdiff_t n,
                                        float mh, float k1, float k2, float k3, int nt) {
-    cybn_f32_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, 0.0f, 0.0f, 0);
+    cybn_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, 0.0f, 0.0f, 0, CYBN_KIND_F32);
 }
 
-/* cybn_f32_grad_apply through the forward's ReLU (no residual), the mask recomputed from x. */
 static inline void cybn_f32_relu_grad_apply(const float* g, const float* x, float* dx,
                                             ptrdiff_t n, float mh, float k1, float k2, float k3,
                                             int nt, float s, float o) {
-    cybn_f32_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, s, o, 1);
+    cybn_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, s, o, 1, CYBN_KIND_F32);
+}
+
+/* The backward's elementwise pass for data of element kind `kind`; relu != 0: through the
+ * forward's ReLU (no residual), the mask recomputed from x. */
+static inline void cybn_grad_apply_k(const void* g, const void* x, void* dx, ptrdiff_t n,
+                                     float mh, float k1, float k2, float k3, int nt, float s,
+                                     float o, int relu, int kind) {
+#define CYBN_CALL(RELU, KIND) \
+    cybn_grad_apply_impl(g, x, dx, n, mh, k1, k2, k3, nt, s, o, (RELU) >> 1, KIND)
+    CYBN_DISPATCH(relu ? 2 : 0, kind, CYBN_CALL);
+#undef CYBN_CALL
 }
 
 /* g = dy where the forward's ReLU passed, else 0: over n elements, the pre-activation
- * (x - mh) * s + o (+ r[i] with ep's RESIDUAL bit) recomputed as the forward did. */
-CYBN_INLINE void cybn_f32_relu_mask_impl(const float* dy, const float* x, const float* r,
-                                         float* g, ptrdiff_t n, float mh, float s, float o,
-                                         int ep) {
+ * (x - mh) * s + o (+ r[i] with ep's RESIDUAL bit) recomputed as the forward did; g of the
+ * same kind as dy. */
+CYBN_INLINE void cybn_relu_mask_impl(const void* dy, const void* x, const void* r, void* g,
+                                     ptrdiff_t n, float mh, float s, float o, int ep, int kind) {
     const cybn_v8f vh = cybn_bc8(mh), vs = cybn_bc8(s), vo = cybn_bc8(o);
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8)
-        cybn_st8(g + i, cybn_keep8(cybn_ld8(dy + i), cybn_pre8(cybn_ld8(x + i) - vh, vs, vo, r, i, ep)));
-    for (; i < n; i++) g[i] = cybn_keep1(dy[i], cybn_pre1(x[i] - mh, s, o, r, i, ep));
+        cybn_stk(g, i, cybn_keep8(cybn_ldk(dy, i, kind),
+                                  cybn_pre8(cybn_ldk(x, i, kind) - vh, vs, vo, r, i, ep, kind)),
+                 kind);
+    for (; i < n; i++)
+        cybn_stk1(g, i, cybn_keep1(cybn_ldk1(dy, i, kind),
+                                   cybn_pre1(cybn_ldk1(x, i, kind) - mh, s, o, r, i, ep, kind)),
+                  kind);
+}
+
+static inline void cybn_relu_mask(const void* dy, const void* x, const void* r, void* g,
+                                  ptrdiff_t n, float mh, float s, float o, int ep, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_relu_mask_impl(dy, x, r, g, n, mh, s, o, (EP) & 1, KIND)
+    CYBN_DISPATCH(ep & CYBN_EP_RESIDUAL, kind, CYBN_CALL);
+#undef CYBN_CALL
 }
 
 static inline void cybn_f32_relu_mask(const float* dy, const float* x, const float* r, float* g,
                                       ptrdiff_t n, float mh, float s, float o, int ep) {
-    if (ep & CYBN_EP_RESIDUAL)
-        cybn_f32_relu_mask_impl(dy, x, r, g, n, mh, s, o, CYBN_EP_RESIDUAL);
-    else
-        cybn_f32_relu_mask_impl(dy, x, r, g, n, mh, s, o, 0);
+    cybn_relu_mask(dy, x, r, g, n, mh, s, o, ep, CYBN_KIND_F32);
 }
 
 /* ------------------------------------------------------------------ rows (channels-last) */
@@ -499,175 +649,223 @@ static inline void cybn_f32_rows_moments(const float* x, ptrdiff_t nr, ptrdiff_t
  * column means split into hi[j] + lo[j]. Rows are read in order, four at a time (sequential
  * streams the hardware prefetches), into float column accumulators (scratch: 2 * L floats,
  * L1-resident) that are added into the double sums at the end of the block. */
-static inline void cybn_f32_rows_grad_sums(const float* g, const float* x, ptrdiff_t nr,
-                                           ptrdiff_t L, const float* hi, const float* lo,
-                                           double* sum_dy, double* sum_dy_xmu, float* scratch) {
+CYBN_INLINE void cybn_rows_grad_sums_impl(const void* g, const void* x, ptrdiff_t nr,
+                                          ptrdiff_t L, const float* hi, const float* lo,
+                                          double* sum_dy, double* sum_dy_xmu, float* scratch,
+                                          int kind) {
     float* fa = scratch;
     float* fb = scratch + L;
     ptrdiff_t r = 0, j;
     memset(scratch, 0, 2 * (size_t)L * sizeof(float));
+#define G(i) cybn_ldk(g, (i), kind)
+#define X(i) cybn_ldk(x, (i), kind)
+#define G1(i) cybn_ldk1(g, (i), kind)
+#define X1(i) cybn_ldk1(x, (i), kind)
     for (; r + 4 <= nr; r += 4) {
-        const float* g0 = g + r * L;
-        const float* x0 = x + r * L;
+        const ptrdiff_t o = r * L;
         for (j = 0; j + 8 <= L; j += 8) {
             cybn_v8f h = cybn_ld8(hi + j), l = cybn_ld8(lo + j);
-            cybn_v8f a = cybn_ld8(g0 + j), b = cybn_ld8(g0 + L + j);
-            cybn_v8f c = cybn_ld8(g0 + 2 * L + j), d = cybn_ld8(g0 + 3 * L + j);
-            cybn_v8f pa = (cybn_ld8(x0 + j) - h) - l, pb = (cybn_ld8(x0 + L + j) - h) - l;
-            cybn_v8f pc = (cybn_ld8(x0 + 2 * L + j) - h) - l, pd = (cybn_ld8(x0 + 3 * L + j) - h) - l;
+            cybn_v8f a = G(o + j), b = G(o + L + j);
+            cybn_v8f c = G(o + 2 * L + j), d = G(o + 3 * L + j);
+            cybn_v8f pa = (X(o + j) - h) - l, pb = (X(o + L + j) - h) - l;
+            cybn_v8f pc = (X(o + 2 * L + j) - h) - l, pd = (X(o + 3 * L + j) - h) - l;
             cybn_st8(fa + j, cybn_ld8(fa + j) + ((a + b) + (c + d)));
             cybn_st8(fb + j, cybn_ld8(fb + j) + ((a * pa + b * pb) + (c * pc + d * pd)));
         }
         for (; j < L; j++) {
-            float a = g0[j], b = g0[L + j], c = g0[2 * L + j], d = g0[3 * L + j];
+            float a = G1(o + j), b = G1(o + L + j), c = G1(o + 2 * L + j), d = G1(o + 3 * L + j);
             fa[j] += (a + b) + (c + d);
-            fb[j] += (a * ((x0[j] - hi[j]) - lo[j]) + b * ((x0[L + j] - hi[j]) - lo[j]))
-                     + (c * ((x0[2 * L + j] - hi[j]) - lo[j]) + d * ((x0[3 * L + j] - hi[j]) - lo[j]));
+            fb[j] += (a * ((X1(o + j) - hi[j]) - lo[j]) + b * ((X1(o + L + j) - hi[j]) - lo[j]))
+                     + (c * ((X1(o + 2 * L + j) - hi[j]) - lo[j])
+                        + d * ((X1(o + 3 * L + j) - hi[j]) - lo[j]));
         }
     }
     for (; r < nr; r++) {
-        const float* g0 = g + r * L;
-        const float* x0 = x + r * L;
+        const ptrdiff_t o = r * L;
         for (j = 0; j + 8 <= L; j += 8) {
-            cybn_v8f a = cybn_ld8(g0 + j);
+            cybn_v8f a = G(o + j);
             cybn_st8(fa + j, cybn_ld8(fa + j) + a);
             cybn_st8(fb + j, cybn_ld8(fb + j)
-                                 + a * ((cybn_ld8(x0 + j) - cybn_ld8(hi + j)) - cybn_ld8(lo + j)));
+                                 + a * ((X(o + j) - cybn_ld8(hi + j)) - cybn_ld8(lo + j)));
         }
         for (; j < L; j++) {
-            fa[j] += g0[j];
-            fb[j] += g0[j] * ((x0[j] - hi[j]) - lo[j]);
+            fa[j] += G1(o + j);
+            fb[j] += G1(o + j) * ((X1(o + j) - hi[j]) - lo[j]);
         }
     }
+#undef G
+#undef X
+#undef G1
+#undef X1
     for (j = 0; j < L; j++) {
         sum_dy[j] += (double)fa[j];
         sum_dy_xmu[j] += (double)fb[j];
     }
 }
 
+static inline void cybn_rows_grad_sums(const void* g, const void* x, ptrdiff_t nr, ptrdiff_t L,
+                                       const float* hi, const float* lo, double* sum_dy,
+                                       double* sum_dy_xmu, float* scratch, int kind) {
+    switch (kind) {
+    case CYBN_KIND_F16:
+        cybn_rows_grad_sums_impl(g, x, nr, L, hi, lo, sum_dy, sum_dy_xmu, scratch, CYBN_KIND_F16);
+        break;
+    case CYBN_KIND_BF16:
+        cybn_rows_grad_sums_impl(g, x, nr, L, hi, lo, sum_dy, sum_dy_xmu, scratch,
+                                 CYBN_KIND_BF16);
+        break;
+    default:
+        cybn_rows_grad_sums_impl(g, x, nr, L, hi, lo, sum_dy, sum_dy_xmu, scratch, CYBN_KIND_F32);
+    }
+}
+
+static inline void cybn_f32_rows_grad_sums(const float* g, const float* x, ptrdiff_t nr,
+                                           ptrdiff_t L, const float* hi, const float* lo,
+                                           double* sum_dy, double* sum_dy_xmu, float* scratch) {
+    cybn_rows_grad_sums_impl(g, x, nr, L, hi, lo, sum_dy, sum_dy_xmu, scratch, CYBN_KIND_F32);
+}
+
 /* n elements of a row-major array whose per-column constants repeat with period W (a
  * multiple of the row length and of 8; the constant arrays hold W + 8 values, so 8
  * consecutive elements always read 8 consecutive constants), the first at constant index k0:
  * y[e] = ep((x[e] - hi[k]) * scale[k] + offset[k]), k = (k0 + e) % W, r indexed as x. */
-CYBN_INLINE void cybn_f32_flat_affine_impl(const float* x, float* y, ptrdiff_t n, ptrdiff_t k0,
-                                           ptrdiff_t W, const float* hi, const float* scale,
-                                           const float* offset, int nt, const float* r, int ep) {
+CYBN_INLINE void cybn_flat_affine_impl(const void* x, void* y, ptrdiff_t n, ptrdiff_t k0,
+                                       ptrdiff_t W, const float* hi, const float* scale,
+                                       const float* offset, int nt, const void* r, int ep,
+                                       int kind) {
     ptrdiff_t e = 0, e1 = n, k = k0;
-#define CYBN_AFF8(v, k, i) \
-    cybn_ep8(((v) - cybn_ld8(hi + (k))) * cybn_ld8(scale + (k)) + cybn_ld8(offset + (k)), r, (i), ep)
-    if (nt) {
-        for (; e < e1 && ((uintptr_t)(y + e) & 31); e++) {
-            y[e] = cybn_ep1((x[e] - hi[k]) * scale[k] + offset[k], r, e, ep);
+    float* yf = (float*)y;
+#define CYBN_AFF8(v, k, i)                                                                      \
+    cybn_ep8(((v) - cybn_ld8(hi + (k))) * cybn_ld8(scale + (k)) + cybn_ld8(offset + (k)), r,   \
+             (i), ep, kind)
+#define CYBN_AFF1(e, k) \
+    cybn_ep1((cybn_ldk1(x, e, kind) - hi[k]) * scale[k] + offset[k], r, e, ep, kind)
+    if (nt && kind == CYBN_KIND_F32) {
+        for (; e < e1 && ((uintptr_t)(yf + e) & 31); e++) {
+            yf[e] = CYBN_AFF1(e, k);
             if (++k == W) k = 0;
         }
         if (e + 16 <= e1) {
-            cybn_v8f a0 = cybn_ld8(x + e), a1 = cybn_ld8(x + e + 8);
+            cybn_v8f a0 = cybn_ldk(x, e, kind), a1 = cybn_ldk(x, e + 8, kind);
             for (; e + 32 <= e1; e += 16) {
-                cybn_v8f n0 = cybn_ld8(x + e + 16), n1 = cybn_ld8(x + e + 24);
+                cybn_v8f n0 = cybn_ldk(x, e + 16, kind), n1 = cybn_ldk(x, e + 24, kind);
                 ptrdiff_t k1 = k + 8 >= W ? k + 8 - W : k + 8;
-                cybn_st8_nt(y + e, CYBN_AFF8(a0, k, e));
-                cybn_st8_nt(y + e + 8, CYBN_AFF8(a1, k1, e + 8));
+                cybn_st8_nt(yf + e, CYBN_AFF8(a0, k, e));
+                cybn_st8_nt(yf + e + 8, CYBN_AFF8(a1, k1, e + 8));
                 k = k1 + 8 >= W ? k1 + 8 - W : k1 + 8;
                 a0 = n0; a1 = n1;
             }
             ptrdiff_t k1 = k + 8 >= W ? k + 8 - W : k + 8;
-            cybn_st8_nt(y + e, CYBN_AFF8(a0, k, e));
-            cybn_st8_nt(y + e + 8, CYBN_AFF8(a1, k1, e + 8));
+            cybn_st8_nt(yf + e, CYBN_AFF8(a0, k, e));
+            cybn_st8_nt(yf + e + 8, CYBN_AFF8(a1, k1, e + 8));
             e += 16;
             k = k1 + 8 >= W ? k1 + 8 - W : k1 + 8;
         }
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8_nt(y + e, CYBN_AFF8(cybn_ld8(x + e), k, e));
+            cybn_st8_nt(yf + e, CYBN_AFF8(cybn_ldk(x, e, kind), k, e));
             k += 8;
             if (k >= W) k -= W;
         }
     } else {
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8(y + e, CYBN_AFF8(cybn_ld8(x + e), k, e));
+            cybn_stk(y, e, CYBN_AFF8(cybn_ldk(x, e, kind), k, e), kind);
             k += 8;
             if (k >= W) k -= W;
         }
     }
-#undef CYBN_AFF8
     for (; e < e1; e++) {
-        y[e] = cybn_ep1((x[e] - hi[k]) * scale[k] + offset[k], r, e, ep);
+        cybn_stk1(y, e, CYBN_AFF1(e, k), kind);
         if (++k == W) k = 0;
     }
+#undef CYBN_AFF8
+#undef CYBN_AFF1
+}
+
+static inline void cybn_flat_affine_ep(const void* x, void* y, ptrdiff_t n, ptrdiff_t k0,
+                                       ptrdiff_t W, const float* hi, const float* scale,
+                                       const float* offset, int nt, const void* r, int ep,
+                                       int kind) {
+#define CYBN_CALL(EP, KIND) \
+    cybn_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, EP, KIND)
+    CYBN_DISPATCH(ep, kind, CYBN_CALL);
+#undef CYBN_CALL
 }
 
 static inline void cybn_f32_flat_affine_ep(const float* x, float* y, ptrdiff_t n, ptrdiff_t k0,
                                            ptrdiff_t W, const float* hi, const float* scale,
                                            const float* offset, int nt, const float* r, int ep) {
-    switch (ep) {
-    case CYBN_EP_RELU:
-        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, CYBN_EP_RELU);
-        break;
-    case CYBN_EP_RESIDUAL:
-        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, CYBN_EP_RESIDUAL);
-        break;
-    case CYBN_EP_RESIDUAL | CYBN_EP_RELU:
-        cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r,
-                                  CYBN_EP_RESIDUAL | CYBN_EP_RELU);
-        break;
-    default: cybn_f32_flat_affine_impl(x, y, n, k0, W, hi, scale, offset, nt, r, 0);
-    }
+    cybn_flat_affine_ep(x, y, n, k0, W, hi, scale, offset, nt, r, ep, CYBN_KIND_F32);
 }
 
 /* dx = k1[k] * g + k2[k] * (x - hi[k]) + k3[k] over n elements, constants as above;
  * g = dy, or with relu != 0 dy masked where (x - hi[k]) * s[k] + o[k] <= 0. */
-CYBN_INLINE void cybn_f32_flat_grad_apply_impl(const float* g, const float* x, float* dx,
-                                               ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
-                                               const float* hi, const float* k1, const float* k2,
-                                               const float* k3, int nt, const float* s,
-                                               const float* o, int relu) {
+CYBN_INLINE void cybn_flat_grad_apply_impl(const void* g, const void* x, void* dx, ptrdiff_t n,
+                                           ptrdiff_t k0, ptrdiff_t W, const float* hi,
+                                           const float* k1, const float* k2, const float* k3,
+                                           int nt, const float* s, const float* o, int relu,
+                                           int kind) {
     ptrdiff_t e = 0, e1 = n, k = k0;
+    float* dxf = (float*)dx;
 #define CYBN_GA8(gv, xv, k) __extension__({ \
         cybn_v8f m_ = (xv) - cybn_ld8(hi + (k)); \
         cybn_v8f g_ = relu ? cybn_keep8((gv), m_ * cybn_ld8(s + (k)) + cybn_ld8(o + (k))) : (gv); \
         cybn_ld8(k1 + (k)) * g_ + cybn_ld8(k2 + (k)) * m_ + cybn_ld8(k3 + (k)); })
 #define CYBN_GA1(e, k) __extension__({ \
-        float m_ = x[e] - hi[k]; \
-        float g_ = relu ? cybn_keep1(g[e], m_ * s[k] + o[k]) : g[e]; \
+        float m_ = cybn_ldk1(x, e, kind) - hi[k]; \
+        float gv_ = cybn_ldk1(g, e, kind); \
+        float g_ = relu ? cybn_keep1(gv_, m_ * s[k] + o[k]) : gv_; \
         k1[k] * g_ + k2[k] * m_ + k3[k]; })
-    if (nt) {
-        for (; e < e1 && ((uintptr_t)(dx + e) & 31); e++) {
-            dx[e] = CYBN_GA1(e, k);
+    if (nt && kind == CYBN_KIND_F32) {
+        for (; e < e1 && ((uintptr_t)(dxf + e) & 31); e++) {
+            dxf[e] = CYBN_GA1(e, k);
             if (++k == W) k = 0;
         }
         if (e + 8 <= e1) {
-            cybn_v8f g0 = cybn_ld8(g + e), x0 = cybn_ld8(x + e);
+            cybn_v8f g0 = cybn_ldk(g, e, kind), x0 = cybn_ldk(x, e, kind);
             for (; e + 16 <= e1; e += 8) {
-                cybn_v8f ng = cybn_ld8(g + e + 8), nx = cybn_ld8(x + e + 8);
-                cybn_st8_nt(dx + e, CYBN_GA8(g0, x0, k));
+                cybn_v8f ng = cybn_ldk(g, e + 8, kind), nx = cybn_ldk(x, e + 8, kind);
+                cybn_st8_nt(dxf + e, CYBN_GA8(g0, x0, k));
                 k += 8;
                 if (k >= W) k -= W;
                 g0 = ng; x0 = nx;
             }
-            cybn_st8_nt(dx + e, CYBN_GA8(g0, x0, k));
+            cybn_st8_nt(dxf + e, CYBN_GA8(g0, x0, k));
             k += 8;
             if (k >= W) k -= W;
             e += 8;
         }
     } else {
         for (; e + 8 <= e1; e += 8) {
-            cybn_st8(dx + e, CYBN_GA8(cybn_ld8(g + e), cybn_ld8(x + e), k));
+            cybn_stk(dx, e, CYBN_GA8(cybn_ldk(g, e, kind), cybn_ldk(x, e, kind), k), kind);
             k += 8;
             if (k >= W) k -= W;
         }
     }
     for (; e < e1; e++) {
-        dx[e] = CYBN_GA1(e, k);
+        cybn_stk1(dx, e, CYBN_GA1(e, k), kind);
         if (++k == W) k = 0;
     }
 #undef CYBN_GA8
 #undef CYBN_GA1
 }
 
+static inline void cybn_flat_grad_apply_k(const void* g, const void* x, void* dx, ptrdiff_t n,
+                                          ptrdiff_t k0, ptrdiff_t W, const float* hi,
+                                          const float* k1, const float* k2, const float* k3,
+                                          int nt, const float* s, const float* o, int relu,
+                                          int kind) {
+#define CYBN_CALL(RELU, KIND) \
+    cybn_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, s, o, (RELU) >> 1, KIND)
+    CYBN_DISPATCH(relu ? 2 : 0, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
 static inline void cybn_f32_flat_grad_apply(const float* g, const float* x, float* dx,
                                             ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                             const float* hi, const float* k1, const float* k2,
                                             const float* k3, int nt) {
-    cybn_f32_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, NULL, NULL, 0);
+    cybn_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, NULL, NULL, 0,
+                              CYBN_KIND_F32);
 }
 
 static inline void cybn_f32_flat_relu_grad_apply(const float* g, const float* x, float* dx,
@@ -675,37 +873,44 @@ static inline void cybn_f32_flat_relu_grad_apply(const float* g, const float* x,
                                                  const float* hi, const float* k1,
                                                  const float* k2, const float* k3, int nt,
                                                  const float* s, const float* o) {
-    cybn_f32_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, s, o, 1);
+    cybn_flat_grad_apply_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, nt, s, o, 1, CYBN_KIND_F32);
 }
 
 /* g = dy where the forward's ReLU passed, else 0, over n elements with the tiled constants
- * above (the first at index k0); the residual r (ep's RESIDUAL bit) indexed as x. */
-CYBN_INLINE void cybn_f32_flat_relu_mask_impl(const float* dy, const float* x, const float* r,
-                                              float* g, ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
-                                              const float* hi, const float* s, const float* o,
-                                              int ep) {
+ * above (the first at index k0); the residual r (ep's RESIDUAL bit) indexed as x; g float32
+ * (scratch) whatever the kind of dy, x and r. */
+CYBN_INLINE void cybn_flat_relu_mask_impl(const void* dy, const void* x, const void* r, float* g,
+                                          ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
+                                          const float* hi, const float* s, const float* o,
+                                          int ep, int kind) {
     ptrdiff_t e = 0, k = k0;
     for (; e + 8 <= n; e += 8) {
-        cybn_v8f m = cybn_ld8(x + e) - cybn_ld8(hi + k);
-        cybn_st8(g + e,
-                 cybn_keep8(cybn_ld8(dy + e), cybn_pre8(m, cybn_ld8(s + k), cybn_ld8(o + k), r, e, ep)));
+        cybn_v8f m = cybn_ldk(x, e, kind) - cybn_ld8(hi + k);
+        cybn_st8(g + e, cybn_keep8(cybn_ldk(dy, e, kind),
+                                   cybn_pre8(m, cybn_ld8(s + k), cybn_ld8(o + k), r, e, ep, kind)));
         k += 8;
         if (k >= W) k -= W;
     }
     for (; e < n; e++) {
-        g[e] = cybn_keep1(dy[e], cybn_pre1(x[e] - hi[k], s[k], o[k], r, e, ep));
+        g[e] = cybn_keep1(cybn_ldk1(dy, e, kind),
+                          cybn_pre1(cybn_ldk1(x, e, kind) - hi[k], s[k], o[k], r, e, ep, kind));
         if (++k == W) k = 0;
     }
+}
+
+static inline void cybn_flat_relu_mask(const void* dy, const void* x, const void* r, float* g,
+                                       ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W, const float* hi,
+                                       const float* s, const float* o, int ep, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_flat_relu_mask_impl(dy, x, r, g, n, k0, W, hi, s, o, EP, KIND)
+    CYBN_DISPATCH(ep & CYBN_EP_RESIDUAL, kind, CYBN_CALL);
+#undef CYBN_CALL
 }
 
 static inline void cybn_f32_flat_relu_mask(const float* dy, const float* x, const float* r,
                                            float* g, ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
                                            const float* hi, const float* s, const float* o,
                                            int ep) {
-    if (ep & CYBN_EP_RESIDUAL)
-        cybn_f32_flat_relu_mask_impl(dy, x, r, g, n, k0, W, hi, s, o, CYBN_EP_RESIDUAL);
-    else
-        cybn_f32_flat_relu_mask_impl(dy, x, r, g, n, k0, W, hi, s, o, 0);
+    cybn_flat_relu_mask(dy, x, r, g, n, k0, W, hi, s, o, ep, CYBN_KIND_F32);
 }
 
 #endif
