@@ -1,0 +1,235 @@
+"""float16 and bfloat16 storage: the conversions against NumPy's and ml_dtypes' (round to
+nearest even), every batch norm op equal to the float32 op on the widened data rounded once,
+within 1 ulp of the float64 reference, and the per-channel results as accurate as for float32
+input."""
+
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import cybn
+import reference as ref
+from cybn import _kernels
+from cybn._validate import resolve_dtype
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+HALF = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+IDS = ["float16", "bfloat16"]
+CASES = [((6, 16, 20, 20), 1), ((6, 20, 20, 16), -1), ((64, 24), 1), ((4, 3, 5, 7), 1),
+         ((4, 5, 7, 3), -1), ((2, 8, 3000), 1), ((3, 9, 1), 1), ((2, 3, 4, 5, 6), -1)]
+
+
+def kind(dtype):
+    return _kernels.HALF_KINDS[np.dtype(dtype).name]
+
+
+def bits_equal(a, b):
+    """Equal bit patterns, NaNs compared as NaNs."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype.itemsize == 2:
+        same = a.view(np.uint16) == b.view(np.uint16)
+        nan = np.isnan(a.astype(np.float32)) & np.isnan(b.astype(np.float32))
+    else:
+        same = a == b
+        nan = np.isnan(a) & np.isnan(b)
+    assert np.all(same | nan), f"{np.count_nonzero(~(same | nan))} elements differ"
+
+
+def ulps(a, b64, dtype):
+    """Distance in units in the last place of the half type between a and float64 b64."""
+    def ordinal(v):
+        w = v.view(np.uint16).astype(np.int64)
+        return np.where(w & 0x8000, -(w & 0x7FFF), w)
+    return np.abs(ordinal(a) - ordinal(b64.astype(dtype)))
+
+
+def data(shape, axis, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    C = shape[axis]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    r = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, r, dy
+
+
+# ----------------------------------------------------------------------------- conversions
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_every_half_value_widens_exactly(dtype):
+    words = np.arange(65536, dtype=np.uint16)
+    got = np.empty(65536, np.float32)
+    _kernels.half_to_float(words, got, kind(dtype))
+    bits_equal(got, words.view(dtype).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_float32_rounds_to_nearest_even(dtype):
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 2 ** 32, 1 << 20, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    grid = np.arange(65536, dtype=np.uint16).view(dtype).astype(np.float32)
+    grid = grid[np.isfinite(grid)]
+    ordered = np.unique(grid)
+    ties = (ordered[:-1].astype(np.float64) + ordered[1:]) / 2  # exact in float32
+    edges = np.array([65504, 65519.996, 65520, 65536, 2.0 ** -24, 2.0 ** -25, 3e-8, 1e-45,
+                      3.4e38, np.inf, 0.0], dtype=np.float32)
+    values = np.concatenate([values, ties.astype(np.float32), edges, -edges,
+                             np.nextafter(grid, np.float32(np.inf))])
+    got = np.empty(values.size, np.uint16)
+    _kernels.half_from_float(values, got, kind(dtype))
+    with np.errstate(all="ignore"):
+        want = values.astype(dtype)
+    bits_equal(got.view(dtype), want)
+
+
+def test_bfloat16_needs_ml_dtypes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    with pytest.raises(ImportError, match="ml_dtypes"):
+        resolve_dtype("bfloat16")
+    assert resolve_dtype("float16") == np.float16
+
+
+# ----------------------------------------------------------------------------- the ops
+
+@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_ops_equal_the_float32_ops_on_the_widened_data(shape, axis, dtype, threads):
+    x, w, b, r, dy = data(shape, axis, dtype)
+    x32, r32, dy32 = (a.astype(np.float32) for a in (x, r, dy))
+    C = shape[axis]
+    # training forward (plain and fused), inference, backward, moments
+    for kw in ({}, {"activation": "relu"}, {"activation": "relu", "residual": "r"}):
+        k16 = {k: (r if v == "r" else v) for k, v in kw.items()}
+        k32 = {k: (r32 if v == "r" else v) for k, v in kw.items()}
+        y, mean, invstd = cybn.batch_norm_train(x, w, b, axis=axis, **k16)
+        y32, mean32, invstd32 = cybn.batch_norm_train(x32, w, b, axis=axis, **k32)
+        assert y.dtype == dtype
+        bits_equal(y, y32.astype(dtype))
+        bits_equal(mean, mean32)
+        bits_equal(invstd, invstd32)
+        rm, rv = np.linspace(-1, 1, C), np.linspace(0.5, 2, C)
+        bits_equal(cybn.batch_norm_infer(x, rm, rv, w, b, axis=axis, **k16),
+                   cybn.batch_norm_infer(x32, rm, rv, w, b, axis=axis, **k32).astype(dtype))
+        bk16 = dict(k16, bias=b) if kw else {}
+        bk32 = dict(k32, bias=b) if kw else {}
+        got = cybn.batch_norm_backward(dy, x, w, mean, invstd, axis=axis, **bk16)
+        want = cybn.batch_norm_backward(dy32, x32, w, mean, invstd, axis=axis, **bk32)
+        bits_equal(got[0], want[0].astype(dtype))
+        bits_equal(got[1], want[1])  # float32 per-channel gradients
+        bits_equal(got[2], want[2])
+        if len(got) == 4:
+            bits_equal(got[3], want[3].astype(dtype))
+    m, v = cybn.moments(x, axis=axis)
+    m32, v32 = cybn.moments(x32, axis=axis)
+    bits_equal(m, m32)
+    bits_equal(v, v32)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 16, 20, 20), 1), ((6, 20, 20, 16), -1),
+                                        ((64, 24), 1)])
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_within_one_ulp_of_the_float64_result(shape, axis, dtype):
+    x, w, b, r, dy = data(shape, axis, dtype, seed=2)
+    x64 = x.astype(np.float64)
+    y, mean, invstd = cybn.batch_norm_train(x, w, b, axis=axis)
+    yr, mr, ir, var = ref.train(x64, w, b, axis=axis)
+    # y is the float32 result rounded once: within 1 ulp of the float64 result, except where
+    # y nearly cancels (|y| far below its terms (x - mean) * scale and bias), where float32's
+    # rounding of the terms (a few 2**-24 of them) can exceed the half type's ulp of y
+    terms = np.abs(yr - ref._bcast(b, x64, axis)) + np.abs(ref._bcast(b, x64, axis))
+    err = np.abs(y.astype(np.float64) - yr)
+    within = (ulps(y, yr, dtype) <= 1) | (err <= 4 * 2.0 ** -24 * terms)
+    assert within.all()
+    assert np.mean(ulps(y, yr, dtype) <= 1) > 0.9999
+    # statistics as accurate as for float32 input: the data are exact in float32
+    np.testing.assert_allclose(mean, mr, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(1 / invstd ** 2 - 1e-5, var, rtol=1e-6)
+    C = shape[axis]
+    rm, rv = np.linspace(-1, 1, C), np.linspace(0.5, 2, C)
+    assert ulps(cybn.batch_norm_infer(x, rm, rv, w, b, axis=axis),
+                ref.infer(x64, rm, rv, w, b, axis=axis), dtype).max() <= 1
+    dx, dw, db = cybn.batch_norm_backward(dy, x, w, mean, invstd, axis=axis)
+    dxr, dwr, dbr = ref.backward(dy.astype(np.float64), x64, w, mean, invstd, axis=axis)
+    assert ulps(dx, dxr, dtype).max() <= 1
+    assert dw.dtype == np.float32 and db.dtype == np.float32
+    np.testing.assert_allclose(dw, dwr, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, dbr, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_offset_data_keep_their_variance(dtype):
+    # mean 256, spread 1: float16 keeps 3 bits below the point there, bfloat16 none, so
+    # build values on the half type's grid near 256 and compare with float64 moments
+    rng = np.random.default_rng(3)
+    x = (256 + rng.integers(-8, 9, (64, 4, 50)) * (0.25 if dtype == np.float16 else 2.0))
+    x = x.astype(dtype)
+    mean, var = cybn.moments(x, axis=1)
+    mr, vr = ref.moments(x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(mean, mr, rtol=1e-12)
+    np.testing.assert_allclose(var, vr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_out_in_place_strided_and_threads(dtype):
+    x, w, b, r, dy = data((6, 16, 20, 20), 1, dtype, seed=4)
+    want, mean, invstd = cybn.batch_norm_train(x, w, b)
+    out = np.empty_like(x)
+    got, _, _ = cybn.batch_norm_train(x, w, b, out=out)
+    assert got is out
+    bits_equal(out, want)
+    x2 = x.copy()
+    cybn.batch_norm_train(x2, w, b, out=x2)
+    bits_equal(x2, want)
+    xs = np.repeat(x, 2, axis=0)[::2]
+    bits_equal(cybn.batch_norm_train(xs, w, b)[0], want)
+    grads = []
+    for n in (1, 2, 3):
+        with threadpool_limits(limits=n, user_api="openmp"):
+            grads.append(cybn.batch_norm_backward(dy, x, w, mean, invstd))
+    for g in grads[1:]:
+        for a, e in zip(g, grads[0]):
+            bits_equal(a, e)
+
+
+def test_bad_half_input_is_rejected():
+    x16 = np.ones((4, 3, 5), np.float16)
+    xb = np.ones((4, 3, 5), ml_dtypes.bfloat16)
+    out = np.zeros((4, 3, 5), np.float32)
+    with pytest.raises(TypeError, match="out must have dtype float16"):
+        cybn.batch_norm_train(x16, out=out)
+    with pytest.raises(ValueError, match="residual must have the dtype of x"):
+        cybn.batch_norm_train(x16, activation="relu", residual=xb)
+    with pytest.raises(ValueError, match="dy must have the dtype of x"):
+        cybn.batch_norm_backward(xb, x16, None, np.zeros(3), np.ones(3))
+    with pytest.raises(TypeError, match="half-precision"):
+        cybn.group_norm(x16, 3)
+    assert not out.any()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm_layer_mixed_precision(dtype, channels_last):
+    """Half activations, float32 parameters, running statistics and gradients."""
+    rng = np.random.default_rng(5)
+    shape = (4, 6, 6, 5) if channels_last else (4, 5, 6, 6)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    half = cybn.BatchNorm2d(5, channels_last=channels_last, activation="relu")
+    full = cybn.BatchNorm2d(5, channels_last=channels_last, activation="relu")
+    y = half(x)
+    y32 = full(x.astype(np.float32))
+    assert y.dtype == dtype and half.weight.data.dtype == np.float32
+    bits_equal(y, y32.astype(dtype))
+    bits_equal(half.running_mean, full.running_mean)
+    bits_equal(half.running_var, full.running_var)
+    dx = half.backward(dy)
+    dx32 = full.backward(dy.astype(np.float32))
+    assert dx.dtype == dtype and half.weight.grad.dtype == np.float32
+    bits_equal(dx, dx32.astype(dtype))
+    bits_equal(half.weight.grad, full.weight.grad)
+    half.eval()
+    full.eval()
+    bits_equal(half(x), full(x.astype(np.float32)).astype(dtype))
