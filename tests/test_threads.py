@@ -301,6 +301,30 @@ for i, (shape, axis) in enumerate(cases):
         out[key + "ln"] = y
         out[key + "lnb"] = cybn.layer_norm_backward(dy, x, None, mean, invstd, shape[-1])[0]
         out[key + "rms"] = cybn.rms_norm(x, shape[-1])[0]
+try:
+    import ml_dtypes
+    halves = (np.float16, ml_dtypes.bfloat16)
+except ImportError:
+    halves = (np.float16,)
+for i, (shape, axis) in enumerate(cases):
+    # fused BN + add + ReLU in every dtype; half precision stored as its 16-bit words
+    for dtype in (np.float32, np.float64) + halves:
+        x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+        r = rng.standard_normal(shape).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        key = f"{i}{np.dtype(dtype).name}"
+        bits = (lambda a: a.view(np.uint16)) if x.itemsize == 2 else (lambda a: a)
+        y, mean, invstd = cybn.batch_norm_train(x, axis=axis, activation="relu", residual=r)
+        out[key + "fused"] = bits(y)
+        g = cybn.batch_norm_backward(dy, x, None, mean, invstd, axis=axis, activation="relu",
+                                     residual=r)
+        out[key + "fused dx"], out[key + "fused dw"] = bits(g[0]), g[1]
+        out[key + "fused dr"] = bits(g[3])
+        if x.itemsize == 2:
+            out[key + "half bn"] = bits(cybn.batch_norm_train(x, axis=axis)[0])
+            out[key + "half bnb"] = bits(cybn.batch_norm_backward(dy, x, None, mean, invstd,
+                                                                  axis=axis)[0])
+            out[key + "half var"] = cybn.moments(x, axis=axis)[1]
 conv = cybn.Conv2d(16, 16, 3, padding=1, groups=16, channels_last=True, rng=0)
 xc = rng.standard_normal((2, 9, 9, 16)).astype(np.float32)
 out["depthwise"] = conv(xc)
