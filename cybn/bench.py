@@ -9,6 +9,7 @@ so read the ratios (to the copy, and PyTorch / cybn) rather than absolute times.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import platform
 import time
@@ -710,6 +711,80 @@ def fused_markdown(result) -> str:
         ("PyTorch / fused", lambda r: _number(r["speedup_vs_torch"], 2))])
 
 
+# The half-precision suite: arrays of 25.7 and 103 MB in float32, both layouts.
+HALF_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
+              ((64, 128, 56, 56), "NCHW"), ((64, 56, 56, 128), "NHWC")]
+
+
+def half_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
+    """Time batch norm on float16 and bfloat16 data (bfloat16 needs ml_dtypes) against the
+    same op on float32 data; a JSON-ready dict."""
+    from ._validate import resolve_dtype
+
+    threads = get_num_threads()
+    dtypes: list[np.dtype] = [np.dtype(np.float32), np.dtype(np.float16)]
+    try:
+        dtypes.append(resolve_dtype("bfloat16"))
+    except ImportError:
+        pass
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
+            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
+            "dtypes": [d.name for d in dtypes], "repeats": repeats}
+    rng = np.random.default_rng(0)
+    warm_up(threads)
+    rows = []
+    if verbose:
+        print(f"# half: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "
+              f"median of {repeats}")
+        print(f"{'shape':<16} {'layout':<6} {'op':<9} " + " ".join(
+            f"{d.name + ' ms':>13}" for d in dtypes) + " " + " ".join(
+            f"{'f32/' + d.name:>13}" for d in dtypes[1:]))
+    for shape, layout in HALF_SUITE if suite is None else suite:
+        axis = -1 if layout == "NHWC" else 1
+        C = shape[axis]
+        w, b = np.linspace(0.5, 1.5, C), np.linspace(-0.5, 0.5, C)
+        rm, rv = np.linspace(-0.1, 0.1, C), np.linspace(0.9, 1.1, C)
+        x32 = rng.standard_normal(shape, dtype=np.float32)
+        dy32 = rng.standard_normal(shape, dtype=np.float32)
+        arrays = {}
+        for d in dtypes:
+            x, dy = x32.astype(d), dy32.astype(d)
+            _, mean, invstd = F.batch_norm_train(x, w, b, axis=axis)
+            arrays[d.name] = (x, dy, np.empty_like(x), mean, invstd)
+        for op in ("train", "infer", "backward"):
+            fns = {}
+            for name, (x, dy, out, mean, invstd) in arrays.items():
+                if op == "train":
+                    fns[name] = functools.partial(F.batch_norm_train, x, w, b, axis=axis,
+                                                  out=out)
+                elif op == "infer":
+                    fns[name] = functools.partial(F.batch_norm_infer, x, rm, rv, w, b,
+                                                  axis=axis, out=out)
+                else:
+                    fns[name] = functools.partial(F.batch_norm_backward, dy, x, w, mean,
+                                                  invstd, axis=axis, out=out)
+            med = interleaved_medians(fns, repeats)
+            ms = {k: v * 1e3 for k, v in med.items()}
+            speedup = {k: med["float32"] / v for k, v in med.items() if k != "float32"}
+            rows.append({"shape": list(shape), "layout": layout, "op": op, "ms": ms,
+                         "speedup_vs_float32": speedup})
+            if verbose:
+                print(f"{'x'.join(map(str, shape)):<16} {layout:<6} {op:<9} " + " ".join(
+                    f"{ms[d.name]:>13.3f}" for d in dtypes) + " " + " ".join(
+                    f"{speedup[d.name]:>13.2f}" for d in dtypes[1:]), flush=True)
+    return {"meta": meta, "rows": rows}
+
+
+def half_markdown(result) -> str:
+    names = result["meta"]["dtypes"]
+    columns: list[tuple[str, Any]] = [("shape", _shape_text), ("layout", lambda r: r["layout"]),
+                                      ("op", lambda r: r["op"])]
+    columns += [(f"{n} ms", lambda r, n=n: _number(r["ms"][n])) for n in names]
+    columns += [(f"float32 / {n}", lambda r, n=n: _number(r["speedup_vs_float32"][n], 2))
+                for n in names[1:]]
+    return _markdown(result["rows"], columns)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -754,6 +829,8 @@ def main(argv=None) -> int:
                    help="only time 4 Python threads against serial calls (GIL release)")
     p.add_argument("--norms", action="store_true",
                    help="only the layer/group/instance/RMS norm suite against PyTorch")
+    p.add_argument("--half", action="store_true",
+                   help="only float16 / bfloat16 data against float32 (bfloat16 needs ml_dtypes)")
     p.add_argument("--fused", action="store_true",
                    help="only the fused BN+ReLU / BN+add+ReLU suite against the two-op paths")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
@@ -766,6 +843,9 @@ def main(argv=None) -> int:
     if args.norms:
         result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
         table = norms_markdown
+    elif args.half:
+        result = half_suite(repeats=args.repeats)
+        table = half_markdown
     elif args.fused:
         result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
         table = fused_markdown

@@ -64,3 +64,17 @@ def test_fused_suite_contenders_compute_the_same_thing(capsys):
                 fns["two_op"]()
                 np.testing.assert_array_equal(fused_out, two_op_out)
                 assert fused_out.any()
+
+
+def test_half_suite_runs_and_reports(capsys):
+    suite = [((4, 8, 6, 6), "NCHW"), ((4, 6, 6, 8), "NHWC")]
+    result = bench.half_suite(repeats=2, suite=suite)
+    rows = result["rows"]
+    assert len(rows) == 2 * 3
+    assert result["meta"]["dtypes"][:2] == ["float32", "float16"]
+    for r in rows:
+        assert set(r["ms"]) == set(result["meta"]["dtypes"])
+        assert all(v > 0 for v in r["speedup_vs_float32"].values())
+    json.dumps(result)
+    assert bench.half_markdown(result).count("\n") == len(rows) + 1
+    assert "float16" in capsys.readouterr().out
