@@ -233,3 +233,28 @@ def test_batchnorm_layer_mixed_precision(dtype, channels_last):
     half.eval()
     full.eval()
     bits_equal(half(x), full(x.astype(np.float32)).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_training_helper_with_half_precision_inputs(dtype):
+    """Half-precision data through fit: the first BatchNorm sees it, the float32 gradient
+    from the Conv2d after it is rounded to the activation's dtype."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((128, 1, 8, 8)).astype(dtype)
+    y = (X.astype(np.float32).mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+    model = cybn.Sequential(cybn.BatchNorm2d(1), cybn.Conv2d(1, 4, 3, padding=1, rng=rng),
+                            cybn.BatchNorm2d(4), cybn.ReLU(), cybn.Flatten(),
+                            cybn.Linear(256, 2, rng=rng))
+    bn = model[0]
+    z = bn(X[:8])
+    dz = np.ones(z.shape, np.float32) * 0.3
+    dx = bn.backward(dz)
+    bn2 = cybn.BatchNorm2d(1)
+    bn2(X[:8])
+    bits_equal(dx, bn2.backward(dz.astype(dtype)))
+    assert dx.dtype == dtype
+    model.zero_grad()
+    history = cybn.fit(model, X, y, optimizer=cybn.SGD(model.parameters(), lr=0.1), epochs=3,
+                       batch_size=32, seed=0)
+    losses = history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]

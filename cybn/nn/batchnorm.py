@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops as F
-from .._validate import check_activation, check_eps, check_momentum
+from .._validate import check_activation, check_eps, check_momentum, is_half
 from ._args import affine_parameters, param_dtype, positive_int, running_buffers
 from .module import Module
 
@@ -107,6 +107,11 @@ class _BatchNorm(Module):
         """dx for the last forward (and the residual's gradient when it had one, as
         ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad."""
         x, mean, invstd, training, axis, residual, activation = self._take_saved()
+        dy = np.asarray(dy)
+        if is_half(x.dtype) and dy.dtype != x.dtype:
+            # mixed precision: the gradient of a half-precision activation is half precision
+            # (a float32 dy from a layer with float32 weights is rounded once)
+            dy = dy.astype(x.dtype)
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
@@ -136,7 +141,10 @@ class BatchNorm1d(_BatchNorm):
     channels_last : bool
         Channel axis last for 3-D input.
     dtype : float32 or float64
-        dtype of the parameters and running statistics.
+        dtype of the parameters and running statistics. The input may also be float16 or
+        bfloat16 (mixed precision): the output and dx then have the input's dtype (a dy of
+        another dtype is rounded to it), the parameters, their gradients and the running
+        statistics stay in ``dtype``.
     activation : None or "relu"
         "relu" fuses the ReLU that follows into the same pass (forward and backward), with
         the outputs and gradients of BatchNorm followed by :class:`ReLU`; see
