@@ -204,9 +204,47 @@ def test_bad_half_input_is_rejected():
         cybn.batch_norm_train(x16, activation="relu", residual=xb)
     with pytest.raises(ValueError, match="dy must have the dtype of x"):
         cybn.batch_norm_backward(xb, x16, None, np.zeros(3), np.ones(3))
-    with pytest.raises(TypeError, match="half-precision"):
-        cybn.group_norm(x16, 3)
+    with pytest.raises(ValueError, match="dy must have the dtype of x"):
+        cybn.layer_norm_backward(xb, x16, None, np.zeros((4, 3)), np.ones((4, 3)), 5)
+    with pytest.raises(TypeError, match="out must have dtype float16"):
+        cybn.group_norm(x16, 3, out=out)
+    with pytest.raises(TypeError, match="weight must have dtype"):  # parameters: float32/64
+        cybn.batch_norm_train(x16, np.ones(3, np.float16))
     assert not out.any()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_other_norms_take_half_precision_through_float32(dtype):
+    x, w, b, r, dy = data((4, 6, 5, 5), 1, dtype, seed=7)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    D = 5
+    cases = [
+        (lambda a: cybn.group_norm(a, 3, w, b), lambda a, g, st: cybn.group_norm_backward(
+            g, a, 3, w, st[1], st[2])),
+        (lambda a: cybn.instance_norm(a, w, b), lambda a, g, st: cybn.instance_norm_backward(
+            g, a, w, st[1], st[2])),
+        (lambda a: cybn.layer_norm(a, D, np.ones(D), np.zeros(D)),
+         lambda a, g, st: cybn.layer_norm_backward(g, a, np.ones(D), st[1], st[2], D)),
+        (lambda a: cybn.rms_norm(a, D, np.ones(D), eps=1e-6),
+         lambda a, g, st: cybn.rms_norm_backward(g, a, np.ones(D), st[1], D)),
+    ]
+    for fwd, bwd in cases:
+        got, want = fwd(x), fwd(x32)
+        bits_equal(got[0], want[0].astype(dtype))
+        for a, e in zip(got[1:], want[1:]):
+            bits_equal(a, e)
+        gb, wb = bwd(x, dy, got), bwd(x32, dy32, want)
+        bits_equal(gb[0], wb[0].astype(dtype))
+        for a, e in zip(gb[1:], wb[1:]):
+            bits_equal(a, e)
+    out = np.empty_like(x)
+    y, _, _ = cybn.group_norm(x, 3, w, b, out=out)
+    assert y is out
+    bits_equal(out, cybn.group_norm(x32, 3, w, b)[0].astype(dtype))
+    # RMS norm's default eps: the half type's machine epsilon
+    eps = float(np.finfo(np.float16).eps) if dtype == np.float16 else float(
+        ml_dtypes.finfo(dtype).eps)
+    bits_equal(cybn.rms_norm(x, D)[0], cybn.rms_norm(x32, D, eps=eps)[0].astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=IDS)
@@ -258,3 +296,20 @@ def test_training_helper_with_half_precision_inputs(dtype):
                        batch_size=32, seed=0)
     losses = history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS)
+def test_norm_layers_in_mixed_precision(dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6, 5, 5)).astype(dtype)
+    dy32 = rng.standard_normal(x.shape).astype(np.float32)
+    for make in (lambda: cybn.GroupNorm(3, 6), lambda: cybn.InstanceNorm2d(6, affine=True),
+                 lambda: cybn.LayerNorm(5), lambda: cybn.RMSNorm(5, eps=1e-6)):
+        half, full = make(), make()
+        bits_equal(half(x), full(x.astype(np.float32)).astype(dtype))
+        dx = half.backward(dy32)  # a float32 gradient is rounded to the activation's dtype
+        dx32 = full.backward(dy32.astype(dtype).astype(np.float32))
+        assert dx.dtype == dtype
+        bits_equal(dx, dx32.astype(dtype))
+        assert half.weight.grad.dtype == np.float32
+        bits_equal(half.weight.grad, full.weight.grad)

@@ -61,3 +61,13 @@ def running_buffers(layer, channels: int, dtype, track: bool) -> None:
                         ("running_var", np.ones(channels, dtype)),
                         ("num_batches_tracked", np.zeros((), np.int64))):
         layer.register_buffer(name, value if track else None)
+
+
+def activation_grad(dy, x: np.ndarray) -> np.ndarray:
+    """dy for a layer whose input x is float16 or bfloat16 (mixed precision): rounded to x's
+    dtype when it comes in another one (a float32 gradient from a layer with float32
+    weights); anything else unchanged (the op checks it)."""
+    dy = np.asarray(dy)
+    if x.dtype.itemsize == 2 and x.dtype.kind in "fV" and dy.dtype != x.dtype:
+        return dy.astype(x.dtype)
+    return dy

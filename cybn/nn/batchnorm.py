@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops as F
-from .._validate import check_activation, check_eps, check_momentum, is_half
-from ._args import affine_parameters, param_dtype, positive_int, running_buffers
+from .._validate import check_activation, check_eps, check_momentum
+from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
+                    running_buffers)
 from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -107,11 +108,7 @@ class _BatchNorm(Module):
         """dx for the last forward (and the residual's gradient when it had one, as
         ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad."""
         x, mean, invstd, training, axis, residual, activation = self._take_saved()
-        dy = np.asarray(dy)
-        if is_half(x.dtype) and dy.dtype != x.dtype:
-            # mixed precision: the gradient of a half-precision activation is half precision
-            # (a float32 dy from a layer with float32 weights is rounded once)
-            dy = dy.astype(x.dtype)
+        dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,

@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_bool, check_eps, check_momentum
-from ._args import affine_parameters, param_dtype, positive_int, running_buffers
+from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
+                    running_buffers)
 from .module import Module
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
@@ -83,6 +84,7 @@ class LayerNorm(_TrailingNorm):
 
     def backward(self, dy):
         x, mean, invstd = self._take_saved()
+        dy = activation_grad(dy, x)
         dx, dw, db = F.layer_norm_backward(dy, x, _data(self.weight), mean, invstd,
                                            self.normalized_shape)
         _accumulate(self.weight, dw)
@@ -117,6 +119,7 @@ class RMSNorm(_TrailingNorm):
 
     def backward(self, dy):
         x, invrms = self._take_saved()
+        dy = activation_grad(dy, x)
         dx, dw = F.rms_norm_backward(dy, x, _data(self.weight), invrms, self.normalized_shape)
         _accumulate(self.weight, dw)
         return dx
@@ -185,6 +188,7 @@ class GroupNorm(Module):
 
     def backward(self, dy):
         x, mean, invstd, axis = self._take_saved()
+        dy = activation_grad(dy, x)
         dx, dw, db = F.group_norm_backward(dy, x, self.num_groups, _data(self.weight), mean,
                                            invstd, axis=axis)
         _accumulate(self.weight, dw)
@@ -233,6 +237,7 @@ class _InstanceNorm(Module):
 
     def backward(self, dy):
         x, mean, invstd, use_input_stats, axis = self._take_saved()
+        dy = activation_grad(dy, x)
         dx, dw, db = F.instance_norm_backward(dy, x, _data(self.weight), mean, invstd,
                                               use_input_stats=use_input_stats, axis=axis)
         _accumulate(self.weight, dw)

@@ -16,11 +16,15 @@ They are batch norm's statistics over a different grouping, run by the same kern
 
 Conventions as for batch norm (:mod:`cybn.ops`): float32 or float64 data, outputs in x's
 dtype, statistics float64, every argument checked before anything is written, ``out=`` a
-separate array or x itself, bitwise identical results for any thread count.
+separate array or x itself, bitwise identical results for any thread count. float16 and
+bfloat16 data are accepted and computed on float32 copies (:func:`_half_via_float32`):
+correct to the half type's rounding, not faster than float32.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ from .._validate import (
     check_out,
     check_same_layout,
     describe,
+    is_half,
     normalize_axis,
     shaped_array,
     train_args,
@@ -55,6 +60,53 @@ __all__ = [
     "rms_norm",
     "rms_norm_backward",
 ]
+
+
+def _half_eps(dtype) -> float:
+    """Machine epsilon of a half type (bfloat16's through ml_dtypes, which made the array)."""
+    if dtype == np.float16:
+        return float(np.finfo(np.float16).eps)
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dtype).eps)
+
+
+def _half_via_float32(fn):
+    """Let ``fn`` take float16 / bfloat16 ``x`` (and ``dy``): it runs on float32 copies, and
+    its first result (y or dx) is rounded to x's dtype (to nearest even) and written into
+    ``out`` when given; statistics stay float64, parameter gradients float32. RMS norm's
+    default eps is then the half type's machine epsilon, as for x of that dtype."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        x = bound.arguments.get("x")
+        if not (isinstance(x, np.ndarray) and is_half(x.dtype)):
+            return fn(*args, **kwargs)
+        half = x.dtype
+        x = as_data(x, "x", half=True)
+        inputs = {"x": x}
+        if "dy" in bound.arguments:
+            dy = as_data(bound.arguments["dy"], "dy", half=True)
+            check_same_layout(dy, "dy", x)
+            inputs["dy"] = dy
+            bound.arguments["dy"] = dy.astype(np.float32)
+        out = bound.arguments.get("out")
+        check_out(out, x.shape, half, inputs, in_place_ok=tuple(inputs))
+        bound.arguments["x"] = x.astype(np.float32)
+        bound.arguments["out"] = None
+        if fn.__name__ == "rms_norm" and bound.arguments.get("eps") is None:
+            bound.arguments["eps"] = _half_eps(half)
+        result = fn(*bound.args, **bound.kwargs)
+        first = result[0] if isinstance(result, tuple) else result
+        first = first.astype(half)
+        if out is not None:
+            np.copyto(out, first)
+            first = out
+        return (first, *result[1:]) if isinstance(result, tuple) else first
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,6 +287,7 @@ def _empty(x, out):
 # Group norm.
 # ---------------------------------------------------------------------------------------
 
+@_half_via_float32
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
                axis: int = 1, out=None):
     """Group normalization: each sample's channels are split into ``num_groups`` groups of
@@ -280,6 +333,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     return y, mean, invstd
 
 
+@_half_via_float32
 def group_norm_backward(dy, x, num_groups: int, weight, mean, invstd, *, axis: int = 1,
                         out=None):
     """Gradients of :func:`group_norm` with respect to x, weight and bias.
@@ -310,6 +364,7 @@ def group_norm_backward(dy, x, num_groups: int, weight, mean, invstd, *, axis: i
 # Instance norm.
 # ---------------------------------------------------------------------------------------
 
+@_half_via_float32
 def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                   use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
                   axis: int = 1, out=None):
@@ -384,6 +439,7 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
     return y, mean, invstd
 
 
+@_half_via_float32
 def instance_norm_backward(dy, x, weight, mean, invstd, *, use_input_stats: bool = True,
                            axis: int = 1, out=None):
     """Gradients of :func:`instance_norm` with respect to x, weight and bias.
@@ -460,6 +516,7 @@ def _row_moments(rows: _Rows, xk: np.ndarray) -> tuple:
     return mean, m2
 
 
+@_half_via_float32
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, out=None):
     """Layer normalization over the trailing axes ``normalized_shape`` (PyTorch's
     ``layer_norm``): each row (one index of the leading axes) normalized with its own mean
@@ -512,6 +569,7 @@ def _rows_backward(dy, x, shape, weight, mean, invstd, out, centered: bool):
             dbias.reshape(shape).astype(x.dtype))
 
 
+@_half_via_float32
 def layer_norm_backward(dy, x, weight, mean, invstd, normalized_shape, *, out=None):
     """Gradients of :func:`layer_norm` with respect to x, weight and bias.
 
@@ -550,6 +608,7 @@ def _rms_eps(eps, dtype) -> float:
     return float(np.finfo(dtype).eps) if eps is None else check_eps(eps)
 
 
+@_half_via_float32
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     """RMS normalization over the trailing axes ``normalized_shape`` (PyTorch's
     ``rms_norm``): ``y = x / sqrt(mean(x**2) + eps) * weight``, no centering, no bias.
@@ -586,6 +645,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     return dest.result(), invrms.reshape(rows.lead)
 
 
+@_half_via_float32
 def rms_norm_backward(dy, x, weight, invrms, normalized_shape, *, out=None):
     """Gradients of :func:`rms_norm` with respect to x and weight.
 
