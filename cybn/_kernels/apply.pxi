@@ -53,10 +53,8 @@ cdef inline void run_affine(const storage* x, storage* y, Py_ssize_t n, double s
             block_affine_ep(x, y, n, shift, scale, offset, r, ep)
         else:
             block_affine(x, y, n, shift, scale, offset)
-    else:  # half precision: converted in registers, no streaming stores
-        cybn_split(shift, &hi, &lo)
-        cybn_affine_ep(x, y, n, hi, <float>scale, <float>(offset - <double>lo * scale), 0, r,
-                       ep, kind_of(x))
+    else:  # half precision: converted in registers, the affine value in double
+        cybn_affine_d(x, y, n, shift, scale, offset, r, ep, kind_of(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,11 +254,11 @@ cdef inline void row_block_affine(const floating* x, floating* y, Py_ssize_t nro
 
 
 cdef inline void row_half_affine(const storage* x, storage* y, Py_ssize_t n, Py_ssize_t k0,
-                                 Py_ssize_t W, const float* ft, const storage* res,
+                                 Py_ssize_t W, const float* xt, const storage* res,
                                  int ep) noexcept nogil:
-    """The flat affine pass over n half-precision elements (converted in registers)."""
-    cybn_flat_affine_ep(x, y, n, k0, W, ft, ft + W + 8, ft + 2 * (W + 8), 0, res, ep,
-                        kind_of(x))
+    """The flat affine pass over n half-precision elements (converted in registers, the
+    exact affine value from the tiles xt of exact_tiles)."""
+    cybn_flat_affine_d(x, y, n, k0, W, xt, res, ep, kind_of(x))
 
 
 cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_ssize_t L,
@@ -277,15 +275,19 @@ cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_s
     cdef double* dt
     if storage is not double:
         W = tile_period(L)
-        ft = <float*>malloc(3 * (W + 8) * sizeof(float))
+        # float32 tiles (hi, scale, offset - lo * scale); half precision: the exact tiles
+        ft = <float*>malloc(4 * (W + 8) * sizeof(float))
         if ft == NULL:
             return -1
-        for i in range(W + 8):
-            c = column_channel(i, L, C, inner)
-            cybn_split(shift[c], &hi, &lo)
-            ft[i] = hi
-            ft[W + 8 + i] = <float>scale[c]
-            ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
+        if sizeof(storage) == 2:
+            exact_tiles(ft, W, L, C, inner, shift, scale, offset)
+        else:
+            for i in range(W + 8):
+                c = column_channel(i, L, C, inner)
+                cybn_split(shift[c], &hi, &lo)
+                ft[i] = hi
+                ft[W + 8 + i] = <float>scale[c]
+                ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
             e0 = rev * ELEMENT_ITEM

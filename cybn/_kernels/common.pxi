@@ -101,6 +101,25 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_flat_relu_mask(const void* dy, const void* x, const void* r, float* g,
                              Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* hi,
                              const float* s, const float* o, int ep, int kind)
+    # half precision, exactly: the affine value as x * S + T with split S, T (see simd_f32.h)
+    void cybn_affine_d(const void* x, void* y, Py_ssize_t n, double m, double s, double o,
+                       const void* r, int ep, int kind)
+    void cybn_relu_mask_d(const void* dy, const void* x, const void* r, void* g, Py_ssize_t n,
+                          double m, double s, double o, int ep, int kind)
+    void cybn_relu_grad_apply_d(const void* g, const void* x, void* dx, Py_ssize_t n, float mh,
+                                float k1, float k2, float k3, double m, double s, double o,
+                                int kind)
+    void cybn_exact_coef(double m, double s, double o, float* sh, float* sl, float* th,
+                         float* tl)
+    void cybn_flat_affine_d(const void* x, void* y, Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W,
+                            const float* xt, const void* r, int ep, int kind)
+    void cybn_flat_relu_mask_d(const void* dy, const void* x, const void* r, float* g,
+                               Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* xt,
+                               int ep, int kind)
+    void cybn_flat_relu_grad_apply_d(const void* g, const void* x, void* dx, Py_ssize_t n,
+                                     Py_ssize_t k0, Py_ssize_t W, const float* hi,
+                                     const float* k1, const float* k2, const float* k3,
+                                     const float* xt, int kind)
     # fused ReLU / residual (see simd_f32.h)
     enum:
         EP_RESIDUAL "CYBN_EP_RESIDUAL"
@@ -308,3 +327,15 @@ cdef inline int sample_threads(Py_ssize_t N, Py_ssize_t size, int num_threads,
         return num_threads
     inside[0] = num_threads
     return 1
+
+
+cdef inline void exact_tiles(float* xt, Py_ssize_t W, Py_ssize_t L, Py_ssize_t C,
+                             Py_ssize_t inner, const double* shift, const double* scale,
+                             const double* offset) noexcept nogil:
+    """The tiles of the exact half-precision affine value (simd_f32.h): S_hi, S_lo, T_hi,
+    T_lo of each column's channel, 4 arrays of W + 8 floats."""
+    cdef Py_ssize_t i, c, P = W + 8
+    for i in range(P):
+        c = column_channel(i, L, C, inner)
+        cybn_exact_coef(shift[c], scale[c], offset[c], &xt[i], &xt[P + i], &xt[2 * P + i],
+                        &xt[3 * P + i])

@@ -128,10 +128,8 @@ cdef inline void run_relu_mask(const storage* dy, const storage* x, const storag
     if storage is float:
         cybn_split(mean, &hi, &lo)
         cybn_f32_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep)
-    elif storage is not double:  # half precision: converted in registers
-        cybn_split(mean, &hi, &lo)
-        cybn_relu_mask(dy, x, r, g, n, hi, <float>s, <float>(o - <double>lo * s), ep,
-                       kind_of(x))
+    elif storage is not double:  # half precision: the forward's double affine value
+        cybn_relu_mask_d(dy, x, r, g, n, mean, s, o, ep, kind_of(x))
     else:
         for i in range(n):
             v = (x[i] - mean) * s + o
@@ -154,10 +152,10 @@ cdef inline void run_relu_grad_apply(const storage* dy, const storage* x, storag
                                  <float>(o - <double>lo * s))
         if streaming:
             cybn_store_fence()
-    elif storage is not double:  # half precision: converted in registers
+    elif storage is not double:  # half precision: the forward's double affine value
         cybn_split(mean, &hi, &lo)
-        cybn_grad_apply_k(dy, x, dx, n, hi, <float>k1, <float>k2, <float>(k3 - k2 * <double>lo),
-                          0, <float>s, <float>(o - <double>lo * s), 1, kind_of(x))
+        cybn_relu_grad_apply_d(dy, x, dx, n, hi, <float>k1, <float>k2,
+                               <float>(k3 - k2 * <double>lo), mean, s, o, kind_of(x))
     else:
         for i in range(n):
             g = 0.0 if (x[i] - mean) * s + o <= 0.0 else dy[i]
@@ -476,10 +474,12 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     cdef float* gf
     cdef float* xf
     cdef Py_ssize_t nb
+    cdef float* xtile
     # [chunk][column] partial sums, the column means (double, and split for float32), and
-    # with ep the forward's per-column (scale, offset) and float32 tiles (hi, scale, offset)
+    # with ep the forward's per-column (scale, offset) and its float32 tiles (hi, scale,
+    # offset - lo * scale; half precision: the exact tiles, see exact_tiles)
     cdef double* parts = <double*>malloc((2 * nchunks * L + 3 * L) * sizeof(double)
-                                         + (2 * L + 3 * (W + 8)) * sizeof(float))
+                                         + (2 * L + 7 * (W + 8)) * sizeof(float))
     if parts == NULL:
         return -1
     cdef double* part_a = parts
@@ -487,6 +487,7 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     col_mean = parts + 2 * nchunks * L
     fmean = <float*>(col_mean + 3 * L)
     ftile = fmean + 2 * L
+    xtile = ftile + 3 * (W + 8)
     for j in range(L):
         c = column_channel(j, L, C, inner)
         col_mean[j] = mean[c]
@@ -501,6 +502,8 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
             ftile[j] = hi
             ftile[W + 8 + j] = <float>fscale[c]
             ftile[2 * (W + 8) + j] = <float>(foffset[c] - <double>lo * fscale[c])
+        if sizeof(storage) == 2:
+            exact_tiles(xtile, W, L, C, inner, mean, fscale, foffset)
     status[0] = 0
     for item in prange(nchunks, schedule='static', num_threads=num_threads):
         # 2 * L doubles of column sums, and a block of masked dy when ep has no residual;
@@ -540,10 +543,9 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
                 nb = nrows * L
                 gf = <float*>(<char*>(tmp + 2 * L) + ROW_BLOCK * L * sizeof(storage))
                 xf = gf + ROW_BLOCK * L
-                cybn_flat_relu_mask(dy + r0 * L, x + r0 * L,
-                                    res + r0 * L if ep & EP_RESIDUAL else NULL, gf, nb,
-                                    (r0 * L) % W, W, ftile, ftile + W + 8, ftile + 2 * (W + 8), ep,
-                                    kind_of(x))
+                cybn_flat_relu_mask_d(dy + r0 * L, x + r0 * L,
+                                      res + r0 * L if ep & EP_RESIDUAL else NULL, gf, nb,
+                                      (r0 * L) % W, W, xtile, ep, kind_of(x))
                 if ep & EP_RESIDUAL:
                     half_store(gf, dres + r0 * L, nb)
                 half_load(x + r0 * L, xf, nb)
@@ -571,12 +573,17 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
 
 cdef inline void row_half_grad_apply(const storage* dy, const storage* x, storage* dx,
                                      Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* ft,
-                                     bint relu) noexcept nogil:
-    """The flat backward pass (ft: the tiles of row_grad_apply_core) over n half-precision
+                                     const float* xt, bint relu) noexcept nogil:
+    """The flat backward pass (ft: the float32 tiles of row_grad_apply_core; with relu the
+    mask from the forward's exact affine value, xt its tiles) over n half-precision
     elements, converted in registers."""
     cdef Py_ssize_t P = W + 8
-    cybn_flat_grad_apply_k(dy, x, dx, n, k0, W, ft, ft + P, ft + 2 * P, ft + 3 * P, 0, ft + 4 * P,
-                           ft + 5 * P, relu, kind_of(x))
+    if relu:
+        cybn_flat_relu_grad_apply_d(dy, x, dx, n, k0, W, ft, ft + P, ft + 2 * P, ft + 3 * P, xt,
+                                    kind_of(x))
+    else:
+        cybn_flat_grad_apply_k(dy, x, dx, n, k0, W, ft, ft + P, ft + 2 * P, ft + 3 * P, 0, NULL,
+                               NULL, 0, kind_of(x))
 
 
 cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage* dx,
@@ -597,7 +604,8 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
     if storage is not double:
         W = tile_period(L)
         P = W + 8
-        ft = <float*>malloc(6 * P * sizeof(float))
+        # float32 tiles; half precision through the ReLU also the exact tiles
+        ft = <float*>malloc(10 * P * sizeof(float))
         if ft == NULL:
             return -1
         for i in range(P):
@@ -610,11 +618,13 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
             if relu:
                 ft[4 * P + i] = <float>fscale[c]
                 ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
+        if relu and sizeof(storage) == 2:
+            exact_tiles(ft + 6 * P, W, L, C, inner, mean, fscale, foffset)
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             e0 = (nitems - 1 - item) * ELEMENT_ITEM  # last-read rows first (still cached)
             if storage is not float:
                 row_half_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
-                                    e0 % W, W, ft, relu)
+                                    e0 % W, W, ft, ft + 6 * P, relu)
             elif relu:
                 cybn_f32_flat_relu_grad_apply(dy + e0, x + e0, dx + e0, min(n, e0 + ELEMENT_ITEM) - e0,
                                               e0 % W, W, ft, ft + P, ft + 2 * P, ft + 3 * P,

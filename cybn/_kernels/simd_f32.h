@@ -913,4 +913,224 @@ static inline void cybn_f32_flat_relu_mask(const float* dy, const float* x, cons
     cybn_flat_relu_mask(dy, x, r, g, n, k0, W, hi, s, o, ep, CYBN_KIND_F32);
 }
 
+/* ------------------------------------------------------------------ half precision, exactly
+ * For float16 and bfloat16 data the affine value (x - m) * s + o is computed as
+ * x * S + T with S = s, T = o - m * s (in double) each split into two floats:
+ * fma(x, S_hi, T_hi) + fma(x, S_lo, T_lo). The product in the first FMA is exact and x is
+ * exact in float32, so the value has a float32 rounding error relative to itself, not to its
+ * terms: rounded once more to the half type (after the epilogue's residual add and ReLU, in
+ * float32) y is within one ulp of the exact result even where it nearly cancels, which plain
+ * float32 coefficients cannot promise at the half types' ulps. The backward recomputes the
+ * ReLU's mask with the same arithmetic (the *_d mask and apply functions). FMA instructions
+ * on the avx2 and avx512 variants, C's correctly rounded fmaf on the baseline one: the same
+ * bits everywhere. */
+CYBN_INLINE cybn_v8f cybn_fma8(cybn_v8f a, cybn_v8f b, cybn_v8f c) {
+#if defined(__FMA__)
+    return (cybn_v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    cybn_v8f r;
+    int l;
+    for (l = 0; l < 8; l++) r[l] = fmaf(a[l], b[l], c[l]);
+    return r;
+#endif
+}
+
+CYBN_INLINE cybn_v8f cybn_aff8x(cybn_v8f x, cybn_v8f sh, cybn_v8f sl, cybn_v8f th,
+                                cybn_v8f tl) {
+    return cybn_fma8(x, sh, th) + cybn_fma8(x, sl, tl);
+}
+
+CYBN_INLINE float cybn_aff1x(float x, float sh, float sl, float th, float tl) {
+    return fmaf(x, sh, th) + fmaf(x, sl, tl);
+}
+
+/* The split coefficients of x * S + T for the affine value (x - m) * s + o. */
+static inline void cybn_exact_coef(double m, double s, double o, float* sh, float* sl,
+                                   float* th, float* tl) {
+    cybn_split(s, sh, sl);
+    cybn_split(o - m * s, th, tl);
+}
+
+/* y = ep(x * S + T) over n elements of kind `kind`, (m, s, o) as above. */
+CYBN_INLINE void cybn_affine_d_impl(const void* x, void* y, ptrdiff_t n, double m, double s,
+                                    double o, const void* r, int ep, int kind) {
+    float sh, sl, th, tl;
+    cybn_exact_coef(m, s, o, &sh, &sl, &th, &tl);
+    const cybn_v8f vsh = cybn_bc8(sh), vsl = cybn_bc8(sl), vth = cybn_bc8(th), vtl = cybn_bc8(tl);
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        cybn_v8f a0 = cybn_ldk(x, i, kind), a1 = cybn_ldk(x, i + 8, kind);
+        cybn_stk(y, i, cybn_ep8(cybn_aff8x(a0, vsh, vsl, vth, vtl), r, i, ep, kind), kind);
+        cybn_stk(y, i + 8, cybn_ep8(cybn_aff8x(a1, vsh, vsl, vth, vtl), r, i + 8, ep, kind),
+                 kind);
+    }
+    for (; i + 8 <= n; i += 8)
+        cybn_stk(y, i, cybn_ep8(cybn_aff8x(cybn_ldk(x, i, kind), vsh, vsl, vth, vtl), r, i, ep,
+                                kind), kind);
+    for (; i < n; i++)
+        cybn_stk1(y, i, cybn_ep1(cybn_aff1x(cybn_ldk1(x, i, kind), sh, sl, th, tl), r, i, ep,
+                                 kind), kind);
+}
+
+static inline void cybn_affine_d(const void* x, void* y, ptrdiff_t n, double m, double s,
+                                 double o, const void* r, int ep, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_affine_d_impl(x, y, n, m, s, o, r, EP, KIND)
+    CYBN_DISPATCH(ep, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
+/* g = dy where the pre-activation x * S + T (+ r) is not <= 0, else 0. */
+CYBN_INLINE void cybn_relu_mask_d_impl(const void* dy, const void* x, const void* r, void* g,
+                                       ptrdiff_t n, double m, double s, double o, int ep,
+                                       int kind) {
+    float sh, sl, th, tl;
+    cybn_exact_coef(m, s, o, &sh, &sl, &th, &tl);
+    const cybn_v8f vsh = cybn_bc8(sh), vsl = cybn_bc8(sl), vth = cybn_bc8(th), vtl = cybn_bc8(tl);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        cybn_v8f v = cybn_aff8x(cybn_ldk(x, i, kind), vsh, vsl, vth, vtl);
+        if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk(r, i, kind);
+        cybn_stk(g, i, cybn_keep8(cybn_ldk(dy, i, kind), v), kind);
+    }
+    for (; i < n; i++) {
+        float v = cybn_aff1x(cybn_ldk1(x, i, kind), sh, sl, th, tl);
+        if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk1(r, i, kind);
+        cybn_stk1(g, i, cybn_keep1(cybn_ldk1(dy, i, kind), v), kind);
+    }
+}
+
+static inline void cybn_relu_mask_d(const void* dy, const void* x, const void* r, void* g,
+                                    ptrdiff_t n, double m, double s, double o, int ep,
+                                    int kind) {
+#define CYBN_CALL(EP, KIND) cybn_relu_mask_d_impl(dy, x, r, g, n, m, s, o, (EP) & 1, KIND)
+    CYBN_DISPATCH(ep & CYBN_EP_RESIDUAL, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
+/* dx = k1 * g + k2 * (x - mh) + k3, g = dy masked where x * S + T <= 0. */
+CYBN_INLINE void cybn_relu_grad_apply_d_impl(const void* g, const void* x, void* dx,
+                                             ptrdiff_t n, float mh, float k1, float k2,
+                                             float k3, double m, double s, double o,
+                                             int kind) {
+    float sh, sl, th, tl;
+    cybn_exact_coef(m, s, o, &sh, &sl, &th, &tl);
+    const cybn_v8f vsh = cybn_bc8(sh), vsl = cybn_bc8(sl), vth = cybn_bc8(th), vtl = cybn_bc8(tl);
+    const cybn_v8f vh = cybn_bc8(mh), a = cybn_bc8(k1), b = cybn_bc8(k2), c = cybn_bc8(k3);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        cybn_v8f xv = cybn_ldk(x, i, kind), m0 = xv - vh;
+        cybn_v8f gv = cybn_keep8(cybn_ldk(g, i, kind), cybn_aff8x(xv, vsh, vsl, vth, vtl));
+        cybn_stk(dx, i, a * gv + b * m0 + c, kind);
+    }
+    for (; i < n; i++) {
+        float xv = cybn_ldk1(x, i, kind), m0 = xv - mh;
+        float gv = cybn_keep1(cybn_ldk1(g, i, kind), cybn_aff1x(xv, sh, sl, th, tl));
+        cybn_stk1(dx, i, k1 * gv + k2 * m0 + k3, kind);
+    }
+}
+
+static inline void cybn_relu_grad_apply_d(const void* g, const void* x, void* dx, ptrdiff_t n,
+                                          float mh, float k1, float k2, float k3, double m,
+                                          double s, double o, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_relu_grad_apply_d_impl(g, x, dx, n, mh, k1, k2, k3, m, s, o, KIND)
+    CYBN_DISPATCH(0, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
+/* The flat (per-column) versions: tiles xt of 4 * (W + 8) floats (S_hi, S_lo, T_hi, T_lo,
+ * each tiled as the float tiles above), the first element at tile index k0. */
+#define CYBN_XT8(xv, xt, k, P)                                                                \
+    cybn_aff8x((xv), cybn_ld8((xt) + (k)), cybn_ld8((xt) + (P) + (k)),                       \
+               cybn_ld8((xt) + 2 * (P) + (k)), cybn_ld8((xt) + 3 * (P) + (k)))
+#define CYBN_XT1(xv, xt, k, P) \
+    cybn_aff1x((xv), (xt)[k], (xt)[(P) + (k)], (xt)[2 * (P) + (k)], (xt)[3 * (P) + (k)])
+
+CYBN_INLINE void cybn_flat_affine_d_impl(const void* x, void* y, ptrdiff_t n, ptrdiff_t k0,
+                                         ptrdiff_t W, const float* xt, const void* r, int ep,
+                                         int kind) {
+    const ptrdiff_t P = W + 8;
+    ptrdiff_t e = 0, k = k0;
+    for (; e + 8 <= n; e += 8) {
+        cybn_stk(y, e, cybn_ep8(CYBN_XT8(cybn_ldk(x, e, kind), xt, k, P), r, e, ep, kind), kind);
+        k += 8;
+        if (k >= W) k -= W;
+    }
+    for (; e < n; e++) {
+        cybn_stk1(y, e, cybn_ep1(CYBN_XT1(cybn_ldk1(x, e, kind), xt, k, P), r, e, ep, kind),
+                  kind);
+        if (++k == W) k = 0;
+    }
+}
+
+static inline void cybn_flat_affine_d(const void* x, void* y, ptrdiff_t n, ptrdiff_t k0,
+                                      ptrdiff_t W, const float* xt, const void* r, int ep,
+                                      int kind) {
+#define CYBN_CALL(EP, KIND) cybn_flat_affine_d_impl(x, y, n, k0, W, xt, r, EP, KIND)
+    CYBN_DISPATCH(ep, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
+/* g (float32 scratch) = dy masked where x * S + T (+ r) <= 0, per column. */
+CYBN_INLINE void cybn_flat_relu_mask_d_impl(const void* dy, const void* x, const void* r,
+                                            float* g, ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
+                                            const float* xt, int ep, int kind) {
+    const ptrdiff_t P = W + 8;
+    ptrdiff_t e = 0, k = k0;
+    for (; e + 8 <= n; e += 8) {
+        cybn_v8f v = CYBN_XT8(cybn_ldk(x, e, kind), xt, k, P);
+        if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk(r, e, kind);
+        cybn_st8(g + e, cybn_keep8(cybn_ldk(dy, e, kind), v));
+        k += 8;
+        if (k >= W) k -= W;
+    }
+    for (; e < n; e++) {
+        float v = CYBN_XT1(cybn_ldk1(x, e, kind), xt, k, P);
+        if (ep & CYBN_EP_RESIDUAL) v += cybn_ldk1(r, e, kind);
+        g[e] = cybn_keep1(cybn_ldk1(dy, e, kind), v);
+        if (++k == W) k = 0;
+    }
+}
+
+static inline void cybn_flat_relu_mask_d(const void* dy, const void* x, const void* r, float* g,
+                                         ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
+                                         const float* xt, int ep, int kind) {
+#define CYBN_CALL(EP, KIND) cybn_flat_relu_mask_d_impl(dy, x, r, g, n, k0, W, xt, (EP) & 1, KIND)
+    CYBN_DISPATCH(ep & CYBN_EP_RESIDUAL, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
+/* dx = k1[k] * g + k2[k] * (x - hi[k]) + k3[k], g = dy masked where x * S + T <= 0. */
+CYBN_INLINE void cybn_flat_relu_grad_apply_d_impl(const void* g, const void* x, void* dx,
+                                                  ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
+                                                  const float* hi, const float* k1,
+                                                  const float* k2, const float* k3,
+                                                  const float* xt, int kind) {
+    const ptrdiff_t P = W + 8;
+    ptrdiff_t e = 0, k = k0;
+    for (; e + 8 <= n; e += 8) {
+        cybn_v8f xv = cybn_ldk(x, e, kind), m0 = xv - cybn_ld8(hi + k);
+        cybn_v8f gv = cybn_keep8(cybn_ldk(g, e, kind), CYBN_XT8(xv, xt, k, P));
+        cybn_stk(dx, e, cybn_ld8(k1 + k) * gv + cybn_ld8(k2 + k) * m0 + cybn_ld8(k3 + k), kind);
+        k += 8;
+        if (k >= W) k -= W;
+    }
+    for (; e < n; e++) {
+        float xv = cybn_ldk1(x, e, kind), m0 = xv - hi[k];
+        float gv = cybn_keep1(cybn_ldk1(g, e, kind), CYBN_XT1(xv, xt, k, P));
+        cybn_stk1(dx, e, k1[k] * gv + k2[k] * m0 + k3[k], kind);
+        if (++k == W) k = 0;
+    }
+}
+
+static inline void cybn_flat_relu_grad_apply_d(const void* g, const void* x, void* dx,
+                                               ptrdiff_t n, ptrdiff_t k0, ptrdiff_t W,
+                                               const float* hi, const float* k1,
+                                               const float* k2, const float* k3,
+                                               const float* xt, int kind) {
+#define CYBN_CALL(EP, KIND) \
+    cybn_flat_relu_grad_apply_d_impl(g, x, dx, n, k0, W, hi, k1, k2, k3, xt, KIND)
+    CYBN_DISPATCH(0, kind, CYBN_CALL);
+#undef CYBN_CALL
+}
+
 #endif
