@@ -122,6 +122,18 @@ MUTANTS = [
      '    if x.size != x.size:'),
     ('cybn/ops/norms.py', 'samples.N * groups < MIN_GROUP_ROWS',
      'samples.N * groups < 0'),
+    ('cybn/ops/norms.py', '            bound.arguments["eps"] = _half_eps(half)',
+     '            bound.arguments["eps"] = 1e-6'),
+    ('cybn/ops/batchnorm.py', '    return np.dtype(np.float32) if x.dtype.itemsize == 2 else x.dtype',
+     '    return x.dtype'),
+    ('cybn/ops/batchnorm.py', '    fscale = w * inv  # the forward\'s scale, as the kernels compute it',
+     '    fscale = w  # the forward\'s scale, as the kernels compute it'),
+    ('cybn/ops/batchnorm.py', '    return (_kernels.EP_RELU if relu else 0) | (',
+     '    return (0 if relu else 0) | ('),
+    ('cybn/nn/_args.py', '        return dy.astype(x.dtype)',
+     '        return dy'),
+    ('cybn/deploy.py', '                    and type(layers[i + 1]) is nn.ReLU):',
+     '                    and isinstance(layers[i + 1], nn.Module)):'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 

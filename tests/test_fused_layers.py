@@ -184,3 +184,18 @@ def test_bad_arguments():
         nn.Residual("conv")
     with pytest.raises(TypeError, match="model"):
         cybn.fuse([nn.ReLU()])
+
+
+def test_fuse_leaves_other_neighbours_alone():
+    rng = np.random.default_rng(5)
+    model = nn.Sequential(nn.Linear(6, 5, rng=rng), nn.BatchNorm1d(5), nn.Linear(5, 5, rng=rng),
+                          nn.BatchNorm1d(5), nn.Dropout(0.0), nn.ReLU(), nn.BatchNorm1d(5),
+                          nn.ReLU())
+    fused = cybn.fuse(model)
+    assert fused.fused == 1
+    assert fused[1].activation is None and fused[3].activation is None
+    assert isinstance(fused[5], nn.ReLU) and fused[6].activation == "relu"
+    assert isinstance(fused[7], nn.Identity)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    dy = rng.standard_normal((8, 5)).astype(np.float32)
+    assert_same(step(model, x, dy), step(fused, x, dy))
