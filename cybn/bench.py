@@ -400,6 +400,27 @@ def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
     return result
 
 
+def _suite_start(torch: bool, repeats: int) -> tuple:
+    """(threads, the torch module or None, the metadata of a suite's result) for a suite
+    about to run: PyTorch (when asked for and installed) on cybn's thread count, the threads
+    and the clock warmed up."""
+    threads = get_num_threads()
+    torch_mod: Any = None
+    if torch:
+        try:
+            import torch as _torch
+
+            _torch.set_num_threads(threads)
+            torch_mod = _torch
+        except ImportError:
+            torch_mod = None
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
+            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
+            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
+    warm_up(threads)
+    return threads, torch_mod, meta
+
+
 # The normalization suite: (name, shape, layout, argument). Layer and RMS norm normalize
 # the last axis; group norm has 32 groups; instance norm one group per channel.
 NORM_SUITE = [
@@ -505,21 +526,8 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
                verbose: bool = True, suite=None) -> dict:
     """Time layer, group, instance and RMS norm (forward with batch statistics, backward)
     against PyTorch on ``suite`` (NORM_SUITE); a JSON-ready dict."""
-    threads = get_num_threads()
-    torch_mod: Any = None
-    if torch:
-        try:
-            import torch as _torch
-
-            _torch.set_num_threads(threads)
-            torch_mod = _torch
-        except ImportError:
-            torch_mod = None
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
-            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
-            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
+    threads, torch_mod, meta = _suite_start(torch, repeats)
     rng = np.random.default_rng(0)
-    warm_up(threads)
     rows = []
     if verbose:
         print(f"# norms: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
@@ -653,21 +661,8 @@ def _fused_contenders(kind, op, x, r, dy, axis, torch_mod):
 def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
                 verbose: bool = True, suite=None) -> dict:
     """Time the fused ops against cybn's two-op path and PyTorch; a JSON-ready dict."""
-    threads = get_num_threads()
-    torch_mod: Any = None
-    if torch:
-        try:
-            import torch as _torch
-
-            _torch.set_num_threads(threads)
-            torch_mod = _torch
-        except ImportError:
-            torch_mod = None
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
-            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
-            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
+    threads, torch_mod, meta = _suite_start(torch, repeats)
     rng = np.random.default_rng(0)
-    warm_up(threads)
     rows = []
     if verbose:
         print(f"# fused: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
@@ -721,17 +716,15 @@ def half_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     same op on float32 data; a JSON-ready dict."""
     from ._validate import resolve_dtype
 
-    threads = get_num_threads()
     dtypes: list[np.dtype] = [np.dtype(np.float32), np.dtype(np.float16)]
     try:
         dtypes.append(resolve_dtype("bfloat16"))
     except ImportError:
         pass
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
-            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
-            "dtypes": [d.name for d in dtypes], "repeats": repeats}
+    threads, _, meta = _suite_start(False, repeats)
+    del meta["torch"]
+    meta["dtypes"] = [d.name for d in dtypes]
     rng = np.random.default_rng(0)
-    warm_up(threads)
     rows = []
     if verbose:
         print(f"# half: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "

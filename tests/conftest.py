@@ -63,3 +63,15 @@ def numeric_grad(f, a, h=1e-6):
         a[i] = old
         grad[i] = (up - down) / (2 * h)
     return grad
+
+
+def bn_case(shape, axis, dtype, seed=0):
+    """x (mean 0.5, std 2), per-channel weight and bias (float64), a residual and dy of x's
+    shape and dtype: the data of the fused and half-precision tests."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    C = shape[axis]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    r = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, r, dy

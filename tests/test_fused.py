@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_limits
 
 import cybn
 import reference as ref
+from conftest import bn_case as data
 from conftest import numeric_grad, tolerance
 
 # (shape, axis): both kernel families (plane: channels-first with long planes; row:
@@ -20,16 +21,6 @@ DTYPES = [np.float32, np.float64]
 
 def relu(v):
     return np.where(v <= 0, v.dtype.type(0), v)
-
-
-def data(shape, axis, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    C = shape[axis]
-    w, b = rng.standard_normal(C), rng.standard_normal(C)
-    r = rng.standard_normal(shape).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    return x, w, b, r, dy
 
 
 @pytest.mark.parametrize("shape,axis", CASES)

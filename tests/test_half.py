@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 
 import cybn
 import reference as ref
+from conftest import bn_case as data
 from cybn import _kernels
 from cybn._validate import resolve_dtype
 
@@ -44,16 +45,6 @@ def ulps(a, b64, dtype):
         w = v.view(np.uint16).astype(np.int64)
         return np.where(w & 0x8000, -(w & 0x7FFF), w)
     return np.abs(ordinal(a) - ordinal(b64.astype(dtype)))
-
-
-def data(shape, axis, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    C = shape[axis]
-    w, b = rng.standard_normal(C), rng.standard_normal(C)
-    r = rng.standard_normal(shape).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    return x, w, b, r, dy
 
 
 # ----------------------------------------------------------------------------- conversions
