@@ -261,3 +261,23 @@ def test_bad_input_is_rejected_and_nothing_changes():
     for a, s in zip((x, r, dy, rm, rv), snapshot):
         np.testing.assert_array_equal(a, s)
     assert not out.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_arrays_fast_path_gives_the_same_bits(dtype, monkeypatch):
+    """Small plain arrays take the one-call fast path (ReLU included); the full path and the
+    unfused composition give the same bits."""
+    from cybn.ops import _schedule
+
+    x, w, b, r, dy = data((4, 6, 5, 5), 1, dtype, seed=12)
+    rm, rv = np.linspace(-1, 1, 6), np.linspace(0.5, 2, 6)
+    fast_train = cybn.batch_norm_train(x, w, b, activation="relu")
+    fast_infer = cybn.batch_norm_infer(x, rm, rv, w, b, activation="relu")
+    np.testing.assert_array_equal(fast_train[0], relu(cybn.batch_norm_train(x, w, b)[0]))
+    np.testing.assert_array_equal(fast_infer, relu(cybn.batch_norm_infer(x, rm, rv, w, b)))
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", 0)
+    full_train = cybn.batch_norm_train(x, w, b, activation="relu")
+    for a, e in zip(fast_train, full_train):
+        np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(fast_infer,
+                                  cybn.batch_norm_infer(x, rm, rv, w, b, activation="relu"))

@@ -133,12 +133,14 @@ cdef inline bint positive_float(object v) noexcept:
 
 cdef inline void plane_affine_serial(const floating* x, floating* y, Py_ssize_t outer,
                                      Py_ssize_t C, Py_ssize_t inner, const double* shift,
-                                     const double* scale, const double* offset) noexcept nogil:
+                                     const double* scale, const double* offset,
+                                     int ep) noexcept nogil:
+    """The affine pass with the epilogue ep (no residual) on the calling thread."""
     cdef Py_ssize_t o, c, off
     for o in range(outer):
         for c in range(C):
             off = (o * C + c) * inner
-            run_affine(x + off, y + off, inner, shift[c], scale[c], offset[c], 0)
+            run_affine(x + off, y + off, inner, shift[c], scale[c], offset[c], 0, NULL, ep)
 
 
 cdef inline void store_running(cnp.ndarray arr, const double* batch, double momentum,
@@ -157,8 +159,9 @@ cdef inline void store_running(cnp.ndarray arr, const double* batch, double mome
 
 
 def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-               Py_ssize_t max_size):
-    """batch_norm_infer for a small C-contiguous array on one thread; None: use the full path."""
+               Py_ssize_t max_size, bint relu=False):
+    """batch_norm_infer (with a fused ReLU when relu) for a small C-contiguous array on one
+    thread; None: use the full path."""
     cdef Py_ssize_t outer, C, inner, c
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, ya
@@ -189,18 +192,18 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
         buf[C + c] = buf[2 * C + c] * (1.0 / sqrt(buf[C + c] + e))
     if t == cnp.NPY_FLOAT32:
         plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, buf, buf + C, buf + 3 * C)
+                            outer, C, inner, buf, buf + C, buf + 3 * C, EP_RELU if relu else 0)
     else:
         plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, buf, buf + C, buf + 3 * C)
+                            outer, C, inner, buf, buf + C, buf + 3 * C, EP_RELU if relu else 0)
     free(buf)
     return ya
 
 
 def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, out,
-               Py_ssize_t max_size):
-    """batch_norm_train for a small C-contiguous array on one thread; None: use the full path.
-    Returns (y, mean, invstd)."""
+               Py_ssize_t max_size, bint relu=False):
+    """batch_norm_train (with a fused ReLU when relu) for a small C-contiguous array on one
+    thread; None: use the full path. Returns (y, mean, invstd)."""
     cdef Py_ssize_t outer, C, inner, c
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, ya, mean_a, invstd_a, rm, rv
@@ -261,10 +264,10 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
                            &buf[3 * C + c])
     if t == cnp.NPY_FLOAT32:
         plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, mean, buf + 3 * C, buf + C)
+                            outer, C, inner, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
     else:
         plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, mean, buf + 3 * C, buf + C)
+                            outer, C, inner, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
     if running_mean is not None:
         store_running(rm, mean, mom, 1.0, C)
         store_running(rv, buf + 2 * C, mom, count / (count - 1.0), C)

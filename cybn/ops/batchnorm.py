@@ -89,10 +89,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     ValueError
         With one value per channel (``count == 1``): batch statistics are undefined.
     """
-    if activation is None and residual is None:
+    relu = check_activation(activation)
+    if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   axis, out, _schedule.MIN_PARALLEL_SIZE)
+                                   axis, out, _schedule.MIN_PARALLEL_SIZE, relu)
         if fast is not None:
             return fast
     x = as_data(x, "x", half=True)
@@ -100,7 +101,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     C = view.channels
     w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
                                              momentum, eps)
-    ep = _epilogue(check_activation(activation), residual)
+    ep = _epilogue(relu, residual)
     residual = _residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
                                       "running_mean": running_mean,
@@ -166,10 +167,11 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     -------
     y : ndarray, x's shape and dtype
     """
-    if activation is None and residual is None:
+    relu = check_activation(activation)
+    if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-                                _schedule.MIN_PARALLEL_SIZE)
+                                _schedule.MIN_PARALLEL_SIZE, relu)
         if y is not None:
             return y
     x = as_data(x, "x", half=True)
@@ -180,7 +182,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     w = channel_vector(weight, "weight", C, default=1.0)
     b = channel_vector(bias, "bias", C, default=0.0)
     eps = check_eps(eps)
-    ep = _epilogue(check_activation(activation), residual)
+    ep = _epilogue(relu, residual)
     residual = _residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
                                       "running_var": running_var, "weight": weight,
