@@ -73,6 +73,11 @@ def check_float_dtype(v: np.ndarray, name: str, half: bool = False) -> None:
     raise TypeError(f"{name} must have dtype {supported}, got {v.dtype}{hint}")
 
 
+def is_int(v) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_bool(value, name: str) -> bool:
     """A Python or NumPy bool, as bool; TypeError for anything else ("False" is truthy)."""
     if isinstance(value, (bool, np.bool_)):

@@ -756,6 +756,80 @@ def row_backward_half(const unsigned short[:, ::1] dy, const unsigned short[:, :
 
 
 # ---------------------------------------------------------------------------------------
+# The two halves of the batch norm backward apart (for statistics reduced across
+# processes between them): the same blocks, chunks and arithmetic as plane_backward and
+# row_backward, so the halves give those kernels' bits.
+# ---------------------------------------------------------------------------------------
+
+def plane_grad_sums(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), nonempty
+                    const floating[:, :, ::1] x,   # IN  (outer, C, inner)
+                    const double[::1] mean,        # IN  (C,)
+                    double[::1] sum_dy,            # OUT (C,)
+                    double[::1] sum_dy_xmu,        # OUT (C,)
+                    int num_threads):
+    """Per-channel sum(dy) and sum(dy * (x - mean)) of a plane-family view."""
+    cdef int status
+    with nogil:
+        status = plane_grad_sums_core(&dy[0, 0, 0], &x[0, 0, 0], x.shape[0], x.shape[1],
+                                      x.shape[2], &mean[0], &sum_dy[0], &sum_dy_xmu[0],
+                                      num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def row_grad_sums(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
+                  const floating[:, ::1] x,        # IN  (rows, L)
+                  Py_ssize_t C, Py_ssize_t inner,
+                  const double[::1] mean,          # IN  (C,)
+                  double[::1] sum_dy,              # OUT (C,)
+                  double[::1] sum_dy_xmu,          # OUT (C,)
+                  int num_threads):
+    """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view."""
+    cdef int status
+    with nogil:
+        status = row_grad_sums_core(&dy[0, 0], &x[0, 0], x.shape[0], x.shape[1], C, inner,
+                                    &mean[0], &sum_dy[0], &sum_dy_xmu[0], num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for reduction scratch")
+
+
+def plane_grad_apply(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), nonempty
+                     const floating[:, :, ::1] x,   # IN  (outer, C, inner)
+                     const double[::1] mean,        # IN  (C,)
+                     const double[::1] k1,          # IN  (C,) coefficients, as
+                     const double[::1] k2,          # IN  (C,) grad_coefficients_array
+                     const double[::1] k3,          # IN  (C,) gives them
+                     floating[:, :, ::1] dx,        # OUT (outer, C, inner); may be dy or x
+                     bint streaming,
+                     int num_threads):
+    """dx = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c] over a plane-family view."""
+    with nogil:
+        plane_grad_apply_core(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], x.shape[0], x.shape[1],
+                              x.shape[2], &mean[0], &k1[0], &k2[0], &k3[0], streaming,
+                              num_threads)
+
+
+def row_grad_apply(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
+                   const floating[:, ::1] x,        # IN  (rows, L)
+                   Py_ssize_t C, Py_ssize_t inner,
+                   const double[::1] mean,          # IN  (C,)
+                   const double[::1] k1,            # IN  (C,)
+                   const double[::1] k2,            # IN  (C,)
+                   const double[::1] k3,            # IN  (C,)
+                   floating[:, ::1] dx,             # OUT (rows, L); may be dy or x
+                   bint streaming,
+                   int num_threads):
+    """dx = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c] over a row-family view."""
+    cdef int status
+    with nogil:
+        status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1],
+                                     C, inner, &mean[0], &k1[0], &k2[0], &k3[0], streaming,
+                                     num_threads)
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+
+
+# ---------------------------------------------------------------------------------------
 # Per-channel arrays.
 # ---------------------------------------------------------------------------------------
 

@@ -381,6 +381,30 @@ def row_moments_half(const unsigned short[:, ::1] x,  # IN  half words, as row_m
 # Per-channel arrays: coefficients and running statistics.
 # ---------------------------------------------------------------------------------------
 
+def merge_stats_rows(const double[::1] counts,      # IN  (W,) values per partial, >= 0
+                     const double[:, ::1] means,    # IN  (W, C)
+                     const double[:, ::1] m2s,      # IN  (W, C) sums of squared deviations
+                     double[::1] mean,              # OUT (C,)
+                     double[::1] m2):               # OUT (C,)
+    """Chan's merge of W partial (count, mean, M2) in row order, partials with count 0
+    skipped (mean and M2 0 when every count is 0); returns the total count."""
+    cdef Py_ssize_t W = counts.shape[0], C = mean.shape[0], w, c
+    cdef double total = 0.0, count
+    with nogil:
+        for w in range(W):
+            if counts[w] > 0.0:
+                total = total + counts[w]
+        for c in range(C):
+            mean[c] = 0.0
+            m2[c] = 0.0
+            count = 0.0
+            for w in range(W):
+                if counts[w] > 0.0:
+                    count = merge_one(count, counts[w], &mean[c], &m2[c], means[w, c],
+                                      m2s[w, c])
+    return total
+
+
 def train_coefficients_array(double count, const double[::1] m2, double eps,
                              const double[::1] weight, double[::1] var,
                              double[::1] invstd, double[::1] scale):

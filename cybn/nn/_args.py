@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import is_int
+
+
 def as_rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def int_pair(value, name: str, minimum: int = 1) -> tuple:

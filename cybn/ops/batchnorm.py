@@ -8,6 +8,8 @@ import numpy as np
 from .. import _kernels
 from .._validate import (
     as_data,
+    describe,
+    is_int,
     channel_vector,
     channel_view,
     check_activation,
@@ -20,7 +22,8 @@ from .._validate import (
 from . import _schedule
 from ._run import Output, channel_affine, empty_result, kernel_array, update_running
 
-__all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm"]
+__all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm",
+           "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
 
 
 def _epilogue(relu: bool, residual) -> int:
@@ -45,7 +48,7 @@ def _param_dtype(x: np.ndarray) -> np.dtype:
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum: float = 0.1, eps: float = 1e-5, axis: int = 1,
-                     activation: str | None = None, residual=None, out=None):
+                     activation: str | None = None, residual=None, stats=None, out=None):
     """Training-mode batch normalization with batch statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
@@ -73,6 +76,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     residual : ndarray, optional
         Array of x's shape and dtype added to BN(x) before the activation (in x's dtype, as a
         separate add would).
+    stats : tuple (count, mean, m2), optional
+        The batch's statistics when x is one shard of it (from :func:`merge_stats` of every
+        shard's :func:`batch_norm_stats`): x is normalized with them, and the running
+        statistics are updated with them and ``count`` (the unbiased variance
+        ``m2 / (count - 1)``). x may then be empty.
     out : ndarray, optional
         Array of x's shape and dtype to write y into; may be x or residual itself.
 
@@ -90,6 +98,9 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         With one value per channel (``count == 1``): batch statistics are undefined.
     """
     relu = check_activation(activation)
+    if stats is not None:
+        return _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
+                                 axis, relu, residual, stats, out)
     if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
@@ -135,6 +146,49 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         update_running(rm, mean, momentum, 1.0)
         update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
     return dest.result(), mean, invstd
+
+
+def _global_stats(stats, C: int) -> tuple:
+    """The checked (count, mean, m2) of stats=."""
+    if not (isinstance(stats, tuple) and len(stats) == 3):
+        raise TypeError(f"stats must be a tuple (count, mean, m2), got {describe(stats)}")
+    count, mean, m2 = stats
+    if not (is_int(count) and count > 1):
+        raise ValueError(f"stats: count must be an integer > 1 (values per channel over the "
+                         f"whole batch), got {count!r}")
+    return int(count), channel_vector(mean, "stats mean", C), channel_vector(m2, "stats m2", C)
+
+
+def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
+                      residual, stats, out):
+    """batch_norm_train of a shard, with the whole batch's statistics."""
+    x = as_data(x, "x", half=True)
+    view = channel_view(x, axis)
+    C = view.channels
+    w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
+                                             momentum, eps)
+    count, mean, m2 = _global_stats(stats, C)
+    ep = _epilogue(relu, residual)
+    residual = _residual(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var, "residual": residual},
+              in_place_ok=("x", "residual"))
+    # the coefficients as the training kernels compute them (train_coefficients)
+    var = m2 / count
+    invstd = 1.0 / np.sqrt(var + eps)
+    mean = mean.copy()
+    if view.size:
+        dest = Output(view, out, x.dtype)
+        channel_affine(view, x, mean, w * invstd, b, dest.kernel, _schedule.threads(view),
+                       residual=residual, ep=ep)
+        y = dest.result()
+    else:
+        y = empty_result(view, out, x.dtype)
+    if rm is not None:
+        update_running(rm, mean, momentum, 1.0)
+        update_running(rv, var, momentum, count / (count - 1))
+    return y, mean, invstd
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
@@ -322,3 +376,86 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
         raise ValueError("running_mean and running_var are required when training=False")
     return batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
                             out=out)
+
+
+def _backward_views(dy, x, axis):
+    x = as_data(x, "x")
+    dy = as_data(dy, "dy")
+    check_same_layout(dy, "dy", x)
+    return dy, x, channel_view(x, axis)
+
+
+def batch_norm_backward_reduce(dy, x, mean, *, axis: int = 1) -> tuple:
+    """The first half of the training backward of a shard: per-channel ``sum(dy)`` and
+    ``sum(dy * (x - mean))``, float64, nothing else written.
+
+    Summed over the shards (an all-reduce), they give the batch's ``dbias`` and
+    ``dweight = sum_dy_xmu * invstd``, and the coefficients of
+    :func:`batch_norm_backward_elemt`. Same blocks and bits as :func:`batch_norm_backward`'s
+    own sums. float32 and float64 data.
+
+    Returns
+    -------
+    sum_dy, sum_dy_xmu : ndarray (C,), float64 (zeros for an empty shard)
+    """
+    dy, x, view = _backward_views(dy, x, axis)
+    C = view.channels
+    mu = channel_vector(mean, "mean", C)
+    sum_dy = np.zeros(C)
+    sum_dy_xmu = np.zeros(C)
+    if view.size == 0:
+        return sum_dy, sum_dy_xmu
+    threads = _schedule.threads(view)
+    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    if view.family == "plane":
+        _kernels.plane_grad_sums(dyk, xk, mu, sum_dy, sum_dy_xmu, threads)
+    else:
+        _kernels.row_grad_sums(dyk, xk, C, view.inner, mu, sum_dy, sum_dy_xmu, threads)
+    return sum_dy, sum_dy_xmu
+
+
+def batch_norm_backward_elemt(dy, x, weight, mean, invstd, sum_dy, sum_dy_xmu, count, *,
+                              axis: int = 1, out=None):
+    """The second half of the training backward of a shard: ``dx = weight * invstd * (dy -
+    sum_dy / count - (x - mean) * invstd**2 * sum_dy_xmu / count)`` with the batch's sums and
+    count (values per channel over every shard).
+
+    With a single shard's own sums and count it gives :func:`batch_norm_backward`'s dx, bit
+    for bit. float32 and float64 data.
+
+    Parameters
+    ----------
+    sum_dy, sum_dy_xmu : ndarray (C,)
+        From :func:`batch_norm_backward_reduce`, summed over the shards.
+    count : int > 0
+        Values per channel in the whole batch.
+    out : ndarray, optional
+        For dx; may be dy or x itself.
+    """
+    dy, x, view = _backward_views(dy, x, axis)
+    C = view.channels
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = channel_vector(mean, "mean", C)
+    inv = channel_vector(invstd, "invstd", C)
+    sdy = channel_vector(sum_dy, "sum_dy", C)
+    sdx = channel_vector(sum_dy_xmu, "sum_dy_xmu", C)
+    if not (is_int(count) and count > 0):
+        raise ValueError(f"count must be a positive integer (values per channel over the "
+                         f"whole batch), got {count!r}")
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd, "sum_dy": sum_dy,
+                                      "sum_dy_xmu": sum_dy_xmu}, in_place_ok=("x", "dy"))
+    if view.size == 0:
+        return empty_result(view, out, x.dtype)
+    k1, k2, k3 = np.empty(C), np.empty(C), np.empty(C)
+    _kernels.grad_coefficients_array(float(count), sdy, sdx, inv, w, True, k1, k2, k3)
+    threads = _schedule.threads(view)
+    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    dest = Output(view, out, x.dtype)
+    streaming = _schedule.streaming(view, x.itemsize, "backward")
+    if view.family == "plane":
+        _kernels.plane_grad_apply(dyk, xk, mu, k1, k2, k3, dest.kernel, streaming, threads)
+    else:
+        _kernels.row_grad_apply(dyk, xk, C, view.inner, mu, k1, k2, k3, dest.kernel, streaming,
+                                threads)
+    return dest.result()

@@ -1,14 +1,17 @@
-"""Per-channel statistics of an array (conventions: :mod:`cybn.ops`)."""
+"""Per-channel statistics of an array, and the primitives of batch norm over shards (data
+in several processes): each shard's (count, mean, M2), merged exactly in a fixed order
+(conventions: :mod:`cybn.ops`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_data, channel_view, check_ddof
+from .. import _kernels
+from .._validate import as_data, channel_view, check_ddof, describe
 from . import _schedule
 from ._run import channel_moments
 
-__all__ = ["moments"]
+__all__ = ["moments", "batch_norm_stats", "merge_stats"]
 
 
 def moments(x, *, axis: int = 1, ddof=0):
@@ -37,3 +40,81 @@ def moments(x, *, axis: int = 1, ddof=0):
     denom = view.count - ddof
     var = m2 / denom if denom > 0 else np.full(C, np.nan)
     return mean, var
+
+
+def batch_norm_stats(x, *, axis: int = 1) -> tuple:
+    """Per-channel count, mean and M2 (sum of squared deviations) of one shard of a batch.
+
+    The unit of batch statistics over shards (data-parallel training): each process computes
+    its shard's statistics, :func:`merge_stats` combines them exactly, and
+    :func:`batch_norm_train` normalizes with the result (``stats=``).
+
+    Parameters
+    ----------
+    x : ndarray, float32, float64, float16 or bfloat16, ndim >= 2
+        The shard; channel axis ``axis``. It may be empty (no samples).
+    axis : int
+        Channel axis.
+
+    Returns
+    -------
+    count : int
+        Values per channel (``x.size // C``).
+    mean, m2 : ndarray (C,), float64
+        Zeros for an empty shard. ``m2 / count`` is the biased variance.
+    """
+    x = as_data(x, "x", half=True)
+    view = channel_view(x, axis)
+    if view.size == 0:
+        return 0, np.zeros(view.channels), np.zeros(view.channels)
+    mean, m2 = channel_moments(view, x, _schedule.threads(view))
+    return int(view.count), mean, m2
+
+
+def _stats_rows(v, name: str, W: int, C: int | None) -> np.ndarray:
+    """A (W, C) float64 array of per-partial statistics (a sequence of (C,) arrays too)."""
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be numbers, got {describe(v)}") from None
+    if arr.ndim != 2 or arr.shape[0] != W or (C is not None and arr.shape[1] != C):
+        want = f"({W}, C)" if C is None else f"({W}, {C})"
+        raise ValueError(f"{name} must have shape {want} (one row per partial), got shape "
+                         f"{arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def merge_stats(counts, means, m2s) -> tuple:
+    """Merge W partial statistics (as from :func:`batch_norm_stats`) into those of the
+    union, with Chan et al.'s pairwise formula in row order.
+
+    Partials with count 0 are skipped. The order is fixed, so every process that merges the
+    same rows gets the same bits; the result equals the statistics of the concatenated data
+    to within rounding (float64, no cancellation on data far from zero).
+
+    Parameters
+    ----------
+    counts : sequence of W ints >= 0
+    means, m2s : arrays of shape (W, C)
+
+    Returns
+    -------
+    count : int
+    mean, m2 : ndarray (C,), float64
+        Zeros when every count is 0.
+    """
+    try:
+        c = np.asarray(counts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"counts must be numbers, got {describe(counts)}") from None
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"counts must be a nonempty 1-D sequence, got shape {c.shape}")
+    if not (np.all(np.isfinite(c)) and np.all(c >= 0) and np.all(c == np.floor(c))):
+        raise ValueError(f"counts must be non-negative integers, got {np.asarray(counts)}")
+    W = c.size
+    mu = _stats_rows(means, "means", W, None)
+    m2 = _stats_rows(m2s, "m2s", W, mu.shape[1])
+    mean = np.empty(mu.shape[1])
+    out_m2 = np.empty(mu.shape[1])
+    total = _kernels.merge_stats_rows(np.ascontiguousarray(c), mu, m2, mean, out_m2)
+    return int(total), mean, out_m2
