@@ -1,0 +1,238 @@
+"""Data-parallel batch norm across processes: SyncBatchNorm over a communicator.
+
+Each process holds a shard of the batch. SyncBatchNorm gathers every shard's (count, mean,
+M2) and merges them in rank order (:func:`cybn.merge_stats`), so every process normalizes
+with the same, exact statistics of the whole batch; its backward gathers the shards'
+gradient sums the same way. Sums over processes are always taken in rank order from gathered
+values, never with the transport's own reduction, so every rank gets the same bits whatever
+MPI's algorithm.
+
+The communicator is anything with ``rank``, ``size``, ``allgather(array) -> (size, ...)
+array`` and ``broadcast(array, root)`` (in place): :class:`MPIComm` wraps an mpi4py
+communicator (mpi4py is imported only when one is made; ``pip install "cybn[mpi]"``);
+:class:`ThreadComm` runs "ranks" as threads of one process, for tests and experiments.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import nn
+from . import ops as F
+from .nn.batchnorm import _BatchNorm
+
+__all__ = ["MPIComm", "ThreadComm", "SyncBatchNorm", "convert_sync_batchnorm",
+           "broadcast_parameters", "allreduce_gradients", "allreduce_sum"]
+
+
+class MPIComm:
+    """The communicator adapter over mpi4py (``comm=None``: ``MPI.COMM_WORLD``)."""
+
+    def __init__(self, comm=None):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise ImportError("cybn.distributed.MPIComm needs mpi4py: pip install "
+                              "\"cybn[mpi]\" (or mpi4py built against your cluster's MPI)"
+                              ) from None
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return self.comm.Get_size()
+
+    def allgather(self, arr: np.ndarray) -> np.ndarray:
+        """Every rank's array of this shape and dtype, stacked in rank order."""
+        arr = np.ascontiguousarray(arr)
+        out = np.empty((self.size,) + arr.shape, dtype=arr.dtype)
+        self.comm.Allgather(arr, out)
+        return out
+
+    def broadcast(self, arr: np.ndarray, root: int = 0) -> None:
+        """Overwrite arr (C-contiguous) with root's, on every rank."""
+        self.comm.Bcast(arr, root=root)
+
+
+class ThreadComm:
+    """A communicator whose ranks are threads of this process (``ThreadComm.group(n)``
+    makes one per rank, each used by its own thread): the same interface as
+    :class:`MPIComm`, for tests."""
+
+    def __init__(self, rank: int, shared: dict):
+        self.rank, self._shared = rank, shared
+        self.size = shared["size"]
+
+    @classmethod
+    def group(cls, size: int) -> list:
+        shared = {"size": size, "barrier": threading.Barrier(size), "slots": [None] * size}
+        return [cls(r, shared) for r in range(size)]
+
+    def _exchange(self, arr: np.ndarray) -> list:
+        """Every rank's copy of its array (copied before the others read it)."""
+        barrier, slots = self._shared["barrier"], self._shared["slots"]
+        slots[self.rank] = np.array(arr, copy=True)
+        barrier.wait()
+        values = list(slots)
+        barrier.wait()  # nobody writes the slots again before everyone has read them
+        return values
+
+    def allgather(self, arr: np.ndarray) -> np.ndarray:
+        return np.stack(self._exchange(np.asarray(arr)))
+
+    def broadcast(self, arr: np.ndarray, root: int = 0) -> None:
+        arr[...] = self._exchange(arr)[root]
+
+
+def allreduce_sum(comm, arr: np.ndarray) -> np.ndarray:
+    """The sum over ranks, added in rank order (the same bits on every rank)."""
+    gathered = comm.allgather(np.ascontiguousarray(arr))
+    total = gathered[0].copy()
+    for part in gathered[1:]:
+        total += part
+    return total
+
+
+_DTYPE_CODES = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 2.0, np.dtype(np.float16): 3.0}
+
+
+def _agree(comm, x: np.ndarray, axis: int) -> None:
+    """One collective that checks every rank has the same channel count, dtype and rank of
+    x; raises the same error on every rank otherwise (rather than hanging later)."""
+    code = _DTYPE_CODES.get(x.dtype, 4.0 if x.dtype.name == "bfloat16" else 0.0)
+    header = np.array([x.shape[axis], code, x.ndim], dtype=np.float64)
+    every = comm.allgather(header)
+    if not (every == every[0]).all():
+        desc = ", ".join(f"rank {r}: C={int(h[0])}, ndim={int(h[2])}" for r, h in
+                         enumerate(every))
+        raise ValueError(f"SyncBatchNorm: the ranks' inputs disagree on channels, dtype or "
+                         f"rank ({desc}; dtype codes {every[:, 1].tolist()})")
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalization whose training statistics are those of the whole batch across
+    the ranks of ``comm`` (any rank >= 2 input, channels-first or channels_last).
+
+    Same parameters, state and eval behaviour as :class:`cybn.BatchNorm2d` (inputs of rank
+    2 to 5); ``comm`` is a communicator (:class:`MPIComm`, :class:`ThreadComm`). In training
+    it computes its shard's (count, mean, M2), gathers every rank's and merges them in rank
+    order, normalizes with the result and updates the running statistics with the global
+    count, identically on every rank. Its backward gathers the shards' gradient sums, so dx
+    is the gradient of the whole batch's normalization; ``weight.grad`` and ``bias.grad``
+    get this rank's share, which :func:`allreduce_gradients` sums over the ranks. A shard
+    may be empty; the whole batch needs two values per channel.
+    """
+
+    ranks = (2, 3, 4, 5)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+                 track_running_stats: bool = True, channels_last: bool = False,
+                 dtype=np.float32, comm=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         channels_last, dtype)
+        self.comm = MPIComm() if comm is None else comm
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", ranks={self.comm.size}"
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not (self.training or not self.track_running_stats):
+            return super().forward(x)
+        axis = self._axis(x)
+        _agree(self.comm, x, axis)
+        count, mean, m2 = F.batch_norm_stats(x, axis=axis)
+        counts = self.comm.allgather(np.array([count], dtype=np.float64))[:, 0]
+        means = self.comm.allgather(mean)
+        m2s = self.comm.allgather(m2)
+        total, mean, m2 = F.merge_stats(counts, means, m2s)
+        if total <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"{total} over {self.comm.size} ranks")
+        update = self.training and self.track_running_stats
+        momentum = self.momentum
+        if update and momentum is None:
+            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        w = self.weight.data if self.affine else None
+        b = self.bias.data if self.affine else None
+        y, mean, invstd = F.batch_norm_train(
+            x, w, b, running_mean=self.running_mean if update else None,
+            running_var=self.running_var if update else None,
+            momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis,
+            stats=(total, mean, m2))
+        if update:
+            self.num_batches_tracked[...] += 1
+        self._cache = ("sync", x, mean, invstd, axis, total)
+        return y
+
+    def backward(self, dy):
+        saved = self._take_saved()
+        if not isinstance(saved[0], str):  # an eval-mode forward: BatchNorm's backward
+            object.__setattr__(self, "_cache", saved)
+            return super().backward(dy)
+        _, x, mean, invstd, axis, total = saved
+        dy = np.asarray(dy)
+        w = self.weight.data if self.affine else None
+        sum_dy, sum_dy_xmu = F.batch_norm_backward_reduce(dy, x, mean, axis=axis)
+        g_dy = allreduce_sum(self.comm, sum_dy)
+        g_dy_xmu = allreduce_sum(self.comm, sum_dy_xmu)
+        dx = F.batch_norm_backward_elemt(dy, x, w, mean, invstd, g_dy, g_dy_xmu, total,
+                                         axis=axis)
+        if self.affine:
+            self.weight.grad += (sum_dy_xmu * invstd).astype(self.weight.grad.dtype)
+            self.bias.grad += sum_dy.astype(self.bias.grad.dtype)
+        return dx
+
+
+def convert_sync_batchnorm(model, comm=None):
+    """A copy of model with every BatchNorm1d/2d/3d (at any depth) replaced by a
+    :class:`SyncBatchNorm` over ``comm`` with the same parameters and running statistics
+    (state_dict keys unchanged); the given model is not modified."""
+    import copy
+
+    comm = MPIComm() if comm is None else comm
+    result = copy.deepcopy(model)
+
+    def convert(module):
+        for name, child in list(module._modules.items()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, SyncBatchNorm):
+                if child.activation is not None:
+                    raise ValueError(f"{name}: SyncBatchNorm has no fused activation; "
+                                     f"convert before cybn.fuse")
+                sync = SyncBatchNorm(child.num_features, child.eps, child.momentum,
+                                     child.affine, child.track_running_stats,
+                                     child.channels_last, child.dtype, comm=comm)
+                sync.load_state_dict(child.state_dict())
+                sync.train(child.training)
+                module._modules[name] = sync
+            else:
+                convert(child)
+
+    if isinstance(result, _BatchNorm):
+        holder = nn.Sequential(result)
+        convert(holder)
+        return holder[0]
+    convert(result)
+    return result
+
+
+def broadcast_parameters(model, comm, root: int = 0) -> None:
+    """Overwrite every parameter and buffer of model with root's (in place), so that the
+    ranks start from the same model."""
+    for _, value in model._state_items():
+        if not value.flags.c_contiguous:
+            raise ValueError("broadcast_parameters needs C-contiguous parameters")
+        comm.broadcast(value, root)
+
+
+def allreduce_gradients(model, comm) -> None:
+    """Replace every parameter's gradient by its sum over the ranks (added in rank order).
+    With each rank's loss weighted by its share of the global batch, the sum is the
+    gradient of the global batch's loss."""
+    for p in model.parameters():
+        p.grad[...] = allreduce_sum(comm, p.grad)

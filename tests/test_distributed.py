@@ -1,0 +1,206 @@
+"""SyncBatchNorm and data-parallel helpers: thread "ranks" in-process (ThreadComm), and real
+MPI ranks launched with mpiexec as a subprocess (never pytest under MPI), against single-
+process batch norm on the concatenated batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import cybn
+from cybn.distributed import (ThreadComm, allreduce_gradients, allreduce_sum,
+                              broadcast_parameters, convert_sync_batchnorm)
+
+
+def run_ranks(size, fn):
+    """fn(comm) on `size` threads, one ThreadComm each: (results, errors) in rank order."""
+    comms = ThreadComm.group(size)
+    results, errors = [None] * size, [None] * size
+
+    def work(r):
+        try:
+            results[r] = fn(comms[r])
+        except Exception as err:  # noqa: BLE001 - returned to the test
+            errors[r] = err
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    return results, errors
+
+
+def shards(x, sizes):
+    bounds = np.cumsum([0] + list(sizes))
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.mark.parametrize("sizes", [(6, 6), (5, 1, 0, 6), (1, 11), (4, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sync_batchnorm_equals_batchnorm_on_the_whole_batch(sizes, channels_last, dtype):
+    rng = np.random.default_rng(0)
+    shape = (12, 6, 5, 4) if channels_last else (12, 4, 6, 5)
+    x = (rng.standard_normal(shape) * 2 + 50).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    ref = cybn.BatchNorm2d(4, channels_last=channels_last, dtype=dtype)
+    ref.weight.data[...] = [0.5, 1.0, 1.5, 2.0]
+    y0 = ref(x)
+    dx0 = ref.backward(dy)
+
+    def rank(comm):
+        layer = cybn.SyncBatchNorm(4, channels_last=channels_last, dtype=dtype, comm=comm)
+        layer.weight.data[...] = [0.5, 1.0, 1.5, 2.0]
+        xs, dys = shards(x, sizes)[comm.rank], shards(dy, sizes)[comm.rank]
+        y = layer(xs)
+        dx = layer.backward(dys)
+        allreduce_gradients(layer, comm)
+        return y, dx, layer.weight.grad.copy(), layer.bias.grad.copy(), layer.state_dict()
+
+    results, errors = run_ranks(len(sizes), rank)
+    assert errors == [None] * len(sizes)
+    tol = 1e-11 if dtype == np.float64 else 2e-5
+    y = np.concatenate([r[0] for r in results])
+    dx = np.concatenate([r[1] for r in results])
+    np.testing.assert_allclose(y, y0, rtol=0, atol=tol * np.abs(y0).max())
+    np.testing.assert_allclose(dx, dx0, rtol=0, atol=tol * np.abs(dx0).max())
+    for r in results:
+        np.testing.assert_allclose(r[2], ref.weight.grad, rtol=tol, atol=tol)
+        np.testing.assert_allclose(r[3], ref.bias.grad, rtol=tol, atol=tol)
+        for key, value in ref.state_dict().items():
+            np.testing.assert_allclose(r[4][key], value, rtol=tol)
+    # every rank holds the same bits
+    for r in results[1:]:
+        for key in r[4]:
+            np.testing.assert_array_equal(r[4][key], results[0][4][key])
+        np.testing.assert_array_equal(r[2], results[0][2])
+
+
+def test_eval_mode_needs_no_communication_and_matches_batchnorm():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+
+    def rank(comm):
+        layer = cybn.SyncBatchNorm(3, comm=comm)
+        layer.running_mean[...] = [1, 2, 3]
+        layer.eval()
+        y = layer(x)
+        return y, layer.backward(np.ones_like(y))
+
+    results, errors = run_ranks(2, rank)
+    assert errors == [None, None]
+    bn = cybn.BatchNorm2d(3)
+    bn.running_mean[...] = [1, 2, 3]
+    bn.eval()
+    np.testing.assert_array_equal(results[0][0], bn(x))
+    np.testing.assert_array_equal(results[1][1], bn.backward(np.ones_like(x)))
+
+
+def test_mismatched_ranks_raise_on_every_rank():
+    def rank(comm):
+        layer = cybn.SyncBatchNorm(3 if comm.rank == 0 else 4, comm=comm)
+        layer(np.ones((2, layer.num_features, 4, 4), np.float32))
+
+    results, errors = run_ranks(2, rank)
+    assert all(isinstance(e, ValueError) and "disagree" in str(e) for e in errors)
+
+
+def test_convert_broadcast_and_allreduce():
+    rng = np.random.default_rng(2)
+    model = cybn.Sequential(cybn.Conv2d(2, 3, 3, padding=1, rng=rng), cybn.BatchNorm2d(3),
+                            cybn.ReLU(), cybn.Residual(cybn.Sequential(
+                                cybn.Conv2d(3, 3, 1, rng=rng), cybn.BatchNorm2d(3))))
+
+    def rank(comm):
+        local = convert_sync_batchnorm(model, comm)
+        if comm.rank == 1:  # a different start, overwritten by rank 0's
+            for p in local.parameters():
+                p.data[...] = 7
+        broadcast_parameters(local, comm)
+        g = allreduce_sum(comm, np.full(3, comm.rank + 1.0))
+        return local, g
+
+    results, errors = run_ranks(2, rank)
+    assert errors == [None, None]
+    for local, g in results:
+        assert isinstance(local[1], cybn.SyncBatchNorm)
+        assert isinstance(local[3].body[1], cybn.SyncBatchNorm)
+        assert list(local.state_dict()) == list(model.state_dict())
+        for (k, a), b in zip(local.state_dict().items(), model.state_dict().values()):
+            np.testing.assert_array_equal(a, b, err_msg=k)
+        np.testing.assert_array_equal(g, [3.0, 3.0, 3.0])
+    assert isinstance(model[1], cybn.BatchNorm2d) and type(model[1]) is not cybn.SyncBatchNorm
+
+
+MPI_SCRIPT = r"""
+import sys
+import numpy as np
+import cybn
+from cybn.distributed import MPIComm, allreduce_gradients
+comm = MPIComm()
+assert comm.size == int(sys.argv[1]), f"world size {comm.size}, expected {sys.argv[1]}"
+rng = np.random.default_rng(0)
+x = (rng.standard_normal((13, 4, 6, 6)) * 2 + 30)
+dy = rng.standard_normal(x.shape)
+bounds = np.linspace(0, 13, comm.size + 1).astype(int)
+xs, dys = x[bounds[comm.rank]:bounds[comm.rank + 1]], dy[bounds[comm.rank]:bounds[comm.rank + 1]]
+layer = cybn.SyncBatchNorm(4, dtype=np.float64, comm=comm)
+y = layer(xs)
+dx = layer.backward(dys)
+allreduce_gradients(layer, comm)
+ref = cybn.BatchNorm2d(4, dtype=np.float64)
+y0, dx0 = ref(x), None
+dx0 = ref.backward(dy)
+sl = slice(bounds[comm.rank], bounds[comm.rank + 1])
+np.testing.assert_allclose(y, y0[sl], rtol=0, atol=1e-12)
+np.testing.assert_allclose(dx, dx0[sl], rtol=0, atol=1e-12)
+np.testing.assert_allclose(layer.weight.grad, ref.weight.grad, rtol=1e-12)
+np.testing.assert_allclose(layer.running_var, ref.running_var, rtol=1e-13)
+every = comm.allgather(layer.running_var)
+assert (every == every[0]).all()
+print("ok", flush=True)
+"""
+
+
+def mpiexec():
+    pytest.importorskip("mpi4py")
+    exe = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("no mpiexec")
+    return exe
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_sync_batchnorm_over_mpi(tmp_path, ranks):
+    script = tmp_path / "sync.py"
+    script.write_text(MPI_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py",
+                           str(script), str(ranks)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok") == ranks  # (the ranks' lines may interleave)
+
+
+def test_a_raising_rank_does_not_hang_the_others(tmp_path):
+    script = tmp_path / "bad.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        import cybn
+        from cybn.distributed import MPIComm
+        comm = MPIComm()
+        layer = cybn.SyncBatchNorm(3 if comm.rank == 0 else 5, comm=comm)
+        layer(np.ones((2, layer.num_features, 3, 3), np.float32))
+    """))
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode != 0
+    assert "disagree" in done.stderr
