@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from . import deploy, distributed, functional, layers, nn, ops, train
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
-from .deploy import fold_batchnorm, fuse, insert_batchnorm
+from .deploy import fold_batchnorm, fuse, insert_batchnorm, recalibrate
 from .distributed import SyncBatchNorm
 from .nn import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
 from .ops import *  # noqa: F401,F403  (batch_norm_train, ..., moments)

@@ -19,7 +19,7 @@ import numpy as np
 from . import nn
 from .nn.batchnorm import _BatchNorm
 
-__all__ = ["fold_batchnorm", "insert_batchnorm", "fuse"]
+__all__ = ["fold_batchnorm", "insert_batchnorm", "fuse", "recalibrate"]
 
 _INTO = ("previous", "next", "any")
 
@@ -339,3 +339,81 @@ def insert_batchnorm(model, X, *, after=None, eps: float = 1e-5, momentum=0.1,
         out.append(bn)
     result = nn.Sequential(*out)
     return result.train(model.training)
+
+
+def _batchnorm_layers(module) -> list:
+    """The BatchNorm layers of module at any depth, in forward order."""
+    found = [module] if isinstance(module, _BatchNorm) else []
+    for child in module._modules.values():
+        found += _batchnorm_layers(child)
+    return found
+
+
+def recalibrate(model, X, *, batch_size: int = 256, comm=None):
+    """Set every BatchNorm layer's running statistics to the exact mean and variance of its
+    inputs over X, as the model in eval mode sees them.
+
+    The layers are taken in forward order: the first one's inputs over X (in batches,
+    merged exactly with :class:`cybn.RunningMoments`), then the next one's with the first
+    already recalibrated, and so on (one pass over X per BatchNorm layer). The variance is
+    the population's (divided by the count), as :func:`insert_batchnorm` sets it; PyTorch's
+    ``update_bn`` instead averages per-batch statistics taken in training mode. With ``comm``
+    (:mod:`cybn.distributed`) X is this rank's share and the statistics are merged over the
+    ranks in rank order, the same on every rank.
+
+    Parameters
+    ----------
+    model : Module
+        Modified in place (its running statistics; ``num_batches_tracked`` is left alone);
+        returned in the mode it was given.
+    X : array
+        Inputs, batch axis first.
+    batch_size : int
+
+    Returns
+    -------
+    model
+    """
+    from .ops import RunningMoments, merge_stats
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a cybn Module, got {type(model).__name__}")
+    X = np.asarray(X)
+    if X.ndim < 2:
+        raise ValueError(f"X must be a batch of inputs, got shape {X.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    layers = [bn for bn in _batchnorm_layers(model) if bn.track_running_stats]
+    training = model.training
+    model.eval()
+    try:
+        for bn in layers:
+            moments = RunningMoments()
+            original = bn.forward
+
+            def record(x, bn=bn, moments=moments, original=original):
+                x = np.asarray(x)
+                moments.axis = bn._axis(x)
+                moments.update(x)
+                return original(x)
+
+            object.__setattr__(bn, "forward", record)
+            try:
+                for start in range(0, len(X), batch_size):
+                    model(X[start:start + batch_size])
+            finally:
+                object.__delattr__(bn, "forward")
+            C = bn.num_features
+            count, mean, m2 = moments.stats() if moments.count else (0, np.zeros(C),
+                                                                     np.zeros(C))
+            if comm is not None:
+                from .distributed import _gather_stats
+
+                count, mean, m2 = _gather_stats(comm, count, mean, m2)
+            if not count:
+                raise ValueError("recalibrate needs at least one sample")
+            bn.running_mean[...] = mean
+            bn.running_var[...] = m2 / count
+    finally:
+        model.train(training)
+    return model

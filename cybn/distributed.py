@@ -98,6 +98,12 @@ def allreduce_sum(comm, arr: np.ndarray) -> np.ndarray:
     return total
 
 
+def _gather_stats(comm, count: int, mean: np.ndarray, m2: np.ndarray) -> tuple:
+    """Every rank's (count, mean, M2) merged in rank order: the same on every rank."""
+    counts = comm.allgather(np.array([count], dtype=np.float64))[:, 0]
+    return F.merge_stats(counts, comm.allgather(mean), comm.allgather(m2))
+
+
 _DTYPE_CODES = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 2.0, np.dtype(np.float16): 3.0}
 
 
@@ -146,11 +152,7 @@ class SyncBatchNorm(_BatchNorm):
             return super().forward(x)
         axis = self._axis(x)
         _agree(self.comm, x, axis)
-        count, mean, m2 = F.batch_norm_stats(x, axis=axis)
-        counts = self.comm.allgather(np.array([count], dtype=np.float64))[:, 0]
-        means = self.comm.allgather(mean)
-        m2s = self.comm.allgather(m2)
-        total, mean, m2 = F.merge_stats(counts, means, m2s)
+        total, mean, m2 = _gather_stats(self.comm, *F.batch_norm_stats(x, axis=axis))
         if total <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got "
                              f"{total} over {self.comm.size} ranks")

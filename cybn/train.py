@@ -246,7 +246,7 @@ def evaluate(model, X, y, *, loss="cross_entropy", batch_size: int = 256):
 
 def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
         batch_size: int = 64, validation_data=None, shuffle: bool = True, seed: int = 0,
-        progress: bool = True):
+        progress: bool = True, comm=None):
     """Train ``model`` on (X, y) with mini-batches.
 
     Parameters
@@ -266,6 +266,15 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
         thread during fit, evaluate and predict.
     progress : bool
         A tqdm bar when tqdm is installed, else one line per epoch.
+    comm : communicator, optional
+        Data-parallel training over the ranks of ``comm`` (:mod:`cybn.distributed`): every
+        rank calls fit with the same X, y, seed and model; rank 0's parameters are broadcast
+        first; each global mini-batch of ``batch_size`` samples is cut into one contiguous
+        shard per rank (a batch with fewer samples than ranks is skipped); each rank's loss
+        is weighted by its shard's share of the batch and the parameter gradients are summed
+        over the ranks, so every rank takes the step of the whole batch. Use
+        :func:`cybn.distributed.convert_sync_batchnorm` for batch statistics of the whole
+        batch. The history is the whole batch's, the same on every rank.
 
     Returns
     -------
@@ -275,11 +284,11 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
     """
     with _one_blas_thread():
         return _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data,
-                    shuffle, seed, progress)
+                    shuffle, seed, progress, comm)
 
 
 def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, seed,
-         progress):
+         progress, comm=None):
     fn = _loss_fn(loss)
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
@@ -292,6 +301,11 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
                          f"samples and batch_size={batch_size}")
     if optimizer is None:
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if comm is not None:
+        from .distributed import allreduce_gradients, allreduce_sum, broadcast_parameters
+
+        broadcast_parameters(model, comm)
+        progress = progress and comm.rank == 0
     rng = np.random.default_rng(seed)
     classify = _is_classification(fn)
     history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "time": [],
@@ -314,16 +328,29 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
             idx = order[i:i + batch_size]
             if len(idx) < 2:
                 continue
+            share = 1.0
+            if comm is not None:
+                if len(idx) < comm.size:
+                    continue
+                n_batch = len(idx)
+                idx = np.array_split(idx, comm.size)[comm.rank]
+                share = len(idx) / n_batch
             xb, yb = X[idx], y[idx]
             out = model(xb)
             value, grad = fn(out, yb)
             optimizer.zero_grad()
-            model.backward(grad)
+            model.backward(grad * np.asarray(share, dtype=grad.dtype) if share != 1.0 else grad)
+            if comm is not None:
+                allreduce_gradients(model, comm)
             optimizer.step()
             total += value * len(idx)
             seen += len(idx)
             if classify:
                 correct += int(np.sum(out.argmax(axis=1) == yb))
+        if comm is not None:
+            total, correct, seen = allreduce_sum(comm, np.array([total, correct, seen],
+                                                                dtype=np.float64))
+            correct, seen = int(correct), int(seen)
         train_loss = total / max(seen, 1)
         history["loss"].append(train_loss)
         history["accuracy"].append(correct / max(seen, 1) if classify else None)

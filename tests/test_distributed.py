@@ -204,3 +204,56 @@ def test_a_raising_rank_does_not_hang_the_others(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode != 0
     assert "disagree" in done.stderr
+
+
+def small_model(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return cybn.Sequential(cybn.Conv2d(1, 4, 3, padding=1, dtype=dtype, rng=rng),
+                           cybn.BatchNorm2d(4, dtype=dtype), cybn.ReLU(), cybn.Flatten(),
+                           cybn.Linear(4 * 6 * 6, 3, dtype=dtype, rng=rng))
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_data_parallel_fit_matches_one_process(ranks, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((100, 1, 6, 6)).astype(dtype)
+    y = rng.integers(0, 3, 100)
+    single = small_model(dtype)
+    h1 = cybn.fit(single, X, y, optimizer=cybn.SGD(single.parameters(), lr=0.1, momentum=0.9),
+                  epochs=4, batch_size=20, seed=0, progress=False)
+
+    def rank(comm):
+        model = convert_sync_batchnorm(small_model(dtype, seed=comm.rank), comm)
+        h = cybn.fit(model, X, y, optimizer=cybn.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                     epochs=4, batch_size=20, seed=0, progress=False, comm=comm)
+        return model.state_dict(), h
+
+    results, errors = run_ranks(ranks, rank)
+    assert errors == [None] * ranks
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for state, h in results:  # 20 steps; rank 1.. started from other weights (broadcast)
+        for key, value in single.state_dict().items():
+            np.testing.assert_allclose(state[key], value, rtol=tol, atol=tol, err_msg=key)
+        np.testing.assert_allclose(h["loss"], h1["loss"], rtol=tol)
+        assert h["accuracy"] == h1["accuracy"]
+    for state, _ in results[1:]:  # the same bits on every rank
+        for key in state:
+            np.testing.assert_array_equal(state[key], results[0][0][key])
+
+
+def test_recalibrate_across_ranks_equals_one_process():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((50, 1, 6, 6))
+    single = cybn.recalibrate(small_model(np.float64), X, batch_size=8)
+
+    def rank(comm):
+        model = small_model(np.float64)
+        part = np.array_split(X, comm.size)[comm.rank]
+        return cybn.recalibrate(model, part, batch_size=8, comm=comm)
+
+    results, errors = run_ranks(3, rank)
+    assert errors == [None] * 3
+    for model in results:
+        np.testing.assert_allclose(model[1].running_mean, single[1].running_mean, rtol=1e-12)
+        np.testing.assert_allclose(model[1].running_var, single[1].running_var, rtol=1e-12)

@@ -146,3 +146,50 @@ def test_bad_arguments_change_nothing():
         cybn.batch_norm_backward_elemt(x, x, None, np.zeros(3), np.ones(3), np.zeros(2),
                                        np.zeros(3), 20)
     assert not rm.any() and (rv == 1).all()
+
+
+def test_running_moments_are_exact_over_any_batching():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((103, 3, 4)) * 0.01 + 1e5
+    acc = cybn.RunningMoments(axis=1)
+    for start in range(0, 103, 10):
+        acc.update(x[start:start + 10])
+    whole_mean, whole_var = ref.moments(x, 1)
+    assert acc.count == 103 * 4
+    np.testing.assert_allclose(acc.mean, whole_mean, rtol=4e-15)
+    np.testing.assert_allclose(acc.var(), whole_var, rtol=1e-9)
+    np.testing.assert_allclose(acc.var(ddof=1), x.var(axis=(0, 2), ddof=1), rtol=1e-9)
+    # merge: two halves equal the whole; channels-last batches with axis=-1
+    a = cybn.RunningMoments().update(x[:50])
+    b = cybn.RunningMoments().update(x[50:])
+    np.testing.assert_allclose(a.merge(b).var(), whole_var, rtol=1e-9)
+    last = cybn.RunningMoments(axis=-1).update(np.moveaxis(x, 1, -1))
+    np.testing.assert_allclose(last.mean, whole_mean, rtol=4e-15)
+    with pytest.raises(ValueError, match="seen no data"):
+        cybn.RunningMoments().mean
+    with pytest.raises(ValueError, match="channels"):
+        cybn.RunningMoments().update(x).update(np.ones((2, 5)))
+
+
+def test_recalibrate_sets_exact_statistics_of_eval_mode_inputs():
+    rng = np.random.default_rng(5)
+    model = cybn.Sequential(cybn.Linear(4, 6, dtype=np.float64, rng=rng),
+                            cybn.BatchNorm1d(6, dtype=np.float64), cybn.ReLU(),
+                            cybn.Linear(6, 5, dtype=np.float64, rng=rng),
+                            cybn.BatchNorm1d(5, dtype=np.float64))
+    X = rng.standard_normal((70, 4)) * 3 + 2
+    model.train()
+    cybn.recalibrate(model, X, batch_size=16)
+    assert model.training
+    z1 = model[0](X)
+    np.testing.assert_allclose(model[1].running_mean, z1.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(model[1].running_var, z1.var(axis=0), rtol=1e-12)
+    model.eval()
+    z2 = model[3](model[2](model[1](z1)))  # the second BatchNorm's eval-mode inputs
+    np.testing.assert_allclose(model[4].running_mean, z2.mean(axis=0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(model[4].running_var, z2.var(axis=0), rtol=1e-12)
+    # the batching does not matter beyond rounding
+    again = cybn.recalibrate(model, X, batch_size=70)
+    np.testing.assert_allclose(again[4].running_var, model[4].running_var, rtol=1e-13)
+    with pytest.raises(TypeError, match="model"):
+        cybn.recalibrate([model], X)

@@ -11,7 +11,7 @@ from .._validate import as_data, channel_view, check_ddof, describe
 from . import _schedule
 from ._run import channel_moments
 
-__all__ = ["moments", "batch_norm_stats", "merge_stats"]
+__all__ = ["moments", "batch_norm_stats", "merge_stats", "RunningMoments"]
 
 
 def moments(x, *, axis: int = 1, ddof=0):
@@ -118,3 +118,72 @@ def merge_stats(counts, means, m2s) -> tuple:
     out_m2 = np.empty(mu.shape[1])
     total = _kernels.merge_stats_rows(np.ascontiguousarray(c), mu, m2, mean, out_m2)
     return int(total), mean, out_m2
+
+
+class RunningMoments:
+    """Exact per-channel mean and variance of a stream of batches (or of shards).
+
+    Each :meth:`update` merges the batch's (count, mean, M2) with Chan's formula in double,
+    so the result is the statistics of all the data seen, to rounding, whatever the batch
+    sizes (not an average of per-batch statistics).
+
+    Parameters
+    ----------
+    axis : int
+        Channel axis of the batches.
+
+    Examples
+    --------
+    >>> rm = RunningMoments(axis=1)
+    >>> for xb in batches:            # doctest: +SKIP
+    ...     rm.update(xb)
+    >>> rm.mean, rm.var()             # doctest: +SKIP
+    """
+
+    def __init__(self, axis: int = 1):
+        self.axis = axis
+        self.count = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def _fold(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = np.zeros(len(mean)), np.zeros(len(mean))
+        elif len(mean) != len(self._mean):
+            raise ValueError(f"a batch with {len(mean)} channels after {len(self._mean)}")
+        total, self._mean, self._m2 = merge_stats([self.count, count],
+                                                  np.stack([self._mean, mean]),
+                                                  np.stack([self._m2, m2]))
+        self.count = total
+
+    def update(self, x) -> "RunningMoments":
+        """Add a batch (channel axis ``axis``)."""
+        self._fold(*batch_norm_stats(x, axis=self.axis))
+        return self
+
+    def merge(self, other: "RunningMoments") -> "RunningMoments":
+        """Add what another accumulator has seen (``other`` is unchanged)."""
+        if other._mean is not None and other._m2 is not None:
+            self._fold(other.count, other._mean, other._m2)
+        return self
+
+    def stats(self) -> tuple:
+        """(count, mean, M2) of everything seen, as :func:`batch_norm_stats` gives them."""
+        mean, m2 = self._require()
+        return self.count, mean.copy(), m2.copy()
+
+    def _require(self) -> tuple:
+        if self._mean is None or self._m2 is None:
+            raise ValueError("RunningMoments has seen no data")
+        return self._mean, self._m2
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-channel mean (float64)."""
+        return self._require()[0].copy()
+
+    def var(self, ddof: int = 0) -> np.ndarray:
+        """Per-channel variance dividing by ``count - ddof`` (NaN where that is <= 0)."""
+        m2 = self._require()[1]
+        denom = self.count - check_ddof(ddof)
+        return m2 / denom if denom > 0 else np.full(len(m2), np.nan)
