@@ -257,3 +257,21 @@ def test_recalibrate_across_ranks_equals_one_process():
     for model in results:
         np.testing.assert_allclose(model[1].running_mean, single[1].running_mean, rtol=1e-12)
         np.testing.assert_allclose(model[1].running_var, single[1].running_var, rtol=1e-12)
+
+
+def test_distributed_example_prints_the_one_process_table():
+    pytest.importorskip("sklearn")
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    sys.path.insert(0, os.path.join(root, "examples"))
+    import distributed_training
+
+    rows = distributed_training.main(epochs=2, verbose=False)
+    want = [f"{e:5d}  {loss:10.6f}  {acc:9.4f}  {val:7.4f}" for e, loss, acc, val in rows]
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
+                           os.path.join(root, "examples", "distributed_training.py"), "2"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("ranks 2")
+    assert lines[2:4] == want
