@@ -134,6 +134,14 @@ MUTANTS = [
      '        return dy'),
     ('cybn/deploy.py', '                    and type(layers[i + 1]) is nn.ReLU):',
      '                    and isinstance(layers[i + 1], nn.Module)):'),
+    ('cybn/train.py', '                share = len(idx) / n_batch',
+     '                share = 1.0'),
+    ('cybn/distributed.py', '            self.weight.grad += (sum_dy_xmu * invstd).astype(self.weight.grad.dtype)',
+     '            self.weight.grad += (g_dy_xmu * invstd).astype(self.weight.grad.dtype)'),
+    ('cybn/ops/batchnorm.py', '        update_running(rv, var, momentum, count / (count - 1))\n    return y, mean, invstd',
+     '        update_running(rv, var, momentum, 1.0)\n    return y, mean, invstd'),
+    ('cybn/deploy.py', '            bn.running_var[...] = m2 / count',
+     '            bn.running_var[...] = m2 / (count - 1)'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 
