@@ -107,17 +107,9 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                    axis, out, _schedule.MIN_PARALLEL_SIZE, relu)
         if fast is not None:
             return fast
-    x = as_data(x, "x", half=True)
-    view = channel_view(x, axis)
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
     C = view.channels
-    w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
-                                             momentum, eps)
-    ep = _epilogue(relu, residual)
-    residual = _residual(residual, x)
-    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
-                                      "running_mean": running_mean,
-                                      "running_var": running_var, "residual": residual},
-              in_place_ok=("x", "residual"))
     if view.size == 0:
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
@@ -148,6 +140,23 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     return dest.result(), mean, invstd
 
 
+def _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
+                residual, out) -> tuple:
+    """The checked arguments of a training forward: (x, its ChannelView, weight, bias,
+    running_mean, running_var, momentum, eps, the epilogue bits, residual)."""
+    x = as_data(x, "x", half=True)
+    view = channel_view(x, axis)
+    w, b, rm, rv, momentum, eps = train_args(view.channels, weight, bias, running_mean,
+                                             running_var, momentum, eps)
+    ep = _epilogue(relu, residual)
+    residual = _residual(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var, "residual": residual},
+              in_place_ok=("x", "residual"))
+    return x, view, w, b, rm, rv, momentum, eps, ep, residual
+
+
 def _global_stats(stats, C: int) -> tuple:
     """The checked (count, mean, m2) of stats=."""
     if not (isinstance(stats, tuple) and len(stats) == 3):
@@ -162,18 +171,9 @@ def _global_stats(stats, C: int) -> tuple:
 def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
                       residual, stats, out):
     """batch_norm_train of a shard, with the whole batch's statistics."""
-    x = as_data(x, "x", half=True)
-    view = channel_view(x, axis)
-    C = view.channels
-    w, b, rm, rv, momentum, eps = train_args(C, weight, bias, running_mean, running_var,
-                                             momentum, eps)
-    count, mean, m2 = _global_stats(stats, C)
-    ep = _epilogue(relu, residual)
-    residual = _residual(residual, x)
-    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
-                                      "running_mean": running_mean,
-                                      "running_var": running_var, "residual": residual},
-              in_place_ok=("x", "residual"))
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
+    count, mean, m2 = _global_stats(stats, view.channels)
     # the coefficients as the training kernels compute them (train_coefficients)
     var = m2 / count
     invstd = 1.0 / np.sqrt(var + eps)
