@@ -111,6 +111,10 @@ depthwise_forward = _impl.depthwise_forward
 depthwise_backward = _impl.depthwise_backward
 depthwise_forward_planes = _impl.depthwise_forward_planes
 depthwise_backward_planes = _impl.depthwise_backward_planes
+maxpool_forward_planes = _impl.maxpool_forward_planes
+maxpool_backward_planes = _impl.maxpool_backward_planes
+maxpool_forward_rows = _impl.maxpool_forward_rows
+maxpool_backward_rows = _impl.maxpool_backward_rows
 half_from_float = _impl.half_from_float
 half_to_float = _impl.half_to_float
 

@@ -1,0 +1,150 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Max pooling without padding (floor mode): the forward keeps, per output, the index of its
+# window's maximum (tap i * kw + j, one byte); the backward scatters dy there in one pass.
+# The first maximum wins, and a NaN wins over numbers (the first NaN), as NumPy's argmax and
+# PyTorch's max_pool2d. Each plane (channels-first) or sample (channels-last) is one thread's,
+# so the backward's overlapping windows add up in a fixed order: the same bits for any thread
+# count. Included after common.pxi.
+
+cdef inline void pool_tap_strided(const floating* xr, Py_ssize_t sw, floating* yr,
+                                  unsigned char* ar, Py_ssize_t Wo,
+                                  unsigned char t) noexcept nogil:
+    """One window tap over an output row (inputs sw apart): the running maxima and taps."""
+    cdef Py_ssize_t ow
+    cdef floating v, b
+    cdef bint take
+    for ow in range(Wo):
+        v = xr[ow * sw]
+        b = yr[ow]
+        take = v > b or (v != v and b == b)
+        yr[ow] = v if take else b
+        ar[ow] = t if take else ar[ow]
+
+
+def maxpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P = N * C
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           floating[:, :, ::1] y,            # OUT (P, Ho, Wo)
+                           unsigned char[:, :, ::1] arg,     # OUT (P, Ho, Wo) tap of the max
+                           int num_threads):
+    """Channels-first max pooling, a plane per work item; per output row, the taps in
+    order, each a pass along the row (selects, no branches)."""
+    cdef Py_ssize_t P = y.shape[0], Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t p, oh, ow, i, j
+    cdef floating* yr
+    cdef unsigned char* ar
+    cdef const floating* xr
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            for oh in range(Ho):
+                yr = &y[p, oh, 0]
+                ar = &arg[p, oh, 0]
+                xr = &x[p, oh * sh, 0]
+                for ow in range(Wo):
+                    yr[ow] = xr[ow * sw]
+                    ar[ow] = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        if i == 0 and j == 0:
+                            continue
+                        pool_tap_strided(&x[p, oh * sh + i, j], sw, yr, ar, Wo,
+                                         <unsigned char>(i * kw + j))
+
+
+def maxpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
+                            const unsigned char[:, :, ::1] arg,  # IN  (P, Ho, Wo)
+                            Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            floating[:, :, ::1] dx,          # OUT (P, H, W), zeroed here
+                            int num_threads):
+    """dx[window max] += dy, a plane per work item, outputs in order."""
+    cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
+    cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
+    cdef Py_ssize_t p, oh, ow, t, r, c
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            for r in range(H):
+                for c in range(W):
+                    dx[p, r, c] = 0
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    t = arg[p, oh, ow]
+                    dx[p, oh * sh + t // kw, ow * sw + t % kw] += dy[p, oh, ow]
+
+
+def maxpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         floating[:, :, :, ::1] y,           # OUT (N, Ho, Wo, C)
+                         unsigned char[:, :, :, ::1] arg,    # OUT (N, Ho, Wo, C)
+                         int num_threads):
+    """Channels-last max pooling, an output row per work item; the taps in order, each a
+    vectorized pass over the channels (selects, no branches)."""
+    cdef Py_ssize_t N = y.shape[0], Ho = y.shape[1], Wo = y.shape[2], C = y.shape[3]
+    cdef Py_ssize_t item, n, oh, ow, i, j, c
+    cdef const floating* xr
+    cdef floating* yr
+    cdef unsigned char* ar
+    with nogil:
+        for item in prange(N * Ho, schedule='static', num_threads=num_threads):
+            n = item // Ho
+            oh = item % Ho
+            for ow in range(Wo):
+                yr = &y[n, oh, ow, 0]
+                ar = &arg[n, oh, ow, 0]
+                xr = &x[n, oh * sh, ow * sw, 0]
+                for c in range(C):
+                    yr[c] = xr[c]
+                    ar[c] = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        if i == 0 and j == 0:
+                            continue
+                        pool_tap_rows(&x[n, oh * sh + i, ow * sw + j, 0], yr, ar, C,
+                                      <unsigned char>(i * kw + j))
+
+
+cdef inline void pool_tap_rows(const floating* xr, floating* yr, unsigned char* ar,
+                               Py_ssize_t C, unsigned char t) noexcept nogil:
+    """One window tap over C channels: the running maximum and its tap, by selects."""
+    cdef Py_ssize_t c
+    cdef floating v, b
+    cdef bint take
+    for c in range(C):
+        v = xr[c]
+        b = yr[c]
+        take = v > b or (v != v and b == b)
+        yr[c] = v if take else b
+        ar[c] = t if take else ar[c]
+
+
+cdef inline void pool_tap_back_rows(const floating* g, const unsigned char* ar,
+                                    floating* dxr, Py_ssize_t C,
+                                    unsigned char t) noexcept nogil:
+    """dx[c] += dy[c] where this tap held the maximum (a select: other values add 0)."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        dxr[c] = dxr[c] + (g[c] if ar[c] == t else <floating>0)
+
+
+def maxpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C)
+                          const unsigned char[:, :, :, ::1] arg,  # IN  (N, Ho, Wo, C)
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          floating[:, :, :, ::1] dx,         # OUT (N, H, W, C), zeroed here
+                          int num_threads):
+    """dx[window max] += dy, a sample per work item, outputs and taps in order, each tap a
+    vectorized pass over the channels."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
+    cdef Py_ssize_t n, oh, ow, c, r, q, i, j
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            for r in range(H):
+                for q in range(W):
+                    for c in range(C):
+                        dx[n, r, q, c] = 0
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    for i in range(kh):
+                        for j in range(kw):
+                            pool_tap_back_rows(&dy[n, oh, ow, 0], &arg[n, oh, ow, 0],
+                                               &dx[n, oh * sh + i, ow * sw + j, 0], C,
+                                               <unsigned char>(i * kw + j))

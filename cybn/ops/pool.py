@@ -1,0 +1,58 @@
+"""Compiled max pooling (no padding, floor mode) for the MaxPool2d layer, channels-first
+(N, C, H, W) or channels-last (N, H, W, C). Not public API (the layer is
+:class:`cybn.MaxPool2d`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+from . import _schedule
+
+MAX_TAPS = 255  # window taps a one-byte index can name
+
+
+def supported(x: np.ndarray, kernel: tuple) -> bool:
+    """Whether the compiled kernels take this input and window."""
+    return (x.dtype in (np.float32, np.float64) and kernel[0] * kernel[1] <= MAX_TAPS
+            and x.size > 0)
+
+
+def max_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool) -> tuple:
+    """(y, arg): the window maxima and the tap (i * kw + j) of each, arg uint8."""
+    x = np.ascontiguousarray(x)
+    (kh, kw), (sh, sw) = kernel, stride
+    if channels_last:
+        n, H, W, C = x.shape
+    else:
+        n, C, H, W = x.shape
+    ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    threads = _schedule.threads_for(x.size)
+    if channels_last:
+        y = np.empty((n, ho, wo, C), dtype=x.dtype)
+        arg = np.empty(y.shape, dtype=np.uint8)
+        _kernels.maxpool_forward_rows(x, kh, kw, sh, sw, y, arg, threads)
+        return y, arg
+    y = np.empty((n, C, ho, wo), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.uint8)
+    _kernels.maxpool_forward_planes(x.reshape(n * C, H, W), kh, kw, sh, sw,
+                                    y.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo),
+                                    threads)
+    return y, arg
+
+
+def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple, kernel: tuple,
+                        stride: tuple, channels_last: bool, dtype) -> np.ndarray:
+    """dx of x_shape: dy added at each window's maximum."""
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    kw, (sh, sw) = kernel[1], stride
+    dx = np.empty(x_shape, dtype=dtype)
+    threads = _schedule.threads_for(dx.size)
+    if channels_last:
+        _kernels.maxpool_backward_rows(dy, arg, kernel[0], kw, sh, sw, dx, threads)
+        return dx
+    n, C, H, W = x_shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    _kernels.maxpool_backward_planes(dy.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo), kw,
+                                     sh, sw, dx.reshape(n * C, H, W), threads)
+    return dx

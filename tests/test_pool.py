@@ -1,0 +1,69 @@
+"""MaxPool2d: the compiled kernels (and the NumPy path for windows over 255 taps) against a
+plain loop: first maximum wins, NaN wins, overlapping windows add their gradients, both
+layouts and dtypes, the same bits for any thread count."""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import cybn
+
+
+def reference(x, k, s):
+    """(y, dx for dy = 1 + output index) of NCHW x by loops."""
+    (kh, kw), (sh, sw) = k, s
+    n, C, H, W = x.shape
+    ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    y = np.empty((n, C, ho, wo), x.dtype)
+    dy = (1 + np.arange(y.size, dtype=np.float64).reshape(y.shape) % 7).astype(x.dtype)
+    dx = np.zeros(x.shape, np.float64)
+    for a in range(n):
+        for c in range(C):
+            for i in range(ho):
+                for j in range(wo):
+                    win = x[a, c, i * sh:i * sh + kh, j * sw:j * sw + kw].ravel()
+                    t = int(np.argmax(win))  # first maximum; the first NaN wins
+                    y[a, c, i, j] = win[t]
+                    dx[a, c, i * sh + t // kw, j * sw + t % kw] += dy[a, c, i, j]
+    return y, dy, dx.astype(x.dtype)
+
+
+@pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 2)),
+                                 ((2, 3), (3, 1)), ((1, 1), (1, 1)), ((16, 16), (1, 1))])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_against_loops(k, s, channels_last, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, (2, 3, 17, 18)).astype(dtype)  # many ties
+    x[0, 0, 1, 1] = np.nan
+    y0, dy, dx0 = reference(x, k, s)
+    layer = cybn.MaxPool2d(k, s, channels_last=channels_last)
+    to = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))) if channels_last else (
+        lambda a: a)
+    y = layer(to(x))
+    dx = layer.backward(to(dy))
+    np.testing.assert_array_equal(y, to(y0))
+    np.testing.assert_array_equal(dx, to(dx0))
+    assert y.dtype == dtype and dx.dtype == dtype
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_bits_for_any_thread_count(channels_last):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 16, 30, 30)).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    outs = []
+    for n in (1, 2, 3):
+        with threadpool_limits(limits=n, user_api="openmp"):
+            layer = cybn.MaxPool2d(3, 2, channels_last=channels_last)
+            y = layer(x)
+            outs.append((y, layer.backward(np.ones_like(y))))
+    for y, dx in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0][0])
+        np.testing.assert_array_equal(dx, outs[0][1])
+
+
+def test_window_larger_than_input_is_an_error():
+    with pytest.raises(ValueError, match="does not fit"):
+        cybn.MaxPool2d(4)(np.ones((1, 1, 3, 8), np.float32))
