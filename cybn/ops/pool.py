@@ -1,6 +1,6 @@
 """Compiled max pooling (no padding, floor mode) for the MaxPool2d layer, channels-first
-(N, C, H, W) or channels-last (N, H, W, C). Not public API (the layer is
-:class:`cybn.MaxPool2d`)."""
+(N, C, H, W) or channels-last (N, H, W, C), and the ReLU of the ReLU layer. Not public API
+(the layers are :class:`cybn.MaxPool2d` and :class:`cybn.ReLU`)."""
 
 from __future__ import annotations
 
@@ -55,4 +55,26 @@ def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple, kernel:
     ho, wo = dy.shape[2], dy.shape[3]
     _kernels.maxpool_backward_planes(dy.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo), kw,
                                      sh, sw, dx.reshape(n * C, H, W), threads)
+    return dx
+
+
+def relu(x: np.ndarray) -> tuple:
+    """(y, keep) for float32/float64 x: y = 0 where x <= 0, else x; keep (uint8) marks the
+    elements whose gradient passes."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    keep = np.empty(x.shape, dtype=np.uint8)
+    if x.size:
+        _kernels.relu_forward(x.reshape(-1), y.reshape(-1), keep.reshape(-1),
+                              _schedule.threads_for(x.size))
+    return y, keep
+
+
+def relu_backward(dy: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
+    """dy where keep, else an exact 0."""
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    dx = np.empty_like(dy)
+    if dy.size:
+        _kernels.relu_backward(dy.reshape(-1), keep.reshape(-1), dx.reshape(-1),
+                               _schedule.threads_for(dy.size))
     return dx

@@ -1,6 +1,6 @@
-"""MaxPool2d: the compiled kernels (and the NumPy path for windows over 255 taps) against a
-plain loop: first maximum wins, NaN wins, overlapping windows add their gradients, both
-layouts and dtypes, the same bits for any thread count."""
+"""The compiled MaxPool2d (and its NumPy path for windows over 255 taps) against a plain
+loop: first maximum wins, NaN wins, overlapping windows add their gradients, both layouts
+and dtypes, the same bits for any thread count; the compiled ReLU layer against NumPy."""
 
 import numpy as np
 import pytest
@@ -67,3 +67,22 @@ def test_max_pool_bits_for_any_thread_count(channels_last):
 def test_window_larger_than_input_is_an_error():
     with pytest.raises(ValueError, match="does not fit"):
         cybn.MaxPool2d(4)(np.ones((1, 1, 3, 8), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_layer_semantics(dtype):
+    x = np.array([[-np.inf, -1.0, -0.0, 0.0, 1e-30, 2.0, np.inf, np.nan]] * 3, dtype=dtype)
+    x = np.tile(x, (1, 5000))  # several work items
+    layer = cybn.ReLU()
+    y = layer(x)
+    want = np.where(x <= 0, dtype(0), x)
+    np.testing.assert_array_equal(y, want)
+    assert not np.signbit(y[x <= 0]).any()  # +0 where x <= 0
+    dy = np.full(x.shape, np.inf, dtype=dtype)
+    dx = layer.backward(dy)
+    np.testing.assert_array_equal(dx, np.where(x <= 0, dtype(0), dy))  # exact 0, also for inf
+    assert x[0, 0] == -np.inf  # the input is not modified
+    # a gradient of another dtype takes the NumPy path, same values
+    layer(x)
+    np.testing.assert_array_equal(layer.backward(np.ones(x.shape, np.float16)),
+                                  np.where(x <= 0, 0, 1).astype(np.float16))

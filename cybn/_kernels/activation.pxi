@@ -1,0 +1,57 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# ReLU as PyTorch has it: y = 0 where x <= 0 (-inf included), x elsewhere (NaN stays NaN);
+# the backward passes dy where x was not <= 0 and an exact 0 elsewhere. The forward keeps
+# that condition as one byte per element for the backward. Elementwise, blocks of a fixed
+# size over the threads. Included after common.pxi.
+
+cdef enum:
+    RELU_BLOCK = 16384    # elements per work item
+
+
+cdef inline void relu_run(const floating* x, floating* y, unsigned char* keep,
+                          Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = x[i]
+        y[i] = <floating>0 if v <= 0 else v
+        keep[i] = 0 if v <= 0 else 1
+
+
+cdef inline void relu_back_run(const floating* dy, const unsigned char* keep, floating* dx,
+                               Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = dy[i] if keep[i] else <floating>0
+
+
+def relu_forward(const floating[::1] x,          # IN  (n,)
+                 floating[::1] y,                # OUT (n,); may be x itself
+                 unsigned char[::1] keep,        # OUT (n,) 1 where x is not <= 0
+                 int num_threads):
+    cdef Py_ssize_t n = x.shape[0], item, start
+    cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
+    cdef const floating* xp = &x[0]
+    cdef floating* yp = &y[0]
+    cdef unsigned char* kp = &keep[0]
+    with nogil:
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            start = item * RELU_BLOCK
+            relu_run(xp + start, yp + start, kp + start, min(<Py_ssize_t>RELU_BLOCK, n - start))
+
+
+def relu_backward(const floating[::1] dy,        # IN  (n,)
+                  const unsigned char[::1] keep,  # IN  (n,)
+                  floating[::1] dx,              # OUT (n,); may be dy itself
+                  int num_threads):
+    cdef Py_ssize_t n = dy.shape[0], item, start
+    cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
+    cdef const floating* gp = &dy[0]
+    cdef const unsigned char* kp = &keep[0]
+    cdef floating* dp = &dx[0]
+    with nogil:
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            start = item * RELU_BLOCK
+            relu_back_run(gp + start, kp + start, dp + start,
+                          min(<Py_ssize_t>RELU_BLOCK, n - start))
