@@ -99,6 +99,12 @@ def depthwise_backward_planes(x: Data, weight: Data, dy: Data, sh: int, sw: int,
                               pw: int, dh: int, dw: int, dx: Data, dweight: F64,
                               num_threads: int) -> None: ...
 
+# dense convolution, channels-last: columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
+def im2col_rows(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int,
+                dw: int, cols: Data, Ho: int, Wo: int, num_threads: int) -> None: ...
+def col2im_rows(dcols: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int,
+                dw: int, Ho: int, Wo: int, dx: Data, num_threads: int) -> None: ...
+
 # max pooling (no padding, floor mode): planes (N * C, H, W) or rows (N, H, W, C); arg: the
 # window tap of each output's maximum (uint8)
 def maxpool_forward_planes(x: Data, kh: int, kw: int, sh: int, sw: int, y: Data,

@@ -272,3 +272,81 @@ def depthwise_backward_planes(const floating[:, :, ::1] x,     # IN  (N * C, H, 
             depthwise_plane_backward(xp + p * H * W, wp + (p % C) * kh * kw, gp + p * Ho * Wo,
                                      dp + p * H * W, wg + p * kh * kw, H, W, Ho, Wo, kh, kw,
                                      sh, sw, ph, pw, dh, dw)
+
+
+# ---------------------------------------------------------------------------------------
+# im2col / col2im for the dense convolution, channels-last: the column matrix has one row
+# per output position and columns in (kh, kw, C) order, so each kernel tap copies one run of
+# C contiguous channels; zero padding is handled here (taps outside the input are zeros).
+# col2im adds a sample's rows back in a fixed order (a sample per thread): the same bits for
+# any thread count.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void im2col_row(const floating* x, floating* dst, Py_ssize_t n, Py_ssize_t oh,
+                            Py_ssize_t ow, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                            Py_ssize_t dw) noexcept nogil:
+    cdef Py_ssize_t i, j, r, q, c
+    cdef const floating* src
+    for i in range(kh):
+        r = oh * sh - ph + i * dh
+        for j in range(kw):
+            q = ow * sw - pw + j * dw
+            if 0 <= r < H and 0 <= q < W:
+                src = x + ((n * H + r) * W + q) * C
+                for c in range(C):
+                    dst[c] = src[c]
+            else:
+                for c in range(C):
+                    dst[c] = 0
+            dst += C
+
+
+def im2col_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C), unpadded
+                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                floating[:, ::1] cols,              # OUT (N * Ho * Wo, kh * kw * C)
+                Py_ssize_t Ho, Py_ssize_t Wo,
+                int num_threads):
+    """cols[(n, oh, ow), (i, j, c)] = x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] (0 outside)."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t K = cols.shape[1], m, rem
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* cp = &cols[0, 0]
+    with nogil:
+        for m in prange(N * Ho * Wo, schedule='static', num_threads=num_threads):
+            rem = m % (Ho * Wo)
+            im2col_row(xp, cp + m * K, m // (Ho * Wo), rem // Wo, rem % Wo, H, W, C, kh, kw,
+                       sh, sw, ph, pw, dh, dw)
+
+
+def col2im_rows(const floating[:, ::1] dcols,      # IN  (N * Ho * Wo, kh * kw * C)
+                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                Py_ssize_t Ho, Py_ssize_t Wo,
+                floating[:, :, :, ::1] dx,          # OUT (N, H, W, C), zeroed here
+                int num_threads):
+    """dx[n, r, q, c] = the sum of dcols over the (output, tap) pairs reading x[n, r, q, c]."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t K = dcols.shape[1], n, oh, ow, i, j, r, q, c, e
+    cdef const floating* src
+    cdef floating* dst
+    cdef const floating* dp = &dcols[0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            for e in range(H * W * C):
+                xp[n * H * W * C + e] = 0
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    src = dp + ((n * Ho + oh) * Wo + ow) * K
+                    for i in range(kh):
+                        r = oh * sh - ph + i * dh
+                        for j in range(kw):
+                            q = ow * sw - pw + j * dw
+                            if 0 <= r < H and 0 <= q < W:
+                                dst = xp + ((n * H + r) * W + q) * C
+                                for c in range(C):
+                                    dst[c] = dst[c] + src[c]
+                            src = src + C

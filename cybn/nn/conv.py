@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..ops.conv import depthwise_backward, depthwise_forward
+from ..ops.conv import col2im, depthwise_backward, depthwise_forward, im2col
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -87,6 +87,9 @@ class Conv2d(Module):
             return depthwise_forward(x, self.weight.data, None if self.bias is None else
                                      self.bias.data, self.stride, self.padding, self.dilation,
                                      self.channels_last)
+        if self.groups == 1 and xh.dtype in (np.float32, np.float64):
+            # compiled im2col (columns in (kh, kw, C) order, padding inside), one BLAS product
+            return self._dense_forward(x, xh, ho, wo)
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n = xh.shape[0]
@@ -108,6 +111,34 @@ class Conv2d(Module):
         y = y.reshape(n, ho, wo, self.out_channels)
         self._cache = ("im2col", cols, xh.shape, x.shape)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+    def _dense_weight(self) -> np.ndarray:
+        """weight (out, in, kh, kw) as (out, kh * kw * in), the column order of im2col."""
+        w = self.weight.data
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+    def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
+        cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo)
+        y = cols @ self._dense_weight().T
+        if self.bias is not None:
+            y += self.bias.data
+        y = y.reshape(xh.shape[0], ho, wo, self.out_channels)
+        self._cache = ("dense", cols, xh.shape, x.shape)
+        return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+    def _dense_backward(self, cols, xh_shape, dy) -> np.ndarray:
+        dyh = self._to_nhwc(np.asarray(dy))
+        n, ho, wo = dyh.shape[0], dyh.shape[1], dyh.shape[2]
+        dy2 = dyh.reshape(n * ho * wo, self.out_channels)
+        out, cin, kh, kw = self.weight.data.shape
+        dw = (dy2.T @ cols).reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        dcols = dy2 @ self._dense_weight()
+        dxh = col2im(dcols, xh_shape, self.kernel_size, self.stride, self.padding,
+                     self.dilation, ho, wo)
+        return dxh if self.channels_last else np.ascontiguousarray(dxh.transpose(0, 3, 1, 2))
 
     def _taps(self, xh, ho: int, wo: int):
         """(i, j, the input elements tap (i, j) of every output reads: (N, Ho, Wo, C))."""
@@ -164,6 +195,8 @@ class Conv2d(Module):
 
     def backward(self, dy):
         kind, *saved = self._take_saved()
+        if kind == "dense":
+            return self._dense_backward(saved[0], saved[1], dy)
         if kind == "compiled depthwise":
             return self._compiled_depthwise_backward(saved[0], dy)
         if kind == "depthwise":

@@ -1,6 +1,7 @@
 """Compiled convolution pieces the layers use: depthwise convolution (one filter per
-channel) with zero padding, channels-last (N, H, W, C) or channels-first (N, C, H, W). Not
-public API (the layer is :class:`cybn.Conv2d` with ``groups == in_channels``)."""
+channel) with zero padding, channels-last (N, H, W, C) or channels-first (N, C, H, W), and
+the dense convolution's im2col / col2im (channels-last, padding inside). Not public API (the
+layer is :class:`cybn.Conv2d`)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,28 @@ def depthwise_backward(x: np.ndarray, weight: np.ndarray, dy: np.ndarray, stride
                                        ph, pw, dh, dw, dx.reshape(n * C, H, W), per_plane,
                                        threads)
     return dx, per_plane.reshape(n, C, kh, kw).sum(axis=0).reshape(C, 1, kh, kw)
+
+
+def im2col(xh: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+           ho: int, wo: int) -> np.ndarray:
+    """The column matrix (N * Ho * Wo, kh * kw * C) of channels-last xh, columns in
+    (kh, kw, C) order, zeros where a tap falls in the padding."""
+    xh = np.ascontiguousarray(xh)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c = xh.shape[0], xh.shape[3]
+    cols = np.empty((n * ho * wo, kh * kw * c), dtype=xh.dtype)
+    _kernels.im2col_rows(xh, kh, kw, sh, sw, ph, pw, dh, dw, cols, ho, wo,
+                         _schedule.threads_for(cols.size))
+    return cols
+
+
+def col2im(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple, padding: tuple,
+           dilation: tuple, ho: int, wo: int) -> np.ndarray:
+    """The channels-last gradient (x_shape, (N, H, W, C)) of im2col's input from that of its
+    columns, added per sample in a fixed order."""
+    dcols = np.ascontiguousarray(dcols)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    dx = np.empty(x_shape, dtype=dcols.dtype)
+    _kernels.col2im_rows(dcols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx,
+                         _schedule.threads_for(dcols.size))
+    return dx
