@@ -49,7 +49,7 @@ class Conv2d(Module):
             self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(dtype))
         else:
             self._parameters["bias"] = None
-        self._cache = None
+        self._cache: tuple | None = None
 
     def extra_repr(self) -> str:
         extra = "".join(f", {k}={v}" for k, v, default in (
