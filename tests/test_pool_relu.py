@@ -86,3 +86,48 @@ def test_relu_layer_semantics(dtype):
     layer(x)
     np.testing.assert_array_equal(layer.backward(np.ones(x.shape, np.float16)),
                                   np.where(x <= 0, 0, 1).astype(np.float16))
+
+
+@pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 2))])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_against_loops_and_finite_differences(k, s, channels_last, dtype):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(dtype)
+    (kh, kw), (sh, sw) = k, s
+    ho, wo = (9 - kh) // sh + 1, (10 - kw) // sw + 1
+    y0 = np.empty((2, 3, ho, wo))
+    dy = rng.standard_normal(y0.shape)
+    dx0 = np.zeros(x.shape)
+    for i in range(ho):
+        for j in range(wo):
+            y0[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].mean(axis=(2, 3))
+            dx0[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[:, :, i:i + 1, j:j + 1] / (
+                kh * kw)
+    to = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))) if channels_last else (
+        lambda a: a)
+    layer = cybn.AvgPool2d(k, s, channels_last=channels_last)
+    y = layer(to(x))
+    dx = layer.backward(to(dy.astype(dtype)))
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(y, to(y0), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, to(dx0), rtol=tol, atol=tol)
+    assert y.dtype == dtype and dx.dtype == dtype
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_average_pool(channels_last):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 5, 3))
+    layer = cybn.AdaptiveAvgPool2d(1, channels_last=channels_last)
+    y = layer(x)
+    axes = (1, 2) if channels_last else (2, 3)
+    np.testing.assert_allclose(y, x.mean(axis=axes, keepdims=True))
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    count = 4 * 5 if channels_last else 5 * 3
+    np.testing.assert_allclose(dx, np.broadcast_to(dy / count, x.shape))
+    with pytest.raises(ValueError, match="output_size"):
+        cybn.AdaptiveAvgPool2d(2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cybn.AvgPool2d(2)(np.ones((1, 1, 4, 4), np.int64))

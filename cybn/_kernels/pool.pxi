@@ -148,3 +148,109 @@ def maxpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
                             pool_tap_back_rows(&dy[n, oh, ow, 0], &arg[n, oh, ow, 0],
                                                &dx[n, oh * sh + i, ow * sw + j, 0], C,
                                                <unsigned char>(i * kw + j))
+
+
+# ---------------------------------------------------------------------------------------
+# Average pooling without padding (floor mode): each output the mean of its window (taps
+# added in order, then scaled by 1 / (kh * kw)); the backward adds dy / (kh * kw) to every
+# tap of the window, a plane or sample per thread, outputs and taps in order.
+# ---------------------------------------------------------------------------------------
+
+def avgpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P = N * C
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           floating[:, :, ::1] y,            # OUT (P, Ho, Wo)
+                           int num_threads):
+    cdef Py_ssize_t P = y.shape[0], Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t p, oh, ow, i, j
+    cdef floating inv = <floating>(1.0 / <double>(kh * kw))
+    cdef floating* yr
+    cdef const floating* xr
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            for oh in range(Ho):
+                yr = &y[p, oh, 0]
+                for ow in range(Wo):
+                    yr[ow] = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        xr = &x[p, oh * sh + i, j]
+                        for ow in range(Wo):
+                            yr[ow] = yr[ow] + xr[ow * sw]
+                for ow in range(Wo):
+                    yr[ow] = yr[ow] * inv
+
+
+def avgpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            floating[:, :, ::1] dx,          # OUT (P, H, W), zeroed here
+                            int num_threads):
+    cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
+    cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
+    cdef Py_ssize_t p, oh, ow, i, j, r, c
+    cdef floating inv = <floating>(1.0 / <double>(kh * kw))
+    cdef floating* dr
+    cdef const floating* gr
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            for r in range(H):
+                for c in range(W):
+                    dx[p, r, c] = 0
+            for oh in range(Ho):
+                gr = &dy[p, oh, 0]
+                for i in range(kh):
+                    for j in range(kw):
+                        dr = &dx[p, oh * sh + i, j]
+                        for ow in range(Wo):
+                            dr[ow * sw] = dr[ow * sw] + gr[ow] * inv
+
+
+def avgpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         floating[:, :, :, ::1] y,           # OUT (N, Ho, Wo, C)
+                         int num_threads):
+    cdef Py_ssize_t N = y.shape[0], Ho = y.shape[1], Wo = y.shape[2], C = y.shape[3]
+    cdef Py_ssize_t item, n, oh, ow, i, j, c
+    cdef floating inv = <floating>(1.0 / <double>(kh * kw))
+    cdef floating* yr
+    cdef const floating* xr
+    with nogil:
+        for item in prange(N * Ho, schedule='static', num_threads=num_threads):
+            n = item // Ho
+            oh = item % Ho
+            for ow in range(Wo):
+                yr = &y[n, oh, ow, 0]
+                for c in range(C):
+                    yr[c] = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        xr = &x[n, oh * sh + i, ow * sw + j, 0]
+                        for c in range(C):
+                            yr[c] = yr[c] + xr[c]
+                for c in range(C):
+                    yr[c] = yr[c] * inv
+
+
+def avgpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C)
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          floating[:, :, :, ::1] dx,         # OUT (N, H, W, C), zeroed here
+                          int num_threads):
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
+    cdef Py_ssize_t n, oh, ow, i, j, c, r, q
+    cdef floating inv = <floating>(1.0 / <double>(kh * kw))
+    cdef floating* dr
+    cdef const floating* gr
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            for r in range(H):
+                for q in range(W):
+                    for c in range(C):
+                        dx[n, r, q, c] = 0
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    gr = &dy[n, oh, ow, 0]
+                    for i in range(kh):
+                        for j in range(kw):
+                            dr = &dx[n, oh * sh + i, ow * sw + j, 0]
+                            for c in range(C):
+                                dr[c] = dr[c] + gr[c] * inv

@@ -9,7 +9,7 @@ from ..ops import pool
 from ._args import int_pair
 from .module import Module
 
-__all__ = ["MaxPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
 class MaxPool2d(Module):
@@ -66,3 +66,71 @@ class MaxPool2d(Module):
                 else:
                     dx[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += g
         return dx
+
+
+class AvgPool2d(Module):
+    """Mean over kernel_size windows (no padding, floor mode); stride defaults to the kernel.
+    Compiled for float32 and float64 in both layouts; the backward spreads dy / (kh * kw)
+    over each window (overlapping windows add up)."""
+
+    def __init__(self, kernel_size, stride=None, channels_last: bool = False):
+        super().__init__()
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride")
+        self.channels_last = channels_last
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"AvgPool2d expects 4-D input, got shape {x.shape}")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"AvgPool2d takes float32 or float64 input, got {x.dtype}")
+        H, W = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
+        if H < self.kernel_size[0] or W < self.kernel_size[1]:
+            raise ValueError(f"AvgPool2d: the {self.kernel_size} window does not fit the "
+                             f"input of shape {x.shape}")
+        self._cache = (x.shape, x.dtype)
+        return pool.avg_pool2d(x, self.kernel_size, self.stride, self.channels_last)
+
+    def backward(self, dy):
+        shape, dtype = self._take_saved()
+        return pool.avg_pool2d_backward(np.asarray(dy), shape, self.kernel_size, self.stride,
+                                        self.channels_last, dtype)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Global average pooling (PyTorch's ``AdaptiveAvgPool2d(1)``): (N, C, H, W) ->
+    (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C) with channels_last; means in x's dtype
+    accumulated by NumPy (pairwise). Only output_size 1 is supported."""
+
+    def __init__(self, output_size=1, channels_last: bool = False):
+        super().__init__()
+        if int_pair(output_size, "output_size") != (1, 1):
+            raise ValueError(f"AdaptiveAvgPool2d supports output_size=1 (global average "
+                             f"pooling), got {output_size!r}")
+        self.output_size = 1
+        self.channels_last = channels_last
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return "output_size=1"
+
+    def _axes(self) -> tuple:
+        return (1, 2) if self.channels_last else (2, 3)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"AdaptiveAvgPool2d expects 4-D input, got shape {x.shape}")
+        self._cache = x.shape
+        return x.mean(axis=self._axes(), keepdims=True)
+
+    def backward(self, dy):
+        shape = self._take_saved()
+        dy = np.asarray(dy)
+        count = shape[self._axes()[0]] * shape[self._axes()[1]]
+        return np.broadcast_to(dy / dy.dtype.type(count), shape).copy()

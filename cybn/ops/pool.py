@@ -1,6 +1,7 @@
-"""Compiled max pooling (no padding, floor mode) for the MaxPool2d layer, channels-first
-(N, C, H, W) or channels-last (N, H, W, C), and the ReLU of the ReLU layer. Not public API
-(the layers are :class:`cybn.MaxPool2d` and :class:`cybn.ReLU`)."""
+"""Compiled max and average pooling (no padding, floor mode) for the pooling layers,
+channels-first (N, C, H, W) or channels-last (N, H, W, C), and the ReLU of the ReLU layer.
+Not public API (the layers are :class:`cybn.MaxPool2d`, :class:`cybn.AvgPool2d` and
+:class:`cybn.ReLU`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,39 @@ def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple, kernel:
     ho, wo = dy.shape[2], dy.shape[3]
     _kernels.maxpool_backward_planes(dy.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo), kw,
                                      sh, sw, dx.reshape(n * C, H, W), threads)
+    return dx
+
+
+def avg_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool) -> np.ndarray:
+    """The window means of float32/float64 x (no padding, floor mode)."""
+    x = np.ascontiguousarray(x)
+    (kh, kw), (sh, sw) = kernel, stride
+    n, H, W, C = x.shape if channels_last else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+    ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    threads = _schedule.threads_for(x.size)
+    if channels_last:
+        y = np.empty((n, ho, wo, C), dtype=x.dtype)
+        _kernels.avgpool_forward_rows(x, kh, kw, sh, sw, y, threads)
+        return y
+    y = np.empty((n, C, ho, wo), dtype=x.dtype)
+    _kernels.avgpool_forward_planes(x.reshape(n * C, H, W), kh, kw, sh, sw,
+                                    y.reshape(n * C, ho, wo), threads)
+    return y
+
+
+def avg_pool2d_backward(dy: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple,
+                        channels_last: bool, dtype) -> np.ndarray:
+    """dx of x_shape: dy / (kh * kw) added to every tap of its window."""
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    (kh, kw), (sh, sw) = kernel, stride
+    dx = np.empty(x_shape, dtype=dtype)
+    threads = _schedule.threads_for(dx.size)
+    if channels_last:
+        _kernels.avgpool_backward_rows(dy, kh, kw, sh, sw, dx, threads)
+        return dx
+    n, C, H, W = x_shape
+    _kernels.avgpool_backward_planes(dy.reshape(n * C, dy.shape[2], dy.shape[3]), kh, kw, sh,
+                                     sw, dx.reshape(n * C, H, W), threads)
     return dx
 
 
