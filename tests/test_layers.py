@@ -187,6 +187,21 @@ def test_load_state_dict_errors_change_nothing():
         np.testing.assert_array_equal(before[k], after[k])
 
 
+def test_state_dict_without_num_batches_tracked_loads_strictly():
+    """Older PyTorch saved no num_batches_tracked; PyTorch loads such a state in strict mode
+    and keeps the counter."""
+    source, model = build_torch_like(), build_torch_like()
+    source(np.random.default_rng(12).standard_normal((6, 2, 4, 4)).astype(np.float32))
+    old = {k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}
+    model.load_state_dict(old)
+    for k, v in old.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    assert model.state_dict()["1.num_batches_tracked"] == 0
+    del old["1.running_var"]
+    with pytest.raises(ValueError, match="missing keys \\['1.running_var'\\]"):
+        model.load_state_dict(old)
+
+
 def test_loads_pytorch_state_and_gives_pytorch_outputs():
     data = np.load(os.path.join(os.path.dirname(__file__), "data", "torch_sequential.npz"))
     state = {k[len("state."):]: data[k] for k in data.files if k.startswith("state.")}

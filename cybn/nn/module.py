@@ -134,10 +134,15 @@ class Module:
 
         Every key and shape is checked before anything is written: a missing or unexpected
         key (with ``strict``) or a wrong shape raises ValueError naming it and leaves the
-        model unchanged. Values are cast to the existing arrays' dtypes.
+        model unchanged. Values are cast to the existing arrays' dtypes. A missing
+        ``num_batches_tracked`` (state dicts of older PyTorch) is not an error: the counter
+        keeps its value.
         """
         targets = OrderedDict(self._state_items())
-        missing = [k for k in targets if k not in state]
+        # as PyTorch: a state dict from before num_batches_tracked existed loads in strict
+        # mode too (the counters keep their values)
+        missing = [k for k in targets if k not in state
+                   and not k.split(".")[-1] == "num_batches_tracked"]
         unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
