@@ -60,8 +60,6 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n,
                                   Py_ssize_t nplanes, Py_ssize_t stride, Py_ssize_t gstride,
                                   float mh, float ml, double* sum_dy, double* sum_dy_xmu)
-    void cybn_f32_affine(const float* x, float* y, Py_ssize_t n, float mh, float scale,
-                         float offset, int nt)
     void cybn_f32_grad_apply(const float* g, const float* x, float* dx, Py_ssize_t n,
                              float mh, float k1, float k2, float k3, int nt)
     void cybn_f32_rows_moments(const float* x, Py_ssize_t nr, Py_ssize_t L, double* mean,
@@ -84,23 +82,13 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_rows_grad_sums(const void* g, const void* x, Py_ssize_t nr, Py_ssize_t L,
                              const float* hi, const float* lo, double* sum_dy,
                              double* sum_dy_xmu, float* scratch, int kind)
-    void cybn_affine_ep(const void* x, void* y, Py_ssize_t n, float mh, float scale,
-                        float offset, int nt, const void* r, int ep, int kind)
     void cybn_grad_apply_k(const void* g, const void* x, void* dx, Py_ssize_t n, float mh,
                            float k1, float k2, float k3, int nt, float s, float o, int relu,
                            int kind)
-    void cybn_relu_mask(const void* dy, const void* x, const void* r, void* g, Py_ssize_t n,
-                        float mh, float s, float o, int ep, int kind)
-    void cybn_flat_affine_ep(const void* x, void* y, Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W,
-                             const float* hi, const float* scale, const float* offset, int nt,
-                             const void* r, int ep, int kind)
     void cybn_flat_grad_apply_k(const void* g, const void* x, void* dx, Py_ssize_t n,
                                 Py_ssize_t k0, Py_ssize_t W, const float* hi, const float* k1,
                                 const float* k2, const float* k3, int nt, const float* s,
                                 const float* o, int relu, int kind)
-    void cybn_flat_relu_mask(const void* dy, const void* x, const void* r, float* g,
-                             Py_ssize_t n, Py_ssize_t k0, Py_ssize_t W, const float* hi,
-                             const float* s, const float* o, int ep, int kind)
     # half precision, exactly: the affine value as x * S + T with split S, T (see simd_f32.h)
     void cybn_affine_d(const void* x, void* y, Py_ssize_t n, double m, double s, double o,
                        const void* r, int ep, int kind)

@@ -433,11 +433,6 @@ CYBN_INLINE void cybn_affine_impl(const void* x, void* y, ptrdiff_t n, float mh,
                   kind);
 }
 
-static inline void cybn_f32_affine(const float* x, float* y, ptrdiff_t n, float mh, float scale,
-                                   float offset, int nt) {
-    cybn_affine_impl(x, y, n, mh, scale, offset, nt, NULL, 0, CYBN_KIND_F32);
-}
-
 /* The affine pass of data of element kind `kind` with the epilogue ep (r: the residual run,
  * of the same kind, read when ep has RESIDUAL). */
 static inline void cybn_affine_ep(const void* x, void* y, ptrdiff_t n, float mh, float scale,

@@ -12,8 +12,8 @@ from .module import Module
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
-class MaxPool2d(Module):
-    """Max over kernel_size windows (no padding, floor mode); stride defaults to the kernel."""
+class _Pool2d(Module):
+    """Shared code of the windowed pooling layers: kernel and stride, the input check."""
 
     def __init__(self, kernel_size, stride=None, channels_last: bool = False):
         super().__init__()
@@ -25,14 +25,24 @@ class MaxPool2d(Module):
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
-    def forward(self, x):
+    def _checked(self, x) -> np.ndarray:
+        """x as a 4-D array the window fits in."""
         x = np.asarray(x)
+        name = type(self).__name__
         if x.ndim != 4:
-            raise ValueError(f"MaxPool2d expects 4-D input, got shape {x.shape}")
+            raise ValueError(f"{name} expects 4-D input, got shape {x.shape}")
         H, W = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
         if H < self.kernel_size[0] or W < self.kernel_size[1]:
-            raise ValueError(f"MaxPool2d: the {self.kernel_size} window does not fit the "
+            raise ValueError(f"{name}: the {self.kernel_size} window does not fit the "
                              f"input of shape {x.shape}")
+        return x
+
+
+class MaxPool2d(_Pool2d):
+    """Max over kernel_size windows (no padding, floor mode); stride defaults to the kernel."""
+
+    def forward(self, x):
+        x = self._checked(x)
         if pool.supported(x, self.kernel_size):  # compiled: one pass, a byte index
             y, arg = pool.max_pool2d(x, self.kernel_size, self.stride, self.channels_last)
             self._cache = ("compiled", x.shape, x.dtype, arg)
@@ -68,31 +78,15 @@ class MaxPool2d(Module):
         return dx
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Mean over kernel_size windows (no padding, floor mode); stride defaults to the kernel.
     Compiled for float32 and float64 in both layouts; the backward spreads dy / (kh * kw)
     over each window (overlapping windows add up)."""
 
-    def __init__(self, kernel_size, stride=None, channels_last: bool = False):
-        super().__init__()
-        self.kernel_size = int_pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride")
-        self.channels_last = channels_last
-        self._cache = None
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
-
     def forward(self, x):
-        x = np.asarray(x)
-        if x.ndim != 4:
-            raise ValueError(f"AvgPool2d expects 4-D input, got shape {x.shape}")
+        x = self._checked(x)
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"AvgPool2d takes float32 or float64 input, got {x.dtype}")
-        H, W = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
-        if H < self.kernel_size[0] or W < self.kernel_size[1]:
-            raise ValueError(f"AvgPool2d: the {self.kernel_size} window does not fit the "
-                             f"input of shape {x.shape}")
         self._cache = (x.shape, x.dtype)
         return pool.avg_pool2d(x, self.kernel_size, self.stride, self.channels_last)
 
