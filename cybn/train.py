@@ -339,7 +339,8 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
             out = model(xb)
             value, grad = fn(out, yb)
             optimizer.zero_grad()
-            model.backward(grad * np.asarray(share, dtype=grad.dtype) if share != 1.0 else grad)
+            model.backward_parameters(grad * np.asarray(share, dtype=grad.dtype) if share != 1.0
+                                      else grad)
             if comm is not None:
                 allreduce_gradients(model, comm)
             optimizer.step()

@@ -34,6 +34,9 @@ CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (6, 12, 3, 2, 2, 2, 3),       # stride, dilation
     (3, 6, (3, 2), 1, (2, 0), (2, 1), 3),
     (4, 8, 1, 1, 0, 1, 1),        # pointwise
+    (3, 5, 3, 2, 1, 1, 1),        # dense (compiled im2col in either layout), stride 2
+    (2, 3, (3, 2), (2, 1), (2, 0), (2, 1), 1),  # dense, everything asymmetric
+    (2, 3, 5, 1, 3, 1, 1),        # dense, padding wider than half the kernel
 ]
 
 
@@ -55,7 +58,7 @@ def test_grouped_dilated_conv_matches_the_definition(case, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", CASES[:4])
+@pytest.mark.parametrize("case", CASES[:4] + CASES[5:])
 def test_grouped_conv_gradients_match_finite_differences(case, channels_last):
     cin, cout, k, s, p, d, g = case
     conv = cybn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,

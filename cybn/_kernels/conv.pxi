@@ -350,3 +350,118 @@ def col2im_rows(const floating[:, ::1] dcols,      # IN  (N * Ho * Wo, kh * kw *
                                 for c in range(C):
                                     dst[c] = dst[c] + src[c]
                             src = src + C
+
+
+# ---------------------------------------------------------------------------------------
+# im2col / col2im, channels-first: a sample's column matrix is (C * kh * kw, Ho * Wo) with
+# one row per (channel, tap), so the product weight (O, C * kh * kw) @ columns gives the
+# sample's (O, Ho * Wo) output planes directly, without a transpose. A work item is one
+# (sample, channel) plane: im2col writes its kh * kw rows; col2im adds them back into that
+# plane in tap order (the same bits for any thread count).
+# ---------------------------------------------------------------------------------------
+
+cdef inline void valid_span(Py_ssize_t size, Py_ssize_t out, Py_ssize_t s, Py_ssize_t off,
+                            Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the outputs o in [0, out) whose tap o * s + off falls in [0, size)."""
+    cdef Py_ssize_t a = 0, b = out
+    if off < 0:
+        a = (-off + s - 1) // s
+    if (out - 1) * s + off >= size:
+        b = (size - 1 - off) // s + 1 if size - 1 - off >= 0 else 0
+    if b < a:
+        b = a
+    lo[0] = a if a < out else out
+    hi[0] = b if b < out else out
+
+
+cdef inline void im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                              Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """The kh * kw rows (each Ho * Wo long, at cols) of one input plane x (H, W)."""
+    cdef Py_ssize_t i, j, oh, ow, r, off, lo, hi
+    cdef const floating* src
+    cdef floating* dst
+    for i in range(kh):
+        for j in range(kw):
+            off = j * dw - pw
+            valid_span(W, Wo, sw, off, &lo, &hi)
+            for oh in range(Ho):
+                dst = cols + ((i * kw + j) * Ho + oh) * Wo
+                r = oh * sh - ph + i * dh
+                if r < 0 or r >= H:
+                    for ow in range(Wo):
+                        dst[ow] = 0
+                    continue
+                src = x + r * W + off
+                for ow in range(lo):
+                    dst[ow] = 0
+                if sw == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow * sw]
+                for ow in range(hi, Wo):
+                    dst[ow] = 0
+
+
+cdef inline void col2im_plane(const floating* dcols, floating* dx, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
+                              Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                              Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """dx (H, W) = the sum of one plane's kh * kw column rows, added tap by tap in order."""
+    cdef Py_ssize_t i, j, oh, ow, r, off, lo, hi, e
+    cdef const floating* src
+    cdef floating* dst
+    for e in range(H * W):
+        dx[e] = 0
+    for i in range(kh):
+        for j in range(kw):
+            off = j * dw - pw
+            valid_span(W, Wo, sw, off, &lo, &hi)
+            for oh in range(Ho):
+                r = oh * sh - ph + i * dh
+                if r < 0 or r >= H:
+                    continue
+                src = dcols + ((i * kw + j) * Ho + oh) * Wo
+                dst = dx + r * W + off
+                if sw == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] = dst[ow] + src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow * sw] = dst[ow * sw] + src[ow]
+
+
+def im2col_planes(const floating[:, :, ::1] x,      # IN  (N * C, H, W), unpadded
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                  floating[:, :, ::1] cols,          # OUT (N * C, kh * kw, Ho * Wo)
+                  Py_ssize_t Ho, Py_ssize_t Wo,
+                  int num_threads):
+    """cols[(n, c), (i, j), (oh, ow)] = x[(n, c), oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+    (0 outside)."""
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2], p
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* cp = &cols[0, 0, 0]
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            im2col_plane(xp + p * H * W, cp + p * kh * kw * Ho * Wo, H, W, Ho, Wo, kh, kw,
+                         sh, sw, ph, pw, dh, dw)
+
+
+def col2im_planes(const floating[:, :, ::1] dcols,  # IN  (N * C, kh * kw, Ho * Wo)
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                  Py_ssize_t Ho, Py_ssize_t Wo,
+                  floating[:, :, ::1] dx,            # OUT (N * C, H, W), zeroed here
+                  int num_threads):
+    """dx[(n, c), r, q] = the sum of dcols over the (tap, output) pairs reading x there."""
+    cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2], p
+    cdef const floating* dp = &dcols[0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0]
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            col2im_plane(dp + p * kh * kw * Ho * Wo, xp + p * H * W, H, W, Ho, Wo, kh, kw,
+                         sh, sw, ph, pw, dh, dw)

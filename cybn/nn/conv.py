@@ -7,7 +7,9 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..ops.conv import col2im, depthwise_backward, depthwise_forward, im2col
+from .. import _blas
+from ..ops.conv import (col2im, col2im_planes, depthwise_backward, depthwise_forward, im2col,
+                        im2col_planes)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -112,33 +114,60 @@ class Conv2d(Module):
         self._cache = ("im2col", cols, xh.shape, x.shape)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
-    def _dense_weight(self) -> np.ndarray:
-        """weight (out, in, kh, kw) as (out, kh * kw * in), the column order of im2col."""
-        w = self.weight.data
-        return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
-
     def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
-        cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo)
-        y = cols @ self._dense_weight().T
-        if self.bias is not None:
-            y += self.bias.data
-        y = y.reshape(xh.shape[0], ho, wo, self.out_channels)
-        self._cache = ("dense", cols, xh.shape, x.shape)
-        return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        """groups=1: compiled im2col and one matrix product, in x's own layout (no
+        transposes), on cybn's threads (see cybn._blas)."""
+        w = self.weight.data
+        out, cin, kh, kw = w.shape
+        n = x.shape[0]
+        if self.channels_last:  # columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
+            cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation,
+                          ho, wo)
+            w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
+            bias = None if self.bias is None else self.bias.data
+            y = _blas.matmul(cols, w2.T, bias=bias).reshape(n, ho, wo, out)
+        else:  # per-sample columns (N, C * kh * kw, Ho * Wo): y[n] = weight @ columns[n]
+            cols = im2col_planes(x, self.kernel_size, self.stride, self.padding,
+                                 self.dilation, ho, wo)
+            bias = None if self.bias is None else self.bias.data[:, None]
+            y = _blas.matmul(w.reshape(out, -1), cols, bias=bias).reshape(n, out, ho, wo)
+        self._cache = ("dense", cols, x.shape)
+        return y
 
-    def _dense_backward(self, cols, xh_shape, dy) -> np.ndarray:
-        dyh = self._to_nhwc(np.asarray(dy))
-        n, ho, wo = dyh.shape[0], dyh.shape[1], dyh.shape[2]
-        dy2 = dyh.reshape(n * ho * wo, self.out_channels)
-        out, cin, kh, kw = self.weight.data.shape
-        dw = (dy2.T @ cols).reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
-        self.weight.grad += dw
+    def _dense_backward(self, cols, x_shape, dy, input_grad: bool = True):
+        dy = np.asarray(dy)
+        w = self.weight.data
+        out, cin, kh, kw = w.shape
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
+        if self.channels_last:
+            n, ho, wo = dy.shape[:3]
+            dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n * ho * wo, out)
+            dw = _blas.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
+            if self.bias is not None:
+                self.bias.grad += _blas.matmul_sum(np.ones((1, len(dy2)), dy2.dtype), dy2)[0]
+            self.weight.grad += dw
+            if not input_grad:
+                return None
+            w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
+            dcols = _blas.matmul(dy2, w2)
+            return col2im(dcols, x_shape, *geometry, ho, wo)
+        n, _, ho, wo = dy.shape
+        dy3 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n, out, ho * wo)
+        self.weight.grad += _blas.matmul_sum(dy3, cols.transpose(0, 2, 1)).reshape(w.shape)
         if self.bias is not None:
-            self.bias.grad += dy2.sum(axis=0)
-        dcols = dy2 @ self._dense_weight()
-        dxh = col2im(dcols, xh_shape, self.kernel_size, self.stride, self.padding,
-                     self.dilation, ho, wo)
-        return dxh if self.channels_last else np.ascontiguousarray(dxh.transpose(0, 3, 1, 2))
+            self.bias.grad += dy3.sum(axis=(0, 2))
+        if not input_grad:
+            return None
+        dcols = _blas.matmul(w.reshape(out, -1).T, dy3)
+        return col2im_planes(dcols, x_shape, *geometry, ho, wo)
+
+    def backward_parameters(self, dy) -> None:
+        saved = self.__dict__.get("_cache")
+        if saved is None or saved[0] != "dense":
+            return super().backward_parameters(dy)
+        self._take_saved()
+        self._dense_backward(saved[1], saved[2], dy, input_grad=False)
+        return None
 
     def _taps(self, xh, ho: int, wo: int):
         """(i, j, the input elements tap (i, j) of every output reads: (N, Ho, Wo, C))."""

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .. import _blas
 from ._args import as_rng, positive_int
 from .module import Module, Parameter
 
@@ -44,14 +45,20 @@ class Linear(Module):
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
         self._cache = x
-        y = x @ self.weight.data.T
-        if self.bias is not None:
-            y += self.bias.data
-        return y
+        return _blas.matmul(x, self.weight.data.T,
+                            bias=None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
+        return self._backward(dy, input_grad=True)
+
+    def backward_parameters(self, dy) -> None:
+        self._backward(dy, input_grad=False)
+        return None
+
+    def _backward(self, dy, input_grad: bool):
         x = self._take_saved()
-        self.weight.grad += dy.T @ x
+        dy = np.asarray(dy)
+        self.weight.grad += _blas.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
+        return _blas.matmul(dy, self.weight.data) if input_grad else None

@@ -73,6 +73,15 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError
 
+    def backward_parameters(self, dy) -> None:
+        """The parameter gradients of the last forward only, for a module whose input needs
+        no gradient (the first layer of a network: its input is the data). Layers that can
+        skip the input gradient do (Conv2d, Linear, and a Sequential's first layer, as
+        PyTorch skips it for inputs that do not require grad); others run backward. Returns
+        None."""
+        self.backward(dy)
+        return None
+
     def _take_saved(self):
         """What the last forward saved for backward; a backward consumes it, so that a
         second backward without a new forward (which would add the parameter gradients
@@ -198,6 +207,14 @@ class Sequential(Module):
         for layer in reversed(self._modules.values()):
             dy = layer.backward(dy)
         return dy
+
+    def backward_parameters(self, dy) -> None:
+        layers = list(self._modules.values())
+        for layer in reversed(layers[1:]):
+            dy = layer.backward(dy)
+        if layers:
+            layers[0].backward_parameters(dy)
+        return None
 
 
 class Identity(Module):

@@ -65,6 +65,35 @@ def depthwise_backward(x: np.ndarray, weight: np.ndarray, dy: np.ndarray, stride
     return dx, per_plane.reshape(n, C, kh, kw).sum(axis=0).reshape(C, 1, kh, kw)
 
 
+def im2col_planes(x: np.ndarray, kernel: tuple, stride: tuple, padding: tuple,
+                  dilation: tuple, ho: int, wo: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The per-sample column matrices (N, C * kh * kw, Ho * Wo) of channels-first x, rows in
+    (C, kh, kw) order, zeros where a tap falls in the padding; into ``out`` when given."""
+    x = np.ascontiguousarray(x)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    if out is None:
+        out = np.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)
+    _kernels.im2col_planes(x.reshape(n * c, h, w), kh, kw, sh, sw, ph, pw, dh, dw,
+                           out.reshape(n * c, kh * kw, ho * wo), ho, wo,
+                           _schedule.threads_for(out.size))
+    return out
+
+
+def col2im_planes(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple,
+                  padding: tuple, dilation: tuple, ho: int, wo: int) -> np.ndarray:
+    """The channels-first gradient (x_shape, (N, C, H, W)) of im2col_planes' input from that
+    of its columns (N, C * kh * kw, Ho * Wo), added per plane in a fixed order."""
+    dcols = np.ascontiguousarray(dcols)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x_shape
+    dx = np.empty(x_shape, dtype=dcols.dtype)
+    _kernels.col2im_planes(dcols.reshape(n * c, kh * kw, ho * wo), kh, kw, sh, sw, ph, pw,
+                           dh, dw, ho, wo, dx.reshape(n * c, h, w),
+                           _schedule.threads_for(dcols.size))
+    return dx
+
+
 def im2col(xh: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
            ho: int, wo: int) -> np.ndarray:
     """The column matrix (N * Ho * Wo, kh * kw * C) of channels-last xh, columns in
