@@ -59,7 +59,7 @@ def main(repeats: int = 15) -> None:
         out = m(X)
         _, g = cybn.cross_entropy(out, y)
         opts[id(m)].zero_grad()
-        m.backward(g)
+        m.backward_parameters(g)  # as fit: no gradient for the data
         opts[id(m)].step()
 
     tm = torch.nn.Sequential(

@@ -6,21 +6,19 @@ change in the last bits with that count (measured: sgemm with 1 thread differs f
 or 8). Here the product is cut into blocks whose bounds depend only on the shapes -- output
 rows, output columns or the batch of a stacked product, or the inner dimension with the
 partial products added in block order -- each block is one single-threaded BLAS call, and
-Python threads run the calls (NumPy releases the GIL in them). The bits are then the same
+OpenMP's threads run the calls (NumPy releases the GIL in them). The bits are then the same
 for any cybn or BLAS thread setting, and BLAS threads never compete with cybn's OpenMP
-threads for the cores. Not public API.
+threads for the cores (the calls run on OpenMP's own threads, see run_tasks). Not public API.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._openmp import get_num_threads
+from ._openmp import get_num_threads, run_tasks
 
 __all__ = ["matmul", "matmul_sum"]
 
@@ -30,13 +28,12 @@ _MIN_EXTENT = 64          # rows or columns per block at least (BLAS is slow on 
 _MIN_INNER = 256          # inner-dimension block at least, when the sum is split
 
 _lock = threading.Lock()
-_state: dict = {}         # "pool": the executor, "blas": threadpoolctl's BLAS controllers
+_state: dict = {}         # "blas": threadpoolctl's controllers of NumPy's BLAS
 
 
 def _after_fork_in_child() -> None:
     global _lock
-    _lock = threading.Lock()
-    _state.pop("pool", None)  # the parent's worker threads do not exist in the child
+    _lock = threading.Lock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -52,37 +49,15 @@ def _blas_controllers() -> list:
 
 
 def _run(tasks: list) -> None:
-    """Call every task (no arguments), on up to cybn's thread count of threads, each BLAS
-    call on one thread. Tasks must write disjoint outputs."""
+    """Call every task (no arguments) on cybn's OpenMP threads, each BLAS call on one
+    thread (the BLAS setting is restored afterwards). Tasks must write disjoint outputs."""
     libs = _blas_controllers()
     with _lock:
         saved = [lib.num_threads for lib in libs]
         for lib in libs:
             lib.set_num_threads(1)
         try:
-            workers = min(get_num_threads(), len(tasks))
-            if workers <= 1:
-                for task in tasks:
-                    task()
-                return
-            pool, size = _state.get("pool", (None, 0))
-            if size < workers - 1:
-                if pool is not None:
-                    pool.shutdown(wait=False)
-                pool, size = ThreadPoolExecutor(workers - 1), workers - 1
-                _state["pool"] = (pool, size)
-            order = itertools.count()   # each thread takes the next task (thread-safe)
-
-            def drain() -> None:
-                for i in iter(lambda: next(order), None):
-                    if i >= len(tasks):
-                        return
-                    tasks[i]()
-
-            futures = [pool.submit(drain) for _ in range(workers - 1)]
-            drain()
-            for f in futures:
-                f.result()
+            run_tasks(tasks, min(get_num_threads(), len(tasks)))
         finally:
             for lib, n in zip(libs, saved):
                 lib.set_num_threads(n)

@@ -3,6 +3,8 @@
 
 from cybn._openmp cimport CYBN_OPENMP_ENABLED, omp_get_max_threads, omp_set_num_threads, omp_get_num_procs
 
+from cython.parallel cimport prange
+
 import os
 import warnings
 
@@ -86,3 +88,34 @@ def set_num_threads(n):
 def get_num_procs():
     """Number of processors OpenMP sees (1 when built without OpenMP)."""
     return int(omp_get_num_procs())
+
+
+cdef void _call_task(list tasks, list errors, Py_ssize_t i) noexcept:
+    try:
+        tasks[i]()
+    except BaseException as error:  # kept and raised on the calling thread
+        errors[i] = error
+
+
+def run_tasks(list tasks, int num_threads):
+    """Call each of ``tasks`` (callables without arguments) on OpenMP's threads, at most
+    ``num_threads`` of them, each task on one thread. A thread holds the GIL only to start
+    its task, so tasks that release it (NumPy's matrix products) run in parallel, on the
+    same threads as the kernels (no second pool to compete with OpenMP's for the cores).
+    Tasks must write disjoint outputs. The first exception, in task order, is raised after
+    every task has run."""
+    cdef Py_ssize_t i, n = len(tasks)
+    errors = [None] * n
+    if n == 0:
+        return
+    if num_threads <= 1 or n == 1 or _forked:
+        for i in range(n):
+            _call_task(tasks, errors, i)
+    else:
+        with nogil:
+            for i in prange(n, schedule='dynamic', num_threads=num_threads):
+                with gil:
+                    _call_task(tasks, errors, i)
+    for error in errors:
+        if error is not None:
+            raise error

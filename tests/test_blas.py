@@ -148,7 +148,6 @@ from cybn import _blas
 A = np.random.default_rng(0).random((4096, 288)).astype(np.float32)
 B = np.random.default_rng(1).random((288, 64)).astype(np.float32)
 def work(_):
-    cybn.set_num_threads(2)  # a child starts on one thread; two use the worker pool
     return _blas.matmul(A, B).sum(dtype=np.float64)
 if __name__ == "__main__":
     cybn.set_num_threads(2)
