@@ -826,6 +826,9 @@ def main(argv=None) -> int:
                    help="only float16 / bfloat16 data against float32 (bfloat16 needs ml_dtypes)")
     p.add_argument("--fused", action="store_true",
                    help="only the fused BN+ReLU / BN+add+ReLU suite against the two-op paths")
+    p.add_argument("--models", action="store_true",
+                   help="only whole networks (MLPs, CNNs in both layouts, a ResNet): a training "
+                        "step and an inference forward against PyTorch")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
@@ -842,6 +845,11 @@ def main(argv=None) -> int:
     elif args.fused:
         result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
         table = fused_markdown
+    elif args.models:
+        from .bench_models import models_markdown, models_suite
+
+        result = models_suite(repeats=args.repeats)
+        table = models_markdown
     elif args.scaling:
         result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
     else:
