@@ -24,7 +24,7 @@ __all__ = ["matmul", "matmul_sum"]
 
 _MIN_WORK = 1 << 20       # multiply-adds below which a product is one call (about 0.1 ms)
 _MAX_BLOCKS = 16          # blocks per product at most (fixed: it sets the bits)
-_MIN_EXTENT = 64          # rows or columns per block at least (BLAS is slow on thin blocks)
+_MIN_EXTENT = 128         # rows or columns per block at least (BLAS is slow on thin blocks)
 _MIN_INNER = 256          # inner-dimension block at least, when the sum is split
 
 _lock = threading.Lock()
