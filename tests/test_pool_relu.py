@@ -131,3 +131,35 @@ def test_global_average_pool(channels_last):
         cybn.AdaptiveAvgPool2d(2)
     with pytest.raises(TypeError, match="float32 or float64"):
         cybn.AvgPool2d(2)(np.ones((1, 1, 4, 4), np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_inplace_relu_writes_into_x_and_matches_the_plain_layer(dtype, contiguous):
+    base = np.random.default_rng(5).standard_normal((4, 6, 10, 12)) * 3
+    base = base.astype(dtype)
+    x = base if contiguous else base[:, :, ::2, 1:]
+    dy = np.random.default_rng(6).standard_normal(x.shape).astype(
+        dtype if dtype != np.int32 else np.float64)
+    plain, inplace = cybn.ReLU(), cybn.ReLU(inplace=True)
+    expected = plain(x.copy())
+    original = x.copy()
+    y = inplace(x)
+    assert y is x and repr(inplace) == "ReLU(inplace=True)"
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(x, np.maximum(original, 0))
+    np.testing.assert_array_equal(inplace.backward(dy), plain.backward(dy))
+    if not contiguous:  # the elements outside the view are untouched
+        mask = np.ones(base.shape, bool)
+        mask[:, :, ::2, 1:] = False
+        assert (base[mask] < 0).any()
+
+
+def test_inplace_relu_rejects_what_it_cannot_write():
+    x = np.linspace(-1, 1, 12, dtype=np.float32)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        cybn.ReLU(inplace=True)(x)
+    np.testing.assert_array_equal(x, np.linspace(-1, 1, 12, dtype=np.float32))
+    with pytest.raises(TypeError, match="must be an ndarray"):
+        cybn.ReLU(inplace=True)([1.0, -1.0])

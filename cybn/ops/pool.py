@@ -92,15 +92,18 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape: tuple, kernel: tuple, stride: t
     return dx
 
 
-def relu(x: np.ndarray) -> tuple:
+def relu(x: np.ndarray, inplace: bool = False) -> tuple:
     """(y, keep) for float32/float64 x: y = 0 where x <= 0, else x; keep (uint8) marks the
-    elements whose gradient passes."""
-    x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    keep = np.empty(x.shape, dtype=np.uint8)
-    if x.size:
-        _kernels.relu_forward(x.reshape(-1), y.reshape(-1), keep.reshape(-1),
-                              _schedule.threads_for(x.size))
+    elements whose gradient passes. ``inplace``: y is x itself (a writeable array)."""
+    data = np.ascontiguousarray(x)
+    y = data if inplace else np.empty_like(data)
+    keep = np.empty(data.shape, dtype=np.uint8)
+    if data.size:
+        _kernels.relu_forward(data.reshape(-1), y.reshape(-1), keep.reshape(-1),
+                              _schedule.threads_for(data.size))
+    if inplace and y is not x:  # x was not contiguous: the kernel ran on a copy
+        x[...] = y
+        y = x
     return y, keep
 
 
