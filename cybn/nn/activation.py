@@ -35,7 +35,8 @@ class ReLU(Module):
                 raise ValueError("ReLU(inplace=True): x is read-only")
         x = np.asarray(x)
         if x.dtype in (np.float32, np.float64):  # compiled, threaded, a one-byte mask
-            y, keep = pool.relu(x, inplace=self.inplace)
+            y, keep = pool.relu(x, inplace=self.inplace,
+                                keep_out=self._workspace("keep", x.shape, np.uint8))
             self._cache = ("compiled", keep, x.dtype)
             return y
         keep = ~(x <= 0)

@@ -122,13 +122,15 @@ class Conv2d(Module):
         n = x.shape[0]
         if self.channels_last:  # columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
             cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation,
-                          ho, wo)
+                          ho, wo, self._workspace("cols", (n * ho * wo, kh * kw * cin),
+                                                  x.dtype))
             w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
             bias = None if self.bias is None else self.bias.data
             y = _blas.matmul(cols, w2.T, bias=bias).reshape(n, ho, wo, out)
         else:  # per-sample columns (N, C * kh * kw, Ho * Wo): y[n] = weight @ columns[n]
             cols = im2col_planes(x, self.kernel_size, self.stride, self.padding,
-                                 self.dilation, ho, wo)
+                                 self.dilation, ho, wo,
+                                 self._workspace("cols", (n, cin * kh * kw, ho * wo), x.dtype))
             bias = None if self.bias is None else self.bias.data[:, None]
             y = _blas.matmul(w.reshape(out, -1), cols, bias=bias).reshape(n, out, ho, wo)
         self._cache = ("dense", cols, x.shape)
@@ -149,7 +151,7 @@ class Conv2d(Module):
             if not input_grad:
                 return None
             w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
-            dcols = _blas.matmul(dy2, w2)
+            dcols = _blas.matmul(dy2, w2, out=self._workspace("dcols", cols.shape, cols.dtype))
             return col2im(dcols, x_shape, *geometry, ho, wo)
         n, _, ho, wo = dy.shape
         dy3 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n, out, ho * wo)
@@ -158,7 +160,8 @@ class Conv2d(Module):
             self.bias.grad += dy3.sum(axis=(0, 2))
         if not input_grad:
             return None
-        dcols = _blas.matmul(w.reshape(out, -1).T, dy3)
+        dcols = _blas.matmul(w.reshape(out, -1).T, dy3,
+                             out=self._workspace("dcols", cols.shape, cols.dtype))
         return col2im_planes(dcols, x_shape, *geometry, ho, wo)
 
     def backward_parameters(self, dy) -> None:

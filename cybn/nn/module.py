@@ -60,6 +60,25 @@ class Module:
                 return entries[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_workspaces", None)  # scratch, not state: copies and pickles leave it out
+        return state
+
+    def _workspace(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
+        """A scratch array this module keeps between training steps (column matrices, masks,
+        index maps: never an array handed to the caller), reused while the shape and dtype
+        repeat, so a training loop does not page-fault fresh temporaries every step. None in
+        eval mode, where the caller allocates: concurrent inference calls on one model (from
+        several Python threads) then never share a buffer."""
+        if not self.training:
+            return None
+        spaces = self.__dict__.setdefault("_workspaces", {})
+        buf = spaces.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != np.dtype(dtype):
+            buf = spaces[name] = np.empty(shape, dtype)
+        return buf
+
     def register_buffer(self, name: str, value) -> None:
         """A state array saved in state_dict but not trained (running statistics)."""
         self._buffers[name] = value

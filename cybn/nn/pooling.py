@@ -44,7 +44,13 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         x = self._checked(x)
         if pool.supported(x, self.kernel_size):  # compiled: one pass, a byte index
-            y, arg = pool.max_pool2d(x, self.kernel_size, self.stride, self.channels_last)
+            (kh, kw), (sh, sw) = self.kernel_size, self.stride
+            H, W = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
+            ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+            shape = (x.shape[0], ho, wo, x.shape[3]) if self.channels_last else \
+                (x.shape[0], x.shape[1], ho, wo)
+            y, arg = pool.max_pool2d(x, self.kernel_size, self.stride, self.channels_last,
+                                     self._workspace("arg", shape, np.uint8))
             self._cache = ("compiled", x.shape, x.dtype, arg)
             return y
         (kh, kw), (sh, sw) = self.kernel_size, self.stride

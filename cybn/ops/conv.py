@@ -95,13 +95,13 @@ def col2im_planes(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tupl
 
 
 def im2col(xh: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
-           ho: int, wo: int) -> np.ndarray:
+           ho: int, wo: int, out: np.ndarray | None = None) -> np.ndarray:
     """The column matrix (N * Ho * Wo, kh * kw * C) of channels-last xh, columns in
-    (kh, kw, C) order, zeros where a tap falls in the padding."""
+    (kh, kw, C) order, zeros where a tap falls in the padding; into ``out`` when given."""
     xh = np.ascontiguousarray(xh)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     n, c = xh.shape[0], xh.shape[3]
-    cols = np.empty((n * ho * wo, kh * kw * c), dtype=xh.dtype)
+    cols = np.empty((n * ho * wo, kh * kw * c), dtype=xh.dtype) if out is None else out
     _kernels.im2col_rows(xh, kh, kw, sh, sw, ph, pw, dh, dw, cols, ho, wo,
                          _schedule.threads_for(cols.size))
     return cols

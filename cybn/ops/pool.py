@@ -19,8 +19,10 @@ def supported(x: np.ndarray, kernel: tuple) -> bool:
             and x.size > 0)
 
 
-def max_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool) -> tuple:
-    """(y, arg): the window maxima and the tap (i * kw + j) of each, arg uint8."""
+def max_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool,
+               arg_out=None) -> tuple:
+    """(y, arg): the window maxima and the tap (i * kw + j) of each, arg uint8 (written into
+    ``arg_out`` when given: a caller's scratch of y's shape)."""
     x = np.ascontiguousarray(x)
     (kh, kw), (sh, sw) = kernel, stride
     if channels_last:
@@ -31,11 +33,11 @@ def max_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool)
     threads = _schedule.threads_for(x.size)
     if channels_last:
         y = np.empty((n, ho, wo, C), dtype=x.dtype)
-        arg = np.empty(y.shape, dtype=np.uint8)
+        arg = np.empty(y.shape, dtype=np.uint8) if arg_out is None else arg_out
         _kernels.maxpool_forward_rows(x, kh, kw, sh, sw, y, arg, threads)
         return y, arg
     y = np.empty((n, C, ho, wo), dtype=x.dtype)
-    arg = np.empty(y.shape, dtype=np.uint8)
+    arg = np.empty(y.shape, dtype=np.uint8) if arg_out is None else arg_out
     _kernels.maxpool_forward_planes(x.reshape(n * C, H, W), kh, kw, sh, sw,
                                     y.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo),
                                     threads)
@@ -92,12 +94,13 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape: tuple, kernel: tuple, stride: t
     return dx
 
 
-def relu(x: np.ndarray, inplace: bool = False) -> tuple:
+def relu(x: np.ndarray, inplace: bool = False, keep_out=None) -> tuple:
     """(y, keep) for float32/float64 x: y = 0 where x <= 0, else x; keep (uint8) marks the
-    elements whose gradient passes. ``inplace``: y is x itself (a writeable array)."""
+    elements whose gradient passes (written into ``keep_out`` when given: a caller's scratch
+    of x's shape). ``inplace``: y is x itself (a writeable array)."""
     data = np.ascontiguousarray(x)
     y = data if inplace else np.empty_like(data)
-    keep = np.empty(data.shape, dtype=np.uint8)
+    keep = np.empty(data.shape, dtype=np.uint8) if keep_out is None else keep_out
     if data.size:
         _kernels.relu_forward(data.reshape(-1), y.reshape(-1), keep.reshape(-1),
                               _schedule.threads_for(data.size))
