@@ -38,9 +38,11 @@ def _bn_affine(bn: _BatchNorm) -> tuple:
     """(s, t) of the eval-mode map y = z * s + t, float64."""
     s = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     t = -bn.running_mean.astype(np.float64) * s
-    if bn.affine:
+    if bn.scale:
         w = bn.weight.data.astype(np.float64)
-        s, t = s * w, t * w + bn.bias.data.astype(np.float64)
+        s, t = s * w, t * w
+    if bn.center:
+        t = t + bn.bias.data.astype(np.float64)
     return s, t
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import nn
 from . import ops as F
-from .nn.batchnorm import _BatchNorm
+from .nn.batchnorm import CONVENTION_DEFAULT, _BatchNorm
 
 __all__ = ["MPIComm", "ThreadComm", "SyncBatchNorm", "convert_sync_batchnorm",
            "broadcast_parameters", "allreduce_gradients", "allreduce_sum"]
@@ -136,11 +136,15 @@ class SyncBatchNorm(_BatchNorm):
 
     ranks = (2, 3, 4, 5)
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+    def __init__(self, num_features: int, eps: float | None = None,
+                 momentum=CONVENTION_DEFAULT, affine: bool = True,
                  track_running_stats: bool = True, channels_last: bool = False,
-                 dtype=np.float32, comm=None):
+                 dtype=np.float32, comm=None, **options):
+        if options.get("on_degenerate", "raise") != "raise":
+            raise ValueError("SyncBatchNorm: on_degenerate must be 'raise' (the whole batch "
+                             "needs two values per channel)")
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         channels_last, dtype)
+                         channels_last, dtype, **options)
         self.comm = MPIComm() if comm is None else comm
 
     def extra_repr(self) -> str:
@@ -148,7 +152,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def forward(self, x):
         x = np.asarray(x)
-        if not (self.training or not self.track_running_stats):
+        if self.track_running_stats and (self.frozen or not self.training):
             return super().forward(x)
         axis = self._axis(x)
         _agree(self.comm, x, axis)
@@ -156,17 +160,12 @@ class SyncBatchNorm(_BatchNorm):
         if total <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got "
                              f"{total} over {self.comm.size} ranks")
-        update = self.training and self.track_running_stats
-        momentum = self.momentum
-        if update and momentum is None:
-            momentum = 1.0 / float(self.num_batches_tracked + 1)
-        w = self.weight.data if self.affine else None
-        b = self.bias.data if self.affine else None
+        update = self.training and self.track_running_stats and not self.frozen
         y, mean, invstd = F.batch_norm_train(
-            x, w, b, running_mean=self.running_mean if update else None,
+            x, self._gamma(), self._beta(), running_mean=self.running_mean if update else None,
             running_var=self.running_var if update else None,
-            momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis,
-            stats=(total, mean, m2))
+            momentum=self._batch_weight() if update else 0.0, eps=self.eps, axis=axis,
+            running_variance=self.running_variance, stats=(total, mean, m2))
         if update:
             self.num_batches_tracked[...] += 1
         self._cache = ("sync", x, mean, invstd, axis, total)
@@ -179,15 +178,17 @@ class SyncBatchNorm(_BatchNorm):
             return super().backward(dy)
         _, x, mean, invstd, axis, total = saved
         dy = np.asarray(dy)
-        w = self.weight.data if self.affine else None
+        w = self._gamma()
         sum_dy, sum_dy_xmu = F.batch_norm_backward_reduce(dy, x, mean, axis=axis)
         g_dy = allreduce_sum(self.comm, sum_dy)
         g_dy_xmu = allreduce_sum(self.comm, sum_dy_xmu)
         dx = F.batch_norm_backward_elemt(dy, x, w, mean, invstd, g_dy, g_dy_xmu, total,
                                          axis=axis)
-        if self.affine:
-            self.weight.grad += (sum_dy_xmu * invstd).astype(self.weight.grad.dtype)
-            self.bias.grad += sum_dy.astype(self.bias.grad.dtype)
+        if not self.frozen:
+            if self.scale:
+                self.weight.grad += (sum_dy_xmu * invstd).astype(self.weight.grad.dtype)
+            if self.center:
+                self.bias.grad += sum_dy.astype(self.bias.grad.dtype)
         return dx
 
 
@@ -206,10 +207,12 @@ def convert_sync_batchnorm(model, comm=None):
                 if child.activation is not None:
                     raise ValueError(f"{name}: SyncBatchNorm has no fused activation; "
                                      f"convert before cybn.fuse")
-                sync = SyncBatchNorm(child.num_features, child.eps, child.momentum,
-                                     child.affine, child.track_running_stats,
-                                     child.channels_last, child.dtype, comm=comm)
+                config = child._config()
+                del config["activation"]
+                sync = SyncBatchNorm(comm=comm, **config)
                 sync.load_state_dict(child.state_dict())
+                if child.frozen:
+                    sync.freeze()
                 sync.train(child.training)
                 module._modules[name] = sync
             else:

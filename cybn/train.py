@@ -135,6 +135,8 @@ class SGD(_Optimizer):
 
     def step(self) -> None:
         for i, (p, work) in enumerate(zip(self.params, self._work)):
+            if not p.requires_grad:
+                continue
             g = self._grad(p, work)
             if self.momentum:
                 buf = self._buffers[i]
@@ -176,6 +178,8 @@ class Adam(_Optimizer):
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for p, m, v, work in zip(self.params, self._m, self._v, self._work):
+            if not p.requires_grad:
+                continue
             g = self._grad(p, work)
             m *= b1
             m += (1 - b1) * g

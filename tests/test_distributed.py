@@ -2,6 +2,7 @@
 MPI ranks launched with mpiexec as a subprocess (never pytest under MPI), against single-
 process batch norm on the concatenated batch."""
 
+import copy
 import os
 import shutil
 import subprocess
@@ -276,3 +277,31 @@ def test_distributed_example_prints_the_one_process_table():
     lines = done.stdout.splitlines()
     assert lines[0].startswith("ranks 2")
     assert lines[2:4] == want
+
+
+def test_sync_batchnorm_keeps_conventions_flags_and_freezing():
+    """A Keras-convention, beta-only BatchNorm converted to SyncBatchNorm on 2 ranks gives
+    one process's outputs and running statistics; a frozen one stays frozen."""
+    x = np.random.default_rng(8).standard_normal((8, 3, 4, 4))
+    model = cybn.Sequential(cybn.BatchNorm2d(3, convention="keras", scale=False,
+                                             dtype=np.float64))
+    model[0].bias.data[:] = [0.5, -1, 2]
+    single = copy.deepcopy(model)
+    y_single = single(x)
+
+    def rank(comm):
+        sync = convert_sync_batchnorm(model, comm)
+        assert sync[0].convention == "keras" and sync[0].weight is None
+        y = sync(x[4 * comm.rank:4 * comm.rank + 4])
+        return y, sync[0].running_var.copy()
+
+    results, errors = run_ranks(2, rank)
+    assert errors == [None, None]
+    np.testing.assert_allclose(np.concatenate([r[0] for r in results]), y_single, atol=1e-12)
+    for _, rv in results:
+        np.testing.assert_allclose(rv, single[0].running_var, rtol=1e-12)
+    model[0].freeze()
+    frozen = convert_sync_batchnorm(model, ThreadComm.group(1)[0])
+    assert frozen[0].frozen
+    np.testing.assert_allclose(frozen(x), cybn.batch_norm_infer(
+        x, model[0].running_mean, model[0].running_var, None, model[0].bias.data, eps=1e-3))

@@ -68,7 +68,7 @@ BAD_TRAIN = [
     (dict(momentum=1.5), ValueError, "momentum must be in \\[0, 1\\]"),
     (dict(momentum=-0.1), ValueError, "momentum must be in"),
     (dict(momentum=float("nan")), ValueError, "momentum must be in"),
-    (dict(momentum=None), TypeError, "momentum must be"),
+    (dict(momentum="0.1"), TypeError, "momentum must be"),  # None: the convention's default
 ]
 
 

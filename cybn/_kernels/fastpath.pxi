@@ -201,9 +201,10 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
 
 
 def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, out,
-               Py_ssize_t max_size, bint relu=False):
+               Py_ssize_t max_size, bint relu=False, bint unbiased=True):
     """batch_norm_train (with a fused ReLU when relu) for a small C-contiguous array on one
-    thread; None: use the full path. Returns (y, mean, invstd)."""
+    thread; None: use the full path. Returns (y, mean, invstd). running_var receives the
+    unbiased batch variance, or the biased one when not unbiased."""
     cdef Py_ssize_t outer, C, inner, c
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, ya, mean_a, invstd_a, rm, rv
@@ -270,7 +271,7 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
                             outer, C, inner, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
     if running_mean is not None:
         store_running(rm, mean, mom, 1.0, C)
-        store_running(rv, buf + 2 * C, mom, count / (count - 1.0), C)
+        store_running(rv, buf + 2 * C, mom, count / (count - 1.0) if unbiased else 1.0, C)
     free(buf)
     return ya, mean_a, invstd_a
 

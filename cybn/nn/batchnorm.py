@@ -6,6 +6,8 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_activation, check_eps, check_momentum
+from ..ops.batchnorm import DEGENERATE_POLICIES
+from ..ops.conventions import check_running_variance, get_convention
 from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
                     running_buffers)
 from .module import Module
@@ -13,38 +15,113 @@ from .module import Module
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
+class _ConventionDefault:
+    """The default of BatchNorm's momentum: the convention's (PyTorch 0.1). None already
+    means the cumulative average there, so the default is this marker."""
+
+    def __repr__(self) -> str:
+        return "<the convention's default>"
+
+
+CONVENTION_DEFAULT = _ConventionDefault()
+
+
 class _BatchNorm(Module):
     """Shared code of BatchNorm1d/2d/3d. Subclasses set the accepted ranks."""
 
     ranks: tuple = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
+    def __init__(self, num_features: int, eps: float | None = None,
+                 momentum=CONVENTION_DEFAULT, affine: bool = True,
                  track_running_stats: bool = True, channels_last: bool = False,
-                 dtype=np.float32, activation: str | None = None):
+                 dtype=np.float32, activation: str | None = None, *,
+                 convention: str | None = None, running_variance: str | None = None,
+                 center: bool | None = None, scale: bool | None = None,
+                 on_degenerate: str = "raise"):
         super().__init__()
         positive_int(num_features, "num_features")
-        if momentum is not None:
-            check_momentum(momentum)
-        check_eps(eps)
+        conv = get_convention(convention)
+        if momentum is CONVENTION_DEFAULT:
+            momentum = conv.momentum
+        elif momentum is not None:
+            momentum = check_momentum(momentum)
+        eps = conv.eps if eps is None else check_eps(eps)
+        unbiased = check_running_variance(running_variance, conv)
         check_activation(activation)
+        if on_degenerate not in DEGENERATE_POLICIES:
+            raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
+                             f"{on_degenerate!r}")
         dtype = param_dtype(dtype)
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = momentum
-        self.affine = affine
+        self.convention = conv.name
+        self.running_variance = "unbiased" if unbiased else "biased"
+        self.center = bool(affine if center is None else center)
+        self.scale = bool(affine if scale is None else scale)
+        self.affine = self.center and self.scale
         self.track_running_stats = track_running_stats
         self.channels_last = channels_last
         self.dtype = dtype
         self.activation = activation
-        affine_parameters(self, (num_features,), dtype, affine, affine)
+        self.on_degenerate = on_degenerate
+        self.frozen = False
+        affine_parameters(self, (num_features,), dtype, self.scale, self.center)
         running_buffers(self, num_features, dtype, track_running_stats)
         self._cache = None
 
+    def _config(self) -> dict:
+        """The constructor's keyword arguments that rebuild this layer's configuration."""
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,
+                    track_running_stats=self.track_running_stats,
+                    channels_last=self.channels_last, dtype=self.dtype,
+                    activation=self.activation, convention=self.convention,
+                    running_variance=self.running_variance, center=self.center,
+                    scale=self.scale, on_degenerate=self.on_degenerate)
+
     def extra_repr(self) -> str:
+        affine = (f"affine={self.affine}" if self.center == self.scale else
+                  f"center={self.center}, scale={self.scale}")
+        conv = get_convention(self.convention)
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                f"{affine}, track_running_stats={self.track_running_stats}"
                 f"{', channels_last=True' if self.channels_last else ''}"
-                f"{', activation=' + repr(self.activation) if self.activation else ''}")
+                f"{', activation=' + repr(self.activation) if self.activation else ''}"
+                f"{', convention=' + repr(self.convention) if self.convention != 'torch' else ''}"
+                f"{', running_variance=' + repr(self.running_variance) if self.running_variance != conv.running_variance else ''}"
+                f"{', on_degenerate=' + repr(self.on_degenerate) if self.on_degenerate != 'raise' else ''}"
+                f"{', frozen=True' if self.frozen else ''}")
+
+    def freeze(self) -> "_BatchNorm":
+        """Fine-tuning mode (Keras ``trainable = False``): the layer normalizes with its
+        running statistics also in training mode (after ``model.train()`` too), leaves them
+        unchanged, and its weight and bias get no gradient (``requires_grad`` False: the
+        optimizers skip them); its backward still returns dx. Returns self."""
+        self.frozen = True
+        for p in self._parameters.values():
+            if p is not None:
+                p.requires_grad = False
+        return self
+
+    def unfreeze(self) -> "_BatchNorm":
+        """Undo :meth:`freeze`. Returns self."""
+        self.frozen = False
+        for p in self._parameters.values():
+            if p is not None:
+                p.requires_grad = True
+        return self
+
+    def _gamma(self):
+        return self.weight.data if self.scale else None
+
+    def _beta(self):
+        return self.bias.data if self.center else None
+
+    def _batch_weight(self) -> float:
+        """The weight of this batch in the running update, in PyTorch's terms."""
+        if self.momentum is None:  # cumulative moving average
+            return 1.0 / float(self.num_batches_tracked + 1)
+        return get_convention(self.convention).batch_weight(self.momentum)
 
     def _axis(self, x) -> int:
         if x.ndim not in self.ranks:
@@ -81,21 +158,22 @@ class _BatchNorm(Module):
         x = np.asarray(x)
         axis = self._axis(x)
         fused = {"activation": activation, "residual": residual}
-        w = self.weight.data if self.affine else None
-        b = self.bias.data if self.affine else None
-        if self.training or not self.track_running_stats:
-            update = self.training and self.track_running_stats
-            momentum = self.momentum
-            if update and momentum is None:  # cumulative moving average
-                momentum = 1.0 / float(self.num_batches_tracked + 1)
+        w, b = self._gamma(), self._beta()
+        batch_stats = not self.track_running_stats or (self.training and not self.frozen)
+        if batch_stats:
+            update = self.training and self.track_running_stats and not self.frozen
+            degenerate = x.size > 0 and x.size == x.shape[axis]  # one value per channel
             y, mean, invstd = F.batch_norm_train(
                 x, w, b, running_mean=self.running_mean if update else None,
                 running_var=self.running_var if update else None,
-                momentum=0.0 if momentum is None else momentum, eps=self.eps, axis=axis,
+                momentum=self._batch_weight() if update else 0.0, eps=self.eps, axis=axis,
+                running_variance=self.running_variance, on_degenerate=self.on_degenerate,
                 **fused)
-            if update:
+            if update and not degenerate:
                 self.num_batches_tracked[...] += 1
-            self._cache = (x, mean, invstd, True, axis, residual, activation)
+            # with on_degenerate="use_running" the running statistics normalized x
+            training = not (degenerate and self.on_degenerate == "use_running")
+            self._cache = (x, mean, invstd, training, axis, residual, activation)
         else:
             y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
                                    axis=axis, **fused)
@@ -106,16 +184,18 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         """dx for the last forward (and the residual's gradient when it had one, as
-        ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad."""
+        ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad (not when
+        frozen)."""
         x, mean, invstd, training, axis, residual, activation = self._take_saved()
         dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
-        w = self.weight.data if self.affine else None
-        b = self.bias.data if self.affine else None
-        grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
-                                      activation=activation, bias=b, residual=residual)
-        if self.affine:
-            self.weight.grad += grads[1]
-            self.bias.grad += grads[2]
+        grads = F.batch_norm_backward(dy, x, self._gamma(), mean, invstd, training=training,
+                                      axis=axis, activation=activation, bias=self._beta(),
+                                      residual=residual)
+        if not self.frozen:
+            if self.scale:
+                self.weight.grad += grads[1]
+            if self.center:
+                self.bias.grad += grads[2]
         return grads[0] if residual is None else (grads[0], grads[3])
 
 
@@ -126,13 +206,15 @@ class BatchNorm1d(_BatchNorm):
     ----------
     num_features : int
         C, the number of channels.
-    eps : float
-        Added to the variance.
-    momentum : float or None
-        ``running = (1 - momentum) * running + momentum * batch``; None gives the cumulative
-        average over ``num_batches_tracked``.
+    eps : float, optional
+        Added to the variance; default the convention's (PyTorch 1e-5).
+    momentum : float or None, optional
+        In the convention's terms; PyTorch's (default): ``running = (1 - momentum) *
+        running + momentum * batch``, default 0.1. None gives the cumulative average over
+        ``num_batches_tracked`` (in any convention).
     affine : bool
-        Learn ``weight`` (gamma) and ``bias`` (beta).
+        Learn ``weight`` (gamma) and ``bias`` (beta); ``center`` and ``scale`` choose each
+        separately.
     track_running_stats : bool
         Keep running statistics; False uses batch statistics in eval mode too.
     channels_last : bool
@@ -146,6 +228,27 @@ class BatchNorm1d(_BatchNorm):
         "relu" fuses the ReLU that follows into the same pass (forward and backward), with
         the outputs and gradients of BatchNorm followed by :class:`ReLU`; see
         :func:`cybn.fuse`.
+    convention : "torch" (default), "keras", "flax", "onnx" or "tensorflow"
+        That framework's running-statistics rules and defaults: whether running_var keeps
+        the unbiased (torch, tensorflow) or biased (keras, flax, onnx) batch variance, what
+        momentum weighs (the batch in torch; the running value, ``running = momentum *
+        running + (1 - momentum) * batch``, in the others), and the default momentum and
+        eps (keras 0.99 / 1e-3, flax 0.99 / 1e-5, onnx 0.9 / 1e-5, tensorflow 0.99 / 1e-3).
+        The normalization itself is the same. See :mod:`cybn.ops.conventions`.
+    running_variance : "unbiased" or "biased", optional
+        Overrides the convention's estimator for running_var.
+    center, scale : bool, optional
+        Keras's flags (Flax's use_bias / use_scale): learn ``bias`` (beta) and ``weight``
+        (gamma) separately; default ``affine``. A missing one is None (and absent from
+        state_dict).
+    on_degenerate : "raise" (default), "use_running" or "skip_update"
+        A training batch with one value per channel: raise ValueError (PyTorch); normalize
+        with the running statistics (left unchanged; the backward is then the inference
+        one); or normalize with the batch statistics as the other frameworks do (the output
+        is then beta) and leave the running statistics unchanged.
+
+    Methods :meth:`freeze` / :meth:`unfreeze` switch fine-tuning mode (Keras's
+    ``trainable = False``).
     """
 
     ranks = (2, 3)

@@ -13,13 +13,15 @@ class Parameter:
     """A trainable array: ``data`` and the gradient ``grad`` accumulated by backward.
 
     ``decay`` tells the optimizers whether weight decay applies (False for BatchNorm's
-    weight and bias, see :mod:`cybn.train`).
+    weight and bias, see :mod:`cybn.train`); with ``requires_grad`` False (a frozen layer's
+    parameters) the optimizers leave the parameter unchanged.
     """
 
     def __init__(self, data, decay: bool = True):
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
         self.decay = decay
+        self.requires_grad = True
 
     @property
     def shape(self) -> tuple:

@@ -15,16 +15,18 @@ Conventions shared by every function here
   float32 or float64 independently of x.
 * Training normalizes with the biased batch variance. Running statistics, when given, are
   updated in place: ``running = (1 - momentum) * running + momentum * batch``, with the
-  unbiased variance ``var * n / (n - 1)`` for ``running_var`` (PyTorch's convention).
+  unbiased variance ``var * n / (n - 1)`` for ``running_var`` (PyTorch's convention; the
+  other frameworks' with ``convention=``, see :mod:`.conventions`).
 * ``out=`` may be a preallocated array of x's shape and dtype, or x itself (in place).
 * Arguments are all checked before anything runs: an error leaves every array unchanged.
 * Threads: OpenMP's current maximum (``OMP_NUM_THREADS``, ``threadpoolctl``,
   :func:`cybn.set_num_threads`). Results are bitwise identical for any thread count.
 """
 
-from . import batchnorm, norms, stats
+from . import batchnorm, conventions, norms, stats
+from .conventions import CONVENTIONS, Convention
 from .batchnorm import *  # noqa: F401,F403
 from .norms import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
 
-__all__ = [*batchnorm.__all__, *stats.__all__, *norms.__all__]
+__all__ = [*batchnorm.__all__, *stats.__all__, *norms.__all__, "CONVENTIONS", "Convention"]

@@ -21,6 +21,8 @@ from .._validate import (
 )
 from . import _schedule
 from ._run import Output, channel_affine, empty_result, kernel_array, update_running
+from .conventions import get_convention
+from .conventions import resolve as resolve_convention
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
@@ -47,8 +49,10 @@ def _param_dtype(x: np.ndarray) -> np.dtype:
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
-                     momentum: float = 0.1, eps: float = 1e-5, axis: int = 1,
-                     activation: str | None = None, residual=None, stats=None, out=None):
+                     momentum: float | None = None, eps: float | None = None, axis: int = 1,
+                     activation: str | None = None, residual=None, stats=None, out=None,
+                     convention: str | None = None, running_variance: str | None = None,
+                     on_degenerate: str = "raise"):
     """Training-mode batch normalization with batch statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
@@ -62,11 +66,16 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     weight, bias : ndarray of shape (C,), optional
         Scale (gamma) and shift (beta); None means 1 and 0.
     running_mean, running_var : ndarray of shape (C,), optional
-        Updated in place when given (both or neither): ``(1 - momentum) * running +
-        momentum * batch``, running_var receiving the unbiased variance ``var * n/(n-1)``.
-    momentum : float in [0, 1]
-    eps : float > 0
-        Added to the variance.
+        Updated in place when given (both or neither). With the default (PyTorch's)
+        convention: ``(1 - momentum) * running + momentum * batch``, running_var receiving
+        the unbiased variance ``var * n/(n-1)``.
+    momentum : float in [0, 1], optional
+        In the convention's own terms (PyTorch: the weight of the batch; Keras, Flax, ONNX,
+        TensorFlow: the weight of the running value). None: the convention's default
+        (PyTorch 0.1).
+    eps : float > 0, optional
+        Added to the variance. None: the convention's default (PyTorch 1e-5, Keras and
+        TensorFlow 1e-3).
     axis : int
         Channel axis (1 for channels-first, -1 for channels-last).
     activation : None or "relu"
@@ -83,6 +92,21 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         ``m2 / (count - 1)``). x may then be empty.
     out : ndarray, optional
         Array of x's shape and dtype to write y into; may be x or residual itself.
+    convention : "torch" (default), "keras", "flax", "onnx" or "tensorflow"
+        The framework whose running-statistics rules and defaults apply: the variance
+        estimator stored in running_var, the meaning of momentum and the default momentum
+        and eps (table in :mod:`cybn.ops.conventions`). The normalization itself is the same
+        in all of them.
+    running_variance : "unbiased" or "biased", optional
+        Overrides the convention's estimator for running_var: ``var * n / (n - 1)`` or
+        ``var`` (n values per channel).
+    on_degenerate : "raise" (default), "use_running" or "skip_update"
+        What a batch with one value per channel (``count == 1``, where the batch variance is
+        undefined) does: raise ValueError (PyTorch); normalize with the running statistics,
+        left unchanged, and return them as mean and invstd (the gradient is then the
+        inference one: call :func:`batch_norm_backward` with ``training=False``); or
+        normalize with the batch statistics as the other frameworks do (the output is then
+        ``bias``) and leave the running statistics unchanged.
 
     Returns
     -------
@@ -95,16 +119,21 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     Raises
     ------
     ValueError
-        With one value per channel (``count == 1``): batch statistics are undefined.
+        With one value per channel (``count == 1``) and ``on_degenerate="raise"``: batch
+        statistics are undefined.
     """
     relu = check_activation(activation)
+    momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
+    if on_degenerate not in DEGENERATE_POLICIES:
+        raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
+                         f"{on_degenerate!r}")
     if stats is not None:
         return _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
-                                 axis, relu, residual, stats, out)
+                                 axis, relu, residual, stats, out, unbiased)
     if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   axis, out, _schedule.MIN_PARALLEL_SIZE, relu)
+                                   axis, out, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
         if fast is not None:
             return fast
     x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
@@ -114,8 +143,18 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
     if view.count == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input "
-                         f"of shape {x.shape} with channel axis {view.axis}")
+        if on_degenerate == "raise":
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"input of shape {x.shape} with channel axis {view.axis} (see "
+                             f"on_degenerate)")
+        if on_degenerate == "use_running":
+            if rm is None:
+                raise ValueError("on_degenerate='use_running' needs running_mean and "
+                                 "running_var")
+            y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, activation=activation,
+                                 residual=residual, out=out)
+            return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        rm = rv = None  # "skip_update": batch statistics, running statistics unchanged
 
     threads = _schedule.threads(view)
     K = _kernels.for_dtype(x.dtype)
@@ -136,8 +175,12 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     if rm is not None:
         n = view.count
         update_running(rm, mean, momentum, 1.0)
-        update_running(rv, var, momentum, n / (n - 1))  # unbiased variance
+        update_running(rv, var, momentum, n / (n - 1) if unbiased else 1.0)
     return dest.result(), mean, invstd
+
+
+# what a training batch with one value per channel does (see batch_norm_train)
+DEGENERATE_POLICIES = ("raise", "use_running", "skip_update")
 
 
 def _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
@@ -169,7 +212,7 @@ def _global_stats(stats, C: int) -> tuple:
 
 
 def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
-                      residual, stats, out):
+                      residual, stats, out, unbiased: bool = True):
     """batch_norm_train of a shard, with the whole batch's statistics."""
     x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
@@ -187,13 +230,13 @@ def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
         y = empty_result(view, out, x.dtype)
     if rm is not None:
         update_running(rm, mean, momentum, 1.0)
-        update_running(rv, var, momentum, count / (count - 1))
+        update_running(rv, var, momentum, count / (count - 1) if unbiased else 1.0)
     return y, mean, invstd
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
-                     eps: float = 1e-5, axis: int = 1, activation: str | None = None,
-                     residual=None, out=None):
+                     eps: float | None = None, axis: int = 1, activation: str | None = None,
+                     residual=None, out=None, convention: str | None = None):
     """Inference-mode batch normalization with given (running) statistics.
 
     ``y = (x - running_mean) * scale + bias`` with ``scale = weight * invstd`` and
@@ -207,7 +250,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
         Statistics to normalize with (not modified).
     weight, bias : ndarray of shape (C,), optional
         None means 1 and 0.
-    eps : float > 0
+    eps : float > 0, optional
+        None: the convention's default (PyTorch 1e-5, Keras and TensorFlow 1e-3).
     axis : int
         Channel axis.
     activation : None or "relu"
@@ -216,12 +260,18 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
         As in :func:`batch_norm_train`.
     out : ndarray, optional
         Array of x's shape and dtype; may be x or residual itself.
+    convention : str, optional
+        Only sets eps's default (see :func:`batch_norm_train`).
 
     Returns
     -------
     y : ndarray, x's shape and dtype
     """
     relu = check_activation(activation)
+    if eps is None:
+        eps = get_convention(convention).eps
+    elif convention is not None:
+        get_convention(convention)  # a bad name is an error even when eps is given
     if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
