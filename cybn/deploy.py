@@ -208,7 +208,7 @@ def _fuse_in_place(module) -> int:
         layers = list(module)
         for i, layer in enumerate(layers[:-1]):
             if (isinstance(layer, _BatchNorm) and layer.activation is None
-                    and type(layers[i + 1]) is nn.ReLU):
+                    and not layer.renorm and type(layers[i + 1]) is nn.ReLU):
                 layer.activation = "relu"
                 module._modules[str(i + 1)] = nn.Identity()
                 count += 1

@@ -143,6 +143,8 @@ class SyncBatchNorm(_BatchNorm):
         if options.get("on_degenerate", "raise") != "raise":
             raise ValueError("SyncBatchNorm: on_degenerate must be 'raise' (the whole batch "
                              "needs two values per channel)")
+        if options.get("renorm") or options.get("ghost_batch_size") is not None:
+            raise ValueError("SyncBatchNorm has no renorm or ghost batches")
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          channels_last, dtype, **options)
         self.comm = MPIComm() if comm is None else comm

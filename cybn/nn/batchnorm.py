@@ -37,7 +37,8 @@ class _BatchNorm(Module):
                  dtype=np.float32, activation: str | None = None, *,
                  convention: str | None = None, running_variance: str | None = None,
                  center: bool | None = None, scale: bool | None = None,
-                 on_degenerate: str = "raise"):
+                 on_degenerate: str = "raise", renorm: bool = False, renorm_clipping=None,
+                 ghost_batch_size: int | None = None):
         super().__init__()
         positive_int(num_features, "num_features")
         conv = get_convention(convention)
@@ -52,6 +53,28 @@ class _BatchNorm(Module):
             raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
                              f"{on_degenerate!r}")
         dtype = param_dtype(dtype)
+        if renorm:
+            if activation is not None or not track_running_stats:
+                raise ValueError("renorm needs track_running_stats=True and no fused activation")
+            if renorm_clipping is None:
+                renorm_clipping = F.RenormSchedule()
+            elif not isinstance(renorm_clipping, F.RenormSchedule):
+                try:
+                    rmax, dmax = renorm_clipping
+                except (TypeError, ValueError):
+                    raise ValueError(f"renorm_clipping must be a RenormSchedule or (rmax, dmax), "
+                                     f"got {renorm_clipping!r}") from None
+                renorm_clipping = (float(rmax), float(dmax))
+                if not (renorm_clipping[0] >= 1.0 and renorm_clipping[1] >= 0.0):
+                    raise ValueError(f"renorm_clipping needs rmax >= 1 and dmax >= 0, got "
+                                     f"{renorm_clipping}")
+        elif renorm_clipping is not None:
+            raise ValueError("renorm_clipping is given but renorm is False")
+        if ghost_batch_size is not None:
+            F.ghost_slices(1, ghost_batch_size)  # checks it
+            if renorm or momentum is None:
+                raise ValueError("ghost_batch_size works with a fixed momentum and without "
+                                 "renorm")
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = momentum
@@ -65,6 +88,9 @@ class _BatchNorm(Module):
         self.dtype = dtype
         self.activation = activation
         self.on_degenerate = on_degenerate
+        self.renorm = bool(renorm)
+        self.renorm_clipping = renorm_clipping
+        self.ghost_batch_size = None if ghost_batch_size is None else int(ghost_batch_size)
         self.frozen = False
         affine_parameters(self, (num_features,), dtype, self.scale, self.center)
         running_buffers(self, num_features, dtype, track_running_stats)
@@ -77,7 +103,8 @@ class _BatchNorm(Module):
                     channels_last=self.channels_last, dtype=self.dtype,
                     activation=self.activation, convention=self.convention,
                     running_variance=self.running_variance, center=self.center,
-                    scale=self.scale, on_degenerate=self.on_degenerate)
+                    scale=self.scale, on_degenerate=self.on_degenerate, renorm=self.renorm,
+                    renorm_clipping=self.renorm_clipping, ghost_batch_size=self.ghost_batch_size)
 
     def extra_repr(self) -> str:
         affine = (f"affine={self.affine}" if self.center == self.scale else
@@ -90,7 +117,17 @@ class _BatchNorm(Module):
                 f"{', convention=' + repr(self.convention) if self.convention != 'torch' else ''}"
                 f"{', running_variance=' + repr(self.running_variance) if self.running_variance != conv.running_variance else ''}"
                 f"{', on_degenerate=' + repr(self.on_degenerate) if self.on_degenerate != 'raise' else ''}"
+                f"{', renorm=True' if self.renorm else ''}"
+                f"{', ghost_batch_size=' + str(self.ghost_batch_size) if self.ghost_batch_size else ''}"
                 f"{', frozen=True' if self.frozen else ''}")
+
+    def renorm_limits(self) -> tuple:
+        """(rmax, dmax) for the next training step: the schedule's at step
+        ``num_batches_tracked``, or the static clipping."""
+        clip = self.renorm_clipping
+        if isinstance(clip, F.RenormSchedule):
+            return clip(int(self.num_batches_tracked))
+        return clip
 
     def freeze(self) -> "_BatchNorm":
         """Fine-tuning mode (Keras ``trainable = False``): the layer normalizes with its
@@ -160,37 +197,67 @@ class _BatchNorm(Module):
         fused = {"activation": activation, "residual": residual}
         w, b = self._gamma(), self._beta()
         batch_stats = not self.track_running_stats or (self.training and not self.frozen)
-        if batch_stats:
-            update = self.training and self.track_running_stats and not self.frozen
-            degenerate = x.size > 0 and x.size == x.shape[axis]  # one value per channel
-            y, mean, invstd = F.batch_norm_train(
-                x, w, b, running_mean=self.running_mean if update else None,
-                running_var=self.running_var if update else None,
-                momentum=self._batch_weight() if update else 0.0, eps=self.eps, axis=axis,
-                running_variance=self.running_variance, on_degenerate=self.on_degenerate,
-                **fused)
-            if update and not degenerate:
-                self.num_batches_tracked[...] += 1
-            # with on_degenerate="use_running" the running statistics normalized x
-            training = not (degenerate and self.on_degenerate == "use_running")
-            self._cache = (x, mean, invstd, training, axis, residual, activation)
-        else:
+        if not batch_stats:
             y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
                                    axis=axis, **fused)
             invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
             self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis,
-                           residual, activation)
+                           residual, activation, None)
+            return y
+        update = self.training and self.track_running_stats and not self.frozen
+        running = {"running_mean": self.running_mean if update else None,
+                   "running_var": self.running_var if update else None,
+                   "momentum": self._batch_weight() if update else 0.0, "eps": self.eps,
+                   "axis": axis, "running_variance": self.running_variance}
+        if self.renorm and update:
+            if residual is not None or activation is not None:
+                raise ValueError("a renorm BatchNorm takes no fused residual or activation")
+            rmax, dmax = self.renorm_limits()
+            y, mean, invstd, r, d = F.batch_norm_renorm(x, w, b, rmax=rmax, dmax=dmax,
+                                                        **running)
+            self.num_batches_tracked[...] += 1
+            self._cache = (x, mean, invstd, True, axis, None, None, ("renorm", r, d))
+            return y
+        if self.ghost_batch_size is not None:
+            y, mean, invstd = F.batch_norm_ghost(
+                x, w, b, ghost_batch_size=self.ghost_batch_size,
+                on_degenerate=self.on_degenerate, **running, **fused)
+            inner = x.size // max(x.shape[0] * self.num_features, 1)
+            parts = F.ghost_slices(x.shape[0], self.ghost_batch_size)
+            degenerate = [(s.stop - s.start) * inner == 1 for s in parts]
+            if update:
+                self.num_batches_tracked[...] += sum(not g for g in degenerate)
+            flags = tuple(not (g and self.on_degenerate == "use_running") for g in degenerate)
+            self._cache = (x, mean, invstd, flags, axis, residual, activation, ("ghost",))
+            return y
+        degenerate = x.size > 0 and x.size == x.shape[axis]  # one value per channel
+        y, mean, invstd = F.batch_norm_train(x, w, b, on_degenerate=self.on_degenerate,
+                                             **running, **fused)
+        if update and not degenerate:
+            self.num_batches_tracked[...] += 1
+        # with on_degenerate="use_running" the running statistics normalized x
+        training = not (degenerate and self.on_degenerate == "use_running")
+        self._cache = (x, mean, invstd, training, axis, residual, activation, None)
         return y
 
     def backward(self, dy):
         """dx for the last forward (and the residual's gradient when it had one, as
         ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad (not when
         frozen)."""
-        x, mean, invstd, training, axis, residual, activation = self._take_saved()
+        x, mean, invstd, training, axis, residual, activation, variant = self._take_saved()
         dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
-        grads = F.batch_norm_backward(dy, x, self._gamma(), mean, invstd, training=training,
-                                      axis=axis, activation=activation, bias=self._beta(),
-                                      residual=residual)
+        w, b = self._gamma(), self._beta()
+        if variant is None:
+            grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
+                                          activation=activation, bias=b, residual=residual)
+        elif variant[0] == "renorm":
+            grads = F.batch_norm_renorm_backward(dy, x, w, mean, invstd, variant[1],
+                                                 variant[2], axis=axis)
+        else:
+            grads = F.batch_norm_ghost_backward(dy, x, w, mean, invstd,
+                                                ghost_batch_size=self.ghost_batch_size,
+                                                axis=axis, activation=activation, bias=b,
+                                                residual=residual, training=training)
         if not self.frozen:
             if self.scale:
                 self.weight.grad += grads[1]
@@ -246,6 +313,20 @@ class BatchNorm1d(_BatchNorm):
         with the running statistics (left unchanged; the backward is then the inference
         one); or normalize with the batch statistics as the other frameworks do (the output
         is then beta) and leave the running statistics unchanged.
+
+    renorm : bool
+        Batch renormalization (Ioffe 2017) in training: the batch statistics corrected
+        towards the running ones by the clipped factors r and d (see
+        :func:`cybn.batch_norm_renorm`); inference is unchanged.
+    renorm_clipping : RenormSchedule or (rmax, dmax), optional
+        The clipping limits: a schedule evaluated at ``num_batches_tracked`` (default: the
+        paper's warm-up, ``RenormSchedule()``: plain BN for 5000 steps, then rmax up to 3 at
+        40k steps and dmax up to 5 at 25k), or static limits as Keras's renorm_clipping.
+    ghost_batch_size : int, optional
+        Ghost batch normalization (Keras's virtual_batch_size): training normalizes each
+        group of this many samples (along axis 0; the last group may be smaller) with its
+        own statistics and updates the running statistics once per group, in order;
+        ``num_batches_tracked`` counts the updates.
 
     Methods :meth:`freeze` / :meth:`unfreeze` switch fine-tuning mode (Keras's
     ``trainable = False``).

@@ -57,7 +57,8 @@ class Residual(Module):
         body does not end in a BatchNorm without an activation."""
         body = self.body
         layers = list(body) if isinstance(body, Sequential) else [body]
-        if layers and isinstance(layers[-1], _BatchNorm) and layers[-1].activation is None:
+        if (layers and isinstance(layers[-1], _BatchNorm) and layers[-1].activation is None
+                and not layers[-1].renorm):
             return layers[:-1], layers[-1]
         return None, None
 

@@ -23,10 +23,12 @@ Conventions shared by every function here
   :func:`cybn.set_num_threads`). Results are bitwise identical for any thread count.
 """
 
-from . import batchnorm, conventions, norms, stats
+from . import batchnorm, conventions, norms, stats, variants
 from .conventions import CONVENTIONS, Convention
 from .batchnorm import *  # noqa: F401,F403
 from .norms import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
+from .variants import *  # noqa: F401,F403
 
-__all__ = [*batchnorm.__all__, *stats.__all__, *norms.__all__, "CONVENTIONS", "Convention"]
+__all__ = [*batchnorm.__all__, *stats.__all__, *norms.__all__, *variants.__all__,
+           "CONVENTIONS", "Convention"]

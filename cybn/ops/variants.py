@@ -1,0 +1,234 @@
+"""Batch-norm variants on the same kernels: batch renormalization (Ioffe 2017) and ghost
+batch normalization (Hoffer et al. 2017).
+
+Batch renormalization corrects the batch statistics towards the running ones by per-channel
+factors that the backward treats as constants::
+
+    r = clip(sigma_B / sigma_run, 1 / rmax, rmax)      sigma = sqrt(var + eps)
+    d = clip((mu_B - mu_run) / sigma_run, -dmax, dmax)
+    y = (x_hat * r + d) * weight + bias                 x_hat = (x - mu_B) / sigma_B
+
+so the training output is batch norm's affine pass with ``weight * r`` and ``bias + weight *
+d`` (no extra pass over memory), inference is plain batch norm, and with r = 1, d = 0 it is
+plain batch norm. :class:`RenormSchedule` is the paper's warm-up of rmax and dmax.
+
+Ghost batch normalization splits the batch along its first axis into ghost batches of
+``ghost_batch_size`` samples (views, no copy), normalizes each with its own statistics
+(shared weight and bias) and updates the running statistics once per ghost batch, in order,
+as the paper does. A last, smaller ghost batch takes the remaining samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import check_activation, describe, is_int
+from . import _schedule
+from ._run import Output, channel_affine, channel_moments, update_running
+from .batchnorm import _residual, _train_args, batch_norm_backward, batch_norm_train
+from .conventions import resolve as resolve_convention
+
+__all__ = ["RenormSchedule", "batch_norm_renorm", "batch_norm_renorm_backward",
+           "batch_norm_ghost", "batch_norm_ghost_backward", "ghost_slices"]
+
+
+@dataclass(frozen=True)
+class RenormSchedule:
+    """The warm-up of batch renormalization's clipping (Ioffe 2017, section 4): rmax = 1 and
+    dmax = 0 (plain batch norm) for the first ``warmup`` steps, then relaxed linearly to
+    ``rmax`` at step ``rmax_steps`` and to ``dmax`` at step ``dmax_steps``. Calling it with
+    a step (0-based) gives ``(rmax, dmax)`` for that step."""
+
+    rmax: float = 3.0
+    dmax: float = 5.0
+    warmup: int = 5000
+    rmax_steps: int = 40000
+    dmax_steps: int = 25000
+
+    def __post_init__(self):
+        if not (self.rmax >= 1.0 and self.dmax >= 0.0):
+            raise ValueError(f"RenormSchedule needs rmax >= 1 and dmax >= 0, got rmax="
+                             f"{self.rmax}, dmax={self.dmax}")
+        if not (0 <= self.warmup <= min(self.rmax_steps, self.dmax_steps)):
+            raise ValueError("RenormSchedule needs 0 <= warmup <= rmax_steps and dmax_steps")
+
+    def __call__(self, step: int) -> tuple:
+        def ramp(end: int) -> float:
+            if step < self.warmup:
+                return 0.0
+            return 1.0 if end <= self.warmup else min(1.0, (step - self.warmup)
+                                                      / (end - self.warmup))
+
+        return (1.0 + (self.rmax - 1.0) * ramp(self.rmax_steps), self.dmax * ramp(self.dmax_steps))
+
+
+def _clip_limits(rmax, dmax) -> tuple:
+    for name, value, low in (("rmax", rmax, 1.0), ("dmax", dmax, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                or not value >= low:
+            raise ValueError(f"{name} must be a number >= {low} (inf: no clipping), got "
+                             f"{describe(value)}")
+    return float(rmax), float(dmax)
+
+
+def batch_norm_renorm(x, weight=None, bias=None, *, running_mean, running_var,
+                      rmax: float = 3.0, dmax: float = 5.0, momentum: float | None = None,
+                      eps: float | None = None, axis: int = 1, convention: str | None = None,
+                      running_variance: str | None = None, out=None) -> tuple:
+    """Training-mode batch renormalization (Ioffe 2017); see the module docstring.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64 (float16/bfloat16 too), ndim >= 2
+    weight, bias : ndarray (C,), optional
+    running_mean, running_var : ndarray (C,)
+        Required: r and d compare the batch with them (before this batch's update); then
+        updated in place as :func:`batch_norm_train` does.
+    rmax, dmax : float
+        Clipping limits: rmax >= 1, dmax >= 0 (``np.inf``: unclipped). rmax = 1, dmax = 0
+        is plain batch norm. :class:`RenormSchedule` gives the paper's warm-up values.
+    momentum, eps, axis, convention, running_variance, out
+        As in :func:`batch_norm_train`.
+
+    Returns
+    -------
+    y, mean, invstd : as :func:`batch_norm_train` (batch statistics, float64)
+    r, d : ndarray (C,), float64
+        The correction factors, for :func:`batch_norm_renorm_backward`.
+    """
+    momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
+    rmax, dmax = _clip_limits(rmax, dmax)
+    x, view, w, b, rm, rv, momentum, eps, ep, _ = _train_args(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis, False, None, out)
+    if rm is None:
+        raise ValueError("batch_norm_renorm needs running_mean and running_var")
+    if view.count < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of "
+                         f"shape {x.shape} with channel axis {view.axis}")
+    threads = _schedule.threads(view)
+    mean, m2 = channel_moments(view, x, threads)
+    n = view.count
+    var = m2 / n
+    invstd = 1.0 / np.sqrt(var + eps)
+    sigma_run = np.sqrt(rv.astype(np.float64) + eps)
+    r = np.clip(np.sqrt(var + eps) / sigma_run, 1.0 / rmax, rmax)
+    d = np.clip((mean - rm.astype(np.float64)) / sigma_run, -dmax, dmax)
+    dest = Output(view, out, x.dtype)
+    channel_affine(view, x, mean, w * r * invstd, b + w * d, dest.kernel, threads, ep=ep)
+    update_running(rm, mean, momentum, 1.0)
+    update_running(rv, var, momentum, n / (n - 1) if unbiased else 1.0)
+    return dest.result(), mean, invstd, r, d
+
+
+def batch_norm_renorm_backward(dy, x, weight, mean, invstd, r, d, *, axis: int = 1,
+                               out=None) -> tuple:
+    """Gradients of :func:`batch_norm_renorm` with r and d held constant, as the paper does:
+    (dx, dweight, dbias). dx is batch norm's with the weight ``weight * r``; ``dweight =
+    r * sum(dy * x_hat) + d * sum(dy)``; ``dbias = sum(dy)``."""
+    C = np.shape(mean)[0] if np.ndim(mean) == 1 else None
+    r = np.asarray(r, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if C is None or r.shape != (C,) or d.shape != (C,):
+        raise ValueError(f"r and d must have mean's shape (C,), got {r.shape} and {d.shape}")
+    w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
+    dx, dw_hat, db = batch_norm_backward(dy, x, w * r, mean, invstd, training=True, axis=axis,
+                                         out=out)
+    dweight = r * dw_hat.astype(np.float64) + d * db.astype(np.float64)
+    return dx, dweight.astype(dw_hat.dtype), db
+
+
+def ghost_slices(n: int, ghost_batch_size) -> list:
+    """The [start, stop) slices of the ghost batches of a batch of n samples."""
+    if not is_int(ghost_batch_size) or ghost_batch_size < 1:
+        raise ValueError(f"ghost_batch_size must be a positive integer, got "
+                         f"{describe(ghost_batch_size)}")
+    g = int(ghost_batch_size)
+    return [slice(i, min(i + g, n)) for i in range(0, n, g)]
+
+
+def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, running_mean=None,
+                     running_var=None, momentum: float | None = None, eps: float | None = None,
+                     axis: int = 1, activation: str | None = None, residual=None,
+                     convention: str | None = None, running_variance: str | None = None,
+                     on_degenerate: str = "raise", out=None) -> tuple:
+    """Ghost batch normalization: :func:`batch_norm_train` on each ghost batch of
+    ``ghost_batch_size`` samples along axis 0 (the last may be smaller; a last ghost batch
+    with one value per channel follows ``on_degenerate``), the running statistics updated
+    once per ghost batch in order. The channel axis must not be 0.
+
+    Returns
+    -------
+    y : ndarray, x's shape and dtype
+    mean, invstd : ndarray (G, C), float64
+        Each ghost batch's statistics, for :func:`batch_norm_ghost_backward`.
+    """
+    check_activation(activation)
+    x = np.asarray(x)
+    if x.ndim < 2 or axis % x.ndim == 0:
+        raise ValueError(f"batch_norm_ghost splits axis 0 into ghost batches; the channel axis "
+                         f"must be another one, got axis={axis} for shape {x.shape}")
+    parts = ghost_slices(x.shape[0], ghost_batch_size)
+    momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
+    # everything checked once, before any ghost batch runs or a running statistic changes
+    x, view, *_ = _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis,
+                              activation is not None, residual, out)
+    residual = _residual(residual, x)
+    y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
+    if not parts:
+        nan = np.full((0, view.channels), np.nan)
+        return y, nan, nan.copy()
+    if parts[-1].stop - parts[-1].start == 1 and x.size // (x.shape[0] * view.channels) == 1 \
+            and on_degenerate == "raise":
+        raise ValueError(f"the last ghost batch has one value per channel (batch {x.shape[0]},"
+                         f" ghost_batch_size {ghost_batch_size}); see on_degenerate")
+    means, invstds = [], []
+    for s in parts:
+        _, mean, invstd = batch_norm_train(
+            x[s], weight, bias, running_mean=running_mean, running_var=running_var,
+            momentum=momentum, eps=eps, axis=axis, activation=activation,
+            residual=None if residual is None else residual[s], out=y[s],
+            running_variance="unbiased" if unbiased else "biased",
+            on_degenerate=on_degenerate)
+        means.append(mean)
+        invstds.append(invstd)
+    return y, np.stack(means), np.stack(invstds)
+
+
+def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: int,
+                              axis: int = 1, activation: str | None = None, bias=None,
+                              residual=None, training=True) -> tuple:
+    """Gradients of :func:`batch_norm_ghost`: each ghost batch's batch-norm backward with its
+    own statistics; (dx, dweight, dbias) (and dresidual after a residual), the parameter
+    gradients summed over the ghost batches in order (in float64, returned in x's dtype).
+    ``training`` may be a sequence of one bool per ghost batch (False where the running
+    statistics normalized it, see on_degenerate="use_running")."""
+    x = np.asarray(x)
+    dy = np.asarray(dy)
+    parts = ghost_slices(x.shape[0], ghost_batch_size)
+    mean, invstd = np.asarray(mean), np.asarray(invstd)
+    if mean.ndim != 2 or mean.shape[0] != len(parts) or invstd.shape != mean.shape:
+        raise ValueError(f"mean and invstd must be ({len(parts)}, C), one row per ghost batch, "
+                         f"got {mean.shape} and {invstd.shape}")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have x's shape {x.shape}, got {dy.shape}")
+    flags = [training] * len(parts) if isinstance(training, bool) else list(training)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
+    if not parts:
+        raise ValueError("batch_norm_ghost_backward: x has no samples")
+    dw, db = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
+    dtype = None
+    for i, s in enumerate(parts):
+        grads = batch_norm_backward(dy[s], x[s], weight, mean[i], invstd[i], training=flags[i],
+                                    axis=axis, activation=activation, bias=bias,
+                                    residual=None if residual is None else residual[s],
+                                    out=dx[s])
+        dtype = grads[1].dtype
+        gw, gb = grads[1].astype(np.float64), grads[2].astype(np.float64)
+        dw, db = dw + gw, db + gb
+        if dres is not None:
+            dres[s] = grads[3]
+    result = (dx, dw.astype(dtype), db.astype(dtype))
+    return result if dres is None else result + (dres,)
