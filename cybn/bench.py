@@ -706,6 +706,80 @@ def fused_markdown(result) -> str:
         ("PyTorch / fused", lambda r: _number(r["speedup_vs_torch"], 2))])
 
 
+# The variants suite: batch renormalization and ghost batch norm (ghost batches of a quarter
+# of the batch) against plain batch norm on the same data, training forward and backward.
+VARIANTS_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
+                  ((16, 128, 28, 28), "NCHW"), ((16, 28, 28, 128), "NHWC"),
+                  ((128, 512, 7, 7), "NCHW"), ((2048, 512), "NC")]
+
+
+def variants_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
+    """Time batch_norm_renorm and batch_norm_ghost (and their backwards) against
+    batch_norm_train / batch_norm_backward; a JSON-ready dict."""
+    threads, _, meta = _suite_start(False, repeats)
+    rng = np.random.default_rng(0)
+    rows = []
+    if verbose:
+        print(f"# variants: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} "
+              f"threads, float32, median of {repeats}")
+        print(f"{'shape':<18} {'layout':<6} {'pass':<8} {'plain ms':>9} {'renorm ms':>10} "
+              f"{'ghost ms':>9} {'renorm/plain':>12} {'ghost/plain':>11}")
+    for shape, layout in VARIANTS_SUITE if suite is None else suite:
+        axis = -1 if layout == "NHWC" else 1
+        C = shape[axis]
+        g = max(shape[0] // 4, 2)
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        w, b = np.linspace(0.5, 1.5, C), np.linspace(-0.5, 0.5, C)
+        rm, rv = np.zeros(C), np.ones(C)
+        y = np.empty_like(x)
+        dx = np.empty_like(x)
+        _, mean, invstd = F.batch_norm_train(x, w, b, axis=axis)
+        _, _, _, r, d = F.batch_norm_renorm(x, w, b, running_mean=rm.copy(),
+                                            running_var=rv.copy(), axis=axis)
+        _, gmean, ginvstd = F.batch_norm_ghost(x, w, b, ghost_batch_size=g, axis=axis)
+        passes = {
+            "forward": {
+                "plain": lambda: F.batch_norm_train(x, w, b, running_mean=rm, running_var=rv,
+                                                    axis=axis, out=y),
+                "renorm": lambda: F.batch_norm_renorm(x, w, b, running_mean=rm,
+                                                      running_var=rv, axis=axis, out=y),
+                "ghost": lambda: F.batch_norm_ghost(x, w, b, ghost_batch_size=g,
+                                                    running_mean=rm, running_var=rv,
+                                                    axis=axis, out=y)},
+            "backward": {
+                "plain": lambda: F.batch_norm_backward(dy, x, w, mean, invstd, axis=axis,
+                                                       out=dx),
+                "renorm": lambda: F.batch_norm_renorm_backward(dy, x, w, mean, invstd, r, d,
+                                                               axis=axis, out=dx),
+                "ghost": lambda: F.batch_norm_ghost_backward(dy, x, w, gmean, ginvstd,
+                                                             ghost_batch_size=g, axis=axis)}}
+        for name, fns in passes.items():
+            med = interleaved_medians(fns, repeats)
+            row = {"shape": list(shape), "layout": layout, "pass": name, "ghost_batch_size": g,
+                   "plain_ms": med["plain"] * 1e3, "renorm_ms": med["renorm"] * 1e3,
+                   "ghost_ms": med["ghost"] * 1e3,
+                   "renorm_over_plain": med["renorm"] / med["plain"],
+                   "ghost_over_plain": med["ghost"] / med["plain"]}
+            rows.append(row)
+            if verbose:
+                print(f"{'x'.join(map(str, shape)):<18} {layout:<6} {name:<8} "
+                      f"{row['plain_ms']:>9.3f} {row['renorm_ms']:>10.3f} "
+                      f"{row['ghost_ms']:>9.3f} {row['renorm_over_plain']:>12.2f} "
+                      f"{row['ghost_over_plain']:>11.2f}", flush=True)
+    return {"meta": meta, "rows": rows}
+
+
+def variants_markdown(result) -> str:
+    return _markdown(result["rows"], [
+        ("shape", _shape_text), ("layout", lambda r: r["layout"]), ("pass", lambda r: r["pass"]),
+        ("plain BN ms", lambda r: _number(r["plain_ms"])),
+        ("renorm ms", lambda r: _number(r["renorm_ms"])),
+        ("ghost ms (N/4)", lambda r: _number(r["ghost_ms"])),
+        ("renorm / plain", lambda r: _number(r["renorm_over_plain"], 2)),
+        ("ghost / plain", lambda r: _number(r["ghost_over_plain"], 2))])
+
+
 # The half-precision suite: arrays of 25.7 and 103 MB in float32, both layouts.
 HALF_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
               ((64, 128, 56, 56), "NCHW"), ((64, 56, 56, 128), "NHWC")]
@@ -826,6 +900,8 @@ def main(argv=None) -> int:
                    help="only float16 / bfloat16 data against float32 (bfloat16 needs ml_dtypes)")
     p.add_argument("--fused", action="store_true",
                    help="only the fused BN+ReLU / BN+add+ReLU suite against the two-op paths")
+    p.add_argument("--variants", action="store_true",
+                   help="only batch renormalization and ghost batch norm against plain BN")
     p.add_argument("--models", action="store_true",
                    help="only whole networks (MLPs, CNNs in both layouts, a ResNet): a training "
                         "step and an inference forward against PyTorch")
@@ -845,6 +921,9 @@ def main(argv=None) -> int:
     elif args.fused:
         result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
         table = fused_markdown
+    elif args.variants:
+        result = variants_suite(repeats=args.repeats)
+        table = variants_markdown
     elif args.models:
         from .bench_models import models_markdown, models_suite
 

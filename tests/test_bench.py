@@ -78,3 +78,18 @@ def test_half_suite_runs_and_reports(capsys):
     json.dumps(result)
     assert bench.half_markdown(result).count("\n") == len(rows) + 1
     assert "float16" in capsys.readouterr().out
+
+
+def test_variants_suite_runs_and_reports(capsys):
+    result = bench.variants_suite(repeats=2, suite=[((8, 3, 4, 4), "NCHW"), ((8, 4, 4, 3), "NHWC"),
+                                                    ((16, 5), "NC")])
+    rows = result["rows"]
+    assert [(r["layout"], r["pass"]) for r in rows] == [
+        (lay, p) for lay in ("NCHW", "NHWC", "NC") for p in ("forward", "backward")]
+    for r in rows:
+        assert r["plain_ms"] > 0 and r["renorm_ms"] > 0 and r["ghost_ms"] > 0
+        assert abs(r["ghost_over_plain"] - r["ghost_ms"] / r["plain_ms"]) < 1e-9
+        assert r["ghost_batch_size"] in (2, 4)
+    json.dumps(result)
+    assert bench.variants_markdown(result).count("\n") == len(rows) + 1
+    assert "renorm" in capsys.readouterr().out
