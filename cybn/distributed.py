@@ -152,7 +152,9 @@ class SyncBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ranks={self.comm.size}"
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        if mask is not None:
+            raise ValueError("SyncBatchNorm has no mask= (masked statistics are per process)")
         x = np.asarray(x)
         if self.track_running_stats and (self.frozen or not self.training):
             return super().forward(x)

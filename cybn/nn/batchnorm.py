@@ -183,13 +183,15 @@ class _BatchNorm(Module):
             self.running_var.fill(1)
             self.num_batches_tracked.fill(0)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         """Normalize x: batch statistics in training mode (or without running statistics),
         running statistics in eval mode. Training updates the running statistics. With
-        ``activation="relu"``, ``relu(BN(x))`` in the same pass."""
-        return self._run(x, None, self.activation)
+        ``activation="relu"``, ``relu(BN(x))`` in the same pass. ``mask`` (boolean, x's
+        shape without the channel axis): in training, False positions are left out of the
+        statistics (see :func:`cybn.batch_norm_train`); ignored with running statistics."""
+        return self._run(x, None, self.activation, mask)
 
-    def _run(self, x, residual, activation):
+    def _run(self, x, residual, activation, mask=None):
         """forward with a fused ``activation(BN(x) + residual)`` (for :class:`Residual`);
         after a residual, :meth:`backward` returns ``(dx, dresidual)``."""
         x = np.asarray(x)
@@ -230,14 +232,23 @@ class _BatchNorm(Module):
             flags = tuple(not (g and self.on_degenerate == "use_running") for g in degenerate)
             self._cache = (x, mean, invstd, flags, axis, residual, activation, ("ghost",))
             return y
-        degenerate = x.size > 0 and x.size == x.shape[axis]  # one value per channel
+        if mask is not None:
+            if self.renorm or self.ghost_batch_size is not None:
+                raise ValueError("mask= does not work with renorm or ghost_batch_size")
+            count = int(np.count_nonzero(mask))
+            degenerate, counted = count == 1, count >= 2
+            running["mask"] = mask
+        else:
+            degenerate = x.size > 0 and x.size == x.shape[axis]  # one value per channel
+            counted = not degenerate
         y, mean, invstd = F.batch_norm_train(x, w, b, on_degenerate=self.on_degenerate,
                                              **running, **fused)
-        if update and not degenerate:
+        if update and counted:
             self.num_batches_tracked[...] += 1
         # with on_degenerate="use_running" the running statistics normalized x
         training = not (degenerate and self.on_degenerate == "use_running")
-        self._cache = (x, mean, invstd, training, axis, residual, activation, None)
+        variant = None if mask is None else ("mask", mask)
+        self._cache = (x, mean, invstd, training, axis, residual, activation, variant)
         return y
 
     def backward(self, dy):
@@ -247,9 +258,10 @@ class _BatchNorm(Module):
         x, mean, invstd, training, axis, residual, activation, variant = self._take_saved()
         dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
         w, b = self._gamma(), self._beta()
-        if variant is None:
+        if variant is None or variant[0] == "mask":
             grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
-                                          activation=activation, bias=b, residual=residual)
+                                          activation=activation, bias=b, residual=residual,
+                                          mask=None if variant is None else variant[1])
         elif variant[0] == "renorm":
             grads = F.batch_norm_renorm_backward(dy, x, w, mean, invstd, variant[1],
                                                  variant[2], axis=axis)

@@ -85,8 +85,8 @@ class Module:
         """A state array saved in state_dict but not trained (running statistics)."""
         self._buffers[name] = value
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, **kwargs):
+        return self.forward(x, **kwargs)
 
     def forward(self, x):
         raise NotImplementedError

@@ -22,6 +22,7 @@ from .._validate import (
 from . import _schedule
 from ._run import Output, channel_affine, empty_result, kernel_array, update_running
 from .conventions import get_convention
+from .masked import check_mask, masked_grad_apply, masked_train
 from .conventions import resolve as resolve_convention
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm",
@@ -52,7 +53,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                      momentum: float | None = None, eps: float | None = None, axis: int = 1,
                      activation: str | None = None, residual=None, stats=None, out=None,
                      convention: str | None = None, running_variance: str | None = None,
-                     on_degenerate: str = "raise"):
+                     on_degenerate: str = "raise", mask=None):
     """Training-mode batch normalization with batch statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the per-channel mean and
@@ -107,6 +108,13 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         inference one: call :func:`batch_norm_backward` with ``training=False``); or
         normalize with the batch statistics as the other frameworks do (the output is then
         ``bias``) and leave the running statistics unchanged.
+    mask : boolean ndarray, optional
+        x's shape without the channel axis (e.g. (N, L) for padded sequences in NCL or NLC):
+        False positions are left out of the statistics (and of the running statistics'
+        count) and get the same affine transform. No stats=, residual or activation with
+        it; float32/float64 x. An all-False mask gives NaN statistics and output and leaves
+        the running statistics unchanged (as an empty batch); one True position per channel
+        follows on_degenerate. Pass the same mask to :func:`batch_norm_backward`.
 
     Returns
     -------
@@ -127,9 +135,13 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     if on_degenerate not in DEGENERATE_POLICIES:
         raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
                          f"{on_degenerate!r}")
-    if stats is not None:
+    if stats is not None and mask is None:
         return _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
                                  axis, relu, residual, stats, out, unbiased)
+    if mask is not None:
+        return _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, eps,
+                                     axis, relu, residual, stats, out, unbiased, on_degenerate,
+                                     mask)
     if residual is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
@@ -198,6 +210,32 @@ def _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis,
                                       "running_var": running_var, "residual": residual},
               in_place_ok=("x", "residual"))
     return x, view, w, b, rm, rv, momentum, eps, ep, residual
+
+
+def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, eps, axis,
+                          relu, residual, stats, out, unbiased, on_degenerate, mask):
+    """batch_norm_train with mask=: everything checked, then the masked kernels."""
+    if stats is not None or residual is not None or relu:
+        raise ValueError("mask= works without stats=, residual= and activation=")
+    x, view, w, b, rm, rv, momentum, eps, _, _ = _train_args(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis, False, None, out)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"mask= takes float32 or float64 x, got {x.dtype}")
+    mask8 = check_mask(mask, x, view.axis)
+    count = int(np.count_nonzero(mask8))
+    if count == 1:
+        if on_degenerate == "raise":
+            raise ValueError(f"Expected more than 1 unmasked value per channel when training, "
+                             f"got 1 (input of shape {x.shape}; see on_degenerate)")
+        if on_degenerate == "use_running":
+            if rm is None:
+                raise ValueError("on_degenerate='use_running' needs running_mean and "
+                                 "running_var")
+            y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, out=out)
+            return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        rm = rv = None
+    return masked_train(x, view, view.axis, w, b, rm, rv, momentum, eps, unbiased, mask8,
+                        count, out)
 
 
 def _global_stats(stats, C: int) -> tuple:
@@ -303,7 +341,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
 
 
 def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, axis: int = 1,
-                        activation: str | None = None, bias=None, residual=None, out=None):
+                        activation: str | None = None, bias=None, residual=None, out=None,
+                        mask=None):
     """Gradients of batch normalization with respect to x, weight and bias (and, after a
     fused ``relu(BN(x) + residual)``, the residual).
 
@@ -337,6 +376,10 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         The forward's residual (x's shape and dtype); its gradient is returned as well.
     out : ndarray, optional
         Array of x's shape and dtype for dx; may be dy, x or residual itself.
+    mask : boolean ndarray, optional
+        The forward's mask (see :func:`batch_norm_train`); with ``training=True`` the
+        gradient through the masked statistics (the sums run over every position; the
+        statistics' terms apply where the mask is True). Ignored with ``training=False``.
 
     Returns
     -------
@@ -350,7 +393,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         Only when ``residual`` is given: g, the gradient of the residual.
     """
     relu = check_activation(activation)
-    if not relu and residual is None:
+    if not relu and residual is None and mask is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
                                       _schedule.MIN_PARALLEL_SIZE)
@@ -370,6 +413,17 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
                                       "invstd": invstd, "bias": bias, "residual": residual},
               in_place_ok=("x", "dy", "residual"))
+    if mask is not None and training:
+        if relu or residual is not None:
+            raise ValueError("mask= works without residual= and activation=")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"mask= takes float32 or float64 x, got {x.dtype}")
+        mask8 = check_mask(mask, x, view.axis)
+        count = max(int(np.count_nonzero(mask8)), 1)
+        sum_dy, sum_dy_xmu = batch_norm_backward_reduce(dy, x, mu, axis=axis)
+        dx = masked_grad_apply(dy, x, view.axis, mask8, w, mu, inv, sum_dy, sum_dy_xmu, count,
+                               out)
+        return dx, (sum_dy_xmu * inv).astype(x.dtype), sum_dy.astype(x.dtype)
     if not relu and residual is not None:  # y = BN(x) + residual: the residual gets dy
         dres = dy.copy()
         return (*batch_norm_backward(dy, x, weight, mean, invstd, training=training,

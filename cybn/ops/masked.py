@@ -1,0 +1,103 @@
+"""Masked batch statistics (``mask=`` of :func:`batch_norm_train` and
+:func:`batch_norm_backward`): positions where the mask is False (padding) are left out of the
+per-channel mean and variance, every position gets the same affine transform.
+
+The gradient is the exact one of that forward: the outputs at masked positions depend on the
+statistics too, so the reduction sums ``sum(dy)`` and ``sum(dy * (x - mean))`` run over every
+position, and the correction terms that come from differentiating the statistics apply only
+where the mask is True::
+
+    dx = w * invstd * (dy - m * (sum(dy) + (x - mean) * invstd**2 * sum(dy * (x - mean))) / n)
+
+with n the number of counted positions. When the loss ignores the padded positions (dy = 0
+there, the usual case), masked positions contribute nothing to the sums. Not public API.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _kernels
+from .._validate import describe
+from . import _schedule
+from ._run import Output, channel_affine, update_running
+
+
+def check_mask(mask, x: np.ndarray, axis: int) -> np.ndarray:
+    """mask as a C-contiguous uint8 array of x's shape without the channel axis."""
+    expected = x.shape[:axis] + x.shape[axis + 1:]
+    m = np.asarray(mask) if not isinstance(mask, np.ndarray) else mask
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array, got {describe(mask)}")
+    if m.shape != expected:
+        raise ValueError(f"mask must have x's shape without the channel axis {expected}, got "
+                         f"{m.shape}")
+    return np.ascontiguousarray(m).view(np.uint8)
+
+
+def _geometry(x: np.ndarray, axis: int) -> tuple:
+    return math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
+
+
+def masked_moments(x: np.ndarray, axis: int, mask8: np.ndarray, count: int) -> tuple:
+    """Per-channel (mean, m2) over the counted positions (count > 0), float64."""
+    outer, C, inner = _geometry(x, axis)
+    xc = np.ascontiguousarray(x)
+    mean, m2 = np.empty(C), np.empty(C)
+    threads = _schedule.threads_for(x.size)
+    if inner == 1:
+        blocks = -(-outer // 512)  # MASK_ROW_BLOCK rows per block (masked.pxi)
+        part = np.empty((max(blocks, 1), C))
+        _kernels.masked_row_moments(xc.reshape(outer, C), mask8.reshape(outer), float(count),
+                                    mean, m2, part, threads)
+    else:
+        _kernels.masked_plane_moments(xc.reshape(outer, C, inner), mask8.reshape(outer, inner),
+                                      float(count), mean, m2, threads)
+    return mean, m2
+
+
+def masked_train(x, view, axis: int, w, b, rm, rv, momentum: float, eps: float,
+                 unbiased: bool, mask8: np.ndarray, count: int, out) -> tuple:
+    """The training forward with masked statistics; (y, mean, invstd). count >= 2, or 0 (all
+    masked: the zero-size policy, NaN statistics and output, running statistics kept)."""
+    C = view.channels
+    if count == 0:
+        mean = np.full(C, np.nan)
+        var = np.full(C, np.nan)
+    else:
+        mean, m2 = masked_moments(x, axis, mask8, count)
+        var = m2 / count
+    invstd = 1.0 / np.sqrt(var + eps)
+    dest = Output(view, out, x.dtype)
+    channel_affine(view, x, mean, w * invstd, b, dest.kernel, _schedule.threads(view))
+    if rm is not None and count > 0:
+        update_running(rm, mean, momentum, 1.0)
+        update_running(rv, var, momentum, count / (count - 1) if unbiased else 1.0)
+    return dest.result(), mean, invstd
+
+
+def masked_grad_apply(dy, x, axis: int, mask8, w, mean, invstd, sum_dy, sum_dy_xmu,
+                      count: int, out) -> np.ndarray:
+    """dx of the masked training forward from the reduction sums over all positions."""
+    outer, C, inner = _geometry(x, axis)
+    a = w * invstd
+    d = -a * invstd * invstd * sum_dy_xmu / count
+    bcoef = -a * sum_dy / count - d * mean
+    dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
+    dyc, xc = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    threads = _schedule.threads_for(x.size)
+    if inner == 1:
+        _kernels.masked_row_grad_apply(dyc.reshape(outer, C), xc.reshape(outer, C),
+                                       mask8.reshape(outer), a, bcoef, d,
+                                       dx.reshape(outer, C), threads)
+    else:
+        _kernels.masked_plane_grad_apply(dyc.reshape(outer, C, inner),
+                                         xc.reshape(outer, C, inner),
+                                         mask8.reshape(outer, inner), a, bcoef, d,
+                                         dx.reshape(outer, C, inner), threads)
+    if out is not None and dx is not out:
+        np.copyto(out, dx)
+        return out
+    return dx
