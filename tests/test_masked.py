@@ -150,3 +150,19 @@ def test_the_layer_takes_a_mask_for_padded_sequences():
     assert np.allclose(dx[~mask], 0)
     bn.eval()
     np.testing.assert_allclose(bn(x, mask=mask), bn(x))  # running statistics: no mask needed
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 3, 9), 1), ((4, 9, 3), -1), ((3, 2, 5, 6), 1)])
+def test_nan_and_inf_under_the_mask_do_not_leak_into_the_statistics(shape, axis):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mask = make_mask(x, axis, seed=12)
+    _, mean, invstd = cybn.batch_norm_train(x, axis=axis, mask=mask)
+    dirty = x.copy()
+    hidden = np.moveaxis(dirty, axis, -1)
+    hidden[~mask] = np.nan
+    hidden[~mask & (np.arange(mask.size).reshape(mask.shape) % 2 == 0)] = np.inf
+    y, mean2, invstd2 = cybn.batch_norm_train(dirty, axis=axis, mask=mask)
+    np.testing.assert_array_equal(mean2, mean)      # the fallback gives the same bits
+    np.testing.assert_array_equal(invstd2, invstd)
+    assert np.isfinite(np.moveaxis(y, axis, -1)[mask]).all()

@@ -104,7 +104,8 @@ def im2col_rows(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, d
                 dw: int, cols: Data, Ho: int, Wo: int, num_threads: int) -> None: ...
 def col2im_rows(dcols: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int,
                 dw: int, Ho: int, Wo: int, dx: Data, num_threads: int) -> None: ...
-# masked batch statistics: mask 1 = counted (plane: (outer, inner); row: (rows,))
+# masked batch statistics: mask 1 = counted (plane: (outer, inner) 1.0/0.0 in x's dtype;
+# row: (rows,) uint8)
 def masked_plane_moments(x: Data, mask: Data, count: float, mean: F64, m2: F64,
                          num_threads: int) -> None: ...
 def masked_row_moments(x: Data, mask: Data, count: float, mean: F64, m2: F64, part: F64,

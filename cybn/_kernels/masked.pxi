@@ -11,67 +11,71 @@ cdef enum:
     MASK_ROW_BLOCK = 512  # rows per work item of the row kernels
 
 
-cdef inline double masked_run_sum(const floating* x, const unsigned char* m, Py_ssize_t n,
-                                  double center, bint square) noexcept nogil:
-    """Sum over i < n with m[i] of x[i] (square: (x[i] - center)**2), in 8 interleaved double
-    accumulators (added in a fixed order) so the loop is not bound by one add's latency;
-    positions with m[i] == 0 are skipped by a select, so NaN there does not leak in."""
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, a4 = 0.0, a5 = 0.0, a6 = 0.0
-    cdef double a7 = 0.0, v
-    cdef Py_ssize_t i, n8 = n - n % 8
-    for i in range(0, n8, 8):
-        if square:
-            v = <double>x[i] - center
-            a0 += v * v if m[i] else 0.0
-            v = <double>x[i + 1] - center
-            a1 += v * v if m[i + 1] else 0.0
-            v = <double>x[i + 2] - center
-            a2 += v * v if m[i + 2] else 0.0
-            v = <double>x[i + 3] - center
-            a3 += v * v if m[i + 3] else 0.0
-            v = <double>x[i + 4] - center
-            a4 += v * v if m[i + 4] else 0.0
-            v = <double>x[i + 5] - center
-            a5 += v * v if m[i + 5] else 0.0
-            v = <double>x[i + 6] - center
-            a6 += v * v if m[i + 6] else 0.0
-            v = <double>x[i + 7] - center
-            a7 += v * v if m[i + 7] else 0.0
-        else:
-            a0 += <double>x[i] if m[i] else 0.0
-            a1 += <double>x[i + 1] if m[i + 1] else 0.0
-            a2 += <double>x[i + 2] if m[i + 2] else 0.0
-            a3 += <double>x[i + 3] if m[i + 3] else 0.0
-            a4 += <double>x[i + 4] if m[i + 4] else 0.0
-            a5 += <double>x[i + 5] if m[i + 5] else 0.0
-            a6 += <double>x[i + 6] if m[i + 6] else 0.0
-            a7 += <double>x[i + 7] if m[i + 7] else 0.0
-    for i in range(n8, n):
-        if m[i]:
-            v = <double>x[i] - center if square else <double>x[i]
-            a0 += v * v if square else v
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+cdef inline double masked_run_sum(const floating* x, const floating* m, Py_ssize_t n,
+                                  double center, bint square, bint select) noexcept nogil:
+    """Sum over i < n with m[i] (1.0 or 0.0) of x[i] (square: (x[i] - center)**2), in 8
+    interleaved double accumulators (added in a fixed order at the end), so the loop is not
+    bound by one add's latency. Without ``select`` each term is multiplied by m[i]
+    (vectorizes; the same bits as skipping it while the data are finite); with ``select``
+    the terms of m[i] == 0 are skipped, so NaN or inf there cannot leak in (the caller's
+    fallback)."""
+    cdef double acc[8]
+    cdef double v
+    cdef Py_ssize_t i, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0.0
+    if select:
+        for i in range(n):
+            if m[i]:
+                v = <double>x[i] - center if square else <double>x[i]
+                acc[i % 8] += v * v if square else v
+    elif square:
+        for i in range(0, n8, 8):
+            for k in range(8):
+                v = <double>x[i + k] - center
+                acc[k] += (v * v) * <double>m[i + k]
+    else:
+        for i in range(0, n8, 8):
+            for k in range(8):
+                acc[k] += <double>(x[i + k] * m[i + k])
+    if not select:
+        for i in range(n8, n):
+            if m[i]:
+                v = <double>x[i] - center if square else <double>x[i]
+                acc[i % 8] += v * v if square else v
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
-cdef inline void masked_channel_moments(const floating* x, const unsigned char* mask,
+cdef inline double masked_plane_sum(const floating* x, const floating* mask,
+                                    Py_ssize_t outer, Py_ssize_t stride, Py_ssize_t inner,
+                                    double center, bint square) noexcept nogil:
+    """The masked sum over a channel's outer planes (in order); recomputed with the select
+    form when the fast form is not finite (NaN or inf somewhere, maybe under the mask)."""
+    cdef Py_ssize_t o
+    cdef double s = 0.0
+    for o in range(outer):
+        s += masked_run_sum(x + o * stride, mask + o * inner, inner, center, square, False)
+    if isfinite(s):
+        return s
+    s = 0.0
+    for o in range(outer):
+        s += masked_run_sum(x + o * stride, mask + o * inner, inner, center, square, True)
+    return s
+
+
+cdef inline void masked_channel_moments(const floating* x, const floating* mask,
                                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                                         double count, double* mean,
                                         double* m2) noexcept nogil:
     """One channel's (mean, m2) over its outer planes of inner elements (x at the channel's
     first plane), the planes summed in order."""
-    cdef Py_ssize_t o
-    cdef double s = 0.0, q = 0.0, mu
-    for o in range(outer):
-        s += masked_run_sum(x + o * C * inner, mask + o * inner, inner, 0.0, False)
-    mu = s / count
-    for o in range(outer):
-        q += masked_run_sum(x + o * C * inner, mask + o * inner, inner, mu, True)
+    cdef double mu = masked_plane_sum(x, mask, outer, C * inner, inner, 0.0, False) / count
     mean[0] = mu
-    m2[0] = q
+    m2[0] = masked_plane_sum(x, mask, outer, C * inner, inner, mu, True)
 
 
 def masked_plane_moments(const floating[:, :, ::1] x,       # IN  (outer, C, inner)
-                         const unsigned char[:, ::1] mask,  # IN  (outer, inner)
+                         const floating[:, ::1] mask,       # IN  (outer, inner) 1.0 / 0.0
                          double count,                      # IN  mask's number of ones, > 0
                          double[::1] mean,                  # OUT (C,)
                          double[::1] m2,                    # OUT (C,)
@@ -79,7 +83,7 @@ def masked_plane_moments(const floating[:, :, ::1] x,       # IN  (outer, C, inn
     """Per-channel mean and M2 over the positions where mask is 1."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
     cdef const floating* xp = &x[0, 0, 0]
-    cdef const unsigned char* mp = &mask[0, 0]
+    cdef const floating* mp = &mask[0, 0]
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             masked_channel_moments(xp + c * inner, mp, outer, C, inner, count, &mean[c],

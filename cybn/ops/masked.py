@@ -53,8 +53,9 @@ def masked_moments(x: np.ndarray, axis: int, mask8: np.ndarray, count: int) -> t
         _kernels.masked_row_moments(xc.reshape(outer, C), mask8.reshape(outer), float(count),
                                     mean, m2, part, threads)
     else:
-        _kernels.masked_plane_moments(xc.reshape(outer, C, inner), mask8.reshape(outer, inner),
-                                      float(count), mean, m2, threads)
+        weights = mask8.reshape(outer, inner).astype(x.dtype)  # 1.0 / 0.0, x's precision
+        _kernels.masked_plane_moments(xc.reshape(outer, C, inner), weights, float(count), mean,
+                                      m2, threads)
     return mean, m2
 
 
