@@ -167,7 +167,12 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                  residual=residual, out=out)
             return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
         rm = rv = None  # "skip_update": batch statistics, running statistics unchanged
+    return _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out)
 
+
+def _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out) -> tuple:
+    """The training kernels on checked arguments (count >= 2): (y, mean, invstd)."""
+    C = view.channels
     threads = _schedule.threads(view)
     K = _kernels.for_dtype(x.dtype)
     xk = kernel_array(view, x)

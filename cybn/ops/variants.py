@@ -27,7 +27,9 @@ import numpy as np
 from .._validate import check_activation, describe, is_int
 from . import _schedule
 from ._run import Output, channel_affine, channel_moments, update_running
-from .batchnorm import _residual, _train_args, batch_norm_backward, batch_norm_train
+from .._validate import channel_view
+from .batchnorm import (DEGENERATE_POLICIES, _train_args, _train_core, batch_norm_backward,
+                        batch_norm_train)
 from .conventions import resolve as resolve_convention
 
 __all__ = ["RenormSchedule", "batch_norm_renorm", "batch_norm_renorm_backward",
@@ -165,6 +167,9 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
         Each ghost batch's statistics, for :func:`batch_norm_ghost_backward`.
     """
     check_activation(activation)
+    if on_degenerate not in DEGENERATE_POLICIES:
+        raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
+                         f"{on_degenerate!r}")
     x = np.asarray(x)
     if x.ndim < 2 or axis % x.ndim == 0:
         raise ValueError(f"batch_norm_ghost splits axis 0 into ghost batches; the channel axis "
@@ -172,25 +177,31 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     parts = ghost_slices(x.shape[0], ghost_batch_size)
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
     # everything checked once, before any ghost batch runs or a running statistic changes
-    x, view, *_ = _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis,
-                              activation is not None, residual, out)
-    residual = _residual(residual, x)
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis,
+        activation is not None, residual, out)
     y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
     if not parts:
         nan = np.full((0, view.channels), np.nan)
         return y, nan, nan.copy()
-    if parts[-1].stop - parts[-1].start == 1 and x.size // (x.shape[0] * view.channels) == 1 \
-            and on_degenerate == "raise":
+    per_sample = x.size // (x.shape[0] * view.channels)
+    last_degenerate = (parts[-1].stop - parts[-1].start) * per_sample == 1
+    if last_degenerate and on_degenerate == "raise":
         raise ValueError(f"the last ghost batch has one value per channel (batch {x.shape[0]},"
                          f" ghost_batch_size {ghost_batch_size}); see on_degenerate")
     means, invstds = [], []
-    for s in parts:
-        _, mean, invstd = batch_norm_train(
-            x[s], weight, bias, running_mean=running_mean, running_var=running_var,
-            momentum=momentum, eps=eps, axis=axis, activation=activation,
-            residual=None if residual is None else residual[s], out=y[s],
-            running_variance="unbiased" if unbiased else "biased",
-            on_degenerate=on_degenerate)
+    for k, s in enumerate(parts):
+        xs, ys = x[s], y[s]
+        rs = None if residual is None else residual[s]
+        if k == len(parts) - 1 and last_degenerate:  # the policy, by the full op
+            _, mean, invstd = batch_norm_train(
+                xs, w, b, running_mean=rm, running_var=rv, momentum=momentum, eps=eps,
+                axis=axis, activation=activation, residual=rs, out=ys,
+                running_variance="unbiased" if unbiased else "biased",
+                on_degenerate=on_degenerate)
+        else:  # checked above: straight to the kernels, a view of x per ghost batch
+            _, mean, invstd = _train_core(xs, channel_view(xs, axis), w, b, rm, rv, momentum,
+                                          eps, unbiased, ep, rs, ys)
         means.append(mean)
         invstds.append(invstd)
     return y, np.stack(means), np.stack(invstds)
