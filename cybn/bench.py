@@ -753,7 +753,8 @@ def variants_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
                 "renorm": lambda: F.batch_norm_renorm_backward(dy, x, w, mean, invstd, r, d,
                                                                axis=axis, out=dx),
                 "ghost": lambda: F.batch_norm_ghost_backward(dy, x, w, gmean, ginvstd,
-                                                             ghost_batch_size=g, axis=axis)}}
+                                                             ghost_batch_size=g, axis=axis,
+                                                             out=dx)}}
         for name, fns in passes.items():
             med = interleaved_medians(fns, repeats)
             row = {"shape": list(shape), "layout": layout, "pass": name, "ghost_batch_size": g,

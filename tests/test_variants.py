@@ -242,3 +242,57 @@ def test_ghost_layer_with_fused_relu_trains_like_the_functional_loop():
     layer.eval()
     np.testing.assert_allclose(layer(x), np.maximum(cybn.batch_norm_infer(
         x, layer.running_mean, layer.running_var, axis=-1), 0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((12, 3, 70, 40), 1), ((12, 7, 9, 16), -1),
+                                        ((30, 33), 1), ((10, 3, 5), 1)])
+def test_the_ghost_kernel_gives_the_bits_of_one_call_per_ghost_batch(shape, axis, dtype):
+    """Equal ghost batches run as one kernel call (a ghost batch per work item); each equals
+    batch_norm_train / batch_norm_backward on that ghost batch, for any thread count."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    g = 3  # 12 / 3 (and 30, 10 / 3): equal ghost batches, plus a remainder for 10
+    for threads in (1, 2, 3):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            rm, rv = np.zeros(C), np.ones(C)
+            y, mean, invstd = cybn.batch_norm_ghost(x, w, b, ghost_batch_size=g,
+                                                    running_mean=rm, running_var=rv, axis=axis)
+            dx, dw, db = cybn.batch_norm_ghost_backward(dy, x, w, mean, invstd,
+                                                        ghost_batch_size=g, axis=axis)
+            rm2, rv2 = np.zeros(C), np.ones(C)
+            for k, start in enumerate(range(0, shape[0], g)):
+                s = slice(start, start + g)
+                yk, mk, ik = cybn.batch_norm_train(x[s], w, b, running_mean=rm2,
+                                                   running_var=rv2, axis=axis)
+                np.testing.assert_array_equal(y[s], yk)
+                np.testing.assert_array_equal(mean[k], mk)
+                np.testing.assert_array_equal(invstd[k], ik)
+                dxk = cybn.batch_norm_backward(dy[s], x[s], w, mk, ik, axis=axis)[0]
+                np.testing.assert_array_equal(dx[s], dxk)
+            np.testing.assert_array_equal(rm, rm2)
+            np.testing.assert_array_equal(rv, rv2)
+            if threads == 1:
+                first = (dx, dw, db)
+            else:
+                for got, want in zip((dx, dw, db), first):
+                    np.testing.assert_array_equal(got, want)
+
+
+def test_ghost_backward_out_may_be_dy():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((8, 3, 4, 4))
+    dy = rng.standard_normal(x.shape)
+    _, mean, invstd = cybn.batch_norm_ghost(x, ghost_batch_size=2)
+    want = cybn.batch_norm_ghost_backward(dy, x, None, mean, invstd, ghost_batch_size=2)
+    got = cybn.batch_norm_ghost_backward(dy, x, None, mean, invstd, ghost_batch_size=2, out=dy)
+    assert got[0] is dy
+    np.testing.assert_array_equal(dy, want[0])
+    with pytest.raises(ValueError):
+        cybn.batch_norm_ghost_backward(dy, x, None, mean, invstd, ghost_batch_size=2,
+                                       out=np.empty((8, 3, 4, 5)))

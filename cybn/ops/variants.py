@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import check_activation, describe, is_int
+from .. import _kernels
+from .._validate import channel_view, check_activation, check_out, describe, is_int
 from . import _schedule
 from ._run import Output, channel_affine, channel_moments, update_running
-from .._validate import channel_view
 from .batchnorm import (DEGENERATE_POLICIES, _train_args, _train_core, batch_norm_backward,
                         batch_norm_train)
 from .conventions import resolve as resolve_convention
@@ -150,6 +150,36 @@ def ghost_slices(n: int, ghost_batch_size) -> list:
     return [slice(i, min(i + g, n)) for i in range(0, n, g)]
 
 
+def _ghost_kernel_applies(x, y, parts, activation, residual) -> bool:
+    """Whether the equal ghost batches run as one ghost kernel call: float32/float64, no
+    fused activation or residual, at least two equal ghost batches, contiguous arrays. A
+    choice from the shapes and arguments only (never the thread count)."""
+    return (activation is None and residual is None and x.dtype in (np.float32, np.float64)
+            and len(parts) >= 2 and x.shape[0] // parts[0].stop >= 2
+            and x.flags.c_contiguous and y.flags.c_contiguous)
+
+
+def _ghost_geometry(x, axis: int, g: int) -> tuple:
+    """(plane, d0, d1, C, inner) of one ghost batch of g samples, as the cores take it."""
+    view = channel_view(x[:g], axis)
+    if view.family == "plane":
+        return True, view.outer, 0, view.channels, view.inner, view
+    return False, view.rows, view.width, view.channels, view.inner, view
+
+
+def _ghost_forward(x, y, axis: int, G: int, g: int, w, b, eps: float) -> tuple:
+    """The first G ghost batches of g samples through the ghost kernel: (mean, var, invstd),
+    each (G, C)."""
+    plane, d0, d1, C, inner, view = _ghost_geometry(x, axis, g)
+    mean, var, invstd = (np.empty((G, C)) for _ in range(3))
+    status = np.zeros(G, dtype=np.int32)
+    _kernels.ghost_train_forward(x[:G * g].reshape(G, -1), y[:G * g].reshape(G, -1), plane, d0,
+                                 d1, C, inner, w, b, eps, mean, var, invstd, status,
+                                 _schedule.streaming(channel_view(x, axis), x.itemsize, "train"),
+                                 _schedule.threads_for(x.size))
+    return mean, var, invstd
+
+
 def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, running_mean=None,
                      running_var=None, momentum: float | None = None, eps: float | None = None,
                      axis: int = 1, activation: str | None = None, residual=None,
@@ -190,7 +220,18 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
         raise ValueError(f"the last ghost batch has one value per channel (batch {x.shape[0]},"
                          f" ghost_batch_size {ghost_batch_size}); see on_degenerate")
     means, invstds = [], []
-    for k, s in enumerate(parts):
+    first = 0
+    if _ghost_kernel_applies(x, y, parts, activation, residual):
+        first = x.shape[0] // parts[0].stop  # the equal ghost batches: one kernel call
+        mean, var, invstd = _ghost_forward(x, y, axis, first, parts[0].stop, w, b, eps)
+        for g in range(first):  # the running statistics, once per ghost batch, in order
+            if rm is not None:
+                n = x.size // x.shape[0] * parts[0].stop // view.channels
+                update_running(rm, mean[g], momentum, 1.0)
+                update_running(rv, var[g], momentum, n / (n - 1) if unbiased else 1.0)
+        means.extend(mean)
+        invstds.extend(invstd)
+    for k, s in enumerate(parts[first:], start=first):
         xs, ys = x[s], y[s]
         rs = None if residual is None else residual[s]
         if k == len(parts) - 1 and last_degenerate:  # the policy, by the full op
@@ -209,12 +250,13 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
 
 def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: int,
                               axis: int = 1, activation: str | None = None, bias=None,
-                              residual=None, training=True) -> tuple:
+                              residual=None, training=True, out=None) -> tuple:
     """Gradients of :func:`batch_norm_ghost`: each ghost batch's batch-norm backward with its
     own statistics; (dx, dweight, dbias) (and dresidual after a residual), the parameter
     gradients summed over the ghost batches in order (in float64, returned in x's dtype).
     ``training`` may be a sequence of one bool per ghost batch (False where the running
-    statistics normalized it, see on_degenerate="use_running")."""
+    statistics normalized it, see on_degenerate="use_running"). ``out``: an array of x's
+    shape and dtype for dx (may be dy or x itself)."""
     x = np.asarray(x)
     dy = np.asarray(dy)
     parts = ghost_slices(x.shape[0], ghost_batch_size)
@@ -225,13 +267,35 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
     if dy.shape != x.shape:
         raise ValueError(f"dy must have x's shape {x.shape}, got {dy.shape}")
     flags = [training] * len(parts) if isinstance(training, bool) else list(training)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd, "bias": bias, "residual": residual},
+              in_place_ok=("x", "dy"))
+    dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
     dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
     if not parts:
         raise ValueError("batch_norm_ghost_backward: x has no samples")
     dw, db = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
     dtype = None
-    for i, s in enumerate(parts):
+    first = 0
+    if all(flags) and dy.dtype == x.dtype and _ghost_kernel_applies(
+            x, dx, parts, activation, residual) and dy.flags.c_contiguous:
+        first = x.shape[0] // parts[0].stop
+        g = parts[0].stop
+        plane, d0, d1, C, inner, view = _ghost_geometry(x, axis, g)
+        sum_dy, sum_dy_xmu = np.empty((first, C)), np.empty((first, C))
+        status = np.zeros(first, dtype=np.int32)
+        w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+        _kernels.ghost_backward(dy[:first * g].reshape(first, -1), x[:first * g].reshape(
+            first, -1), dx[:first * g].reshape(first, -1), plane, d0, d1, C, inner,
+            np.ascontiguousarray(mean[:first], dtype=np.float64),
+            np.ascontiguousarray(invstd[:first], dtype=np.float64), w, sum_dy,
+            sum_dy_xmu, status, _schedule.streaming(channel_view(x, axis), x.itemsize, "backward"),
+            _schedule.threads_for(x.size))
+        for i in range(first):  # in ghost order
+            dw = dw + sum_dy_xmu[i] * invstd[i]
+            db = db + sum_dy[i]
+        dtype = x.dtype
+    for i, s in enumerate(parts[first:], start=first):
         grads = batch_norm_backward(dy[s], x[s], weight, mean[i], invstd[i], training=flags[i],
                                     axis=axis, activation=activation, bias=bias,
                                     residual=None if residual is None else residual[s],
@@ -241,5 +305,8 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
         dw, db = dw + gw, db + gb
         if dres is not None:
             dres[s] = grads[3]
+    if out is not None and dx is not out:
+        np.copyto(out, dx)
+        dx = out
     result = (dx, dw.astype(dtype), db.astype(dtype))
     return result if dres is None else result + (dres,)
