@@ -163,3 +163,24 @@ def test_inplace_relu_rejects_what_it_cannot_write():
     np.testing.assert_array_equal(x, np.linspace(-1, 1, 12, dtype=np.float32))
     with pytest.raises(TypeError, match="must be an ndarray"):
         cybn.ReLU(inplace=True)([1.0, -1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_numpy_relu_path_follows_pytorch_at_nan_and_infinite_dy(dtype):
+    """Dtypes without a compiled kernel: the gradient passes where x is NaN (not <= 0) and is
+    exactly 0 where x <= 0, even for an infinite dy."""
+    if dtype == np.float16:
+        x = np.array([-1.0, 0.0, 2.0, np.nan, -np.inf], dtype=dtype)
+        dy = np.array([np.inf, -np.inf, 3.0, 5.0, np.inf], dtype=dtype)
+        want_y = np.array([0.0, 0.0, 2.0, np.nan, 0.0], dtype=dtype)
+        want_dx = np.array([0.0, 0.0, 3.0, 5.0, 0.0], dtype=dtype)
+    else:
+        x = np.array([-1, 0, 2, 7], dtype=dtype)
+        dy = np.array([1.0, 2.0, 3.0, 4.0])
+        want_y = np.array([0, 0, 2, 7], dtype=dtype)
+        want_dx = np.array([0.0, 0.0, 3.0, 4.0])
+    relu = cybn.ReLU()
+    np.testing.assert_array_equal(relu(x), want_y)
+    dx = relu.backward(dy)
+    np.testing.assert_array_equal(dx, want_dx)
+    assert not np.isnan(dx[:2]).any()
