@@ -114,6 +114,11 @@ class Conv2d(Module):
         self._cache = ("im2col", cols, xh.shape, x.shape)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
+    def _dense_weight(self) -> np.ndarray:
+        """weight (out, in, kh, kw) as (out, kh * kw * in), the channels-last column order."""
+        w = self.weight.data
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
     def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
         """groups=1: compiled im2col and one matrix product, in x's own layout (no
         transposes), on cybn's threads (see cybn._blas)."""
@@ -124,9 +129,8 @@ class Conv2d(Module):
             cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation,
                           ho, wo, self._workspace("cols", (n * ho * wo, kh * kw * cin),
                                                   x.dtype))
-            w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
             bias = None if self.bias is None else self.bias.data
-            y = _blas.matmul(cols, w2.T, bias=bias).reshape(n, ho, wo, out)
+            y = _blas.matmul(cols, self._dense_weight().T, bias=bias).reshape(n, ho, wo, out)
         else:  # per-sample columns (N, C * kh * kw, Ho * Wo): y[n] = weight @ columns[n]
             cols = im2col_planes(x, self.kernel_size, self.stride, self.padding,
                                  self.dilation, ho, wo,
@@ -150,8 +154,8 @@ class Conv2d(Module):
             self.weight.grad += dw
             if not input_grad:
                 return None
-            w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out, -1)
-            dcols = _blas.matmul(dy2, w2, out=self._workspace("dcols", cols.shape, cols.dtype))
+            dcols = _blas.matmul(dy2, self._dense_weight(),
+                                 out=self._workspace("dcols", cols.shape, cols.dtype))
             return col2im(dcols, x_shape, *geometry, ho, wo)
         n, _, ho, wo = dy.shape
         dy3 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n, out, ho * wo)

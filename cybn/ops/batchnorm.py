@@ -155,19 +155,30 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
     if view.count == 1:
-        if on_degenerate == "raise":
-            raise ValueError(f"Expected more than 1 value per channel when training, got "
-                             f"input of shape {x.shape} with channel axis {view.axis} (see "
-                             f"on_degenerate)")
-        if on_degenerate == "use_running":
-            if rm is None:
-                raise ValueError("on_degenerate='use_running' needs running_mean and "
-                                 "running_var")
-            y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, activation=activation,
-                                 residual=residual, out=out)
-            return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        handled = _degenerate_batch(
+            on_degenerate, f"Expected more than 1 value per channel when training, got input "
+            f"of shape {x.shape} with channel axis {view.axis} (see on_degenerate)",
+            x, rm, rv, w, b, eps, axis, out, activation=activation, residual=residual)
+        if handled is not None:
+            return handled
         rm = rv = None  # "skip_update": batch statistics, running statistics unchanged
     return _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out)
+
+
+def _degenerate_batch(on_degenerate: str, message: str, x, rm, rv, w, b, eps, axis, out,
+                      **fused):
+    """A training batch with one value per channel: raises ValueError(message) for "raise";
+    for "use_running" the result normalized with the running statistics, (y, mean, invstd);
+    None for "skip_update" (the caller normalizes with the batch statistics and leaves the
+    running statistics unchanged)."""
+    if on_degenerate == "raise":
+        raise ValueError(message)
+    if on_degenerate == "use_running":
+        if rm is None:
+            raise ValueError("on_degenerate='use_running' needs running_mean and running_var")
+        y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, out=out, **fused)
+        return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    return None
 
 
 def _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out) -> tuple:
@@ -229,15 +240,12 @@ def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, 
     mask8 = check_mask(mask, x, view.axis)
     count = int(np.count_nonzero(mask8))
     if count == 1:
-        if on_degenerate == "raise":
-            raise ValueError(f"Expected more than 1 unmasked value per channel when training, "
-                             f"got 1 (input of shape {x.shape}; see on_degenerate)")
-        if on_degenerate == "use_running":
-            if rm is None:
-                raise ValueError("on_degenerate='use_running' needs running_mean and "
-                                 "running_var")
-            y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, out=out)
-            return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        handled = _degenerate_batch(
+            on_degenerate, f"Expected more than 1 unmasked value per channel when training, "
+            f"got 1 (input of shape {x.shape}; see on_degenerate)", x, rm, rv, w, b, eps, axis,
+            out)
+        if handled is not None:
+            return handled
         rm = rv = None
     return masked_train(x, view, view.axis, w, b, rm, rv, momentum, eps, unbiased, mask8,
                         count, out)

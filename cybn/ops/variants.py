@@ -224,9 +224,9 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     if _ghost_kernel_applies(x, y, parts, activation, residual):
         first = x.shape[0] // parts[0].stop  # the equal ghost batches: one kernel call
         mean, var, invstd = _ghost_forward(x, y, axis, first, parts[0].stop, w, b, eps)
-        for g in range(first):  # the running statistics, once per ghost batch, in order
-            if rm is not None:
-                n = x.size // x.shape[0] * parts[0].stop // view.channels
+        if rm is not None:  # the running statistics, once per ghost batch, in order
+            n = per_sample * parts[0].stop  # values per channel in a ghost batch
+            for g in range(first):
                 update_running(rm, mean[g], momentum, 1.0)
                 update_running(rv, var[g], momentum, n / (n - 1) if unbiased else 1.0)
         means.extend(mean)
