@@ -64,6 +64,8 @@ def _run(tasks: list) -> None:
 
 
 def _bounds(extent: int, blocks: int) -> list:
+    if extent == 0:  # an empty product: one empty block
+        return [(0, 0)]
     step = -(-extent // blocks)
     return [(i, min(i + step, extent)) for i in range(0, extent, step)]
 
@@ -132,6 +134,8 @@ def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return matmul(a, b)  # enough output rows or columns to share; no split sum
     if not _blasable(a, b):
         return np.matmul(a, b).sum(axis=0) if batch else a @ b
+    if extent == 0:  # an empty sum (an empty batch)
+        return np.zeros((m, n), dtype=dtype)
     bounds = _bounds(extent, _blocks(extent, work, 1 if batch else _MIN_INNER))
     partial = np.empty((len(bounds), m, n), dtype=dtype)
 

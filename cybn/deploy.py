@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from . import nn
+from .nn._args import positive_int
 from .nn.batchnorm import _BatchNorm
 
 __all__ = ["fold_batchnorm", "insert_batchnorm", "fuse", "recalibrate"]
@@ -29,7 +30,7 @@ def _check_sequential(model, name: str = "model") -> None:
         raise TypeError(f"{name} must be a cybn Sequential, got {type(model).__name__}")
     known = tuple(getattr(nn, n) for n in nn.__all__ if isinstance(getattr(nn, n), type))
     for i, layer in enumerate(model):
-        if type(layer) not in known:
+        if type(layer) not in known and not isinstance(layer, _BatchNorm):  # SyncBatchNorm
             raise TypeError(f"layer {i} of {name} is a {type(layer).__name__}, not one of "
                             f"cybn's layers")
 
@@ -53,11 +54,11 @@ def _layer_channels_last(layer) -> bool:
 def _foldable_previous(layer, bn: _BatchNorm) -> str | None:
     """Why ``bn`` cannot fold into the layer before it, or None when it can."""
     if isinstance(layer, nn.Linear):
-        if not isinstance(bn, nn.BatchNorm1d):
+        if 2 not in bn.ranks:  # BatchNorm1d (or a SyncBatchNorm)
             return "a Linear layer is followed by BatchNorm1d only"
         channels = layer.out_features
     elif isinstance(layer, nn.Conv2d):
-        if not isinstance(bn, nn.BatchNorm2d):
+        if 4 not in bn.ranks:  # BatchNorm2d (or a SyncBatchNorm)
             return "a Conv2d layer is followed by BatchNorm2d only"
         if _layer_channels_last(layer) != bn.channels_last:
             return "the Conv2d and the BatchNorm2d disagree on channels_last"
@@ -307,8 +308,7 @@ def insert_batchnorm(model, X, *, after=None, eps: float = 1e-5, momentum=0.1,
     X = np.asarray(X)
     if X.ndim < 2 or len(X) == 0:
         raise ValueError(f"X must be a nonempty batch of inputs, got shape {X.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = positive_int(batch_size, "batch_size")
     reference = copy.deepcopy(model).eval()
     try:
         reference(X[:1])
@@ -378,13 +378,23 @@ def recalibrate(model, X, *, batch_size: int = 256, comm=None):
     """
     from .ops import RunningMoments, merge_stats
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a cybn Module, got {type(model).__name__}")
-    X = np.asarray(X)
-    if X.ndim < 2:
-        raise ValueError(f"X must be a batch of inputs, got shape {X.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    error = None
+    try:  # checked on every rank before any collective (see cybn.distributed.agree)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a cybn Module, got {type(model).__name__}")
+        X = np.asarray(X)
+        if X.ndim < 2:
+            raise ValueError(f"X must be a batch of inputs, got shape {X.shape}")
+        batch_size = positive_int(batch_size, "batch_size")
+    except (TypeError, ValueError) as err:
+        if comm is None:
+            raise
+        error = err
+    if comm is not None:
+        from .distributed import agree
+
+        agree(comm, "recalibrate (BatchNorm layers)",
+              [-1 if error else len(_batchnorm_layers(model))], error)
     layers = [bn for bn in _batchnorm_layers(model) if bn.track_running_stats]
     training = model.training
     model.eval()

@@ -15,13 +15,16 @@ communicator (mpi4py is imported only when one is made; ``pip install "cybn[mpi]
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
 
 from . import nn
 from . import ops as F
+from ._validate import as_data
 from .nn.batchnorm import CONVENTION_DEFAULT, _BatchNorm
+from .nn.module import grad_output
 
 __all__ = ["MPIComm", "ThreadComm", "SyncBatchNorm", "convert_sync_batchnorm",
            "broadcast_parameters", "allreduce_gradients", "allreduce_sum"]
@@ -105,19 +108,37 @@ def _gather_stats(comm, count: int, mean: np.ndarray, m2: np.ndarray) -> tuple:
 
 
 _DTYPE_CODES = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 2.0, np.dtype(np.float16): 3.0}
+_HEADER_DIMS = 8  # dimensions a shape header carries (rank-5 inputs and a few more)
 
 
-def _agree(comm, x: np.ndarray, axis: int) -> None:
-    """One collective that checks every rank has the same channel count, dtype and rank of
-    x; raises the same error on every rank otherwise (rather than hanging later)."""
-    code = _DTYPE_CODES.get(x.dtype, 4.0 if x.dtype.name == "bfloat16" else 0.0)
-    header = np.array([x.shape[axis], code, x.ndim], dtype=np.float64)
-    every = comm.allgather(header)
-    if not (every == every[0]).all():
-        desc = ", ".join(f"rank {r}: C={int(h[0])}, ndim={int(h[2])}" for r, h in
-                         enumerate(every))
-        raise ValueError(f"SyncBatchNorm: the ranks' inputs disagree on channels, dtype or "
-                         f"rank ({desc}; dtype codes {every[:, 1].tolist()})")
+def _dtype_code(dtype) -> float:
+    return _DTYPE_CODES.get(dtype, 4.0 if dtype.name == "bfloat16" else 0.0)
+
+
+def agree(comm, what: str, values, error: Exception | None = None) -> None:
+    """One collective that makes a local problem, or a disagreement between ranks, an error
+    on every rank: each rank sends whether its own arguments passed its checks (``error``
+    None) and ``values`` (numbers that must be equal on every rank); every rank then raises
+    the same ValueError if any rank failed or the values differ, rather than one rank
+    raising alone while the others wait forever in the next collective."""
+    local = np.asarray(values, dtype=np.float64).ravel()
+    every = comm.allgather(np.concatenate([[0.0 if error is None else 1.0], local]))
+    failed = [r for r, h in enumerate(every) if h[0] != 0.0]
+    if not failed and (every[1:] == every[0]).all():
+        return
+    if failed:
+        message = (f"{what}: the arguments of rank(s) {failed} were rejected there; every "
+                   f"rank raises")
+    else:
+        differ = [r for r in range(len(every)) if not (every[r] == every[0]).all()]
+        message = (f"{what}: the ranks disagree (rank(s) {differ} differ from rank 0: "
+                   f"{[h[1:].tolist() for h in every]})")
+    raise ValueError(message) from error
+
+
+def _input_header(x: np.ndarray, axis: int | None) -> list:
+    """[channel count (-1 unknown), dtype code, ndim] of a rank's input."""
+    return [-1 if axis is None else x.shape[axis], _dtype_code(x.dtype), x.ndim]
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -152,14 +173,29 @@ class SyncBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ranks={self.comm.size}"
 
+    def __deepcopy__(self, memo):
+        """A copy with its own arrays over the same communicator (a communicator is a
+        connection to the other ranks: copies share it, as convert_sync_batchnorm's do)."""
+        memo[id(self.comm)] = self.comm
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
     def forward(self, x, mask=None):
         if mask is not None:
             raise ValueError("SyncBatchNorm has no mask= (masked statistics are per process)")
         x = np.asarray(x)
         if self.track_running_stats and (self.frozen or not self.training):
             return super().forward(x)
-        axis = self._axis(x)
-        _agree(self.comm, x, axis)
+        error, axis = None, None
+        try:  # this rank's checks, whose result every rank learns before any can raise
+            x = as_data(x, "x", half=True)
+            axis = self._axis(x)
+        except (TypeError, ValueError) as err:
+            error = err
+        agree(self.comm, "SyncBatchNorm: inputs (channels, dtype code, rank)",
+              _input_header(x, axis) if error is None else [-1, -1, -1], error)
         total, mean, m2 = _gather_stats(self.comm, *F.batch_norm_stats(x, axis=axis))
         if total <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got "
@@ -181,7 +217,16 @@ class SyncBatchNorm(_BatchNorm):
             object.__setattr__(self, "_cache", saved)
             return super().backward(dy)
         _, x, mean, invstd, axis, total = saved
-        dy = np.asarray(dy)
+        error = None
+        try:
+            dy = grad_output(dy, x.shape, "SyncBatchNorm")
+        except (TypeError, ValueError) as err:
+            error = err
+        try:
+            agree(self.comm, "SyncBatchNorm.backward: dy", [0], error)
+        except ValueError:
+            object.__setattr__(self, "_cache", saved)  # a corrected call may follow
+            raise
         w = self._gamma()
         sum_dy, sum_dy_xmu = F.batch_norm_backward_reduce(dy, x, mean, axis=axis)
         g_dy = allreduce_sum(self.comm, sum_dy)

@@ -12,6 +12,7 @@ called; ``pip install cybn[onnx]``).
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -39,6 +40,8 @@ def _channels_last(axis, ndim: int) -> bool:
         axis = axis[0]
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise ValueError(f"axis must be an int, got {describe(axis)}")
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"axis {axis} is out of range for a rank-{ndim} input")
     a = int(axis) % ndim
     if a == ndim - 1:
         return ndim > 2
@@ -57,9 +60,22 @@ def _vector(v, name: str, C: int | None) -> np.ndarray:
     return a
 
 
+def _real(value, name: str) -> float:
+    """A real number (not a bool) as float: the framework's epsilon or momentum."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {describe(value)}")
+    return float(value)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
 def _build(cls, convention: str, C: int, channels_last: bool, eps: float, momentum: float,
            center: bool, scale: bool, gamma, beta, mean, var, dtype) -> _BatchNorm:
-    layer = cls(C, eps=float(eps), momentum=float(momentum), channels_last=channels_last,
+    layer = cls(C, eps=eps, momentum=momentum, channels_last=channels_last,
                 dtype=np.dtype(mean.dtype if dtype is None else dtype).type,
                 convention=convention, center=center, scale=scale)
     if scale:
@@ -108,6 +124,8 @@ def from_keras(weights, *, ndim: int, config: dict | None = None, axis=-1,
         scale = config.get("scale", scale)
     cls = _layer_class(ndim)
     cl = _channels_last(axis, int(ndim))
+    epsilon, momentum = _real(epsilon, "epsilon"), _real(momentum, "momentum")
+    center, scale = _flag(center, "center"), _flag(scale, "scale")
     names = (["gamma"] if scale else []) + (["beta"] if center else []) + \
         ["moving_mean", "moving_variance"]
     if isinstance(weights, dict):
@@ -116,6 +134,9 @@ def from_keras(weights, *, ndim: int, config: dict | None = None, axis=-1,
             raise ValueError(f"weights lacks {missing} (center={center}, scale={scale})")
         values = {n: weights[n] for n in names}
     else:
+        if not isinstance(weights, (list, tuple)):
+            raise ValueError(f"weights must be a list (layer.get_weights()) or a dict of "
+                             f"{names}, got {describe(weights)}")
         weights = list(weights)
         if len(weights) != len(names):
             raise ValueError(f"weights must hold {names} (center={center}, scale={scale}), got "
@@ -155,11 +176,15 @@ def from_flax(params: dict, batch_stats: dict, *, ndim: int, axis=-1, epsilon: f
         if not hasattr(d, "keys"):
             raise ValueError(f"{name} must be a dict, got {describe(d)}")
         missing = [k for k in keys if k not in d]
-        if missing:
-            raise ValueError(f"{name} lacks {missing}; pass the BatchNorm module's own "
-                             f"sub-dict (e.g. variables['batch_stats']['BatchNorm_0'])")
+        allowed = ("scale", "bias") if name == "params" else keys
+        unknown = [k for k in d.keys() if k not in allowed]
+        if missing or unknown:
+            what = f"lacks {missing}" if missing else f"holds {unknown}, not {list(allowed)}"
+            raise ValueError(f"{name} {what}; pass the BatchNorm module's own sub-dict "
+                             f"(e.g. variables['{name}']['BatchNorm_0'])")
     cls = _layer_class(ndim)
     cl = _channels_last(axis, int(ndim))
+    epsilon, momentum = _real(epsilon, "epsilon"), _real(momentum, "momentum")
     mean = _vector(batch_stats["mean"], "batch_stats['mean']", None)
     C = mean.shape[0]
     var = _vector(batch_stats["var"], "batch_stats['var']", C)
@@ -177,7 +202,10 @@ def _onnx_model(model):
         return onnx, model
     if isinstance(model, (bytes, bytearray)):
         return onnx, onnx.load_from_string(bytes(model))
-    return onnx, onnx.load(model)
+    if isinstance(model, (str, os.PathLike)) or hasattr(model, "read"):
+        return onnx, onnx.load(model)
+    raise TypeError(f"model must be an onnx.ModelProto, a path, bytes or a binary file, got "
+                    f"{describe(model)}")
 
 
 def from_onnx(model, node: str | None = None, *, ndim: int | None = None,
@@ -211,6 +239,9 @@ def from_onnx(model, node: str | None = None, *, ndim: int | None = None,
         raise ValueError(f"node must name one BatchNormalization node of the graph "
                          f"(found {names}), got {node!r}")
     bn = nodes[0]
+    if len(bn.input) < 5 or not all(bn.input[1:5]):
+        raise ValueError(f"the BatchNormalization node {bn.name!r} has {len(bn.input)} inputs; "
+                         f"it needs 5 (X, scale, B, input_mean, input_var)")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in bn.attribute}
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     arrays = []
@@ -227,6 +258,8 @@ def from_onnx(model, node: str | None = None, *, ndim: int | None = None,
         ndim = len(shape.dim)
     gamma, beta, mean, var = arrays
     C = _vector(mean, "input_mean", None).shape[0]
-    return _build(_layer_class(ndim), "onnx", C, False, attrs.get("epsilon", 1e-5),
-                  attrs.get("momentum", 0.9), True, True, _vector(gamma, "scale", C),
+    return _build(_layer_class(ndim), "onnx", C, False,
+                  _real(attrs.get("epsilon", 1e-5), "epsilon"),
+                  _real(attrs.get("momentum", 0.9), "momentum"), True, True,
+                  _vector(gamma, "scale", C),
                   _vector(beta, "B", C), mean, _vector(var, "input_var", C), dtype)

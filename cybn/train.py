@@ -270,6 +270,11 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
         thread during fit, evaluate and predict.
     progress : bool
         A tqdm bar when tqdm is installed, else one line per epoch.
+
+    Before the first step, every argument is checked and the model and the loss are run
+    on two samples of X (and of the validation data) in eval mode, nothing trained or
+    updated: targets the loss rejects are an error before any parameter or running
+    statistic changes.
     comm : communicator, optional
         Data-parallel training over the ranks of ``comm`` (:mod:`cybn.distributed`): every
         rank calls fit with the same X, y, seed and model; rank 0's parameters are broadcast
@@ -291,18 +296,72 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
                     shuffle, seed, progress, comm)
 
 
-def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, seed,
-         progress, comm=None):
-    fn = _loss_fn(loss)
+def _pair(X, y, what: str) -> tuple:
     X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{what}: X and y must be arrays of samples, got shapes {X.shape} and "
+                         f"{y.shape}")
     if len(X) != len(y):
-        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+        raise ValueError(f"{what}: X and y must have the same length, got {len(X)} and "
+                         f"{len(y)}")
+    return X, y
+
+
+def _probe(model, X, y, fn, what: str) -> None:
+    """The model and the loss on two samples in eval mode (nothing trained, no running
+    statistic moved), so that targets the loss rejects are an error before the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _one_blas_thread():
+            out = _predict(model, X[:2], 2)
+        fn(out, y[:2])
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from err
+    finally:
+        model.train(was_training)
+
+
+def _fit_args(model, X, y, fn, epochs, batch_size, validation_data, comm) -> tuple:
+    X, y = _pair(X, y, "fit")
     epochs = _count(epochs, "epochs", 0)
     batch_size = _count(batch_size, "batch_size", 1)
     if min(batch_size, len(X)) < 2:
         raise ValueError(f"fit needs mini-batches of at least 2 samples (batches of one are "
                          f"skipped: BatchNorm needs two values per channel), got {len(X)} "
                          f"samples and batch_size={batch_size}")
+    if comm is not None and min(batch_size, len(X)) < comm.size:
+        raise ValueError(f"fit over {comm.size} ranks needs mini-batches of at least "
+                         f"{comm.size} samples (one shard per rank), got {len(X)} samples and "
+                         f"batch_size={batch_size}")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError(f"validation_data must be a pair (X_val, y_val), got "
+                            f"{type(validation_data).__name__}")
+        validation_data = _pair(*validation_data, "validation_data")
+    _probe(model, X, y, fn, "fit (X, y)")
+    if validation_data is not None and len(validation_data[0]):
+        _probe(model, *validation_data, fn, "validation_data")
+    return X, y, epochs, batch_size, validation_data
+
+
+def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, seed,
+         progress, comm=None):
+    fn = _loss_fn(loss)
+    error = None
+    try:  # the whole plan checked before any step (with comm, on every rank: see agree)
+        X, y, epochs, batch_size, validation_data = _fit_args(
+            model, X, y, fn, epochs, batch_size, validation_data, comm)
+    except (TypeError, ValueError) as err:
+        if comm is None:
+            raise
+        error = err
+    if comm is not None:
+        from .distributed import agree
+
+        plan = [-1, -1, -1] if error is not None else [len(X), batch_size, epochs]
+        agree(comm, "fit (samples, batch_size, epochs, shuffle)", plan + [bool(shuffle)],
+              error)
     if optimizer is None:
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
     if comm is not None:

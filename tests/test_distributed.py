@@ -305,3 +305,88 @@ def test_sync_batchnorm_keeps_conventions_flags_and_freezing():
     assert frozen[0].frozen
     np.testing.assert_allclose(frozen(x), cybn.batch_norm_infer(
         x, model[0].running_mean, model[0].running_var, None, model[0].bias.data, eps=1e-3))
+
+
+@pytest.mark.parametrize("bad", ["channels", "rank", "dtype", "ints"])
+def test_one_rank_with_a_bad_input_raises_on_every_rank(bad):
+    def rank(comm):
+        layer = cybn.SyncBatchNorm(3, comm=comm)
+        x = np.ones((4, 3, 5, 5), np.float32)
+        if comm.rank == 1:
+            x = {"channels": np.ones((4, 4, 5, 5), np.float32),
+                 "rank": np.ones((4, 3, 5), np.float32),
+                 "dtype": np.ones((4, 3, 5, 5), np.float64),
+                 "ints": np.ones((4, 3, 5, 5), np.int32)}[bad]
+        return layer(x)
+
+    _, errors = run_ranks(3, rank)
+    assert all(isinstance(e, ValueError) for e in errors), errors
+    assert len({str(e) for e in errors}) == 1  # the same message on every rank
+
+
+def test_one_rank_with_a_bad_dy_raises_on_every_rank():
+    def rank(comm):
+        layer = cybn.SyncBatchNorm(3, comm=comm)
+        x = np.random.default_rng(comm.rank).standard_normal((4, 3, 5, 5)).astype(np.float32)
+        layer(x)
+        dy = np.ones((4, 3, 5, 6) if comm.rank == 0 else x.shape, np.float32)
+        try:
+            layer.backward(dy)
+        except ValueError as err:
+            # the saved forward survives: the corrected call works on every rank
+            return str(err), layer.backward(np.ones(x.shape, np.float32)).shape
+        return None
+
+    results, errors = run_ranks(2, rank)
+    assert errors == [None, None], errors
+    assert all(r is not None and r[1] == (4, 3, 5, 5) for r in results), results
+    assert results[0][0] == results[1][0]
+
+
+def test_data_parallel_fit_with_fewer_samples_than_ranks_raises_on_every_rank():
+    X = np.random.default_rng(0).standard_normal((20, 1, 6, 6)).astype(np.float32)
+    y = np.zeros(20, np.int64)
+
+    def rank(comm):
+        model = convert_sync_batchnorm(small_model(np.float32), comm)
+        return cybn.fit(model, X, y, epochs=1, batch_size=2, progress=False, comm=comm)
+
+    _, errors = run_ranks(3, rank)
+    assert all(isinstance(e, ValueError) for e in errors), errors
+
+
+def test_data_parallel_fit_with_one_rank_s_bad_labels_raises_on_every_rank():
+    X = np.random.default_rng(0).standard_normal((20, 1, 6, 6)).astype(np.float32)
+
+    def rank(comm):
+        model = convert_sync_batchnorm(small_model(np.float32), comm)
+        y = np.zeros(20, np.int64) if comm.rank == 0 else np.zeros((20, 3), np.int64)
+        before = model[1].running_mean.copy()
+        try:
+            cybn.fit(model, X, y, epochs=1, batch_size=10, progress=False, comm=comm)
+        finally:
+            np.testing.assert_array_equal(model[1].running_mean, before)
+
+    _, errors = run_ranks(2, rank)
+    assert all(isinstance(e, ValueError) for e in errors), errors
+
+
+def test_one_rank_s_bad_input_raises_on_every_rank_over_mpi(tmp_path):
+    script = tmp_path / "bad_shape.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        import cybn
+        from cybn.distributed import MPIComm
+        comm = MPIComm()
+        layer = cybn.SyncBatchNorm(3, comm=comm)
+        C = 3 if comm.rank == 0 else 4
+        try:
+            layer(np.ones((2, C, 3, 3), np.float32))
+        except ValueError as err:
+            print("raised", comm.rank, flush=True)
+    """))
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("raised") == 2

@@ -203,8 +203,9 @@ def test_fit_switches_back_to_train_mode_each_epoch_and_predict_leaves_running_s
 
     bn.forward = spy
     cybn.fit(model, X, y, epochs=2, batch_size=16, validation_data=(X, y), progress=False)
-    # per epoch: 2 training batches in train mode, then validation in eval mode
-    assert seen == [True, True, False, True, True, False]
+    # first the check of (X, y) and of validation_data on two samples each, in eval mode;
+    # then per epoch: 2 training batches in train mode, then validation in eval mode
+    assert seen == [False, False, True, True, False, True, True, False]
     rm = bn.running_mean.copy()
     cybn.predict(model, X)
     cybn.evaluate(model, X, y)

@@ -86,3 +86,31 @@ def test_fit_gives_the_same_history_for_any_blas_and_openmp_threads():
                                            "MKL_NUM_THREADS": b})
                for b, o in [("1", "1"), ("2", "2"), ("4", "1")]}
     assert len(outputs) == 1, outputs
+
+
+def test_fit_with_labels_the_loss_rejects_changes_nothing():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    model = cybn.Sequential(cybn.Linear(4, 5, rng=0), cybn.BatchNorm1d(5), cybn.ReLU(),
+                            cybn.Linear(5, 3, rng=1))
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="fit"):
+        cybn.fit(model, X, np.zeros((16, 3), np.int64), epochs=1, progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+@pytest.mark.parametrize("validation_data", ["X", "triple", "lengths", "labels"])
+def test_fit_checks_validation_data_before_training(validation_data):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    model = cybn.Sequential(cybn.Linear(4, 5, rng=0), cybn.BatchNorm1d(5), cybn.ReLU(),
+                            cybn.Linear(5, 3, rng=1))
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    bad = {"X": X, "triple": (X, y, y), "lengths": (X, y[:3]),
+           "labels": (X, np.zeros((16, 2)))}[validation_data]
+    with pytest.raises((TypeError, ValueError), match="validation_data"):
+        cybn.fit(model, X, y, epochs=1, progress=False, validation_data=bad)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])

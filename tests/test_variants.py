@@ -109,7 +109,7 @@ def test_renorm_schedule_is_the_paper_s_warm_up():
     short = cybn.RenormSchedule(rmax=2.0, dmax=1.0, warmup=2, rmax_steps=4, dmax_steps=3)
     assert [short(t) for t in range(5)] == [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.5, 1.0),
                                            (2.0, 1.0)]
-    with pytest.raises(ValueError, match="rmax >= 1"):
+    with pytest.raises(ValueError, match="rmax must be a number >= 1"):
         cybn.RenormSchedule(rmax=0.5)
 
 

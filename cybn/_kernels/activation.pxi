@@ -30,6 +30,10 @@ def relu_forward(const floating[::1] x,          # IN  (n,)
                  floating[::1] y,                # OUT (n,); may be x itself
                  unsigned char[::1] keep,        # OUT (n,) 1 where x is not <= 0
                  int num_threads):
+    need_threads(num_threads)
+    need_len("y", y.shape[0], x.shape[0])
+    need_len("keep", keep.shape[0], x.shape[0])
+    need_apart("y", &y[0], y.nbytes, "x", &x[0], x.nbytes, True)
     cdef Py_ssize_t n = x.shape[0], item, start
     cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
     cdef const floating* xp = &x[0]
@@ -45,6 +49,10 @@ def relu_backward(const floating[::1] dy,        # IN  (n,)
                   const unsigned char[::1] keep,  # IN  (n,)
                   floating[::1] dx,              # OUT (n,); may be dy itself
                   int num_threads):
+    need_threads(num_threads)
+    need_len("keep", keep.shape[0], dy.shape[0])
+    need_len("dx", dx.shape[0], dy.shape[0])
+    need_apart("dx", &dx[0], dx.nbytes, "dy", &dy[0], dy.nbytes, True)
     cdef Py_ssize_t n = dy.shape[0], item, start
     cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
     cdef const floating* gp = &dy[0]

@@ -89,6 +89,15 @@ def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), none
                 bint streaming,
                 int num_threads):
     """y = ep((x - shift[c]) * scale[c] + offset[c]) over a plane-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("shift", shift.shape[0], x.shape[1])
+    need_len("scale", scale.shape[0], x.shape[1])
+    need_len("offset", offset.shape[0], x.shape[1])
+    need_same("y", y.shape, x.shape, 3)
+    need_same("residual", residual.shape, x.shape, 3)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
     with nogil:
         plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
                           &shift[0], &scale[0], &offset[0], streaming, num_threads,
@@ -101,6 +110,16 @@ def plane_infer_half(const unsigned short[:, :, ::1] x, const double[::1] shift,
                      int ep, bint streaming, int num_threads,
                      int kind):                    # HALF_F16 or HALF_BF16
     """plane_infer of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("shift", shift.shape[0], x.shape[1])
+    need_len("scale", scale.shape[0], x.shape[1])
+    need_len("offset", offset.shape[0], x.shape[1])
+    need_same("y", y.shape, x.shape, 3)
+    need_same("residual", residual.shape, x.shape, 3)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     with nogil:
         if kind == HALF_F16:
             plane_affine_core(<const cybn_f16*>&x[0, 0, 0], <cybn_f16*>&y[0, 0, 0], x.shape[0],
@@ -183,6 +202,18 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                         bint streaming,
                         int num_threads):
     """Training forward: batch statistics, then y = ep((x - mean) * weight * invstd + bias)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need(0 <= group <= x.shape[1], "group must be in [0, C]")
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_len("bias", bias.shape[0], x.shape[1])
+    need_same("y", y.shape, x.shape, 3)
+    need_same("residual", residual.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("var", var.shape[0], x.shape[1])
+    need_len("invstd", invstd.shape[0], x.shape[1])
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
     cdef int status
     with nogil:
         status = plane_train_forward_core(&x[0, 0, 0], &y[0, 0, 0], &residual[0, 0, 0],
@@ -200,6 +231,19 @@ def plane_train_forward_half(const unsigned short[:, :, ::1] x, const double[::1
                              Py_ssize_t group, bint streaming, int num_threads,
                              int kind):        # HALF_F16 or HALF_BF16
     """plane_train_forward of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need(0 <= group <= x.shape[1], "group must be in [0, C]")
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_len("bias", bias.shape[0], x.shape[1])
+    need_same("y", y.shape, x.shape, 3)
+    need_same("residual", residual.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("var", var.shape[0], x.shape[1])
+    need_len("invstd", invstd.shape[0], x.shape[1])
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     with nogil:
         if kind == HALF_F16:
@@ -333,6 +377,16 @@ def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
               bint streaming,
               int num_threads):
     """y = ep((x - shift[c]) * scale[c] + offset[c]) over a row-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("shift", shift.shape[0], C)
+    need_len("scale", scale.shape[0], C)
+    need_len("offset", offset.shape[0], C)
+    need_same("y", y.shape, x.shape, 2)
+    need_same("residual", residual.shape, x.shape, 2)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
     cdef int status
     with nogil:
         status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
@@ -348,6 +402,17 @@ def row_infer_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inne
                    bint streaming, int num_threads,
                    int kind):                    # HALF_F16 or HALF_BF16
     """row_infer of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("shift", shift.shape[0], C)
+    need_len("scale", scale.shape[0], C)
+    need_len("offset", offset.shape[0], C)
+    need_same("y", y.shape, x.shape, 2)
+    need_same("residual", residual.shape, x.shape, 2)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     with nogil:
         if kind == HALF_F16:
@@ -402,6 +467,18 @@ def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
                       bint streaming,
                       int num_threads):
     """Training forward over a row-family view: statistics, then the elementwise pass."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("weight", weight.shape[0], C)
+    need_len("bias", bias.shape[0], C)
+    need_same("y", y.shape, x.shape, 2)
+    need_same("residual", residual.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("var", var.shape[0], C)
+    need_len("invstd", invstd.shape[0], C)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
     cdef int status
     with nogil:
         status = row_train_forward_core(&x[0, 0], &y[0, 0], &residual[0, 0], x.shape[0],
@@ -418,6 +495,19 @@ def row_train_forward_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssiz
                            bint streaming, int num_threads,
                            int kind):            # HALF_F16 or HALF_BF16
     """row_train_forward of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("weight", weight.shape[0], C)
+    need_len("bias", bias.shape[0], C)
+    need_same("y", y.shape, x.shape, 2)
+    need_same("residual", residual.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("var", var.shape[0], C)
+    need_len("invstd", invstd.shape[0], C)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
+    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     with nogil:
         if kind == HALF_F16:
@@ -444,6 +534,8 @@ def infer_scale(const double[::1] running_var,   # IN  (C,)
                 double[::1] scale):              # OUT (C,)
     """scale = weight * invstd with invstd = 1 / sqrt(running_var + eps) (the product the
     training forward and the backward use too); NaN where running_var + eps < 0."""
+    need_len("running_var", running_var.shape[0], scale.shape[0])
+    need_len("weight", weight.shape[0], scale.shape[0])
     cdef Py_ssize_t c
     for c in range(scale.shape[0]):
         scale[c] = weight[c] * (1.0 / sqrt(running_var[c] + eps))
@@ -457,6 +549,9 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
                   floating[::1] dst,              # OUT (n,)
                   int num_threads):
     """dst[:] = src[:], split into fixed blocks over threads: the least a new array costs."""
+    need_threads(num_threads)
+    need_len("dst", dst.shape[0], src.shape[0])
+    need_apart("dst", &dst[0], dst.nbytes, "src", &src[0], src.nbytes, False)
     cdef Py_ssize_t n = src.shape[0], blk, start, i, end
     cdef Py_ssize_t block = 1 << 16
     cdef Py_ssize_t nblocks = (n + block - 1) // block
@@ -547,6 +642,14 @@ def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sa
                          int num_threads):
     """Group norm forward, a row at a time: per-channel moments, merged into groups, then
     y = (x - mean[g]) * weight[c] * invstd[g] + bias[c]."""
+    need_threads(num_threads)
+    need_sample_view(x.shape[1], outer, C, inner, k, groups, weight.shape[0])
+    need_len("bias", bias.shape[0], weight.shape[0])
+    need_same("y", y.shape, x.shape, 2)
+    need_shape("mean", mean.shape, 2, x.shape[0], groups)
+    need_same("var", var.shape, mean.shape, 2)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
     cdef int inside, across
     cdef int status[1]
@@ -585,6 +688,14 @@ def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
 
     float32: (x - hi) * s + o in float with the row mean split hi + lo (o = -lo * s), then
     the per-column affine in float; float64: in double throughout."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("shift", shift.shape[0], x.shape[0])
+    need_len("scale", scale.shape[0], x.shape[0])
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_len("bias", bias.shape[0], x.shape[1])
+    need_same("y", y.shape, x.shape, 2)
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], m, d
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
@@ -651,6 +762,15 @@ def group_train_forward(const floating[:, ::1] x,    # IN  (N * G, Cg * S), none
                         int num_threads):
     """Group norm forward: per group, its statistics, then y = (x - mean) * scale[c] +
     bias[c] with scale[c] = weight[c] * invstd, channel by channel."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_group_view(x.shape[0], x.shape[1], S, weight.shape[0])
+    need_len("bias", bias.shape[0], weight.shape[0])
+    need_same("y", y.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], x.shape[0])
+    need_len("var", var.shape[0], x.shape[0])
+    need_len("invstd", invstd.shape[0], x.shape[0])
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
     cdef Py_ssize_t C = weight.shape[0], G = C // Cg
     cdef Py_ssize_t r, j, ch

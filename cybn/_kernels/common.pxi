@@ -180,6 +180,8 @@ def half_from_float(const float[::1] src,         # IN  (n,)
                     unsigned short[::1] dst,      # OUT (n,) float16 (kind 0) or bfloat16 words
                     int kind):
     """The kernels' float32 -> half conversion (for tests)."""
+    need_len("dst", dst.shape[0], src.shape[0])
+    need(kind == 0 or kind == 1, "kind must be 0 or 1")
     if src.shape[0]:
         cybn_half_store(&src[0], &dst[0], src.shape[0], kind)
 
@@ -188,6 +190,8 @@ def half_to_float(const unsigned short[::1] src,  # IN  (n,) float16 (kind 0) or
                   float[::1] dst,                 # OUT (n,)
                   int kind):
     """The kernels' half -> float32 conversion (for tests)."""
+    need_len("dst", dst.shape[0], src.shape[0])
+    need(kind == 0 or kind == 1, "kind must be 0 or 1")
     if src.shape[0]:
         cybn_half_load(&src[0], &dst[0], src.shape[0], kind)
 

@@ -20,6 +20,21 @@ def ghost_train_forward(const floating[:, ::1] x,   # IN  (G, n): ghost batch g 
                         bint streaming,
                         int num_threads):
     """Training forward of each ghost batch (y = (x - mean) * weight * invstd + bias)."""
+    need_threads(num_threads)
+    need_nonempty(x.size, "x")
+    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
+    if plane:
+        need_len("a ghost batch's values", x.shape[1], d0 * C * inner)
+    else:
+        need_rows_view(d1, C, inner)
+        need_len("a ghost batch's values", x.shape[1], d0 * d1)
+    need_len("weight", weight.shape[0], C)
+    need_same("y", y.shape, x.shape, 2)
+    need_shape("mean", mean.shape, 2, x.shape[0], C)
+    need_same("var", var.shape, mean.shape, 2)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_len("status", status.shape[0], x.shape[0])
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t G = x.shape[0], g
     with nogil:
         for g in prange(G, schedule='static', num_threads=num_threads):
@@ -49,6 +64,24 @@ def ghost_backward(const floating[:, ::1] dy,       # IN  (G, n)
                    bint streaming,
                    int num_threads):
     """Training backward of each ghost batch with its own statistics."""
+    need_threads(num_threads)
+    need_nonempty(x.size, "x")
+    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
+    if plane:
+        need_len("a ghost batch's values", x.shape[1], d0 * C * inner)
+    else:
+        need_rows_view(d1, C, inner)
+        need_len("a ghost batch's values", x.shape[1], d0 * d1)
+    need_len("weight", weight.shape[0], C)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_same("dx", dx.shape, x.shape, 2)
+    need_shape("mean", mean.shape, 2, x.shape[0], C)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_same("sum_dy", sum_dy.shape, mean.shape, 2)
+    need_same("sum_dy_xmu", sum_dy_xmu.shape, mean.shape, 2)
+    need_len("status", status.shape[0], x.shape[0])
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t G = x.shape[0], g
     with nogil:
         for g in prange(G, schedule='static', num_threads=num_threads):

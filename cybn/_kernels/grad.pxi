@@ -316,6 +316,26 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
                    int num_threads):
     """Backward: gradient sums, then dx = k1 * dy + k2 * (x - mean) + k3, per channel; with
     ep, through the forward's ReLU (dy masked where its pre-activation was <= 0)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("invstd", invstd.shape[0], x.shape[1])
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 3)
+    if ep & EP_RESIDUAL:
+        need_same("residual", residual.shape, x.shape, 3)
+        need_same("dres", dres.shape, x.shape, 3)
+        need_apart("dres", &dres[0, 0, 0], dres.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+        need_apart("dres", &dres[0, 0, 0], dres.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    if ep:
+        need_len("fscale", fscale.shape[0], x.shape[1])
+        need_len("foffset", foffset.shape[0], x.shape[1])
+    need_len("sum_dy", sum_dy.shape[0], x.shape[1])
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], x.shape[1])
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need(0 <= group <= x.shape[1], "group must be in [0, C]")
     cdef int status
     with nogil:
         status = plane_backward_core(
@@ -338,6 +358,27 @@ def plane_backward_half(const unsigned short[:, :, ::1] dy, const unsigned short
                         Py_ssize_t group, bint streaming, int num_threads,
                         int kind):              # HALF_F16 or HALF_BF16
     """plane_backward of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("invstd", invstd.shape[0], x.shape[1])
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 3)
+    if ep & EP_RESIDUAL:
+        need_same("residual", residual.shape, x.shape, 3)
+        need_same("dres", dres.shape, x.shape, 3)
+        need_apart("dres", &dres[0, 0, 0], dres.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+        need_apart("dres", &dres[0, 0, 0], dres.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    if ep:
+        need_len("fscale", fscale.shape[0], x.shape[1])
+        need_len("foffset", foffset.shape[0], x.shape[1])
+    need_len("sum_dy", sum_dy.shape[0], x.shape[1])
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], x.shape[1])
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    need(0 <= group <= x.shape[1], "group must be in [0, C]")
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     cdef const unsigned short* rp = &residual[0, 0, 0] if ep & EP_RESIDUAL else NULL
     cdef unsigned short* gp = &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL
@@ -713,6 +754,26 @@ def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
                  int num_threads):
     """Backward over a row-family view: gradient sums, then the elementwise pass; with ep,
     through the forward's ReLU (see plane_backward)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("invstd", invstd.shape[0], C)
+    need_len("weight", weight.shape[0], C)
+    need_same("dx", dx.shape, x.shape, 2)
+    if ep & EP_RESIDUAL:
+        need_same("residual", residual.shape, x.shape, 2)
+        need_same("dres", dres.shape, x.shape, 2)
+        need_apart("dres", &dres[0, 0], dres.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+        need_apart("dres", &dres[0, 0], dres.nbytes, "x", &x[0, 0], x.nbytes, True)
+    if ep:
+        need_len("fscale", fscale.shape[0], C)
+        need_len("foffset", foffset.shape[0], C)
+    need_len("sum_dy", sum_dy.shape[0], C)
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], C)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef int status
     with nogil:
         status = row_backward_core(
@@ -733,6 +794,27 @@ def row_backward_half(const unsigned short[:, ::1] dy, const unsigned short[:, :
                       bint streaming, int num_threads,
                       int kind):                # HALF_F16 or HALF_BF16
     """row_backward of float16 or bfloat16 data (16-bit words)."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("invstd", invstd.shape[0], C)
+    need_len("weight", weight.shape[0], C)
+    need_same("dx", dx.shape, x.shape, 2)
+    if ep & EP_RESIDUAL:
+        need_same("residual", residual.shape, x.shape, 2)
+        need_same("dres", dres.shape, x.shape, 2)
+        need_apart("dres", &dres[0, 0], dres.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+        need_apart("dres", &dres[0, 0], dres.nbytes, "x", &x[0, 0], x.nbytes, True)
+    if ep:
+        need_len("fscale", fscale.shape[0], C)
+        need_len("foffset", foffset.shape[0], C)
+    need_len("sum_dy", sum_dy.shape[0], C)
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], C)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     cdef const unsigned short* rp = &residual[0, 0] if ep & EP_RESIDUAL else NULL
     cdef unsigned short* gp = &dres[0, 0] if ep & EP_RESIDUAL else NULL
@@ -768,6 +850,12 @@ def plane_grad_sums(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), none
                     double[::1] sum_dy_xmu,        # OUT (C,)
                     int num_threads):
     """Per-channel sum(dy) and sum(dy * (x - mean)) of a plane-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("sum_dy", sum_dy.shape[0], x.shape[1])
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], x.shape[1])
     cdef int status
     with nogil:
         status = plane_grad_sums_core(&dy[0, 0, 0], &x[0, 0, 0], x.shape[0], x.shape[1],
@@ -785,6 +873,13 @@ def row_grad_sums(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
                   double[::1] sum_dy_xmu,          # OUT (C,)
                   int num_threads):
     """Per-channel sum(dy) and sum(dy * (x - mean)) of a row-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("sum_dy", sum_dy.shape[0], C)
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], C)
     cdef int status
     with nogil:
         status = row_grad_sums_core(&dy[0, 0], &x[0, 0], x.shape[0], x.shape[1], C, inner,
@@ -803,6 +898,16 @@ def plane_grad_apply(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), non
                      bint streaming,
                      int num_threads):
     """dx = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c] over a plane-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("k1", k1.shape[0], x.shape[1])
+    need_len("k2", k2.shape[0], x.shape[1])
+    need_len("k3", k3.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 3)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
     with nogil:
         plane_grad_apply_core(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], x.shape[0], x.shape[1],
                               x.shape[2], &mean[0], &k1[0], &k2[0], &k3[0], streaming,
@@ -820,6 +925,17 @@ def row_grad_apply(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
                    bint streaming,
                    int num_threads):
     """dx = k1[c] * dy + k2[c] * (x - mean[c]) + k3[c] over a row-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], C)
+    need_len("k1", k1.shape[0], C)
+    need_len("k2", k2.shape[0], C)
+    need_len("k3", k3.shape[0], C)
+    need_same("dx", dx.shape, x.shape, 2)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef int status
     with nogil:
         status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1],
@@ -838,6 +954,12 @@ def grad_coefficients_array(double count, const double[::1] sum_dy,
                             const double[::1] weight, bint training,
                             double[::1] k1, double[::1] k2, double[::1] k3):
     """Per-channel backward coefficients (OUT k1, k2, k3), the same arithmetic as the kernels."""
+    need_len("sum_dy_xmu", sum_dy_xmu.shape[0], sum_dy.shape[0])
+    need_len("invstd", invstd.shape[0], sum_dy.shape[0])
+    need_len("weight", weight.shape[0], sum_dy.shape[0])
+    need_len("k1", k1.shape[0], sum_dy.shape[0])
+    need_len("k2", k2.shape[0], sum_dy.shape[0])
+    need_len("k3", k3.shape[0], sum_dy.shape[0])
     cdef Py_ssize_t c
     for c in range(sum_dy.shape[0]):
         grad_coefficients(count, sum_dy[c], sum_dy_xmu[c], invstd[c], weight[c], training,
@@ -975,6 +1097,16 @@ def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sa
                           int num_threads):
     """Group norm backward, a row at a time: per-channel gradient sums, the group's
     coefficients, dx = k1[c] * dy + k2[g] * (x - mean[g]) + k3[g]."""
+    need_threads(num_threads)
+    need_sample_view(x.shape[1], outer, C, inner, k, groups, weight.shape[0])
+    need_same("dy", dy.shape, x.shape, 2)
+    need_shape("mean", mean.shape, 2, x.shape[0], groups)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_same("dx", dx.shape, x.shape, 2)
+    need_shape("sum_dy", sum_dy.shape, 2, x.shape[0], C)
+    need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
     cdef int inside, across
     cdef int status[1]
@@ -1056,6 +1188,17 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
                   double[::1] dbias,             # OUT (D,) sum over rows of dy
                   int num_threads):
     """Backward of a per-row normalization with a per-column affine, in one pass per row."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], x.shape[0])
+    need_len("invstd", invstd.shape[0], x.shape[0])
+    need_len("weight", weight.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 2)
+    need_len("dweight", dweight.shape[0], x.shape[1])
+    need_len("dbias", dbias.shape[0], x.shape[1])
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item
     cdef Py_ssize_t nchunks = min(M, <Py_ssize_t>ROWS_CHUNKS)
     cdef const floating* gp = &dy[0, 0]
@@ -1099,6 +1242,17 @@ def group_backward(const floating[:, ::1] dy,      # IN  (N * G, Cg * S), nonemp
                    int num_threads):
     """Group norm backward: per group, each channel's sums (dy, dy * (x - mean)), the
     group's coefficients, then dx = k1[c] * dy + k2 * (x - mean) + k3 channel by channel."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    cdef Py_ssize_t samples = need_group_view(x.shape[0], x.shape[1], S, weight.shape[0])
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], x.shape[0])
+    need_len("invstd", invstd.shape[0], x.shape[0])
+    need_same("dx", dx.shape, x.shape, 2)
+    need_shape("sum_dy", sum_dy.shape, 2, samples, weight.shape[0])
+    need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
     cdef Py_ssize_t C = weight.shape[0], G = C // Cg
     cdef Py_ssize_t r, j, ch, s, c0

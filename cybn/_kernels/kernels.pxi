@@ -2,6 +2,7 @@
 # Every kernel source, in dependency order; each instruction-set variant includes this file.
 
 include "common.pxi"
+include "checks.pxi"
 include "stats.pxi"
 include "apply.pxi"
 include "grad.pxi"

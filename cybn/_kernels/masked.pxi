@@ -81,6 +81,12 @@ def masked_plane_moments(const floating[:, :, ::1] x,       # IN  (outer, C, inn
                          double[::1] m2,                    # OUT (C,)
                          int num_threads):
     """Per-channel mean and M2 over the positions where mask is 1."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_shape("mask", mask.shape, 2, x.shape[0], x.shape[2])
+    need(count > 0, "count must be positive")
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("m2", m2.shape[0], x.shape[1])
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* mp = &mask[0, 0]
@@ -121,6 +127,14 @@ def masked_row_moments(const floating[:, ::1] x,         # IN  (rows, C)
                        double[:, ::1] part,              # scratch (blocks, C)
                        int num_threads):
     """Per-channel mean and M2 over the rows where mask is 1."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("mask", mask.shape[0], x.shape[0])
+    need(count > 0, "count must be positive")
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("m2", m2.shape[0], x.shape[1])
+    need_shape("part", part.shape, 2, (x.shape[0] + MASK_ROW_BLOCK - 1) // MASK_ROW_BLOCK,
+               x.shape[1])
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], nb = part.shape[0], k, j, lo
     cdef const floating* xp = &x[0, 0]
     cdef const unsigned char* mp = &mask[0]
@@ -158,6 +172,16 @@ def masked_plane_grad_apply(const floating[:, :, ::1] dy,    # IN  (outer, C, in
                             floating[:, :, ::1] dx,          # OUT (outer, C, inner); may be dy
                             int num_threads):
     """dx = a[c] * dy + (mask ? b[c] + d[c] * x : 0), per element."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_shape("mask", mask.shape, 2, x.shape[0], x.shape[2])
+    need_len("a", a.shape[0], x.shape[1])
+    need_len("b", b.shape[0], x.shape[1])
+    need_len("d", d.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 3)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], p, i, c
     cdef const floating* gp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
@@ -194,6 +218,16 @@ def masked_row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, C)
                           floating[:, ::1] dx,           # OUT (rows, C); may be dy
                           int num_threads):
     """dx = a[j] * dy + (mask[r] ? b[j] + d[j] * x : 0), per element."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_len("mask", mask.shape[0], x.shape[0])
+    need_len("a", a.shape[0], x.shape[1])
+    need_len("b", b.shape[0], x.shape[1])
+    need_len("d", d.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 2)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef const floating* gp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]

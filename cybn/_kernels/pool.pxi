@@ -7,6 +7,47 @@
 # so the backward's overlapping windows add up in a fixed order: the same bits for any thread
 # count. Included after common.pxi.
 
+cdef int need_pool_planes(const Py_ssize_t* big, const Py_ssize_t* small, Py_ssize_t kh,
+                          Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint byte_index,
+                          int num_threads) except -1:
+    """Planes (P, H, W) of the input side and (P, Ho, Wo) of the output side: the same P,
+    every window inside the input (no padding), taps a byte can name for max pooling."""
+    need_window(kh, kw, sh, sw, 0, 0, 1, 1)
+    need_threads(num_threads)
+    need(not byte_index or kh * kw <= 255, "max pooling windows have at most 255 taps")
+    need_len("the output side's planes", small[0], big[0])
+    need_out(big[1], small[1], kh, sh, 0, 1, "row")
+    need_out(big[2], small[2], kw, sw, 0, 1, "column")
+    return 0
+
+
+cdef int need_pool_rows(const Py_ssize_t* big, const Py_ssize_t* small, Py_ssize_t kh,
+                        Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint byte_index,
+                        int num_threads) except -1:
+    """(N, H, W, C) input side and (N, Ho, Wo, C) output side, as need_pool_planes."""
+    need_window(kh, kw, sh, sw, 0, 0, 1, 1)
+    need_threads(num_threads)
+    need(not byte_index or kh * kw <= 255, "max pooling windows have at most 255 taps")
+    need_len("the output side's samples", small[0], big[0])
+    need_len("the output side's channels", small[3], big[3])
+    need_out(big[1], small[1], kh, sh, 0, 1, "row")
+    need_out(big[2], small[2], kw, sw, 0, 1, "column")
+    return 0
+
+
+cdef int need_taps(const unsigned char* arg, Py_ssize_t n, Py_ssize_t taps) except -1:
+    """Every saved tap index names a tap of the window (the backward scatters by it)."""
+    cdef Py_ssize_t i
+    cdef unsigned char worst = 0
+    with nogil:
+        for i in range(n):
+            worst = arg[i] if arg[i] > worst else worst
+    if n > 0 and worst >= taps:
+        raise ValueError(f"cybn kernel arguments: arg holds tap {worst}, the window has "
+                         f"{taps}")
+    return 0
+
+
 cdef inline void pool_tap_strided(const floating* xr, Py_ssize_t sw, floating* yr,
                                   unsigned char* ar, Py_ssize_t Wo,
                                   unsigned char t) noexcept nogil:
@@ -34,6 +75,9 @@ def maxpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
     cdef floating* yr
     cdef unsigned char* ar
     cdef const floating* xr
+    need_pool_planes(x.shape, y.shape, kh, kw, sh, sw, True, num_threads)
+    need_shape("arg", arg.shape, 3, P, Ho, Wo)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
             for oh in range(Ho):
@@ -53,13 +97,17 @@ def maxpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
 
 def maxpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
                             const unsigned char[:, :, ::1] arg,  # IN  (P, Ho, Wo)
-                            Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                             floating[:, :, ::1] dx,          # OUT (P, H, W), zeroed here
                             int num_threads):
     """dx[window max] += dy, a plane per work item, outputs in order."""
     cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
     cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
     cdef Py_ssize_t p, oh, ow, t, r, c
+    need_pool_planes(dx.shape, dy.shape, kh, kw, sh, sw, True, num_threads)
+    need_shape("arg", arg.shape, 3, P, Ho, Wo)
+    need_taps(&arg[0, 0, 0], arg.size, kh * kw)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, False)
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
             for r in range(H):
@@ -83,6 +131,9 @@ def maxpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     cdef const floating* xr
     cdef floating* yr
     cdef unsigned char* ar
+    need_pool_rows(x.shape, y.shape, kh, kw, sh, sw, True, num_threads)
+    need_shape("arg", arg.shape, 4, N, Ho, Wo, C)
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     with nogil:
         for item in prange(N * Ho, schedule='static', num_threads=num_threads):
             n = item // Ho
@@ -135,6 +186,9 @@ def maxpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
     cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
     cdef Py_ssize_t n, oh, ow, c, r, q, i, j
+    need_pool_rows(dx.shape, dy.shape, kh, kw, sh, sw, True, num_threads)
+    need_shape("arg", arg.shape, 4, N, Ho, Wo, C)
+    need_apart("dx", &dx[0, 0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0, 0], dy.nbytes, False)
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             for r in range(H):
@@ -162,6 +216,8 @@ def avgpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
                            int num_threads):
     cdef Py_ssize_t P = y.shape[0], Ho = y.shape[1], Wo = y.shape[2]
     cdef Py_ssize_t p, oh, ow, i, j
+    need_pool_planes(x.shape, y.shape, kh, kw, sh, sw, False, num_threads)
+    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     cdef floating inv = <floating>(1.0 / <double>(kh * kw))
     cdef floating* yr
     cdef const floating* xr
@@ -187,6 +243,8 @@ def avgpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
     cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
     cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
     cdef Py_ssize_t p, oh, ow, i, j, r, c
+    need_pool_planes(dx.shape, dy.shape, kh, kw, sh, sw, False, num_threads)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, False)
     cdef floating inv = <floating>(1.0 / <double>(kh * kw))
     cdef floating* dr
     cdef const floating* gr
@@ -210,6 +268,8 @@ def avgpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                          int num_threads):
     cdef Py_ssize_t N = y.shape[0], Ho = y.shape[1], Wo = y.shape[2], C = y.shape[3]
     cdef Py_ssize_t item, n, oh, ow, i, j, c
+    need_pool_rows(x.shape, y.shape, kh, kw, sh, sw, False, num_threads)
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     cdef floating inv = <floating>(1.0 / <double>(kh * kw))
     cdef floating* yr
     cdef const floating* xr
@@ -237,6 +297,8 @@ def avgpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
     cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2]
     cdef Py_ssize_t n, oh, ow, i, j, c, r, q
+    need_pool_rows(dx.shape, dy.shape, kh, kw, sh, sw, False, num_threads)
+    need_apart("dx", &dx[0, 0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0, 0], dy.nbytes, False)
     cdef floating inv = <floating>(1.0 / <double>(kh * kw))
     cdef floating* dr
     cdef const floating* gr

@@ -191,6 +191,10 @@ def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), non
                   double[::1] m2,                  # OUT (C,) sum of squared deviations
                   int num_threads):
     """Per-channel mean and M2 of a plane-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("m2", m2.shape[0], x.shape[1])
     cdef int status
     with nogil:
         status = plane_moments_core(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
@@ -203,6 +207,11 @@ def plane_moments_half(const unsigned short[:, :, ::1] x,  # IN  half words, as 
                        double[::1] mean, double[::1] m2, int num_threads,
                        int kind):                          # HALF_F16 or HALF_BF16
     """plane_moments of float16 or bfloat16 data."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_len("mean", mean.shape[0], x.shape[1])
+    need_len("m2", m2.shape[0], x.shape[1])
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     with nogil:
         if kind == HALF_F16:
@@ -353,6 +362,11 @@ def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
                 double[::1] m2,                  # OUT (C,)
                 int num_threads):
     """Per-channel mean and M2 of a row-family view."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("mean", mean.shape[0], C)
+    need_len("m2", m2.shape[0], C)
     cdef int status
     with nogil:
         status = row_moments_core(&x[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0], &m2[0],
@@ -365,6 +379,12 @@ def row_moments_half(const unsigned short[:, ::1] x,  # IN  half words, as row_m
                      Py_ssize_t C, Py_ssize_t inner, double[::1] mean, double[::1] m2,
                      int num_threads, int kind):     # HALF_F16 or HALF_BF16
     """row_moments of float16 or bfloat16 data."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_rows_view(x.shape[1], C, inner)
+    need_len("mean", mean.shape[0], C)
+    need_len("m2", m2.shape[0], C)
+    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
     cdef int status
     with nogil:
         if kind == HALF_F16:
@@ -388,6 +408,10 @@ def merge_stats_rows(const double[::1] counts,      # IN  (W,) values per partia
                      double[::1] m2):               # OUT (C,)
     """Chan's merge of W partial (count, mean, M2) in row order, partials with count 0
     skipped (mean and M2 0 when every count is 0); returns the total count."""
+    need_len("means' rows", means.shape[0], counts.shape[0])
+    need_same("m2s", m2s.shape, means.shape, 2)
+    need_len("mean", mean.shape[0], means.shape[1])
+    need_len("m2", m2.shape[0], means.shape[1])
     cdef Py_ssize_t W = counts.shape[0], C = mean.shape[0], w, c
     cdef double total = 0.0, count
     with nogil:
@@ -409,6 +433,10 @@ def train_coefficients_array(double count, const double[::1] m2, double eps,
                              const double[::1] weight, double[::1] var,
                              double[::1] invstd, double[::1] scale):
     """Per-channel var, invstd and scale (OUT), the same arithmetic as the kernels."""
+    need_len("weight", weight.shape[0], m2.shape[0])
+    need_len("var", var.shape[0], m2.shape[0])
+    need_len("invstd", invstd.shape[0], m2.shape[0])
+    need_len("scale", scale.shape[0], m2.shape[0])
     cdef Py_ssize_t c
     for c in range(m2.shape[0]):
         train_coefficients(count, m2[c], eps, weight[c], &var[c], &invstd[c], &scale[c])
@@ -423,6 +451,7 @@ def update_running(running_t[::1] running,        # IN/OUT (C,) updated in place
                    const double[::1] batch,       # IN  (C,)
                    double momentum, double factor):
     """running = (1 - momentum) * running + momentum * (batch * factor), in double."""
+    need_len("batch", batch.shape[0], running.shape[0])
     cdef Py_ssize_t c
     for c in range(running.shape[0]):
         running[c] = <running_t>((1.0 - momentum) * <double>running[c]

@@ -45,8 +45,7 @@ class ReLU(Module):
         return np.maximum(x, zero, out=x if self.inplace else None)
 
     def backward(self, dy):
-        kind, keep, dtype = self._take_saved()
-        dy = np.asarray(dy)
+        (kind, keep, dtype), dy = self._take_saved(dy, lambda saved: saved[1].shape)
         if kind == "compiled" and dy.dtype == dtype and dy.shape == keep.shape:
             return pool.relu_backward(dy, keep, dtype)
         return np.where(keep.astype(bool), dy, dy.dtype.type(0))

@@ -206,6 +206,9 @@ class _BatchNorm(Module):
             self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis,
                            residual, activation, None)
             return y
+        if mask is not None and (self.renorm or self.ghost_batch_size is not None):
+            raise ValueError("mask= does not work with renorm or ghost_batch_size (it would "
+                             "be ignored): use a plain BatchNorm for masked statistics")
         update = self.training and self.track_running_stats and not self.frozen
         running = {"running_mean": self.running_mean if update else None,
                    "running_var": self.running_var if update else None,
@@ -233,8 +236,6 @@ class _BatchNorm(Module):
             self._cache = (x, mean, invstd, flags, axis, residual, activation, ("ghost",))
             return y
         if mask is not None:
-            if self.renorm or self.ghost_batch_size is not None:
-                raise ValueError("mask= does not work with renorm or ghost_batch_size")
             count = int(np.count_nonzero(mask))
             degenerate, counted = count == 1, count >= 2
             running["mask"] = mask
@@ -255,7 +256,8 @@ class _BatchNorm(Module):
         """dx for the last forward (and the residual's gradient when it had one, as
         ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad (not when
         frozen)."""
-        x, mean, invstd, training, axis, residual, activation, variant = self._take_saved()
+        (x, mean, invstd, training, axis, residual, activation, variant), dy = \
+            self._take_saved(dy, lambda saved: saved[0].shape)
         dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
         w, b = self._gamma(), self._beta()
         if variant is None or variant[0] == "mask":

@@ -66,6 +66,15 @@ class Conv2d(Module):
         """weight as (groups, out // groups, in // groups * kh * kw)."""
         return self.weight.data.reshape(self.groups, self.out_channels // self.groups, -1)
 
+    def _output_shape(self, in_shape: tuple) -> tuple:
+        """The output's shape for an input of ``in_shape`` (in this layer's layout)."""
+        h, w = in_shape[1:3] if self.channels_last else in_shape[2:4]
+        (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
+        ho = (h + 2 * ph - (kh - 1) * self.dilation[0] - 1) // sh + 1
+        wo = (w + 2 * pw - (kw - 1) * self.dilation[1] - 1) // sw + 1
+        n, out = in_shape[0], self.out_channels
+        return (n, ho, wo, out) if self.channels_last else (n, out, ho, wo)
+
     def forward(self, x):
         x = np.asarray(x)
         c_axis = 3 if self.channels_last else 1
@@ -81,6 +90,11 @@ class Conv2d(Module):
         wo = (xh.shape[2] + 2 * pw - ekw) // sw + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
+        if x.dtype.kind != "f" and not x.dtype.name == "bfloat16":
+            raise TypeError(f"Conv2d: x must hold floating-point numbers, got dtype {x.dtype}")
+        if x.shape[0] == 0:  # an empty batch: an empty output (and zero gradients)
+            self._cache = ("empty", x.shape)
+            return np.zeros(self._output_shape(x.shape), np.result_type(x, self.weight.data))
         c = xh.shape[3]
         if self.groups == c == self.out_channels and xh.dtype in (np.float32, np.float64):
             # depthwise, one filter per channel: compiled kernels, in x's own layout
@@ -168,11 +182,15 @@ class Conv2d(Module):
                              out=self._workspace("dcols", cols.shape, cols.dtype))
         return col2im_planes(dcols, x_shape, *geometry, ho, wo)
 
+    def _saved_with_grad(self, dy) -> tuple:
+        """The forward's record and dy, checked against the forward's output shape."""
+        return self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))
+
     def backward_parameters(self, dy) -> None:
         saved = self.__dict__.get("_cache")
         if saved is None or saved[0] != "dense":
             return super().backward_parameters(dy)
-        self._take_saved()
+        saved, dy = self._saved_with_grad(dy)
         self._dense_backward(saved[1], saved[2], dy, input_grad=False)
         return None
 
@@ -230,7 +248,9 @@ class Conv2d(Module):
         return dx
 
     def backward(self, dy):
-        kind, *saved = self._take_saved()
+        (kind, *saved), dy = self._saved_with_grad(dy)
+        if kind == "empty":
+            return np.zeros(saved[0], np.result_type(dy, self.weight.data))
         if kind == "dense":
             return self._dense_backward(saved[0], saved[1], dy)
         if kind == "compiled depthwise":

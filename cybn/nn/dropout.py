@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from ._args import as_rng
 from .module import Module
 
@@ -27,13 +29,13 @@ class Dropout(Module):
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
-            self._cache = (None,)
+            self._cache = (None, np.shape(x))
             return x
         keep = self.rng.random(x.shape) >= self.p
         scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
-        self._cache = (scale,)
+        self._cache = (scale, x.shape)
         return x * scale
 
     def backward(self, dy):
-        (scale,) = self._take_saved()
+        (scale, _), dy = self._take_saved(dy, lambda saved: saved[1])
         return dy if scale is None else dy * scale

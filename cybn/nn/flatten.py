@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .module import Module
@@ -15,7 +17,8 @@ class Flatten(Module):
     def forward(self, x):
         x = np.asarray(x)
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails for N = 0
 
     def backward(self, dy):
-        return np.asarray(dy).reshape(self._take_saved())
+        shape, dy = self._take_saved(dy, lambda shape: (shape[0], math.prod(shape[1:])))
+        return dy.reshape(shape)

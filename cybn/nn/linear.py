@@ -56,8 +56,7 @@ class Linear(Module):
         return None
 
     def _backward(self, dy, input_grad: bool):
-        x = self._take_saved()
-        dy = np.asarray(dy)
+        x, dy = self._take_saved(dy, lambda x: (x.shape[0], self.out_features))
         self.weight.grad += _blas.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)

@@ -6,7 +6,31 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._validate import is_half, reject_masked
+
 __all__ = ["Parameter", "Module", "Sequential", "Identity"]
+
+_NO_GRAD = object()  # _take_saved called without a dy to check
+
+
+def grad_output(dy, shape: tuple, layer: str) -> np.ndarray:
+    """dy as an array of real numbers with the forward output's ``shape``: TypeError or
+    ValueError naming dy otherwise (a layer's compiled backward takes its loop bounds from
+    the saved forward, so a wrong-shaped dy must never reach it)."""
+    reject_masked(dy, "dy")
+    if dy is None:
+        raise TypeError(f"{layer}.backward: dy must be an array of the output's shape "
+                        f"{tuple(shape)}, got None")
+    try:
+        arr = np.asarray(dy)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{layer}.backward: dy must be an array of numbers: {err}") from None
+    if not (arr.dtype.kind in "biuf" or is_half(arr.dtype)):
+        raise TypeError(f"{layer}.backward: dy must hold real numbers, got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{layer}.backward: dy must have the shape of the forward's output "
+                         f"{tuple(shape)}, got shape {arr.shape}")
+    return arr
 
 
 class Parameter:
@@ -103,16 +127,23 @@ class Module:
         self.backward(dy)
         return None
 
-    def _take_saved(self):
+    def _take_saved(self, dy=_NO_GRAD, output_shape=None):
         """What the last forward saved for backward; a backward consumes it, so that a
         second backward without a new forward (which would add the parameter gradients
-        twice) is an error, as in PyTorch."""
+        twice) is an error, as in PyTorch.
+
+        With ``dy`` (and ``output_shape``, a function of the saved record giving the shape
+        of the forward's output), returns ``(saved, dy)``: dy as an array checked against
+        that shape first, so a wrong dy raises before anything is computed and leaves the
+        saved record in place for a corrected call."""
         saved = self.__dict__.get("_cache")
         if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward first (each "
                                f"forward allows one backward)")
+        if dy is not _NO_GRAD:
+            dy = grad_output(dy, output_shape(saved), type(self).__name__)
         object.__setattr__(self, "_cache", None)
-        return saved
+        return saved if dy is _NO_GRAD else (saved, dy)
 
     # ----- traversal ------------------------------------------------------------------
     def named_parameters(self, prefix: str = ""):
@@ -181,7 +212,11 @@ class Module:
         for key, target in targets.items():
             if key not in state:
                 continue
-            value = np.asarray(state[key])
+            try:
+                value = np.asarray(state[key])
+            except (TypeError, ValueError) as err:  # ragged nested lists, say
+                raise ValueError(f"state_dict[{key!r}] is not an array of numbers: "
+                                 f"{err}") from None
             if value.shape != target.shape:
                 raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, the model "
                                  f"expects {target.shape}")

@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from .. import ops as F
-from .._validate import check_bool, check_eps, check_momentum
+from .._validate import check_bool, check_eps, check_momentum, describe
 from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
                     running_buffers)
 from .module import Module
@@ -20,12 +20,20 @@ __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "Instan
 def _shape(normalized_shape) -> tuple:
     if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
+    if not isinstance(normalized_shape, (tuple, list)):
+        raise ValueError(f"normalized_shape must be an int or a tuple of ints, got "
+                         f"{describe(normalized_shape)}")
     shape = tuple(normalized_shape)
     for d in shape:
         positive_int(d, "normalized_shape")
     if not shape:
         raise ValueError("normalized_shape must not be empty")
     return tuple(int(d) for d in shape)
+
+
+def _input_shape(saved: tuple) -> tuple:
+    """The output shape of a normalization layer: its input's (saved first)."""
+    return saved[0].shape
 
 
 def _accumulate(param, grad) -> None:
@@ -83,7 +91,7 @@ class LayerNorm(_TrailingNorm):
         return y
 
     def backward(self, dy):
-        x, mean, invstd = self._take_saved()
+        (x, mean, invstd), dy = self._take_saved(dy, _input_shape)
         dy = activation_grad(dy, x)
         dx, dw, db = F.layer_norm_backward(dy, x, _data(self.weight), mean, invstd,
                                            self.normalized_shape)
@@ -118,7 +126,7 @@ class RMSNorm(_TrailingNorm):
         return y
 
     def backward(self, dy):
-        x, invrms = self._take_saved()
+        (x, invrms), dy = self._take_saved(dy, _input_shape)
         dy = activation_grad(dy, x)
         dx, dw = F.rms_norm_backward(dy, x, _data(self.weight), invrms, self.normalized_shape)
         _accumulate(self.weight, dw)
@@ -187,7 +195,7 @@ class GroupNorm(Module):
         return y
 
     def backward(self, dy):
-        x, mean, invstd, axis = self._take_saved()
+        (x, mean, invstd, axis), dy = self._take_saved(dy, _input_shape)
         dy = activation_grad(dy, x)
         dx, dw, db = F.group_norm_backward(dy, x, self.num_groups, _data(self.weight), mean,
                                            invstd, axis=axis)
@@ -236,7 +244,7 @@ class _InstanceNorm(Module):
         return y
 
     def backward(self, dy):
-        x, mean, invstd, use_input_stats, axis = self._take_saved()
+        (x, mean, invstd, use_input_stats, axis), dy = self._take_saved(dy, _input_shape)
         dy = activation_grad(dy, x)
         dx, dw, db = F.instance_norm_backward(dy, x, _data(self.weight), mean, invstd,
                                               use_input_stats=use_input_stats, axis=axis)

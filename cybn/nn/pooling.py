@@ -63,8 +63,7 @@ class MaxPool2d(_Pool2d):
         return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
     def backward(self, dy):
-        kind, shape, dtype, arg = self._take_saved()
-        dy = np.asarray(dy)
+        (kind, shape, dtype, arg), dy = self._take_saved(dy, lambda saved: saved[3].shape)
         if kind == "compiled":
             return pool.max_pool2d_backward(dy, arg, shape, self.kernel_size, self.stride,
                                             self.channels_last, dtype)
@@ -93,12 +92,13 @@ class AvgPool2d(_Pool2d):
         x = self._checked(x)
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"AvgPool2d takes float32 or float64 input, got {x.dtype}")
-        self._cache = (x.shape, x.dtype)
-        return pool.avg_pool2d(x, self.kernel_size, self.stride, self.channels_last)
+        y = pool.avg_pool2d(x, self.kernel_size, self.stride, self.channels_last)
+        self._cache = (x.shape, x.dtype, y.shape)
+        return y
 
     def backward(self, dy):
-        shape, dtype = self._take_saved()
-        return pool.avg_pool2d_backward(np.asarray(dy), shape, self.kernel_size, self.stride,
+        (shape, dtype, _), dy = self._take_saved(dy, lambda saved: saved[2])
+        return pool.avg_pool2d_backward(dy, shape, self.kernel_size, self.stride,
                                         self.channels_last, dtype)
 
 
@@ -119,6 +119,9 @@ class AdaptiveAvgPool2d(Module):
     def extra_repr(self) -> str:
         return "output_size=1"
 
+    def _output_shape(self, shape: tuple) -> tuple:
+        return (shape[0], 1, 1, shape[3]) if self.channels_last else (shape[0], shape[1], 1, 1)
+
     def _axes(self) -> tuple:
         return (1, 2) if self.channels_last else (2, 3)
 
@@ -130,7 +133,6 @@ class AdaptiveAvgPool2d(Module):
         return x.mean(axis=self._axes(), keepdims=True)
 
     def backward(self, dy):
-        shape = self._take_saved()
-        dy = np.asarray(dy)
+        shape, dy = self._take_saved(dy, self._output_shape)
         count = shape[self._axes()[0]] * shape[self._axes()[1]]
         return np.broadcast_to(dy / dy.dtype.type(count), shape).copy()

@@ -71,18 +71,18 @@ class Residual(Module):
             h = x
             for layer in head:
                 h = layer(h)
-            self._cache = ("fused", head, bn)
-            return bn._run(h, s, self.activation)
+            y = bn._run(h, s, self.activation)
+            self._cache = ("fused", head, bn, y.shape)
+            return y
         pre = np.asarray(self.body(x)) + s
         if self.activation is None:
-            self._cache = ("plain", None, None)
+            self._cache = ("plain", None, None, pre.shape)
             return pre
-        self._cache = ("plain", pre <= 0, None)
+        self._cache = ("plain", pre <= 0, None, pre.shape)
         return np.where(self._cache[1], pre.dtype.type(0), pre)
 
     def backward(self, dy):
-        kind, state, bn = self._take_saved()
-        dy = np.asarray(dy)
+        (kind, state, bn, shape), dy = self._take_saved(dy, lambda saved: saved[3])
         if kind == "fused":
             dh, dsum = bn.backward(dy)
             for layer in reversed(state):

@@ -22,7 +22,7 @@ from .._validate import (
 from . import _schedule
 from ._run import Output, channel_affine, empty_result, kernel_array, update_running
 from .conventions import get_convention
-from .masked import check_mask, masked_grad_apply, masked_train
+from .masked import check_mask, masked_grad_apply, masked_train, zero_dy_terms_dropped
 from .conventions import resolve as resolve_convention
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm",
@@ -433,7 +433,8 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
             raise TypeError(f"mask= takes float32 or float64 x, got {x.dtype}")
         mask8 = check_mask(mask, x, view.axis)
         count = max(int(np.count_nonzero(mask8)), 1)
-        sum_dy, sum_dy_xmu = batch_norm_backward_reduce(dy, x, mu, axis=axis)
+        sum_dy, sum_dy_xmu = zero_dy_terms_dropped(
+            dy, x, view.axis, mu, *batch_norm_backward_reduce(dy, x, mu, axis=axis))
         dx = masked_grad_apply(dy, x, view.axis, mask8, w, mu, inv, sum_dy, sum_dy_xmu, count,
                                out)
         return dx, (sum_dy_xmu * inv).astype(x.dtype), sum_dy.astype(x.dtype)

@@ -79,6 +79,24 @@ def masked_train(x, view, axis: int, w, b, rm, rv, momentum: float, eps: float,
     return dest.result(), mean, invstd
 
 
+def zero_dy_terms_dropped(dy, x, axis: int, mean, sum_dy, sum_dy_xmu) -> tuple:
+    """The reduction sums with the terms where dy == 0 left out, when a sum is not finite.
+
+    Padding may hold anything (NaN, inf) and the loss usually gives it dy = 0; such a term's
+    exact contribution is 0, but 0 * NaN is NaN in the kernels' sums. Finite sums are
+    returned as they are (the kernels' bits); otherwise the sums again in float64 over the
+    terms with dy != 0 (NumPy's pairwise sums: the same for any thread count)."""
+    if np.isfinite(sum_dy).all() and np.isfinite(sum_dy_xmu).all():
+        return sum_dy, sum_dy_xmu
+    d = np.moveaxis(np.asarray(dy, dtype=np.float64), axis, -1)
+    xm = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1) - mean
+    live = d != 0
+    other = tuple(range(d.ndim - 1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (np.where(live, d, 0.0).sum(axis=other),
+                np.where(live, d * xm, 0.0).sum(axis=other))
+
+
 def masked_grad_apply(dy, x, axis: int, mask8, w, mean, invstd, sum_dy, sum_dy_xmu,
                       count: int, out) -> np.ndarray:
     """dx of the masked training forward from the reduction sums over all positions."""

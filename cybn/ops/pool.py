@@ -56,8 +56,8 @@ def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple, kernel:
         return dx
     n, C, H, W = x_shape
     ho, wo = dy.shape[2], dy.shape[3]
-    _kernels.maxpool_backward_planes(dy.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo), kw,
-                                     sh, sw, dx.reshape(n * C, H, W), threads)
+    _kernels.maxpool_backward_planes(dy.reshape(n * C, ho, wo), arg.reshape(n * C, ho, wo),
+                                     kernel[0], kw, sh, sw, dx.reshape(n * C, H, W), threads)
     return dx
 
 

@@ -179,8 +179,10 @@ class RunningMoments:
 
     @property
     def mean(self) -> np.ndarray:
-        """Per-channel mean (float64)."""
-        return self._require()[0].copy()
+        """Per-channel mean (float64); NaN after only empty batches (no values yet), as the
+        batch statistics of an empty batch."""
+        mean = self._require()[0]
+        return mean.copy() if self.count else np.full(len(mean), np.nan)
 
     def var(self, ddof: int = 0) -> np.ndarray:
         """Per-channel variance dividing by ``count - ddof`` (NaN where that is <= 0)."""

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from .._validate import channel_view, check_activation, check_out, describe, is_int
+from .._validate import (as_data, channel_vector, channel_view, check_activation, check_bool,
+                         check_out, check_same_layout, describe, is_int, normalize_axis,
+                         shaped_array)
 from . import _schedule
 from ._run import Output, channel_affine, channel_moments, update_running
-from .batchnorm import (DEGENERATE_POLICIES, _train_args, _train_core, batch_norm_backward,
-                        batch_norm_train)
+from .batchnorm import (DEGENERATE_POLICIES, _residual, _train_args, _train_core,
+                        batch_norm_backward, batch_norm_train)
 from .conventions import resolve as resolve_convention
 
 __all__ = ["RenormSchedule", "batch_norm_renorm", "batch_norm_renorm_backward",
@@ -50,26 +52,37 @@ class RenormSchedule:
     dmax_steps: int = 25000
 
     def __post_init__(self):
-        if not (self.rmax >= 1.0 and self.dmax >= 0.0):
-            raise ValueError(f"RenormSchedule needs rmax >= 1 and dmax >= 0, got rmax="
-                             f"{self.rmax}, dmax={self.dmax}")
-        if not (0 <= self.warmup <= min(self.rmax_steps, self.dmax_steps)):
+        _clip_limits(self.rmax, self.dmax)
+        for name in ("warmup", "rmax_steps", "dmax_steps"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ValueError(f"RenormSchedule: {name} must be a non-negative integer, got "
+                                 f"{describe(value)}")
+        if not self.warmup <= min(self.rmax_steps, self.dmax_steps):
             raise ValueError("RenormSchedule needs 0 <= warmup <= rmax_steps and dmax_steps")
 
     def __call__(self, step: int) -> tuple:
+        if not is_int(step) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {describe(step)}")
+
         def ramp(end: int) -> float:
             if step < self.warmup:
                 return 0.0
             return 1.0 if end <= self.warmup else min(1.0, (step - self.warmup)
                                                       / (end - self.warmup))
 
-        return (1.0 + (self.rmax - 1.0) * ramp(self.rmax_steps), self.dmax * ramp(self.dmax_steps))
+        def relax(start: float, limit: float, t: float) -> float:
+            # t = 0 is the start itself and t = 1 the limit itself (inf * 0 would be NaN)
+            return start if t == 0.0 else limit if t == 1.0 else start + (limit - start) * t
+
+        return (relax(1.0, float(self.rmax), ramp(self.rmax_steps)),
+                relax(0.0, float(self.dmax), ramp(self.dmax_steps)))
 
 
 def _clip_limits(rmax, dmax) -> tuple:
     for name, value, low in (("rmax", rmax, 1.0), ("dmax", dmax, 0.0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                or not value >= low:
+        if isinstance(value, (bool, np.bool_)) or \
+                not isinstance(value, (int, float, np.integer, np.floating)) or not value >= low:
             raise ValueError(f"{name} must be a number >= {low} (inf: no clipping), got "
                              f"{describe(value)}")
     return float(rmax), float(dmax)
@@ -134,7 +147,7 @@ def batch_norm_renorm_backward(dy, x, weight, mean, invstd, r, d, *, axis: int =
     d = np.asarray(d, dtype=np.float64)
     if C is None or r.shape != (C,) or d.shape != (C,):
         raise ValueError(f"r and d must have mean's shape (C,), got {r.shape} and {d.shape}")
-    w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
+    w = channel_vector(weight, "weight", C, default=1.0)
     dx, dw_hat, db = batch_norm_backward(dy, x, w * r, mean, invstd, training=True, axis=axis,
                                          out=out)
     dweight = r * dw_hat.astype(np.float64) + d * db.astype(np.float64)
@@ -215,13 +228,18 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
         nan = np.full((0, view.channels), np.nan)
         return y, nan, nan.copy()
     per_sample = x.size // (x.shape[0] * view.channels)
-    last_degenerate = (parts[-1].stop - parts[-1].start) * per_sample == 1
-    if last_degenerate and on_degenerate == "raise":
-        raise ValueError(f"the last ghost batch has one value per channel (batch {x.shape[0]},"
-                         f" ghost_batch_size {ghost_batch_size}); see on_degenerate")
+    # the degenerate-batch policy per ghost batch (one value per channel), decided up front
+    degenerate = [(s.stop - s.start) * per_sample == 1 for s in parts]
+    if any(degenerate):
+        if on_degenerate == "raise":
+            which = "every ghost batch has" if all(degenerate) else "the last ghost batch has"
+            raise ValueError(f"{which} one value per channel (batch {x.shape[0]}, "
+                             f"ghost_batch_size {ghost_batch_size}); see on_degenerate")
+        if on_degenerate == "use_running" and rm is None:
+            raise ValueError("on_degenerate='use_running' needs running_mean and running_var")
     means, invstds = [], []
     first = 0
-    if _ghost_kernel_applies(x, y, parts, activation, residual):
+    if not degenerate[0] and _ghost_kernel_applies(x, y, parts, activation, residual):
         first = x.shape[0] // parts[0].stop  # the equal ghost batches: one kernel call
         mean, var, invstd = _ghost_forward(x, y, axis, first, parts[0].stop, w, b, eps)
         if rm is not None:  # the running statistics, once per ghost batch, in order
@@ -234,7 +252,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     for k, s in enumerate(parts[first:], start=first):
         xs, ys = x[s], y[s]
         rs = None if residual is None else residual[s]
-        if k == len(parts) - 1 and last_degenerate:  # the policy, by the full op
+        if degenerate[k]:  # the policy, by the full op
             _, mean, invstd = batch_norm_train(
                 xs, w, b, running_mean=rm, running_var=rv, momentum=momentum, eps=eps,
                 axis=axis, activation=activation, residual=rs, out=ys,
@@ -248,6 +266,44 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     return y, np.stack(means), np.stack(invstds)
 
 
+def _ghost_backward_args(dy, x, weight, mean, invstd, ghost_batch_size, axis, activation,
+                         bias, residual, training, out) -> tuple:
+    """Every argument of batch_norm_ghost_backward checked before anything is written:
+    (x, dy, the ghost slices, x's ChannelView, weight, bias (float64 (C,)), mean, invstd
+    (float64 (G, C)), one training flag per ghost batch, residual)."""
+    check_activation(activation)
+    x = as_data(x, "x", half=True)
+    dy = as_data(dy, "dy", half=True)
+    check_same_layout(dy, "dy", x)
+    if normalize_axis(axis, x.ndim) == 0:
+        raise ValueError(f"batch_norm_ghost_backward: ghost batches split axis 0; the channel "
+                         f"axis must be another one, got axis={axis} for shape {x.shape}")
+    parts = ghost_slices(x.shape[0], ghost_batch_size)
+    if not parts:
+        raise ValueError("batch_norm_ghost_backward: x has no samples")
+    view = channel_view(x, axis)
+    C, G = view.channels, len(parts)
+    mean = shaped_array(mean, "mean", (G, C), what="one row per ghost batch")
+    invstd = shaped_array(invstd, "invstd", (G, C), what="one row per ghost batch")
+    w = channel_vector(weight, "weight", C, default=1.0)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    if isinstance(training, (bool, np.bool_)):
+        flags = [bool(training)] * G
+    elif isinstance(training, (list, tuple, np.ndarray)):
+        if len(training) != G:
+            raise ValueError(f"training must be a bool or one bool per ghost batch ({G}), "
+                             f"got {len(training)} values")
+        flags = [check_bool(t, f"training[{i}]") for i, t in enumerate(training)]
+    else:
+        raise TypeError(f"training must be a bool or a sequence of {G} bools, got "
+                        f"{describe(training)}")
+    residual = _residual(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd, "bias": bias, "residual": residual},
+              in_place_ok=("x", "dy"))
+    return x, dy, parts, view, w, b, mean, invstd, flags, residual
+
+
 def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: int,
                               axis: int = 1, activation: str | None = None, bias=None,
                               residual=None, training=True, out=None) -> tuple:
@@ -257,24 +313,12 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
     ``training`` may be a sequence of one bool per ghost batch (False where the running
     statistics normalized it, see on_degenerate="use_running"). ``out``: an array of x's
     shape and dtype for dx (may be dy or x itself)."""
-    x = np.asarray(x)
-    dy = np.asarray(dy)
-    parts = ghost_slices(x.shape[0], ghost_batch_size)
-    mean, invstd = np.asarray(mean), np.asarray(invstd)
-    if mean.ndim != 2 or mean.shape[0] != len(parts) or invstd.shape != mean.shape:
-        raise ValueError(f"mean and invstd must be ({len(parts)}, C), one row per ghost batch, "
-                         f"got {mean.shape} and {invstd.shape}")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have x's shape {x.shape}, got {dy.shape}")
-    flags = [training] * len(parts) if isinstance(training, bool) else list(training)
-    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
-                                      "invstd": invstd, "bias": bias, "residual": residual},
-              in_place_ok=("x", "dy"))
+    x, dy, parts, view, w, b, mean, invstd, flags, residual = _ghost_backward_args(
+        dy, x, weight, mean, invstd, ghost_batch_size, axis, activation, bias, residual,
+        training, out)
     dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
     dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
-    if not parts:
-        raise ValueError("batch_norm_ghost_backward: x has no samples")
-    dw, db = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
+    dw, db = np.zeros(view.channels), np.zeros(view.channels)
     dtype = None
     first = 0
     if all(flags) and dy.dtype == x.dtype and _ghost_kernel_applies(
@@ -284,11 +328,9 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
         plane, d0, d1, C, inner, view = _ghost_geometry(x, axis, g)
         sum_dy, sum_dy_xmu = np.empty((first, C)), np.empty((first, C))
         status = np.zeros(first, dtype=np.int32)
-        w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
         _kernels.ghost_backward(dy[:first * g].reshape(first, -1), x[:first * g].reshape(
             first, -1), dx[:first * g].reshape(first, -1), plane, d0, d1, C, inner,
-            np.ascontiguousarray(mean[:first], dtype=np.float64),
-            np.ascontiguousarray(invstd[:first], dtype=np.float64), w, sum_dy,
+            mean[:first], invstd[:first], w, sum_dy,
             sum_dy_xmu, status, _schedule.streaming(channel_view(x, axis), x.itemsize, "backward"),
             _schedule.threads_for(x.size))
         for i in range(first):  # in ghost order
@@ -296,8 +338,8 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
             db = db + sum_dy[i]
         dtype = x.dtype
     for i, s in enumerate(parts[first:], start=first):
-        grads = batch_norm_backward(dy[s], x[s], weight, mean[i], invstd[i], training=flags[i],
-                                    axis=axis, activation=activation, bias=bias,
+        grads = batch_norm_backward(dy[s], x[s], w, mean[i], invstd[i], training=flags[i],
+                                    axis=axis, activation=activation, bias=b,
                                     residual=None if residual is None else residual[s],
                                     out=dx[s])
         dtype = grads[1].dtype
