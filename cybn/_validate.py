@@ -85,6 +85,22 @@ def check_bool(value, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {describe(value)}")
 
 
+def numeric_array(v, name: str) -> np.ndarray:
+    """v as an array of real numbers (bool, integer or floating, float16 and bfloat16
+    included); TypeError naming ``name`` for anything else (None, strings, objects, ragged
+    lists, complex numbers, masked arrays)."""
+    reject_masked(v, name)
+    if v is None:
+        raise TypeError(f"{name} must be an array of numbers, got None")
+    try:
+        arr = np.asarray(v)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of numbers: {err}") from None
+    if not (arr.dtype.kind in "biuf" or is_half(arr.dtype)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
 def as_data(x, name: str, min_ndim: int = 2, half: bool = False) -> np.ndarray:
     """Return ``x`` as a float32 or float64 array of at least ``min_ndim`` dimensions.
 
@@ -157,7 +173,7 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
 
     ``None`` gives ``default`` everywhere, or is an error when there is no default.
     """
-    return shaped_array(v, name, (channels,), default, what="one value per channel")
+    return shaped_array(v, name, (channels,), default, what="one value per channel of x along axis")
 
 
 def shaped_array(v, name: str, shape: tuple, default: float | None = None,
@@ -201,7 +217,8 @@ def running_buffer(v, name: str, channels: int) -> np.ndarray:
     reject_masked(v, name)
     check_float_dtype(v, name)
     if v.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},), got shape {v.shape}")
+        raise ValueError(f"{name} must have shape ({channels},) (one value per channel of x "
+                         f"along axis), got shape {v.shape}")
     if not v.flags.writeable:
         raise ValueError(f"{name} is read-only; it must be writeable to be updated in place")
     return v

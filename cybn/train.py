@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from ._validate import numeric_array
+
 __all__ = ["cross_entropy", "mse_loss", "SGD", "Adam", "fit", "evaluate", "predict"]
 
 
@@ -36,13 +38,15 @@ def cross_entropy(logits, targets):
     dlogits : ndarray (N, K), logits' dtype
         ``(softmax(logits) - onehot(targets)) / N``.
     """
-    logits = np.asarray(logits)
-    targets = np.asarray(targets)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, K), got {logits.shape}")
+    logits = numeric_array(logits, "logits")
+    targets = numeric_array(targets, "targets")
+    if logits.ndim != 2 or logits.dtype.kind != "f":
+        raise ValueError(f"logits must be a floating-point array of shape (N, K), got "
+                         f"{logits.dtype} of shape {logits.shape}")
     if targets.shape != (logits.shape[0],) or targets.dtype.kind not in "iu":
-        raise ValueError(f"targets must be integer class indices of shape ({logits.shape[0]},),"
-                         f" got {targets.dtype} array of shape {targets.shape}")
+        raise ValueError(f"targets must be integer class indices of shape ({logits.shape[0]},) "
+                         f"(one per row of logits), got {targets.dtype} array of shape "
+                         f"{targets.shape}")
     n, k = logits.shape
     if n and (targets.min() < 0 or targets.max() >= k):
         raise ValueError(f"targets must lie in [0, {k}), got values in "
@@ -61,8 +65,8 @@ def cross_entropy(logits, targets):
 def mse_loss(pred, target):
     """Mean squared error ``mean((pred - target)**2)`` and its gradient
     ``2 * (pred - target) / pred.size``."""
-    pred = np.asarray(pred)
-    target = np.asarray(target)
+    pred = numeric_array(pred, "pred")
+    target = numeric_array(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
     diff = pred - target

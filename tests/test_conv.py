@@ -37,6 +37,7 @@ CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (3, 5, 3, 2, 1, 1, 1),        # dense (compiled im2col in either layout), stride 2
     (2, 3, (3, 2), (2, 1), (2, 0), (2, 1), 1),  # dense, everything asymmetric
     (2, 3, 5, 1, 3, 1, 1),        # dense, padding wider than half the kernel
+    (4, 6, (3, 2), 1, (2, 1), 1, 2),  # grouped (NumPy path), asymmetric kernel and padding
 ]
 
 

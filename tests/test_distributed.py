@@ -215,7 +215,7 @@ def small_model(dtype, seed=0):
                            cybn.Linear(4 * 6 * 6, 3, dtype=dtype, rng=rng))
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [2, 3, 4])  # 3: shards of 7, 7 and 6 (uneven weights)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_data_parallel_fit_matches_one_process(ranks, dtype):
     rng = np.random.default_rng(3)
@@ -390,3 +390,14 @@ def test_one_rank_s_bad_input_raises_on_every_rank_over_mpi(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("raised") == 2
+
+
+def test_cross_rank_sums_are_added_in_rank_order():
+    # float64 values whose sum depends on the order: rank order gives (1 + 1e16) - 1e16 = 0
+    values = [1.0, 1e16, -1e16]
+
+    def rank(comm):
+        return allreduce_sum(comm, np.array([values[comm.rank]]))[0]
+
+    results, errors = run_ranks(3, rank)
+    assert errors == [None] * 3 and results == [0.0, 0.0, 0.0]

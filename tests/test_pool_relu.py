@@ -184,3 +184,39 @@ def test_numpy_relu_path_follows_pytorch_at_nan_and_infinite_dy(dtype):
     dx = relu.backward(dy)
     np.testing.assert_array_equal(dx, want_dx)
     assert not np.isnan(dx[:2]).any()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel,stride,dtype", [((2, 3), (1, 2), np.float16),
+                                                 ((3, 2), (2, 1), np.float16),
+                                                 ((16, 17), (3, 2), np.float32)])
+def test_numpy_max_pool_path_equals_the_compiled_one(kernel, stride, dtype, channels_last):
+    """float16, and windows of more taps than a byte names, run through NumPy: forward and
+    backward equal the compiled float32 kernels' (non-square windows pin the tap index)."""
+    rng = np.random.default_rng(21)
+    shape = (2, 20, 21, 3) if channels_last else (2, 3, 20, 21)
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32) / 64  # no ties
+    x16 = x.astype(dtype)
+    slow = cybn.MaxPool2d(kernel, stride, channels_last=channels_last)
+    y = slow(x16)
+    dy = rng.integers(1, 5, y.shape).astype(dtype)
+    dx = slow.backward(dy)
+    if kernel[0] * kernel[1] > 255:  # the reference: windows by hand
+        (kh, kw), (sh, sw) = kernel, stride
+        xn = x if channels_last else x.transpose(0, 2, 3, 1)
+        dyn = dy if channels_last else dy.transpose(0, 2, 3, 1)
+        ref = np.zeros_like(xn)
+        for i in range(dyn.shape[1]):
+            for j in range(dyn.shape[2]):
+                win = xn[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :].reshape(2, -1, 3)
+                k = win.argmax(axis=1)
+                r, c = np.divmod(k, kw)
+                for n in range(2):
+                    for ch in range(3):
+                        ref[n, i * sh + r[n, ch], j * sw + c[n, ch], ch] += dyn[n, i, j, ch]
+        ref = ref if channels_last else ref.transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(dx, ref)
+        return
+    fast = cybn.MaxPool2d(kernel, stride, channels_last=channels_last)
+    np.testing.assert_array_equal(y, fast(x16.astype(np.float32)).astype(dtype))
+    np.testing.assert_array_equal(dx, fast.backward(dy.astype(np.float32)).astype(dtype))

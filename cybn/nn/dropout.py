@@ -28,9 +28,12 @@ class Dropout(Module):
         return f"p={self.p}"
 
     def forward(self, x):
+        x = np.asarray(x)
         if not self.training or self.p == 0.0:
-            self._cache = (None, np.shape(x))
+            self._cache = (None, x.shape)
             return x
+        if x.dtype.kind != "f" and x.dtype.name != "bfloat16":
+            raise TypeError(f"Dropout: x must hold floating-point numbers, got dtype {x.dtype}")
         keep = self.rng.random(x.shape) >= self.p
         scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
         self._cache = (scale, x.shape)

@@ -16,6 +16,8 @@ class Flatten(Module):
 
     def forward(self, x):
         x = np.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"Flatten expects x with a batch axis, got shape {x.shape}")
         self._cache = x.shape
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails for N = 0
 

@@ -6,27 +6,33 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .._validate import is_half, reject_masked
+from .._validate import numeric_array
 
 __all__ = ["Parameter", "Module", "Sequential", "Identity"]
 
 _NO_GRAD = object()  # _take_saved called without a dy to check
 
 
+def layer_input(x, layer: str) -> np.ndarray:
+    """x as an array of real numbers (a layer's input): TypeError naming x otherwise. The
+    layer then checks its shape and dtype."""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf" and type(x) is np.ndarray:
+        return x  # the common case, fast
+    try:
+        return numeric_array(x, "x")
+    except TypeError as err:
+        raise TypeError(f"{layer}: {err}") from None
+
+
 def grad_output(dy, shape: tuple, layer: str) -> np.ndarray:
     """dy as an array of real numbers with the forward output's ``shape``: TypeError or
     ValueError naming dy otherwise (a layer's compiled backward takes its loop bounds from
     the saved forward, so a wrong-shaped dy must never reach it)."""
-    reject_masked(dy, "dy")
-    if dy is None:
-        raise TypeError(f"{layer}.backward: dy must be an array of the output's shape "
-                        f"{tuple(shape)}, got None")
     try:
-        arr = np.asarray(dy)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{layer}.backward: dy must be an array of numbers: {err}") from None
-    if not (arr.dtype.kind in "biuf" or is_half(arr.dtype)):
-        raise TypeError(f"{layer}.backward: dy must hold real numbers, got dtype {arr.dtype}")
+        arr = numeric_array(dy, "dy")
+    except TypeError as err:
+        raise TypeError(f"{layer}.backward: {err} (the output's shape is "
+                        f"{tuple(shape)})") from None
     if arr.shape != tuple(shape):
         raise ValueError(f"{layer}.backward: dy must have the shape of the forward's output "
                          f"{tuple(shape)}, got shape {arr.shape}")
@@ -110,6 +116,7 @@ class Module:
         self._buffers[name] = value
 
     def __call__(self, x, **kwargs):
+        layer_input(x, type(self).__name__)  # a clear error for what is no array of numbers
         return self.forward(x, **kwargs)
 
     def forward(self, x):

@@ -31,6 +31,9 @@ class _Pool2d(Module):
         name = type(self).__name__
         if x.ndim != 4:
             raise ValueError(f"{name} expects 4-D input, got shape {x.shape}")
+        if x.dtype.kind not in "iuf" and not x.dtype.name == "bfloat16":
+            raise TypeError(f"{name}: x must hold numbers (integer or floating), got dtype "
+                            f"{x.dtype}")
         H, W = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
         if H < self.kernel_size[0] or W < self.kernel_size[1]:
             raise ValueError(f"{name}: the {self.kernel_size} window does not fit the "

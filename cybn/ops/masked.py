@@ -28,7 +28,10 @@ from ._run import Output, channel_affine, update_running
 def check_mask(mask, x: np.ndarray, axis: int) -> np.ndarray:
     """mask as a C-contiguous uint8 array of x's shape without the channel axis."""
     expected = x.shape[:axis] + x.shape[axis + 1:]
-    m = np.asarray(mask) if not isinstance(mask, np.ndarray) else mask
+    try:
+        m = np.asarray(mask) if not isinstance(mask, np.ndarray) else mask
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"mask must be a boolean array: {err}") from None
     if m.dtype != np.bool_:
         raise TypeError(f"mask must be a boolean array, got {describe(mask)}")
     if m.shape != expected:

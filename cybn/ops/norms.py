@@ -195,7 +195,7 @@ def _num_groups(num_groups, channels: int) -> int:
         raise TypeError(f"num_groups must be an int, got {describe(num_groups)}")
     if num_groups < 1 or channels % num_groups:
         raise ValueError(f"num_groups must be a positive divisor of the number of channels "
-                         f"({channels}), got {num_groups}")
+                         f"of x along axis ({channels}), got {num_groups}")
     return int(num_groups)
 
 

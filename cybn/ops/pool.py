@@ -98,7 +98,7 @@ def relu(x: np.ndarray, inplace: bool = False, keep_out=None) -> tuple:
     """(y, keep) for float32/float64 x: y = 0 where x <= 0, else x; keep (uint8) marks the
     elements whose gradient passes (written into ``keep_out`` when given: a caller's scratch
     of x's shape). ``inplace``: y is x itself (a writeable array)."""
-    data = np.ascontiguousarray(x)
+    data = np.asarray(x, order="C")  # (ascontiguousarray would make a 0-d x 1-d)
     y = data if inplace else np.empty_like(data)
     keep = np.empty(data.shape, dtype=np.uint8) if keep_out is None else keep_out
     if data.size:

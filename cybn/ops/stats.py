@@ -79,7 +79,7 @@ def _stats_rows(v, name: str, W: int, C: int | None) -> np.ndarray:
         raise TypeError(f"{name} must be numbers, got {describe(v)}") from None
     if arr.ndim != 2 or arr.shape[0] != W or (C is not None and arr.shape[1] != C):
         want = f"({W}, C)" if C is None else f"({W}, {C})"
-        raise ValueError(f"{name} must have shape {want} (one row per partial), got shape "
+        raise ValueError(f"{name} must have shape {want} (one row per entry of counts), got shape "
                          f"{arr.shape}")
     return np.ascontiguousarray(arr)
 

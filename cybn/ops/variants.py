@@ -142,11 +142,9 @@ def batch_norm_renorm_backward(dy, x, weight, mean, invstd, r, d, *, axis: int =
     """Gradients of :func:`batch_norm_renorm` with r and d held constant, as the paper does:
     (dx, dweight, dbias). dx is batch norm's with the weight ``weight * r``; ``dweight =
     r * sum(dy * x_hat) + d * sum(dy)``; ``dbias = sum(dy)``."""
-    C = np.shape(mean)[0] if np.ndim(mean) == 1 else None
-    r = np.asarray(r, dtype=np.float64)
-    d = np.asarray(d, dtype=np.float64)
-    if C is None or r.shape != (C,) or d.shape != (C,):
-        raise ValueError(f"r and d must have mean's shape (C,), got {r.shape} and {d.shape}")
+    x = as_data(x, "x", half=True)
+    C = channel_view(x, axis).channels
+    r, d = channel_vector(r, "r", C), channel_vector(d, "d", C)
     w = channel_vector(weight, "weight", C, default=1.0)
     dx, dw_hat, db = batch_norm_backward(dy, x, w * r, mean, invstd, training=True, axis=axis,
                                          out=out)
@@ -213,8 +211,8 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     if on_degenerate not in DEGENERATE_POLICIES:
         raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
                          f"{on_degenerate!r}")
-    x = np.asarray(x)
-    if x.ndim < 2 or axis % x.ndim == 0:
+    x = as_data(x, "x", half=True)
+    if normalize_axis(axis, x.ndim) == 0:
         raise ValueError(f"batch_norm_ghost splits axis 0 into ghost batches; the channel axis "
                          f"must be another one, got axis={axis} for shape {x.shape}")
     parts = ghost_slices(x.shape[0], ghost_batch_size)
@@ -233,7 +231,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     if any(degenerate):
         if on_degenerate == "raise":
             which = "every ghost batch has" if all(degenerate) else "the last ghost batch has"
-            raise ValueError(f"{which} one value per channel (batch {x.shape[0]}, "
+            raise ValueError(f"{which} one value per channel (x has a batch of {x.shape[0]}, "
                              f"ghost_batch_size {ghost_batch_size}); see on_degenerate")
         if on_degenerate == "use_running" and rm is None:
             raise ValueError("on_degenerate='use_running' needs running_mean and running_var")
@@ -283,13 +281,16 @@ def _ghost_backward_args(dy, x, weight, mean, invstd, ghost_batch_size, axis, ac
         raise ValueError("batch_norm_ghost_backward: x has no samples")
     view = channel_view(x, axis)
     C, G = view.channels, len(parts)
-    mean = shaped_array(mean, "mean", (G, C), what="one row per ghost batch")
-    invstd = shaped_array(invstd, "invstd", (G, C), what="one row per ghost batch")
+    rows = (f"one row per ghost batch of x (ghost_batch_size={ghost_batch_size}), one column "
+            f"per channel along axis")
+    mean = shaped_array(mean, "mean", (G, C), what=rows)
+    invstd = shaped_array(invstd, "invstd", (G, C), what=rows)
     w = channel_vector(weight, "weight", C, default=1.0)
     b = channel_vector(bias, "bias", C, default=0.0)
     if isinstance(training, (bool, np.bool_)):
         flags = [bool(training)] * G
-    elif isinstance(training, (list, tuple, np.ndarray)):
+    elif isinstance(training, (list, tuple)) or (isinstance(training, np.ndarray)
+                                                  and training.ndim == 1):
         if len(training) != G:
             raise ValueError(f"training must be a bool or one bool per ghost batch ({G}), "
                              f"got {len(training)} values")
