@@ -78,9 +78,9 @@ def _stats_rows(v, name: str, W: int, C: int | None) -> np.ndarray:
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be numbers, got {describe(v)}") from None
     if arr.ndim != 2 or arr.shape[0] != W or (C is not None and arr.shape[1] != C):
-        want = f"({W}, C)" if C is None else f"({W}, {C})"
-        raise ValueError(f"{name} must have shape {want} (one row per entry of counts), got shape "
-                         f"{arr.shape}")
+        want = f"({W}, C)" if C is None else f"({W}, {C}) (C as in means)"
+        raise ValueError(f"{name} must have shape {want} (one row per entry of counts), got "
+                         f"shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
