@@ -1,4 +1,4 @@
-"""One training step (forward, backward, SGD) of the small CNN of issue 15 -- Conv 3->32 3x3
+"""One training step (forward, backward, SGD) of the small CNN of the whole-network benchmark -- Conv 3->32 3x3
 pad 1, BN, ReLU, MaxPool 2, Conv 32->64, BN, ReLU, MaxPool 2, Linear; batch 64 of 3x32x32
 float32 -- in cybn (plain and with cybn.fuse) and in PyTorch eager, interleaved medians, then
 cybn's time per layer.

@@ -23,7 +23,7 @@ from .train import SGD, cross_entropy
 
 
 def small_cnn(channels_last: bool, rng) -> Sequential:
-    """The 32x32 CNN of issue 15: Conv 3->32, BN, ReLU, MaxPool 2, Conv 32->64, BN, ReLU,
+    """The 32x32 CNN of the whole-network benchmark: Conv 3->32, BN, ReLU, MaxPool 2, Conv 32->64, BN, ReLU,
     MaxPool 2, Linear 4096->10."""
     cl = channels_last
     return Sequential(

@@ -49,8 +49,8 @@ def cross_entropy(logits, targets):
                          f"{targets.shape}")
     n, k = logits.shape
     if n and (targets.min() < 0 or targets.max() >= k):
-        raise ValueError(f"targets must lie in [0, {k}), got values in "
-                         f"[{targets.min()}, {targets.max()}]")
+        raise ValueError(f"targets must lie in [0, {k}) (the columns of logits), got values "
+                         f"in [{targets.min()}, {targets.max()}]")
     shifted = logits - logits.max(axis=1, keepdims=True)  # stable: exp of values <= 0
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)

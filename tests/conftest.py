@@ -1,9 +1,17 @@
 import os
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import settings
 from threadpoolctl import threadpool_limits
+
+# tests/ holds the helpers every test file imports (conftest, reference), also from the
+# sub-folders that mirror the package (tests/ops, tests/nn, ...)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+DATA = os.path.join(TESTS, "data")  # fixtures made by tools/fixtures/
 
 # CI runs the property tests on a fixed set of examples (reproducible); locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)

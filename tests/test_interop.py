@@ -1,6 +1,6 @@
 """Importers of Keras, Flax and ONNX batch-norm weights against numbers those frameworks
 computed (tests/data/interop_fixtures.npz and batchnorm15.onnx, made by
-tests/data/make_interop_fixtures.py): the imported layer's inference output, its training
+tools/fixtures/make_interop_fixtures.py): the imported layer's inference output, its training
 output and its updated running statistics equal theirs."""
 
 import os
@@ -10,7 +10,7 @@ import pytest
 
 import cybn
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+from conftest import DATA
 F = np.load(os.path.join(DATA, "interop_fixtures.npz"))
 
 

@@ -1,4 +1,4 @@
-"""Clear errors where layer users trip (issue 9), and PyTorch's ReLU at the extremes."""
+"""Clear errors where layer users trip, and PyTorch's ReLU at the extremes."""
 
 import numpy as np
 import pytest

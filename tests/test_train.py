@@ -1,4 +1,4 @@
-"""Hyperparameters and fit inputs are checked up front (issue 9)."""
+"""The training helper: hyperparameters and fit inputs are checked up front, before any step."""
 
 import math
 

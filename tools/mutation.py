@@ -1,8 +1,8 @@
 """Mutation check of the Python layer: inject plausible one-line bugs one at a time and run
 the whole suite against each; a mutant is *killed* when some test fails.
 
-    python tests/mutation.py            # every mutant (about 20 s each on 2 cores)
-    python tests/mutation.py 3 7        # only these indices
+    python tools/mutation.py            # every mutant (about 20 s each on 2 cores)
+    python tools/mutation.py 3 7        # only these indices
 
 Not part of the default test run. It edits the working tree and restores every file (also
 on Ctrl-C); run it on a clean checkout. The compiled kernels are not mutated here (each

@@ -299,7 +299,7 @@ def test_half_entry_points_check_their_arrays():
 KERNEL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_hostile_backward import kernel_cases
+from test_crash_safety import kernel_cases
 for name, kernel, args in kernel_cases():
     try:
         kernel(*args)

@@ -8,7 +8,7 @@ import pytest
 
 import cybn
 import reference as ref
-from conftest import numeric_grad
+from conftest import DATA, numeric_grad
 from cybn import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv2d, Dropout, Flatten, Linear,
                   MaxPool2d, ReLU, Sequential)
 
@@ -203,7 +203,7 @@ def test_state_dict_without_num_batches_tracked_loads_strictly():
 
 
 def test_loads_pytorch_state_and_gives_pytorch_outputs():
-    data = np.load(os.path.join(os.path.dirname(__file__), "data", "torch_sequential.npz"))
+    data = np.load(os.path.join(DATA, "torch_sequential.npz"))
     state = {k[len("state."):]: data[k] for k in data.files if k.startswith("state.")}
     model = build_torch_like()
     model.load_state_dict(state)

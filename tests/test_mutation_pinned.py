@@ -1,5 +1,5 @@
-"""Behaviours no test pinned down before (issue 9's mutation run let a plausible one-line bug
-through for each). Every assertion compares against the float64 reference or exact values."""
+"""Behaviours no test pinned down before (a mutation run, tools/mutation.py, let a plausible
+one-line bug through for each). Every assertion compares against the float64 reference or exact values."""
 
 import numpy as np
 import pytest

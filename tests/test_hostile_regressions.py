@@ -1,4 +1,4 @@
-"""Regression tests for defects found by hostile use (issue 9): aliasing between the arrays
+"""Regression tests for defects found by hostile use: aliasing between the arrays
 one call reads and writes, strided per-channel arrays, odd inputs that were silently
 accepted. Each asserts either the right answer or an error before anything is written."""
 

@@ -1,5 +1,5 @@
 """The normalization layers: PyTorch's outputs, gradients and state on a fixture produced
-by PyTorch (tests/data/make_torch_norms_fixture.py), layouts, and use with fit."""
+by PyTorch (tools/fixtures/make_torch_norms_fixture.py), layouts, and use with fit."""
 
 import os
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import cybn
-from conftest import numeric_grad
+from conftest import DATA, numeric_grad
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "data", "torch_norms.npz")
+FIXTURE = os.path.join(DATA, "torch_norms.npz")
 
 
 def torch_like(channels_last=False, dtype=np.float64):
