@@ -8,7 +8,7 @@ Set the thread count with OMP_NUM_THREADS; install PyTorch with `pip install -e 
 
 import sys
 
-from cybn.bench import main
+from cybn.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 import cybn
-from cybn.bench import interleaved_medians
+from cybn.benchmark import interleaved_medians
 
 
 def main(repeats: int = 15) -> None:

@@ -66,10 +66,10 @@ def main() -> None:
         with open(args.scaling_json) as f:
             print(scaling(json.load(f)))
     if args.plot:
-        from cybn import bench
+        from cybn.benchmark import report
 
         float32 = dict(result, rows=[r for r in result["rows"] if r["dtype"] == "float32"])
-        bench.plot(float32, args.plot)
+        report.plot(float32, args.plot)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import cybn
-from cybn.bench import interleaved_medians
+from cybn.benchmark import interleaved_medians
 
 
 def cybn_model(rng, fused: bool):

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
         return demo_main(rest)
     if args.command == "bench":
-        from .bench import main as bench_main
+        from .benchmark.cli import main as bench_main
 
         return bench_main(rest)
     if args.command in (None, "info"):

@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import cybn
-from cybn.bench import interleaved_medians
+from cybn.benchmark import interleaved_medians
 from cybn.demo import load_digits_split
 
 

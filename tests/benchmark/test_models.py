@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cybn
-from cybn import bench_models
+from cybn.benchmark import models as bench_models
 
 
 @pytest.mark.parametrize("name,layout,build,shape", bench_models.MODELS,

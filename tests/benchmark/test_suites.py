@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from cybn import bench
+from cybn.benchmark import report, suites
 
 
 def test_bench_runs_and_reports(tmp_path, capsys):
-    result = bench.run([(4, 3, 6, 6), (64, 8)], dtypes=("float32", "float64"), repeats=2,
+    result = suites.run([(4, 3, 6, 6), (64, 8)], dtypes=("float32", "float64"), repeats=2,
                        torch=False, verbose=True)
     rows = result["rows"]
     # 2 layouts for the 4-D shape, 1 for the 2-D one; 2 dtypes; 3 ops
@@ -19,7 +19,7 @@ def test_bench_runs_and_reports(tmp_path, capsys):
         assert r["torch_ms"] is None and r["numpy_ms"] > 0
     assert result["meta"]["threads"] >= 1
     json.dumps(result)
-    table = bench.markdown_table(result)
+    table = report.markdown_table(result)
     assert table.count("\n") == len(rows) + 1
     assert "float32" in capsys.readouterr().out
 
@@ -28,7 +28,7 @@ def test_norm_suite_runs_and_reports(capsys):
     suite = [("layer", (16, 8), "NC", 8), ("rms", (4, 3, 8), "NLC", 8),
              ("group", (2, 4, 3, 3), "NCHW", 2), ("group", (2, 3, 3, 4), "NHWC", 2),
              ("instance", (2, 4, 5, 5), "NCHW", None), ("instance", (2, 4, 5, 5), "NHWC", None)]
-    result = bench.norm_suite(repeats=2, torch=False, suite=suite)
+    result = suites.norm_suite(repeats=2, torch=False, suite=suite)
     rows = result["rows"]
     assert [(r["norm"], r["op"]) for r in rows[:2]] == [("layer", "forward"), ("layer", "backward")]
     assert len(rows) == 2 * len(suite)
@@ -36,13 +36,13 @@ def test_norm_suite_runs_and_reports(capsys):
     for r in rows:
         assert r["cybn_ms"] > 0 and r["copy_ms"] > 0 and r["torch_ms"] is None
     json.dumps(result)
-    assert bench.norms_markdown(result).count("\n") == len(rows) + 1
+    assert report.norms_markdown(result).count("\n") == len(rows) + 1
     assert "instance" in capsys.readouterr().out
 
 
 def test_fused_suite_contenders_compute_the_same_thing(capsys):
     suite = [((4, 8, 6, 6), "NCHW"), ((4, 6, 6, 8), "NHWC")]
-    result = bench.fused_suite(repeats=2, torch=False, suite=suite)
+    result = suites.fused_suite(repeats=2, torch=False, suite=suite)
     rows = result["rows"]
     assert len(rows) == 2 * 2 * 3
     assert {(r["op"], r["pass"]) for r in rows} == {
@@ -50,7 +50,7 @@ def test_fused_suite_contenders_compute_the_same_thing(capsys):
     for r in rows:
         assert r["fused_ms"] > 0 and r["two_op_ms"] > 0 and r["torch_ms"] is None
     json.dumps(result)
-    assert bench.fused_markdown(result).count("\n") == len(rows) + 1
+    assert report.fused_markdown(result).count("\n") == len(rows) + 1
     assert "bn_add_relu" in capsys.readouterr().out
     # the fused and the two-op contenders compute the same arrays (y, or dx)
     rng = np.random.default_rng(0)
@@ -58,7 +58,7 @@ def test_fused_suite_contenders_compute_the_same_thing(capsys):
         x, r, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
         for kind in ("bn_relu", "bn_add_relu"):
             for op in ("train", "infer", "backward"):
-                fns, (fused_out, two_op_out) = bench._fused_contenders(kind, op, x, r, dy,
+                fns, (fused_out, two_op_out) = suites.fused_contenders(kind, op, x, r, dy,
                                                                        axis, None)
                 fns["fused"]()
                 fns["two_op"]()
@@ -68,7 +68,7 @@ def test_fused_suite_contenders_compute_the_same_thing(capsys):
 
 def test_half_suite_runs_and_reports(capsys):
     suite = [((4, 8, 6, 6), "NCHW"), ((4, 6, 6, 8), "NHWC")]
-    result = bench.half_suite(repeats=2, suite=suite)
+    result = suites.half_suite(repeats=2, suite=suite)
     rows = result["rows"]
     assert len(rows) == 2 * 3
     assert result["meta"]["dtypes"][:2] == ["float32", "float16"]
@@ -76,12 +76,12 @@ def test_half_suite_runs_and_reports(capsys):
         assert set(r["ms"]) == set(result["meta"]["dtypes"])
         assert all(v > 0 for v in r["speedup_vs_float32"].values())
     json.dumps(result)
-    assert bench.half_markdown(result).count("\n") == len(rows) + 1
+    assert report.half_markdown(result).count("\n") == len(rows) + 1
     assert "float16" in capsys.readouterr().out
 
 
 def test_variants_suite_runs_and_reports(capsys):
-    result = bench.variants_suite(repeats=2, suite=[((8, 3, 4, 4), "NCHW"), ((8, 4, 4, 3), "NHWC"),
+    result = suites.variants_suite(repeats=2, suite=[((8, 3, 4, 4), "NCHW"), ((8, 4, 4, 3), "NHWC"),
                                                     ((16, 5), "NC")])
     rows = result["rows"]
     assert [(r["layout"], r["pass"]) for r in rows] == [
@@ -91,5 +91,5 @@ def test_variants_suite_runs_and_reports(capsys):
         assert abs(r["ghost_over_plain"] - r["ghost_ms"] / r["plain_ms"]) < 1e-9
         assert r["ghost_batch_size"] in (2, 4)
     json.dumps(result)
-    assert bench.variants_markdown(result).count("\n") == len(rows) + 1
+    assert report.variants_markdown(result).count("\n") == len(rows) + 1
     assert "renorm" in capsys.readouterr().out

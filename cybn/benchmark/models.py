@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import demo
-from .bench import _markdown, _number, _suite_start, interleaved_medians
-from .deploy import fuse
-from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten,
+from .. import demo
+from ..deploy import fuse
+from ..nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten,
                  Linear, MaxPool2d, Module, ReLU, Residual, Sequential)
-from .nn.module import Identity
-from .train import SGD, cross_entropy
+from ..nn.module import Identity
+from ..train import SGD, cross_entropy
+from .report import markdown, number
+from .timing import interleaved_medians, suite_start
 
 
 def small_cnn(channels_last: bool, rng) -> Sequential:
@@ -160,7 +161,7 @@ def models_suite(repeats: int = 15, verbose: bool = True, suite=None, fused: boo
                  ) -> dict:
     """Time each model of ``suite`` (MODELS) in cybn (as built, and after cybn.fuse) and in
     PyTorch eager: a training step and an inference forward. A JSON-ready dict."""
-    threads, torch, meta = _suite_start(True, repeats)
+    threads, torch, meta = suite_start(True, repeats)
     if torch is None:
         raise RuntimeError("the models suite needs PyTorch (pip install torch)")
     rows = []
@@ -228,12 +229,12 @@ def models_suite(repeats: int = 15, verbose: bool = True, suite=None, fused: boo
 
 
 def models_markdown(result) -> str:
-    return _markdown(result["rows"], [
+    return markdown(result["rows"], [
         ("model", lambda r: r["model"]), ("layout", lambda r: r["layout"]),
         ("batch", lambda r: "x".join(map(str, r["shape"]))),
         ("pass", lambda r: "training step" if r["pass"] == "train" else "inference"),
-        ("cybn ms", lambda r: _number(r["cybn_ms"])),
-        ("cybn.fuse ms", lambda r: _number(r["fused_ms"])),
-        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
-        ("cybn / PyTorch", lambda r: _number(r["cybn_over_torch"], 2)),
-        ("fused / PyTorch", lambda r: _number(r["fused_over_torch"], 2))])
+        ("cybn ms", lambda r: number(r["cybn_ms"])),
+        ("cybn.fuse ms", lambda r: number(r["fused_ms"])),
+        ("PyTorch ms", lambda r: number(r["torch_ms"])),
+        ("cybn / PyTorch", lambda r: number(r["cybn_over_torch"], 2)),
+        ("fused / PyTorch", lambda r: number(r["fused_over_torch"], 2))])

@@ -1,24 +1,20 @@
-"""Benchmark: cybn against a parallel copy (memory speed), NumPy and, if installed, PyTorch.
-
-Every contender runs in the same process on the same arrays. cybn, the copy and PyTorch are
-timed in alternating blocks of calls (each block's first call untimed), and the figure
-reported is the median over all blocks. Machines are noisy,
-so read the ratios (to the copy, and PyTorch / cybn) rather than absolute times.
-"""
+"""The batch-norm, normalization, fused, variant, half-precision and thread suites: each
+times cybn against what a user would call instead (a parallel copy as the memory yardstick,
+NumPy, PyTorch's public API when installed) on the same arrays, interleaved, medians."""
 
 from __future__ import annotations
 
 import datetime
 import functools
-import json
-import platform
-import time
 from typing import Any
 
 import numpy as np
 
-from . import __version__, _kernels, ops as F
-from ._openmp import get_num_threads, set_num_threads
+from .. import __version__, _kernels, ops as F
+from .._openmp import get_num_threads, set_num_threads
+from .report import OPS, format_row, summary
+from .timing import cpu_model, interleaved_medians, median_time, suite_start, warm_up
+
 
 # The shape suite: (shape in channels-first order). Each runs as NCHW (axis 1) and as the
 # channels-last transpose (axis -1).
@@ -36,56 +32,11 @@ SUITE = [
     (7, 33, 17, 19),
     (2, 3, 4, 4),
 ]
+
+
 QUICK_SUITE = [(32, 64, 56, 56), (128, 512, 7, 7), (4096, 1024), (7, 33, 17, 19), (2, 3, 4, 4)]
-OPS = ("infer", "train", "backward")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def interleaved_medians(fns: dict, repeats: int, block: int = 5) -> dict:
-    """Median time of each callable over ``repeats`` calls, taken in rounds: each round
-    runs every contender for a block of calls (the block's first call untimed), so each
-    timing is in that contender's own steady state (its data as warm as repetition makes
-    it) while drift of the machine's speed across rounds reaches every contender alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    rounds = -(-repeats // block)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            for _ in range(block):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def warm_up(threads: int, seconds: float = 0.5) -> None:
-    """Wake the OpenMP threads and let the CPU clock settle before the first timing."""
-    src = np.ones(1 << 24, dtype=np.float32)
-    dst = np.empty_like(src)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        _kernels.parallel_copy(src, dst, threads)
 
 
 def numpy_reference(op, x, axis, w, b, rm, rv, dy, mean, invstd, eps=1e-5):
@@ -218,94 +169,11 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
                     }
                     rows.append(row)
                     if verbose:
-                        print(_format_row(row), flush=True)
+                        print(format_row(row), flush=True)
     result = {"meta": meta, "rows": rows}
     if verbose:
         print(summary(result))
     return result
-
-
-def _format_row(r) -> str:
-    def f(v, width, digits=3):
-        return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
-
-    shape = "x".join(str(s) for s in r["shape"])
-    return (f"{shape:<20} {r['layout']:<6} {r['dtype']:<7} {r['op']:<8} {f(r['cybn_ms'], 8)} "
-            f"{f(r['copy_ms'], 8)} {f(r['ratio_to_copy'], 7, 2)} {f(r['numpy_ms'], 9, 2)} "
-            f"{f(r['torch_ms'], 9)} {f(r['speedup_vs_torch'], 8, 2)}")
-
-
-def summary(result) -> str:
-    """Geometric-mean speed-up over PyTorch per op and dtype."""
-    lines = []
-    for dtype in sorted({r["dtype"] for r in result["rows"]}):
-        for op in OPS:
-            sp = [r["speedup_vs_torch"] for r in result["rows"]
-                  if r["op"] == op and r["dtype"] == dtype and r["speedup_vs_torch"]]
-            if sp:
-                gm = float(np.exp(np.mean(np.log(sp))))
-                lines.append(f"# {dtype} {op}: geometric-mean speed-up over PyTorch {gm:.2f}x "
-                             f"(min {min(sp):.2f}x, max {max(sp):.2f}x, {len(sp)} cases)")
-    return "\n".join(lines)
-
-
-def _number(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _markdown(rows, columns) -> str:
-    """A Markdown table: ``columns`` is a list of (heading, function of a row -> text)."""
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
-             "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _shape_text(r) -> str:
-    return "x".join(map(str, r["shape"]))
-
-
-def markdown_table(result) -> str:
-    return _markdown(result["rows"], [
-        ("shape", _shape_text), ("layout", lambda r: r["layout"]),
-        ("dtype", lambda r: r["dtype"]), ("op", lambda r: r["op"]),
-        ("cybn ms", lambda r: _number(r["cybn_ms"])), ("copy ms", lambda r: _number(r["copy_ms"])),
-        ("cybn / copy", lambda r: _number(r["ratio_to_copy"], 2)),
-        ("NumPy ms", lambda r: _number(r["numpy_ms"], 2)),
-        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
-        ("PyTorch / cybn", lambda r: _number(r["speedup_vs_torch"], 2))])
-
-
-def plot(result, path: str) -> bool:
-    """Bar chart of the ratio to copy per case (matplotlib optional). True if written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rows = result["rows"]
-    labels = [f"{'x'.join(map(str, r['shape']))} {r['layout']} {r['dtype']} {r['op']}"
-              for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.25 * len(rows) + 1.5))
-    pos = np.arange(len(rows))
-    ax.barh(pos - 0.2, [r["ratio_to_copy"] for r in rows], height=0.4, label="cybn")
-    torch_ratio = [(r["torch_ms"] / r["copy_ms"]) if r["torch_ms"] else 0 for r in rows]
-    if any(torch_ratio):
-        ax.barh(pos + 0.2, torch_ratio, height=0.4, label="PyTorch")
-    ax.set_yticks(pos, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("time / parallel copy time (lower is better)")
-    m = result["meta"]
-    ax.set_title(f"cybn {m['cybn']} vs PyTorch {m['torch']}, {m['threads']} threads, {m['date']}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 # Arrays of 10 MB or more (float32), few channels included: thread scaling cases.
@@ -400,27 +268,6 @@ def python_threads(n_threads: int = 4, repeats: int = 5) -> dict:
     return result
 
 
-def _suite_start(torch: bool, repeats: int) -> tuple:
-    """(threads, the torch module or None, the metadata of a suite's result) for a suite
-    about to run: PyTorch (when asked for and installed) on cybn's thread count, the threads
-    and the clock warmed up."""
-    threads = get_num_threads()
-    torch_mod: Any = None
-    if torch:
-        try:
-            import torch as _torch
-
-            _torch.set_num_threads(threads)
-            torch_mod = _torch
-        except ImportError:
-            torch_mod = None
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": threads,
-            "cybn": __version__, "kernel_variant": _kernels.ISA, "numpy": np.__version__,
-            "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
-    warm_up(threads)
-    return threads, torch_mod, meta
-
-
 # The normalization suite: (name, shape, layout, argument). Layer and RMS norm normalize
 # the last axis; group norm has 32 groups; instance norm one group per channel.
 NORM_SUITE = [
@@ -437,7 +284,7 @@ NORM_SUITE = [
 ]
 
 
-def _norm_contenders(kind, x, layout, arg, dy, torch_mod):
+def norm_contenders(kind, x, layout, arg, dy, torch_mod):
     """(cybn forward, cybn backward, torch forward, torch backward) callables for one case;
     PyTorch's are its ATen kernels with preallocated outputs where it has them (instance
     norm: PyTorch runs it as batch norm over (1, N*C, ...), timed that way)."""
@@ -526,7 +373,7 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
                verbose: bool = True, suite=None) -> dict:
     """Time layer, group, instance and RMS norm (forward with batch statistics, backward)
     against PyTorch on ``suite`` (NORM_SUITE); a JSON-ready dict."""
-    threads, torch_mod, meta = _suite_start(torch, repeats)
+    threads, torch_mod, meta = suite_start(torch, repeats)
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
@@ -540,7 +387,7 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
         x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
         dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
         flat_x, flat_out = x.reshape(-1), np.empty(x.size, dtype=x.dtype)
-        fwd, bwd, tfwd, tbwd = _norm_contenders(kind, x, layout, arg, dy, torch_mod)
+        fwd, bwd, tfwd, tbwd = norm_contenders(kind, x, layout, arg, dy, torch_mod)
         for op, fn, tfn in (("forward", fwd, tfwd), ("backward", bwd, tbwd)):
             contenders = {"copy": lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
                           "cybn": fn}
@@ -567,21 +414,12 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
     return result
 
 
-def norms_markdown(result) -> str:
-    return _markdown(result["rows"], [
-        ("norm", lambda r: r["norm"]), ("shape", _shape_text), ("layout", lambda r: r["layout"]),
-        ("op", lambda r: r["op"]), ("cybn ms", lambda r: _number(r["cybn_ms"])),
-        ("copy ms", lambda r: _number(r["copy_ms"])),
-        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
-        ("PyTorch / cybn", lambda r: _number(r["speedup_vs_torch"], 2))])
-
-
 # The fused-op suite: batch norm + ReLU and batch norm + residual add + ReLU on a ResNet
 # activation, each layout.
 FUSED_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC")]
 
 
-def _fused_contenders(kind, op, x, r, dy, axis, torch_mod):
+def fused_contenders(kind, op, x, r, dy, axis, torch_mod):
     """({name: callable}, (fused result, two-op result)) for one case: cybn's fused op, cybn's
     batch norm followed by NumPy's in-place ufuncs (the two-op path), PyTorch's ATen batch
     norm followed by its in-place add_ / relu_ (backward: threshold_backward, then the batch
@@ -661,7 +499,7 @@ def _fused_contenders(kind, op, x, r, dy, axis, torch_mod):
 def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
                 verbose: bool = True, suite=None) -> dict:
     """Time the fused ops against cybn's two-op path and PyTorch; a JSON-ready dict."""
-    threads, torch_mod, meta = _suite_start(torch, repeats)
+    threads, torch_mod, meta = suite_start(torch, repeats)
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
@@ -676,7 +514,7 @@ def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
         dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
         for kind in ("bn_relu", "bn_add_relu"):
             for op in ("train", "backward", "infer"):
-                contenders, _ = _fused_contenders(kind, op, x, r, dy, axis, torch_mod)
+                contenders, _ = fused_contenders(kind, op, x, r, dy, axis, torch_mod)
                 med = interleaved_medians(contenders, repeats)
                 t_torch = med.get("torch")
                 row = {"op": kind, "shape": list(shape), "layout": layout, "dtype": dtype,
@@ -695,17 +533,6 @@ def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
     return {"meta": meta, "rows": rows}
 
 
-def fused_markdown(result) -> str:
-    return _markdown(result["rows"], [
-        ("op", lambda r: r["op"].replace("_", "+").replace("bn", "BN")),
-        ("shape", _shape_text), ("layout", lambda r: r["layout"]), ("pass", lambda r: r["pass"]),
-        ("fused ms", lambda r: _number(r["fused_ms"])),
-        ("two-op ms", lambda r: _number(r["two_op_ms"])),
-        ("PyTorch ms", lambda r: _number(r["torch_ms"])),
-        ("two-op / fused", lambda r: _number(r["speedup_vs_two_op"], 2)),
-        ("PyTorch / fused", lambda r: _number(r["speedup_vs_torch"], 2))])
-
-
 # The variants suite: batch renormalization and ghost batch norm (ghost batches of a quarter
 # of the batch) against plain batch norm on the same data, training forward and backward.
 VARIANTS_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
@@ -716,7 +543,7 @@ VARIANTS_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
 def variants_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     """Time batch_norm_renorm and batch_norm_ghost (and their backwards) against
     batch_norm_train / batch_norm_backward; a JSON-ready dict."""
-    threads, _, meta = _suite_start(False, repeats)
+    threads, _, meta = suite_start(False, repeats)
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
@@ -771,16 +598,6 @@ def variants_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     return {"meta": meta, "rows": rows}
 
 
-def variants_markdown(result) -> str:
-    return _markdown(result["rows"], [
-        ("shape", _shape_text), ("layout", lambda r: r["layout"]), ("pass", lambda r: r["pass"]),
-        ("plain BN ms", lambda r: _number(r["plain_ms"])),
-        ("renorm ms", lambda r: _number(r["renorm_ms"])),
-        ("ghost ms (N/4)", lambda r: _number(r["ghost_ms"])),
-        ("renorm / plain", lambda r: _number(r["renorm_over_plain"], 2)),
-        ("ghost / plain", lambda r: _number(r["ghost_over_plain"], 2))])
-
-
 # The half-precision suite: arrays of 25.7 and 103 MB in float32, both layouts.
 HALF_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
               ((64, 128, 56, 56), "NCHW"), ((64, 56, 56, 128), "NHWC")]
@@ -789,14 +606,14 @@ HALF_SUITE = [((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
 def half_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     """Time batch norm on float16 and bfloat16 data (bfloat16 needs ml_dtypes) against the
     same op on float32 data; a JSON-ready dict."""
-    from ._validate import resolve_dtype
+    from .._validate import resolve_dtype
 
     dtypes: list[np.dtype] = [np.dtype(np.float32), np.dtype(np.float16)]
     try:
         dtypes.append(resolve_dtype("bfloat16"))
     except ImportError:
         pass
-    threads, _, meta = _suite_start(False, repeats)
+    threads, _, meta = suite_start(False, repeats)
     del meta["torch"]
     meta["dtypes"] = [d.name for d in dtypes]
     rng = np.random.default_rng(0)
@@ -841,108 +658,3 @@ def half_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
                     f"{ms[d.name]:>13.3f}" for d in dtypes) + " " + " ".join(
                     f"{speedup[d.name]:>13.2f}" for d in dtypes[1:]), flush=True)
     return {"meta": meta, "rows": rows}
-
-
-def half_markdown(result) -> str:
-    names = result["meta"]["dtypes"]
-    columns: list[tuple[str, Any]] = [("shape", _shape_text), ("layout", lambda r: r["layout"]),
-                                      ("op", lambda r: r["op"])]
-    columns += [(f"{n} ms", lambda r, n=n: _number(r["ms"][n])) for n in names]
-    columns += [(f"float32 / {n}", lambda r, n=n: _number(r["speedup_vs_float32"][n], 2))
-                for n in names[1:]]
-    return _markdown(result["rows"], columns)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    def choices(allowed):
-        def parse(text):
-            items = tuple(t.strip() for t in text.split(","))
-            bad = [t for t in items if t not in allowed]
-            if bad or not items:
-                raise argparse.ArgumentTypeError(
-                    f"{', '.join(bad) or repr(text)} not in {', '.join(allowed)}")
-            return items
-        return parse
-
-    def counts(text):
-        try:
-            items = tuple(int(t) for t in text.split(","))
-        except ValueError:
-            items = ()
-        if not items or min(items) < 1:
-            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-        return items
-
-    def positive(text):
-        value = counts(text)
-        if len(value) != 1:
-            raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-        return value[0]
-
-    p = argparse.ArgumentParser(prog="python -m cybn bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="a four-shape subset")
-    p.add_argument("--dtype", default=("float32",), type=choices(("float32", "float64")),
-                   help="comma-separated: float32,float64")
-    p.add_argument("--layouts", default=("NCHW", "NHWC"), type=choices(("NCHW", "NHWC")),
-                   help="comma-separated: NCHW,NHWC")
-    p.add_argument("--repeats", type=positive, default=15)
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--no-numpy", action="store_true")
-    p.add_argument("--json", help="write the results as JSON to this path")
-    p.add_argument("--markdown", help="write a Markdown table to this path")
-    p.add_argument("--plot", help="write a bar chart PNG to this path (needs matplotlib)")
-    p.add_argument("--python-threads", action="store_true",
-                   help="only time 4 Python threads against serial calls (GIL release)")
-    p.add_argument("--norms", action="store_true",
-                   help="only the layer/group/instance/RMS norm suite against PyTorch")
-    p.add_argument("--half", action="store_true",
-                   help="only float16 / bfloat16 data against float32 (bfloat16 needs ml_dtypes)")
-    p.add_argument("--fused", action="store_true",
-                   help="only the fused BN+ReLU / BN+add+ReLU suite against the two-op paths")
-    p.add_argument("--variants", action="store_true",
-                   help="only batch renormalization and ghost batch norm against plain BN")
-    p.add_argument("--models", action="store_true",
-                   help="only whole networks (MLPs, CNNs in both layouts, a ResNet): a training "
-                        "step and an inference forward against PyTorch")
-    p.add_argument("--scaling", metavar="N,N,...", type=counts,
-                   help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
-    args = p.parse_args(argv)
-    if args.python_threads:
-        python_threads()
-        return 0
-    table = None
-    if args.norms:
-        result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
-        table = norms_markdown
-    elif args.half:
-        result = half_suite(repeats=args.repeats)
-        table = half_markdown
-    elif args.fused:
-        result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
-        table = fused_markdown
-    elif args.variants:
-        result = variants_suite(repeats=args.repeats)
-        table = variants_markdown
-    elif args.models:
-        from .bench_models import models_markdown, models_suite
-
-        result = models_suite(repeats=args.repeats)
-        table = models_markdown
-    elif args.scaling:
-        result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
-    else:
-        result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
-                     layouts=args.layouts, repeats=args.repeats,
-                     torch=not args.no_torch, numpy_ref=not args.no_numpy)
-        table = markdown_table
-        if args.plot and not plot(result, args.plot):
-            print("matplotlib is not installed: no plot written")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if args.markdown and table is not None:
-        with open(args.markdown, "w") as f:
-            f.write(table(result) + "\n")
-    return 0
