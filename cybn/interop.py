@@ -113,8 +113,8 @@ def from_keras(weights, *, ndim: int, config: dict | None = None, axis=-1,
     Returns
     -------
     BatchNorm1d, BatchNorm2d or BatchNorm3d in eval mode, with ``convention="keras"`` (the
-    biased variance in running_var; ``running = momentum * running + (1 - momentum) *
-    batch``).
+    biased variance in running_var;
+    ``running = momentum * running + (1 - momentum) * batch``).
     """
     if config is not None:
         axis = config.get("axis", axis)

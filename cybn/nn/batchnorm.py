@@ -342,7 +342,9 @@ class BatchNorm1d(_BatchNorm):
         own statistics and updates the running statistics once per group, in order;
         ``num_batches_tracked`` counts the updates.
 
-    Methods :meth:`freeze` / :meth:`unfreeze` switch fine-tuning mode (Keras's
+    Notes
+    -----
+    :meth:`freeze` / :meth:`unfreeze` switch fine-tuning mode (Keras's
     ``trainable = False``).
     """
 

@@ -25,9 +25,12 @@ class Residual(Module):
     activation : "relu" or None
         Applied to the sum.
 
+    Notes
+    -----
     When the body ends in a BatchNorm layer without its own activation, the add and the
-    ReLU run inside that layer's elementwise pass (``batch_norm_train(..., residual=,
-    activation="relu")``) and its backward returns the shortcut's gradient too; otherwise they
+    ReLU run inside that layer's elementwise pass
+    (``batch_norm_train(..., residual=s, activation="relu")``) and its backward returns the
+    shortcut's gradient too; otherwise they
     run as NumPy operations. The outputs and gradients are the same either way, bit for bit.
     state_dict keys are ``body.*`` and ``shortcut.*``, as in a PyTorch module with those
     attribute names.
