@@ -1,4 +1,5 @@
-"""Argument checks, the dtype policy and the canonical ``(outer, C, inner)`` view.
+"""Argument checks and the dtype policy (the layouts the kernels take are in
+:mod:`cybn.ops._layout`).
 
 Everything here runs before any kernel, so a rejected call leaves every argument as it was.
 Error messages name the argument, what was expected and what was given.
@@ -6,11 +7,9 @@ Error messages name the argument, what was expected and what was given.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,13 +17,6 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 TooHardError = getattr(np, "exceptions", np).TooHardError  # np.exceptions from NumPy 1.25
 SUPPORTED = "float32 or float64"
 HALF_SUPPORTED = "float32, float64, float16 or bfloat16"
-
-# Plane family below this many elements per (sample, channel) run turns into the row family,
-# except for arrays below SMALL_SIZE elements, which skip the row family's column set-up.
-MIN_PLANE_INNER = 32
-SMALL_SIZE = 4096
-# Row family: aim for at least this many columns per row (SIMD width).
-MIN_ROW_WIDTH = 64
 
 def describe(value) -> str:
     """Short description of a value for error messages."""
@@ -296,75 +288,3 @@ def check_same_layout(arr: np.ndarray, name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name} must have the shape of x {x.shape}, got shape {arr.shape}")
     if arr.dtype != x.dtype:
         raise ValueError(f"{name} must have the dtype of x ({x.dtype}), got {arr.dtype}")
-
-
-@dataclass(frozen=True)
-class ChannelView:
-    """How an array with a channel axis is handed to the kernels.
-
-    Any array is viewed as ``(outer, C, inner)``: the axes before the channel axis flattened
-    into ``outer``, those after it into ``inner``. Statistics run over ``outer`` and
-    ``inner`` (``count = outer * inner`` values per channel).
-
-    ``family == "plane"`` (inner >= MIN_PLANE_INNER): kernels take the 3-D view.
-    ``family == "row"``: kernels take a 2-D view ``(rows, L)`` with ``L = k * C * inner``,
-    ``k`` consecutive outer slices side by side so rows are wide enough for SIMD; column
-    ``j`` belongs to channel ``(j // inner) % C``.
-    """
-
-    shape: tuple
-    axis: int
-    outer: int
-    channels: int
-    inner: int
-    family: str
-    k: int
-
-    @classmethod
-    def of(cls, shape, axis: int) -> "ChannelView":
-        outer = math.prod(shape[:axis])
-        channels = shape[axis]
-        inner = math.prod(shape[axis + 1:])
-        if inner >= MIN_PLANE_INNER or outer * channels * inner < SMALL_SIZE:
-            return cls(tuple(shape), axis, outer, channels, inner, "plane", 1)
-        width = channels * inner
-        k = 1
-        if 0 < width < MIN_ROW_WIDTH:
-            for cand in range(-(-MIN_ROW_WIDTH // width), 4 * MIN_ROW_WIDTH // width + 1):
-                if outer % cand == 0:
-                    k = cand
-                    break
-        return cls(tuple(shape), axis, outer, channels, inner, "row", k)
-
-    @property
-    def count(self) -> int:
-        return self.outer * self.inner
-
-    @property
-    def size(self) -> int:
-        return self.outer * self.channels * self.inner
-
-    @property
-    def rows(self) -> int:
-        return self.outer // self.k
-
-    @property
-    def width(self) -> int:
-        return self.k * self.channels * self.inner
-
-    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
-        """C-contiguous 3-D (plane) or 2-D (row) view of arr; a copy only if arr is strided."""
-        arr = np.ascontiguousarray(arr)
-        if self.family == "plane":
-            return arr.reshape(self.outer, self.channels, self.inner)
-        return arr.reshape(self.rows, self.width)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_view(shape: tuple, axis: int) -> ChannelView:
-    return ChannelView.of(shape, axis)
-
-
-def channel_view(x: np.ndarray, axis) -> ChannelView:
-    """The ChannelView of x with channel axis ``axis`` (memoized per shape and axis)."""
-    return _cached_view(x.shape, normalize_axis(axis, x.ndim))

@@ -6,7 +6,7 @@ import pytest
 
 import cybn
 from cybn.ops import _schedule as S
-from cybn._validate import ChannelView
+from cybn.ops._layout import ChannelView
 
 import reference as ref
 
@@ -310,9 +310,10 @@ def test_group_norm_path_policy():
     """Channels-first group norm takes a group per thread item from MIN_GROUP_ROWS (sample,
     group) rows on; fewer rows, channels-last and middle axes take the per-sample kernels."""
     from cybn.ops import norms
+    from cybn.ops._layout import Samples
 
     assert norms.MIN_GROUP_ROWS == 64
-    assert norms._group_rows(norms._Samples.of((16, 64, 8, 8), 1), 64) == 64  # S = 8 * 8
-    assert norms._group_rows(norms._Samples.of((2, 64, 5, 5), 1), 32) == 25
-    assert norms._group_rows(norms._Samples.of((2, 6, 5, 5), 1), 3) == 0
-    assert norms._group_rows(norms._Samples.of((16, 8, 8, 64), 3), 64) == 0
+    assert norms._group_rows(Samples.of((16, 64, 8, 8), 1), 64) == 64  # S = 8 * 8
+    assert norms._group_rows(Samples.of((2, 64, 5, 5), 1), 32) == 25
+    assert norms._group_rows(Samples.of((2, 6, 5, 5), 1), 3) == 0
+    assert norms._group_rows(Samples.of((16, 8, 8, 64), 3), 64) == 0

@@ -66,7 +66,7 @@ def always_parallel(monkeypatch):
 @needs_openmp
 def test_small_arrays_run_on_the_calling_thread_only(monkeypatch):
     from cybn.ops import _schedule as S
-    from cybn._validate import ChannelView
+    from cybn.ops._layout import ChannelView
 
     small = ChannelView.of((2, 3, 4, 4), 1)
     big = ChannelView.of((64, 64, 32, 32), 1)
@@ -103,7 +103,7 @@ def test_every_instruction_set_variant_gives_the_same_bits(dtype):
         outs = []
         for isa in variants:
             mod = importlib.import_module(f"cybn._kernels.{isa}")
-            from cybn._validate import ChannelView
+            from cybn.ops._layout import ChannelView
 
             view = ChannelView.of(x.shape, axis % x.ndim)
             xk = view.kernel_view(x)
@@ -168,7 +168,7 @@ def test_plane_schedule_policy(monkeypatch):
     channels whose slabs fit: threads own channels; few channels or huge ones: cooperative
     groups that fit half the cache."""
     from cybn.ops import _schedule as S
-    from cybn._validate import ChannelView
+    from cybn.ops._layout import ChannelView
 
     monkeypatch.setattr(S, "cache_bytes", lambda: 32 << 20)
     assert S.plane_group(ChannelView.of((8, 256, 14, 14), 1), 4, 2, 2) == 256
@@ -184,7 +184,7 @@ def test_streaming_policy():
     """Streaming stores only for outputs beyond the op's share of the cache, never for short
     plane runs; backward (two inputs competing for the cache) streams earliest."""
     from cybn.ops import _schedule as S
-    from cybn._validate import ChannelView
+    from cybn.ops._layout import ChannelView
 
     cache = S.cache_bytes()
     assert cache >= 1 << 20

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import ops as F
 from .._validate import check_activation, check_eps, check_momentum
-from ..ops.batchnorm import DEGENERATE_POLICIES
+from ..ops._bn import check_policy
 from ..ops.conventions import check_running_variance, get_convention
 from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
                     running_buffers)
@@ -49,9 +49,7 @@ class _BatchNorm(Module):
         eps = conv.eps if eps is None else check_eps(eps)
         unbiased = check_running_variance(running_variance, conv)
         check_activation(activation)
-        if on_degenerate not in DEGENERATE_POLICIES:
-            raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
-                             f"{on_degenerate!r}")
+        check_policy(on_degenerate)
         dtype = param_dtype(dtype)
         if renorm:
             if activation is not None or not track_running_stats:

@@ -11,42 +11,23 @@ from .._validate import (
     describe,
     is_int,
     channel_vector,
-    channel_view,
     check_activation,
     check_bool,
     check_eps,
     check_out,
     check_same_layout,
-    train_args,
 )
 from . import _schedule
-from ._run import Output, channel_affine, empty_result, kernel_array, update_running
+from ._bn import (channel_affine, check_policy, checked_residual, checked_train_args,
+                  degenerate_batch, epilogue, infer_core, param_dtype, train_core,
+                  update_running_stats)
+from ._layout import Output, channel_view, empty_result, kernel_array
 from .conventions import get_convention
 from .masked import check_mask, masked_grad_apply, masked_train, zero_dy_terms_dropped
 from .conventions import resolve as resolve_convention
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
-
-
-def _epilogue(relu: bool, residual) -> int:
-    """The kernels' fused-epilogue bits."""
-    return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
-                                                else 0)
-
-
-def _residual(residual, x: np.ndarray):
-    """The checked residual (x's shape and dtype), or None."""
-    if residual is None:
-        return None
-    residual = as_data(residual, "residual", half=True)
-    check_same_layout(residual, "residual", x)
-    return residual
-
-
-def _param_dtype(x: np.ndarray) -> np.dtype:
-    """dtype of the per-channel gradients: x's, float32 for half-precision x."""
-    return np.dtype(np.float32) if x.dtype.itemsize == 2 else x.dtype
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
@@ -132,9 +113,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     """
     relu = check_activation(activation)
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
-    if on_degenerate not in DEGENERATE_POLICIES:
-        raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
-                         f"{on_degenerate!r}")
+    check_policy(on_degenerate)
     if stats is not None and mask is None:
         return _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
                                  axis, relu, residual, stats, out, unbiased)
@@ -148,84 +127,21 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                    axis, out, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
         if fast is not None:
             return fast
-    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
     C = view.channels
     if view.size == 0:
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
     if view.count == 1:
-        handled = _degenerate_batch(
+        handled = degenerate_batch(
             on_degenerate, f"Expected more than 1 value per channel when training, got input "
             f"of shape {x.shape} with channel axis {view.axis} (see on_degenerate)",
-            x, rm, rv, w, b, eps, axis, out, activation=activation, residual=residual)
+            x, view, rm, rv, w, b, eps, ep, residual, out)
         if handled is not None:
             return handled
         rm = rv = None  # "skip_update": batch statistics, running statistics unchanged
-    return _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out)
-
-
-def _degenerate_batch(on_degenerate: str, message: str, x, rm, rv, w, b, eps, axis, out,
-                      **fused):
-    """A training batch with one value per channel: raises ValueError(message) for "raise";
-    for "use_running" the result normalized with the running statistics, (y, mean, invstd);
-    None for "skip_update" (the caller normalizes with the batch statistics and leaves the
-    running statistics unchanged)."""
-    if on_degenerate == "raise":
-        raise ValueError(message)
-    if on_degenerate == "use_running":
-        if rm is None:
-            raise ValueError("on_degenerate='use_running' needs running_mean and running_var")
-        y = batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis, out=out, **fused)
-        return y, rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-    return None
-
-
-def _train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out) -> tuple:
-    """The training kernels on checked arguments (count >= 2): (y, mean, invstd)."""
-    C = view.channels
-    threads = _schedule.threads(view)
-    K = _kernels.for_dtype(x.dtype)
-    xk = kernel_array(view, x)
-    rk = xk if residual is None else kernel_array(view, residual)
-    dest = Output(view, out, x.dtype)
-    mean = np.empty(C, dtype=np.float64)
-    var = np.empty(C, dtype=np.float64)
-    invstd = np.empty(C, dtype=np.float64)
-    streaming = _schedule.streaming(view, x.itemsize, "train")
-    if view.family == "plane":
-        group = _schedule.plane_group(view, x.itemsize, 1, threads)
-        K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
-                              streaming, threads)
-    else:
-        K.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean, var,
-                            invstd, streaming, threads)
-    if rm is not None:
-        n = view.count
-        update_running(rm, mean, momentum, 1.0)
-        update_running(rv, var, momentum, n / (n - 1) if unbiased else 1.0)
-    return dest.result(), mean, invstd
-
-
-# what a training batch with one value per channel does (see batch_norm_train)
-DEGENERATE_POLICIES = ("raise", "use_running", "skip_update")
-
-
-def _train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
-                residual, out) -> tuple:
-    """The checked arguments of a training forward: (x, its ChannelView, weight, bias,
-    running_mean, running_var, momentum, eps, the epilogue bits, residual)."""
-    x = as_data(x, "x", half=True)
-    view = channel_view(x, axis)
-    w, b, rm, rv, momentum, eps = train_args(view.channels, weight, bias, running_mean,
-                                             running_var, momentum, eps)
-    ep = _epilogue(relu, residual)
-    residual = _residual(residual, x)
-    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
-                                      "running_mean": running_mean,
-                                      "running_var": running_var, "residual": residual},
-              in_place_ok=("x", "residual"))
-    return x, view, w, b, rm, rv, momentum, eps, ep, residual
+    return train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out)
 
 
 def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, eps, axis,
@@ -233,17 +149,17 @@ def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, 
     """batch_norm_train with mask=: everything checked, then the masked kernels."""
     if stats is not None or residual is not None or relu:
         raise ValueError("mask= works without stats=, residual= and activation=")
-    x, view, w, b, rm, rv, momentum, eps, _, _ = _train_args(
+    x, view, w, b, rm, rv, momentum, eps, _, _ = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, False, None, out)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"mask= takes float32 or float64 x, got {x.dtype}")
     mask8 = check_mask(mask, x, view.axis)
     count = int(np.count_nonzero(mask8))
     if count == 1:
-        handled = _degenerate_batch(
+        handled = degenerate_batch(
             on_degenerate, f"Expected more than 1 unmasked value per channel when training, "
-            f"got 1 (input of shape {x.shape}; see on_degenerate)", x, rm, rv, w, b, eps, axis,
-            out)
+            f"got 1 (input of shape {x.shape}; see on_degenerate)", x, view, rm, rv, w, b, eps,
+            0, None, out)
         if handled is not None:
             return handled
         rm = rv = None
@@ -265,7 +181,7 @@ def _global_stats(stats, C: int) -> tuple:
 def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
                       residual, stats, out, unbiased: bool = True):
     """batch_norm_train of a shard, with the whole batch's statistics."""
-    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
     count, mean, m2 = _global_stats(stats, view.channels)
     # the coefficients as the training kernels compute them (train_coefficients)
@@ -279,9 +195,7 @@ def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
         y = dest.result()
     else:
         y = empty_result(view, out, x.dtype)
-    if rm is not None:
-        update_running(rm, mean, momentum, 1.0)
-        update_running(rv, var, momentum, count / (count - 1) if unbiased else 1.0)
+    update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
     return y, mean, invstd
 
 
@@ -337,20 +251,15 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     w = channel_vector(weight, "weight", C, default=1.0)
     b = channel_vector(bias, "bias", C, default=0.0)
     eps = check_eps(eps)
-    ep = _epilogue(relu, residual)
-    residual = _residual(residual, x)
+    ep = epilogue(relu, residual)
+    residual = checked_residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
                                       "running_var": running_var, "weight": weight,
                                       "bias": bias, "residual": residual},
               in_place_ok=("x", "residual"))
     if view.size == 0:
         return empty_result(view, out, x.dtype)
-    scale = np.empty(C, dtype=np.float64)
-    _kernels.infer_scale(rv, w, eps, scale)
-    dest = Output(view, out, x.dtype)
-    channel_affine(view, x, rm, scale, b, dest.kernel, _schedule.threads(view),
-                   residual=residual, ep=ep)
-    return dest.result()
+    return infer_core(x, view, rm, rv, w, b, eps, ep, residual, out)
 
 
 def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, axis: int = 1,
@@ -422,7 +331,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     inv = channel_vector(invstd, "invstd", C)
     b = channel_vector(bias, "bias", C, default=0.0)
     training = check_bool(training, "training")
-    residual = _residual(residual, x)
+    residual = checked_residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
                                       "invstd": invstd, "bias": bias, "residual": residual},
               in_place_ok=("x", "dy", "residual"))
@@ -443,11 +352,11 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         return (*batch_norm_backward(dy, x, weight, mean, invstd, training=training,
                                      axis=axis, out=out), dres)
     if view.size == 0:
-        zeros = np.zeros(C, dtype=_param_dtype(x))
+        zeros = np.zeros(C, dtype=param_dtype(x))
         result = (empty_result(view, out, x.dtype), zeros, zeros.copy())
         return result if residual is None else (*result, np.empty_like(x))
 
-    ep = _epilogue(relu, residual)
+    ep = epilogue(relu, residual)
     threads = _schedule.threads(view)
     K = _kernels.for_dtype(x.dtype)
     dyk, xk = kernel_array(view, dy), kernel_array(view, x)
@@ -466,8 +375,8 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     else:
         K.row_backward(dyk, xk, C, view.inner, mu, inv, w, training, dest.kernel, ep, rk, gk,
                        fscale, b, sum_dy, sum_dy_xmu, streaming, threads)
-    dweight = (sum_dy_xmu * inv).astype(_param_dtype(x))
-    result = (dest.result(), dweight, sum_dy.astype(_param_dtype(x)))
+    dweight = (sum_dy_xmu * inv).astype(param_dtype(x))
+    result = (dest.result(), dweight, sum_dy.astype(param_dtype(x)))
     return result if dres is None else (*result, dres)
 
 

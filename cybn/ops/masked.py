@@ -22,7 +22,8 @@ import numpy as np
 from .. import _kernels
 from .._validate import describe
 from . import _schedule
-from ._run import Output, channel_affine, update_running
+from ._bn import channel_affine, update_running_stats
+from ._layout import Output
 
 
 def check_mask(mask, x: np.ndarray, axis: int) -> np.ndarray:
@@ -76,9 +77,8 @@ def masked_train(x, view, axis: int, w, b, rm, rv, momentum: float, eps: float,
     invstd = 1.0 / np.sqrt(var + eps)
     dest = Output(view, out, x.dtype)
     channel_affine(view, x, mean, w * invstd, b, dest.kernel, _schedule.threads(view))
-    if rm is not None and count > 0:
-        update_running(rm, mean, momentum, 1.0)
-        update_running(rv, var, momentum, count / (count - 1) if unbiased else 1.0)
+    if count > 0:
+        update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
     return dest.result(), mean, invstd
 
 

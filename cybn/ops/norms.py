@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import numbers
-from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _kernels
 from .._validate import (
-    ChannelView,
     as_data,
     channel_vector,
     check_bool,
@@ -47,7 +44,8 @@ from .._validate import (
     train_args,
 )
 from . import _schedule
-from ._run import Output, update_running
+from ._bn import update_running_stats
+from ._layout import Output, Rows, Samples
 from .batchnorm import batch_norm_backward, batch_norm_infer
 
 __all__ = [
@@ -113,73 +111,31 @@ def _half_via_float32(fn):
 # Samples: x as N samples with C channels each (group and instance norm).
 # ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Samples:
-    """How x (batch axis 0, channel axis ``axis`` >= 1) reaches the sample kernels.
+def _samples_forward(samples: Samples, x, groups: int, w, b, eps: float, out,
+                     threads: int) -> tuple:
+    """Group norm (groups of C // groups channels per sample): y and the (N, groups)
+    mean, invstd and biased variance."""
+    row_groups = groups * samples.N if samples.rows == 1 else groups  # folded: samples side by side
+    mean, var, invstd = (np.empty((samples.N, groups)) for _ in range(3))
+    dest = Output(samples, out, x.dtype)
+    _kernels.sample_group_forward(
+        samples.kernel_view(x), *samples.geometry, row_groups, w, b,
+        eps, dest.kernel, samples.vector(mean), samples.vector(var), samples.vector(invstd),
+        samples.streaming(x.itemsize, "train"), threads)
+    return dest.result(), mean, invstd, var
 
-    ``rows`` arrays of ``size`` elements, each viewed as ``(outer, channels, inner)`` in the
-    family ``plane``/row (``k`` as in ChannelView). Channels-first data (nothing between the
-    batch and the channel axis) is one row of ``N * C`` channels; otherwise one row per
-    sample. Per-(sample, channel) vectors are ``(N, C)`` arrays, ``(rows, channels)`` to
-    the kernels.
-    """
-
-    shape: tuple
-    N: int
-    C: int
-    rows: int
-    geometry: tuple[int, int, int, int, bool]  # (outer, channels, inner, k, plane) of a row
-
-    @classmethod
-    def of(cls, shape: tuple, axis: int) -> "_Samples":
-        N, C = shape[0], shape[axis]
-        per_sample = ChannelView.of(shape[1:], axis - 1)
-        if per_sample.outer == 1:
-            geometry = (1, N * C, per_sample.inner, 1, True)
-            return cls(tuple(shape), N, C, 1, geometry)
-        geometry = (per_sample.outer, C, per_sample.inner, per_sample.k,
-                    per_sample.family == "plane")
-        return cls(tuple(shape), N, C, N, geometry)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(arr).reshape(self.rows, -1)
-
-    def vector(self, v: np.ndarray) -> np.ndarray:
-        """An (N, C) float64 array as the kernels take it."""
-        return np.ascontiguousarray(v, dtype=np.float64).reshape(self.rows, -1)
-
-    def streaming(self, itemsize: int, op: str) -> bool:
-        _, _, inner, _, plane = self.geometry
-        return _schedule.streams(self.size * itemsize, inner * itemsize if plane else math.inf,
-                                 op)
-
-    def forward(self, x, groups: int, w, b, eps: float, out, threads: int) -> tuple:
-        """Group norm (groups of C // groups channels per sample): y and the (N, groups)
-        mean, invstd and biased variance."""
-        row_groups = groups * self.N if self.rows == 1 else groups  # folded: samples side by side
-        mean, var, invstd = (np.empty((self.N, groups)) for _ in range(3))
-        dest = Output(self, out, x.dtype)
-        _kernels.sample_group_forward(
-            self.kernel_view(x), *self.geometry, row_groups, w, b,
-            eps, dest.kernel, self.vector(mean), self.vector(var), self.vector(invstd),
-            self.streaming(x.itemsize, "train"), threads)
-        return dest.result(), mean, invstd, var
-
-    def backward(self, dy, x, groups: int, w, mean, invstd, out, threads: int) -> tuple:
-        """dx and the per-(sample, channel) sums of dy and dy * (x - mean), (N, C)."""
-        row_groups = groups * self.N if self.rows == 1 else groups
-        sum_dy, sum_dy_xmu = np.empty((self.N, self.C)), np.empty((self.N, self.C))
-        dest = Output(self, out, x.dtype)
-        _kernels.sample_group_backward(
-            self.kernel_view(dy), self.kernel_view(x), *self.geometry,
-            row_groups, self.vector(mean), self.vector(invstd), w,
-            dest.kernel, self.vector(sum_dy), self.vector(sum_dy_xmu),
-            self.streaming(x.itemsize, "backward"), threads)
-        return dest.result(), sum_dy, sum_dy_xmu
+def _samples_backward(samples: Samples, dy, x, groups: int, w, mean, invstd, out,
+                      threads: int) -> tuple:
+    """dx and the per-(sample, channel) sums of dy and dy * (x - mean), (N, C)."""
+    row_groups = groups * samples.N if samples.rows == 1 else groups
+    sum_dy, sum_dy_xmu = np.empty((samples.N, samples.C)), np.empty((samples.N, samples.C))
+    dest = Output(samples, out, x.dtype)
+    _kernels.sample_group_backward(
+        samples.kernel_view(dy), samples.kernel_view(x), *samples.geometry,
+        row_groups, samples.vector(mean), samples.vector(invstd), w,
+        dest.kernel, samples.vector(sum_dy), samples.vector(sum_dy_xmu),
+        samples.streaming(x.itemsize, "backward"), threads)
+    return dest.result(), sum_dy, sum_dy_xmu
 
 
 def _channel_axis(axis, x: np.ndarray) -> int:
@@ -210,7 +166,7 @@ def _per_channel(v: np.ndarray, channels: int) -> np.ndarray:
 MIN_GROUP_ROWS = 64
 
 
-def _group_rows(samples: _Samples, groups: int) -> int:
+def _group_rows(samples: Samples, groups: int) -> int:
     """Elements per channel when the groups are contiguous rows (channels-first data) and
     numerous enough to share among threads: then one kernel does a group at a time, one
     pass over memory. 0 otherwise."""
@@ -234,7 +190,7 @@ def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
             dest.buffer.reshape(rows, -1), mean.reshape(-1), var.reshape(-1),
             invstd.reshape(-1), samples.streaming(x.itemsize, "train"), threads)
         return dest.result(), mean, invstd, var
-    return samples.forward(x, groups, w, b, eps, out, threads)
+    return _samples_forward(samples, x, groups, w, b, eps, out, threads)
 
 
 def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
@@ -251,7 +207,8 @@ def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
             sum_dy_xmu, samples.streaming(x.itemsize, "backward"), threads)
         dx = dest.result()
     else:
-        dx, sum_dy, sum_dy_xmu = samples.backward(dy, x, groups, w, mean, invstd, out, threads)
+        dx, sum_dy, sum_dy_xmu = _samples_backward(samples, dy, x, groups, w, mean, invstd,
+                                                   out, threads)
     dweight = (sum_dy_xmu * _per_channel(invstd, C)).sum(axis=0)
     return dx, dweight.astype(x.dtype), sum_dy.sum(axis=0).astype(x.dtype)
 
@@ -274,7 +231,7 @@ def _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out
     if x.size == 0:
         zeros = np.zeros(C, dtype=x.dtype)
         return _empty(x, out), zeros, zeros.copy()
-    samples = _Samples.of(x.shape, ax)
+    samples = Samples.of(x.shape, ax)
     return _grouped_backward(dy, x, groups, w, mu, inv, out, _schedule.threads_for(x.size),
                              samples)
 
@@ -327,7 +284,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     if x.size == 0:
         nan = np.full((N, groups), np.nan)
         return _empty(x, out), nan, nan.copy()
-    samples = _Samples.of(x.shape, ax)
+    samples = Samples.of(x.shape, ax)
     y, mean, invstd, _ = _grouped_forward(x, groups, w, b, eps, out,
                                           _schedule.threads_for(x.size), samples)
     return y, mean, invstd
@@ -430,12 +387,11 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
         raise ValueError(f"Expected more than 1 spatial element per instance when using "
                          f"input statistics, got input of shape {x.shape} with channel "
                          f"axis {ax}")
-    samples = _Samples.of(x.shape, ax)
+    samples = Samples.of(x.shape, ax)
     y, mean, invstd, var = _grouped_forward(x, C, w, b, eps, out,
                                             _schedule.threads_for(x.size), samples)
-    if rm is not None:
-        update_running(rm, mean.mean(axis=0), momentum, 1.0)
-        update_running(rv, var.mean(axis=0), momentum, count / (count - 1))
+    update_running_stats(rm, rv, mean.mean(axis=0), var.mean(axis=0), count, momentum,
+                         unbiased=True)
     return y, mean, invstd
 
 
@@ -464,24 +420,6 @@ def instance_norm_backward(dy, x, weight, mean, invstd, *, use_input_stats: bool
 # Layer norm and RMS norm: rows of x.
 # ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Rows:
-    """x as (M, D): D the size of the normalized (trailing) axes."""
-
-    shape: tuple
-    lead: tuple   # x.shape without the normalized axes: the statistics' shape
-    M: int
-    D: int
-
-    @classmethod
-    def of(cls, shape: tuple, normalized: tuple) -> "_Rows":
-        lead = tuple(shape[:len(shape) - len(normalized)])
-        return cls(tuple(shape), lead, math.prod(lead), math.prod(normalized))
-
-    def kernel_view(self, arr: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(arr).reshape(self.M, self.D)
-
-
 def _normalized_shape(normalized_shape) -> tuple:
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape,
                                                                          (bool, np.bool_)):
@@ -507,7 +445,7 @@ def _rows_input(x, name: str, normalized_shape) -> tuple:
     return x, shape
 
 
-def _row_moments(rows: _Rows, xk: np.ndarray) -> tuple:
+def _row_moments(rows: Rows, xk: np.ndarray) -> tuple:
     """Per-row mean and M2 (float64, shape (M,)) from the plane kernels on (1, M, D)."""
     mean = np.empty(rows.M)
     m2 = np.empty(rows.M)
@@ -539,7 +477,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *
     mean, invstd : ndarray, float64, shape ``x.shape[:-len(normalized_shape)]``
     """
     x, shape = _rows_input(x, "x", normalized_shape)
-    rows = _Rows.of(x.shape, shape)
+    rows = Rows.of(x.shape, shape)
     w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
     b = shaped_array(bias, "bias", shape, default=0.0, what="normalized_shape").ravel()
     eps = check_eps(eps)
@@ -557,7 +495,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *
 
 
 def _rows_backward(dy, x, shape, weight, mean, invstd, out, centered: bool):
-    rows = _Rows.of(x.shape, shape)
+    rows = Rows.of(x.shape, shape)
     w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
     dest = Output(rows, out, x.dtype)
     dweight = np.empty(rows.D)
@@ -630,7 +568,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
         ``1 / sqrt(mean(x**2) + eps)`` per row.
     """
     x, shape = _rows_input(x, "x", normalized_shape)
-    rows = _Rows.of(x.shape, shape)
+    rows = Rows.of(x.shape, shape)
     w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
     eps = _rms_eps(eps, x.dtype)
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight}, in_place_ok=("x",))

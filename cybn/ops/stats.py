@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .._validate import as_data, channel_view, check_ddof, describe
+from .._validate import as_data, check_ddof, describe
 from . import _schedule
-from ._run import channel_moments
+from ._bn import channel_moments
+from ._layout import channel_view
 
 __all__ = ["moments", "batch_norm_stats", "merge_stats", "RunningMoments"]
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from .._validate import (as_data, channel_vector, channel_view, check_activation, check_bool,
+from .._validate import (as_data, channel_vector, check_activation, check_bool,
                          check_out, check_same_layout, describe, is_int, normalize_axis,
                          shaped_array)
 from . import _schedule
-from ._run import Output, channel_affine, channel_moments, update_running
-from .batchnorm import (DEGENERATE_POLICIES, _residual, _train_args, _train_core,
-                        batch_norm_backward, batch_norm_train)
+from ._bn import (channel_affine, channel_moments, check_policy, checked_residual,
+                  checked_train_args, train_core, update_running_stats)
+from ._layout import Output, channel_view
+from .batchnorm import batch_norm_backward, batch_norm_train
 from .conventions import resolve as resolve_convention
 
 __all__ = ["RenormSchedule", "batch_norm_renorm", "batch_norm_renorm_backward",
@@ -115,7 +116,7 @@ def batch_norm_renorm(x, weight=None, bias=None, *, running_mean, running_var,
     """
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
     rmax, dmax = _clip_limits(rmax, dmax)
-    x, view, w, b, rm, rv, momentum, eps, ep, _ = _train_args(
+    x, view, w, b, rm, rv, momentum, eps, ep, _ = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, False, None, out)
     if rm is None:
         raise ValueError("batch_norm_renorm needs running_mean and running_var")
@@ -132,8 +133,7 @@ def batch_norm_renorm(x, weight=None, bias=None, *, running_mean, running_var,
     d = np.clip((mean - rm.astype(np.float64)) / sigma_run, -dmax, dmax)
     dest = Output(view, out, x.dtype)
     channel_affine(view, x, mean, w * r * invstd, b + w * d, dest.kernel, threads, ep=ep)
-    update_running(rm, mean, momentum, 1.0)
-    update_running(rv, var, momentum, n / (n - 1) if unbiased else 1.0)
+    update_running_stats(rm, rv, mean, var, n, momentum, unbiased)
     return dest.result(), mean, invstd, r, d
 
 
@@ -208,9 +208,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
         Each ghost batch's statistics, for :func:`batch_norm_ghost_backward`.
     """
     check_activation(activation)
-    if on_degenerate not in DEGENERATE_POLICIES:
-        raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
-                         f"{on_degenerate!r}")
+    check_policy(on_degenerate)
     x = as_data(x, "x", half=True)
     if normalize_axis(axis, x.ndim) == 0:
         raise ValueError(f"batch_norm_ghost splits axis 0 into ghost batches; the channel axis "
@@ -218,7 +216,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     parts = ghost_slices(x.shape[0], ghost_batch_size)
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
     # everything checked once, before any ghost batch runs or a running statistic changes
-    x, view, w, b, rm, rv, momentum, eps, ep, residual = _train_args(
+    x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis,
         activation is not None, residual, out)
     y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
@@ -243,8 +241,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
         if rm is not None:  # the running statistics, once per ghost batch, in order
             n = per_sample * parts[0].stop  # values per channel in a ghost batch
             for g in range(first):
-                update_running(rm, mean[g], momentum, 1.0)
-                update_running(rv, var[g], momentum, n / (n - 1) if unbiased else 1.0)
+                update_running_stats(rm, rv, mean[g], var[g], n, momentum, unbiased)
         means.extend(mean)
         invstds.extend(invstd)
     for k, s in enumerate(parts[first:], start=first):
@@ -257,7 +254,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
                 running_variance="unbiased" if unbiased else "biased",
                 on_degenerate=on_degenerate)
         else:  # checked above: straight to the kernels, a view of x per ghost batch
-            _, mean, invstd = _train_core(xs, channel_view(xs, axis), w, b, rm, rv, momentum,
+            _, mean, invstd = train_core(xs, channel_view(xs, axis), w, b, rm, rv, momentum,
                                           eps, unbiased, ep, rs, ys)
         means.append(mean)
         invstds.append(invstd)
@@ -298,7 +295,7 @@ def _ghost_backward_args(dy, x, weight, mean, invstd, ghost_batch_size, axis, ac
     else:
         raise TypeError(f"training must be a bool or a sequence of {G} bools, got "
                         f"{describe(training)}")
-    residual = _residual(residual, x)
+    residual = checked_residual(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
                                       "invstd": invstd, "bias": bias, "residual": residual},
               in_place_ok=("x", "dy"))

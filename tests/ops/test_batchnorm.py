@@ -5,6 +5,7 @@ import pytest
 from conftest import assert_close, stat_rtol
 
 import cybn
+from cybn.ops import _layout
 import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -345,8 +346,8 @@ def test_fast_path_out_in_place_and_overlap(dtype, rng):
 
 
 def test_fast_path_uses_the_family_rule_of_the_full_path():
-    """The compiled fast path repeats _validate's plane-family rule in C; they must agree,
-    or the two paths would pick different blocks (and bits)."""
-    from cybn import _kernels, _validate
+    """The compiled fast path repeats the layout module's plane-family rule in C; they must
+    agree, or the two paths would pick different blocks (and bits)."""
+    from cybn import _kernels
 
-    assert _kernels.FAST_PLANE_RULE == (_validate.SMALL_SIZE, _validate.MIN_PLANE_INNER)
+    assert _kernels.FAST_PLANE_RULE == (_layout.SMALL_SIZE, _layout.MIN_PLANE_INNER)

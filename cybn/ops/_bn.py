@@ -1,0 +1,166 @@
+"""The batch-norm core that the functional ops, the variants (renorm, ghost), the masked
+path, the other norms' running statistics, SyncBatchNorm and the layers share: the training
+arguments' checks, the degenerate-batch policy, the kernels of one training forward, the
+per-channel moment and affine passes, and the running-statistics update (one function).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+from .._validate import as_data, check_out, check_same_layout, train_args
+from . import _schedule
+from ._layout import ChannelView, Output, channel_view, kernel_array
+
+# what a training batch with one value per channel does (see batch_norm_train)
+DEGENERATE_POLICIES = ("raise", "use_running", "skip_update")
+
+
+def check_policy(on_degenerate) -> str:
+    """on_degenerate, checked: one of DEGENERATE_POLICIES."""
+    if not isinstance(on_degenerate, str) or on_degenerate not in DEGENERATE_POLICIES:
+        raise ValueError(f"on_degenerate must be one of {DEGENERATE_POLICIES}, got "
+                         f"{on_degenerate!r}")
+    return on_degenerate
+
+
+def update_running_stats(rm, rv, mean, var, count: float, momentum: float,
+                         unbiased: bool) -> None:
+    """The running statistics after a batch of ``count`` values per channel (biased batch
+    variance ``var``): ``running = (1 - momentum) * running + momentum * batch``, the
+    variance corrected by count / (count - 1) when ``unbiased``. Nothing without buffers."""
+    if rm is None:
+        return
+    update_running(rm, mean, momentum, 1.0)
+    update_running(rv, var, momentum, count / (count - 1) if unbiased else 1.0)
+
+
+def update_running(buffer: np.ndarray, batch: np.ndarray, momentum: float,
+                   factor: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch * factor, in place; a strided
+    buffer is updated through a contiguous copy (the same arithmetic)."""
+    if buffer.flags.c_contiguous:
+        _kernels.update_running(buffer, batch, momentum, factor)
+    else:
+        tmp = np.ascontiguousarray(buffer)
+        _kernels.update_running(tmp, batch, momentum, factor)
+        buffer[...] = tmp
+
+
+def channel_moments(view: ChannelView, x: np.ndarray, threads: int) -> tuple:
+    """Per-channel (mean, m2) in float64 of a nonempty array x."""
+    mean = np.empty(view.channels, dtype=np.float64)
+    m2 = np.empty(view.channels, dtype=np.float64)
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
+    if view.family == "plane":
+        K.plane_moments(xk, mean, m2, threads)
+    else:
+        K.row_moments(xk, view.channels, view.inner, mean, m2, threads)
+    return mean, m2
+
+
+def channel_affine(view: ChannelView, x, shift, scale, offset, yk, threads: int, *,
+                   residual=None, ep: int = 0) -> None:
+    """yk = ep((x - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors, yk the
+    output's kernel array; ep: the kernels' fused-epilogue bits (residual: an array of x's
+    shape, with EP_RESIDUAL)."""
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
+    streaming = _schedule.streaming(view, x.itemsize, "infer")
+    rk = xk if residual is None else kernel_array(view, residual)
+    if view.family == "plane":
+        K.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
+    else:
+        K.row_infer(xk, view.channels, view.inner, shift, scale, offset, yk, rk, ep, streaming,
+                    threads)
+
+
+def epilogue(relu: bool, residual) -> int:
+    """The kernels' fused-epilogue bits."""
+    return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
+                                                else 0)
+
+
+def checked_residual(residual, x: np.ndarray):
+    """The checked residual (x's shape and dtype), or None."""
+    if residual is None:
+        return None
+    residual = as_data(residual, "residual", half=True)
+    check_same_layout(residual, "residual", x)
+    return residual
+
+
+def param_dtype(x: np.ndarray) -> np.dtype:
+    """dtype of the per-channel gradients: x's, float32 for half-precision x."""
+    return np.dtype(np.float32) if x.dtype.itemsize == 2 else x.dtype
+
+
+def infer_core(x, view, rm, rv, w, b, eps: float, ep: int, residual, out) -> np.ndarray:
+    """The inference kernels on checked arguments (per-channel float64 vectors, a nonempty
+    x): y = ep((x - rm) * w / sqrt(rv + eps) + b)."""
+    scale = np.empty(view.channels, dtype=np.float64)
+    _kernels.infer_scale(rv, w, eps, scale)
+    dest = Output(view, out, x.dtype)
+    channel_affine(view, x, rm, scale, b, dest.kernel, _schedule.threads(view),
+                   residual=residual, ep=ep)
+    return dest.result()
+
+
+def degenerate_batch(on_degenerate: str, message: str, x, view, rm, rv, w, b, eps: float,
+                     ep: int, residual, out):
+    """A training batch with one value per channel: raises ValueError(message) for "raise";
+    for "use_running" the result normalized with the running statistics, (y, mean, invstd);
+    None for "skip_update" (the caller normalizes with the batch statistics and leaves the
+    running statistics unchanged)."""
+    if on_degenerate == "raise":
+        raise ValueError(message)
+    if on_degenerate == "use_running":
+        if rm is None:
+            raise ValueError("on_degenerate='use_running' needs running_mean and running_var")
+        mean = np.ascontiguousarray(rm, dtype=np.float64)
+        var = np.ascontiguousarray(rv, dtype=np.float64)
+        y = infer_core(x, view, mean, var, w, b, eps, ep, residual, out)
+        return y, mean.copy(), 1.0 / np.sqrt(var + eps)
+    return None
+
+
+def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out) -> tuple:
+    """The training kernels on checked arguments (count >= 2): (y, mean, invstd)."""
+    C = view.channels
+    threads = _schedule.threads(view)
+    K = _kernels.for_dtype(x.dtype)
+    xk = kernel_array(view, x)
+    rk = xk if residual is None else kernel_array(view, residual)
+    dest = Output(view, out, x.dtype)
+    mean = np.empty(C, dtype=np.float64)
+    var = np.empty(C, dtype=np.float64)
+    invstd = np.empty(C, dtype=np.float64)
+    streaming = _schedule.streaming(view, x.itemsize, "train")
+    if view.family == "plane":
+        group = _schedule.plane_group(view, x.itemsize, 1, threads)
+        K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
+                              streaming, threads)
+    else:
+        K.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean, var,
+                            invstd, streaming, threads)
+    update_running_stats(rm, rv, mean, var, view.count, momentum, unbiased)
+    return dest.result(), mean, invstd
+
+
+def checked_train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
+                residual, out) -> tuple:
+    """The checked arguments of a training forward: (x, its ChannelView, weight, bias,
+    running_mean, running_var, momentum, eps, the epilogue bits, residual)."""
+    x = as_data(x, "x", half=True)
+    view = channel_view(x, axis)
+    w, b, rm, rv, momentum, eps = train_args(view.channels, weight, bias, running_mean,
+                                             running_var, momentum, eps)
+    ep = epilogue(relu, residual)
+    residual = checked_residual(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var, "residual": residual},
+              in_place_ok=("x", "residual"))
+    return x, view, w, b, rm, rv, momentum, eps, ep, residual
