@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -141,6 +142,17 @@ def _input_header(x: np.ndarray, axis: int | None) -> list:
     return [-1 if axis is None else x.shape[axis], _dtype_code(x.dtype), x.ndim]
 
 
+@dataclass(frozen=True)
+class SyncSaved:
+    """What a SyncBatchNorm training forward keeps for its backward."""
+
+    x: np.ndarray
+    mean: np.ndarray     # the whole batch's, float64 (C,)
+    invstd: np.ndarray
+    axis: int
+    total: int           # values per channel over every rank
+
+
 class SyncBatchNorm(_BatchNorm):
     """Batch normalization whose training statistics are those of the whole batch across
     the ranks of ``comm`` (any rank >= 2 input, channels-first or channels_last).
@@ -208,15 +220,15 @@ class SyncBatchNorm(_BatchNorm):
             running_variance=self.running_variance, stats=(total, mean, m2))
         if update:
             self.num_batches_tracked[...] += 1
-        self._cache = ("sync", x, mean, invstd, axis, total)
+        self._cache = SyncSaved(x, mean, invstd, axis, total)
         return y
 
     def backward(self, dy):
-        saved = self._take_saved()
-        if not isinstance(saved[0], str):  # an eval-mode forward: BatchNorm's backward
-            object.__setattr__(self, "_cache", saved)
+        saved = self.__dict__.get("_cache")
+        if not isinstance(saved, SyncSaved):  # an eval-mode forward: BatchNorm's backward
             return super().backward(dy)
-        _, x, mean, invstd, axis, total = saved
+        saved = self._take_saved()
+        x, mean, invstd, axis, total = saved.x, saved.mean, saved.invstd, saved.axis, saved.total
         error = None
         try:
             dy = grad_output(dy, x.shape, "SyncBatchNorm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import ops as F
@@ -13,6 +15,22 @@ from ._args import (activation_grad, affine_parameters, param_dtype, positive_in
 from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a BatchNorm forward keeps for its backward."""
+
+    x: np.ndarray
+    mean: np.ndarray             # (C,), or (G, C) per ghost batch; float64
+    invstd: np.ndarray
+    training: bool | tuple       # batch statistics (per ghost batch: a tuple of bools)
+    axis: int
+    residual: np.ndarray | None = None   # fused relu(BN(x) + residual)
+    activation: str | None = None
+    mask: np.ndarray | None = None       # masked statistics
+    renorm: tuple | None = None          # batch renormalization's (r, d)
+    ghost: bool = False                  # ghost batches of the layer's ghost_batch_size
 
 
 class _ConventionDefault:
@@ -187,11 +205,12 @@ class _BatchNorm(Module):
         ``activation="relu"``, ``relu(BN(x))`` in the same pass. ``mask`` (boolean, x's
         shape without the channel axis): in training, False positions are left out of the
         statistics (see :func:`cybn.batch_norm_train`); ignored with running statistics."""
-        return self._run(x, None, self.activation, mask)
+        return self.forward_fused(x, None, self.activation, mask)
 
-    def _run(self, x, residual, activation, mask=None):
-        """forward with a fused ``activation(BN(x) + residual)`` (for :class:`Residual`);
-        after a residual, :meth:`backward` returns ``(dx, dresidual)``."""
+    def forward_fused(self, x, residual, activation, mask=None):
+        """forward with a fused ``activation(BN(x) + residual)`` in the same pass (the
+        ending of :class:`Residual`'s blocks); after a residual, :meth:`backward` returns
+        ``(dx, dresidual)``."""
         x = np.asarray(x)
         axis = self._axis(x)
         fused = {"activation": activation, "residual": residual}
@@ -201,8 +220,8 @@ class _BatchNorm(Module):
             y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
                                    axis=axis, **fused)
             invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            self._cache = (x, self.running_mean.astype(np.float64), invstd, False, axis,
-                           residual, activation, None)
+            self._cache = Saved(x, self.running_mean.astype(np.float64), invstd, False, axis,
+                                residual, activation)
             return y
         if mask is not None and (self.renorm or self.ghost_batch_size is not None):
             raise ValueError("mask= does not work with renorm or ghost_batch_size (it would "
@@ -219,7 +238,7 @@ class _BatchNorm(Module):
             y, mean, invstd, r, d = F.batch_norm_renorm(x, w, b, rmax=rmax, dmax=dmax,
                                                         **running)
             self.num_batches_tracked[...] += 1
-            self._cache = (x, mean, invstd, True, axis, None, None, ("renorm", r, d))
+            self._cache = Saved(x, mean, invstd, True, axis, renorm=(r, d))
             return y
         if self.ghost_batch_size is not None:
             y, mean, invstd = F.batch_norm_ghost(
@@ -231,7 +250,7 @@ class _BatchNorm(Module):
             if update:
                 self.num_batches_tracked[...] += sum(not g for g in degenerate)
             flags = tuple(not (g and self.on_degenerate == "use_running") for g in degenerate)
-            self._cache = (x, mean, invstd, flags, axis, residual, activation, ("ghost",))
+            self._cache = Saved(x, mean, invstd, flags, axis, residual, activation, ghost=True)
             return y
         if mask is not None:
             count = int(np.count_nonzero(mask))
@@ -246,36 +265,34 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] += 1
         # with on_degenerate="use_running" the running statistics normalized x
         training = not (degenerate and self.on_degenerate == "use_running")
-        variant = None if mask is None else ("mask", mask)
-        self._cache = (x, mean, invstd, training, axis, residual, activation, variant)
+        self._cache = Saved(x, mean, invstd, training, axis, residual, activation, mask)
         return y
 
     def backward(self, dy):
         """dx for the last forward (and the residual's gradient when it had one, as
         ``(dx, dresidual)``); adds dweight, dbias into weight.grad, bias.grad (not when
         frozen)."""
-        (x, mean, invstd, training, axis, residual, activation, variant), dy = \
-            self._take_saved(dy, lambda saved: saved[0].shape)
-        dy = activation_grad(dy, x)  # mixed precision: rounded to a half x's dtype
+        s, dy = self._take_saved(dy, lambda saved: saved.x.shape)
+        dy = activation_grad(dy, s.x)  # mixed precision: rounded to a half x's dtype
         w, b = self._gamma(), self._beta()
-        if variant is None or variant[0] == "mask":
-            grads = F.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
-                                          activation=activation, bias=b, residual=residual,
-                                          mask=None if variant is None else variant[1])
-        elif variant[0] == "renorm":
-            grads = F.batch_norm_renorm_backward(dy, x, w, mean, invstd, variant[1],
-                                                 variant[2], axis=axis)
-        else:
-            grads = F.batch_norm_ghost_backward(dy, x, w, mean, invstd,
+        if s.renorm is not None:
+            grads = F.batch_norm_renorm_backward(dy, s.x, w, s.mean, s.invstd, *s.renorm,
+                                                 axis=s.axis)
+        elif s.ghost:
+            grads = F.batch_norm_ghost_backward(dy, s.x, w, s.mean, s.invstd,
                                                 ghost_batch_size=self.ghost_batch_size,
-                                                axis=axis, activation=activation, bias=b,
-                                                residual=residual, training=training)
+                                                axis=s.axis, activation=s.activation, bias=b,
+                                                residual=s.residual, training=s.training)
+        else:
+            grads = F.batch_norm_backward(dy, s.x, w, s.mean, s.invstd, training=s.training,
+                                          axis=s.axis, activation=s.activation, bias=b,
+                                          residual=s.residual, mask=s.mask)
         if not self.frozen:
             if self.scale:
                 self.weight.grad += grads[1]
             if self.center:
                 self.bias.grad += grads[2]
-        return grads[0] if residual is None else (grads[0], grads[3])
+        return grads[0] if s.residual is None else (grads[0], grads[3])
 
 
 class BatchNorm1d(_BatchNorm):

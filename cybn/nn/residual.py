@@ -3,6 +3,8 @@ block's last batch norm."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._validate import check_activation
@@ -10,6 +12,16 @@ from .batchnorm import _BatchNorm
 from .module import Module, Sequential
 
 __all__ = ["Residual"]
+
+
+@dataclass(frozen=True)
+class ResidualSaved:
+    """What a Residual forward keeps for its backward."""
+
+    shape: tuple                     # the output's
+    head: tuple = ()                 # the body's layers before its last batch norm (fused)
+    bn: _BatchNorm | None = None     # that batch norm, when the add and ReLU ran inside it
+    cut: np.ndarray | None = None    # where the unfused ReLU cut the sum (pre <= 0)
 
 
 class Residual(Module):
@@ -74,24 +86,25 @@ class Residual(Module):
             h = x
             for layer in head:
                 h = layer(h)
-            y = bn._run(h, s, self.activation)
-            self._cache = ("fused", head, bn, y.shape)
+            y = bn.forward_fused(h, s, self.activation)
+            self._cache = ResidualSaved(y.shape, head=tuple(head), bn=bn)
             return y
         pre = np.asarray(self.body(x)) + s
         if self.activation is None:
-            self._cache = ("plain", None, None, pre.shape)
+            self._cache = ResidualSaved(pre.shape)
             return pre
-        self._cache = ("plain", pre <= 0, None, pre.shape)
-        return np.where(self._cache[1], pre.dtype.type(0), pre)
+        cut = pre <= 0
+        self._cache = ResidualSaved(pre.shape, cut=cut)
+        return np.where(cut, pre.dtype.type(0), pre)
 
     def backward(self, dy):
-        (kind, state, bn, shape), dy = self._take_saved(dy, lambda saved: saved[3])
-        if kind == "fused":
-            dh, dsum = bn.backward(dy)
-            for layer in reversed(state):
+        saved, dy = self._take_saved(dy, lambda saved: saved.shape)
+        if saved.bn is not None:  # the add and the ReLU ran inside the last batch norm
+            dh, dsum = saved.bn.backward(dy)
+            for layer in reversed(saved.head):
                 dh = layer.backward(dh)
         else:
-            dsum = dy if state is None else np.where(state, dy.dtype.type(0), dy)
+            dsum = dy if saved.cut is None else np.where(saved.cut, dy.dtype.type(0), dy)
             dh = self.body.backward(dsum)
         shortcut = self._shortcut()
         ds = dsum if shortcut is None else shortcut.backward(dsum)
