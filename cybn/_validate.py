@@ -201,6 +201,54 @@ def train_args(channels: int, weight, bias, running_mean, running_var, momentum,
     return w, b, rm, rv, check_momentum(momentum), check_eps(eps)
 
 
+def residual_array(residual, x: np.ndarray):
+    """The checked residual of a fused ``relu(BN(x) + residual)`` (x's shape and dtype), or
+    None."""
+    if residual is None:
+        return None
+    residual = as_data(residual, "residual", half=True)
+    check_same_layout(residual, "residual", x)
+    return residual
+
+
+def train_inputs(x, weight, bias, running_mean, running_var, momentum, eps, axis, residual,
+                 out) -> tuple:
+    """Every argument of a batch-norm training forward checked at once, before anything
+    runs: (x, the channel axis as a non-negative int, weight, bias (float64 (C,)), the
+    running buffers (or None), momentum, eps, residual (or None))."""
+    x = as_data(x, "x", half=True)
+    axis = normalize_axis(axis, x.ndim)
+    w, b, rm, rv, momentum, eps = train_args(x.shape[axis], weight, bias, running_mean,
+                                             running_var, momentum, eps)
+    residual = residual_array(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
+                                      "running_mean": running_mean,
+                                      "running_var": running_var, "residual": residual},
+              in_place_ok=("x", "residual"))
+    return x, axis, w, b, rm, rv, momentum, eps, residual
+
+
+def backward_inputs(dy, x, weight, mean, invstd, bias, training, axis, residual,
+                    out) -> tuple:
+    """Every argument of a batch-norm backward checked at once: (dy, x, the channel axis as
+    a non-negative int, weight, mean, invstd, bias (float64 (C,)), training, residual)."""
+    x = as_data(x, "x", half=True)
+    dy = as_data(dy, "dy", half=True)
+    check_same_layout(dy, "dy", x)
+    axis = normalize_axis(axis, x.ndim)
+    C = x.shape[axis]
+    w = channel_vector(weight, "weight", C, default=1.0)
+    mu = channel_vector(mean, "mean", C)
+    inv = channel_vector(invstd, "invstd", C)
+    b = channel_vector(bias, "bias", C, default=0.0)
+    training = check_bool(training, "training")
+    residual = residual_array(residual, x)
+    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
+                                      "invstd": invstd, "bias": bias, "residual": residual},
+              in_place_ok=("x", "dy", "residual"))
+    return dy, x, axis, w, mu, inv, b, training, residual
+
+
 def running_buffer(v, name: str, channels: int) -> np.ndarray:
     """A running-statistics array that will be updated in place: checked, not copied."""
     if not isinstance(v, np.ndarray):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .._validate import as_data, check_out, check_same_layout, train_args
+from .._validate import train_inputs
 from . import _schedule
-from ._layout import ChannelView, Output, channel_view, kernel_array
+from ._layout import ChannelView, Output, kernel_array, view_of
 
 # what a training batch with one value per channel does (see batch_norm_train)
 DEGENERATE_POLICIES = ("raise", "use_running", "skip_update")
@@ -52,8 +52,8 @@ def channel_moments(view: ChannelView, x: np.ndarray, threads: int) -> tuple:
     """Per-channel (mean, m2) in float64 of a nonempty array x."""
     mean = np.empty(view.channels, dtype=np.float64)
     m2 = np.empty(view.channels, dtype=np.float64)
-    K = _kernels.for_dtype(x.dtype)
     xk = kernel_array(view, x)
+    K = _kernels.for_dtype(x.dtype)
     if view.family == "plane":
         K.plane_moments(xk, mean, m2, threads)
     else:
@@ -66,10 +66,10 @@ def channel_affine(view: ChannelView, x, shift, scale, offset, yk, threads: int,
     """yk = ep((x - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors, yk the
     output's kernel array; ep: the kernels' fused-epilogue bits (residual: an array of x's
     shape, with EP_RESIDUAL)."""
-    K = _kernels.for_dtype(x.dtype)
     xk = kernel_array(view, x)
-    streaming = _schedule.streaming(view, x.itemsize, "infer")
     rk = xk if residual is None else kernel_array(view, residual)
+    streaming = _schedule.streaming(view, x.itemsize, "infer")
+    K = _kernels.for_dtype(x.dtype)
     if view.family == "plane":
         K.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
     else:
@@ -81,15 +81,6 @@ def epilogue(relu: bool, residual) -> int:
     """The kernels' fused-epilogue bits."""
     return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
                                                 else 0)
-
-
-def checked_residual(residual, x: np.ndarray):
-    """The checked residual (x's shape and dtype), or None."""
-    if residual is None:
-        return None
-    residual = as_data(residual, "residual", half=True)
-    check_same_layout(residual, "residual", x)
-    return residual
 
 
 def param_dtype(x: np.ndarray) -> np.dtype:
@@ -130,7 +121,6 @@ def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out
     """The training kernels on checked arguments (count >= 2): (y, mean, invstd)."""
     C = view.channels
     threads = _schedule.threads(view)
-    K = _kernels.for_dtype(x.dtype)
     xk = kernel_array(view, x)
     rk = xk if residual is None else kernel_array(view, residual)
     dest = Output(view, out, x.dtype)
@@ -138,6 +128,7 @@ def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out
     var = np.empty(C, dtype=np.float64)
     invstd = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "train")
+    K = _kernels.for_dtype(x.dtype)  # the kernel set of x's dtype, last before the call
     if view.family == "plane":
         group = _schedule.plane_group(view, x.itemsize, 1, threads)
         K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
@@ -150,17 +141,10 @@ def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out
 
 
 def checked_train_args(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
-                residual, out) -> tuple:
-    """The checked arguments of a training forward: (x, its ChannelView, weight, bias,
-    running_mean, running_var, momentum, eps, the epilogue bits, residual)."""
-    x = as_data(x, "x", half=True)
-    view = channel_view(x, axis)
-    w, b, rm, rv, momentum, eps = train_args(view.channels, weight, bias, running_mean,
-                                             running_var, momentum, eps)
-    ep = epilogue(relu, residual)
-    residual = checked_residual(residual, x)
-    check_out(out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias,
-                                      "running_mean": running_mean,
-                                      "running_var": running_var, "residual": residual},
-              in_place_ok=("x", "residual"))
-    return x, view, w, b, rm, rv, momentum, eps, ep, residual
+                       residual, out) -> tuple:
+    """The checked arguments of a training forward and x's layout: (x, its ChannelView,
+    weight, bias, running_mean, running_var, momentum, eps, the epilogue bits, residual)."""
+    x, axis, w, b, rm, rv, momentum, eps, residual = train_inputs(
+        x, weight, bias, running_mean, running_var, momentum, eps, axis, residual, out)
+    return x, view_of(x.shape, axis), w, b, rm, rv, momentum, eps, epilogue(relu, residual), \
+        residual

@@ -92,13 +92,15 @@ class ChannelView:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_view(shape: tuple, axis: int) -> ChannelView:
+def view_of(shape: tuple, axis: int) -> ChannelView:
+    """The ChannelView of an array of ``shape`` with the (checked, non-negative) channel
+    axis ``axis``, memoized per shape and axis."""
     return ChannelView.of(shape, axis)
 
 
 def channel_view(x: np.ndarray, axis) -> ChannelView:
-    """The ChannelView of x with channel axis ``axis`` (memoized per shape and axis)."""
-    return _cached_view(x.shape, normalize_axis(axis, x.ndim))
+    """The ChannelView of x with channel axis ``axis`` (any int, checked here)."""
+    return view_of(x.shape, normalize_axis(axis, x.ndim))
 
 
 @dataclass(frozen=True)

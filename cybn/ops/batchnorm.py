@@ -16,12 +16,14 @@ from .._validate import (
     check_eps,
     check_out,
     check_same_layout,
+    residual_array,
+    backward_inputs,
 )
 from . import _schedule
-from ._bn import (channel_affine, check_policy, checked_residual, checked_train_args,
+from ._bn import (channel_affine, check_policy, checked_train_args,
                   degenerate_batch, epilogue, infer_core, param_dtype, train_core,
                   update_running_stats)
-from ._layout import Output, channel_view, empty_result, kernel_array
+from ._layout import Output, channel_view, empty_result, kernel_array, view_of
 from .conventions import get_convention
 from .masked import check_mask, masked_grad_apply, masked_train, zero_dy_terms_dropped
 from .conventions import resolve as resolve_convention
@@ -252,7 +254,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     b = channel_vector(bias, "bias", C, default=0.0)
     eps = check_eps(eps)
     ep = epilogue(relu, residual)
-    residual = checked_residual(residual, x)
+    residual = residual_array(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "running_mean": running_mean,
                                       "running_var": running_var, "weight": weight,
                                       "bias": bias, "residual": residual},
@@ -321,20 +323,10 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
                                       _schedule.MIN_PARALLEL_SIZE)
         if fast is not None:
             return fast
-    x = as_data(x, "x", half=True)
-    dy = as_data(dy, "dy", half=True)
-    check_same_layout(dy, "dy", x)
-    view = channel_view(x, axis)
+    dy, x, axis, w, mu, inv, b, training, residual = backward_inputs(
+        dy, x, weight, mean, invstd, bias, training, axis, residual, out)
+    view = view_of(x.shape, axis)
     C = view.channels
-    w = channel_vector(weight, "weight", C, default=1.0)
-    mu = channel_vector(mean, "mean", C)
-    inv = channel_vector(invstd, "invstd", C)
-    b = channel_vector(bias, "bias", C, default=0.0)
-    training = check_bool(training, "training")
-    residual = checked_residual(residual, x)
-    check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
-                                      "invstd": invstd, "bias": bias, "residual": residual},
-              in_place_ok=("x", "dy", "residual"))
     if mask is not None and training:
         if relu or residual is not None:
             raise ValueError("mask= works without residual= and activation=")

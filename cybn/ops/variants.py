@@ -27,10 +27,10 @@ import numpy as np
 from .. import _kernels
 from .._validate import (as_data, channel_vector, check_activation, check_bool,
                          check_out, check_same_layout, describe, is_int, normalize_axis,
-                         shaped_array)
+                         residual_array, shaped_array)
 from . import _schedule
-from ._bn import (channel_affine, channel_moments, check_policy, checked_residual,
-                  checked_train_args, train_core, update_running_stats)
+from ._bn import (channel_affine, channel_moments, check_policy, checked_train_args,
+                  train_core, update_running_stats)
 from ._layout import Output, channel_view
 from .batchnorm import batch_norm_backward, batch_norm_train
 from .conventions import resolve as resolve_convention
@@ -295,7 +295,7 @@ def _ghost_backward_args(dy, x, weight, mean, invstd, ghost_batch_size, axis, ac
     else:
         raise TypeError(f"training must be a bool or a sequence of {G} bools, got "
                         f"{describe(training)}")
-    residual = checked_residual(residual, x)
+    residual = residual_array(residual, x)
     check_out(out, x.shape, x.dtype, {"x": x, "dy": dy, "weight": weight, "mean": mean,
                                       "invstd": invstd, "bias": bias, "residual": residual},
               in_place_ok=("x", "dy"))
