@@ -3,7 +3,7 @@
 # ReLU as PyTorch has it: y = 0 where x <= 0 (-inf included), x elsewhere (NaN stays NaN);
 # the backward passes dy where x was not <= 0 and an exact 0 elsewhere. The forward keeps
 # that condition as one byte per element for the backward. Elementwise, blocks of a fixed
-# size over the threads. Included after common.pxi.
+# size over the threads. Included after pool.pxi.
 
 cdef enum:
     RELU_BLOCK = 16384    # elements per work item

@@ -9,6 +9,14 @@
 # messages in the caller's terms; these are the last line, naming the kernel's argument.
 # Included after common.pxi.
 
+cdef int check_scratch(int status) except -1:
+    """MemoryError when a kernel core reported (status != 0) that its scratch could not be
+    allocated; the cores run without the GIL and return a status instead of raising."""
+    if status != 0:
+        raise MemoryError("cybn: out of memory for kernel scratch")
+    return 0
+
+
 cdef int need(bint ok, str what) except -1:
     """ValueError stating the broken rule unless ok."""
     if not ok:

@@ -2,18 +2,13 @@
 #
 # cybn's compiled kernels, common part: what every kernel file below relies on (imports, the
 # SIMD declarations, block sizes, and how the two view families are cut into blocks).
-# Each instruction-set variant (baseline.pyx, avx2.pyx, avx512.pyx) includes, in order:
-#   common.pxi    this file
-#   stats.pxi     statistics: block moments, Chan merges, per-channel reductions
-#   apply.pxi     elementwise passes (affine) and the forward ops built on them
-#   grad.pxi      gradient sums and the backward elementwise pass
-#   conv.pxi      depthwise convolution (channels-last), forward and backward
-#   fastpath.pxi  compiled entry points for small arrays (no Python per call)
+# Each instruction-set variant (baseline.pyx, avx2.pyx, avx512.pyx) includes kernels.pxi,
+# which lists every kernel file in order (this one first).
 #
 # Every layout reaches these kernels as a C-contiguous view (outer, C, inner) of the input,
 # in one of two families:
 #
-#   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in _validate.py for
+#   plane family  x[outer, C, inner] (channels-first: N, C, H*W; chosen in ops/_layout.py for
 #                 inner >= 32 and for small arrays). Channel c's data is `outer` contiguous
 #                 runs ("planes") of `inner` elements; reductions cut each plane into blocks
 #                 of about PLANE_BLOCK elements: parts of a plane, or groups of whole planes

@@ -4,7 +4,7 @@
 # weight[kh, kw, C], zero padding (ph, pw) handled by skipping the taps that fall outside
 # (no padded copy). Every loop runs over C innermost, contiguous in x, the weight and the
 # output, so it vectorizes. Sums run in the data's type, taps in a fixed order: the same
-# bits for any thread count. Included after grad.pxi.
+# bits for any thread count. Included after norms.pxi.
 
 cdef enum:
     DW_BLOCK = 32  # channels summed in registers at a time

@@ -2,12 +2,13 @@
 #
 # Compiled entry points for small arrays: one call takes the ndarrays, checks them cheaply in C,
 # computes the per-channel coefficients and runs the plane kernels on the calling thread.
-# Included by each instruction-set variant after grad.pxi.
+# Relies on the batch-norm cores (bn_stats, bn_forward, bn_backward); included last.
 #
 # A call that is not the plain common case (non-ndarray input, strided or misaligned arrays,
 # an out= that is not a separate array or exactly the in-place input, anything that the full
-# validation would reject, arrays large enough to use threads or the row family) returns None, and functional.py takes its full Python path, which gives
-# every error message. Results are bitwise those of the full path: the same plane kernels on
+# validation would reject, arrays large enough to use threads or the row family) returns
+# None, and the op (cybn/ops/batchnorm.py) takes its full Python path, which gives every
+# error message. Results are bitwise those of the full path: the same plane kernels on
 # the same blocks.
 
 cimport numpy as cnp
@@ -15,10 +16,10 @@ cimport numpy as cnp
 cnp.import_array()
 
 cdef enum:
-    FAST_SMALL_SIZE = 4096   # _validate.SMALL_SIZE: smaller arrays are always plane family
-    FAST_MIN_INNER = 32      # _validate.MIN_PLANE_INNER
+    FAST_SMALL_SIZE = 4096   # ops/_layout.SMALL_SIZE: smaller arrays are always plane family
+    FAST_MIN_INNER = 32      # ops/_layout.MIN_PLANE_INNER
 
-# The plane-family rule compiled in above, for the test that keeps it equal to _validate's.
+# The plane-family rule compiled in above, for the test that keeps it equal to the layout's.
 FAST_PLANE_RULE = (FAST_SMALL_SIZE, FAST_MIN_INNER)
 
 

@@ -5,7 +5,7 @@
 # The first maximum wins, and a NaN wins over numbers (the first NaN), as NumPy's argmax and
 # PyTorch's max_pool2d. Each plane (channels-first) or sample (channels-last) is one thread's,
 # so the backward's overlapping windows add up in a fixed order: the same bits for any thread
-# count. Included after common.pxi.
+# count. Included after conv.pxi.
 
 cdef int need_pool_planes(const Py_ssize_t* big, const Py_ssize_t* small, Py_ssize_t kh,
                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint byte_index,

@@ -52,7 +52,7 @@ def masked_moments(x: np.ndarray, axis: int, mask8: np.ndarray, count: int) -> t
     mean, m2 = np.empty(C), np.empty(C)
     threads = _schedule.threads_for(x.size)
     if inner == 1:
-        blocks = -(-outer // 512)  # MASK_ROW_BLOCK rows per block (masked.pxi)
+        blocks = -(-outer // 512)  # MASK_ROW_BLOCK rows per block (bn_stats.pxi)
         part = np.empty((max(blocks, 1), C))
         _kernels.masked_row_moments(xc.reshape(outer, C), mask8.reshape(outer), float(count),
                                     mean, m2, part, threads)

@@ -1,8 +1,11 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
 #
-# Elementwise passes: y = (x - shift[c]) * scale[c] + offset[c] over a view (inference), and
-# the training forward built from statistics (stats.pxi) and this pass. Included after
-# stats.pxi.
+# Batch-norm forward: the elementwise pass y = ep((x - shift[c]) * scale[c] + offset[c]) of
+# both families (inference; with the training statistics, the training forward), the fused
+# epilogues (ReLU, residual add), the inference scale, the training forward of ghost
+# batches, and the parallel copy used as the memory yardstick. Relies on bn_stats.pxi's
+# moments cores; included after it.
+
 
 # ---------------------------------------------------------------------------------------
 # One run of one channel.
@@ -220,8 +223,7 @@ def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), 
                                           x.shape[0], x.shape[1], x.shape[2], &weight[0],
                                           &bias[0], eps, ep, &mean[0], &var[0], &invstd[0],
                                           group, streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 def plane_train_forward_half(const unsigned short[:, :, ::1] x, const double[::1] weight,
@@ -258,8 +260,7 @@ def plane_train_forward_half(const unsigned short[:, :, ::1] x, const double[::1
                 <const cybn_bf16*>&residual[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
                 &weight[0], &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], group, streaming,
                 num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,8 +393,7 @@ def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
         status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
                                  &shift[0], &scale[0], &offset[0], streaming, num_threads,
                                  &residual[0, 0], ep)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 def row_infer_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
@@ -425,8 +425,7 @@ def row_infer_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inne
                                      x.shape[0], x.shape[1], C, inner, &shift[0], &scale[0],
                                      &offset[0], streaming, num_threads,
                                      <const cybn_bf16*>&residual[0, 0], ep)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 cdef inline int row_train_forward_core(const storage* x, storage* y, const storage* res,
@@ -484,8 +483,7 @@ def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
         status = row_train_forward_core(&x[0, 0], &y[0, 0], &residual[0, 0], x.shape[0],
                                         x.shape[1], C, inner, &weight[0], &bias[0], eps, ep,
                                         &mean[0], &var[0], &invstd[0], streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 def row_train_forward_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
@@ -520,8 +518,7 @@ def row_train_forward_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssiz
                 <const cybn_bf16*>&x[0, 0], <cybn_bf16*>&y[0, 0],
                 <const cybn_bf16*>&residual[0, 0], x.shape[0], x.shape[1], C, inner, &weight[0],
                 &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,224 +565,53 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
 
 
 # ---------------------------------------------------------------------------------------
-# Samples (see common.pxi): group norm a sample at a time, statistics then the affine pass
-# with per-(sample, channel) coefficients.
+# Ghost batch normalization: G ghost batches of equal size, each a contiguous slab of the
+# batch (row g of a (G, n) view), normalized with its own statistics. A ghost batch is one
+# work item run by the single-threaded training (or backward) core, so the whole batch
+# costs one parallel region instead of G kernel calls; the cores give the same bits for any
+# thread count, so each ghost batch's results equal a batch_norm_train call on it.
 # ---------------------------------------------------------------------------------------
 
-cdef inline int sample_affine_one(const floating* x, floating* y, Py_ssize_t outer,
-                                  Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k, bint plane,
-                                  const double* shift, const double* scale,
-                                  const double* offset, int streaming,
-                                  int num_threads) noexcept nogil:
-    if plane:
-        plane_affine_core(x, y, outer, C, inner, shift, scale, offset, streaming, num_threads)
-        return 0
-    return row_affine_core(x, y, outer // k, k * C * inner, C, inner, shift, scale, offset,
-                           streaming, num_threads)
-
-
-cdef inline int sample_group_forward_one(const floating* x, floating* y, Py_ssize_t outer,
-                                         Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                                         bint plane, Py_ssize_t groups, Py_ssize_t Cw,
-                                         const double* weight, const double* bias, double eps,
-                                         double* mean, double* var, double* invstd,
-                                         int streaming, int num_threads) noexcept nogil:
-    """One row of sample_group_forward; -1 if out of memory."""
-    cdef Py_ssize_t Cg = C // groups, g, c
-    cdef int status
-    cdef double count = <double>(outer * inner), m, m2, d
-    cdef double* chm = <double*>malloc(5 * C * sizeof(double))
-    if chm == NULL:
-        return -1
-    cdef double* chm2 = chm + C
-    cdef double* shift = chm + 2 * C
-    cdef double* scale = chm + 3 * C
-    cdef double* offset = chm + 4 * C
-    if sample_moments_one(x, outer, C, inner, k, plane, chm, chm2, num_threads) != 0:
-        free(chm)
-        return -1
-    for g in range(groups):
-        # Chan's merge of Cg channels of equal counts: mean of means, M2 plus the spread
-        m = 0.0
-        for c in range(g * Cg, (g + 1) * Cg):
-            m = m + chm[c]
-        m = m / <double>Cg if Cg > 1 else chm[g * Cg]
-        m2 = 0.0
-        for c in range(g * Cg, (g + 1) * Cg):
-            d = chm[c] - m
-            m2 = m2 + chm2[c] + count * (d * d)
-        mean[g] = m
-        var[g] = m2 / (count * <double>Cg)
-        invstd[g] = 1.0 / sqrt(var[g] + eps)
-        for c in range(g * Cg, (g + 1) * Cg):
-            shift[c] = m
-            scale[c] = weight[c % Cw] * invstd[g]
-            offset[c] = bias[c % Cw]
-    status = sample_affine_one(x, y, outer, C, inner, k, plane, shift, scale, offset,
-                               streaming, num_threads)
-    free(chm)
-    return status
-
-
-def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sample a row
-                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                         bint plane,                  # one row's view (C channels)
-                         Py_ssize_t groups,           # groups of C // groups channels a row
-                         const double[::1] weight,    # IN  (Cw,): channel c uses c % Cw
-                         const double[::1] bias,      # IN  (Cw,)
-                         double eps,
-                         floating[:, ::1] y,          # OUT (rows, size); may be x itself
-                         double[:, ::1] mean,         # OUT (rows, groups)
-                         double[:, ::1] var,          # OUT (rows, groups) biased
-                         double[:, ::1] invstd,       # OUT (rows, groups)
-                         bint streaming,
-                         int num_threads):
-    """Group norm forward, a row at a time: per-channel moments, merged into groups, then
-    y = (x - mean[g]) * weight[c] * invstd[g] + bias[c]."""
-    need_threads(num_threads)
-    need_sample_view(x.shape[1], outer, C, inner, k, groups, weight.shape[0])
-    need_len("bias", bias.shape[0], weight.shape[0])
-    need_same("y", y.shape, x.shape, 2)
-    need_shape("mean", mean.shape, 2, x.shape[0], groups)
-    need_same("var", var.shape, mean.shape, 2)
-    need_same("invstd", invstd.shape, mean.shape, 2)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
-    with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
-                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
-                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
-                    status[0] = -1
-    if status[0] != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-
-
-
-# ---------------------------------------------------------------------------------------
-# Rows: x[M, D] normalized per row (layer and RMS norm) with a per-column affine.
-# ---------------------------------------------------------------------------------------
-
-def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
-                const double[::1] shift,         # IN  (M,)
-                const double[::1] scale,         # IN  (M,)
-                const double[::1] weight,        # IN  (D,)
-                const double[::1] bias,          # IN  (D,)
-                floating[:, ::1] y,              # OUT (M, D); may be x itself
-                int num_threads):
-    """y[m, d] = ((x[m, d] - shift[m]) * scale[m]) * weight[d] + bias[d].
-
-    float32: (x - hi) * s + o in float with the row mean split hi + lo (o = -lo * s), then
-    the per-column affine in float; float64: in double throughout."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_len("shift", shift.shape[0], x.shape[0])
-    need_len("scale", scale.shape[0], x.shape[0])
-    need_len("weight", weight.shape[0], x.shape[1])
-    need_len("bias", bias.shape[0], x.shape[1])
-    need_same("y", y.shape, x.shape, 2)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], m, d
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef float hi, lo, fs, fo
-    cdef double s, sh
-    cdef float* fw = <float*>malloc(2 * D * sizeof(float))
-    if fw == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-    cdef float* fb = fw + D
-    for d in range(D):
-        fw[d] = <float>weight[d]
-        fb[d] = <float>bias[d]
-    with nogil:
-        for m in prange(M, schedule='static', num_threads=num_threads):
-            if floating is float:
-                hi = 0.0  # assigned in the loop, so that prange makes hi and lo private
-                lo = 0.0
-                cybn_split(shift[m], &hi, &lo)
-                fs = <float>scale[m]
-                fo = <float>(-<double>lo * scale[m])
-                for d in range(D):
-                    yp[m * D + d] = ((xp[m * D + d] - hi) * fs + fo) * fw[d] + fb[d]
-            else:
-                sh = shift[m]
-                s = scale[m]
-                for d in range(D):
-                    yp[m * D + d] = ((xp[m * D + d] - sh) * s) * weight[d] + bias[d]
-    free(fw)
-
-
-# ---------------------------------------------------------------------------------------
-# Groups: channels-first group (and instance) norm, x[N * G, Cg * S]: each row is one group
-# of one sample, Cg contiguous channels of S elements. A thread owns whole groups and runs
-# statistics -> coefficients -> affine on one group while it is in its cache (one read from
-# memory, as the owner schedule of the plane family).
-# ---------------------------------------------------------------------------------------
-
-cdef inline void group_moments(const floating* x, Py_ssize_t n, double* mean,
-                               double* m2) noexcept nogil:
-    """Mean and M2 of one group's n contiguous elements: blocks of PLANE_BLOCK merged in
-    order (Chan), as the plane family does for one plane."""
-    cdef double count = 0.0, bmean, bm2
-    cdef Py_ssize_t start, length
-    mean[0] = 0.0
-    m2[0] = 0.0
-    start = 0
-    while start < n:
-        length = min(<Py_ssize_t>PLANE_BLOCK, n - start)
-        run_moments(x + start, length, 1, length, &bmean, &bm2)
-        count = merge_one(count, <double>length, mean, m2, bmean, bm2)
-        start += length
-
-
-def group_train_forward(const floating[:, ::1] x,    # IN  (N * G, Cg * S), nonempty
-                        Py_ssize_t S,                # elements per channel
-                        const double[::1] weight,    # IN  (C,), C = G * Cg
-                        const double[::1] bias,      # IN  (C,)
+def ghost_train_forward(const floating[:, ::1] x,   # IN  (G, n): ghost batch g in row g
+                        floating[:, ::1] y,         # OUT (G, n); may be x itself
+                        bint plane,                 # plane view (d0 = outer) or row (d0 = rows, d1 = L)
+                        Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t C, Py_ssize_t inner,
+                        const double[::1] weight,   # IN  (C,)
+                        const double[::1] bias,     # IN  (C,)
                         double eps,
-                        floating[:, ::1] y,          # OUT (N * G, Cg * S); may be x itself
-                        double[::1] mean,            # OUT (N * G,)
-                        double[::1] var,             # OUT (N * G,) biased
-                        double[::1] invstd,          # OUT (N * G,)
+                        double[:, ::1] mean,        # OUT (G, C)
+                        double[:, ::1] var,         # OUT (G, C) biased
+                        double[:, ::1] invstd,      # OUT (G, C)
+                        int[::1] status,            # OUT (G,) 0, or -1 when out of memory
                         bint streaming,
                         int num_threads):
-    """Group norm forward: per group, its statistics, then y = (x - mean) * scale[c] +
-    bias[c] with scale[c] = weight[c] * invstd, channel by channel."""
-    need_nonempty(x.size, "x")
+    """Training forward of each ghost batch (y = (x - mean) * weight * invstd + bias)."""
     need_threads(num_threads)
-    need_group_view(x.shape[0], x.shape[1], S, weight.shape[0])
-    need_len("bias", bias.shape[0], weight.shape[0])
+    need_nonempty(x.size, "x")
+    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
+    if plane:
+        need_len("a ghost batch's values", x.shape[1], d0 * C * inner)
+    else:
+        need_rows_view(d1, C, inner)
+        need_len("a ghost batch's values", x.shape[1], d0 * d1)
+    need_len("weight", weight.shape[0], C)
     need_same("y", y.shape, x.shape, 2)
-    need_len("mean", mean.shape[0], x.shape[0])
-    need_len("var", var.shape[0], x.shape[0])
-    need_len("invstd", invstd.shape[0], x.shape[0])
+    need_shape("mean", mean.shape, 2, x.shape[0], C)
+    need_same("var", var.shape, mean.shape, 2)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_len("status", status.shape[0], x.shape[0])
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
-    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
-    cdef Py_ssize_t r, j, ch
-    cdef double m, m2
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
+    cdef Py_ssize_t G = x.shape[0], g
     with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            m = 0.0  # assigned in the loop, so that prange makes m and m2 private
-            m2 = 0.0
-            group_moments(xp + r * n, n, &m, &m2)
-            mean[r] = m
-            var[r] = m2 / <double>n
-            invstd[r] = 1.0 / sqrt(var[r] + eps)
-            for j in range(Cg):
-                ch = (r % G) * Cg + j
-                run_affine(xp + r * n + j * S, yp + r * n + j * S, S, m,
-                           weight[ch] * invstd[r], bias[ch], streaming)
+        for g in prange(G, schedule='static', num_threads=num_threads):
+            if plane:
+                status[g] = plane_train_forward_core(
+                    &x[g, 0], &y[g, 0], &x[g, 0], d0, C, inner, &weight[0], &bias[0], eps, 0,
+                    &mean[g, 0], &var[g, 0], &invstd[g, 0], 0, streaming, 1)
+            else:
+                status[g] = row_train_forward_core(
+                    &x[g, 0], &y[g, 0], &x[g, 0], d0, d1, C, inner, &weight[0], &bias[0], eps,
+                    0, &mean[g, 0], &var[g, 0], &invstd[g, 0], streaming, 1)
+    for g in range(G):
+        if status[g] != 0:
+            raise MemoryError("cybn: out of memory for reduction scratch")

@@ -1,7 +1,11 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
 #
-# Gradients: per-channel sums of dy and dy * (x - mean), then the elementwise pass
-# dx = k1 * dy + k2 * (x - mean) + k3 with per-channel coefficients. Included after apply.pxi.
+# Batch-norm backward: per-channel sums of dy and dy * (x - mean), then the elementwise pass
+# dx = k1 * dy + k2 * (x - mean) + k3 (both families, through the fused ReLU and residual
+# add), the two halves apart (for statistics reduced across shards), the per-channel
+# coefficients, the masked gradient and the ghost batches' backward. Relies on
+# bn_forward.pxi's epilogue helpers; included after it.
+
 
 # ---------------------------------------------------------------------------------------
 # One block, one run, one channel's coefficients.
@@ -345,8 +349,7 @@ def plane_backward(const floating[:, :, ::1] dy,       # IN  (outer, C, inner), 
             &dres[0, 0, 0] if ep & EP_RESIDUAL else NULL, &fscale[0] if ep else NULL,
             &foffset[0] if ep else NULL, &sum_dy[0], &sum_dy_xmu[0], group, streaming,
             num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 def plane_backward_half(const unsigned short[:, :, ::1] dy, const unsigned short[:, :, ::1] x,
@@ -397,8 +400,7 @@ def plane_backward_half(const unsigned short[:, :, ::1] dy, const unsigned short
                 <cybn_bf16*>&dx[0, 0, 0], dy.shape[0], dy.shape[1], dy.shape[2], &mean[0],
                 &invstd[0], &weight[0], training, ep, <const cybn_bf16*>rp, <cybn_bf16*>gp, fs,
                 fo, &sum_dy[0], &sum_dy_xmu[0], group, streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -781,8 +783,7 @@ def row_backward(const floating[:, ::1] dy,      # IN  (rows, L), nonempty
             &invstd[0], &weight[0], training, ep, &residual[0, 0] if ep & EP_RESIDUAL else NULL,
             &dres[0, 0] if ep & EP_RESIDUAL else NULL, &fscale[0] if ep else NULL,
             &foffset[0] if ep else NULL, &sum_dy[0], &sum_dy_xmu[0], streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 def row_backward_half(const unsigned short[:, ::1] dy, const unsigned short[:, ::1] x,
@@ -833,8 +834,7 @@ def row_backward_half(const unsigned short[:, ::1] dy, const unsigned short[:, :
                 x.shape[0], x.shape[1], C, inner, &mean[0], &invstd[0], &weight[0], training,
                 ep, <const cybn_bf16*>rp, <cybn_bf16*>gp, fs, fo, &sum_dy[0], &sum_dy_xmu[0],
                 streaming, num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -861,8 +861,7 @@ def plane_grad_sums(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), none
         status = plane_grad_sums_core(&dy[0, 0, 0], &x[0, 0, 0], x.shape[0], x.shape[1],
                                       x.shape[2], &mean[0], &sum_dy[0], &sum_dy_xmu[0],
                                       num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 def row_grad_sums(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
@@ -884,8 +883,7 @@ def row_grad_sums(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
     with nogil:
         status = row_grad_sums_core(&dy[0, 0], &x[0, 0], x.shape[0], x.shape[1], C, inner,
                                     &mean[0], &sum_dy[0], &sum_dy_xmu[0], num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for reduction scratch")
+    check_scratch(status)
 
 
 def plane_grad_apply(const floating[:, :, ::1] dy,  # IN  (outer, C, inner), nonempty
@@ -941,8 +939,7 @@ def row_grad_apply(const floating[:, ::1] dy,       # IN  (rows, L), nonempty
         status = row_grad_apply_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1],
                                      C, inner, &mean[0], &k1[0], &k2[0], &k3[0], streaming,
                                      num_threads)
-    if status != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1011,277 +1008,144 @@ cdef inline void plane_grad_apply_core(const floating* dy, const floating* x, fl
                        mean[c], k1[c], k2[c], k3[c], streaming)
 
 
-# ---------------------------------------------------------------------------------------
-# Samples (see common.pxi): group norm backward a sample at a time: per-(sample, channel)
-# gradient sums, the group's coefficients, the elementwise pass.
-# ---------------------------------------------------------------------------------------
-
-cdef inline int sample_grad_sums_one(const floating* dy, const floating* x, Py_ssize_t outer,
-                                     Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k, bint plane,
-                                     const double* mean, double* sum_dy, double* sum_dy_xmu,
-                                     int num_threads) noexcept nogil:
-    if plane:
-        return plane_grad_sums_core(dy, x, outer, C, inner, mean, sum_dy, sum_dy_xmu,
-                                    num_threads)
-    return row_grad_sums_core(dy, x, outer // k, k * C * inner, C, inner, mean, sum_dy,
-                              sum_dy_xmu, num_threads)
-
-
-
-cdef inline int sample_grad_apply_one(const floating* dy, const floating* x, floating* dx,
-                                      Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                      Py_ssize_t k, bint plane, const double* mean,
-                                      const double* k1, const double* k2, const double* k3,
-                                      int streaming, int num_threads) noexcept nogil:
-    if plane:
-        plane_grad_apply_core(dy, x, dx, outer, C, inner, mean, k1, k2, k3, streaming,
-                              num_threads)
-        return 0
-    return row_grad_apply_core(dy, x, dx, outer // k, k * C * inner, C, inner, mean, k1, k2,
-                               k3, streaming, num_threads)
-
-
-cdef inline int sample_group_backward_one(const floating* dy, const floating* x, floating* dx,
-                                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                          Py_ssize_t k, bint plane, Py_ssize_t groups,
-                                          Py_ssize_t Cw, const double* mean,
-                                          const double* invstd, const double* weight,
-                                          double* sum_dy, double* sum_dy_xmu, int streaming,
-                                          int num_threads) noexcept nogil:
-    """One row of sample_group_backward; -1 if out of memory."""
-    cdef Py_ssize_t Cg = C // groups, g, c
-    cdef int status
-    cdef double count = <double>(outer * inner) * <double>Cg, a, b, inv, w
-    cdef double* shift = <double*>malloc(4 * C * sizeof(double))
-    if shift == NULL:
-        return -1
-    cdef double* k1 = shift + C
-    cdef double* k2 = shift + 2 * C
-    cdef double* k3 = shift + 3 * C
-    for c in range(C):
-        shift[c] = mean[c // Cg]
-    if sample_grad_sums_one(dy, x, outer, C, inner, k, plane, shift, sum_dy, sum_dy_xmu,
-                            num_threads) != 0:
-        free(shift)
-        return -1
-    for g in range(groups):
-        a = 0.0
-        b = 0.0
-        for c in range(g * Cg, (g + 1) * Cg):
-            w = weight[c % Cw]
-            a = a + w * sum_dy[c]
-            b = b + w * sum_dy_xmu[c]
-        inv = invstd[g]
-        for c in range(g * Cg, (g + 1) * Cg):
-            k1[c] = weight[c % Cw] * inv
-            k2[c] = -inv * inv * inv * (b / count)
-            k3[c] = -inv * (a / count)
-    status = sample_grad_apply_one(dy, x, dx, outer, C, inner, k, plane, shift, k1, k2, k3,
-                                   streaming, num_threads)
-    free(shift)
-    return status
+def masked_plane_grad_apply(const floating[:, :, ::1] dy,    # IN  (outer, C, inner)
+                            const floating[:, :, ::1] x,     # IN  (outer, C, inner)
+                            const unsigned char[:, ::1] mask,  # IN  (outer, inner)
+                            const double[::1] a,             # IN  (C,)
+                            const double[::1] b,             # IN  (C,)
+                            const double[::1] d,             # IN  (C,)
+                            floating[:, :, ::1] dx,          # OUT (outer, C, inner); may be dy
+                            int num_threads):
+    """dx = a[c] * dy + (mask ? b[c] + d[c] * x : 0), per element."""
+    need_nonempty(x.size, "x")
+    need_threads(num_threads)
+    need_same("dy", dy.shape, x.shape, 3)
+    need_shape("mask", mask.shape, 2, x.shape[0], x.shape[2])
+    need_len("a", a.shape[0], x.shape[1])
+    need_len("b", b.shape[0], x.shape[1])
+    need_len("d", d.shape[0], x.shape[1])
+    need_same("dx", dx.shape, x.shape, 3)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], p, i, c
+    cdef const floating* gp = &dy[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const unsigned char* mp = &mask[0, 0]
+    cdef floating* op = &dx[0, 0, 0]
+    cdef const floating* g
+    cdef const floating* xr
+    cdef const unsigned char* mr
+    cdef floating* o
+    cdef floating fa, fb, fd
+    with nogil:
+        for p in prange(outer * C, schedule='static', num_threads=num_threads):
+            c = p % C
+            fa = <floating>a[c]
+            fb = <floating>b[c]
+            fd = <floating>d[c]
+            g = gp + p * inner
+            xr = xp + p * inner
+            mr = mp + (p // C) * inner
+            o = op + p * inner
+            for i in range(inner):
+                if mr[i]:
+                    o[i] = fa * g[i] + (fb + fd * xr[i])
+                else:
+                    o[i] = fa * g[i]
 
 
-def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sample a row
-                          const floating[:, ::1] x,   # IN  (rows, size)
-                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
-                          bint plane,                 # one row's view (C channels)
-                          Py_ssize_t groups,          # groups of C // groups channels a row
-                          const double[:, ::1] mean,      # IN  (rows, groups)
-                          const double[:, ::1] invstd,    # IN  (rows, groups)
-                          const double[::1] weight,       # IN  (Cw,): channel c uses c % Cw
-                          floating[:, ::1] dx,            # OUT (rows, size); may be dy or x
-                          double[:, ::1] sum_dy,          # OUT (rows, C)
-                          double[:, ::1] sum_dy_xmu,      # OUT (rows, C) sum dy * (x - mean)
-                          bint streaming,
+def masked_row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, C)
+                          const floating[:, ::1] x,      # IN  (rows, C)
+                          const unsigned char[::1] mask,  # IN  (rows,)
+                          const double[::1] a,           # IN  (C,)
+                          const double[::1] b,           # IN  (C,)
+                          const double[::1] d,           # IN  (C,)
+                          floating[:, ::1] dx,           # OUT (rows, C); may be dy
                           int num_threads):
-    """Group norm backward, a row at a time: per-channel gradient sums, the group's
-    coefficients, dx = k1[c] * dy + k2[g] * (x - mean[g]) + k3[g]."""
-    need_threads(num_threads)
-    need_sample_view(x.shape[1], outer, C, inner, k, groups, weight.shape[0])
-    need_same("dy", dy.shape, x.shape, 2)
-    need_shape("mean", mean.shape, 2, x.shape[0], groups)
-    need_same("invstd", invstd.shape, mean.shape, 2)
-    need_same("dx", dx.shape, x.shape, 2)
-    need_shape("sum_dy", sum_dy.shape, 2, x.shape[0], C)
-    need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
-    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
-    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
-    with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
-                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                             streaming, inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
-                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                             streaming, inside) != 0:
-                    status[0] = -1
-    if status[0] != 0:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-
-
-# ---------------------------------------------------------------------------------------
-# Rows (layer and RMS norm): x[M, D], statistics per row, affine per column.
-# ---------------------------------------------------------------------------------------
-
-cdef enum:
-    ROWS_CHUNKS = 64   # row chunks of the column sums (fixed by the shape, merged in order)
-
-
-cdef inline void rows_grad_row(const floating* dy, const floating* x, floating* dx,
-                               Py_ssize_t D, double mean, double invstd, const double* weight,
-                               bint centered, double* col_xhat, double* col_dy) noexcept nogil:
-    """One row: dx, and the row's dy * xhat and dy added into the column sums.
-
-    g = weight * dy; dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) with
-    xhat = (x - mean) * invstd (centered, layer norm); without centering (RMS norm) the
-    mean is 0 and the mean(g) term is dropped."""
-    cdef double acc_a[LANES]
-    cdef double acc_b[LANES]
-    cdef Py_ssize_t i, j, nfull = D - D % LANES
-    cdef double a = 0.0, b = 0.0, g, xm, k1, k2, k3
-    for j in range(LANES):
-        acc_a[j] = 0.0
-        acc_b[j] = 0.0
-    for i in range(nfull // LANES):
-        for j in range(LANES):
-            g = weight[i * LANES + j] * <double>dy[i * LANES + j]
-            acc_a[j] += g
-            acc_b[j] += g * (<double>x[i * LANES + j] - mean)
-    for j in range(LANES):
-        a += acc_a[j]
-        b += acc_b[j]
-    for i in range(nfull, D):
-        g = weight[i] * <double>dy[i]
-        a += g
-        b += g * (<double>x[i] - mean)
-    k1 = invstd
-    k2 = -invstd * invstd * invstd * (b / <double>D)
-    k3 = -invstd * (a / <double>D) if centered else 0.0
-    for i in range(D):
-        g = <double>dy[i]
-        xm = <double>x[i] - mean
-        col_xhat[i] += g * (xm * invstd)
-        col_dy[i] += g
-        dx[i] = <floating>(k1 * (weight[i] * g) + k2 * xm + k3)
-
-
-def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
-                  const floating[:, ::1] x,      # IN  (M, D)
-                  const double[::1] mean,        # IN  (M,) (zeros: RMS norm)
-                  const double[::1] invstd,      # IN  (M,)
-                  const double[::1] weight,      # IN  (D,)
-                  bint centered,                 # layer norm True, RMS norm False
-                  floating[:, ::1] dx,           # OUT (M, D); may be dy or x
-                  double[::1] dweight,           # OUT (D,) sum over rows of dy * xhat
-                  double[::1] dbias,             # OUT (D,) sum over rows of dy
-                  int num_threads):
-    """Backward of a per-row normalization with a per-column affine, in one pass per row."""
+    """dx = a[j] * dy + (mask[r] ? b[j] + d[j] * x : 0), per element."""
     need_nonempty(x.size, "x")
     need_threads(num_threads)
     need_same("dy", dy.shape, x.shape, 2)
-    need_len("mean", mean.shape[0], x.shape[0])
-    need_len("invstd", invstd.shape[0], x.shape[0])
-    need_len("weight", weight.shape[0], x.shape[1])
+    need_len("mask", mask.shape[0], x.shape[0])
+    need_len("a", a.shape[0], x.shape[1])
+    need_len("b", b.shape[0], x.shape[1])
+    need_len("d", d.shape[0], x.shape[1])
     need_same("dx", dx.shape, x.shape, 2)
-    need_len("dweight", dweight.shape[0], x.shape[1])
-    need_len("dbias", dbias.shape[0], x.shape[1])
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item
-    cdef Py_ssize_t nchunks = min(M, <Py_ssize_t>ROWS_CHUNKS)
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef const floating* gp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double))
-    if part == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-    with nogil:
-        for item in prange(nchunks, schedule='static', num_threads=num_threads):
-            for d in range(2 * D):
-                part[2 * item * D + d] = 0.0
-            for m in range(chunk_start(M, nchunks, item), chunk_start(M, nchunks, item + 1)):
-                rows_grad_row(gp + m * D, xp + m * D, dp + m * D, D, mean[m], invstd[m],
-                              &weight[0], centered, part + 2 * item * D,
-                              part + 2 * item * D + D)
-        for d in range(D):
-            dweight[d] = 0.0
-            dbias[d] = 0.0
-        for item in range(nchunks):
-            for d in range(D):
-                dweight[d] += part[2 * item * D + d]
-                dbias[d] += part[2 * item * D + D + d]
-    free(part)
-
-
-# ---------------------------------------------------------------------------------------
-# Groups (see apply.pxi): channels-first group norm backward, a thread per group.
-# ---------------------------------------------------------------------------------------
-
-def group_backward(const floating[:, ::1] dy,      # IN  (N * G, Cg * S), nonempty
-                   const floating[:, ::1] x,       # IN  (N * G, Cg * S)
-                   Py_ssize_t S,                   # elements per channel
-                   const double[::1] mean,         # IN  (N * G,)
-                   const double[::1] invstd,       # IN  (N * G,)
-                   const double[::1] weight,       # IN  (C,)
-                   floating[:, ::1] dx,            # OUT (N * G, Cg * S); may be dy or x
-                   double[:, ::1] sum_dy,          # OUT (N, C)
-                   double[:, ::1] sum_dy_xmu,      # OUT (N, C) sum of dy * (x - mean)
-                   bint streaming,
-                   int num_threads):
-    """Group norm backward: per group, each channel's sums (dy, dy * (x - mean)), the
-    group's coefficients, then dx = k1[c] * dy + k2 * (x - mean) + k3 channel by channel."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    cdef Py_ssize_t samples = need_group_view(x.shape[0], x.shape[1], S, weight.shape[0])
-    need_same("dy", dy.shape, x.shape, 2)
-    need_len("mean", mean.shape[0], x.shape[0])
-    need_len("invstd", invstd.shape[0], x.shape[0])
-    need_same("dx", dx.shape, x.shape, 2)
-    need_shape("sum_dy", sum_dy.shape, 2, samples, weight.shape[0])
-    need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
-    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
-    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
-    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
-    cdef Py_ssize_t r, j, ch, s, c0
-    cdef double a, b, k2, k3, inv, sa, sb
-    cdef const floating* gp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef double* sdy = &sum_dy[0, 0]
-    cdef double* sdx = &sum_dy_xmu[0, 0]
+    cdef const unsigned char* mp = &mask[0]
+    cdef floating* op = &dx[0, 0]
+    cdef floating* fa = <floating*>malloc(3 * C * sizeof(floating))
+    cdef floating* fb
+    cdef floating* fd
+    if fa == NULL:
+        raise MemoryError("cybn: out of memory for coefficients")
+    fb = fa + C
+    fd = fb + C
+    for j in range(C):
+        fa[j] = <floating>a[j]
+        fb[j] = <floating>b[j]
+        fd[j] = <floating>d[j]
     with nogil:
         for r in prange(R, schedule='static', num_threads=num_threads):
-            s = r // G
-            c0 = (r % G) * Cg
-            a = 0.0
-            b = 0.0
-            sa = 0.0  # assigned in the loop, so that prange makes sa and sb private
-            sb = 0.0
-            for j in range(Cg):
-                ch = c0 + j
-                run_grad_sums(gp + r * n + j * S, xp + r * n + j * S, S, 1, S, mean[r],
-                              &sa, &sb)
-                sdy[s * C + ch] = sa
-                sdx[s * C + ch] = sb
-                a = a + weight[ch] * sa
-                b = b + weight[ch] * sb
-            inv = invstd[r]
-            k2 = -inv * inv * inv * (b / <double>n)
-            k3 = -inv * (a / <double>n)
-            for j in range(Cg):
-                ch = c0 + j
-                run_grad_apply(gp + r * n + j * S, xp + r * n + j * S, dp + r * n + j * S, S,
-                               mean[r], weight[ch] * inv, k2, k3, streaming)
+            if mp[r]:
+                for j in range(C):
+                    op[r * C + j] = fa[j] * gp[r * C + j] + (fb[j] + fd[j] * xp[r * C + j])
+            else:
+                for j in range(C):
+                    op[r * C + j] = fa[j] * gp[r * C + j]
+    free(fa)
+
+
+def ghost_backward(const floating[:, ::1] dy,       # IN  (G, n)
+                   const floating[:, ::1] x,        # IN  (G, n)
+                   floating[:, ::1] dx,             # OUT (G, n); may be dy or x
+                   bint plane, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t C, Py_ssize_t inner,
+                   const double[:, ::1] mean,       # IN  (G, C)
+                   const double[:, ::1] invstd,     # IN  (G, C)
+                   const double[::1] weight,        # IN  (C,)
+                   double[:, ::1] sum_dy,           # OUT (G, C)
+                   double[:, ::1] sum_dy_xmu,       # OUT (G, C)
+                   int[::1] status,                 # OUT (G,)
+                   bint streaming,
+                   int num_threads):
+    """Training backward of each ghost batch with its own statistics."""
+    need_threads(num_threads)
+    need_nonempty(x.size, "x")
+    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
+    if plane:
+        need_len("a ghost batch's values", x.shape[1], d0 * C * inner)
+    else:
+        need_rows_view(d1, C, inner)
+        need_len("a ghost batch's values", x.shape[1], d0 * d1)
+    need_len("weight", weight.shape[0], C)
+    need_same("dy", dy.shape, x.shape, 2)
+    need_same("dx", dx.shape, x.shape, 2)
+    need_shape("mean", mean.shape, 2, x.shape[0], C)
+    need_same("invstd", invstd.shape, mean.shape, 2)
+    need_same("sum_dy", sum_dy.shape, mean.shape, 2)
+    need_same("sum_dy_xmu", sum_dy_xmu.shape, mean.shape, 2)
+    need_len("status", status.shape[0], x.shape[0])
+    need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
+    need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
+    cdef Py_ssize_t G = x.shape[0], g
+    with nogil:
+        for g in prange(G, schedule='static', num_threads=num_threads):
+            if plane:
+                status[g] = plane_backward_core(
+                    &dy[g, 0], &x[g, 0], &dx[g, 0], d0, C, inner, &mean[g, 0], &invstd[g, 0],
+                    &weight[0], True, 0, <const floating*>NULL, <floating*>NULL,
+                    <const double*>NULL, <const double*>NULL, &sum_dy[g, 0],
+                    &sum_dy_xmu[g, 0], 0, streaming, 1)
+            else:
+                status[g] = row_backward_core(
+                    &dy[g, 0], &x[g, 0], &dx[g, 0], d0, d1, C, inner, &mean[g, 0],
+                    &invstd[g, 0], &weight[0], True, 0, <const floating*>NULL,
+                    <floating*>NULL, <const double*>NULL, <const double*>NULL, &sum_dy[g, 0],
+                    &sum_dy_xmu[g, 0], streaming, 1)
+    for g in range(G):
+        if status[g] != 0:
+            raise MemoryError("cybn: out of memory for reduction scratch")
