@@ -3,7 +3,8 @@
 What it builds
 --------------
 * ``cybn._openmp``: the OpenMP shim (thread-count helpers, serial fallback).
-* ``cybn._kernels.<isa>``: the same kernels (``cybn/_kernels/*.pxi``) compiled once per
+* ``cybn._kernels.<isa>``: the same kernels (``cybn/_kernels/*.pxi``, some rendered from
+  ``*.pxi.tp`` templates first) compiled once per
   instruction set. ``baseline`` runs on any x86-64 (SSE2); on x86-64 ``avx2`` and ``avx512``
   are built as well and ``cybn._kernels`` picks the widest one the CPU supports at import
   time (NumPy's CPU feature detection). Floating-point contraction is off in every variant
@@ -144,8 +145,27 @@ def build_extensions():
         )
         config["variants"][isa] = flags
     write_build_config(config)
+    render_templates()
     return cythonize(extensions, compiler_directives=DIRECTIVES,
                      include_path=[os.path.join(HERE, "cybn")])
+
+
+def render_templates():
+    """Render the kernel templates (``cybn/_kernels/*.pxi.tp``, Cython's Tempita) into the
+    ``.pxi`` files they generate, when the template is newer than its output."""
+    from Cython import Tempita
+
+    folder = os.path.join(HERE, "cybn", "_kernels")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".pxi.tp"):
+            continue
+        source, target = os.path.join(folder, name), os.path.join(folder, name[:-3])
+        if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(source):
+            continue
+        with open(source) as f:
+            text = Tempita.sub(f.read())
+        with open(target, "w") as f:
+            f.write("# Generated from " + name + " by setup.py: edit the template.\n" + text)
 
 
 def write_build_config(config):

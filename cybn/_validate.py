@@ -101,16 +101,9 @@ def as_data(x, name: str, min_ndim: int = 2, half: bool = False) -> np.ndarray:
     becoming float64.
     """
     reject_masked(x, name)
-    if not isinstance(x, np.ndarray):
-        if x is None:
-            raise TypeError(f"{name} must be an array of {SUPPORTED}, got None")
-        try:
-            arr = np.asarray(x)
-        except (ValueError, TypeError) as err:
-            raise TypeError(f"{name} must be an array-like of numbers: {err}") from None
-        if arr.dtype.kind in "biu":
-            arr = arr.astype(np.float64)
-        x = arr
+    if not isinstance(x, np.ndarray):  # a list, a tuple, a number: numbers become float64
+        arr = numeric_array(x, name)
+        x = arr.astype(np.float64) if arr.dtype.kind in "biu" else arr
     check_float_dtype(x, name, half)
     if x.ndim < min_ndim:
         what = " (batch and channel)" if min_ndim == 2 else ""

@@ -82,59 +82,6 @@ cdef inline void plane_affine_core(const storage* x, storage* y, Py_ssize_t oute
                    shift[c], scale[c], offset[c], streaming, r + off if ep else NULL, ep)
 
 
-def plane_infer(const floating[:, :, ::1] x,       # IN  (outer, C, inner), nonempty
-                const double[::1] shift,           # IN  (C,)
-                const double[::1] scale,           # IN  (C,)
-                const double[::1] offset,          # IN  (C,)
-                floating[:, :, ::1] y,             # OUT (outer, C, inner); may be x itself
-                const floating[:, :, ::1] residual,  # IN  x's shape (x itself when unused)
-                int ep,                            # EP_RESIDUAL | EP_RELU bits
-                bint streaming,
-                int num_threads):
-    """y = ep((x - shift[c]) * scale[c] + offset[c]) over a plane-family view."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_len("shift", shift.shape[0], x.shape[1])
-    need_len("scale", scale.shape[0], x.shape[1])
-    need_len("offset", offset.shape[0], x.shape[1])
-    need_same("y", y.shape, x.shape, 3)
-    need_same("residual", residual.shape, x.shape, 3)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
-    with nogil:
-        plane_affine_core(&x[0, 0, 0], &y[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
-                          &shift[0], &scale[0], &offset[0], streaming, num_threads,
-                          &residual[0, 0, 0], ep)
-
-
-def plane_infer_half(const unsigned short[:, :, ::1] x, const double[::1] shift,
-                     const double[::1] scale, const double[::1] offset,
-                     unsigned short[:, :, ::1] y, const unsigned short[:, :, ::1] residual,
-                     int ep, bint streaming, int num_threads,
-                     int kind):                    # HALF_F16 or HALF_BF16
-    """plane_infer of float16 or bfloat16 data (16-bit words)."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_len("shift", shift.shape[0], x.shape[1])
-    need_len("scale", scale.shape[0], x.shape[1])
-    need_len("offset", offset.shape[0], x.shape[1])
-    need_same("y", y.shape, x.shape, 3)
-    need_same("residual", residual.shape, x.shape, 3)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    with nogil:
-        if kind == HALF_F16:
-            plane_affine_core(<const cybn_f16*>&x[0, 0, 0], <cybn_f16*>&y[0, 0, 0], x.shape[0],
-                              x.shape[1], x.shape[2], &shift[0], &scale[0], &offset[0],
-                              streaming, num_threads, <const cybn_f16*>&residual[0, 0, 0], ep)
-        else:
-            plane_affine_core(<const cybn_bf16*>&x[0, 0, 0], <cybn_bf16*>&y[0, 0, 0],
-                              x.shape[0], x.shape[1], x.shape[2], &shift[0], &scale[0],
-                              &offset[0], streaming, num_threads,
-                              <const cybn_bf16*>&residual[0, 0, 0], ep)
-
-
 cdef inline int plane_train_forward_core(const storage* xp, storage* yp, const storage* rp,
                                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                                          const double* weight, const double* bias, double eps,
@@ -189,78 +136,6 @@ cdef inline int plane_train_forward_core(const storage* xp, storage* yp, const s
                            mean[c], scale[c], bias[c], streaming, rp + off, ep)
     free(part)
     return 0
-
-
-def plane_train_forward(const floating[:, :, ::1] x,   # IN  (outer, C, inner), nonempty
-                        const double[::1] weight,      # IN  (C,)
-                        const double[::1] bias,        # IN  (C,)
-                        double eps,
-                        floating[:, :, ::1] y,         # OUT (outer, C, inner); may be x itself
-                        const floating[:, :, ::1] residual,  # IN  x's shape (x when unused)
-                        int ep,                        # EP_RESIDUAL | EP_RELU bits
-                        double[::1] mean,              # OUT (C,) batch mean
-                        double[::1] var,               # OUT (C,) biased batch variance
-                        double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps)
-                        Py_ssize_t group,              # channels per cooperative group; 0: owner
-                        bint streaming,
-                        int num_threads):
-    """Training forward: batch statistics, then y = ep((x - mean) * weight * invstd + bias)."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need(0 <= group <= x.shape[1], "group must be in [0, C]")
-    need_len("weight", weight.shape[0], x.shape[1])
-    need_len("bias", bias.shape[0], x.shape[1])
-    need_same("y", y.shape, x.shape, 3)
-    need_same("residual", residual.shape, x.shape, 3)
-    need_len("mean", mean.shape[0], x.shape[1])
-    need_len("var", var.shape[0], x.shape[1])
-    need_len("invstd", invstd.shape[0], x.shape[1])
-    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
-    cdef int status
-    with nogil:
-        status = plane_train_forward_core(&x[0, 0, 0], &y[0, 0, 0], &residual[0, 0, 0],
-                                          x.shape[0], x.shape[1], x.shape[2], &weight[0],
-                                          &bias[0], eps, ep, &mean[0], &var[0], &invstd[0],
-                                          group, streaming, num_threads)
-    check_scratch(status)
-
-
-def plane_train_forward_half(const unsigned short[:, :, ::1] x, const double[::1] weight,
-                             const double[::1] bias, double eps, unsigned short[:, :, ::1] y,
-                             const unsigned short[:, :, ::1] residual, int ep,
-                             double[::1] mean, double[::1] var, double[::1] invstd,
-                             Py_ssize_t group, bint streaming, int num_threads,
-                             int kind):        # HALF_F16 or HALF_BF16
-    """plane_train_forward of float16 or bfloat16 data (16-bit words)."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need(0 <= group <= x.shape[1], "group must be in [0, C]")
-    need_len("weight", weight.shape[0], x.shape[1])
-    need_len("bias", bias.shape[0], x.shape[1])
-    need_same("y", y.shape, x.shape, 3)
-    need_same("residual", residual.shape, x.shape, 3)
-    need_len("mean", mean.shape[0], x.shape[1])
-    need_len("var", var.shape[0], x.shape[1])
-    need_len("invstd", invstd.shape[0], x.shape[1])
-    need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0, 0], y.nbytes, "residual", &residual[0, 0, 0], residual.nbytes, True)
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    cdef int status
-    with nogil:
-        if kind == HALF_F16:
-            status = plane_train_forward_core(
-                <const cybn_f16*>&x[0, 0, 0], <cybn_f16*>&y[0, 0, 0],
-                <const cybn_f16*>&residual[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
-                &weight[0], &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], group, streaming,
-                num_threads)
-        else:
-            status = plane_train_forward_core(
-                <const cybn_bf16*>&x[0, 0, 0], <cybn_bf16*>&y[0, 0, 0],
-                <const cybn_bf16*>&residual[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
-                &weight[0], &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], group, streaming,
-                num_threads)
-    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,67 +242,6 @@ cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_s
     return 0
 
 
-def row_infer(const floating[:, ::1] x,           # IN  (rows, L), nonempty
-              Py_ssize_t C, Py_ssize_t inner,
-              const double[::1] shift,            # IN  (C,)
-              const double[::1] scale,            # IN  (C,)
-              const double[::1] offset,           # IN  (C,)
-              floating[:, ::1] y,                 # OUT (rows, L); may be x itself
-              const floating[:, ::1] residual,    # IN  x's shape (x itself when unused)
-              int ep,                             # EP_RESIDUAL | EP_RELU bits
-              bint streaming,
-              int num_threads):
-    """y = ep((x - shift[c]) * scale[c] + offset[c]) over a row-family view."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("shift", shift.shape[0], C)
-    need_len("scale", scale.shape[0], C)
-    need_len("offset", offset.shape[0], C)
-    need_same("y", y.shape, x.shape, 2)
-    need_same("residual", residual.shape, x.shape, 2)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
-    cdef int status
-    with nogil:
-        status = row_affine_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], C, inner,
-                                 &shift[0], &scale[0], &offset[0], streaming, num_threads,
-                                 &residual[0, 0], ep)
-    check_scratch(status)
-
-
-def row_infer_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
-                   const double[::1] shift, const double[::1] scale, const double[::1] offset,
-                   unsigned short[:, ::1] y, const unsigned short[:, ::1] residual, int ep,
-                   bint streaming, int num_threads,
-                   int kind):                    # HALF_F16 or HALF_BF16
-    """row_infer of float16 or bfloat16 data (16-bit words)."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("shift", shift.shape[0], C)
-    need_len("scale", scale.shape[0], C)
-    need_len("offset", offset.shape[0], C)
-    need_same("y", y.shape, x.shape, 2)
-    need_same("residual", residual.shape, x.shape, 2)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    cdef int status
-    with nogil:
-        if kind == HALF_F16:
-            status = row_affine_core(<const cybn_f16*>&x[0, 0], <cybn_f16*>&y[0, 0], x.shape[0],
-                                     x.shape[1], C, inner, &shift[0], &scale[0], &offset[0],
-                                     streaming, num_threads, <const cybn_f16*>&residual[0, 0],
-                                     ep)
-        else:
-            status = row_affine_core(<const cybn_bf16*>&x[0, 0], <cybn_bf16*>&y[0, 0],
-                                     x.shape[0], x.shape[1], C, inner, &shift[0], &scale[0],
-                                     &offset[0], streaming, num_threads,
-                                     <const cybn_bf16*>&residual[0, 0], ep)
-    check_scratch(status)
-
-
 cdef inline int row_train_forward_core(const storage* x, storage* y, const storage* res,
                                        Py_ssize_t R, Py_ssize_t L, Py_ssize_t C,
                                        Py_ssize_t inner, const double* weight,
@@ -450,75 +264,6 @@ cdef inline int row_train_forward_core(const storage* x, storage* y, const stora
                                  num_threads, res, ep)
     free(scale)
     return status
-
-
-def row_train_forward(const floating[:, ::1] x,   # IN  (rows, L), nonempty
-                      Py_ssize_t C, Py_ssize_t inner,
-                      const double[::1] weight,   # IN  (C,)
-                      const double[::1] bias,     # IN  (C,)
-                      double eps,
-                      floating[:, ::1] y,         # OUT (rows, L); may be x itself
-                      const floating[:, ::1] residual,  # IN  x's shape (x itself when unused)
-                      int ep,                     # EP_RESIDUAL | EP_RELU bits
-                      double[::1] mean,           # OUT (C,)
-                      double[::1] var,            # OUT (C,) biased
-                      double[::1] invstd,         # OUT (C,)
-                      bint streaming,
-                      int num_threads):
-    """Training forward over a row-family view: statistics, then the elementwise pass."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("weight", weight.shape[0], C)
-    need_len("bias", bias.shape[0], C)
-    need_same("y", y.shape, x.shape, 2)
-    need_same("residual", residual.shape, x.shape, 2)
-    need_len("mean", mean.shape[0], C)
-    need_len("var", var.shape[0], C)
-    need_len("invstd", invstd.shape[0], C)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
-    cdef int status
-    with nogil:
-        status = row_train_forward_core(&x[0, 0], &y[0, 0], &residual[0, 0], x.shape[0],
-                                        x.shape[1], C, inner, &weight[0], &bias[0], eps, ep,
-                                        &mean[0], &var[0], &invstd[0], streaming, num_threads)
-    check_scratch(status)
-
-
-def row_train_forward_half(const unsigned short[:, ::1] x, Py_ssize_t C, Py_ssize_t inner,
-                           const double[::1] weight, const double[::1] bias, double eps,
-                           unsigned short[:, ::1] y, const unsigned short[:, ::1] residual,
-                           int ep, double[::1] mean, double[::1] var, double[::1] invstd,
-                           bint streaming, int num_threads,
-                           int kind):            # HALF_F16 or HALF_BF16
-    """row_train_forward of float16 or bfloat16 data (16-bit words)."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("weight", weight.shape[0], C)
-    need_len("bias", bias.shape[0], C)
-    need_same("y", y.shape, x.shape, 2)
-    need_same("residual", residual.shape, x.shape, 2)
-    need_len("mean", mean.shape[0], C)
-    need_len("var", var.shape[0], C)
-    need_len("invstd", invstd.shape[0], C)
-    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    need_apart("y", &y[0, 0], y.nbytes, "residual", &residual[0, 0], residual.nbytes, True)
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    cdef int status
-    with nogil:
-        if kind == HALF_F16:
-            status = row_train_forward_core(
-                <const cybn_f16*>&x[0, 0], <cybn_f16*>&y[0, 0], <const cybn_f16*>&residual[0, 0],
-                x.shape[0], x.shape[1], C, inner, &weight[0], &bias[0], eps, ep, &mean[0],
-                &var[0], &invstd[0], streaming, num_threads)
-        else:
-            status = row_train_forward_core(
-                <const cybn_bf16*>&x[0, 0], <cybn_bf16*>&y[0, 0],
-                <const cybn_bf16*>&residual[0, 0], x.shape[0], x.shape[1], C, inner, &weight[0],
-                &bias[0], eps, ep, &mean[0], &var[0], &invstd[0], streaming, num_threads)
-    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -588,12 +333,7 @@ def ghost_train_forward(const floating[:, ::1] x,   # IN  (G, n): ghost batch g 
     """Training forward of each ghost batch (y = (x - mean) * weight * invstd + bias)."""
     need_threads(num_threads)
     need_nonempty(x.size, "x")
-    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
-    if plane:
-        need_len("a ghost batch's values", x.shape[1], d0 * C * inner)
-    else:
-        need_rows_view(d1, C, inner)
-        need_len("a ghost batch's values", x.shape[1], d0 * d1)
+    need_ghost_view(x.shape[1], plane, d0, d1, C, inner)
     need_len("weight", weight.shape[0], C)
     need_same("y", y.shape, x.shape, 2)
     need_shape("mean", mean.shape, 2, x.shape[0], C)

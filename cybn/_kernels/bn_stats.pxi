@@ -190,42 +190,6 @@ cdef inline int plane_moments_core(const storage* x, Py_ssize_t outer, Py_ssize_
     return 0
 
 
-def plane_moments(const floating[:, :, ::1] x,      # IN  (outer, C, inner), nonempty
-                  double[::1] mean,                # OUT (C,)
-                  double[::1] m2,                  # OUT (C,) sum of squared deviations
-                  int num_threads):
-    """Per-channel mean and M2 of a plane-family view."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_len("mean", mean.shape[0], x.shape[1])
-    need_len("m2", m2.shape[0], x.shape[1])
-    cdef int status
-    with nogil:
-        status = plane_moments_core(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
-                                    &m2[0], num_threads)
-    check_scratch(status)
-
-
-def plane_moments_half(const unsigned short[:, :, ::1] x,  # IN  half words, as plane_moments
-                       double[::1] mean, double[::1] m2, int num_threads,
-                       int kind):                          # HALF_F16 or HALF_BF16
-    """plane_moments of float16 or bfloat16 data."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_len("mean", mean.shape[0], x.shape[1])
-    need_len("m2", m2.shape[0], x.shape[1])
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    cdef int status
-    with nogil:
-        if kind == HALF_F16:
-            status = plane_moments_core(<const cybn_f16*>&x[0, 0, 0], x.shape[0], x.shape[1],
-                                        x.shape[2], &mean[0], &m2[0], num_threads)
-        else:
-            status = plane_moments_core(<const cybn_bf16*>&x[0, 0, 0], x.shape[0], x.shape[1],
-                                        x.shape[2], &mean[0], &m2[0], num_threads)
-    check_scratch(status)
-
-
 # ---------------------------------------------------------------------------------------
 # Row family.
 # ---------------------------------------------------------------------------------------
@@ -356,45 +320,6 @@ cdef inline int row_moments_core(const storage* x, Py_ssize_t R, Py_ssize_t L, P
                                       &part_m2[t * C * inner + i], inner)
     free(part_mean)
     return status[0]
-
-
-def row_moments(const floating[:, ::1] x,        # IN  (rows, L), nonempty
-                Py_ssize_t C, Py_ssize_t inner,
-                double[::1] mean,                # OUT (C,)
-                double[::1] m2,                  # OUT (C,)
-                int num_threads):
-    """Per-channel mean and M2 of a row-family view."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("mean", mean.shape[0], C)
-    need_len("m2", m2.shape[0], C)
-    cdef int status
-    with nogil:
-        status = row_moments_core(&x[0, 0], x.shape[0], x.shape[1], C, inner, &mean[0], &m2[0],
-                                  num_threads)
-    check_scratch(status)
-
-
-def row_moments_half(const unsigned short[:, ::1] x,  # IN  half words, as row_moments
-                     Py_ssize_t C, Py_ssize_t inner, double[::1] mean, double[::1] m2,
-                     int num_threads, int kind):     # HALF_F16 or HALF_BF16
-    """row_moments of float16 or bfloat16 data."""
-    need_nonempty(x.size, "x")
-    need_threads(num_threads)
-    need_rows_view(x.shape[1], C, inner)
-    need_len("mean", mean.shape[0], C)
-    need_len("m2", m2.shape[0], C)
-    need(kind == HALF_F16 or kind == HALF_BF16, "kind must be float16 or bfloat16")
-    cdef int status
-    with nogil:
-        if kind == HALF_F16:
-            status = row_moments_core(<const cybn_f16*>&x[0, 0], x.shape[0], x.shape[1], C, inner,
-                                      &mean[0], &m2[0], num_threads)
-        else:
-            status = row_moments_core(<const cybn_bf16*>&x[0, 0], x.shape[0], x.shape[1], C,
-                                      inner, &mean[0], &m2[0], num_threads)
-    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------

@@ -137,3 +137,16 @@ cdef Py_ssize_t need_group_view(Py_ssize_t R, Py_ssize_t n, Py_ssize_t S,
          "a row must be whole channels of S values, Cg of them dividing C")
     need(R % (C // (n // S)) == 0, "rows must be whole samples of C // Cg groups")
     return R // (C // (n // S))
+
+
+cdef int need_ghost_view(Py_ssize_t row_len, bint plane, Py_ssize_t d0, Py_ssize_t d1,
+                         Py_ssize_t C, Py_ssize_t inner) except -1:
+    """Ghost batches as rows of a (G, n) array: each row one ghost batch's view, plane
+    (d0 = outer: outer * C * inner values) or row family (d0 rows of d1 = k * C * inner)."""
+    need(C >= 1 and inner >= 1 and d0 >= 1, "C, inner and d0 must be >= 1")
+    if plane:
+        need_len("a ghost batch's values", row_len, d0 * C * inner)
+    else:
+        need_rows_view(d1, C, inner)
+        need_len("a ghost batch's values", row_len, d0 * d1)
+    return 0

@@ -7,6 +7,7 @@ include "checks.pxi"       # the argument checks of every entry point
 include "bn_stats.pxi"     # batch-norm statistics: moments, merges, running update, masks
 include "bn_forward.pxi"   # batch-norm forward: affine passes, training forward, ghost batches
 include "bn_backward.pxi"  # batch-norm backward: gradient sums and passes, masks, ghosts
+include "bn_entries.pxi"   # their entry points, float and half (rendered from a template)
 include "norms.pxi"        # group, instance, layer and RMS norm
 include "conv.pxi"         # depthwise convolution, im2col / col2im
 include "pool.pxi"         # max and average pooling
