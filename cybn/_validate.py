@@ -158,7 +158,8 @@ def channel_vector(v, name: str, channels: int, default: float | None = None) ->
 
     ``None`` gives ``default`` everywhere, or is an error when there is no default.
     """
-    return shaped_array(v, name, (channels,), default, what="one value per channel of x along axis")
+    return shaped_array(v, name, (channels,), default,
+                        what="one value per channel of x along axis")
 
 
 def shaped_array(v, name: str, shape: tuple, default: float | None = None,

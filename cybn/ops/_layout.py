@@ -20,7 +20,6 @@ from typing import Protocol
 import numpy as np
 
 from .._validate import normalize_axis
-from . import _schedule
 
 # Plane family below this many elements per (sample, channel) run turns into the row family,
 # except for arrays below SMALL_SIZE elements, which skip the row family's column set-up.
@@ -135,6 +134,13 @@ class Samples:
     def size(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def run(self) -> float:
+        """Elements per contiguous run the kernels write (plane rows; the row family's
+        rows are whole: infinite)."""
+        _, _, inner, _, plane = self.geometry
+        return inner if plane else math.inf
+
     def kernel_view(self, arr: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(arr).reshape(self.rows, -1)
 
@@ -142,10 +148,6 @@ class Samples:
         """An (N, C) float64 array as the kernels take it."""
         return np.ascontiguousarray(v, dtype=np.float64).reshape(self.rows, -1)
 
-    def streaming(self, itemsize: int, op: str) -> bool:
-        _, _, inner, _, plane = self.geometry
-        return _schedule.streams(self.size * itemsize, inner * itemsize if plane else math.inf,
-                                 op)
 
 
 @dataclass(frozen=True)

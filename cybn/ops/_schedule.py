@@ -12,12 +12,8 @@ import glob
 import math
 import os
 
-from typing import TYPE_CHECKING
-
 from .._openmp import get_num_threads
-
-if TYPE_CHECKING:  # only annotations: _layout itself uses this module
-    from ._layout import ChannelView
+from ._layout import ChannelView
 
 # Arrays with fewer elements run on the calling thread: waking OpenMP's threads costs more
 # than it saves there, and next to other spinning thread pools (OpenBLAS in a training loop)
@@ -37,7 +33,7 @@ STREAM_CACHE_SHARE = {"infer": 1 / 2, "train": 1 / 3, "backward": 1 / 5}
 STREAM_MIN_RUN = 4096
 
 
-def threads(view: "ChannelView") -> int:
+def threads(view: ChannelView) -> int:
     """The OpenMP threads an op on ``view`` uses: 1 below MIN_PARALLEL_SIZE elements."""
     return threads_for(view.size)
 
@@ -47,7 +43,7 @@ def threads_for(size: int) -> int:
     return 1 if size < MIN_PARALLEL_SIZE else get_num_threads()
 
 
-def streaming(view: "ChannelView", itemsize: int, op: str) -> bool:
+def streaming(view: ChannelView, itemsize: int, op: str) -> bool:
     """Whether the elementwise pass of ``op`` ("infer", "train", "backward") streams."""
     run = view.inner * itemsize if view.family == "plane" else math.inf
     return streams(view.size * itemsize, run, op)
@@ -99,7 +95,7 @@ def cache_bytes() -> int:
     return size if size and size > 0 else 8 << 20
 
 
-def plane_group(view: "ChannelView", itemsize: int, arrays: int, threads: int) -> int:
+def plane_group(view: ChannelView, itemsize: int, arrays: int, threads: int) -> int:
     """The plane family's schedule: 0 when each thread owns whole channels (reduce, then
     write each channel while its data is in cache), else the number of channels all threads
     work on together. ``arrays`` is how many full-size arrays the op reads (1 or 2).

@@ -111,17 +111,23 @@ def _half_via_float32(fn):
 # Samples: x as N samples with C channels each (group and instance norm).
 # ---------------------------------------------------------------------------------------
 
+def _streams(samples: Samples, itemsize: int, op: str) -> bool:
+    """Whether the sample kernels' elementwise pass of ``op`` streams its output."""
+    return _schedule.streams(samples.size * itemsize, samples.run * itemsize, op)
+
+
 def _samples_forward(samples: Samples, x, groups: int, w, b, eps: float, out,
                      threads: int) -> tuple:
     """Group norm (groups of C // groups channels per sample): y and the (N, groups)
     mean, invstd and biased variance."""
-    row_groups = groups * samples.N if samples.rows == 1 else groups  # folded: samples side by side
+    # folded (one row of every sample side by side): each sample's groups in turn
+    row_groups = groups * samples.N if samples.rows == 1 else groups
     mean, var, invstd = (np.empty((samples.N, groups)) for _ in range(3))
     dest = Output(samples, out, x.dtype)
     _kernels.sample_group_forward(
         samples.kernel_view(x), *samples.geometry, row_groups, w, b,
         eps, dest.kernel, samples.vector(mean), samples.vector(var), samples.vector(invstd),
-        samples.streaming(x.itemsize, "train"), threads)
+        _streams(samples, x.itemsize, "train"), threads)
     return dest.result(), mean, invstd, var
 
 def _samples_backward(samples: Samples, dy, x, groups: int, w, mean, invstd, out,
@@ -134,7 +140,7 @@ def _samples_backward(samples: Samples, dy, x, groups: int, w, mean, invstd, out
         samples.kernel_view(dy), samples.kernel_view(x), *samples.geometry,
         row_groups, samples.vector(mean), samples.vector(invstd), w,
         dest.kernel, samples.vector(sum_dy), samples.vector(sum_dy_xmu),
-        samples.streaming(x.itemsize, "backward"), threads)
+        _streams(samples, x.itemsize, "backward"), threads)
     return dest.result(), sum_dy, sum_dy_xmu
 
 
@@ -188,7 +194,7 @@ def _grouped_forward(x, groups, w, b, eps, out, threads, samples):
         _kernels.group_train_forward(
             np.ascontiguousarray(x).reshape(rows, -1), S, w, b, eps,
             dest.buffer.reshape(rows, -1), mean.reshape(-1), var.reshape(-1),
-            invstd.reshape(-1), samples.streaming(x.itemsize, "train"), threads)
+            invstd.reshape(-1), _streams(samples, x.itemsize, "train"), threads)
         return dest.result(), mean, invstd, var
     return _samples_forward(samples, x, groups, w, b, eps, out, threads)
 
@@ -204,7 +210,7 @@ def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
         _kernels.group_backward(
             np.ascontiguousarray(dy).reshape(rows, -1), np.ascontiguousarray(x).reshape(rows, -1),
             S, mean.reshape(-1), invstd.reshape(-1), w, dest.buffer.reshape(rows, -1), sum_dy,
-            sum_dy_xmu, samples.streaming(x.itemsize, "backward"), threads)
+            sum_dy_xmu, _streams(samples, x.itemsize, "backward"), threads)
         dx = dest.result()
     else:
         dx, sum_dy, sum_dy_xmu = _samples_backward(samples, dy, x, groups, w, mean, invstd,
