@@ -77,6 +77,23 @@ def channel_affine(view: ChannelView, x, shift, scale, offset, yk, threads: int,
                     threads)
 
 
+def grad_sums(view: ChannelView, dy, x, mean) -> tuple:
+    """Per-channel sum(dy) and sum(dy * (x - mean)), float64, of checked arrays (zeros when
+    empty): the first half of the backward, the blocks of the full backward."""
+    sum_dy = np.zeros(view.channels)
+    sum_dy_xmu = np.zeros(view.channels)
+    if view.size == 0:
+        return sum_dy, sum_dy_xmu
+    threads = _schedule.threads(view)
+    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
+    if view.family == "plane":
+        _kernels.plane_grad_sums(dyk, xk, mean, sum_dy, sum_dy_xmu, threads)
+    else:
+        _kernels.row_grad_sums(dyk, xk, view.channels, view.inner, mean, sum_dy, sum_dy_xmu,
+                               threads)
+    return sum_dy, sum_dy_xmu
+
+
 def epilogue(relu: bool, residual) -> int:
     """The kernels' fused-epilogue bits."""
     return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
@@ -128,9 +145,9 @@ def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out
     var = np.empty(C, dtype=np.float64)
     invstd = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "train")
+    group = _schedule.plane_group(view, x.itemsize, 1, threads) if view.family == "plane" else 0
     K = _kernels.for_dtype(x.dtype)  # the kernel set of x's dtype, last before the call
     if view.family == "plane":
-        group = _schedule.plane_group(view, x.itemsize, 1, threads)
         K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
                               streaming, threads)
     else:

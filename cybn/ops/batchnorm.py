@@ -20,8 +20,8 @@ from .._validate import (
     backward_inputs,
 )
 from . import _schedule
-from ._bn import (channel_affine, check_policy, checked_train_args,
-                  degenerate_batch, epilogue, infer_core, param_dtype, train_core,
+from ._bn import (check_policy, checked_train_args,
+                  degenerate_batch, epilogue, grad_sums, infer_core, param_dtype, train_core,
                   update_running_stats)
 from ._layout import Output, channel_view, empty_result, kernel_array, view_of
 from .conventions import get_convention
@@ -190,13 +190,10 @@ def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
     var = m2 / count
     invstd = 1.0 / np.sqrt(var + eps)
     mean = mean.copy()
-    if view.size:
-        dest = Output(view, out, x.dtype)
-        channel_affine(view, x, mean, w * invstd, b, dest.kernel, _schedule.threads(view),
-                       residual=residual, ep=ep)
-        y = dest.result()
-    else:
-        y = empty_result(view, out, x.dtype)
+    # the inference pass with the whole batch's statistics: scale = weight * invstd, as the
+    # training kernels compute it (train_coefficients)
+    y = infer_core(x, view, mean, var, w, b, eps, ep, residual, out) if view.size else \
+        empty_result(view, out, x.dtype)
     update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
     return y, mean, invstd
 
@@ -335,7 +332,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         mask8 = check_mask(mask, x, view.axis)
         count = max(int(np.count_nonzero(mask8)), 1)
         sum_dy, sum_dy_xmu = zero_dy_terms_dropped(
-            dy, x, view.axis, mu, *batch_norm_backward_reduce(dy, x, mu, axis=axis))
+            dy, x, view.axis, mu, *grad_sums(view, dy, x, mu))
         dx = masked_grad_apply(dy, x, view.axis, mask8, w, mu, inv, sum_dy, sum_dy_xmu, count,
                                out)
         return dx, (sum_dy_xmu * inv).astype(x.dtype), sum_dy.astype(x.dtype)
@@ -350,7 +347,6 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
 
     ep = epilogue(relu, residual)
     threads = _schedule.threads(view)
-    K = _kernels.for_dtype(x.dtype)
     dyk, xk = kernel_array(view, dy), kernel_array(view, x)
     dest = Output(view, out, x.dtype)
     rk = xk if residual is None else kernel_array(view, residual)
@@ -360,8 +356,9 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "backward")
+    group = _schedule.plane_group(view, x.itemsize, 2, threads) if view.family == "plane" else 0
+    K = _kernels.for_dtype(x.dtype)  # the kernel set of x's dtype, last before the call
     if view.family == "plane":
-        group = _schedule.plane_group(view, x.itemsize, 2, threads)
         K.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, ep, rk, gk, fscale, b,
                          sum_dy, sum_dy_xmu, group, streaming, threads)
     else:
@@ -418,19 +415,7 @@ def batch_norm_backward_reduce(dy, x, mean, *, axis: int = 1) -> tuple:
     sum_dy, sum_dy_xmu : ndarray (C,), float64 (zeros for an empty shard)
     """
     dy, x, view = _backward_views(dy, x, axis)
-    C = view.channels
-    mu = channel_vector(mean, "mean", C)
-    sum_dy = np.zeros(C)
-    sum_dy_xmu = np.zeros(C)
-    if view.size == 0:
-        return sum_dy, sum_dy_xmu
-    threads = _schedule.threads(view)
-    dyk, xk = view.kernel_view(dy), view.kernel_view(x)
-    if view.family == "plane":
-        _kernels.plane_grad_sums(dyk, xk, mu, sum_dy, sum_dy_xmu, threads)
-    else:
-        _kernels.row_grad_sums(dyk, xk, C, view.inner, mu, sum_dy, sum_dy_xmu, threads)
-    return sum_dy, sum_dy_xmu
+    return grad_sums(view, dy, x, channel_vector(mean, "mean", view.channels))
 
 
 def batch_norm_backward_elemt(dy, x, weight, mean, invstd, sum_dy, sum_dy_xmu, count, *,
