@@ -75,9 +75,9 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
     cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     if type(axis) is not int or nd < 2 or size == 0 or size >= max_size:
         return False
-    ax = <int>axis
-    if ax < -nd or ax >= nd:
+    if not -nd <= axis < nd:  # compared as Python ints: a huge axis never reaches <int>
         return False
+    ax = <int>axis
     if ax < 0:
         ax += nd
     outer[0] = 1
