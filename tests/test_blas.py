@@ -162,3 +162,11 @@ if __name__ == "__main__":
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_fork_after_a_threaded_product_does_not_hang():
     assert run_python(FORK_SCRIPT, timeout=120).strip() == "ok"
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((0, 3), (3, 0)), ((0, 0), (0, 0)),
+                                             ((0, 4, 3), (3, 5))])
+def test_empty_products_are_empty(a_shape, b_shape):
+    a, b = np.ones(a_shape, np.float32), np.ones(b_shape, np.float32)
+    np.testing.assert_array_equal(_blas.matmul(a, b), np.matmul(a, b))
+    assert _blas.matmul(a, b).shape == np.matmul(a, b).shape

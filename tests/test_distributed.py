@@ -393,8 +393,9 @@ def test_one_rank_s_bad_input_raises_on_every_rank_over_mpi(tmp_path):
 
 
 def test_cross_rank_sums_are_added_in_rank_order():
-    # float64 values whose sum depends on the order: rank order gives (1 + 1e16) - 1e16 = 0
-    values = [1.0, 1e16, -1e16]
+    # float64 values whose sum depends on the order: rank order gives (1e16 + 1) - 1e16 = 0,
+    # any other order after rank 0 gives (1e16 - 1e16) + 1 = 1
+    values = [1e16, 1.0, -1e16]
 
     def rank(comm):
         return allreduce_sum(comm, np.array([values[comm.rank]]))[0]

@@ -114,3 +114,26 @@ def test_fit_checks_validation_data_before_training(validation_data):
         cybn.fit(model, X, y, epochs=1, progress=False, validation_data=bad)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, state[k])
+
+
+def test_fit_results_do_not_depend_on_the_blas_thread_setting():
+    """fit runs every matrix product on one BLAS thread, also those that do not go through
+    cybn's own blocks (the grouped convolution's NumPy products): the same bits whatever the
+    caller's BLAS setting (OpenBLAS splits its sums by thread count)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((256, 8, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+
+    def train(blas_threads):
+        model = cybn.Sequential(cybn.Conv2d(8, 16, 3, padding=1, groups=2, rng=1),
+                                cybn.BatchNorm2d(16), cybn.ReLU(), cybn.Flatten(),
+                                cybn.Linear(16 * 16 * 16, 4, rng=2))
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            cybn.fit(model, X, y, epochs=1, batch_size=128, shuffle=False, progress=False)
+        return model.state_dict()
+
+    one, many = train(1), train(4)
+    for key in one:
+        np.testing.assert_array_equal(one[key], many[key], err_msg=key)

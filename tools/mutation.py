@@ -176,8 +176,8 @@ MUTANTS = [
     # hostile use: the checks added for it
     ('cybn/nn/module.py', '    if arr.shape != tuple(shape):\n        raise ValueError(f"{layer}.backward',
      '    if arr.ndim != len(shape):\n        raise ValueError(f"{layer}.backward'),
-    ('cybn/nn/module.py', '            dy = grad_output(dy, output_shape(saved), type(self).__name__)\n        object.__setattr__',
-     '            dy = grad_output(dy, output_shape(saved), type(self).__name__)\n        if True:\n            pass\n        object.__setattr__'),
+    ('cybn/nn/module.py', '        if dy is not _NO_GRAD:\n            dy = grad_output(dy, output_shape(saved), type(self).__name__)\n        object.__setattr__(self, "_cache", None)',
+     '        object.__setattr__(self, "_cache", None)\n        if dy is not _NO_GRAD:\n            dy = grad_output(dy, output_shape(saved), type(self).__name__)'),
     ('cybn/nn/pooling.py', "        (kind, shape, dtype, arg), dy = self._take_saved(dy, lambda saved: saved[3].shape)",
      "        (kind, shape, dtype, arg), dy = self._take_saved(dy, lambda saved: dy.shape)"),
     ('cybn/nn/conv.py', '        return self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))',
@@ -214,8 +214,6 @@ MUTANTS = [
      '        return mean.copy()'),
     ('cybn/_blas.py', '    if extent == 0:  # an empty product: one empty block\n        return [(0, 0)]',
      '    if False:\n        return [(0, 0)]'),
-    ('cybn/nn/conv.py', '        if x.shape[0] == 0:  # an empty batch',
-     '        if False:  # an empty batch'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 

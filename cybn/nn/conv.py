@@ -92,9 +92,6 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: input {x.shape} is smaller than the kernel")
         if x.dtype.kind != "f" and not x.dtype.name == "bfloat16":
             raise TypeError(f"Conv2d: x must hold floating-point numbers, got dtype {x.dtype}")
-        if x.shape[0] == 0:  # an empty batch: an empty output (and zero gradients)
-            self._cache = ("empty", x.shape)
-            return np.zeros(self._output_shape(x.shape), np.result_type(x, self.weight.data))
         c = xh.shape[3]
         if self.groups == c == self.out_channels and xh.dtype in (np.float32, np.float64):
             # depthwise, one filter per channel: compiled kernels, in x's own layout
@@ -249,8 +246,6 @@ class Conv2d(Module):
 
     def backward(self, dy):
         (kind, *saved), dy = self._saved_with_grad(dy)
-        if kind == "empty":
-            return np.zeros(saved[0], np.result_type(dy, self.weight.data))
         if kind == "dense":
             return self._dense_backward(saved[0], saved[1], dy)
         if kind == "compiled depthwise":
