@@ -186,12 +186,11 @@ def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
     x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
     count, mean, m2 = _global_stats(stats, view.channels)
-    # the coefficients as the training kernels compute them (train_coefficients)
+    # the whole batch's coefficients as the training kernels compute them
+    # (train_coefficients), then the inference pass with them: scale = weight * invstd
     var = m2 / count
     invstd = 1.0 / np.sqrt(var + eps)
     mean = mean.copy()
-    # the inference pass with the whole batch's statistics: scale = weight * invstd, as the
-    # training kernels compute it (train_coefficients)
     y = infer_core(x, view, mean, var, w, b, eps, ep, residual, out) if view.size else \
         empty_result(view, out, x.dtype)
     update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
