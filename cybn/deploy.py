@@ -376,7 +376,7 @@ def recalibrate(model, X, *, batch_size: int = 256, comm=None):
     -------
     model
     """
-    from .ops import RunningMoments, merge_stats
+    from .ops import RunningMoments
 
     error = None
     try:  # checked on every rank before any collective (see cybn.distributed.agree)
