@@ -61,15 +61,20 @@ def channel_moments(view: ChannelView, x: np.ndarray, threads: int) -> tuple:
     return mean, m2
 
 
-def channel_affine(view: ChannelView, x, shift, scale, offset, yk, threads: int, *,
+def channel_affine(view: ChannelView, x, shift, scale, offset, dest: Output, threads: int, *,
                    residual=None, ep: int = 0) -> None:
-    """yk = ep((x - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors, yk the
-    output's kernel array; ep: the kernels' fused-epilogue bits (residual: an array of x's
+    """dest = ep((x - shift[c]) * scale[c] + offset[c]) for float64 per-channel vectors, dest
+    the Output of x's dtype; ep: the kernels' fused-epilogue bits (residual: an array of x's
     shape, with EP_RESIDUAL)."""
     xk = kernel_array(view, x)
     rk = xk if residual is None else kernel_array(view, residual)
-    streaming = _schedule.streaming(view, x.itemsize, "infer")
-    K = _kernels.for_dtype(x.dtype)
+    _affine(dest.kernels, view, xk, shift, scale, offset, dest.kernel, rk, ep,
+            _schedule.streaming(view, x.itemsize, "infer"), threads)
+
+
+def _affine(K, view: ChannelView, xk, shift, scale, offset, yk, rk, ep: int, streaming: bool,
+            threads: int) -> None:
+    """The affine kernel of the kernel set K on kernel arrays (see channel_affine)."""
     if view.family == "plane":
         K.plane_infer(xk, shift, scale, offset, yk, rk, ep, streaming, threads)
     else:
@@ -111,7 +116,7 @@ def infer_core(x, view, rm, rv, w, b, eps: float, ep: int, residual, out) -> np.
     scale = np.empty(view.channels, dtype=np.float64)
     _kernels.infer_scale(rv, w, eps, scale)
     dest = Output(view, out, x.dtype)
-    channel_affine(view, x, rm, scale, b, dest.kernel, _schedule.threads(view),
+    channel_affine(view, x, rm, scale, b, dest, _schedule.threads(view),
                    residual=residual, ep=ep)
     return dest.result()
 
@@ -134,26 +139,44 @@ def degenerate_batch(on_degenerate: str, message: str, x, view, rm, rv, w, b, ep
     return None
 
 
-def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out) -> tuple:
-    """The training kernels on checked arguments (count >= 2): (y, mean, invstd)."""
+def train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out,
+               stats=None) -> tuple:
+    """The training kernels on checked arguments (count >= 2): (y, mean, invstd).
+
+    With ``stats`` = (count, mean, m2) of the whole batch that x is a shard of (checked, see
+    batch_norm_train), x is normalized with those statistics, which also update the running
+    ones. Their coefficients are the training kernels' (scale = weight * invstd, computed as
+    train_coefficients does), applied by the affine kernel."""
     C = view.channels
     threads = _schedule.threads(view)
     xk = kernel_array(view, x)
     rk = xk if residual is None else kernel_array(view, residual)
     dest = Output(view, out, x.dtype)
-    mean = np.empty(C, dtype=np.float64)
-    var = np.empty(C, dtype=np.float64)
-    invstd = np.empty(C, dtype=np.float64)
-    streaming = _schedule.streaming(view, x.itemsize, "train")
-    group = _schedule.plane_group(view, x.itemsize, 1, threads) if view.family == "plane" else 0
-    K = _kernels.for_dtype(x.dtype)  # the kernel set of x's dtype, last before the call
-    if view.family == "plane":
-        K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd, group,
-                              streaming, threads)
+    K = dest.kernels
+    if stats is None:
+        count = view.count
+        mean = np.empty(C, dtype=np.float64)
+        var = np.empty(C, dtype=np.float64)
+        invstd = np.empty(C, dtype=np.float64)
+        streaming = _schedule.streaming(view, x.itemsize, "train")
+        if view.family == "plane":
+            group = _schedule.plane_group(view, x.itemsize, 1, threads)
+            K.plane_train_forward(xk, w, b, eps, dest.kernel, rk, ep, mean, var, invstd,
+                                  group, streaming, threads)
+        else:
+            K.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean, var,
+                                invstd, streaming, threads)
     else:
-        K.row_train_forward(xk, C, view.inner, w, b, eps, dest.kernel, rk, ep, mean, var,
-                            invstd, streaming, threads)
-    update_running_stats(rm, rv, mean, var, view.count, momentum, unbiased)
+        count, mean, m2 = stats
+        mean = mean.copy()
+        var = m2 / count
+        invstd = 1.0 / np.sqrt(var + eps)
+        if view.size:
+            scale = np.empty(C, dtype=np.float64)
+            _kernels.infer_scale(var, w, eps, scale)
+            _affine(K, view, xk, mean, scale, b, dest.kernel, rk, ep,
+                    _schedule.streaming(view, x.itemsize, "infer"), threads)
+    update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
     return dest.result(), mean, invstd
 
 

@@ -7,7 +7,8 @@ into ``outer``, those after it into ``inner``, and the choice between the two ke
 inner runs). :class:`Samples` views group and instance norm's data a sample at a time,
 :class:`Rows` layer and RMS norm's as (M, D). :func:`kernel_array` gives any array in a
 layout's kernel view, and :class:`Output` the buffer a kernel writes the result into.
-Nothing here checks arguments (that is :mod:`cybn._validate`) or runs a kernel.
+Nothing here checks arguments (that is :mod:`cybn._validate`) or runs a kernel;
+:class:`Output` picks the kernel set that writes the result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import _kernels
 from .._validate import normalize_axis
 
 # Plane family below this many elements per (sample, channel) run turns into the row family,
@@ -187,10 +189,13 @@ class Layout(Protocol):
 
 class Output:
     """Where a kernel writes: ``out`` itself when it is C-contiguous, else a buffer that
-    :meth:`result` copies into ``out``."""
+    :meth:`result` copies into ``out``. ``kernel`` is the buffer in the kernels' view
+    (half-precision data as 16-bit words) and ``kernels`` the kernel set that writes data
+    of this dtype (:func:`cybn._kernels.for_dtype`)."""
 
     def __init__(self, view: Layout, out, dtype):
         self.view, self.out = view, out
+        self.kernels = _kernels.for_dtype(np.dtype(dtype))
         if out is not None and out.flags.c_contiguous:
             self.buffer = out
         else:

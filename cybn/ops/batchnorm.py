@@ -21,8 +21,7 @@ from .._validate import (
 )
 from . import _schedule
 from ._bn import (check_policy, checked_train_args,
-                  degenerate_batch, epilogue, grad_sums, infer_core, param_dtype, train_core,
-                  update_running_stats)
+                  degenerate_batch, epilogue, grad_sums, infer_core, param_dtype, train_core)
 from ._layout import Output, channel_view, empty_result, kernel_array, view_of
 from .conventions import get_convention
 from .masked import check_mask, masked_grad_apply, masked_train, zero_dy_terms_dropped
@@ -116,14 +115,11 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     relu = check_activation(activation)
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
     check_policy(on_degenerate)
-    if stats is not None and mask is None:
-        return _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps,
-                                 axis, relu, residual, stats, out, unbiased)
     if mask is not None:
         return _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, eps,
                                      axis, relu, residual, stats, out, unbiased, on_degenerate,
                                      mask)
-    if residual is None:
+    if residual is None and stats is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
                                    axis, out, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
@@ -132,10 +128,12 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
     C = view.channels
-    if view.size == 0:
+    if stats is not None:  # a shard of a batch: the whole batch's statistics
+        stats = _global_stats(stats, C)
+    elif view.size == 0:
         nan = np.full(C, np.nan)
         return empty_result(view, out, x.dtype), nan, nan.copy()
-    if view.count == 1:
+    elif view.count == 1:
         handled = degenerate_batch(
             on_degenerate, f"Expected more than 1 value per channel when training, got input "
             f"of shape {x.shape} with channel axis {view.axis} (see on_degenerate)",
@@ -143,7 +141,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         if handled is not None:
             return handled
         rm = rv = None  # "skip_update": batch statistics, running statistics unchanged
-    return train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out)
+    return train_core(x, view, w, b, rm, rv, momentum, eps, unbiased, ep, residual, out, stats)
 
 
 def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, eps, axis,
@@ -178,23 +176,6 @@ def _global_stats(stats, C: int) -> tuple:
         raise ValueError(f"stats: count must be an integer > 1 (values per channel over the "
                          f"whole batch), got {count!r}")
     return int(count), channel_vector(mean, "stats mean", C), channel_vector(m2, "stats m2", C)
-
-
-def _train_with_stats(x, weight, bias, running_mean, running_var, momentum, eps, axis, relu,
-                      residual, stats, out, unbiased: bool = True):
-    """batch_norm_train of a shard, with the whole batch's statistics."""
-    x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
-        x, weight, bias, running_mean, running_var, momentum, eps, axis, relu, residual, out)
-    count, mean, m2 = _global_stats(stats, view.channels)
-    # the whole batch's coefficients as the training kernels compute them
-    # (train_coefficients), then the inference pass with them: scale = weight * invstd
-    var = m2 / count
-    invstd = 1.0 / np.sqrt(var + eps)
-    mean = mean.copy()
-    y = infer_core(x, view, mean, var, w, b, eps, ep, residual, out) if view.size else \
-        empty_result(view, out, x.dtype)
-    update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
-    return y, mean, invstd
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
@@ -356,7 +337,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     sum_dy_xmu = np.empty(C, dtype=np.float64)
     streaming = _schedule.streaming(view, x.itemsize, "backward")
     group = _schedule.plane_group(view, x.itemsize, 2, threads) if view.family == "plane" else 0
-    K = _kernels.for_dtype(x.dtype)  # the kernel set of x's dtype, last before the call
+    K = dest.kernels
     if view.family == "plane":
         K.plane_backward(dyk, xk, mu, inv, w, training, dest.kernel, ep, rk, gk, fscale, b,
                          sum_dy, sum_dy_xmu, group, streaming, threads)

@@ -76,7 +76,7 @@ def masked_train(x, view, axis: int, w, b, rm, rv, momentum: float, eps: float,
         var = m2 / count
     invstd = 1.0 / np.sqrt(var + eps)
     dest = Output(view, out, x.dtype)
-    channel_affine(view, x, mean, w * invstd, b, dest.kernel, _schedule.threads(view))
+    channel_affine(view, x, mean, w * invstd, b, dest, _schedule.threads(view))
     if count > 0:
         update_running_stats(rm, rv, mean, var, count, momentum, unbiased)
     return dest.result(), mean, invstd

@@ -132,7 +132,7 @@ def batch_norm_renorm(x, weight=None, bias=None, *, running_mean, running_var,
     r = np.clip(np.sqrt(var + eps) / sigma_run, 1.0 / rmax, rmax)
     d = np.clip((mean - rm.astype(np.float64)) / sigma_run, -dmax, dmax)
     dest = Output(view, out, x.dtype)
-    channel_affine(view, x, mean, w * r * invstd, b + w * d, dest.kernel, threads, ep=ep)
+    channel_affine(view, x, mean, w * r * invstd, b + w * d, dest, threads, ep=ep)
     update_running_stats(rm, rv, mean, var, n, momentum, unbiased)
     return dest.result(), mean, invstd, r, d
 
