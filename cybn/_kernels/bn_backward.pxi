@@ -583,15 +583,13 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
         dt = <double*>malloc(6 * W * sizeof(double))
         if dt == NULL:
             return -1
-        for i in range(W):
-            c = column_channel(i, L, C, inner)
-            dt[i] = mean[c]
-            dt[W + i] = k1[c]
-            dt[2 * W + i] = k2[c]
-            dt[3 * W + i] = k3[c]
-            if relu:
-                dt[4 * W + i] = fscale[c]
-                dt[5 * W + i] = foffset[c]
+        column_table(dt, mean, W, L, C, inner)
+        column_table(dt + W, k1, W, L, C, inner)
+        column_table(dt + 2 * W, k2, W, L, C, inner)
+        column_table(dt + 3 * W, k3, W, L, C, inner)
+        if relu:
+            column_table(dt + 4 * W, fscale, W, L, C, inner)
+            column_table(dt + 5 * W, foffset, W, L, C, inner)
         rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
         nitems = (R + rows_per_item - 1) // rows_per_item
         for item in prange(nitems, schedule='static', num_threads=num_threads):

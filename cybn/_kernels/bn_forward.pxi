@@ -227,11 +227,9 @@ cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_s
         dt = <double*>malloc(3 * W * sizeof(double))
         if dt == NULL:
             return -1
-        for i in range(W):
-            c = column_channel(i, L, C, inner)
-            dt[i] = shift[c]
-            dt[W + i] = scale[c]
-            dt[2 * W + i] = offset[c]
+        column_table(dt, shift, W, L, C, inner)
+        column_table(dt + W, scale, W, L, C, inner)
+        column_table(dt + 2 * W, offset, W, L, C, inner)
         rows_per_item = max(group, (ELEMENT_ITEM // W) * group)
         nitems = (R + rows_per_item - 1) // rows_per_item
         for item in prange(nitems, schedule='static', num_threads=num_threads):

@@ -524,25 +524,20 @@ def masked_row_moments(const floating[:, ::1] x,         # IN  (rows, C)
     cdef const floating* xp = &x[0, 0]
     cdef const unsigned char* mp = &mask[0]
     cdef double* pp = &part[0, 0]
-    cdef double* mu = &mean[0]
+    cdef double* sums[2]
+    cdef double total
+    cdef int centered
+    sums[0] = &mean[0]
+    sums[1] = &m2[0]
     with nogil:
-        for k in prange(nb, schedule='static', num_threads=num_threads):
-            lo = k * MASK_ROW_BLOCK
-            masked_row_block_sums(xp + lo * C, mp + lo, min(<Py_ssize_t>MASK_ROW_BLOCK, R - lo),
-                                  C, mu, False, pp + k * C)
-        for j in range(C):
-            mu[j] = 0.0
-        for k in range(nb):
-            for j in range(C):
-                mu[j] += pp[k * C + j]
-        for j in range(C):
-            mu[j] = mu[j] / count
-        for k in prange(nb, schedule='static', num_threads=num_threads):
-            lo = k * MASK_ROW_BLOCK
-            masked_row_block_sums(xp + lo * C, mp + lo, min(<Py_ssize_t>MASK_ROW_BLOCK, R - lo),
-                                  C, mu, True, pp + k * C)
-        for j in range(C):
-            m2[j] = 0.0
-        for k in range(nb):
-            for j in range(C):
-                m2[j] += pp[k * C + j]
+        for centered in range(2):  # the values' sums (the mean), then the squared deviations
+            for k in prange(nb, schedule='static', num_threads=num_threads):
+                lo = k * MASK_ROW_BLOCK
+                masked_row_block_sums(xp + lo * C, mp + lo,
+                                      min(<Py_ssize_t>MASK_ROW_BLOCK, R - lo), C, sums[0],
+                                      centered, pp + k * C)
+            for j in range(C):  # the blocks' partial sums in block order
+                total = 0.0
+                for k in range(nb):
+                    total += pp[k * C + j]
+                sums[centered][j] = total if centered else total / count

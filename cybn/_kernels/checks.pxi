@@ -76,6 +76,18 @@ cdef int need_out(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t k, Py_ssize_t s,
     return 0
 
 
+cdef int need_windows(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
+                      Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t dh, Py_ssize_t dw, int num_threads) except -1:
+    """A window (need_window) sliding over H x W input positions gives Ho x Wo outputs
+    (need_out), and at least one thread."""
+    need_window(kh, kw, sh, sw, ph, pw, dh, dw)
+    need_threads(num_threads)
+    need_out(H, Ho, kh, sh, ph, dh, "row")
+    need_out(W, Wo, kw, sw, pw, dw, "column")
+    return 0
+
+
 cdef inline bint spans_overlap(const void* a, Py_ssize_t na, const void* b,
                                Py_ssize_t nb) noexcept:
     cdef size_t pa = <size_t>a, pb = <size_t>b

@@ -42,6 +42,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from cybn._openmp cimport CYBN_OPENMP_ENABLED
 
@@ -314,6 +315,15 @@ cdef inline int sample_threads(Py_ssize_t N, Py_ssize_t size, int num_threads,
         return num_threads
     inside[0] = num_threads
     return 1
+
+
+cdef inline void column_table(double* dst, const double* per_channel, Py_ssize_t W,
+                              Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner) noexcept nogil:
+    """dst[i] = per_channel[the channel of column i] for the W columns of a row-family
+    table (rows of L = k * C * inner columns)."""
+    cdef Py_ssize_t i
+    for i in range(W):
+        dst[i] = per_channel[column_channel(i, L, C, inner)]
 
 
 cdef inline void exact_tiles(float* xt, Py_ssize_t W, Py_ssize_t L, Py_ssize_t C,

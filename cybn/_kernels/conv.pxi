@@ -73,13 +73,11 @@ def depthwise_forward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
                       int num_threads):
     """y[n, oh, ow, c] = bias[c] + sum over taps of x[n, oh*sh - ph + i*dh,
     ow*sw - pw + j*dw, c] * weight[i, j, c], outside taps 0; an output row per work item."""
-    need_window(weight.shape[0], weight.shape[1], sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
+    need_windows(x.shape[1], x.shape[2], y.shape[1], y.shape[2],
+                 weight.shape[0], weight.shape[1], sh, sw, ph, pw, dh, dw, num_threads)
     need_len("weight's channels", weight.shape[2], x.shape[3])
     need_len("bias", bias.shape[0], x.shape[3])
     need_shape("y", y.shape, 4, x.shape[0], y.shape[1], y.shape[2], x.shape[3])
-    need_out(x.shape[1], y.shape[1], weight.shape[0], sh, ph, dh, "row")
-    need_out(x.shape[2], y.shape[2], weight.shape[1], sw, pw, dw, "column")
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     cdef DwGeometry g = dw_geometry(x.shape[1], x.shape[2], x.shape[3], y.shape[1],
                                     y.shape[2], weight.shape[0], weight.shape[1], sh, sw, ph,
@@ -134,12 +132,10 @@ def depthwise_backward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
                        int num_threads):
     """dx and each sample's weight gradient; a thread takes whole samples, so the scattered
     dx updates never meet. The caller sums dweight over samples in order."""
-    need_window(weight.shape[0], weight.shape[1], sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
+    need_windows(x.shape[1], x.shape[2], dy.shape[1], dy.shape[2],
+                 weight.shape[0], weight.shape[1], sh, sw, ph, pw, dh, dw, num_threads)
     need_len("weight's channels", weight.shape[2], x.shape[3])
     need_shape("dy", dy.shape, 4, x.shape[0], dy.shape[1], dy.shape[2], x.shape[3])
-    need_out(x.shape[1], dy.shape[1], weight.shape[0], sh, ph, dh, "row")
-    need_out(x.shape[2], dy.shape[2], weight.shape[1], sw, pw, dw, "column")
     need_shape("dx", dx.shape, 4, x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     need_shape("dweight", dweight.shape, 4, x.shape[0], weight.shape[0], weight.shape[1],
                x.shape[3])
@@ -218,14 +214,12 @@ def depthwise_forward_planes(const floating[:, :, ::1] x,    # IN  (N * C, H, W)
                              floating[:, :, ::1] y,          # OUT (N * C, Ho, Wo)
                              int num_threads):
     """Channels-first depthwise convolution, an output row per work item."""
-    need_window(weight.shape[1], weight.shape[2], sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
+    need_windows(x.shape[1], x.shape[2], y.shape[1], y.shape[2],
+                 weight.shape[1], weight.shape[2], sh, sw, ph, pw, dh, dw, num_threads)
     need(weight.shape[0] >= 1 and x.shape[0] % weight.shape[0] == 0,
          "x's planes must be whole samples of weight's channels")
     need_len("bias", bias.shape[0], weight.shape[0])
     need_shape("y", y.shape, 3, x.shape[0], y.shape[1], y.shape[2])
-    need_out(x.shape[1], y.shape[1], weight.shape[1], sh, ph, dh, "row")
-    need_out(x.shape[2], y.shape[2], weight.shape[2], sw, pw, dw, "column")
     need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     cdef Py_ssize_t P = y.shape[0], Ho = y.shape[1], Wo = y.shape[2]
     cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = weight.shape[0]
@@ -286,13 +280,11 @@ def depthwise_backward_planes(const floating[:, :, ::1] x,     # IN  (N * C, H, 
                               int num_threads):
     """Channels-first depthwise backward, a plane per work item: dx, and each plane's
     weight gradient (summed over output rows, then columns, in order, in double)."""
-    need_window(weight.shape[1], weight.shape[2], sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
+    need_windows(x.shape[1], x.shape[2], dy.shape[1], dy.shape[2],
+                 weight.shape[1], weight.shape[2], sh, sw, ph, pw, dh, dw, num_threads)
     need(weight.shape[0] >= 1 and x.shape[0] % weight.shape[0] == 0,
          "x's planes must be whole samples of weight's channels")
     need_shape("dy", dy.shape, 3, x.shape[0], dy.shape[1], dy.shape[2])
-    need_out(x.shape[1], dy.shape[1], weight.shape[1], sh, ph, dh, "row")
-    need_out(x.shape[2], dy.shape[2], weight.shape[2], sw, pw, dw, "column")
     need_shape("dx", dx.shape, 3, x.shape[0], x.shape[1], x.shape[2])
     need_shape("dweight", dweight.shape, 3, x.shape[0], weight.shape[1], weight.shape[2])
     need_apart("dx", &dx[0, 0, 0], dx.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
@@ -349,10 +341,8 @@ def im2col_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C), unpadded
                 Py_ssize_t Ho, Py_ssize_t Wo,
                 int num_threads):
     """cols[(n, oh, ow), (i, j, c)] = x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] (0 outside)."""
-    need_window(kh, kw, sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
-    need_out(x.shape[1], Ho, kh, sh, ph, dh, "row")
-    need_out(x.shape[2], Wo, kw, sw, pw, dw, "column")
+    need_windows(x.shape[1], x.shape[2], Ho, Wo,
+                 kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
     need_shape("cols", cols.shape, 2, x.shape[0] * Ho * Wo, kh * kw * x.shape[3])
     need_apart("cols", &cols[0, 0], cols.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
@@ -373,10 +363,8 @@ def col2im_rows(const floating[:, ::1] dcols,      # IN  (N * Ho * Wo, kh * kw *
                 floating[:, :, :, ::1] dx,          # OUT (N, H, W, C), zeroed here
                 int num_threads):
     """dx[n, r, q, c] = the sum of dcols over the (output, tap) pairs reading x[n, r, q, c]."""
-    need_window(kh, kw, sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
-    need_out(dx.shape[1], Ho, kh, sh, ph, dh, "row")
-    need_out(dx.shape[2], Wo, kw, sw, pw, dw, "column")
+    need_windows(dx.shape[1], dx.shape[2], Ho, Wo,
+                 kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
     need_shape("dcols", dcols.shape, 2, dx.shape[0] * Ho * Wo, kh * kw * dx.shape[3])
     need_apart("dx", &dx[0, 0, 0, 0], dx.nbytes, "dcols", &dcols[0, 0], dcols.nbytes, False)
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
@@ -494,10 +482,8 @@ def im2col_planes(const floating[:, :, ::1] x,      # IN  (N * C, H, W), unpadde
     """cols[(n, c), (i, j), (oh, ow)] = x[(n, c), oh*sh - ph + i*dh, ow*sw - pw + j*dw]
     (0 outside)."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2], p
-    need_window(kh, kw, sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
-    need_out(H, Ho, kh, sh, ph, dh, "row")
-    need_out(W, Wo, kw, sw, pw, dw, "column")
+    need_windows(H, W, Ho, Wo,
+                 kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
     need_shape("cols", cols.shape, 3, P, kh * kw, Ho * Wo)
     need_apart("cols", &cols[0, 0, 0], cols.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     cdef const floating* xp = &x[0, 0, 0]
@@ -516,10 +502,8 @@ def col2im_planes(const floating[:, :, ::1] dcols,  # IN  (N * C, kh * kw, Ho * 
                   int num_threads):
     """dx[(n, c), r, q] = the sum of dcols over the (tap, output) pairs reading x there."""
     cdef Py_ssize_t P = dx.shape[0], H = dx.shape[1], W = dx.shape[2], p
-    need_window(kh, kw, sh, sw, ph, pw, dh, dw)
-    need_threads(num_threads)
-    need_out(H, Ho, kh, sh, ph, dh, "row")
-    need_out(W, Wo, kw, sw, pw, dw, "column")
+    need_windows(H, W, Ho, Wo,
+                 kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
     need_shape("dcols", dcols.shape, 3, P, kh * kw, Ho * Wo)
     need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dcols", &dcols[0, 0, 0], dcols.nbytes, False)
     cdef const floating* dp = &dcols[0, 0, 0]

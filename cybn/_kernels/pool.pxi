@@ -12,12 +12,10 @@ cdef int need_pool_planes(const Py_ssize_t* big, const Py_ssize_t* small, Py_ssi
                           int num_threads) except -1:
     """Planes (P, H, W) of the input side and (P, Ho, Wo) of the output side: the same P,
     every window inside the input (no padding), taps a byte can name for max pooling."""
-    need_window(kh, kw, sh, sw, 0, 0, 1, 1)
-    need_threads(num_threads)
+    need_windows(big[1], big[2], small[1], small[2],
+                 kh, kw, sh, sw, 0, 0, 1, 1, num_threads)
     need(not byte_index or kh * kw <= 255, "max pooling windows have at most 255 taps")
     need_len("the output side's planes", small[0], big[0])
-    need_out(big[1], small[1], kh, sh, 0, 1, "row")
-    need_out(big[2], small[2], kw, sw, 0, 1, "column")
     return 0
 
 
@@ -25,13 +23,11 @@ cdef int need_pool_rows(const Py_ssize_t* big, const Py_ssize_t* small, Py_ssize
                         Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint byte_index,
                         int num_threads) except -1:
     """(N, H, W, C) input side and (N, Ho, Wo, C) output side, as need_pool_planes."""
-    need_window(kh, kw, sh, sw, 0, 0, 1, 1)
-    need_threads(num_threads)
+    need_windows(big[1], big[2], small[1], small[2],
+                 kh, kw, sh, sw, 0, 0, 1, 1, num_threads)
     need(not byte_index or kh * kw <= 255, "max pooling windows have at most 255 taps")
     need_len("the output side's samples", small[0], big[0])
     need_len("the output side's channels", small[3], big[3])
-    need_out(big[1], small[1], kh, sh, 0, 1, "row")
-    need_out(big[2], small[2], kw, sw, 0, 1, "column")
     return 0
 
 
@@ -110,9 +106,7 @@ def maxpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
     need_apart("dx", &dx[0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0], dy.nbytes, False)
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
-            for r in range(H):
-                for c in range(W):
-                    dx[p, r, c] = 0
+            memset(&dx[p, 0, 0], 0, H * W * sizeof(floating))
             for oh in range(Ho):
                 for ow in range(Wo):
                     t = arg[p, oh, ow]
@@ -191,10 +185,7 @@ def maxpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
     need_apart("dx", &dx[0, 0, 0, 0], dx.nbytes, "dy", &dy[0, 0, 0, 0], dy.nbytes, False)
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
-            for r in range(H):
-                for q in range(W):
-                    for c in range(C):
-                        dx[n, r, q, c] = 0
+            memset(&dx[n, 0, 0, 0], 0, H * W * C * sizeof(floating))
             for oh in range(Ho):
                 for ow in range(Wo):
                     for i in range(kh):
@@ -250,9 +241,7 @@ def avgpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)
     cdef const floating* gr
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
-            for r in range(H):
-                for c in range(W):
-                    dx[p, r, c] = 0
+            memset(&dx[p, 0, 0], 0, H * W * sizeof(floating))
             for oh in range(Ho):
                 gr = &dy[p, oh, 0]
                 for i in range(kh):
@@ -304,10 +293,7 @@ def avgpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
     cdef const floating* gr
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
-            for r in range(H):
-                for q in range(W):
-                    for c in range(C):
-                        dx[n, r, q, c] = 0
+            memset(&dx[n, 0, 0, 0], 0, H * W * C * sizeof(floating))
             for oh in range(Ho):
                 for ow in range(Wo):
                     gr = &dy[n, oh, ow, 0]

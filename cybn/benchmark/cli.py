@@ -77,24 +77,22 @@ def main(argv=None) -> int:
     if args.python_threads:
         python_threads()
         return 0
-    table = None
-    if args.norms:
-        result = norm_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
-        table = norms_markdown
-    elif args.half:
-        result = half_suite(repeats=args.repeats)
-        table = half_markdown
-    elif args.fused:
-        result = fused_suite(repeats=args.repeats, dtype=args.dtype[0], torch=not args.no_torch)
-        table = fused_markdown
-    elif args.variants:
-        result = variants_suite(repeats=args.repeats)
-        table = variants_markdown
-    elif args.models:
-        result = models_suite(repeats=args.repeats)
-        table = models_markdown
-    elif args.scaling:
-        result = thread_scaling(args.scaling, repeats=args.repeats, dtype=args.dtype[0])
+    # the one-suite flags: how each runs, and its Markdown table
+    suites = {
+        "norms": (lambda: norm_suite(repeats=args.repeats, dtype=args.dtype[0],
+                                     torch=not args.no_torch), norms_markdown),
+        "half": (lambda: half_suite(repeats=args.repeats), half_markdown),
+        "fused": (lambda: fused_suite(repeats=args.repeats, dtype=args.dtype[0],
+                                      torch=not args.no_torch), fused_markdown),
+        "variants": (lambda: variants_suite(repeats=args.repeats), variants_markdown),
+        "models": (lambda: models_suite(repeats=args.repeats), models_markdown),
+        "scaling": (lambda: thread_scaling(args.scaling, repeats=args.repeats,
+                                           dtype=args.dtype[0]), None),
+    }
+    chosen = next((name for name in suites if getattr(args, name)), None)
+    if chosen is not None:
+        suite, table = suites[chosen]
+        result = suite()
     else:
         result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
                      layouts=args.layouts, repeats=args.repeats,

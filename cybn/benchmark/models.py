@@ -20,7 +20,7 @@ from ..nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d
 from ..nn.module import Identity
 from ..train import SGD, cross_entropy
 from .report import markdown, number
-from .timing import interleaved_medians, suite_start
+from .timing import interleaved_medians, print_header, suite_start
 
 
 def small_cnn(channels_last: bool, rng) -> Sequential:
@@ -166,10 +166,9 @@ def models_suite(repeats: int = 15, verbose: bool = True, suite=None, fused: boo
         raise RuntimeError("the models suite needs PyTorch (pip install torch)")
     rows = []
     if verbose:
-        print(f"# models: cybn {meta['cybn']} ({meta['kernel_variant']}), {meta['cpu']}, "
-              f"{threads} threads, torch {meta['torch']}, float32, median of {repeats}")
-        print(f"{'model':<20} {'layout':<6} {'pass':<6} {'cybn ms':>8} {'fused ms':>9} "
-              f"{'torch ms':>9} {'cybn/torch':>10} {'fused/torch':>11}")
+        print_header("models", meta, f"torch {meta['torch']}, float32", [
+            ("model", -20), ("layout", -6), ("pass", -6), ("cybn ms", 8), ("fused ms", 9),
+            ("torch ms", 9), ("cybn/torch", 10), ("fused/torch", 11)])
     for name, layout, build, shape in MODELS if suite is None else suite:
         rng = np.random.default_rng(0)
         x = rng.standard_normal(shape).astype(np.float32)

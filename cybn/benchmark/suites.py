@@ -4,16 +4,16 @@ NumPy, PyTorch's public API when installed) on the same arrays, interleaved, med
 
 from __future__ import annotations
 
-import datetime
 import functools
 from typing import Any
 
 import numpy as np
 
-from .. import __version__, _kernels, ops as F
+from .. import _kernels, ops as F
 from .._openmp import get_num_threads, set_num_threads
 from .report import OPS, format_row, summary
-from .timing import cpu_model, interleaved_medians, median_time, suite_start, warm_up
+from .timing import (cpu_model, interleaved_medians, median_time, print_header, suite_start,
+                     warm_up)
 
 
 # The shape suite: (shape in channels-first order). Each runs as NCHW (axis 1) and as the
@@ -90,35 +90,14 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
         torch: bool = True, numpy_ref: bool = True, verbose: bool = True) -> dict:
     """Time every op on every shape, layout and dtype; return a JSON-ready dict."""
     shapes = SUITE if shapes is None else shapes
-    threads = get_num_threads()
-    if torch:
-        try:
-            import torch as _torch
-
-            _torch.set_num_threads(threads)
-            torch_version = _torch.__version__
-        except ImportError:
-            torch, torch_version = False, None
-    else:
-        torch_version = None
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_model(),
-        "threads": threads,
-        "cybn": __version__,
-        "kernel_variant": _kernels.ISA,
-        "numpy": np.__version__,
-        "torch": torch_version,
-        "repeats": repeats,
-    }
+    threads, torch_mod, meta = suite_start(torch, repeats)
+    torch = torch_mod is not None
     rows = []
     rng = np.random.default_rng(0)
-    warm_up(threads)
     if verbose:
-        print(f"# cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "
-              f"numpy {np.__version__}, torch {torch_version}, median of {repeats}")
-        print(f"{'shape':<20} {'layout':<6} {'dtype':<7} {'op':<8} {'cybn ms':>8} "
-              f"{'copy ms':>8} {'x copy':>7} {'numpy ms':>9} {'torch ms':>9} {'speed-up':>8}")
+        print_header("batch norm", meta, f"numpy {np.__version__}, torch {meta['torch']}", [
+            ("shape", -20), ("layout", -6), ("dtype", -7), ("op", -8), ("cybn ms", 8),
+            ("copy ms", 8), ("x copy", 7), ("numpy ms", 9), ("torch ms", 9), ("speed-up", 8)])
     for base in shapes:
         for layout in layouts:
             if len(base) == 2 and layout == "NHWC":
@@ -377,10 +356,9 @@ def norm_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
-        print(f"# norms: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
-              f" torch {meta['torch']}, {dtype}, median of {repeats}")
-        print(f"{'norm':<9} {'shape':<16} {'layout':<6} {'op':<8} {'cybn ms':>8} {'copy ms':>8} "
-              f"{'torch ms':>9} {'speed-up':>8}")
+        print_header("norms", meta, f"torch {meta['torch']}, {dtype}", [
+            ("norm", -9), ("shape", -16), ("layout", -6), ("op", -8), ("cybn ms", 8),
+            ("copy ms", 8), ("torch ms", 9), ("speed-up", 8)])
     for kind, shape, layout, arg in NORM_SUITE if suite is None else suite:
         if kind == "instance" and layout == "NHWC":
             shape = (shape[0],) + shape[2:] + (shape[1],)
@@ -503,10 +481,9 @@ def fused_suite(repeats: int = 15, dtype: str = "float32", torch: bool = True,
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
-        print(f"# fused: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads,"
-              f" torch {meta['torch']}, {dtype}, median of {repeats}")
-        print(f"{'op':<12} {'layout':<6} {'pass':<8} {'fused ms':>9} {'2-op ms':>8} "
-              f"{'torch ms':>9} {'2-op/fused':>10} {'torch/fused':>11}")
+        print_header("fused", meta, f"torch {meta['torch']}, {dtype}", [
+            ("op", -12), ("layout", -6), ("pass", -8), ("fused ms", 9), ("2-op ms", 8),
+            ("torch ms", 9), ("2-op/fused", 10), ("torch/fused", 11)])
     for shape, layout in FUSED_SUITE if suite is None else suite:
         axis = -1 if layout == "NHWC" else 1
         x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -547,10 +524,9 @@ def variants_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
-        print(f"# variants: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} "
-              f"threads, float32, median of {repeats}")
-        print(f"{'shape':<18} {'layout':<6} {'pass':<8} {'plain ms':>9} {'renorm ms':>10} "
-              f"{'ghost ms':>9} {'renorm/plain':>12} {'ghost/plain':>11}")
+        print_header("variants", meta, "float32", [
+            ("shape", -18), ("layout", -6), ("pass", -8), ("plain ms", 9), ("renorm ms", 10),
+            ("ghost ms", 9), ("renorm/plain", 12), ("ghost/plain", 11)])
     for shape, layout in VARIANTS_SUITE if suite is None else suite:
         axis = -1 if layout == "NHWC" else 1
         C = shape[axis]
@@ -619,11 +595,9 @@ def half_suite(repeats: int = 15, verbose: bool = True, suite=None) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     if verbose:
-        print(f"# half: cybn {__version__} ({_kernels.ISA}), {meta['cpu']}, {threads} threads, "
-              f"median of {repeats}")
-        print(f"{'shape':<16} {'layout':<6} {'op':<9} " + " ".join(
-            f"{d.name + ' ms':>13}" for d in dtypes) + " " + " ".join(
-            f"{'f32/' + d.name:>13}" for d in dtypes[1:]))
+        print_header("half", meta, " ".join(d.name for d in dtypes), [
+            ("shape", -16), ("layout", -6), ("op", -9)] + [(d.name + " ms", 13) for d in dtypes]
+            + [("f32/" + d.name, 13) for d in dtypes[1:]])
     for shape, layout in HALF_SUITE if suite is None else suite:
         axis = -1 if layout == "NHWC" else 1
         C = shape[axis]

@@ -81,3 +81,13 @@ def suite_start(torch: bool, repeats: int) -> tuple:
             "torch": None if torch_mod is None else torch_mod.__version__, "repeats": repeats}
     warm_up(threads)
     return threads, torch_mod, meta
+
+
+def print_header(title: str, meta: dict, details: str, columns) -> None:
+    """A suite's two header lines: what ran where (``# title: cybn ..., details, median
+    of N``) and its column names, ``columns`` as (name, width) pairs, the first ones
+    left-aligned while the width is negative."""
+    print(f"# {title}: cybn {meta['cybn']} ({meta['kernel_variant']}), {meta['cpu']}, "
+          f"{meta['threads']} threads, {details}, median of {meta['repeats']}")
+    print(" ".join(f"{name:<{-width}}" if width < 0 else f"{name:>{width}}"
+                   for name, width in columns))
