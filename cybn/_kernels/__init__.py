@@ -1,11 +1,13 @@
 """Picks the compiled kernel variant for this CPU and re-exports its functions.
 
-setup.py compiles the kernel sources of this folder (``common``, ``stats``, ``apply``,
-``grad`` and ``fastpath.pxi``) once per instruction set (``baseline`` for any x86-64,
-``avx2``, ``avx512``). At import the widest variant the CPU supports is chosen from
-NumPy's CPU feature detection. ``CYBN_ISA=baseline|avx2|avx512`` forces one (an
-unsupported or missing choice raises ImportError). Every variant gives bitwise identical
-results; only speed differs.
+setup.py compiles the kernel sources of this folder (the ``.pxi`` files that
+``kernels.pxi`` lists and the C headers they use) once per instruction set (``baseline``
+for any x86-64, ``avx2``, ``avx512``). At import the widest variant the CPU supports is
+chosen from NumPy's CPU feature detection. ``CYBN_ISA=baseline|avx2|avx512`` forces one (an
+unsupported or missing choice raises ImportError). The variants give bitwise identical
+results except the matrix products (``matmul*``), which use FMA where the CPU has it and
+agree across variants within rounding; only speed differs. Every kernel gives the same bits
+for any thread count.
 """
 
 import functools
@@ -116,6 +118,10 @@ avgpool_forward_planes = _impl.avgpool_forward_planes
 avgpool_backward_planes = _impl.avgpool_backward_planes
 avgpool_forward_rows = _impl.avgpool_forward_rows
 avgpool_backward_rows = _impl.avgpool_backward_rows
+matmul = _impl.matmul
+matmul_batch = _impl.matmul_batch
+matmul_sum = _impl.matmul_sum
+matmul_split = _impl.matmul_split
 im2col_rows = _impl.im2col_rows
 col2im_rows = _impl.col2im_rows
 im2col_planes = _impl.im2col_planes

@@ -9,6 +9,7 @@ include "bn_forward.pxi"   # batch-norm forward: affine passes, training forward
 include "bn_backward.pxi"  # batch-norm backward: gradient sums and passes, masks, ghosts
 include "bn_entries.pxi"   # their entry points, float and half (rendered from a template)
 include "norms.pxi"        # group, instance, layer and RMS norm
+include "gemm.pxi"         # matrix products (Linear, convolutions)
 include "conv.pxi"         # depthwise convolution, im2col / col2im
 include "pool.pxi"         # max and average pooling
 include "activation.pxi"   # ReLU

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .. import _blas
+from .. import _matmul
 from ..ops.conv import (col2im, col2im_planes, depthwise_backward, depthwise_forward, im2col,
                         im2col_planes)
 from ._args import as_rng, int_pair, positive_int
@@ -132,7 +132,7 @@ class Conv2d(Module):
 
     def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
         """groups=1: compiled im2col and one matrix product, in x's own layout (no
-        transposes), on cybn's threads (see cybn._blas)."""
+        transposes), on cybn's threads (see cybn._matmul)."""
         w = self.weight.data
         out, cin, kh, kw = w.shape
         n = x.shape[0]
@@ -141,13 +141,15 @@ class Conv2d(Module):
                           ho, wo, self._workspace("cols", (n * ho * wo, kh * kw * cin),
                                                   x.dtype))
             bias = None if self.bias is None else self.bias.data
-            y = _blas.matmul(cols, self._dense_weight().T, bias=bias).reshape(n, ho, wo, out)
+            y = _matmul.matmul(cols, self._dense_weight().T, bias=bias)
+            y = y.reshape(n, ho, wo, out)
         else:  # per-sample columns (N, C * kh * kw, Ho * Wo): y[n] = weight @ columns[n]
             cols = im2col_planes(x, self.kernel_size, self.stride, self.padding,
                                  self.dilation, ho, wo,
                                  self._workspace("cols", (n, cin * kh * kw, ho * wo), x.dtype))
             bias = None if self.bias is None else self.bias.data[:, None]
-            y = _blas.matmul(w.reshape(out, -1), cols, bias=bias).reshape(n, out, ho, wo)
+            y = _matmul.matmul(w.reshape(out, -1), cols, bias=bias)
+            y = y.reshape(n, out, ho, wo)
         self._cache = ("dense", cols, x.shape)
         return y
 
@@ -159,24 +161,26 @@ class Conv2d(Module):
         if self.channels_last:
             n, ho, wo = dy.shape[:3]
             dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n * ho * wo, out)
-            dw = _blas.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
+            dw = _matmul.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin)
+            dw = dw.transpose(0, 3, 1, 2)
             if self.bias is not None:
-                self.bias.grad += _blas.matmul_sum(np.ones((1, len(dy2)), dy2.dtype), dy2)[0]
+                ones = np.ones((1, len(dy2)), dy2.dtype)
+                self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
             self.weight.grad += dw
             if not input_grad:
                 return None
-            dcols = _blas.matmul(dy2, self._dense_weight(),
-                                 out=self._workspace("dcols", cols.shape, cols.dtype))
+            dcols = _matmul.matmul(dy2, self._dense_weight(),
+                                   out=self._workspace("dcols", cols.shape, cols.dtype))
             return col2im(dcols, x_shape, *geometry, ho, wo)
         n, _, ho, wo = dy.shape
         dy3 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n, out, ho * wo)
-        self.weight.grad += _blas.matmul_sum(dy3, cols.transpose(0, 2, 1)).reshape(w.shape)
+        self.weight.grad += _matmul.matmul_sum(dy3, cols.transpose(0, 2, 1)).reshape(w.shape)
         if self.bias is not None:
             self.bias.grad += dy3.sum(axis=(0, 2))
         if not input_grad:
             return None
-        dcols = _blas.matmul(w.reshape(out, -1).T, dy3,
-                             out=self._workspace("dcols", cols.shape, cols.dtype))
+        dcols = _matmul.matmul(w.reshape(out, -1).T, dy3,
+                               out=self._workspace("dcols", cols.shape, cols.dtype))
         return col2im_planes(dcols, x_shape, *geometry, ho, wo)
 
     def _saved_with_grad(self, dy) -> tuple:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .. import _blas
+from .. import _matmul
 from ._args import as_rng, positive_int
 from .module import Module, Parameter
 
@@ -45,7 +45,7 @@ class Linear(Module):
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
         self._cache = x
-        return _blas.matmul(x, self.weight.data.T,
+        return _matmul.matmul(x, self.weight.data.T,
                             bias=None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
@@ -57,7 +57,7 @@ class Linear(Module):
 
     def _backward(self, dy, input_grad: bool):
         x, dy = self._take_saved(dy, lambda x: (x.shape[0], self.out_features))
-        self.weight.grad += _blas.matmul_sum(dy.T, x)
+        self.weight.grad += _matmul.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
-        return _blas.matmul(dy, self.weight.data) if input_grad else None
+        return _matmul.matmul(dy, self.weight.data) if input_grad else None

@@ -1,13 +1,13 @@
-"""The layers' matrix products (cybn._blas): right against float64, the same bits for any
-OpenMP or BLAS thread setting, the BLAS setting left as it was; Conv2d and Linear through
-them; backward_parameters (no input gradient) equal to backward's parameter gradients."""
+"""The layers' matrix products (cybn._matmul on the compiled matmul kernels): right against
+float64, the same bits for any OpenMP or BLAS thread setting; Conv2d and Linear through them;
+backward_parameters (no input gradient) equal to backward's parameter gradients."""
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import cybn
-from cybn import _blas
+from cybn import _matmul
 from test_threads import run_python
 
 RNG = np.random.default_rng(7)
@@ -17,10 +17,10 @@ def data(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
 
 
-# a (M, K) @ b (K, N), chosen to take each route: one call, split rows, split columns
+# a (M, K) @ b (K, N): one tile, many row blocks, column panels, a long inner dimension
 PRODUCTS = [(5, 7, 3), (4096, 288, 64), (64, 784, 512), (3, 2000, 700), (1000, 1, 1)]
-# sum over a long inner dimension / over a stacked batch
-SUMS = [(32, 65536, 27), (64, 16384, 288), (6, 100, 5)]
+# sum over a long inner dimension (split in chunks, or not) / over a stacked batch
+SUMS = [(32, 65536, 27), (64, 16384, 288), (6, 100, 5), (3, 5000, 2)]
 
 
 def all_settings():
@@ -44,7 +44,7 @@ def same_for_every_setting(fn):
 @pytest.mark.parametrize("m,k,n", PRODUCTS)
 def test_matmul_is_right_and_independent_of_threads(m, k, n, dtype):
     a, b, bias = data(m, k, dtype=dtype), data(k, n, dtype=dtype), data(n, dtype=dtype)
-    got = same_for_every_setting(lambda: _blas.matmul(a, b, bias=bias))
+    got = same_for_every_setting(lambda: _matmul.matmul(a, b, bias=bias))
     ref = a.astype(np.float64) @ b.astype(np.float64) + bias
     tol = 2e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.sqrt(k) * np.abs(ref).max())
@@ -54,7 +54,7 @@ def test_matmul_is_right_and_independent_of_threads(m, k, n, dtype):
 @pytest.mark.parametrize("m,k,n", SUMS)
 def test_matmul_sum_is_right_and_independent_of_threads(m, k, n):
     a, b = data(k, m).T, data(k, n)           # a transposed view, as a weight gradient reads
-    got = same_for_every_setting(lambda: _blas.matmul_sum(a, b))
+    got = same_for_every_setting(lambda: _matmul.matmul_sum(a, b))
     ref = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.sqrt(k) * np.abs(ref).max())
 
@@ -62,37 +62,38 @@ def test_matmul_sum_is_right_and_independent_of_threads(m, k, n):
 def test_stacked_products_and_batch_sums():
     w, cols = data(16, 27), data(40, 27, 300)
     bias = data(16, 1)
-    y = same_for_every_setting(lambda: _blas.matmul(w, cols, bias=bias))
+    y = same_for_every_setting(lambda: _matmul.matmul(w, cols, bias=bias))
     np.testing.assert_allclose(y, np.einsum("ok,nkp->nop", w.astype(float), cols) + bias,
                                atol=1e-4)
     dy = data(40, 16, 300)
-    dw = same_for_every_setting(lambda: _blas.matmul_sum(dy, cols.transpose(0, 2, 1)))
+    dw = same_for_every_setting(lambda: _matmul.matmul_sum(dy, cols.transpose(0, 2, 1)))
     np.testing.assert_allclose(dw, np.einsum("nop,nkp->ok", dy.astype(float), cols),
                                rtol=1e-5, atol=1e-3)
 
 
 def test_mixed_or_other_dtypes_fall_back_to_numpy():
     a, b = data(300, 40, dtype=np.float64), data(40, 500)
-    assert np.array_equal(_blas.matmul(a, b), a @ b)
+    assert np.array_equal(_matmul.matmul(a, b), a @ b)
     ai = np.arange(12).reshape(3, 4)
-    assert np.array_equal(_blas.matmul(ai, ai.T), ai @ ai.T)
+    assert np.array_equal(_matmul.matmul(ai, ai.T), ai @ ai.T)
+    stacked = np.arange(24).reshape(2, 3, 4)
+    assert np.array_equal(_matmul.matmul_sum(stacked, stacked.transpose(0, 2, 1)),
+                          (stacked @ stacked.transpose(0, 2, 1)).sum(axis=0))
 
 
-def test_the_blas_thread_setting_is_restored():
-    def blas_threads():
-        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-
-    with threadpool_limits(limits=2, user_api="blas"):
-        before = blas_threads()
-        _blas.matmul(data(4096, 288), data(288, 64))
-        assert blas_threads() == before
+def test_a_strided_out_gets_the_product():
+    a, b = data(40, 30), data(30, 20)
+    out = np.zeros((20, 40), np.float32).T
+    got = _matmul.matmul(a, b, out=out, bias=np.ones(20, np.float32))
+    assert got is out
+    np.testing.assert_allclose(out, a @ b + 1, rtol=1e-5, atol=1e-5)
 
 
 def test_an_error_in_a_block_propagates_and_leaves_no_threads_stuck():
     a, b = data(4096, 288), data(288, 64)
     with pytest.raises(ValueError):
-        _blas.matmul(a, b, out=np.empty((4096, 63), np.float32))
-    np.testing.assert_array_equal(_blas.matmul(a, b), _blas.matmul(a, b))
+        _matmul.matmul(a, b, out=np.empty((4096, 63), np.float32))
+    np.testing.assert_array_equal(_matmul.matmul(a, b), _matmul.matmul(a, b))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -144,11 +145,11 @@ def test_backward_parameters_gives_backwards_parameter_gradients(make, shape):
 
 FORK_SCRIPT = """
 import multiprocessing as mp, numpy as np, cybn
-from cybn import _blas
+from cybn import _matmul
 A = np.random.default_rng(0).random((4096, 288)).astype(np.float32)
 B = np.random.default_rng(1).random((288, 64)).astype(np.float32)
 def work(_):
-    return _blas.matmul(A, B).sum(dtype=np.float64)
+    return _matmul.matmul(A, B).sum(dtype=np.float64)
 if __name__ == "__main__":
     cybn.set_num_threads(2)
     expected = work(0)  # starts the worker thread in the parent
@@ -168,5 +169,5 @@ def test_fork_after_a_threaded_product_does_not_hang():
                                              ((0, 4, 3), (3, 5))])
 def test_empty_products_are_empty(a_shape, b_shape):
     a, b = np.ones(a_shape, np.float32), np.ones(b_shape, np.float32)
-    np.testing.assert_array_equal(_blas.matmul(a, b), np.matmul(a, b))
-    assert _blas.matmul(a, b).shape == np.matmul(a, b).shape
+    np.testing.assert_array_equal(_matmul.matmul(a, b), np.matmul(a, b))
+    assert _matmul.matmul(a, b).shape == np.matmul(a, b).shape

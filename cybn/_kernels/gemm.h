@@ -1,0 +1,145 @@
+/* cybn: matrix products C = A @ B (+ C) in float32 and float64 (no threads of its own
+ * beyond one OpenMP team per call, no Python objects).
+ *
+ * Goto and van de Geijn's scheme, as BLIS lays it out: for each block of KC inner indices,
+ * B is packed into panels of NR columns (k-major, zero-padded), and a register tile of
+ * MR x NR accumulators runs over the block, reading A's rows in place when they are
+ * contiguous (else from MR-row panels packed the same way). A call's work items are
+ * (row block of MC rows) x (group of GNG column panels); they depend only on the shapes,
+ * and every output element is summed over k in one fixed order, so the bits are the same
+ * for any thread count. Each variant uses FMA where the CPU has it: the variants agree
+ * within rounding, not bitwise.
+ *
+ * Tile shapes, measured (2026-12, AMD EPYC with AVX-512, single thread, against NumPy's
+ * OpenBLAS): AVX-512 8 x 32 (16 zmm accumulators), AVX2 6 x 16 (12 ymm), SSE2 4 x 8; a
+ * narrow tile of one vector of columns (16, 12, 8 rows) for products with at most one
+ * vector of columns (convolutions with few output channels). KC = 256 float32 (128
+ * float64) keeps a B panel of KC x NR in L1; MC = 96 rows of A stay in L2.
+ */
+#ifndef CYBN_GEMM_H
+#define CYBN_GEMM_H
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define CYBN_GEMM_VBYTES 64
+#define CYBN_BC_S(x) ((cybn_gvs)_mm512_set1_ps(x))
+#define CYBN_BC_D(x) ((cybn_gvd)_mm512_set1_pd(x))
+#define CYBN_FMA_S(a, b, c) ((cybn_gvs)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define CYBN_FMA_D(a, b, c) \
+    ((cybn_gvd)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+#define CYBN_MR_WIDE 8
+#define CYBN_MR_NARROW 16
+#elif defined(__FMA__)
+#define CYBN_GEMM_VBYTES 32
+#define CYBN_BC_S(x) ((cybn_gvs)_mm256_set1_ps(x))
+#define CYBN_BC_D(x) ((cybn_gvd)_mm256_set1_pd(x))
+#define CYBN_FMA_S(a, b, c) ((cybn_gvs)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define CYBN_FMA_D(a, b, c) \
+    ((cybn_gvd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#define CYBN_MR_WIDE 6
+#define CYBN_MR_NARROW 12
+#else /* SSE2 (any x86-64): no FMA, a multiply and an add */
+#define CYBN_GEMM_VBYTES 16
+#define CYBN_BC_S(x) ((cybn_gvs)_mm_set1_ps(x))
+#define CYBN_BC_D(x) ((cybn_gvd)_mm_set1_pd(x))
+#define CYBN_FMA_S(a, b, c) ((a) * (b) + (c))
+#define CYBN_FMA_D(a, b, c) ((a) * (b) + (c))
+#define CYBN_MR_WIDE 4
+#define CYBN_MR_NARROW 8
+#endif
+#define CYBN_GEMM_KC 256  /* inner block, float32 (float64: half) */
+#define CYBN_GEMM_MC 96   /* row block */
+#define CYBN_GEMM_NC 4096 /* column block */
+#define CYBN_GEMM_NG 4    /* column panels per work item */
+
+/* 64-byte aligned scratch (free() releases it), NULL when out of memory. */
+static inline void* cybn_gemm_alloc(size_t bytes) {
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+typedef float cybn_gvs __attribute__((vector_size(CYBN_GEMM_VBYTES)));
+typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
+
+/* gemm_body.h once per (type, tile): GT, GV, GVL (lanes), GMR, GNV (vectors per row of
+ * the tile), GKC, GFMA, GBC (broadcast) and the name suffix GX. */
+
+#define GT float
+#define GV cybn_gvs
+#define GVL (CYBN_GEMM_VBYTES / 4)
+#define GKC CYBN_GEMM_KC
+#define GFMA CYBN_FMA_S
+#define GBC CYBN_BC_S
+#define GMR CYBN_MR_WIDE
+#define GNV 2
+#define GX s_wide
+#include "gemm_body.h"
+#undef GMR
+#undef GNV
+#undef GX
+#define GMR CYBN_MR_NARROW
+#define GNV 1
+#define GX s_narrow
+#include "gemm_body.h"
+#undef GMR
+#undef GNV
+#undef GX
+#undef GT
+#undef GV
+#undef GVL
+#undef GKC
+#undef GFMA
+#undef GBC
+
+#define GT double
+#define GV cybn_gvd
+#define GVL (CYBN_GEMM_VBYTES / 8)
+#define GKC (CYBN_GEMM_KC / 2)
+#define GFMA CYBN_FMA_D
+#define GBC CYBN_BC_D
+#define GMR CYBN_MR_WIDE
+#define GNV 2
+#define GX d_wide
+#include "gemm_body.h"
+#undef GMR
+#undef GNV
+#undef GX
+#define GMR CYBN_MR_NARROW
+#define GNV 1
+#define GX d_narrow
+#include "gemm_body.h"
+#undef GMR
+#undef GNV
+#undef GX
+#undef GT
+#undef GV
+#undef GVL
+#undef GKC
+#undef GFMA
+#undef GBC
+
+/* C (M x N, row stride rsc) = A @ B, or C += A @ B with accumulate; A(i, k) at
+ * A[i*rsa + k*csa], B(k, j) at B[k*rsb + j*csb]. The narrow tile for at most one vector of
+ * columns, else the wide one. 0, or -1 when out of memory. */
+static int cybn_gemm_s(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t rsa,
+                       ptrdiff_t csa, const float* B, ptrdiff_t rsb, ptrdiff_t csb, float* C,
+                       ptrdiff_t rsc, int accumulate, int num_threads) {
+    if (N <= CYBN_GEMM_VBYTES / 4)
+        return cybn_gemm_s_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,
+                                  num_threads);
+    return cybn_gemm_s_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads);
+}
+
+static int cybn_gemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A, ptrdiff_t rsa,
+                       ptrdiff_t csa, const double* B, ptrdiff_t rsb, ptrdiff_t csb, double* C,
+                       ptrdiff_t rsc, int accumulate, int num_threads) {
+    if (N <= CYBN_GEMM_VBYTES / 8)
+        return cybn_gemm_d_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,
+                                  num_threads);
+    return cybn_gemm_d_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads);
+}
+#endif

@@ -1,0 +1,208 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
+#
+# Matrix products for Linear and the convolutions: C = A @ B (+ C) on packed panels with a
+# register-blocked microkernel (gemm.h), float32 and float64, any strides. The work is cut
+# into tiles that depend only on the shapes and each output element is summed in one fixed
+# order, so the bits are the same for any thread count (FMA inside a variant: the variants
+# agree within rounding, not bitwise). Sums over a long inner dimension (weight gradients)
+# are cut into chunks fixed by the shapes and added in chunk order. Included after checks.pxi.
+
+cdef extern from "gemm.h" nogil:
+    int cybn_gemm_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
+                    Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb, float* C,
+                    Py_ssize_t rsc, int accumulate, int num_threads)
+    int cybn_gemm_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t rsa,
+                    Py_ssize_t csa, const double* B, Py_ssize_t rsb, Py_ssize_t csb, double* C,
+                    Py_ssize_t rsc, int accumulate, int num_threads)
+
+
+cdef inline int gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                     Py_ssize_t rsa, Py_ssize_t csa, const floating* B, Py_ssize_t rsb,
+                     Py_ssize_t csb, floating* C, Py_ssize_t rsc, int accumulate,
+                     int num_threads) noexcept nogil:
+    if floating is float:
+        return cybn_gemm_s(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads)
+    else:
+        return cybn_gemm_d(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads)
+
+
+cdef Py_ssize_t elements(Py_ssize_t stride_bytes, Py_ssize_t itemsize, str name) except? -1:
+    """A stride in elements (the products index arrays by element)."""
+    need(stride_bytes % itemsize == 0, f"{name}'s strides must be whole elements")
+    return stride_bytes // itemsize
+
+
+cdef int need_span_apart(str out_name, const void* out, Py_ssize_t out_bytes, str in_name,
+                         const char* base, const Py_ssize_t* shape, const Py_ssize_t* strides,
+                         int ndim, Py_ssize_t itemsize) except -1:
+    """need_apart for an input of any strides (negative ones too): the bytes between its
+    lowest and highest element."""
+    cdef Py_ssize_t lo = 0, hi = 0, i
+    for i in range(ndim):
+        if shape[i] == 0:
+            return 0
+        if strides[i] < 0:
+            lo += (shape[i] - 1) * strides[i]
+        else:
+            hi += (shape[i] - 1) * strides[i]
+    return need_apart(out_name, out, out_bytes, in_name, base + lo, hi - lo + itemsize, False)
+
+
+def matmul(const floating[:, :] a,      # IN  (M, K), any strides
+           const floating[:, :] b,      # IN  (K, N), any strides
+           floating[:, ::1] out,        # OUT (M, N), apart from a and b
+           bint accumulate,             # out += a @ b instead of out = a @ b
+           int num_threads):
+    """out = a @ b, or out += a @ b, the same bits for any num_threads."""
+    need_threads(num_threads)
+    need_len("b's rows", b.shape[0], a.shape[1])
+    need_shape("out", out.shape, 2, a.shape[0], b.shape[1])
+    cdef Py_ssize_t it = sizeof(floating)
+    cdef Py_ssize_t rsa = elements(a.strides[0], it, "a"), csa = elements(a.strides[1], it, "a")
+    cdef Py_ssize_t rsb = elements(b.strides[0], it, "b"), csb = elements(b.strides[1], it, "b")
+    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0], a.shape,
+                    a.strides, 2, it)
+    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0], b.shape,
+                    b.strides, 2, it)
+    cdef int status
+    with nogil:
+        status = gemm(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], rsa, csa, &b[0, 0],
+                      rsb, csb, &out[0, 0], out.shape[1], accumulate, num_threads)
+    check_scratch(status)
+
+
+def matmul_batch(const floating[:, :, :] a,   # IN  (batch, M, K), any strides (0: shared)
+                 const floating[:, :, :] b,   # IN  (batch, K, N), any strides (0: shared)
+                 floating[:, :, ::1] out,     # OUT (batch, M, N), apart from a and b
+                 bint accumulate,
+                 int num_threads):
+    """out[i] = a[i] @ b[i] (or +=) for every i: the products spread over the threads when
+    there are at least as many as threads, else each product uses them all."""
+    need_threads(num_threads)
+    need_len("a's batch", a.shape[0], out.shape[0])
+    need_len("b's batch", b.shape[0], out.shape[0])
+    need_len("b's rows", b.shape[1], a.shape[2])
+    need_shape("out", out.shape, 3, out.shape[0], a.shape[1], b.shape[2])
+    cdef Py_ssize_t it = sizeof(floating)
+    cdef Py_ssize_t sa = elements(a.strides[0], it, "a"), rsa = elements(a.strides[1], it, "a")
+    cdef Py_ssize_t csa = elements(a.strides[2], it, "a"), sb = elements(b.strides[0], it, "b")
+    cdef Py_ssize_t rsb = elements(b.strides[1], it, "b"), csb = elements(b.strides[2], it, "b")
+    need_span_apart("out", &out[0, 0, 0], out.nbytes, "a", <const char*>&a[0, 0, 0], a.shape,
+                    a.strides, 3, it)
+    need_span_apart("out", &out[0, 0, 0], out.nbytes, "b", <const char*>&b[0, 0, 0], b.shape,
+                    b.strides, 3, it)
+    cdef Py_ssize_t n = out.shape[0], M = out.shape[1], N = out.shape[2], K = a.shape[2], i
+    cdef const floating* ap = &a[0, 0, 0]
+    cdef const floating* bp = &b[0, 0, 0]
+    cdef floating* op = &out[0, 0, 0]
+    cdef int failed = 0
+    with nogil:
+        if n >= num_threads:
+            for i in prange(n, schedule='static', num_threads=num_threads):
+                if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op + i * M * N,
+                        N, accumulate, 1) != 0:
+                    failed = 1
+        else:
+            for i in range(n):
+                if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op + i * M * N,
+                        N, accumulate, num_threads) != 0:
+                    failed = 1
+    check_scratch(failed)
+
+
+def matmul_sum(const floating[:, :, :] a,     # IN  (batch, M, K), any strides
+               const floating[:, :, :] b,     # IN  (batch, K, N), any strides
+               floating[:, ::1] out,          # OUT (M, N), apart from a and b
+               Py_ssize_t chunk,              # products per chunk (fixed by the shapes)
+               int num_threads):
+    """out = sum over i of a[i] @ b[i]: chunks of ``chunk`` consecutive products, each chunk's
+    sum on one thread, the chunks' sums added in chunk order."""
+    need_threads(num_threads)
+    need(chunk >= 1, "chunk must be at least 1")
+    need_len("b's batch", b.shape[0], a.shape[0])
+    need_len("b's rows", b.shape[1], a.shape[2])
+    need_shape("out", out.shape, 2, a.shape[1], b.shape[2])
+    cdef Py_ssize_t it = sizeof(floating)
+    cdef Py_ssize_t sa = elements(a.strides[0], it, "a"), rsa = elements(a.strides[1], it, "a")
+    cdef Py_ssize_t csa = elements(a.strides[2], it, "a"), sb = elements(b.strides[0], it, "b")
+    cdef Py_ssize_t rsb = elements(b.strides[1], it, "b"), csb = elements(b.strides[2], it, "b")
+    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0, 0], a.shape,
+                    a.strides, 3, it)
+    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0, 0], b.shape,
+                    b.strides, 3, it)
+    cdef Py_ssize_t n = a.shape[0], M = out.shape[0], N = out.shape[1], K = a.shape[2]
+    cdef Py_ssize_t nchunks = (n + chunk - 1) // chunk, t, i, j, i1
+    cdef const floating* ap = &a[0, 0, 0]
+    cdef const floating* bp = &b[0, 0, 0]
+    cdef floating* op = &out[0, 0]
+    cdef floating* part = NULL
+    cdef int failed = 0
+    if n == 0 or nchunks == 1:
+        with nogil:
+            if n == 0:
+                failed = gemm(M, N, 0, ap, rsa, csa, bp, rsb, csb, op, N, 0, 1)
+            for i in range(n):
+                if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op, N, i > 0,
+                        num_threads) != 0:
+                    failed = 1
+        check_scratch(failed)
+        return
+    part = <floating*>malloc(nchunks * M * N * sizeof(floating))
+    check_scratch(part == NULL)
+    with nogil:
+        for t in prange(nchunks, schedule='static', num_threads=num_threads):
+            i1 = min(n, (t + 1) * chunk)
+            for i in range(t * chunk, i1):
+                if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb,
+                        part + t * M * N, N, i > t * chunk, 1) != 0:
+                    failed = 1
+        add_parts(op, part, nchunks, M * N)
+    free(part)
+    check_scratch(failed)
+
+
+def matmul_split(const floating[:, :] a,    # IN  (M, K), any strides
+                 const floating[:, :] b,    # IN  (K, N), any strides
+                 floating[:, ::1] out,      # OUT (M, N), apart from a and b
+                 Py_ssize_t chunk,          # inner-dimension chunk (fixed by the shapes)
+                 int num_threads):
+    """out = a @ b with the inner dimension cut into chunks of ``chunk``: each chunk's
+    product on one thread, the chunks' products added in chunk order."""
+    need_threads(num_threads)
+    need(chunk >= 1, "chunk must be at least 1")
+    need_len("b's rows", b.shape[0], a.shape[1])
+    need_shape("out", out.shape, 2, a.shape[0], b.shape[1])
+    cdef Py_ssize_t it = sizeof(floating)
+    cdef Py_ssize_t rsa = elements(a.strides[0], it, "a"), csa = elements(a.strides[1], it, "a")
+    cdef Py_ssize_t rsb = elements(b.strides[0], it, "b"), csb = elements(b.strides[1], it, "b")
+    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0], a.shape,
+                    a.strides, 2, it)
+    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0], b.shape,
+                    b.strides, 2, it)
+    cdef Py_ssize_t M = out.shape[0], N = out.shape[1], K = a.shape[1], t, k0
+    cdef Py_ssize_t nchunks = max(1, (K + chunk - 1) // chunk)
+    cdef const floating* ap = &a[0, 0]
+    cdef const floating* bp = &b[0, 0]
+    cdef floating* part = <floating*>malloc(nchunks * M * N * sizeof(floating))
+    cdef int failed = 0
+    check_scratch(part == NULL and M * N > 0)
+    with nogil:
+        for t in prange(nchunks, schedule='static', num_threads=num_threads):
+            k0 = t * chunk
+            if gemm(M, N, min(chunk, K - k0), ap + k0 * csa, rsa, csa, bp + k0 * rsb, rsb, csb,
+                    part + t * M * N, N, 0, 1) != 0:
+                failed = 1
+        add_parts(&out[0, 0], part, nchunks, M * N)
+    free(part)
+    check_scratch(failed)
+
+
+cdef void add_parts(floating* out, const floating* part, Py_ssize_t nparts,
+                    Py_ssize_t size) noexcept nogil:
+    """out = part[0] + part[1] + ... in that order, elementwise (parts of size elements)."""
+    cdef Py_ssize_t t, j
+    for j in range(size):
+        out[j] = part[j]
+    for t in range(1, nparts):
+        for j in range(size):
+            out[j] = out[j] + part[t * size + j]

@@ -1,0 +1,177 @@
+/* cybn: one instance of the matrix product (see gemm.h, which includes this file once per
+ * element type and register tile with GT, GV, GVL, GMR, GNV, GKC, GFMA, GBC and GX set). */
+#define GNR (GVL * GNV)
+#define GCAT2(a, b) a##b
+#define GCAT(a, b) GCAT2(a, b)
+#define GNAME(n) GCAT(n, GX)
+
+/* an unaligned vector */
+typedef GT GCAT(cybn_gvu_, GX)
+    __attribute__((vector_size(GVL * sizeof(GT)), aligned(sizeof(GT))));
+#define GVU GCAT(cybn_gvu_, GX)
+
+static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
+static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
+
+/* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0. */
+static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t mc,
+                               ptrdiff_t kc, GT* Ap) {
+    for (ptrdiff_t ir = 0; ir < mc; ir += GMR) {
+        ptrdiff_t m = mc - ir < GMR ? mc - ir : GMR;
+        const GT* a = A + ir * rsa;
+        if (csa == 1) {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                ptrdiff_t i = 0;
+                for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + k];
+                for (; i < GMR; i++) Ap[k * GMR + i] = 0;
+            }
+        } else {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                ptrdiff_t i = 0;
+                for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + k * csa];
+                for (; i < GMR; i++) Ap[k * GMR + i] = 0;
+            }
+        }
+        Ap += GMR * kc;
+    }
+}
+
+/* B[pc:pc+kc, j0:j0+n] (one NR-column panel) k-major: Bp[k][j]; columns past n are 0. */
+static void GNAME(cybn_pack_b_)(const GT* B, ptrdiff_t rsb, ptrdiff_t csb, ptrdiff_t n,
+                               ptrdiff_t kc, GT* Bp) {
+    if (csb == 1 && n == GNR) {
+        for (ptrdiff_t k = 0; k < kc; k++)
+            for (ptrdiff_t v = 0; v < GNV; v++)
+                GNAME(cybn_gst_)(Bp + k * GNR + v * GVL, GNAME(cybn_gld_)(B + k * rsb + v * GVL));
+        return;
+    }
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        ptrdiff_t j = 0;
+        for (; j < n; j++) Bp[k * GNR + j] = B[k * rsb + j * csb];
+        for (; j < GNR; j++) Bp[k * GNR + j] = 0;
+    }
+}
+
+/* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + Ap @ Bp over kc: the register tile. */
+static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
+        ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const GT* restrict b,
+        GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add) {
+    GV acc[GMR][GNV];
+#pragma GCC unroll 16
+    for (int i = 0; i < GMR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GNV; v++) acc[i][v] = (GV){0};
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        GV bv[GNV];
+#pragma GCC unroll 4
+        for (int v = 0; v < GNV; v++) bv[v] = *(const GV*)(b + v * GVL);
+#pragma GCC unroll 16
+        for (int i = 0; i < GMR; i++) {
+            GV ai = GBC(a[i * ars]);
+#pragma GCC unroll 4
+            for (int v = 0; v < GNV; v++) acc[i][v] = GFMA(ai, bv[v], acc[i][v]);
+        }
+        a += acs;
+        b += GNR;
+    }
+    if (m == GMR && n == GNR) {
+#pragma GCC unroll 16
+        for (int i = 0; i < GMR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < GNV; v++) {
+                GT* p = c + i * rsc + v * GVL;
+                GNAME(cybn_gst_)(p, add ? GNAME(cybn_gld_)(p) + acc[i][v] : acc[i][v]);
+            }
+        return;
+    }
+    GT t[GMR * GNR];
+    for (int i = 0; i < GMR; i++)
+        for (int v = 0; v < GNV; v++) GNAME(cybn_gst_)(t + i * GNR + v * GVL, acc[i][v]);
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            c[i * rsc + j] = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
+}
+
+/* C (M x N, row stride rsc) = (accumulate ? C : 0) + A @ B, A(i, k) at A[i*rsa + k*csa],
+ * B(k, j) at B[k*rsb + j*csb]. The tiles and the summation order depend only on the shapes:
+ * the same bits for any thread count. 0, or -1 when out of memory. */
+static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
+                            ptrdiff_t csa, const GT* B, ptrdiff_t rsb, ptrdiff_t csb, GT* C,
+                            ptrdiff_t rsc, int accumulate, int num_threads) {
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        if (!accumulate)
+            for (ptrdiff_t i = 0; i < M; i++) memset(C + i * rsc, 0, N * sizeof(GT));
+        return 0;
+    }
+    ptrdiff_t ncmax = N < CYBN_GEMM_NC ? N : CYBN_GEMM_NC;
+    ptrdiff_t kcmax = K < GKC ? K : GKC;
+    ptrdiff_t npan = (ncmax + GNR - 1) / GNR;
+    GT* Bp = (GT*)cybn_gemm_alloc((size_t)npan * GNR * kcmax * sizeof(GT));
+    if (Bp == NULL) return -1;
+    int failed = 0;
+    int direct = csa == 1; /* A's rows read in place: no packing */
+    ptrdiff_t mblocks = (M + CYBN_GEMM_MC - 1) / CYBN_GEMM_MC;
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
+    {
+        /* this thread's packed block of A (all of it, or the last rows of direct blocks) */
+        GT* Ap = (GT*)cybn_gemm_alloc((size_t)CYBN_GEMM_MC * kcmax * sizeof(GT));
+        if (Ap == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        for (ptrdiff_t jc = 0; jc < N; jc += CYBN_GEMM_NC) {
+            ptrdiff_t nc = N - jc < CYBN_GEMM_NC ? N - jc : CYBN_GEMM_NC;
+            ptrdiff_t np = (nc + GNR - 1) / GNR;
+            /* the work items: row blocks x groups of column panels */
+            ptrdiff_t ngroups = (np + CYBN_GEMM_NG - 1) / CYBN_GEMM_NG;
+            for (ptrdiff_t pc = 0; pc < K; pc += GKC) {
+                ptrdiff_t kc = K - pc < GKC ? K - pc : GKC;
+                int add = accumulate || pc > 0;
+                ptrdiff_t packed = -1;
+#pragma omp for schedule(static)
+                for (ptrdiff_t p = 0; p < np; p++) {
+                    ptrdiff_t j0 = p * GNR;
+                    GNAME(cybn_pack_b_)(B + pc * rsb + (jc + j0) * csb, rsb, csb,
+                                        nc - j0 < GNR ? nc - j0 : GNR, kc, Bp + p * GNR * kc);
+                }
+#pragma omp for schedule(static)
+                for (ptrdiff_t t = 0; t < mblocks * ngroups; t++) {
+                    if (Ap == NULL) continue;
+                    ptrdiff_t ib = t / ngroups, g = t % ngroups;
+                    ptrdiff_t ic = ib * CYBN_GEMM_MC;
+                    ptrdiff_t mc = M - ic < CYBN_GEMM_MC ? M - ic : CYBN_GEMM_MC;
+                    ptrdiff_t mfull = direct ? mc / GMR * GMR : 0; /* rows read in place */
+                    if (packed != ib && mfull < mc) {
+                        GNAME(cybn_pack_a_)(A + (ic + mfull) * rsa + pc * csa, rsa, csa,
+                                            mc - mfull, kc, Ap);
+                        packed = ib;
+                    }
+                    ptrdiff_t p1 = (g + 1) * CYBN_GEMM_NG < np ? (g + 1) * CYBN_GEMM_NG : np;
+                    for (ptrdiff_t p = g * CYBN_GEMM_NG; p < p1; p++) {
+                        ptrdiff_t j0 = p * GNR, n = nc - j0 < GNR ? nc - j0 : GNR;
+                        const GT* bp = Bp + p * GNR * kc;
+                        GT* cp = C + jc + j0;
+                        ptrdiff_t ir = 0;
+                        for (; ir < mfull; ir += GMR)
+                            GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, bp,
+                                               cp + (ic + ir) * rsc, rsc, GMR, n, add);
+                        for (; ir < mc; ir += GMR)
+                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, bp,
+                                               cp + (ic + ir) * rsc, rsc,
+                                               mc - ir < GMR ? mc - ir : GMR, n, add);
+                    }
+                }
+            }
+        }
+        free(Ap);
+    }
+    free(Bp);
+    return failed ? -1 : 0;
+}
+
+#undef GNR
+#undef GVU
+#undef GCAT
+#undef GCAT2
+#undef GNAME

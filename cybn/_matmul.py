@@ -1,0 +1,78 @@
+"""Matrix products for the layers (Linear, the dense convolutions): cybn's own kernels
+(``_kernels.matmul*``, see ``_kernels/gemm.h``) for float32 and float64 on cybn's OpenMP
+threads, NumPy's matmul for any other dtype.
+
+The kernels cut a product into tiles fixed by the shapes, so the bits do not depend on the
+thread count (neither cybn's nor a BLAS library's: no BLAS is called). A weight gradient's
+sum over a long inner dimension, or over a batch of products, is cut into chunks fixed by
+the shapes, each summed on one thread, and the chunks are added in order. Not public API.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from ._openmp import get_num_threads
+
+__all__ = ["matmul", "matmul_sum"]
+
+MAX_CHUNKS = 16         # a split sum has at most this many chunks (fixed: it sets the bits)
+MIN_CHUNK = 1024        # inner-dimension chunk at least (shorter ones waste the packing)
+SPLIT_OUTPUT = 96 * 64  # outputs below which a long inner dimension is split
+
+
+def _ours(*arrays) -> bool:
+    """True when the kernels take these arrays: one dtype, float32 or float64."""
+    return arrays[0].dtype in (np.float32, np.float64) and \
+        all(a.dtype == arrays[0].dtype for a in arrays)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           bias: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b (+ bias)`` into ``out`` (allocated when None) for 2-D a (M, K) and b (K, N),
+    or a stacked product with a 3-D operand (the batch axis first; the other may be 2-D and
+    is shared). Any strides (transposed views are read as they are). ``bias`` broadcasts
+    against a 2-D result's rows (shape (N,)) or a stacked result's matrices."""
+    a, b = np.asarray(a), np.asarray(b)
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    if out is None:
+        out = np.empty(shape, dtype=np.result_type(a, b))
+    if not _ours(a, b, out) or len(shape) > 3 or out.shape != shape:
+        np.matmul(a, b, out=out)
+    else:
+        dest = out if out.flags.c_contiguous else np.empty(shape, dtype=out.dtype)
+        if dest.ndim == 2:
+            _kernels.matmul(a, b, dest, False, get_num_threads())
+        else:
+            a3 = a if a.ndim == 3 else np.broadcast_to(a, shape[:1] + a.shape)
+            b3 = b if b.ndim == 3 else np.broadcast_to(b, shape[:1] + b.shape)
+            _kernels.matmul_batch(a3, b3, dest, False, get_num_threads())
+        if dest is not out:
+            out[...] = dest
+    if bias is not None:
+        out += bias
+    return out
+
+
+def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D a (M, K) and b (K, N) with a possibly long inner dimension K (a
+    weight gradient: the sum over samples), or the sum over the batch of a stacked product
+    ``sum_i a[i] @ b[i]``. A long sum with few outputs is cut into chunks added in order."""
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = np.result_type(a, b)
+    if not _ours(a, b):
+        return np.matmul(a, b).sum(axis=0) if a.ndim == 3 else a @ b
+    threads = get_num_threads()
+    if a.ndim == 3:
+        out = np.empty((a.shape[1], b.shape[2]), dtype=dtype)
+        chunk = max(1, -(-a.shape[0] // MAX_CHUNKS))
+        _kernels.matmul_sum(a, b, out, chunk, threads)
+        return out
+    (m, k), n = a.shape, b.shape[1]
+    out = np.empty((m, n), dtype=dtype)
+    if m * n >= SPLIT_OUTPUT or k < 2 * MIN_CHUNK:
+        _kernels.matmul(a, b, out, False, threads)
+    else:
+        _kernels.matmul_split(a, b, out, max(MIN_CHUNK, -(-k // MAX_CHUNKS)), threads)
+    return out
