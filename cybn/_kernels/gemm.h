@@ -62,6 +62,66 @@ static inline void* cybn_gemm_alloc(size_t bytes) {
     return aligned_alloc(64, (bytes + 63) / 64 * 64);
 }
 
+/* dst[k * ld + j] = src[j * ss + k] for an 8 x 8 (float) or 4 x 4 (double) block: the
+ * in-register transposes that pack a transposed B (rows of src are B's columns). */
+#if defined(__AVX__)
+static inline void cybn_transpose8_s(const float* src, ptrdiff_t ss, float* dst, ptrdiff_t ld) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ss);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ss), r3 = _mm256_loadu_ps(src + 3 * ss);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ss), r5 = _mm256_loadu_ps(src + 5 * ss);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ss), r7 = _mm256_loadu_ps(src + 7 * ss);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+static inline void cybn_transpose4_d(const double* src, ptrdiff_t ss, double* dst,
+                                     ptrdiff_t ld) {
+    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ss);
+    __m256d r2 = _mm256_loadu_pd(src + 2 * ss), r3 = _mm256_loadu_pd(src + 3 * ss);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+#define CYBN_TRANSPOSE_S(src, ss, dst, ld) cybn_transpose8_s(src, ss, dst, ld)
+#define CYBN_TRANSPOSE_D(src, ss, dst, ld) cybn_transpose4_d(src, ss, dst, ld)
+#define CYBN_TBLOCK_S 8
+#define CYBN_TBLOCK_D 4
+#else /* SSE2: 4 x 4 / 2 x 2 by element */
+static inline void cybn_transpose4_s(const float* src, ptrdiff_t ss, float* dst, ptrdiff_t ld) {
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 4; j++) dst[k * ld + j] = src[j * ss + k];
+}
+
+static inline void cybn_transpose2_d(const double* src, ptrdiff_t ss, double* dst,
+                                     ptrdiff_t ld) {
+    dst[0] = src[0];
+    dst[1] = src[ss];
+    dst[ld] = src[1];
+    dst[ld + 1] = src[ss + 1];
+}
+#define CYBN_TRANSPOSE_S(src, ss, dst, ld) cybn_transpose4_s(src, ss, dst, ld)
+#define CYBN_TRANSPOSE_D(src, ss, dst, ld) cybn_transpose2_d(src, ss, dst, ld)
+#define CYBN_TBLOCK_S 4
+#define CYBN_TBLOCK_D 2
+#endif
+
 typedef float cybn_gvs __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 
@@ -74,6 +134,8 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #define GKC CYBN_GEMM_KC
 #define GFMA CYBN_FMA_S
 #define GBC CYBN_BC_S
+#define GTRANSPOSE CYBN_TRANSPOSE_S
+#define GTB CYBN_TBLOCK_S
 #define GMR CYBN_MR_WIDE
 #define GNV 2
 #define GX s_wide
@@ -94,6 +156,8 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #undef GKC
 #undef GFMA
 #undef GBC
+#undef GTRANSPOSE
+#undef GTB
 
 #define GT double
 #define GV cybn_gvd
@@ -101,6 +165,8 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #define GKC (CYBN_GEMM_KC / 2)
 #define GFMA CYBN_FMA_D
 #define GBC CYBN_BC_D
+#define GTRANSPOSE CYBN_TRANSPOSE_D
+#define GTB CYBN_TBLOCK_D
 #define GMR CYBN_MR_WIDE
 #define GNV 2
 #define GX d_wide
@@ -121,25 +187,25 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #undef GKC
 #undef GFMA
 #undef GBC
+#undef GTRANSPOSE
+#undef GTB
 
 /* C (M x N, row stride rsc) = A @ B, or C += A @ B with accumulate; A(i, k) at
  * A[i*rsa + k*csa], B(k, j) at B[k*rsb + j*csb]. The narrow tile for at most one vector of
- * columns, else the wide one. 0, or -1 when out of memory. */
-static int cybn_gemm_s(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t rsa,
-                       ptrdiff_t csa, const float* B, ptrdiff_t rsb, ptrdiff_t csb, float* C,
-                       ptrdiff_t rsc, int accumulate, int num_threads) {
-    if (N <= CYBN_GEMM_VBYTES / 4)
-        return cybn_gemm_s_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,
-                                  num_threads);
-    return cybn_gemm_s_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads);
-}
-
-static int cybn_gemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A, ptrdiff_t rsa,
-                       ptrdiff_t csa, const double* B, ptrdiff_t rsb, ptrdiff_t csb, double* C,
-                       ptrdiff_t rsc, int accumulate, int num_threads) {
-    if (N <= CYBN_GEMM_VBYTES / 8)
-        return cybn_gemm_d_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,
-                                  num_threads);
-    return cybn_gemm_d_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads);
-}
+ * columns, else the wide one. 0, or -1 when out of memory. (Computing C^T = B^T A^T for
+ * few rows and many columns was tried and measured slower in float32.) */
+#define CYBN_GEMM_DISPATCH(X, T, VL)                                                         \
+    static int cybn_gemm_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,             \
+                             ptrdiff_t rsa, ptrdiff_t csa, const T* B, ptrdiff_t rsb,        \
+                             ptrdiff_t csb, T* C, ptrdiff_t rsc, int accumulate,             \
+                             int num_threads) {                                             \
+        if (N <= (VL))                                                                      \
+            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc,        \
+                                          accumulate, num_threads);                         \
+        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,  \
+                                    num_threads);                                           \
+    }
+CYBN_GEMM_DISPATCH(s, float, CYBN_GEMM_VBYTES / 4)
+CYBN_GEMM_DISPATCH(d, double, CYBN_GEMM_VBYTES / 8)
+#undef CYBN_GEMM_DISPATCH
 #endif

@@ -45,6 +45,20 @@ static void GNAME(cybn_pack_b_)(const GT* B, ptrdiff_t rsb, ptrdiff_t csb, ptrdi
                 GNAME(cybn_gst_)(Bp + k * GNR + v * GVL, GNAME(cybn_gld_)(B + k * rsb + v * GVL));
         return;
     }
+    if (rsb == 1) { /* B's columns are contiguous (a transposed matrix): block transposes */
+        ptrdiff_t nb = n / GTB * GTB, kb = kc / GTB * GTB;
+        for (ptrdiff_t j = 0; j < nb; j += GTB) {
+            ptrdiff_t k = 0;
+            for (; k < kb; k += GTB) GTRANSPOSE(B + k + j * csb, csb, Bp + k * GNR + j, GNR);
+            for (; k < kc; k++)
+                for (ptrdiff_t jj = j; jj < j + GTB; jj++) Bp[k * GNR + jj] = B[k + jj * csb];
+        }
+        for (ptrdiff_t k = 0; k < kc; k++) {
+            for (ptrdiff_t j = nb; j < n; j++) Bp[k * GNR + j] = B[k + j * csb];
+            for (ptrdiff_t j = n; j < GNR; j++) Bp[k * GNR + j] = 0;
+        }
+        return;
+    }
     for (ptrdiff_t k = 0; k < kc; k++) {
         ptrdiff_t j = 0;
         for (; j < n; j++) Bp[k * GNR + j] = B[k * rsb + j * csb];
