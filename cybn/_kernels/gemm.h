@@ -122,6 +122,20 @@ static inline void cybn_transpose2_d(const double* src, ptrdiff_t ss, double* ds
 #define CYBN_TBLOCK_D 2
 #endif
 
+/* The B operand of a product: a strided matrix, or the column matrix of one image's
+ * convolution windows, read while packing (implicit GEMM: the column matrix is never
+ * written out). The column matrix of a (C, H, W) image has a row for each (c, i, j) of the
+ * C x kh x kw window taps and a column for each (oh, ow) of the Ho x Wo outputs; entry
+ * image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw], 0 outside the image. */
+enum { CYBN_MATRIX = 0, CYBN_COLS = 1, CYBN_COLS_T = 2 /* the column matrix transposed */ };
+
+typedef struct {
+    int kind;
+    const void* p;       /* the matrix, or the image (C, H, W), C-contiguous */
+    ptrdiff_t rs, cs;    /* CYBN_MATRIX: element strides between rows and columns */
+    ptrdiff_t C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;  /* the windows */
+} cybn_operand;
+
 typedef float cybn_gvs __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 
@@ -191,19 +205,26 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #undef GTB
 
 /* C (M x N, row stride rsc) = A @ B, or C += A @ B with accumulate; A(i, k) at
- * A[i*rsa + k*csa], B(k, j) at B[k*rsb + j*csb]. The narrow tile for at most one vector of
- * columns, else the wide one. 0, or -1 when out of memory. (Computing C^T = B^T A^T for
- * few rows and many columns was tried and measured slower in float32.) */
+ * A[i*rsa + k*csa], B the operand *B: cybn_gemm_op_s/d. The narrow tile for at most one
+ * vector of columns, else the wide one. 0, or -1 when out of memory. cybn_gemm_s/d: the same
+ * with B a matrix, B(k, j) at B[k*rsb + j*csb]. (Computing C^T = B^T A^T for few rows and
+ * many columns was tried and measured slower in float32.) */
 #define CYBN_GEMM_DISPATCH(X, T, VL)                                                         \
+    static int cybn_gemm_op_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,          \
+                                ptrdiff_t rsa, ptrdiff_t csa, const cybn_operand* B, T* C,  \
+                                ptrdiff_t rsc, int accumulate, int num_threads) {           \
+        if (N <= (VL))                                                                      \
+            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, B, C, rsc, accumulate,      \
+                                          num_threads);                                     \
+        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, B, C, rsc, accumulate,            \
+                                    num_threads);                                           \
+    }                                                                                       \
     static int cybn_gemm_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,             \
                              ptrdiff_t rsa, ptrdiff_t csa, const T* B, ptrdiff_t rsb,        \
                              ptrdiff_t csb, T* C, ptrdiff_t rsc, int accumulate,             \
                              int num_threads) {                                             \
-        if (N <= (VL))                                                                      \
-            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc,        \
-                                          accumulate, num_threads);                         \
-        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate,  \
-                                    num_threads);                                           \
+        cybn_operand b = {.kind = CYBN_MATRIX, .p = B, .rs = rsb, .cs = csb};                \
+        return cybn_gemm_op_##X(M, N, K, A, rsa, csa, &b, C, rsc, accumulate, num_threads); \
     }
 CYBN_GEMM_DISPATCH(s, float, CYBN_GEMM_VBYTES / 4)
 CYBN_GEMM_DISPATCH(d, double, CYBN_GEMM_VBYTES / 8)

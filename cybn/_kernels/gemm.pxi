@@ -8,6 +8,18 @@
 # are cut into chunks fixed by the shapes and added in chunk order. Included after checks.pxi.
 
 cdef extern from "gemm.h" nogil:
+    ctypedef struct cybn_operand:
+        int kind
+        const void* p
+        Py_ssize_t rs, cs, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+    int CYBN_COLS
+    int CYBN_COLS_T
+    int cybn_gemm_op_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
+                       Py_ssize_t csa, const cybn_operand* B, float* C, Py_ssize_t rsc,
+                       int accumulate, int num_threads)
+    int cybn_gemm_op_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                       Py_ssize_t rsa, Py_ssize_t csa, const cybn_operand* B, double* C,
+                       Py_ssize_t rsc, int accumulate, int num_threads)
     int cybn_gemm_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
                     Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb, float* C,
                     Py_ssize_t rsc, int accumulate, int num_threads)
@@ -24,6 +36,16 @@ cdef inline int gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
         return cybn_gemm_s(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads)
     else:
         return cybn_gemm_d(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, accumulate, num_threads)
+
+
+cdef inline int gemm_op(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        const cybn_operand* B, floating* C, int accumulate,
+                        int num_threads) noexcept nogil:
+    """C (M x N, C-contiguous) = A (M x K, C-contiguous) @ B (or +=), B an operand."""
+    if floating is float:
+        return cybn_gemm_op_s(M, N, K, A, K, 1, B, C, N, accumulate, num_threads)
+    else:
+        return cybn_gemm_op_d(M, N, K, A, K, 1, B, C, N, accumulate, num_threads)
 
 
 cdef Py_ssize_t elements(Py_ssize_t stride_bytes, Py_ssize_t itemsize, str name) except? -1:
@@ -206,3 +228,109 @@ cdef void add_parts(floating* out, const floating* part, Py_ssize_t nparts,
     for t in range(1, nparts):
         for j in range(size):
             out[j] = out[j] + part[t * size + j]
+
+
+cdef cybn_operand window_columns(int kind, const void* image, const Py_ssize_t* shape,
+                                 Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                 Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """The column matrix (or, kind CYBN_COLS_T, its transpose) of the windows over one
+    (C, H, W) image (shape: the batch's (N, C, H, W)); see gemm.h."""
+    cdef cybn_operand op
+    op.kind, op.p, op.rs, op.cs = kind, image, 0, 0
+    op.C, op.H, op.W, op.Ho, op.Wo = shape[1], shape[2], shape[3], Ho, Wo
+    op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw = kh, kw, sh, sw, ph, pw, dh, dw
+    return op
+
+
+def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                        const floating[:, ::1] weight,      # IN  (out, C * kh * kw)
+                        const floating[::1] bias,           # IN  (out,), or (0,): none
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                        floating[:, :, :, ::1] y,           # OUT (N, out, Ho, Wo)
+                        int num_threads):
+    """y[n] = weight @ columns(x[n]) + bias[:, None], the columns packed straight from x a
+    panel at a time (implicit GEMM: no column matrix); the samples spread over the threads
+    when there are at least as many, else each product uses them all."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = y.shape[1], Ho = y.shape[2]
+    cdef Py_ssize_t Wo = y.shape[3], K = C * kh * kw, P = Ho * Wo, n, o, j
+    need_windows(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
+    need_len("y's samples", N, y.shape[0])
+    need_shape("weight", weight.shape, 2, O, K)
+    need(bias.shape[0] == O or bias.shape[0] == 0, f"bias has length {bias.shape[0]}, "
+         f"expected {O} or 0")
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef cybn_operand cols
+    cdef int failed = 0, inner = 1 if N >= num_threads else num_threads
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads // inner):
+            cols = window_columns(CYBN_COLS, xp + n * C * x.shape[2] * x.shape[3], x.shape,
+                                  Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
+            if gemm_op(O, P, K, wp, &cols, yp + n * O * P, 0, inner) != 0:
+                failed = 1
+            if has_bias:
+                for o in range(O):
+                    for j in range(P):
+                        yp[(n * O + o) * P + j] = yp[(n * O + o) * P + j] + bias[o]
+    check_scratch(failed)
+
+
+def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho, Wo)
+                            const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                            floating[:, ::1] dweight,         # OUT (out, C * kh * kw)
+                            Py_ssize_t chunk,                 # samples per chunk (fixed)
+                            int num_threads):
+    """dweight = sum over n of dy[n] (out x Ho*Wo) @ columns(x[n])^T, the columns packed
+    straight from x; chunks of ``chunk`` samples, each summed on one thread (or, one chunk,
+    with all threads inside each product), the chunks added in order."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = dy.shape[1], Ho = dy.shape[2]
+    cdef Py_ssize_t Wo = dy.shape[3], K = C * kh * kw, P = Ho * Wo, n, t, n1
+    need_windows(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
+    need(chunk >= 1, "chunk must be at least 1")
+    need_len("dy's samples", dy.shape[0], N)
+    need_shape("dweight", dweight.shape, 2, O, K)
+    need_apart("dweight", &dweight[0, 0], dweight.nbytes, "x", &x[0, 0, 0, 0], x.nbytes,
+               False)
+    need_apart("dweight", &dweight[0, 0], dweight.nbytes, "dy", &dy[0, 0, 0, 0], dy.nbytes,
+               False)
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* gp = &dy[0, 0, 0, 0]
+    cdef floating* out = &dweight[0, 0]
+    cdef Py_ssize_t image = C * x.shape[2] * x.shape[3]
+    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk
+    cdef cybn_operand cols
+    cdef int failed = 0
+    cdef floating* part = NULL
+    if nchunks <= 1:
+        with nogil:
+            if N == 0:
+                memset(out, 0, O * K * sizeof(floating))
+            for n in range(N):
+                cols = window_columns(CYBN_COLS_T, xp + n * image, x.shape, Ho, Wo, kh, kw,
+                                      sh, sw, ph, pw, dh, dw)
+                if gemm_op(O, K, P, gp + n * O * P, &cols, out, n > 0, num_threads) != 0:
+                    failed = 1
+        check_scratch(failed)
+        return
+    part = <floating*>malloc(nchunks * O * K * sizeof(floating))
+    check_scratch(part == NULL)
+    with nogil:
+        for t in prange(nchunks, schedule='static', num_threads=num_threads):
+            n1 = min(N, (t + 1) * chunk)
+            for n in range(t * chunk, n1):
+                cols = window_columns(CYBN_COLS_T, xp + n * image, x.shape, Ho, Wo, kh, kw,
+                                      sh, sw, ph, pw, dh, dw)
+                if gemm_op(O, K, P, gp + n * O * P, &cols, part + t * O * K, n > t * chunk,
+                           1) != 0:
+                    failed = 1
+        add_parts(out, part, nchunks, O * K)
+    free(part)
+    check_scratch(failed)

@@ -66,6 +66,78 @@ static void GNAME(cybn_pack_b_)(const GT* B, ptrdiff_t rsb, ptrdiff_t csb, ptrdi
     }
 }
 
+/* out[0:len] = the column matrix's row kidx at columns p0 .. p0+len-1 (see cybn_operand):
+ * one image row segment per output row, copied where the window is inside, 0 elsewhere. */
+static void GNAME(cybn_cols_run_)(const cybn_operand* b, ptrdiff_t kidx, ptrdiff_t p0,
+                                 ptrdiff_t len, GT* out) {
+    ptrdiff_t taps = b->kh * b->kw, c = kidx / taps, ti = kidx % taps / b->kw;
+    ptrdiff_t tj = kidx % b->kw, H = b->H, W = b->W, sw = b->sw;
+    const GT* plane = (const GT*)b->p + c * H * W;
+    ptrdiff_t oh = p0 / b->Wo, ow = p0 % b->Wo;
+    /* the outputs whose window column tj falls inside the image: ow in [lo, hi) */
+    ptrdiff_t off = tj * b->dw - b->pw;                 /* q = ow * sw + off */
+    ptrdiff_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+    ptrdiff_t hi = W - off > 0 ? (W - off + sw - 1) / sw : 0;
+    if (hi > b->Wo) hi = b->Wo;
+    while (len > 0) {
+        ptrdiff_t run = b->Wo - ow < len ? b->Wo - ow : len;
+        ptrdiff_t r = oh * b->sh - b->ph + ti * b->dh;
+        if (r < 0 || r >= H || lo >= hi) {
+            memset(out, 0, run * sizeof(GT));
+        } else {
+            const GT* row = plane + r * W + off;
+            ptrdiff_t a = ow > lo ? ow : lo, e = ow + run < hi ? ow + run : hi;
+            ptrdiff_t o = ow;
+            for (; o < a && o < ow + run; o++) out[o - ow] = 0;
+            if (sw == 1 && e > a) {
+                memcpy(out + (a - ow), row + a, (e - a) * sizeof(GT));
+                o = e;
+            } else {
+                for (; o < e; o++) out[o - ow] = row[o * sw];
+            }
+            for (; o < ow + run; o++) out[o - ow] = 0;
+        }
+        out += run;
+        len -= run;
+        ow = 0;
+        oh++;
+    }
+}
+
+/* One NR-column panel of an operand's rows k0 .. k0+kc-1 and columns j0 .. j0+n-1, k-major
+ * (Bp[k][j]), columns past n 0: a matrix (cybn_pack_b_), the column matrix (each row a
+ * run), or its transpose (runs of GTB columns into a scratch, then block transposes). */
+static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t kc,
+                                  ptrdiff_t j0, ptrdiff_t n, GT* Bp) {
+    if (b->kind == CYBN_MATRIX) {
+        GNAME(cybn_pack_b_)((const GT*)b->p + k0 * b->rs + j0 * b->cs, b->rs, b->cs, n, kc,
+                            Bp);
+        return;
+    }
+    if (b->kind == CYBN_COLS) {
+        for (ptrdiff_t k = 0; k < kc; k++) {
+            GNAME(cybn_cols_run_)(b, k0 + k, j0, n, Bp + k * GNR);
+            for (ptrdiff_t j = n; j < GNR; j++) Bp[k * GNR + j] = 0;
+        }
+        return;
+    }
+    /* CYBN_COLS_T: row k0 + k is output k0 + k, column j0 + j the tap j0 + j */
+    GT t[GTB * (GKC + GTB)];
+    ptrdiff_t kb = kc / GTB * GTB;
+    for (ptrdiff_t j = 0; j < GNR; j += GTB) {
+        for (ptrdiff_t jj = 0; jj < GTB; jj++) {
+            if (j + jj < n)
+                GNAME(cybn_cols_run_)(b, j0 + j + jj, k0, kc, t + jj * kc);
+            else
+                memset(t + jj * kc, 0, kc * sizeof(GT));
+        }
+        ptrdiff_t k = 0;
+        for (; k < kb; k += GTB) GTRANSPOSE(t + k, kc, Bp + k * GNR + j, GNR);
+        for (; k < kc; k++)
+            for (ptrdiff_t jj = 0; jj < GTB; jj++) Bp[k * GNR + j + jj] = t[jj * kc + k];
+    }
+}
+
 /* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + Ap @ Bp over kc: the register tile. */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const GT* restrict b,
@@ -107,11 +179,11 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
 }
 
 /* C (M x N, row stride rsc) = (accumulate ? C : 0) + A @ B, A(i, k) at A[i*rsa + k*csa],
- * B(k, j) at B[k*rsb + j*csb]. The tiles and the summation order depend only on the shapes:
+ * B the operand *B (a matrix or an image's column matrix, see cybn_operand). The tiles and the summation order depend only on the shapes:
  * the same bits for any thread count. 0, or -1 when out of memory. */
 static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
-                            ptrdiff_t csa, const GT* B, ptrdiff_t rsb, ptrdiff_t csb, GT* C,
-                            ptrdiff_t rsc, int accumulate, int num_threads) {
+                            ptrdiff_t csa, const cybn_operand* B, GT* C, ptrdiff_t rsc,
+                            int accumulate, int num_threads) {
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) {
         if (!accumulate)
@@ -146,8 +218,8 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
 #pragma omp for schedule(static)
                 for (ptrdiff_t p = 0; p < np; p++) {
                     ptrdiff_t j0 = p * GNR;
-                    GNAME(cybn_pack_b_)(B + pc * rsb + (jc + j0) * csb, rsb, csb,
-                                        nc - j0 < GNR ? nc - j0 : GNR, kc, Bp + p * GNR * kc);
+                    GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, nc - j0 < GNR ? nc - j0 : GNR,
+                                          Bp + p * GNR * kc);
                 }
 #pragma omp for schedule(static)
                 for (ptrdiff_t t = 0; t < mblocks * ngroups; t++) {

@@ -8,8 +8,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _matmul
-from ..ops.conv import (col2im, col2im_planes, depthwise_backward, depthwise_forward, im2col,
-                        im2col_planes)
+from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
+                        depthwise_backward, depthwise_forward, im2col)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -131,57 +131,52 @@ class Conv2d(Module):
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
     def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
-        """groups=1: compiled im2col and one matrix product, in x's own layout (no
-        transposes), on cybn's threads (see cybn._matmul)."""
-        w = self.weight.data
-        out, cin, kh, kw = w.shape
+        """groups=1, in x's own layout (no transposes), on cybn's threads. Channels-first:
+        y[n] = weight @ columns(x[n]), the columns packed from x as the products run
+        (ops.conv.conv_planes); channels-last: compiled im2col and one matrix product."""
+        if not self.channels_last:
+            x = np.ascontiguousarray(x)
+            self._cache = ("planes", x, x.shape)
+            return conv_planes(x, self.weight.data,
+                               None if self.bias is None else self.bias.data, self.stride,
+                               self.padding, self.dilation)
+        out, cin, kh, kw = self.weight.data.shape
         n = x.shape[0]
-        if self.channels_last:  # columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
-            cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation,
-                          ho, wo, self._workspace("cols", (n * ho * wo, kh * kw * cin),
-                                                  x.dtype))
-            bias = None if self.bias is None else self.bias.data
-            y = _matmul.matmul(cols, self._dense_weight().T, bias=bias)
-            y = y.reshape(n, ho, wo, out)
-        else:  # per-sample columns (N, C * kh * kw, Ho * Wo): y[n] = weight @ columns[n]
-            cols = im2col_planes(x, self.kernel_size, self.stride, self.padding,
-                                 self.dilation, ho, wo,
-                                 self._workspace("cols", (n, cin * kh * kw, ho * wo), x.dtype))
-            bias = None if self.bias is None else self.bias.data[:, None]
-            y = _matmul.matmul(w.reshape(out, -1), cols, bias=bias)
-            y = y.reshape(n, out, ho, wo)
+        # columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
+        cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo,
+                      self._workspace("cols", (n * ho * wo, kh * kw * cin), x.dtype))
+        bias = None if self.bias is None else self.bias.data
+        y = _matmul.matmul(cols, self._dense_weight().T, bias=bias).reshape(n, ho, wo, out)
         self._cache = ("dense", cols, x.shape)
         return y
 
     def _dense_backward(self, cols, x_shape, dy, input_grad: bool = True):
-        dy = np.asarray(dy)
-        w = self.weight.data
-        out, cin, kh, kw = w.shape
-        geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.channels_last:
-            n, ho, wo = dy.shape[:3]
-            dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n * ho * wo, out)
-            dw = _matmul.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin)
-            dw = dw.transpose(0, 3, 1, 2)
-            if self.bias is not None:
-                ones = np.ones((1, len(dy2)), dy2.dtype)
-                self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
-            self.weight.grad += dw
-            if not input_grad:
-                return None
-            dcols = _matmul.matmul(dy2, self._dense_weight(),
-                                   out=self._workspace("dcols", cols.shape, cols.dtype))
-            return col2im(dcols, x_shape, *geometry, ho, wo)
-        n, _, ho, wo = dy.shape
-        dy3 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n, out, ho * wo)
-        self.weight.grad += _matmul.matmul_sum(dy3, cols.transpose(0, 2, 1)).reshape(w.shape)
+        """The channels-last dense backward from the forward's columns."""
+        out, cin, kh, kw = self.weight.data.shape
+        n, ho, wo = dy.shape[:3]
+        dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(n * ho * wo, out)
+        dw = _matmul.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin)
         if self.bias is not None:
-            self.bias.grad += dy3.sum(axis=(0, 2))
+            ones = np.ones((1, len(dy2)), dy2.dtype)
+            self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
+        self.weight.grad += dw.transpose(0, 3, 1, 2)
         if not input_grad:
             return None
-        dcols = _matmul.matmul(w.reshape(out, -1).T, dy3,
+        dcols = _matmul.matmul(dy2, self._dense_weight(),
                                out=self._workspace("dcols", cols.shape, cols.dtype))
-        return col2im_planes(dcols, x_shape, *geometry, ho, wo)
+        return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
+                      self.dilation, ho, wo)
+
+    def _planes_backward(self, x, dy, input_grad: bool = True):
+        """The channels-first dense backward from the forward's input x."""
+        dy = np.ascontiguousarray(dy, dtype=x.dtype)
+        geometry = (self.stride, self.padding, self.dilation)
+        self.weight.grad += conv_planes_weight_grad(dy, x, self.kernel_size, *geometry)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+        if not input_grad:
+            return None
+        return conv_planes_input_grad(dy, self.weight.data, x.shape, *geometry)
 
     def _saved_with_grad(self, dy) -> tuple:
         """The forward's record and dy, checked against the forward's output shape."""
@@ -189,10 +184,13 @@ class Conv2d(Module):
 
     def backward_parameters(self, dy) -> None:
         saved = self.__dict__.get("_cache")
-        if saved is None or saved[0] != "dense":
+        if saved is None or saved[0] not in ("dense", "planes"):
             return super().backward_parameters(dy)
         saved, dy = self._saved_with_grad(dy)
-        self._dense_backward(saved[1], saved[2], dy, input_grad=False)
+        if saved[0] == "planes":
+            self._planes_backward(saved[1], dy, input_grad=False)
+        else:
+            self._dense_backward(saved[1], saved[2], dy, input_grad=False)
         return None
 
     def _taps(self, xh, ho: int, wo: int):
@@ -252,6 +250,8 @@ class Conv2d(Module):
         (kind, *saved), dy = self._saved_with_grad(dy)
         if kind == "dense":
             return self._dense_backward(saved[0], saved[1], dy)
+        if kind == "planes":
+            return self._planes_backward(saved[0], dy)
         if kind == "compiled depthwise":
             return self._compiled_depthwise_backward(saved[0], dy)
         if kind == "depthwise":

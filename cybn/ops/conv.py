@@ -117,3 +117,61 @@ def col2im(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple, padd
     _kernels.col2im_rows(dcols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx,
                          _schedule.threads_for(dcols.size))
     return dx
+
+
+MAX_CHUNKS = 16  # a weight gradient's sum over samples in at most this many chunks (fixed)
+
+
+def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple,
+                padding: tuple, dilation: tuple) -> np.ndarray:
+    """The dense convolution of channels-first x (N, C, H, W) with weight (out, C, kh, kw)
+    (+ bias), by products with the columns packed straight from x (no column matrix)."""
+    x = np.ascontiguousarray(x)
+    out, c, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n, _, h, w = x.shape
+    ho, wo = _output_size(h, kh, sh, ph, dh), _output_size(w, kw, sw, pw, dw)
+    y = np.empty((n, out, ho, wo), dtype=x.dtype)
+    b = np.empty(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    w2 = np.ascontiguousarray(weight, dtype=x.dtype).reshape(out, c * kh * kw)
+    _kernels.conv_forward_planes(x, w2, b, kh, kw, sh, sw, ph, pw, dh, dw, y,
+                                 _schedule.threads_for(y.size))
+    return y
+
+
+def conv_planes_weight_grad(dy: np.ndarray, x: np.ndarray, kernel: tuple, stride: tuple,
+                            padding: tuple, dilation: tuple) -> np.ndarray:
+    """The weight gradient (out, C, kh, kw) of conv_planes: the sum over samples of
+    dy[n] @ columns(x[n])^T, in chunks of samples fixed by the batch size."""
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c = x.shape[:2]
+    out = dy.shape[1]
+    dweight = np.empty((out, c * kh * kw), dtype=x.dtype)
+    chunk = max(1, -(-n // MAX_CHUNKS))
+    _kernels.conv_weight_grad_planes(dy, x, kh, kw, sh, sw, ph, pw, dh, dw, dweight, chunk,
+                                     _schedule.threads_for(x.size + dy.size))
+    return dweight.reshape(out, c, kh, kw)
+
+
+def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
+                           stride: tuple, padding: tuple, dilation: tuple) -> np.ndarray:
+    """The input gradient (x_shape) of conv_planes. With stride 1 and padding at most the
+    dilated kernel's reach, it is the convolution of dy with the flipped, transposed weight
+    (padding d * (k - 1) - p), run by conv_planes; otherwise the columns' gradient
+    weight^T @ dy[n], folded back by col2im_planes."""
+    dy = np.ascontiguousarray(dy)
+    out, c, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if (sh, sw) == (1, 1) and ph <= dh * (kh - 1) and pw <= dw * (kw - 1):
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)   # (C, out, kh, kw)
+        return conv_planes(dy, flipped, None, (1, 1),
+                           (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
+    n, _, ho, wo = dy.shape
+    w2 = np.ascontiguousarray(weight, dtype=dy.dtype).reshape(out, c * kh * kw)
+    dcols = np.empty((n, c * kh * kw, ho * wo), dtype=dy.dtype)
+    _kernels.matmul_batch(np.broadcast_to(w2.T, (n, c * kh * kw, out)),
+                          dy.reshape(n, out, ho * wo), dcols, False,
+                          _schedule.threads_for(dcols.size))
+    return col2im_planes(dcols, x_shape, (kh, kw), stride, padding, dilation, ho, wo)

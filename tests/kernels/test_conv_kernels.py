@@ -1,0 +1,101 @@
+"""The channels-first dense convolution kernels (conv_forward_planes,
+conv_weight_grad_planes): the products with the window columns packed straight from the
+image equal the definition (float64) for every window geometry, bitwise the same for 1-4
+threads (for each chunking of the samples), and both input-gradient routes of ops.conv
+(the flipped-weight convolution, the columns' gradient folded back) equal the definition."""
+
+import numpy as np
+import pytest
+
+from cybn import _kernels
+from cybn.ops import conv as C
+
+RNG = np.random.default_rng(5)
+
+# (N, C, H, W, out, kh, kw, stride, padding, dilation)
+GEOMETRIES = [
+    (2, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (3, 2, 9, 7, 5, 3, 2, (2, 1), (1, 0), (1, 1)),
+    (2, 4, 11, 10, 3, 3, 3, (1, 2), (2, 3), (2, 1)),   # padding past the kernel's reach
+    (1, 5, 6, 6, 7, 1, 1, (1, 1), (0, 0), (1, 1)),     # 1x1
+    (2, 16, 12, 12, 33, 3, 3, (1, 1), (1, 1), (1, 1)),  # several column panels
+    (2, 3, 5, 40, 2, 2, 5, (3, 2), (0, 4), (1, 2)),
+    (1, 1, 3, 3, 1, 3, 3, (1, 1), (0, 0), (1, 1)),     # one output
+]
+
+
+def columns(x, kh, kw, stride, padding, dilation):
+    """The column matrices (N, C * kh * kw, Ho * Wo) by the definition, float64."""
+    n, c, h, w = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((n, c, kh, kw, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                                  j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return cols.reshape(n, c * kh * kw, ho * wo), ho, wo
+
+
+def close(got, ref, k, dtype):
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got, ref, rtol=0,
+                               atol=8 * eps * np.sqrt(k) * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_forward_and_weight_gradient_equal_the_definition(geometry, dtype):
+    n, c, h, w, out, kh, kw, stride, padding, dilation = geometry
+    x = RNG.standard_normal((n, c, h, w)).astype(dtype)
+    weight = RNG.standard_normal((out, c * kh * kw)).astype(dtype)
+    bias = RNG.standard_normal(out).astype(dtype)
+    cols, ho, wo = columns(x, kh, kw, stride, padding, dilation)
+    args = (kh, kw, *stride, *padding, *dilation)
+    ys = []
+    for threads in (1, 2, 3, 4):
+        y = np.full((n, out, ho, wo), np.nan, dtype)
+        _kernels.conv_forward_planes(x, weight, bias, *args, y, threads)
+        ys.append(y)
+    ref = np.einsum("ok,nkp->nop", weight.astype(np.float64), cols) + bias[:, None]
+    close(ys[0].reshape(n, out, -1), ref, c * kh * kw, dtype)
+    assert all(np.array_equal(y, ys[0]) for y in ys[1:])
+    dy = RNG.standard_normal((n, out, ho, wo)).astype(dtype)
+    ref_dw = np.einsum("nop,nkp->ok", dy.reshape(n, out, -1).astype(np.float64), cols)
+    for chunk in (1, 2, n):
+        dws = []
+        for threads in (1, 2, 3, 4):
+            dw = np.full((out, c * kh * kw), np.nan, dtype)
+            _kernels.conv_weight_grad_planes(dy, x, *args, dw, chunk, threads)
+            dws.append(dw)
+        close(dws[0], ref_dw, n * ho * wo, dtype)
+        assert all(np.array_equal(d, dws[0]) for d in dws[1:])
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_the_input_gradient_equals_the_definition(geometry):
+    n, c, h, w, out, kh, kw, stride, padding, dilation = geometry
+    weight = RNG.standard_normal((out, c, kh, kw))
+    x_shape = (n, c, h, w)
+    _, ho, wo = columns(np.zeros(x_shape), kh, kw, stride, padding, dilation)
+    dy = RNG.standard_normal((n, out, ho, wo))
+    dx = C.conv_planes_input_grad(dy, weight, x_shape, stride, padding, dilation)
+    # the definition: dx = d/dx of sum(dy * conv(x)), by the linear map's transpose
+    basis = np.eye(n * c * h * w).reshape(-1, *x_shape)[:: max(1, n * c * h * w // 60)]
+    for e in basis:  # <dx, e> == <dy, conv(e)>
+        cols, _, _ = columns(e, kh, kw, stride, padding, dilation)
+        y = np.einsum("ok,nkp->nop", weight.reshape(out, -1), cols)
+        np.testing.assert_allclose(np.sum(dx * e), np.sum(dy.reshape(n, out, -1) * y),
+                                   atol=1e-10)
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients():
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    y = np.empty((0, 2, 5, 5), np.float32)
+    _kernels.conv_forward_planes(x, np.ones((2, 27), np.float32), np.empty(0, np.float32),
+                                 3, 3, 1, 1, 1, 1, 1, 1, y, 2)
+    dw = np.full((2, 27), np.nan, np.float32)
+    _kernels.conv_weight_grad_planes(y, x, 3, 3, 1, 1, 1, 1, 1, 1, dw, 1, 2)
+    assert np.array_equal(dw, np.zeros((2, 27)))
