@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -57,9 +58,46 @@
 #define CYBN_GEMM_NC 4096 /* column block */
 #define CYBN_GEMM_NG 4    /* column panels per work item */
 
-/* 64-byte aligned scratch (free() releases it), NULL when out of memory. */
-static inline void* cybn_gemm_alloc(size_t bytes) {
-    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+/* Scratch for the packed panels, kept per thread and per slot (0: B's panels, 1: a block of
+ * A) and grown as needed: a product costs no allocation once its thread has run one as
+ * large (many small products, one per sample, spent more time in malloc than in
+ * arithmetic). 64-byte aligned; NULL when out of memory. A thread's scratch is freed when
+ * the thread exits (a pthread key's destructor). */
+typedef struct {
+    void* p;
+    size_t bytes;
+} cybn_scratch;
+
+static pthread_key_t cybn_scratch_keys[2];
+static pthread_once_t cybn_scratch_once = PTHREAD_ONCE_INIT;
+
+static void cybn_scratch_release(void* s) {
+    free(((cybn_scratch*)s)->p);
+    free(s);
+}
+
+static void cybn_scratch_make_keys(void) {
+    pthread_key_create(&cybn_scratch_keys[0], cybn_scratch_release);
+    pthread_key_create(&cybn_scratch_keys[1], cybn_scratch_release);
+}
+
+static void* cybn_gemm_scratch(int slot, size_t bytes) {
+    pthread_once(&cybn_scratch_once, cybn_scratch_make_keys);
+    cybn_scratch* s = (cybn_scratch*)pthread_getspecific(cybn_scratch_keys[slot]);
+    if (s == NULL) {
+        s = (cybn_scratch*)calloc(1, sizeof(cybn_scratch));
+        if (s == NULL || pthread_setspecific(cybn_scratch_keys[slot], s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->bytes < bytes) {
+        size_t want = (bytes + 63) / 64 * 64;
+        free(s->p);
+        s->p = aligned_alloc(64, want);
+        s->bytes = s->p == NULL ? 0 : want;
+    }
+    return s->p;
 }
 
 /* dst[k * ld + j] = src[j * ss + k] for an 8 x 8 (float) or 4 x 4 (double) block: the

@@ -193,7 +193,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     ptrdiff_t ncmax = N < CYBN_GEMM_NC ? N : CYBN_GEMM_NC;
     ptrdiff_t kcmax = K < GKC ? K : GKC;
     ptrdiff_t npan = (ncmax + GNR - 1) / GNR;
-    GT* Bp = (GT*)cybn_gemm_alloc((size_t)npan * GNR * kcmax * sizeof(GT));
+    GT* Bp = (GT*)cybn_gemm_scratch(0, (size_t)npan * GNR * kcmax * sizeof(GT));
     if (Bp == NULL) return -1;
     int failed = 0;
     int direct = csa == 1; /* A's rows read in place: no packing */
@@ -201,7 +201,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
     {
         /* this thread's packed block of A (all of it, or the last rows of direct blocks) */
-        GT* Ap = (GT*)cybn_gemm_alloc((size_t)CYBN_GEMM_MC * kcmax * sizeof(GT));
+        GT* Ap = (GT*)cybn_gemm_scratch(1, (size_t)CYBN_GEMM_MC * kcmax * sizeof(GT));
         if (Ap == NULL) {
 #pragma omp atomic write
             failed = 1;
@@ -250,9 +250,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                 }
             }
         }
-        free(Ap);
     }
-    free(Bp);
     return failed ? -1 : 0;
 }
 

@@ -77,6 +77,32 @@ def test_grouped_conv_gradients_match_finite_differences(case, channels_last):
                                atol=1e-8)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[-1] == 1])
+def test_large_channels_first_planes_equal_the_definition_and_the_other_route(case):
+    """Output planes of 256 pixels or more take the packed-columns route (ops.conv_planes):
+    forward against the definition, every gradient against the channels-last route
+    (checked against finite differences above), float64."""
+    cin, cout, k, s, p, d, _ = case
+    make = lambda cl: cybn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d,  # noqa
+                                  channels_last=cl, dtype=np.float64, rng=5)
+    first, last = make(False), make(True)
+    x = np.random.default_rng(6).standard_normal((2, cin, 34, 36))
+    y = first(x)
+    assert y.shape[2] * y.shape[3] >= 256
+    assert first.__dict__["_cache"][0] == "planes"
+    np.testing.assert_allclose(y, direct_conv(x, first.weight.data, first.bias.data,
+                                              first.stride, first.padding, first.dilation, 1),
+                               rtol=1e-12, atol=1e-12)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    last(xh)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx = first.backward(dy)
+    dxh = last.backward(np.ascontiguousarray(dy.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(dx, dxh.transpose(0, 3, 1, 2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(first.weight.grad, last.weight.grad, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(first.bias.grad, last.bias.grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: cybn.Conv2d(4, 6, 3, groups=3), "groups"),
     (lambda: cybn.Conv2d(4, 6, 3, groups=0), "groups"),

@@ -51,10 +51,17 @@ def test_training_steps_reusing_scratch_equal_fresh_layers(channels_last):
             p.data -= 0.1 * p.grad
     for arr, snapshot in kept_outputs + kept_grads:  # nothing handed out was reused
         np.testing.assert_array_equal(arr, snapshot)
-    conv = model[0]  # channels-first products pack their columns from x: no column matrix
-    expected = {"cols", "dcols"} if channels_last else set()
-    assert set(conv.__dict__.get("_workspaces", {})) == expected
+    conv = model[0]  # 8x8 planes: the column matrix route in both layouts
+    assert set(conv.__dict__["_workspaces"]) == {"cols", "dcols"}
     assert "_workspaces" not in copy.deepcopy(conv).__dict__
+
+
+def test_large_channels_first_planes_keep_no_column_matrix():
+    conv = cybn.Conv2d(3, 4, 3, padding=1, rng=0)
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    conv(x)
+    conv.backward(np.ones((2, 4, 16, 16), np.float32))
+    assert "_workspaces" not in conv.__dict__
 
 
 def test_scratch_follows_a_new_shape():
