@@ -20,6 +20,7 @@ CYBN_DEBUG=1            turn Cython's bounds checking back on and build with ``-
 CYBN_SANITIZE=1         build with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 
+import glob
 import os
 import platform
 import shutil
@@ -136,12 +137,15 @@ def build_extensions():
                   extra_compile_args=base + omp_cflags, extra_link_args=link,
                   define_macros=macros)
     ]
+    # the C headers the kernels include: a changed header rebuilds every variant
+    kernel_headers = sorted(glob.glob(os.path.join("cybn", "_kernels", "*.h")))
     config = {"openmp_cflags": omp_cflags, "openmp_ldflags": omp_lflags, "variants": {}}
     for isa in isa_variants():
         flags = base + omp_cflags + ISA_FLAGS[isa] + native
         extensions.append(
             Extension(f"cybn._kernels.{isa}", [f"cybn/_kernels/{isa}.pyx"], include_dirs=include,
-                      extra_compile_args=flags, extra_link_args=link, define_macros=macros)
+                      extra_compile_args=flags, extra_link_args=link, define_macros=macros,
+                      depends=kernel_headers)
         )
         config["variants"][isa] = flags
     write_build_config(config)

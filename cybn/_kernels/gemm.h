@@ -165,11 +165,17 @@ static inline void cybn_transpose2_d(const double* src, ptrdiff_t ss, double* ds
  * written out). The column matrix of a (C, H, W) image has a row for each (c, i, j) of the
  * C x kh x kw window taps and a column for each (oh, ow) of the Ho x Wo outputs; entry
  * image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw], 0 outside the image. */
-enum { CYBN_MATRIX = 0, CYBN_COLS = 1, CYBN_COLS_T = 2 /* the column matrix transposed */ };
+enum {
+    CYBN_MATRIX = 0,
+    CYBN_COLS = 1,   /* the column matrix */
+    CYBN_COLS_T = 2, /* the column matrix transposed */
+    CYBN_ROWS = 3    /* rows given by pointers, each with N readable elements: read in place */
+};
 
 typedef struct {
     int kind;
     const void* p;       /* the matrix, or the image (C, H, W), C-contiguous */
+    const void* const* rows; /* CYBN_ROWS: row k starts at rows[k] */
     ptrdiff_t rs, cs;    /* CYBN_MATRIX: element strides between rows and columns */
     ptrdiff_t C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;  /* the windows */
 } cybn_operand;

@@ -11,9 +11,11 @@ cdef extern from "gemm.h" nogil:
     ctypedef struct cybn_operand:
         int kind
         const void* p
+        const void* const* rows
         Py_ssize_t rs, cs, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
     int CYBN_COLS
     int CYBN_COLS_T
+    int CYBN_ROWS
     int cybn_gemm_op_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
                        Py_ssize_t csa, const cybn_operand* B, float* C, Py_ssize_t rsc,
                        int accumulate, int num_threads)
@@ -237,7 +239,7 @@ cdef cybn_operand window_columns(int kind, const void* image, const Py_ssize_t* 
     """The column matrix (or, kind CYBN_COLS_T, its transpose) of the windows over one
     (C, H, W) image (shape: the batch's (N, C, H, W)); see gemm.h."""
     cdef cybn_operand op
-    op.kind, op.p, op.rs, op.cs = kind, image, 0, 0
+    op.kind, op.p, op.rows, op.rs, op.cs = kind, image, NULL, 0, 0
     op.C, op.H, op.W, op.Ho, op.Wo = shape[1], shape[2], shape[3], Ho, Wo
     op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw = kh, kw, sh, sw, ph, pw, dh, dw
     return op
@@ -265,20 +267,72 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef bint has_bias = bias.shape[0] > 0
+    cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
     cdef cybn_operand cols
     cdef int failed = 0, inner = 1 if N >= num_threads else num_threads
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads // inner):
+            if sh == 1 and sw == 1:
+                if conv_padded_sample(xp + n * C * x.shape[2] * x.shape[3], C, x.shape[2],
+                                      x.shape[3], wp, bp, O, kh, kw, ph, pw, dh, dw, Ho, Wo,
+                                      yp + n * O * P, inner) != 0:
+                    failed = 1
+                continue
             cols = window_columns(CYBN_COLS, xp + n * C * x.shape[2] * x.shape[3], x.shape,
                                   Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
             if gemm_op(O, P, K, wp, &cols, yp + n * O * P, 0, inner) != 0:
                 failed = 1
-            if has_bias:
+            if bp != NULL:
                 for o in range(O):
                     for j in range(P):
-                        yp[(n * O + o) * P + j] = yp[(n * O + o) * P + j] + bias[o]
+                        yp[(n * O + o) * P + j] = yp[(n * O + o) * P + j] + bp[o]
     check_scratch(failed)
+
+
+cdef int conv_padded_sample(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                            const floating* weight, const floating* bias, Py_ssize_t O,
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Ho, Py_ssize_t Wo,
+                            floating* y, int num_threads) noexcept nogil:
+    """One sample's stride-1 convolution (y: (O, Ho, Wo)) with no packing of the columns:
+    x copied into a zero-padded image, whose rows then are the column matrix's rows on the
+    padded output grid (output (oh, ow) at oh * Wp + ow; row (c, i, j) of the columns starts
+    at image plane c, row i * dh, column j * dw). The product runs on that grid (the
+    columns ow >= Wo are discarded) and the valid outputs are copied to y with the bias.
+    0, or -1 when out of memory."""
+    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = C * kh * kw
+    cdef Py_ssize_t Pp = (Ho - 1) * Wp + Wo, c, r, q, i, j, o, oh
+    cdef floating* pad = <floating*>malloc(C * Hp * Wp * sizeof(floating))
+    cdef const void** rows = <const void**>malloc(K * sizeof(void*))
+    cdef floating* out = <floating*>malloc(O * Pp * sizeof(floating))
+    cdef cybn_operand b
+    cdef int status = -1
+    cdef floating t
+    if pad != NULL and rows != NULL and out != NULL:
+        memset(pad, 0, C * Hp * Wp * sizeof(floating))
+        for c in range(C):
+            for r in range(H):
+                memcpy(pad + (c * Hp + r + ph) * Wp + pw, x + (c * H + r) * W,
+                       W * sizeof(floating))
+            for i in range(kh):
+                for j in range(kw):
+                    rows[(c * kh + i) * kw + j] = pad + (c * Hp + i * dh) * Wp + j * dw
+        b.kind, b.p, b.rows = CYBN_ROWS, pad, rows
+        status = gemm_op(O, Pp, K, weight, &b, out, 0, num_threads)
+        if status == 0:
+            for o in range(O):
+                for oh in range(Ho):
+                    if bias == NULL:
+                        memcpy(y + (o * Ho + oh) * Wo, out + o * Pp + oh * Wp,
+                               Wo * sizeof(floating))
+                        continue
+                    t = bias[o]
+                    for q in range(Wo):
+                        y[(o * Ho + oh) * Wo + q] = out[o * Pp + oh * Wp + q] + t
+    free(pad)
+    free(rows)
+    free(out)
+    return status
 
 
 def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho, Wo)

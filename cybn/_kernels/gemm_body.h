@@ -104,6 +104,57 @@ static void GNAME(cybn_cols_run_)(const cybn_operand* b, ptrdiff_t kidx, ptrdiff
     }
 }
 
+/* The column matrix's rows k0 .. k0+kc-1 at columns j0 .. j0+n-1 (n <= NR) as one k-major
+ * panel, columns past n 0: the panel's outputs split into runs of one output row each, then
+ * for each row (c, i, j) of the column matrix, each run copied from its image row (the
+ * window inside the image) or zeroed. cybn_cols_run_ with the divisions and the run set-up
+ * hoisted out of the row loop: packing is most of a product's time when the output channels
+ * are few. */
+static void GNAME(cybn_pack_cols_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t kc,
+                                   ptrdiff_t j0, ptrdiff_t n, GT* Bp) {
+    ptrdiff_t run_oh[GNR], run_ow[GNR], run_len[GNR], runs = 0;
+    for (ptrdiff_t p = j0; p < j0 + n; runs++) {
+        run_oh[runs] = p / b->Wo;
+        run_ow[runs] = p % b->Wo;
+        run_len[runs] = b->Wo - run_ow[runs] < j0 + n - p ? b->Wo - run_ow[runs] : j0 + n - p;
+        p += run_len[runs];
+    }
+    ptrdiff_t H = b->H, W = b->W, sw = b->sw, taps = b->kh * b->kw;
+    ptrdiff_t c = k0 / taps, ti = k0 % taps / b->kw, tj = k0 % b->kw;
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        GT* dst = Bp + k * GNR;
+        const GT* plane = (const GT*)b->p + c * H * W;
+        ptrdiff_t off = tj * b->dw - b->pw; /* image column = ow * sw + off */
+        ptrdiff_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+        ptrdiff_t hi = W - off > 0 ? (W - off + sw - 1) / sw : 0;
+        ptrdiff_t rbase = ti * b->dh - b->ph;
+        for (ptrdiff_t s = 0; s < runs; s++) {
+            ptrdiff_t ow = run_ow[s], e = ow + run_len[s], r = run_oh[s] * b->sh + rbase;
+            ptrdiff_t a0 = ow > lo ? ow : lo, a1 = e < hi ? e : hi;
+            if (r < 0 || r >= H || a0 >= a1) {
+                for (ptrdiff_t o = ow; o < e; o++) dst[o - ow] = 0;
+            } else {
+                const GT* row = plane + r * W + off;
+                for (ptrdiff_t o = ow; o < a0; o++) dst[o - ow] = 0;
+                if (sw == 1)
+                    for (ptrdiff_t o = a0; o < a1; o++) dst[o - ow] = row[o];
+                else
+                    for (ptrdiff_t o = a0; o < a1; o++) dst[o - ow] = row[o * sw];
+                for (ptrdiff_t o = a1; o < e; o++) dst[o - ow] = 0;
+            }
+            dst += run_len[s];
+        }
+        for (ptrdiff_t j = n; j < GNR; j++) Bp[k * GNR + j] = 0;
+        if (++tj == b->kw) { /* the next row of the column matrix: (c, ti, tj) + 1 */
+            tj = 0;
+            if (++ti == b->kh) {
+                ti = 0;
+                c++;
+            }
+        }
+    }
+}
+
 /* One NR-column panel of an operand's rows k0 .. k0+kc-1 and columns j0 .. j0+n-1, k-major
  * (Bp[k][j]), columns past n 0: a matrix (cybn_pack_b_), the column matrix (each row a
  * run), or its transpose (runs of GTB columns into a scratch, then block transposes). */
@@ -115,8 +166,13 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
         return;
     }
     if (b->kind == CYBN_COLS) {
+        GNAME(cybn_pack_cols_)(b, k0, kc, j0, n, Bp);
+        return;
+    }
+    if (b->kind == CYBN_ROWS) { /* a partial panel: only n columns are readable */
         for (ptrdiff_t k = 0; k < kc; k++) {
-            GNAME(cybn_cols_run_)(b, k0 + k, j0, n, Bp + k * GNR);
+            const GT* row = (const GT*)b->rows[k0 + k] + j0;
+            for (ptrdiff_t j = 0; j < n; j++) Bp[k * GNR + j] = row[j];
             for (ptrdiff_t j = n; j < GNR; j++) Bp[k * GNR + j] = 0;
         }
         return;
@@ -138,10 +194,13 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
     }
 }
 
-/* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + Ap @ Bp over kc: the register tile. */
+/* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + A @ B over kc: the register tile. A(i, k)
+ * at a[i*ars + k*acs]; B a packed panel b (brow NULL), or read in place: B(k, j) at
+ * brow[k][bj + j] (all NR columns readable). */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const GT* restrict b,
-        GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add) {
+        const GT* const* brow, ptrdiff_t bj, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n,
+        int add) {
     GV acc[GMR][GNV];
 #pragma GCC unroll 16
     for (int i = 0; i < GMR; i++)
@@ -150,7 +209,9 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
     for (ptrdiff_t k = 0; k < kc; k++) {
         GV bv[GNV];
 #pragma GCC unroll 4
-        for (int v = 0; v < GNV; v++) bv[v] = *(const GV*)(b + v * GVL);
+        for (int v = 0; v < GNV; v++)
+            bv[v] = brow == NULL ? *(const GV*)(b + v * GVL)
+                                 : GNAME(cybn_gld_)(brow[k] + bj + v * GVL);
 #pragma GCC unroll 16
         for (int i = 0; i < GMR; i++) {
             GV ai = GBC(a[i * ars]);
@@ -217,9 +278,9 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                 ptrdiff_t packed = -1;
 #pragma omp for schedule(static)
                 for (ptrdiff_t p = 0; p < np; p++) {
-                    ptrdiff_t j0 = p * GNR;
-                    GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, nc - j0 < GNR ? nc - j0 : GNR,
-                                          Bp + p * GNR * kc);
+                    ptrdiff_t j0 = p * GNR, n = nc - j0 < GNR ? nc - j0 : GNR;
+                    if (B->kind != CYBN_ROWS || n < GNR)
+                        GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, n, Bp + p * GNR * kc);
                 }
 #pragma omp for schedule(static)
                 for (ptrdiff_t t = 0; t < mblocks * ngroups; t++) {
@@ -237,14 +298,24 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                     for (ptrdiff_t p = g * CYBN_GEMM_NG; p < p1; p++) {
                         ptrdiff_t j0 = p * GNR, n = nc - j0 < GNR ? nc - j0 : GNR;
                         const GT* bp = Bp + p * GNR * kc;
+                        /* a rows operand's full panels are read in place */
+                        const GT* const* brow = B->kind == CYBN_ROWS && n == GNR ?
+                            (const GT* const*)B->rows + pc : NULL;
                         GT* cp = C + jc + j0;
                         ptrdiff_t ir = 0;
-                        for (; ir < mfull; ir += GMR)
-                            GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, bp,
-                                               cp + (ic + ir) * rsc, rsc, GMR, n, add);
+                        if (brow != NULL) /* (separate calls: each inlined for its B) */
+                            for (; ir < mfull; ir += GMR)
+                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
+                                                   brow, jc + j0, cp + (ic + ir) * rsc, rsc,
+                                                   GMR, n, add);
+                        else
+                            for (; ir < mfull; ir += GMR)
+                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, bp,
+                                                   NULL, 0, cp + (ic + ir) * rsc, rsc, GMR, n,
+                                                   add);
                         for (; ir < mc; ir += GMR)
-                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, bp,
-                                               cp + (ic + ir) * rsc, rsc,
+                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, bp, brow,
+                                               jc + j0, cp + (ic + ir) * rsc, rsc,
                                                mc - ir < GMR ? mc - ir : GMR, n, add);
                     }
                 }
