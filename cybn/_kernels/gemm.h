@@ -250,17 +250,19 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 
 /* C (M x N, row stride rsc) = A @ B, or C += A @ B with accumulate; A(i, k) at
  * A[i*rsa + k*csa], B the operand *B: cybn_gemm_op_s/d. The narrow tile for at most one
- * vector of columns, else the wide one. 0, or -1 when out of memory. cybn_gemm_s/d: the same
+ * vector of columns, else the wide one; akoff: see gemm_body.h. 0, or -1 when out of memory.
+ * cybn_gemm_s/d: the same
  * with B a matrix, B(k, j) at B[k*rsb + j*csb]. (Computing C^T = B^T A^T for few rows and
  * many columns was tried and measured slower in float32.) */
 #define CYBN_GEMM_DISPATCH(X, T, VL)                                                         \
     static int cybn_gemm_op_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,          \
-                                ptrdiff_t rsa, ptrdiff_t csa, const cybn_operand* B, T* C,  \
-                                ptrdiff_t rsc, int accumulate, int num_threads) {           \
+                                ptrdiff_t rsa, ptrdiff_t csa, const ptrdiff_t* akoff,       \
+                                const cybn_operand* B, T* C, ptrdiff_t rsc, int accumulate, \
+                                int num_threads) {                                          \
         if (N <= (VL))                                                                      \
-            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, B, C, rsc, accumulate,      \
-                                          num_threads);                                     \
-        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, B, C, rsc, accumulate,            \
+            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, akoff, B, C, rsc,           \
+                                          accumulate, num_threads);                         \
+        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, akoff, B, C, rsc, accumulate,     \
                                     num_threads);                                           \
     }                                                                                       \
     static int cybn_gemm_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,             \
@@ -268,7 +270,8 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
                              ptrdiff_t csb, T* C, ptrdiff_t rsc, int accumulate,             \
                              int num_threads) {                                             \
         cybn_operand b = {.kind = CYBN_MATRIX, .p = B, .rs = rsb, .cs = csb};                \
-        return cybn_gemm_op_##X(M, N, K, A, rsa, csa, &b, C, rsc, accumulate, num_threads); \
+        return cybn_gemm_op_##X(M, N, K, A, rsa, csa, NULL, &b, C, rsc, accumulate,         \
+                                num_threads);                                               \
     }
 CYBN_GEMM_DISPATCH(s, float, CYBN_GEMM_VBYTES / 4)
 CYBN_GEMM_DISPATCH(d, double, CYBN_GEMM_VBYTES / 8)

@@ -13,15 +13,17 @@ cdef extern from "gemm.h" nogil:
         const void* p
         const void* const* rows
         Py_ssize_t rs, cs, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+    int CYBN_MATRIX
     int CYBN_COLS
     int CYBN_COLS_T
     int CYBN_ROWS
     int cybn_gemm_op_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
-                       Py_ssize_t csa, const cybn_operand* B, float* C, Py_ssize_t rsc,
-                       int accumulate, int num_threads)
+                       Py_ssize_t csa, const Py_ssize_t* akoff, const cybn_operand* B,
+                       float* C, Py_ssize_t rsc, int accumulate, int num_threads)
     int cybn_gemm_op_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
-                       Py_ssize_t rsa, Py_ssize_t csa, const cybn_operand* B, double* C,
-                       Py_ssize_t rsc, int accumulate, int num_threads)
+                       Py_ssize_t rsa, Py_ssize_t csa, const Py_ssize_t* akoff,
+                       const cybn_operand* B, double* C, Py_ssize_t rsc, int accumulate,
+                       int num_threads)
     int cybn_gemm_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
                     Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb, float* C,
                     Py_ssize_t rsc, int accumulate, int num_threads)
@@ -45,9 +47,9 @@ cdef inline int gemm_op(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         int num_threads) noexcept nogil:
     """C (M x N, C-contiguous) = A (M x K, C-contiguous) @ B (or +=), B an operand."""
     if floating is float:
-        return cybn_gemm_op_s(M, N, K, A, K, 1, B, C, N, accumulate, num_threads)
+        return cybn_gemm_op_s(M, N, K, A, K, 1, NULL, B, C, N, accumulate, num_threads)
     else:
-        return cybn_gemm_op_d(M, N, K, A, K, 1, B, C, N, accumulate, num_threads)
+        return cybn_gemm_op_d(M, N, K, A, K, 1, NULL, B, C, N, accumulate, num_threads)
 
 
 cdef Py_ssize_t elements(Py_ssize_t stride_bytes, Py_ssize_t itemsize, str name) except? -1:
@@ -388,3 +390,72 @@ def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho,
         add_parts(out, part, nchunks, O * K)
     free(part)
     check_scratch(failed)
+
+
+def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
+                      const floating[:, ::1] weight,       # IN  (out, kh * kw * C)
+                      const floating[::1] bias,            # IN  (out,), or (0,): none
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t dh, Py_ssize_t dw,
+                      floating[:, :, :, ::1] y,            # OUT (N, Ho, Wo, out)
+                      int num_threads):
+    """The stride-1 channels-last convolution y = columns(x) @ weight^T + bias with no
+    column matrix: x copied into zero-padded images, the product's rows are the outputs on
+    the padded grid (sample n, output (oh, ow) at row (n * Hp + oh) * Wp + ow), each reading
+    its window through a table of offsets, one per column (tap (i, j), channel c); the valid
+    rows are copied to y with the bias."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], O = y.shape[3], K = kh * kw * C
+    need_windows(H, W, Ho, Wo, kh, kw, 1, 1, ph, pw, dh, dw, num_threads)
+    need_len("y's samples", y.shape[0], N)
+    need_shape("weight", weight.shape, 2, O, K)
+    need(bias.shape[0] == O or bias.shape[0] == 0, f"bias has length {bias.shape[0]}, "
+         f"expected {O} or 0")
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
+    need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
+    if N == 0:
+        return
+    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw
+    cdef Py_ssize_t rows = (N - 1) * Hp * Wp + (Ho - 1) * Wp + Wo, n, r, i, j, c, oh, q, o
+    cdef floating* pad = <floating*>malloc(N * Hp * Wp * C * sizeof(floating))
+    cdef Py_ssize_t* koff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    cdef floating* out = <floating*>malloc(rows * O * sizeof(floating))
+    cdef cybn_operand b
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef const floating* src
+    cdef floating* dst
+    cdef int status = -1
+    if pad != NULL and koff != NULL and out != NULL:
+        with nogil:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                memset(pad + n * Hp * Wp * C, 0, Hp * Wp * C * sizeof(floating))
+                for r in range(H):
+                    memcpy(pad + ((n * Hp + r + ph) * Wp + pw) * C, xp + (n * H + r) * W * C,
+                           W * C * sizeof(floating))
+            for i in range(kh):
+                for j in range(kw):
+                    for c in range(C):
+                        koff[(i * kw + j) * C + c] = (i * dh * Wp + j * dw) * C + c
+            b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, &weight[0, 0], NULL, 1, K
+            if floating is float:
+                status = cybn_gemm_op_s(rows, O, K, pad, C, 1, koff, &b, out, O, 0,
+                                        num_threads)
+            else:
+                status = cybn_gemm_op_d(rows, O, K, pad, C, 1, koff, &b, out, O, 0,
+                                        num_threads)
+            if status == 0:
+                for n in prange(N, schedule='static', num_threads=num_threads):
+                    for oh in range(Ho):
+                        src = out + ((n * Hp + oh) * Wp) * O
+                        dst = yp + ((n * Ho + oh) * Wo) * O
+                        if bias.shape[0] == 0:
+                            memcpy(dst, src, Wo * O * sizeof(floating))
+                        else:
+                            for q in range(Wo):
+                                for o in range(O):
+                                    dst[q * O + o] = src[q * O + o] + bias[o]
+    free(pad)
+    free(koff)
+    free(out)
+    check_scratch(status)

@@ -13,13 +13,20 @@ typedef GT GCAT(cybn_gvu_, GX)
 static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
 static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
 
-/* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0. */
-static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t mc,
-                               ptrdiff_t kc, GT* Ap) {
+/* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0.
+ * A(i, k) at A[i*rsa + k*csa], or at A[i*rsa + koff[k]] with an offset table. */
+static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa,
+                               const ptrdiff_t* koff, ptrdiff_t mc, ptrdiff_t kc, GT* Ap) {
     for (ptrdiff_t ir = 0; ir < mc; ir += GMR) {
         ptrdiff_t m = mc - ir < GMR ? mc - ir : GMR;
         const GT* a = A + ir * rsa;
-        if (csa == 1) {
+        if (koff != NULL) {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                ptrdiff_t i = 0;
+                for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + koff[k]];
+                for (; i < GMR; i++) Ap[k * GMR + i] = 0;
+            }
+        } else if (csa == 1) {
             for (ptrdiff_t k = 0; k < kc; k++) {
                 ptrdiff_t i = 0;
                 for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + k];
@@ -195,12 +202,12 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
 }
 
 /* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + A @ B over kc: the register tile. A(i, k)
- * at a[i*ars + k*acs]; B a packed panel b (brow NULL), or read in place: B(k, j) at
- * brow[k][bj + j] (all NR columns readable). */
+ * at a[i*ars + k*acs], or at a[i*ars + koff[k]] with an offset table; B a packed panel b
+ * (brow NULL), or read in place: B(k, j) at brow[k][bj + j] (all NR columns readable). */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
-        ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const GT* restrict b,
-        const GT* const* brow, ptrdiff_t bj, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n,
-        int add) {
+        ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const ptrdiff_t* koff,
+        const GT* restrict b, const GT* const* brow, ptrdiff_t bj, GT* c, ptrdiff_t rsc,
+        ptrdiff_t m, ptrdiff_t n, int add) {
     GV acc[GMR][GNV];
 #pragma GCC unroll 16
     for (int i = 0; i < GMR; i++)
@@ -214,11 +221,11 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
                                  : GNAME(cybn_gld_)(brow[k] + bj + v * GVL);
 #pragma GCC unroll 16
         for (int i = 0; i < GMR; i++) {
-            GV ai = GBC(a[i * ars]);
+            GV ai = GBC(koff == NULL ? a[i * ars] : a[i * ars + koff[k]]);
 #pragma GCC unroll 4
             for (int v = 0; v < GNV; v++) acc[i][v] = GFMA(ai, bv[v], acc[i][v]);
         }
-        a += acs;
+        if (koff == NULL) a += acs;
         b += GNR;
     }
     if (m == GMR && n == GNR) {
@@ -239,12 +246,14 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
             c[i * rsc + j] = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
 }
 
-/* C (M x N, row stride rsc) = (accumulate ? C : 0) + A @ B, A(i, k) at A[i*rsa + k*csa],
- * B the operand *B (a matrix or an image's column matrix, see cybn_operand). The tiles and the summation order depend only on the shapes:
- * the same bits for any thread count. 0, or -1 when out of memory. */
+/* C (M x N, row stride rsc) = (accumulate ? C : 0) + A @ B, A(i, k) at A[i*rsa + k*csa]
+ * (or, with an offset table akoff, at A[i*rsa + akoff[k]]: rows that are windows of an
+ * image), B the operand *B (a matrix, an image's column matrix or rows read in place, see
+ * cybn_operand). The tiles and the summation order depend only on the shapes: the same bits
+ * for any thread count. 0, or -1 when out of memory. */
 static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
-                            ptrdiff_t csa, const cybn_operand* B, GT* C, ptrdiff_t rsc,
-                            int accumulate, int num_threads) {
+                            ptrdiff_t csa, const ptrdiff_t* akoff, const cybn_operand* B,
+                            GT* C, ptrdiff_t rsc, int accumulate, int num_threads) {
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) {
         if (!accumulate)
@@ -257,7 +266,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     GT* Bp = (GT*)cybn_gemm_scratch(0, (size_t)npan * GNR * kcmax * sizeof(GT));
     if (Bp == NULL) return -1;
     int failed = 0;
-    int direct = csa == 1; /* A's rows read in place: no packing */
+    int direct = csa == 1 || akoff != NULL; /* A's rows read in place: no packing */
     ptrdiff_t mblocks = (M + CYBN_GEMM_MC - 1) / CYBN_GEMM_MC;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
     {
@@ -279,7 +288,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
 #pragma omp for schedule(static)
                 for (ptrdiff_t p = 0; p < np; p++) {
                     ptrdiff_t j0 = p * GNR, n = nc - j0 < GNR ? nc - j0 : GNR;
-                    if (B->kind != CYBN_ROWS || n < GNR)
+                    if (B->kind != CYBN_ROWS || n < GNR || akoff != NULL)
                         GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, n, Bp + p * GNR * kc);
                 }
 #pragma omp for schedule(static)
@@ -290,8 +299,9 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                     ptrdiff_t mc = M - ic < CYBN_GEMM_MC ? M - ic : CYBN_GEMM_MC;
                     ptrdiff_t mfull = direct ? mc / GMR * GMR : 0; /* rows read in place */
                     if (packed != ib && mfull < mc) {
-                        GNAME(cybn_pack_a_)(A + (ic + mfull) * rsa + pc * csa, rsa, csa,
-                                            mc - mfull, kc, Ap);
+                        GNAME(cybn_pack_a_)(A + (ic + mfull) * rsa + (akoff ? 0 : pc * csa),
+                                            rsa, csa, akoff ? akoff + pc : NULL, mc - mfull,
+                                            kc, Ap);
                         packed = ib;
                     }
                     ptrdiff_t p1 = (g + 1) * CYBN_GEMM_NG < np ? (g + 1) * CYBN_GEMM_NG : np;
@@ -299,23 +309,28 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                         ptrdiff_t j0 = p * GNR, n = nc - j0 < GNR ? nc - j0 : GNR;
                         const GT* bp = Bp + p * GNR * kc;
                         /* a rows operand's full panels are read in place */
-                        const GT* const* brow = B->kind == CYBN_ROWS && n == GNR ?
+                        const GT* const* brow = B->kind == CYBN_ROWS && n == GNR && !akoff ?
                             (const GT* const*)B->rows + pc : NULL;
                         GT* cp = C + jc + j0;
                         ptrdiff_t ir = 0;
-                        if (brow != NULL) /* (separate calls: each inlined for its B) */
+                        if (akoff != NULL) /* (separate calls: each inlined for its A, B) */
+                            for (; ir < mfull; ir += GMR)
+                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa, rsa, 0, akoff + pc,
+                                                   bp, NULL, 0, cp + (ic + ir) * rsc, rsc, GMR,
+                                                   n, add);
+                        else if (brow != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
-                                                   brow, jc + j0, cp + (ic + ir) * rsc, rsc,
-                                                   GMR, n, add);
+                                                   NULL, brow, jc + j0, cp + (ic + ir) * rsc,
+                                                   rsc, GMR, n, add);
                         else
                             for (; ir < mfull; ir += GMR)
-                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, bp,
-                                                   NULL, 0, cp + (ic + ir) * rsc, rsc, GMR, n,
-                                                   add);
+                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
+                                                   bp, NULL, 0, cp + (ic + ir) * rsc, rsc, GMR,
+                                                   n, add);
                         for (; ir < mc; ir += GMR)
-                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, bp, brow,
-                                               jc + j0, cp + (ic + ir) * rsc, rsc,
+                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, NULL, bp,
+                                               brow, jc + j0, cp + (ic + ir) * rsc, rsc,
                                                mc - ir < GMR ? mc - ir : GMR, n, add);
                     }
                 }

@@ -9,7 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _matmul
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
-                        depthwise_backward, depthwise_forward, im2col)
+                        conv_rows, depthwise_backward, depthwise_forward, im2col)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -138,25 +138,42 @@ class Conv2d(Module):
     def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
         """groups=1 on cybn's threads. Channels-first with output planes of at least
         ROWS_BELOW pixels: y[n] = weight @ columns(x[n]), the columns packed from x as the
-        products run (ops.conv.conv_planes). Otherwise channels-last columns (compiled
-        im2col) and one matrix product over the whole batch, a channels-first x and y
-        transposed around them (small planes: one large product beats a small one per
-        sample)."""
+        products run (ops.conv.conv_planes). Otherwise one product over the whole batch in
+        channels-last order (a channels-first x and y transposed around it: for small planes
+        one large product beats a small one per sample): at stride 1 with rows that read
+        their windows in place (ops.conv.conv_rows; the backward builds the column matrix
+        for the weight gradient), else on the column matrix (compiled im2col)."""
         if not self.channels_last and ho * wo >= ROWS_BELOW:
             x = np.ascontiguousarray(x)
             self._cache = ("planes", x, x.shape)
             return conv_planes(x, self.weight.data,
                                None if self.bias is None else self.bias.data, self.stride,
                                self.padding, self.dilation)
-        out, cin, kh, kw = self.weight.data.shape
-        n = x.shape[0]
-        # columns (N * Ho * Wo, kh * kw * C) in (kh, kw, C) order
-        cols = im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo,
-                      self._workspace("cols", (n * ho * wo, kh * kw * cin), x.dtype))
         bias = None if self.bias is None else self.bias.data
-        y = _matmul.matmul(cols, self._dense_weight().T, bias=bias).reshape(n, ho, wo, out)
-        self._cache = ("dense", cols, x.shape)
+        if self.stride == (1, 1):  # rows reading the windows in place: no column matrix
+            xh = np.ascontiguousarray(xh)
+            self._cache = ("rows", xh, x.shape)
+            y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
+                          self.dilation)
+        else:
+            cols = self._columns(xh, ho, wo)
+            y = _matmul.matmul(cols, self._dense_weight().T, bias=bias)
+            y = y.reshape(x.shape[0], ho, wo, self.out_channels)
+            self._cache = ("dense", cols, x.shape)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+    def _columns(self, xh, ho: int, wo: int) -> np.ndarray:
+        """The column matrix (N * Ho * Wo, kh * kw * C) of channels-last xh, columns in
+        (kh, kw, C) order, in this layer's workspace."""
+        kh, kw = self.kernel_size
+        shape = (xh.shape[0] * ho * wo, kh * kw * xh.shape[3])
+        return im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo,
+                      self._workspace("cols", shape, xh.dtype))
+
+    def _rows_columns(self, xh, dy) -> np.ndarray:
+        """The column matrix of the rows route's forward input (for the weight gradient)."""
+        ho, wo = (dy.shape[1], dy.shape[2]) if self.channels_last else dy.shape[2:4]
+        return self._columns(xh, ho, wo)
 
     def _dense_backward(self, cols, x_shape, dy, input_grad: bool = True):
         """The backward of the columns route of _dense_forward (x_shape: x's, in its
@@ -201,6 +218,9 @@ class Conv2d(Module):
         saved, dy = self._saved_with_grad(dy)
         if saved[0] == "planes":
             self._planes_backward(saved[1], dy, input_grad=False)
+        elif saved[0] == "rows":
+            self._dense_backward(self._rows_columns(saved[1], dy), saved[2], dy,
+                                 input_grad=False)
         else:
             self._dense_backward(saved[1], saved[2], dy, input_grad=False)
         return None
@@ -264,6 +284,8 @@ class Conv2d(Module):
             return self._dense_backward(saved[0], saved[1], dy)
         if kind == "planes":
             return self._planes_backward(saved[0], dy)
+        if kind == "rows":
+            return self._dense_backward(self._rows_columns(saved[0], dy), saved[1], dy)
         if kind == "compiled depthwise":
             return self._compiled_depthwise_backward(saved[0], dy)
         if kind == "depthwise":

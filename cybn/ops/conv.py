@@ -175,3 +175,20 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
                           dy.reshape(n, out, ho * wo), dcols, False,
                           _schedule.threads_for(dcols.size))
     return col2im_planes(dcols, x_shape, (kh, kw), stride, padding, dilation, ho, wo)
+
+
+def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, kernel: tuple,
+              padding: tuple, dilation: tuple) -> np.ndarray:
+    """The stride-1 dense convolution of channels-last xh (N, H, W, C) with weight_rows
+    (out, kh * kw * C, taps in (kh, kw, C) order) (+ bias): products whose rows read the
+    windows of zero-padded copies of the images in place (no column matrix)."""
+    xh = np.ascontiguousarray(xh)
+    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
+    n, h, w, _ = xh.shape
+    out = weight_rows.shape[0]
+    ho, wo = _output_size(h, kh, 1, ph, dh), _output_size(w, kw, 1, pw, dw)
+    y = np.empty((n, ho, wo, out), dtype=xh.dtype)
+    b = np.empty(0, xh.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xh.dtype)
+    _kernels.conv_forward_rows(xh, np.ascontiguousarray(weight_rows, dtype=xh.dtype), b, kh, kw,
+                               ph, pw, dh, dw, y, _schedule.threads_for(y.size))
+    return y

@@ -99,3 +99,27 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients():
     dw = np.full((2, 27), np.nan, np.float32)
     _kernels.conv_weight_grad_planes(y, x, 3, 3, 1, 1, 1, 1, 1, 1, dw, 1, 2)
     assert np.array_equal(dw, np.zeros((2, 27)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[7] == (1, 1)])
+def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
+    n, c, h, w, out, kh, kw, _, padding, dilation = geometry
+    x = RNG.standard_normal((n, c, h, w)).astype(dtype)
+    weight = RNG.standard_normal((out, c, kh, kw)).astype(dtype)
+    bias = RNG.standard_normal(out).astype(dtype)
+    cols, ho, wo = columns(x, kh, kw, (1, 1), padding, dilation)
+    ref = np.einsum("ok,nkp->nop", weight.reshape(out, -1).astype(np.float64), cols)
+    ref = (ref + bias[:, None]).reshape(n, out, ho, wo).transpose(0, 2, 3, 1)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out, -1)  # (kh, kw, C)
+    ys = []
+    for threads in (1, 2, 3, 4):
+        y = np.full((n, ho, wo, out), np.nan, dtype)
+        _kernels.conv_forward_rows(xh, rows, bias, kh, kw, *padding, *dilation, y, threads)
+        ys.append(y)
+    close(ys[0], ref, c * kh * kw, dtype)
+    assert all(np.array_equal(y, ys[0]) for y in ys[1:])
+    y = np.empty_like(ys[0])  # no bias
+    _kernels.conv_forward_rows(xh, rows, np.empty(0, dtype), kh, kw, *padding, *dilation, y, 2)
+    close(y, ref - bias, c * kh * kw, dtype)

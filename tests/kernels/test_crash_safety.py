@@ -134,6 +134,7 @@ f32 = np.float32
 def kernel_cases():
     """(name, kernel, args) with one inconsistent argument each."""
     z = lambda *s, dtype=f32: np.zeros(s, dtype)  # noqa: E731
+    shared_image = np.zeros((2, 6, 6, 3), f32)
     u8 = lambda *s: np.zeros(s, np.uint8)  # noqa: E731
     d = lambda *s: np.zeros(s)  # noqa: E731
     K = _kernels
@@ -196,6 +197,12 @@ def kernel_cases():
          (z(2, 3, 6, 6), z(4, 27), z(0), 3, 3, 1, 1, 1, 1, 1, 1, z(2, 4, 7, 6), 1)),
         ("conv_forward_planes bias short", K.conv_forward_planes,
          (z(2, 3, 6, 6), z(4, 27), z(3), 3, 3, 1, 1, 1, 1, 1, 1, z(2, 4, 6, 6), 1)),
+        ("conv_forward_rows weight short", K.conv_forward_rows,
+         (z(2, 6, 6, 3), z(4, 26), z(4), 3, 3, 1, 1, 1, 1, z(2, 6, 6, 4), 1)),
+        ("conv_forward_rows wrong Wo", K.conv_forward_rows,
+         (z(2, 6, 6, 3), z(4, 27), z(0), 3, 3, 1, 1, 1, 1, z(2, 6, 5, 4), 1)),
+        ("conv_forward_rows y is x", K.conv_forward_rows,
+         (shared_image, z(3, 27), z(0), 3, 3, 1, 1, 1, 1, shared_image, 1)),
         ("conv_weight_grad_planes dy's samples", K.conv_weight_grad_planes,
          (z(3, 4, 6, 6), z(2, 3, 6, 6), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 1, 1)),
         ("conv_weight_grad_planes dweight short", K.conv_weight_grad_planes,

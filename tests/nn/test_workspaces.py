@@ -71,6 +71,7 @@ def test_scratch_follows_a_new_shape():
         y = conv(x)
         ref = cybn.Conv2d(3, 4, 3, padding=1, channels_last=True, rng=0)
         np.testing.assert_array_equal(y, ref(x))
+        conv.backward(np.ones_like(y))  # stride 1: the column matrix is the backward's
         assert conv.__dict__["_workspaces"]["cols"].shape == (shape[0] * shape[1] * shape[2],
                                                               27)
 
