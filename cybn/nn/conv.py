@@ -189,11 +189,19 @@ class Conv2d(Module):
         self.weight.grad += dw.transpose(0, 3, 1, 2)
         if not input_grad:
             return None
-        dcols = _matmul.matmul(dy2, self._dense_weight(),
-                               out=self._workspace("dcols", cols.shape, cols.dtype))
-        xh_shape = x_shape if self.channels_last else tuple(np.take(x_shape, (0, 2, 3, 1)))
-        dx = col2im(dcols, xh_shape, self.kernel_size, self.stride, self.padding,
-                    self.dilation, ho, wo)
+        (dh, dw_), (ph, pw) = self.dilation, self.padding
+        if self.stride == (1, 1) and ph <= dh * (kh - 1) and pw <= dw_ * (kw - 1):
+            # the convolution of dy with the flipped, transposed weight (rows, (kh, kw, out))
+            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)
+            dx = conv_rows(dy2.reshape(n, ho, wo, out), flipped.reshape(cin, -1), None,
+                           self.kernel_size, (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw),
+                           self.dilation)
+        else:  # the columns' gradient, folded back
+            dcols = _matmul.matmul(dy2, self._dense_weight(),
+                                   out=self._workspace("dcols", cols.shape, cols.dtype))
+            xh_shape = x_shape if self.channels_last else tuple(np.take(x_shape, (0, 2, 3, 1)))
+            dx = col2im(dcols, xh_shape, self.kernel_size, self.stride, self.padding,
+                        self.dilation, ho, wo)
         return dx if self.channels_last else np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
 
     def _planes_backward(self, x, dy, input_grad: bool = True):
