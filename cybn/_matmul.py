@@ -19,7 +19,7 @@ __all__ = ["matmul", "matmul_sum"]
 
 MAX_CHUNKS = 16         # a split sum has at most this many chunks (fixed: it sets the bits)
 MIN_CHUNK = 1024        # inner-dimension chunk at least (shorter ones waste the packing)
-SPLIT_OUTPUT = 96 * 64  # outputs below which a long inner dimension is split
+SPLIT_RATIO = 4         # an inner dimension this many times M + N or longer is split
 
 
 def _ours(*arrays) -> bool:
@@ -58,7 +58,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
 def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D a (M, K) and b (K, N) with a possibly long inner dimension K (a
     weight gradient: the sum over samples), or the sum over the batch of a stacked product
-    ``sum_i a[i] @ b[i]``. A long sum with few outputs is cut into chunks added in order."""
+    ``sum_i a[i] @ b[i]``. A sum much longer than the output's sides (a convolution's
+    weight gradient: the output's few tiles could not share the work) is cut into chunks,
+    one thread each, added in order."""
     a, b = np.asarray(a), np.asarray(b)
     dtype = np.result_type(a, b)
     if not _ours(a, b):
@@ -71,7 +73,7 @@ def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return out
     (m, k), n = a.shape, b.shape[1]
     out = np.empty((m, n), dtype=dtype)
-    if m * n >= SPLIT_OUTPUT or k < 2 * MIN_CHUNK:
+    if k < SPLIT_RATIO * (m + n) or k < 2 * MIN_CHUNK:  # the output tiles share the work
         _kernels.matmul(a, b, out, False, threads)
     else:
         _kernels.matmul_split(a, b, out, max(MIN_CHUNK, -(-k // MAX_CHUNKS)), threads)
