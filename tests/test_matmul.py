@@ -171,3 +171,23 @@ def test_empty_products_are_empty(a_shape, b_shape):
     a, b = np.ones(a_shape, np.float32), np.ones(b_shape, np.float32)
     np.testing.assert_array_equal(_matmul.matmul(a, b), np.matmul(a, b))
     assert _matmul.matmul(a, b).shape == np.matmul(a, b).shape
+
+
+@pytest.mark.parametrize("channels_last,size", [(True, 9), (False, 6), (False, 20)])
+def test_backward_parameters_computes_no_input_gradient(channels_last, size, monkeypatch):
+    """Each dense route (rows, small planes through rows, packed planes): no input gradient
+    is computed, so no convolution runs after the forward."""
+    import cybn.nn.conv as conv_module
+    calls = []
+    for name in ("conv_rows", "conv_planes", "conv_planes_input_grad", "col2im"):
+        real = getattr(conv_module, name)
+        monkeypatch.setattr(conv_module, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name)
+                            or _real(*a, **k))
+    conv = cybn.Conv2d(3, 4, 3, padding=1, channels_last=channels_last, rng=0)
+    shape = (2, size, size, 3) if channels_last else (2, 3, size, size)
+    y = conv(data(*shape))
+    forward_calls = list(calls)
+    assert conv.backward_parameters(np.ones_like(y)) is None
+    assert calls == forward_calls
+    assert np.abs(conv.weight.grad).sum() > 0

@@ -221,7 +221,7 @@ class Conv2d(Module):
 
     def backward_parameters(self, dy) -> None:
         saved = self.__dict__.get("_cache")
-        if saved is None or saved[0] not in ("dense", "planes"):
+        if saved is None or saved[0] not in ("dense", "planes", "rows"):
             return super().backward_parameters(dy)
         saved, dy = self._saved_with_grad(dy)
         if saved[0] == "planes":
