@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from .layers import layers_markdown, layers_suite
 from .models import models_markdown, models_suite
 from .report import (fused_markdown, half_markdown, markdown_table, norms_markdown, plot,
                      variants_markdown)
@@ -71,6 +72,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", action="store_true",
                    help="only whole networks (MLPs, CNNs in both layouts, a ResNet): a training "
                         "step and an inference forward against PyTorch")
+    p.add_argument("--layers", action="store_true",
+                   help="only single layers (the bench models' products; 3x3, 1x1, strided "
+                        "and depthwise convolutions, both layouts) against PyTorch's modules: "
+                        "forward, backward, weight gradient")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
                                       torch=not args.no_torch), fused_markdown),
         "variants": (lambda: variants_suite(repeats=args.repeats), variants_markdown),
         "models": (lambda: models_suite(repeats=args.repeats), models_markdown),
+        "layers": (lambda: layers_suite(repeats=args.repeats), layers_markdown),
         "scaling": (lambda: thread_scaling(args.scaling, repeats=args.repeats,
                                            dtype=args.dtype[0]), None),
     }

@@ -123,3 +123,17 @@ def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
     y = np.empty_like(ys[0])  # no bias
     _kernels.conv_forward_rows(xh, rows, np.empty(0, dtype), kh, kw, *padding, *dilation, y, 2)
     close(y, ref - bias, c * kh * kw, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_rows_route_gives_the_column_matrix_routes_bits(dtype):
+    """Reading the windows in place changes where the operands come from, not the
+    arithmetic: bitwise the product on the compiled im2col's column matrix."""
+    x = RNG.standard_normal((3, 11, 13, 6)).astype(dtype)
+    rows = RNG.standard_normal((9, 3 * 3 * 6)).astype(dtype)
+    y = np.empty((3, 11, 13, 9), dtype)
+    _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, y, 2)
+    cols = C.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), 11, 13)
+    ref = np.empty((cols.shape[0], 9), dtype)
+    _kernels.matmul(cols, rows.T, ref, False, 2)
+    assert np.array_equal(y.reshape(-1, 9), ref)
