@@ -52,18 +52,16 @@ cdef inline int gemm_op(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
         return cybn_gemm_op_d(M, N, K, A, K, 1, NULL, B, C, N, accumulate, num_threads)
 
 
-cdef Py_ssize_t elements(Py_ssize_t stride_bytes, Py_ssize_t itemsize, str name) except? -1:
-    """A stride in elements (the products index arrays by element)."""
-    need(stride_bytes % itemsize == 0, f"{name}'s strides must be whole elements")
-    return stride_bytes // itemsize
-
-
-cdef int need_span_apart(str out_name, const void* out, Py_ssize_t out_bytes, str in_name,
-                         const char* base, const Py_ssize_t* shape, const Py_ssize_t* strides,
-                         int ndim, Py_ssize_t itemsize) except -1:
-    """need_apart for an input of any strides (negative ones too): the bytes between its
-    lowest and highest element."""
+cdef int input_strides(str name, const char* base, const Py_ssize_t* shape,
+                       const Py_ssize_t* strides, int ndim, Py_ssize_t itemsize,
+                       const void* out, Py_ssize_t out_bytes, Py_ssize_t* elements) except -1:
+    """An input of any strides (negative ones too): its strides in whole elements (the
+    products index by element) into ``elements``, and a ValueError unless the bytes between
+    its lowest and highest element stay apart from ``out``."""
     cdef Py_ssize_t lo = 0, hi = 0, i
+    for i in range(ndim):
+        need(strides[i] % itemsize == 0, f"{name}'s strides must be whole elements")
+        elements[i] = strides[i] // itemsize
     for i in range(ndim):
         if shape[i] == 0:
             return 0
@@ -71,7 +69,7 @@ cdef int need_span_apart(str out_name, const void* out, Py_ssize_t out_bytes, st
             lo += (shape[i] - 1) * strides[i]
         else:
             hi += (shape[i] - 1) * strides[i]
-    return need_apart(out_name, out, out_bytes, in_name, base + lo, hi - lo + itemsize, False)
+    return need_apart("out", out, out_bytes, name, base + lo, hi - lo + itemsize, False)
 
 
 def matmul(const floating[:, :] a,      # IN  (M, K), any strides
@@ -83,17 +81,17 @@ def matmul(const floating[:, :] a,      # IN  (M, K), any strides
     need_threads(num_threads)
     need_len("b's rows", b.shape[0], a.shape[1])
     need_shape("out", out.shape, 2, a.shape[0], b.shape[1])
-    cdef Py_ssize_t it = sizeof(floating)
-    cdef Py_ssize_t rsa = elements(a.strides[0], it, "a"), csa = elements(a.strides[1], it, "a")
-    cdef Py_ssize_t rsb = elements(b.strides[0], it, "b"), csb = elements(b.strides[1], it, "b")
-    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0], a.shape,
-                    a.strides, 2, it)
-    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0], b.shape,
-                    b.strides, 2, it)
+    cdef Py_ssize_t sa[2]
+    cdef Py_ssize_t sb[2]
+    input_strides("a", <const char*>&a[0, 0], a.shape, a.strides, 2, sizeof(floating),
+                  &out[0, 0], out.nbytes, sa)
+    input_strides("b", <const char*>&b[0, 0], b.shape, b.strides, 2, sizeof(floating),
+                  &out[0, 0], out.nbytes, sb)
     cdef int status
     with nogil:
-        status = gemm(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], rsa, csa, &b[0, 0],
-                      rsb, csb, &out[0, 0], out.shape[1], accumulate, num_threads)
+        status = gemm(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], sa[0], sa[1],
+                      &b[0, 0], sb[0], sb[1], &out[0, 0], out.shape[1], accumulate,
+                      num_threads)
     check_scratch(status)
 
 
@@ -109,14 +107,13 @@ def matmul_batch(const floating[:, :, :] a,   # IN  (batch, M, K), any strides (
     need_len("b's batch", b.shape[0], out.shape[0])
     need_len("b's rows", b.shape[1], a.shape[2])
     need_shape("out", out.shape, 3, out.shape[0], a.shape[1], b.shape[2])
-    cdef Py_ssize_t it = sizeof(floating)
-    cdef Py_ssize_t sa = elements(a.strides[0], it, "a"), rsa = elements(a.strides[1], it, "a")
-    cdef Py_ssize_t csa = elements(a.strides[2], it, "a"), sb = elements(b.strides[0], it, "b")
-    cdef Py_ssize_t rsb = elements(b.strides[1], it, "b"), csb = elements(b.strides[2], it, "b")
-    need_span_apart("out", &out[0, 0, 0], out.nbytes, "a", <const char*>&a[0, 0, 0], a.shape,
-                    a.strides, 3, it)
-    need_span_apart("out", &out[0, 0, 0], out.nbytes, "b", <const char*>&b[0, 0, 0], b.shape,
-                    b.strides, 3, it)
+    cdef Py_ssize_t ea[3]
+    cdef Py_ssize_t eb[3]
+    input_strides("a", <const char*>&a[0, 0, 0], a.shape, a.strides, 3, sizeof(floating),
+                  &out[0, 0, 0], out.nbytes, ea)
+    input_strides("b", <const char*>&b[0, 0, 0], b.shape, b.strides, 3, sizeof(floating),
+                  &out[0, 0, 0], out.nbytes, eb)
+    cdef Py_ssize_t sa = ea[0], rsa = ea[1], csa = ea[2], sb = eb[0], rsb = eb[1], csb = eb[2]
     cdef Py_ssize_t n = out.shape[0], M = out.shape[1], N = out.shape[2], K = a.shape[2], i
     cdef const floating* ap = &a[0, 0, 0]
     cdef const floating* bp = &b[0, 0, 0]
@@ -148,14 +145,13 @@ def matmul_sum(const floating[:, :, :] a,     # IN  (batch, M, K), any strides
     need_len("b's batch", b.shape[0], a.shape[0])
     need_len("b's rows", b.shape[1], a.shape[2])
     need_shape("out", out.shape, 2, a.shape[1], b.shape[2])
-    cdef Py_ssize_t it = sizeof(floating)
-    cdef Py_ssize_t sa = elements(a.strides[0], it, "a"), rsa = elements(a.strides[1], it, "a")
-    cdef Py_ssize_t csa = elements(a.strides[2], it, "a"), sb = elements(b.strides[0], it, "b")
-    cdef Py_ssize_t rsb = elements(b.strides[1], it, "b"), csb = elements(b.strides[2], it, "b")
-    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0, 0], a.shape,
-                    a.strides, 3, it)
-    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0, 0], b.shape,
-                    b.strides, 3, it)
+    cdef Py_ssize_t ea[3]
+    cdef Py_ssize_t eb[3]
+    input_strides("a", <const char*>&a[0, 0, 0], a.shape, a.strides, 3, sizeof(floating),
+                  &out[0, 0], out.nbytes, ea)
+    input_strides("b", <const char*>&b[0, 0, 0], b.shape, b.strides, 3, sizeof(floating),
+                  &out[0, 0], out.nbytes, eb)
+    cdef Py_ssize_t sa = ea[0], rsa = ea[1], csa = ea[2], sb = eb[0], rsb = eb[1], csb = eb[2]
     cdef Py_ssize_t n = a.shape[0], M = out.shape[0], N = out.shape[1], K = a.shape[2]
     cdef Py_ssize_t nchunks = (n + chunk - 1) // chunk, t, i, j, i1
     cdef const floating* ap = &a[0, 0, 0]
@@ -198,13 +194,13 @@ def matmul_split(const floating[:, :] a,    # IN  (M, K), any strides
     need(chunk >= 1, "chunk must be at least 1")
     need_len("b's rows", b.shape[0], a.shape[1])
     need_shape("out", out.shape, 2, a.shape[0], b.shape[1])
-    cdef Py_ssize_t it = sizeof(floating)
-    cdef Py_ssize_t rsa = elements(a.strides[0], it, "a"), csa = elements(a.strides[1], it, "a")
-    cdef Py_ssize_t rsb = elements(b.strides[0], it, "b"), csb = elements(b.strides[1], it, "b")
-    need_span_apart("out", &out[0, 0], out.nbytes, "a", <const char*>&a[0, 0], a.shape,
-                    a.strides, 2, it)
-    need_span_apart("out", &out[0, 0], out.nbytes, "b", <const char*>&b[0, 0], b.shape,
-                    b.strides, 2, it)
+    cdef Py_ssize_t ea[2]
+    cdef Py_ssize_t eb[2]
+    input_strides("a", <const char*>&a[0, 0], a.shape, a.strides, 2, sizeof(floating),
+                  &out[0, 0], out.nbytes, ea)
+    input_strides("b", <const char*>&b[0, 0], b.shape, b.strides, 2, sizeof(floating),
+                  &out[0, 0], out.nbytes, eb)
+    cdef Py_ssize_t rsa = ea[0], csa = ea[1], rsb = eb[0], csb = eb[1]
     cdef Py_ssize_t M = out.shape[0], N = out.shape[1], K = a.shape[1], t, k0
     cdef Py_ssize_t nchunks = max(1, (K + chunk - 1) // chunk)
     cdef const floating* ap = &a[0, 0]
