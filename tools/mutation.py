@@ -214,6 +214,12 @@ MUTANTS = [
      '        return mean.copy()'),
     ('cybn/_matmul.py', '            out[...] = dest',
      '            pass'),
+    ('cybn/ops/conv.py', '        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)',
+     '        flipped = weight[:, :, ::-1, :].transpose(1, 0, 2, 3)'),
+    ('cybn/nn/conv.py', '            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)',
+     '            flipped = self.weight.data[:, :, :, ::-1].transpose(1, 2, 3, 0)'),
+    ('cybn/ops/conv.py', '    chunk = max(1, -(-n // MAX_CHUNKS))\n    _kernels.conv_weight_grad_planes',
+     '    chunk = 0\n    _kernels.conv_weight_grad_planes'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 
