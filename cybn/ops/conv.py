@@ -122,10 +122,20 @@ def col2im(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple, padd
 MAX_CHUNKS = 16  # a weight gradient's sum over samples in at most this many chunks (fixed)
 
 
+def _strided_pointwise(weight_shape: tuple, stride: tuple, padding: tuple) -> bool:
+    """A 1x1 convolution with a stride and no padding: it reads only every stride-th pixel."""
+    return tuple(weight_shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and \
+        tuple(stride) != (1, 1)
+
+
 def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple,
                 padding: tuple, dilation: tuple) -> np.ndarray:
     """The dense convolution of channels-first x (N, C, H, W) with weight (out, C, kh, kw)
-    (+ bias), by products with the columns packed straight from x (no column matrix)."""
+    (+ bias), by products with the columns packed straight from x (no column matrix). A
+    strided 1x1 convolution without padding is the stride-1 one of x's sampled pixels."""
+    if _strided_pointwise(weight.shape, stride, padding):
+        return conv_planes(x[:, :, ::stride[0], ::stride[1]], weight, bias, (1, 1), (0, 0),
+                           (1, 1))
     x = np.ascontiguousarray(x)
     out, c, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -143,6 +153,9 @@ def conv_planes_weight_grad(dy: np.ndarray, x: np.ndarray, kernel: tuple, stride
                             padding: tuple, dilation: tuple) -> np.ndarray:
     """The weight gradient (out, C, kh, kw) of conv_planes: the sum over samples of
     dy[n] @ columns(x[n])^T, in chunks of samples fixed by the batch size."""
+    if _strided_pointwise((0, 0) + tuple(kernel), stride, padding):
+        return conv_planes_weight_grad(dy, x[:, :, ::stride[0], ::stride[1]], kernel, (1, 1),
+                                       (0, 0), (1, 1))
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
@@ -160,8 +173,14 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
     """The input gradient (x_shape) of conv_planes. With stride 1 and padding at most the
     dilated kernel's reach, it is the convolution of dy with the flipped, transposed weight
     (padding d * (k - 1) - p), run by conv_planes; otherwise the columns' gradient
-    weight^T @ dy[n], folded back by col2im_planes."""
+    weight^T @ dy[n], folded back by col2im_planes (a strided 1x1 convolution's: written
+    to the sampled pixels, zeros elsewhere)."""
     dy = np.ascontiguousarray(dy)
+    if _strided_pointwise(weight.shape, stride, padding):
+        dx = np.zeros(x_shape, dtype=dy.dtype)
+        dx[:, :, ::stride[0], ::stride[1]] = conv_planes(dy, weight.transpose(1, 0, 2, 3), None,
+                                                         (1, 1), (0, 0), (1, 1))
+        return dx
     out, c, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     if (sh, sw) == (1, 1) and ph <= dh * (kh - 1) and pw <= dw * (kw - 1):

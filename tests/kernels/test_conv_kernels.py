@@ -18,6 +18,7 @@ GEOMETRIES = [
     (3, 2, 9, 7, 5, 3, 2, (2, 1), (1, 0), (1, 1)),
     (2, 4, 11, 10, 3, 3, 3, (1, 2), (2, 3), (2, 1)),   # padding past the kernel's reach
     (1, 5, 6, 6, 7, 1, 1, (1, 1), (0, 0), (1, 1)),     # 1x1
+    (2, 5, 7, 6, 7, 1, 1, (2, 3), (0, 0), (1, 1)),     # 1x1, strided (sampled pixels)
     (2, 16, 12, 12, 33, 3, 3, (1, 1), (1, 1), (1, 1)),  # several column panels
     (2, 3, 5, 40, 2, 2, 5, (3, 2), (0, 4), (1, 2)),
     (1, 1, 3, 3, 1, 3, 3, (1, 1), (0, 0), (1, 1)),     # one output
@@ -137,3 +138,24 @@ def test_the_rows_route_gives_the_column_matrix_routes_bits(dtype):
     ref = np.empty((cols.shape[0], 9), dtype)
     _kernels.matmul(cols, rows.T, ref, False, 2)
     assert np.array_equal(y.reshape(-1, 9), ref)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_strided_pointwise_ops_equal_the_definition(size):
+    """ops.conv's strided 1x1 route (the stride-1 convolution of the sampled pixels)."""
+    x = RNG.standard_normal((3, 4, size, size + 1))
+    weight = RNG.standard_normal((6, 4, 1, 1))
+    bias = RNG.standard_normal(6)
+    g = ((2, 2), (0, 0), (1, 1))
+    cols, ho, wo = columns(x, 1, 1, *g)
+    y = C.conv_planes(x, weight, bias, *g)
+    ref = np.einsum("ok,nkp->nop", weight.reshape(6, 4), cols) + bias[:, None]
+    np.testing.assert_allclose(y.reshape(3, 6, -1), ref, atol=1e-12)
+    dy = RNG.standard_normal(y.shape)
+    dw = C.conv_planes_weight_grad(dy, x, (1, 1), *g)
+    np.testing.assert_allclose(dw.reshape(6, 4), np.einsum("nop,nkp->ok",
+                               dy.reshape(3, 6, -1), cols), atol=1e-12)
+    dx = C.conv_planes_input_grad(dy, weight, x.shape, *g)
+    expected = np.zeros_like(x)
+    expected[:, :, ::2, ::2] = np.einsum("oc,nohw->nchw", weight.reshape(6, 4), dy)
+    np.testing.assert_allclose(dx, expected, atol=1e-12)

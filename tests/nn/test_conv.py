@@ -34,6 +34,7 @@ CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (6, 12, 3, 2, 2, 2, 3),       # stride, dilation
     (3, 6, (3, 2), 1, (2, 0), (2, 1), 3),
     (4, 8, 1, 1, 0, 1, 1),        # pointwise
+    (4, 8, 1, 2, 0, 1, 1),        # pointwise, stride 2 (the sampled pixels' convolution)
     (3, 5, 3, 2, 1, 1, 1),        # dense (compiled im2col in either layout), stride 2
     (2, 3, (3, 2), (2, 1), (2, 0), (2, 1), 1),  # dense, everything asymmetric
     (2, 3, 5, 1, 3, 1, 1),        # dense, padding wider than half the kernel
