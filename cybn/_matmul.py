@@ -35,7 +35,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     is shared). Any strides (transposed views are read as they are). ``bias`` broadcasts
     against a 2-D result's rows (shape (N,)) or a stacked result's matrices."""
     a, b = np.asarray(a), np.asarray(b)
-    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    if a.ndim == 2 and b.ndim == 2:  # (a layer's call: no broadcasting to work out)
+        shape: tuple = (a.shape[0], b.shape[1])
+    else:
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     if out is None:
         out = np.empty(shape, dtype=np.result_type(a, b))
     if not _ours(a, b, out) or len(shape) > 3 or out.shape != shape:

@@ -57,6 +57,7 @@
 #define CYBN_GEMM_MC 96   /* row block */
 #define CYBN_GEMM_NC 4096 /* column block */
 #define CYBN_GEMM_NG 4    /* column panels per work item */
+#define CYBN_GEMM_MIN_PARALLEL 1048576.0 /* multiply-adds below which a product has 1 thread */
 
 /* Scratch for the packed panels, kept per thread and per slot (0: B's panels, 1: a block of
  * A) and grown as needed: a product costs no allocation once its thread has run one as

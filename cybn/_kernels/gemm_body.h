@@ -268,6 +268,11 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     int failed = 0;
     int direct = csa == 1 || akoff != NULL; /* A's rows read in place: no packing */
     ptrdiff_t mblocks = (M + CYBN_GEMM_MC - 1) / CYBN_GEMM_MC;
+    /* no more threads than work items, and one for a small product (a team's start and
+     * barriers cost more than they save there); the tiles, and so the bits, stay the same */
+    ptrdiff_t items = mblocks * ((npan + CYBN_GEMM_NG - 1) / CYBN_GEMM_NG);
+    if (num_threads > items) num_threads = (int)items;
+    if ((double)M * N * K < CYBN_GEMM_MIN_PARALLEL) num_threads = 1;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
     {
         /* this thread's packed block of A (all of it, or the last rows of direct blocks) */
