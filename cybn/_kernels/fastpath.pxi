@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, language_level=3
 #
 # Compiled entry points for small arrays: one call takes the ndarrays, checks them cheaply in C,
-# computes the per-channel coefficients and runs the plane kernels on the calling thread.
+# computes the per-channel coefficients and runs the kernels of the array's family (plane or
+# row, chosen as ops/_layout.ChannelView chooses) on the calling thread.
 # Relies on the batch-norm cores (bn_stats, bn_forward, bn_backward); included last.
 #
 # A call that is not the plain common case (non-ndarray input, strided or misaligned arrays,
@@ -18,9 +19,10 @@ cnp.import_array()
 cdef enum:
     FAST_SMALL_SIZE = 4096   # ops/_layout.SMALL_SIZE: smaller arrays are always plane family
     FAST_MIN_INNER = 32      # ops/_layout.MIN_PLANE_INNER
+    FAST_ROW_WIDTH = 64      # ops/_layout.MIN_ROW_WIDTH
 
-# The plane-family rule compiled in above, for the test that keeps it equal to the layout's.
-FAST_PLANE_RULE = (FAST_SMALL_SIZE, FAST_MIN_INNER)
+# The family rule compiled in above, for the test that keeps it equal to the layout's.
+FAST_PLANE_RULE = (FAST_SMALL_SIZE, FAST_MIN_INNER, FAST_ROW_WIDTH)
 
 
 cdef inline int data_kind(object a) noexcept:
@@ -69,10 +71,12 @@ cdef inline int load_vector(object v, Py_ssize_t C, double fill, double* dst,
 
 
 cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
-                               Py_ssize_t* outer, Py_ssize_t* C, Py_ssize_t* inner) noexcept:
-    """(outer, C, inner) of x for the plane family on one thread (size < max_size), or False."""
-    cdef int nd = cnp.PyArray_NDIM(x), ax, k
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+                               Py_ssize_t* outer, Py_ssize_t* C, Py_ssize_t* inner,
+                               Py_ssize_t* k) noexcept:
+    """(outer, C, inner) of x for one thread (size < max_size), or False; k: 0 for the plane
+    family, else the row family's outer slices per row (ChannelView.of's rule)."""
+    cdef int nd = cnp.PyArray_NDIM(x), ax, j
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x), width, cand
     if type(axis) is not int or nd < 2 or size == 0 or size >= max_size:
         return False
     if not -nd <= axis < nd:  # compared as Python ints: a huge axis never reaches <int>
@@ -82,12 +86,22 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
         ax += nd
     outer[0] = 1
     inner[0] = 1
-    for k in range(ax):
-        outer[0] *= cnp.PyArray_DIM(x, k)
-    for k in range(ax + 1, nd):
-        inner[0] *= cnp.PyArray_DIM(x, k)
+    for j in range(ax):
+        outer[0] *= cnp.PyArray_DIM(x, j)
+    for j in range(ax + 1, nd):
+        inner[0] *= cnp.PyArray_DIM(x, j)
     C[0] = cnp.PyArray_DIM(x, ax)
-    return inner[0] >= FAST_MIN_INNER or size < FAST_SMALL_SIZE
+    k[0] = 0
+    if inner[0] >= FAST_MIN_INNER or size < FAST_SMALL_SIZE:
+        return True
+    width = C[0] * inner[0]
+    k[0] = 1
+    if width < FAST_ROW_WIDTH:
+        for cand in range((FAST_ROW_WIDTH + width - 1) // width, 4 * FAST_ROW_WIDTH // width + 1):
+            if outer[0] % cand == 0:
+                k[0] = cand
+                break
+    return True
 
 
 cdef inline bint disjoint(cnp.ndarray a, object b) noexcept:
@@ -132,16 +146,21 @@ cdef inline bint positive_float(object v) noexcept:
     return type(v) is float and 0.0 < <double>v < 1e308
 
 
-cdef inline void plane_affine_serial(const floating* x, floating* y, Py_ssize_t outer,
-                                     Py_ssize_t C, Py_ssize_t inner, const double* shift,
-                                     const double* scale, const double* offset,
-                                     int ep) noexcept nogil:
-    """The affine pass with the epilogue ep (no residual) on the calling thread."""
+cdef inline int affine_serial(const floating* x, floating* y, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, Py_ssize_t k, const double* shift,
+                              const double* scale, const double* offset, int ep) noexcept nogil:
+    """The affine pass with the epilogue ep (no residual) on the calling thread, in the plane
+    family (k = 0) or the row family of k slices per row; -1 if out of memory (nothing
+    written)."""
     cdef Py_ssize_t o, c, off
+    if k:
+        return row_affine_core(x, y, outer // k, k * C * inner, C, inner, shift, scale, offset,
+                               0, 1, x, ep)
     for o in range(outer):
         for c in range(C):
             off = (o * C + c) * inner
             run_affine(x + off, y + off, inner, shift[c], scale[c], offset[c], 0, NULL, ep)
+    return 0
 
 
 cdef inline void store_running(cnp.ndarray arr, const double* batch, double momentum,
@@ -163,8 +182,8 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
                Py_ssize_t max_size, bint relu=False):
     """batch_norm_infer (with a fused ReLU when relu) for a small C-contiguous array on one
     thread; None: use the full path."""
-    cdef Py_ssize_t outer, C, inner, c
-    cdef int t = data_kind(x)
+    cdef Py_ssize_t outer, C, inner, k, c
+    cdef int t = data_kind(x), status
     cdef cnp.ndarray xa, ya
     cdef object y
     cdef double* buf
@@ -172,7 +191,7 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
     if t < 0 or not positive_float(eps) or running_mean is None or running_var is None:
         return None
     xa = <cnp.ndarray>x
-    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner):
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner, &k):
         return None
     e = <double>eps
     buf = <double*>malloc(4 * C * sizeof(double))
@@ -192,13 +211,15 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
     for c in range(C):  # scale, the same arithmetic as infer_scale
         buf[C + c] = buf[2 * C + c] * (1.0 / sqrt(buf[C + c] + e))
     if t == cnp.NPY_FLOAT32:
-        plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, buf, buf + C, buf + 3 * C, EP_RELU if relu else 0)
+        status = affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                               outer, C, inner, k, buf, buf + C, buf + 3 * C,
+                               EP_RELU if relu else 0)
     else:
-        plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, buf, buf + C, buf + 3 * C, EP_RELU if relu else 0)
+        status = affine_serial(<const double*>cnp.PyArray_DATA(xa),
+                               <double*>cnp.PyArray_DATA(ya), outer, C, inner, k, buf, buf + C,
+                               buf + 3 * C, EP_RELU if relu else 0)
     free(buf)
-    return ya
+    return ya if status == 0 else None
 
 
 def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, out,
@@ -206,8 +227,8 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     """batch_norm_train (with a fused ReLU when relu) for a small C-contiguous array on one
     thread; None: use the full path. Returns (y, mean, invstd). running_var receives the
     unbiased batch variance, or the biased one when not unbiased."""
-    cdef Py_ssize_t outer, C, inner, c
-    cdef int t = data_kind(x)
+    cdef Py_ssize_t outer, C, inner, k, c
+    cdef int t = data_kind(x), status = 0
     cdef cnp.ndarray xa, ya, mean_a, invstd_a, rm, rv
     cdef cnp.npy_intp dims[1]
     cdef double* buf
@@ -220,7 +241,7 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     if type(momentum) is not float or not (0.0 <= <double>momentum <= 1.0):
         return None
     xa = <cnp.ndarray>x
-    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner) or outer * inner < 2:
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner, &k) or outer * inner < 2:
         return None
     e = <double>eps
     mom = <double>momentum
@@ -255,21 +276,35 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     mean = <double*>cnp.PyArray_DATA(mean_a)
     invstd = <double*>cnp.PyArray_DATA(invstd_a)
     # buf: weight, bias, var (m2 first), scale
-    if t == cnp.NPY_FLOAT32:
-        plane_moments_core(<const float*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
-                           buf + 2 * C, 1)
+    if k and t == cnp.NPY_FLOAT32:
+        status = row_train_forward_core(
+            <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+            <const float*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
+            buf + C, e, EP_RELU if relu else 0, mean, buf + 2 * C, invstd, 0, 1)
+    elif k:
+        status = row_train_forward_core(
+            <const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+            <const double*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
+            buf + C, e, EP_RELU if relu else 0, mean, buf + 2 * C, invstd, 0, 1)
     else:
-        plane_moments_core(<const double*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
-                           buf + 2 * C, 1)
-    for c in range(C):
-        train_coefficients(count, buf[2 * C + c], e, buf[c], &buf[2 * C + c], &invstd[c],
-                           &buf[3 * C + c])
-    if t == cnp.NPY_FLOAT32:
-        plane_affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
-    else:
-        plane_affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
-                            outer, C, inner, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
+        if t == cnp.NPY_FLOAT32:
+            plane_moments_core(<const float*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
+                               buf + 2 * C, 1)
+        else:
+            plane_moments_core(<const double*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
+                               buf + 2 * C, 1)
+        for c in range(C):
+            train_coefficients(count, buf[2 * C + c], e, buf[c], &buf[2 * C + c], &invstd[c],
+                               &buf[3 * C + c])
+        if t == cnp.NPY_FLOAT32:
+            affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                          outer, C, inner, 0, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
+        else:
+            affine_serial(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+                          outer, C, inner, 0, mean, buf + 3 * C, buf + C, EP_RELU if relu else 0)
+    if status != 0:  # out of memory before anything was written: the full path says so
+        free(buf)
+        return None
     if running_mean is not None:
         store_running(rm, mean, mom, 1.0, C)
         store_running(rv, buf + 2 * C, mom, count / (count - 1.0) if unbiased else 1.0, C)
@@ -280,8 +315,8 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
 def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t max_size):
     """batch_norm_backward for small C-contiguous arrays on one thread; None: use the full
     path. Returns (dx, dweight, dbias) with dweight, dbias in x's dtype."""
-    cdef Py_ssize_t outer, C, inner, c, qi, o, off, nq, Q
-    cdef int t = data_kind(x)
+    cdef Py_ssize_t outer, C, inner, k, c, qi, o, off, nq, Q
+    cdef int t = data_kind(x), status = 0
     cdef cnp.ndarray xa, ga, dxa, dw_a, db_a
     cdef cnp.npy_intp dims[1]
     cdef double* buf
@@ -297,7 +332,7 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t m
     ga = <cnp.ndarray>dy
     if not cnp.PyArray_SAMESHAPE(xa, ga):
         return None
-    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner):
+    if not fast_geometry(xa, axis, max_size, &outer, &C, &inner, &k):
         return None
     dxo = result_array(out, xa, t, (xa, ga), (weight, mean, invstd))
     if dxo is None:
@@ -306,7 +341,7 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t m
     count = <double>outer * <double>inner
     blocks = plane_blocks(outer, inner)
     Q = blocks.count
-    nq = min(Q, <Py_ssize_t>MAX_CHUNKS)
+    nq = 0 if k else min(Q, <Py_ssize_t>MAX_CHUNKS)
     # weight, mean, invstd, sum_dy, sum_dy_xmu, k1, k2, k3, then chunk partials
     buf = <double*>malloc((8 * C + 2 * nq * C) * sizeof(double))
     if buf == NULL:
@@ -317,34 +352,48 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t m
             or load_vector(invstd, C, 0.0, buf + 2 * C, False) < 0 or invstd is None):
         free(buf)
         return None
-    for c in range(C):
-        for qi in range(nq):
-            if t == cnp.NPY_FLOAT32:
-                plane_chunk_grad_sums(<const float*>cnp.PyArray_DATA(ga),
-                                      <const float*>cnp.PyArray_DATA(xa), outer, C, inner,
-                                      blocks, chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1),
-                                      c, buf[C + c], part + 2 * (c * nq + qi))
-            else:
-                plane_chunk_grad_sums(<const double*>cnp.PyArray_DATA(ga),
-                                      <const double*>cnp.PyArray_DATA(xa), outer, C, inner,
-                                      blocks, chunk_start(Q, nq, qi), chunk_start(Q, nq, qi + 1),
-                                      c, buf[C + c], part + 2 * (c * nq + qi))
-        plane_finish_sums(part + 2 * c * nq, nq, &buf[3 * C + c], &buf[4 * C + c])
-        grad_coefficients(count, buf[3 * C + c], buf[4 * C + c], buf[2 * C + c], buf[c], train,
-                          &buf[5 * C + c], &buf[6 * C + c], &buf[7 * C + c])
-    for o in range(outer):
+    if k and t == cnp.NPY_FLOAT32:
+        status = row_backward_core(
+            <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
+            <float*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
+            buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0, 1)
+    elif k:
+        status = row_backward_core(
+            <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
+            <double*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
+            buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0, 1)
+    else:
         for c in range(C):
-            off = (o * C + c) * inner
-            if t == cnp.NPY_FLOAT32:
-                run_grad_apply(<const float*>cnp.PyArray_DATA(ga) + off,
-                               <const float*>cnp.PyArray_DATA(xa) + off,
-                               <float*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
-                               buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
-            else:
-                run_grad_apply(<const double*>cnp.PyArray_DATA(ga) + off,
-                               <const double*>cnp.PyArray_DATA(xa) + off,
-                               <double*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
-                               buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
+            for qi in range(nq):
+                if t == cnp.NPY_FLOAT32:
+                    plane_chunk_grad_sums(
+                        <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
+                        outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                        chunk_start(Q, nq, qi + 1), c, buf[C + c], part + 2 * (c * nq + qi))
+                else:
+                    plane_chunk_grad_sums(
+                        <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
+                        outer, C, inner, blocks, chunk_start(Q, nq, qi),
+                        chunk_start(Q, nq, qi + 1), c, buf[C + c], part + 2 * (c * nq + qi))
+            plane_finish_sums(part + 2 * c * nq, nq, &buf[3 * C + c], &buf[4 * C + c])
+            grad_coefficients(count, buf[3 * C + c], buf[4 * C + c], buf[2 * C + c], buf[c],
+                              train, &buf[5 * C + c], &buf[6 * C + c], &buf[7 * C + c])
+        for o in range(outer):
+            for c in range(C):
+                off = (o * C + c) * inner
+                if t == cnp.NPY_FLOAT32:
+                    run_grad_apply(<const float*>cnp.PyArray_DATA(ga) + off,
+                                   <const float*>cnp.PyArray_DATA(xa) + off,
+                                   <float*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
+                                   buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
+                else:
+                    run_grad_apply(<const double*>cnp.PyArray_DATA(ga) + off,
+                                   <const double*>cnp.PyArray_DATA(xa) + off,
+                                   <double*>cnp.PyArray_DATA(dxa) + off, inner, buf[C + c],
+                                   buf[5 * C + c], buf[6 * C + c], buf[7 * C + c], 0)
+    if status != 0:  # out of memory before anything was written: the full path says so
+        free(buf)
+        return None
     dims[0] = C
     dw_a = cnp.PyArray_EMPTY(1, dims, t, 0)
     db_a = cnp.PyArray_EMPTY(1, dims, t, 0)

@@ -9,6 +9,7 @@ import numpy as np
 from .. import ops as F
 from .._validate import check_activation, check_eps, check_momentum
 from ..ops._bn import check_policy
+from ..ops.batchnorm import train_plain
 from ..ops.conventions import check_running_variance, get_convention
 from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
                     running_buffers)
@@ -23,7 +24,7 @@ class Saved:
 
     x: np.ndarray
     mean: np.ndarray             # (C,), or (G, C) per ghost batch; float64
-    invstd: np.ndarray
+    invstd: np.ndarray | None    # None: from running_var (inference needs no invstd)
     training: bool | tuple       # batch statistics (per ghost batch: a tuple of bools)
     axis: int
     residual: np.ndarray | None = None   # fused relu(BN(x) + residual)
@@ -31,6 +32,7 @@ class Saved:
     mask: np.ndarray | None = None       # masked statistics
     renorm: tuple | None = None          # batch renormalization's (r, d)
     ghost: bool = False                  # ghost batches of the layer's ghost_batch_size
+    running_var: np.ndarray | None = None  # a copy, for invstd None (with the layer's eps)
 
 
 class _ConventionDefault:
@@ -165,10 +167,10 @@ class _BatchNorm(Module):
         return self
 
     def _gamma(self):
-        return self.weight.data if self.scale else None
+        return self._parameters["weight"].data if self.scale else None
 
     def _beta(self):
-        return self.bias.data if self.center else None
+        return self._parameters["bias"].data if self.center else None
 
     def _batch_weight(self) -> float:
         """The weight of this batch in the running update, in PyTorch's terms."""
@@ -217,16 +219,29 @@ class _BatchNorm(Module):
         w, b = self._gamma(), self._beta()
         batch_stats = not self.track_running_stats or (self.training and not self.frozen)
         if not batch_stats:
-            y = F.batch_norm_infer(x, self.running_mean, self.running_var, w, b, eps=self.eps,
-                                   axis=axis, **fused)
-            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            self._cache = Saved(x, self.running_mean.astype(np.float64), invstd, False, axis,
-                                residual, activation)
+            rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
+            y = F.batch_norm_infer(x, rm, rv, w, b, eps=self.eps, axis=axis, **fused)
+            # copies of the statistics for a backward (invstd computed there: the inference
+            # pass of a model needs none of it)
+            self._cache = Saved(x, rm.astype(np.float64), None, False, axis, residual,
+                                activation, running_var=rv.copy())
             return y
+        update = self.training and self.track_running_stats and not self.frozen
+        if (residual is None and mask is None and not self.renorm
+                and self.ghost_batch_size is None):  # the common case: one compiled call
+            rm, rv = ((self._buffers["running_mean"], self._buffers["running_var"]) if update
+                      else (None, None))
+            fast = train_plain(
+                x, w, b, rm, rv, self._batch_weight() if update else 0.0, self.eps, axis,
+                activation == "relu", self.running_variance == "unbiased")
+            if fast is not None:
+                if update:
+                    self.num_batches_tracked[...] += 1
+                self._cache = Saved(x, fast[1], fast[2], True, axis, None, activation)
+                return fast[0]
         if mask is not None and (self.renorm or self.ghost_batch_size is not None):
             raise ValueError("mask= does not work with renorm or ghost_batch_size (it would "
                              "be ignored): use a plain BatchNorm for masked statistics")
-        update = self.training and self.track_running_stats and not self.frozen
         running = {"running_mean": self.running_mean if update else None,
                    "running_var": self.running_var if update else None,
                    "momentum": self._batch_weight() if update else 0.0, "eps": self.eps,
@@ -275,16 +290,19 @@ class _BatchNorm(Module):
         s, dy = self._take_saved(dy, lambda saved: saved.x.shape)
         dy = activation_grad(dy, s.x)  # mixed precision: rounded to a half x's dtype
         w, b = self._gamma(), self._beta()
+        invstd = s.invstd
+        if invstd is None:
+            invstd = 1.0 / np.sqrt(s.running_var.astype(np.float64) + self.eps)
         if s.renorm is not None:
-            grads = F.batch_norm_renorm_backward(dy, s.x, w, s.mean, s.invstd, *s.renorm,
+            grads = F.batch_norm_renorm_backward(dy, s.x, w, s.mean, invstd, *s.renorm,
                                                  axis=s.axis)
         elif s.ghost:
-            grads = F.batch_norm_ghost_backward(dy, s.x, w, s.mean, s.invstd,
+            grads = F.batch_norm_ghost_backward(dy, s.x, w, s.mean, invstd,
                                                 ghost_batch_size=self.ghost_batch_size,
                                                 axis=s.axis, activation=s.activation, bias=b,
                                                 residual=s.residual, training=s.training)
         else:
-            grads = F.batch_norm_backward(dy, s.x, w, s.mean, s.invstd, training=s.training,
+            grads = F.batch_norm_backward(dy, s.x, w, s.mean, invstd, training=s.training,
                                           axis=s.axis, activation=s.activation, bias=b,
                                           residual=s.residual, mask=s.mask)
         if not self.frozen:

@@ -167,6 +167,15 @@ def _masked_train_checked(x, weight, bias, running_mean, running_var, momentum, 
                         count, out)
 
 
+def train_plain(x, weight, bias, running_mean, running_var, momentum: float, eps: float,
+                axis: int, relu: bool, unbiased: bool):
+    """batch_norm_train in one compiled call for a BatchNorm layer's checked configuration
+    (momentum: the batch's weight; no residual, mask or out): (y, mean, invstd), or None
+    where that call does not apply (then the layer calls batch_norm_train). The same bits."""
+    return _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                               axis, None, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
+
+
 def _global_stats(stats, C: int) -> tuple:
     """The checked (count, mean, m2) of stats=."""
     if not (isinstance(stats, tuple) and len(stats) == 3):

@@ -269,7 +269,9 @@ def test_nan_inf_confined_to_their_channel(axis, rng):
 
 
 FAST_CASES = [((2, 3, 4, 4), 1), ((2, 4, 4, 3), -1), ((5, 7), 1), ((9, 17, 21, 29), 1),
-              ((3, 5, 7), 2), ((1, 2, 3), 1)]
+              ((3, 5, 7), 2), ((1, 2, 3), 1),
+              # the row family: (N, C) batches, channels-last maps, short channels-first runs
+              ((64, 512), 1), ((96, 5, 5, 40), -1), ((30, 48, 4, 4), 1), ((700, 9), 1)]
 
 
 def run_ops(x, dy, w, b, rm, rv, axis, out=None):
@@ -350,4 +352,5 @@ def test_fast_path_uses_the_family_rule_of_the_full_path():
     agree, or the two paths would pick different blocks (and bits)."""
     from cybn import _kernels
 
-    assert _kernels.FAST_PLANE_RULE == (_layout.SMALL_SIZE, _layout.MIN_PLANE_INNER)
+    assert _kernels.FAST_PLANE_RULE == (_layout.SMALL_SIZE, _layout.MIN_PLANE_INNER,
+                                        _layout.MIN_ROW_WIDTH)
