@@ -406,3 +406,82 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t m
             (<double*>cnp.PyArray_DATA(db_a))[c] = buf[3 * C + c]
     free(buf)
     return dxa, dw_a, db_a
+
+
+cdef inline bint mask_array(object keep, cnp.ndarray like) noexcept:
+    """keep is a C-contiguous writeable uint8 ndarray of like's size, apart from like."""
+    if type(keep) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray ka = <cnp.ndarray>keep
+    return (cnp.PyArray_ISCARRAY(ka) and cnp.PyArray_TYPE(ka) == cnp.NPY_UINT8
+            and cnp.PyArray_SIZE(ka) == cnp.PyArray_SIZE(like) and disjoint(like, ka))
+
+
+def fast_relu(x, keep, bint inplace, int num_threads):
+    """ReLU's forward in one call: (y, keep) for a C-contiguous aligned float32/float64 x,
+    keep (uint8, 1 where x is not <= 0) written into ``keep`` (a C-contiguous uint8 array of
+    x's size) or a new array when None; y is x itself with ``inplace``. None where this does
+    not apply (an empty or strided x, a read-only x with inplace, another keep): the caller's
+    full path."""
+    cdef int t = data_kind(x)
+    cdef cnp.ndarray xa, ya, ka
+    cdef Py_ssize_t n, item, start, nitems
+    if t < 0 or num_threads < 1:
+        return None
+    xa = <cnp.ndarray>x
+    n = cnp.PyArray_SIZE(xa)
+    if n == 0 or (inplace and not cnp.PyArray_ISWRITEABLE(xa)):
+        return None
+    if keep is None:
+        ka = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), cnp.NPY_UINT8, 0)
+    elif mask_array(keep, xa):
+        ka = <cnp.ndarray>keep
+    else:
+        return None
+    ya = xa if inplace else cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
+    cdef unsigned char* kp = <unsigned char*>cnp.PyArray_DATA(ka)
+    cdef char* xp = <char*>cnp.PyArray_DATA(xa)
+    cdef char* yp = <char*>cnp.PyArray_DATA(ya)
+    nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
+    with nogil:
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            start = item * RELU_BLOCK
+            if t == cnp.NPY_FLOAT32:
+                relu_run(<const float*>xp + start, <float*>yp + start, kp + start,
+                         min(<Py_ssize_t>RELU_BLOCK, n - start))
+            else:
+                relu_run(<const double*>xp + start, <double*>yp + start, kp + start,
+                         min(<Py_ssize_t>RELU_BLOCK, n - start))
+    return ya, ka
+
+
+def fast_relu_backward(dy, keep, int dtype_num, int num_threads):
+    """ReLU's backward in one call: dx = dy where keep, else 0, for a C-contiguous aligned
+    dy of the forward's dtype (type number dtype_num) and keep's size; None where this does
+    not apply (the caller's full path converts dy)."""
+    cdef int t = data_kind(dy)
+    cdef cnp.ndarray ga, ka, da
+    cdef Py_ssize_t n, item, start, nitems
+    if t != dtype_num or num_threads < 1 or type(keep) is not cnp.ndarray:
+        return None
+    ga = <cnp.ndarray>dy
+    ka = <cnp.ndarray>keep
+    n = cnp.PyArray_SIZE(ga)
+    if (n == 0 or not cnp.PyArray_ISCARRAY_RO(ka) or cnp.PyArray_TYPE(ka) != cnp.NPY_UINT8
+            or cnp.PyArray_SIZE(ka) != n):
+        return None
+    da = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(ga), cnp.PyArray_DIMS(ga), t, 0)
+    cdef const unsigned char* kp = <const unsigned char*>cnp.PyArray_DATA(ka)
+    cdef char* gp = <char*>cnp.PyArray_DATA(ga)
+    cdef char* dp = <char*>cnp.PyArray_DATA(da)
+    nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
+    with nogil:
+        for item in prange(nitems, schedule='static', num_threads=num_threads):
+            start = item * RELU_BLOCK
+            if t == cnp.NPY_FLOAT32:
+                relu_back_run(<const float*>gp + start, kp + start, <float*>dp + start,
+                              min(<Py_ssize_t>RELU_BLOCK, n - start))
+            else:
+                relu_back_run(<const double*>gp + start, kp + start, <double*>dp + start,
+                              min(<Py_ssize_t>RELU_BLOCK, n - start))
+    return da

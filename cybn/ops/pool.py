@@ -98,6 +98,9 @@ def relu(x: np.ndarray, inplace: bool = False, keep_out=None) -> tuple:
     """(y, keep) for float32/float64 x: y = 0 where x <= 0, else x; keep (uint8) marks the
     elements whose gradient passes (written into ``keep_out`` when given: a caller's scratch
     of x's shape). ``inplace``: y is x itself (a writeable array)."""
+    fast = _kernels.fast_relu(x, keep_out, inplace, _schedule.threads_for(x.size))
+    if fast is not None:  # a plain contiguous array: one compiled call
+        return fast
     data = np.asarray(x, order="C")  # (ascontiguousarray would make a 0-d x 1-d)
     y = data if inplace else np.empty_like(data)
     keep = np.empty(data.shape, dtype=np.uint8) if keep_out is None else keep_out
@@ -112,6 +115,10 @@ def relu(x: np.ndarray, inplace: bool = False, keep_out=None) -> tuple:
 
 def relu_backward(dy: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
     """dy where keep, else an exact 0."""
+    fast = _kernels.fast_relu_backward(dy, keep, np.dtype(dtype).num, _schedule.threads_for(
+        keep.size))
+    if fast is not None:  # dy contiguous in the forward's dtype: one compiled call
+        return fast
     dy = np.ascontiguousarray(dy, dtype=dtype)
     dx = np.empty_like(dy)
     if dy.size:

@@ -155,6 +155,49 @@ def test_inplace_relu_writes_into_x_and_matches_the_plain_layer(dtype, contiguou
         assert (base[mask] < 0).any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("train", [True, False])
+def test_one_call_relu_entries_give_the_full_paths_bits(dtype, train, monkeypatch):
+    """Contiguous float arrays take one compiled call each way (forward into the layer's
+    mask scratch in training); with those calls disabled the layer takes its full path. The
+    same outputs and gradients, NaN and signed zeros included; what the one-call entries
+    cannot take (a strided dy, a wrong-sized mask) they leave to the full path."""
+    from cybn import _kernels
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 7, 9)) * 2).astype(dtype)
+    x.flat[::11] = np.nan
+    x.flat[1::13] = -0.0
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy_strided = np.repeat(dy, 2, axis=-1)[..., ::2]
+
+    def run():
+        layer = cybn.ReLU()
+        layer.train(train)
+        y = layer(x)
+        dx = layer.backward(dy)
+        layer(x)
+        return y, dx, layer.backward(dy_strided)
+
+    fast = run()
+    assert _kernels.fast_relu(x, None, False, 1) is not None
+    assert _kernels.fast_relu_backward(dy, np.ones(x.shape, np.uint8), x.dtype.num, 1) \
+        is not None
+    assert _kernels.fast_relu(x, np.empty(x.size - 1, np.uint8), False, 1) is None
+    assert _kernels.fast_relu_backward(dy_strided, np.ones(x.shape, np.uint8), x.dtype.num,
+                                       1) is None
+    assert _kernels.fast_relu_backward(dy, np.ones(x.size - 1, np.uint8), x.dtype.num,
+                                       1) is None
+    monkeypatch.setattr(_kernels, "fast_relu", lambda *args: None)
+    monkeypatch.setattr(_kernels, "fast_relu_backward", lambda *args: None)
+    full = run()
+    for a, b in zip(fast, full):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+    np.testing.assert_array_equal(full[0], np.where(x <= 0, dtype(0), x))
+
+
 def test_inplace_relu_rejects_what_it_cannot_write():
     x = np.linspace(-1, 1, 12, dtype=np.float32)
     x.flags.writeable = False
