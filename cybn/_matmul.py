@@ -46,7 +46,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     else:
         dest = out if out.flags.c_contiguous else np.empty(shape, dtype=out.dtype)
         if dest.ndim == 2:
-            _kernels.matmul(a, b, dest, False, get_num_threads())
+            if bias is not None and bias.shape == shape[1:] and bias.dtype == out.dtype:
+                # the tiles start from the bias: no pass of its own
+                _kernels.matmul(a, b, dest, False, get_num_threads(),
+                                np.ascontiguousarray(bias))
+                bias = None
+            else:
+                _kernels.matmul(a, b, dest, False, get_num_threads())
         else:
             a3 = a if a.ndim == 3 else np.broadcast_to(a, shape[:1] + a.shape)
             b3 = b if b.ndim == 3 else np.broadcast_to(b, shape[:1] + b.shape)

@@ -126,6 +126,7 @@ matmul_sum = _impl.matmul_sum
 matmul_split = _impl.matmul_split
 conv_forward_planes = _impl.conv_forward_planes
 conv_weight_grad_planes = _impl.conv_weight_grad_planes
+conv_weight_grad_rows = _impl.conv_weight_grad_rows
 conv_forward_rows = _impl.conv_forward_rows
 im2col_rows = _impl.im2col_rows
 col2im_rows = _impl.col2im_rows

@@ -170,13 +170,15 @@ enum {
     CYBN_MATRIX = 0,
     CYBN_COLS = 1,   /* the column matrix */
     CYBN_COLS_T = 2, /* the column matrix transposed */
-    CYBN_ROWS = 3    /* rows given by pointers, each with N readable elements: read in place */
+    CYBN_ROWS = 3,   /* rows given by pointers, each with N readable elements: read in place */
+    CYBN_GATHER = 4  /* B(k, j) at rows[k][off[j]]: the windows of a channels-last image */
 };
 
 typedef struct {
     int kind;
     const void* p;       /* the matrix, or the image (C, H, W), C-contiguous */
-    const void* const* rows; /* CYBN_ROWS: row k starts at rows[k] */
+    const void* const* rows; /* CYBN_ROWS, CYBN_GATHER: row k starts at rows[k] */
+    const ptrdiff_t* off;    /* CYBN_GATHER: column j at offset off[j] (increasing) */
     ptrdiff_t rs, cs;    /* CYBN_MATRIX: element strides between rows and columns */
     ptrdiff_t C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;  /* the windows */
 } cybn_operand;
@@ -249,30 +251,31 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 #undef GTRANSPOSE
 #undef GTB
 
-/* C (M x N, row stride rsc) = A @ B, or C += A @ B with accumulate; A(i, k) at
- * A[i*rsa + k*csa], B the operand *B: cybn_gemm_op_s/d. The narrow tile for at most one
- * vector of columns, else the wide one; akoff: see gemm_body.h. 0, or -1 when out of memory.
- * cybn_gemm_s/d: the same
- * with B a matrix, B(k, j) at B[k*rsb + j*csb]. (Computing C^T = B^T A^T for few rows and
- * many columns was tried and measured slower in float32.) */
+/* C (M x N, row stride rsc) = A @ B (+ bias), or C += A @ B with accumulate; A(i, k) at
+ * A[i*rsa + k*csa] (akoff, arows: see gemm_body.h), B the operand *B: cybn_gemm_op_s/d. The
+ * narrow tile for at most one vector of columns, else the wide one. 0, or -1 when out of
+ * memory. cybn_gemm_s/d: the same with B a matrix, B(k, j) at B[k*rsb + j*csb], no bias.
+ * (Computing C^T = B^T A^T for few rows and many columns was tried and measured slower in
+ * float32.) */
 #define CYBN_GEMM_DISPATCH(X, T, VL)                                                         \
     static int cybn_gemm_op_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,          \
                                 ptrdiff_t rsa, ptrdiff_t csa, const ptrdiff_t* akoff,       \
-                                const cybn_operand* B, T* C, ptrdiff_t rsc, int accumulate, \
+                                const T* const* arows, const cybn_operand* B,               \
+                                const T* bias, T* C, ptrdiff_t rsc, int accumulate,         \
                                 int num_threads) {                                          \
         if (N <= (VL))                                                                      \
-            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, akoff, B, C, rsc,           \
-                                          accumulate, num_threads);                         \
-        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, akoff, B, C, rsc, accumulate,     \
-                                    num_threads);                                           \
+            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, akoff, arows, B, bias, C,   \
+                                          rsc, accumulate, num_threads);                    \
+        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, akoff, arows, B, bias, C, rsc,    \
+                                    accumulate, num_threads);                               \
     }                                                                                       \
     static int cybn_gemm_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,             \
                              ptrdiff_t rsa, ptrdiff_t csa, const T* B, ptrdiff_t rsb,        \
                              ptrdiff_t csb, T* C, ptrdiff_t rsc, int accumulate,             \
                              int num_threads) {                                             \
         cybn_operand b = {.kind = CYBN_MATRIX, .p = B, .rs = rsb, .cs = csb};                \
-        return cybn_gemm_op_##X(M, N, K, A, rsa, csa, NULL, &b, C, rsc, accumulate,         \
-                                num_threads);                                               \
+        return cybn_gemm_op_##X(M, N, K, A, rsa, csa, NULL, NULL, &b, NULL, C, rsc,         \
+                                accumulate, num_threads);                                   \
     }
 CYBN_GEMM_DISPATCH(s, float, CYBN_GEMM_VBYTES / 4)
 CYBN_GEMM_DISPATCH(d, double, CYBN_GEMM_VBYTES / 8)

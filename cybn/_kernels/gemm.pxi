@@ -12,18 +12,21 @@ cdef extern from "gemm.h" nogil:
         int kind
         const void* p
         const void* const* rows
+        const Py_ssize_t* off
         Py_ssize_t rs, cs, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
     int CYBN_MATRIX
     int CYBN_COLS
     int CYBN_COLS_T
     int CYBN_ROWS
+    int CYBN_GATHER
     int cybn_gemm_op_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
-                       Py_ssize_t csa, const Py_ssize_t* akoff, const cybn_operand* B,
-                       float* C, Py_ssize_t rsc, int accumulate, int num_threads)
+                       Py_ssize_t csa, const Py_ssize_t* akoff, const float* const* arows,
+                       const cybn_operand* B, const float* bias, float* C, Py_ssize_t rsc,
+                       int accumulate, int num_threads)
     int cybn_gemm_op_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
                        Py_ssize_t rsa, Py_ssize_t csa, const Py_ssize_t* akoff,
-                       const cybn_operand* B, double* C, Py_ssize_t rsc, int accumulate,
-                       int num_threads)
+                       const double* const* arows, const cybn_operand* B, const double* bias,
+                       double* C, Py_ssize_t rsc, int accumulate, int num_threads)
     int cybn_gemm_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
                     Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb, float* C,
                     Py_ssize_t rsc, int accumulate, int num_threads)
@@ -47,9 +50,25 @@ cdef inline int gemm_op(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         int num_threads) noexcept nogil:
     """C (M x N, C-contiguous) = A (M x K, C-contiguous) @ B (or +=), B an operand."""
     if floating is float:
-        return cybn_gemm_op_s(M, N, K, A, K, 1, NULL, B, C, N, accumulate, num_threads)
+        return cybn_gemm_op_s(M, N, K, A, K, 1, NULL, NULL, B, NULL, C, N, accumulate,
+                              num_threads)
     else:
-        return cybn_gemm_op_d(M, N, K, A, K, 1, NULL, B, C, N, accumulate, num_threads)
+        return cybn_gemm_op_d(M, N, K, A, K, 1, NULL, NULL, B, NULL, C, N, accumulate,
+                              num_threads)
+
+
+cdef inline int gemm_windows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                             const floating* const* arows, const Py_ssize_t* koff,
+                             const floating* B, const floating* bias, floating* C,
+                             int num_threads) noexcept nogil:
+    """C (M x N, C-contiguous) = A @ B^T (+ bias), A(i, k) at arows[i][koff[k]], B (N x K)
+    C-contiguous: the windows of a convolution read where they lie."""
+    cdef cybn_operand b
+    b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, B, NULL, 1, K
+    if floating is float:
+        return cybn_gemm_op_s(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, num_threads)
+    else:
+        return cybn_gemm_op_d(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, num_threads)
 
 
 cdef int input_strides(str name, const char* base, const Py_ssize_t* shape,
@@ -76,11 +95,20 @@ def matmul(const floating[:, :] a,      # IN  (M, K), any strides
            const floating[:, :] b,      # IN  (K, N), any strides
            floating[:, ::1] out,        # OUT (M, N), apart from a and b
            bint accumulate,             # out += a @ b instead of out = a @ b
-           int num_threads):
-    """out = a @ b, or out += a @ b, the same bits for any num_threads."""
+           int num_threads,
+           const floating[::1] bias=None):  # IN (N,) added to each row (not with accumulate)
+    """out = a @ b (+ bias), or out += a @ b, the same bits for any num_threads."""
     need_threads(num_threads)
     need_len("b's rows", b.shape[0], a.shape[1])
     need_shape("out", out.shape, 2, a.shape[0], b.shape[1])
+    cdef const floating* bp = NULL
+    cdef cybn_operand op
+    if bias is not None:
+        need(not accumulate, "bias is added to a new product, not with accumulate")
+        need_len("bias", bias.shape[0], b.shape[1])
+        if bias.shape[0] > 0:
+            bp = &bias[0]
+            need_apart("out", &out[0, 0], out.nbytes, "bias", bp, bias.nbytes, False)
     cdef Py_ssize_t sa[2]
     cdef Py_ssize_t sb[2]
     input_strides("a", <const char*>&a[0, 0], a.shape, a.strides, 2, sizeof(floating),
@@ -88,10 +116,16 @@ def matmul(const floating[:, :] a,      # IN  (M, K), any strides
     input_strides("b", <const char*>&b[0, 0], b.shape, b.strides, 2, sizeof(floating),
                   &out[0, 0], out.nbytes, sb)
     cdef int status
+    op.kind, op.p, op.rows, op.rs, op.cs = CYBN_MATRIX, &b[0, 0], NULL, sb[0], sb[1]
     with nogil:
-        status = gemm(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], sa[0], sa[1],
-                      &b[0, 0], sb[0], sb[1], &out[0, 0], out.shape[1], accumulate,
-                      num_threads)
+        if floating is float:
+            status = cybn_gemm_op_s(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], sa[0],
+                                    sa[1], NULL, NULL, &op, bp, &out[0, 0], out.shape[1],
+                                    accumulate, num_threads)
+        else:
+            status = cybn_gemm_op_d(out.shape[0], out.shape[1], a.shape[1], &a[0, 0], sa[0],
+                                    sa[1], NULL, NULL, &op, bp, &out[0, 0], out.shape[1],
+                                    accumulate, num_threads)
     check_scratch(status)
 
 
@@ -124,12 +158,12 @@ def matmul_batch(const floating[:, :, :] a,   # IN  (batch, M, K), any strides (
             for i in prange(n, schedule='static', num_threads=num_threads):
                 if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op + i * M * N,
                         N, accumulate, 1) != 0:
-                    failed = 1
+                    failed += 1
         else:
             for i in range(n):
                 if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op + i * M * N,
                         N, accumulate, num_threads) != 0:
-                    failed = 1
+                    failed += 1
     check_scratch(failed)
 
 
@@ -166,7 +200,7 @@ def matmul_sum(const floating[:, :, :] a,     # IN  (batch, M, K), any strides
             for i in range(n):
                 if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb, op, N, i > 0,
                         num_threads) != 0:
-                    failed = 1
+                    failed += 1
         check_scratch(failed)
         return
     part = <floating*>malloc(nchunks * M * N * sizeof(floating))
@@ -177,7 +211,7 @@ def matmul_sum(const floating[:, :, :] a,     # IN  (batch, M, K), any strides
             for i in range(t * chunk, i1):
                 if gemm(M, N, K, ap + i * sa, rsa, csa, bp + i * sb, rsb, csb,
                         part + t * M * N, N, i > t * chunk, 1) != 0:
-                    failed = 1
+                    failed += 1
         add_parts(op, part, nchunks, M * N)
     free(part)
     check_scratch(failed)
@@ -213,7 +247,7 @@ def matmul_split(const floating[:, :] a,    # IN  (M, K), any strides
             k0 = t * chunk
             if gemm(M, N, min(chunk, K - k0), ap + k0 * csa, rsa, csa, bp + k0 * rsb, rsb, csb,
                     part + t * M * N, N, 0, 1) != 0:
-                failed = 1
+                failed += 1
         add_parts(&out[0, 0], part, nchunks, M * N)
     free(part)
     check_scratch(failed)
@@ -274,12 +308,12 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                 if conv_padded_sample(xp + n * C * x.shape[2] * x.shape[3], C, x.shape[2],
                                       x.shape[3], wp, bp, O, kh, kw, ph, pw, dh, dw, Ho, Wo,
                                       yp + n * O * P, inner) != 0:
-                    failed = 1
+                    failed += 1
                 continue
             cols = window_columns(CYBN_COLS, xp + n * C * x.shape[2] * x.shape[3], x.shape,
                                   Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
             if gemm_op(O, P, K, wp, &cols, yp + n * O * P, 0, inner) != 0:
-                failed = 1
+                failed += 1
             if bp != NULL:
                 for o in range(O):
                     for j in range(P):
@@ -369,7 +403,7 @@ def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho,
                 cols = window_columns(CYBN_COLS_T, xp + n * image, x.shape, Ho, Wo, kh, kw,
                                       sh, sw, ph, pw, dh, dw)
                 if gemm_op(O, K, P, gp + n * O * P, &cols, out, n > 0, num_threads) != 0:
-                    failed = 1
+                    failed += 1
         check_scratch(failed)
         return
     part = <floating*>malloc(nchunks * O * K * sizeof(floating))
@@ -382,76 +416,167 @@ def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho,
                                       sh, sw, ph, pw, dh, dw)
                 if gemm_op(O, K, P, gp + n * O * P, &cols, part + t * O * K, n > t * chunk,
                            1) != 0:
-                    failed = 1
+                    failed += 1
         add_parts(out, part, nchunks, O * K)
     free(part)
     check_scratch(failed)
 
 
+cdef int window_rows(const floating* x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                     Py_ssize_t dh, Py_ssize_t dw, floating** pad, Py_ssize_t** koff,
+                     const floating*** rows, int num_threads) noexcept nogil:
+    """The windows of channels-last x (N, H, W, C) where they lie: rows[(n * Ho + oh) * Wo +
+    ow] points at output (n, oh, ow)'s window, whose column (tap (i, j), channel c) is at
+    offset koff[(i * kw + j) * C + c]; with padding, in a zero-padded copy *pad of x. The
+    caller frees the three; -1 if out of memory."""
+    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw * C, n, r, i, j, c, oh, ow
+    cdef const floating* src = x
+    pad[0] = NULL
+    koff[0] = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    rows[0] = <const floating**>malloc(N * Ho * Wo * sizeof(floating*))
+    if ph > 0 or pw > 0:
+        pad[0] = <floating*>malloc(N * Hp * Wp * C * sizeof(floating))
+        if pad[0] == NULL:
+            return -1
+        src = pad[0]
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            memset(pad[0] + n * Hp * Wp * C, 0, Hp * Wp * C * sizeof(floating))
+            for r in range(H):
+                memcpy(pad[0] + ((n * Hp + r + ph) * Wp + pw) * C, x + (n * H + r) * W * C,
+                       W * C * sizeof(floating))
+    if koff[0] == NULL or rows[0] == NULL:
+        return -1
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(C):
+                koff[0][(i * kw + j) * C + c] = (i * dh * Wp + j * dw) * C + c
+    for n in range(N):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                rows[0][(n * Ho + oh) * Wo + ow] = src + ((n * Hp + oh * sh) * Wp + ow * sw) * C
+    return 0
+
+
 def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                       const floating[:, ::1] weight,       # IN  (out, kh * kw * C)
                       const floating[::1] bias,            # IN  (out,), or (0,): none
-                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
-                      Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                       floating[:, :, :, ::1] y,            # OUT (N, Ho, Wo, out)
                       int num_threads):
-    """The stride-1 channels-last convolution y = columns(x) @ weight^T + bias with no
-    column matrix: x copied into zero-padded images, the product's rows are the outputs on
-    the padded grid (sample n, output (oh, ow) at row (n * Hp + oh) * Wp + ow), each reading
-    its window through a table of offsets, one per column (tap (i, j), channel c); the valid
-    rows are copied to y with the bias."""
+    """The channels-last convolution y = columns(x) @ weight^T + bias with no column matrix
+    (an indirect convolution): the product's row for output (n, oh, ow) reads its window where
+    it lies (window_rows). The products' tiles start from the bias and are written into y."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], O = y.shape[3], K = kh * kw * C
-    need_windows(H, W, Ho, Wo, kh, kw, 1, 1, ph, pw, dh, dw, num_threads)
+    need_windows(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
     need_len("y's samples", y.shape[0], N)
     need_shape("weight", weight.shape, 2, O, K)
     need(bias.shape[0] == O or bias.shape[0] == 0, f"bias has length {bias.shape[0]}, "
          f"expected {O} or 0")
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
-    if N == 0:
+    if bias.shape[0] > 0:
+        need_apart("y", &y[0, 0, 0, 0], y.nbytes, "bias", &bias[0], bias.nbytes, False)
+    if N == 0 or O == 0:
         return
-    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t rows = (N - 1) * Hp * Wp + (Ho - 1) * Wp + Wo, n, r, i, j, c, oh, q, o
-    cdef floating* pad = <floating*>malloc(N * Hp * Wp * C * sizeof(floating))
-    cdef Py_ssize_t* koff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
-    cdef floating* out = <floating*>malloc(rows * O * sizeof(floating))
-    cdef cybn_operand b
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0, 0]
-    cdef const floating* src
-    cdef floating* dst
-    cdef int status = -1
-    if pad != NULL and koff != NULL and out != NULL:
-        with nogil:
-            for n in prange(N, schedule='static', num_threads=num_threads):
-                memset(pad + n * Hp * Wp * C, 0, Hp * Wp * C * sizeof(floating))
-                for r in range(H):
-                    memcpy(pad + ((n * Hp + r + ph) * Wp + pw) * C, xp + (n * H + r) * W * C,
-                           W * C * sizeof(floating))
-            for i in range(kh):
-                for j in range(kw):
-                    for c in range(C):
-                        koff[(i * kw + j) * C + c] = (i * dh * Wp + j * dw) * C + c
-            b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, &weight[0, 0], NULL, 1, K
-            if floating is float:
-                status = cybn_gemm_op_s(rows, O, K, pad, C, 1, koff, &b, out, O, 0,
-                                        num_threads)
-            else:
-                status = cybn_gemm_op_d(rows, O, K, pad, C, 1, koff, &b, out, O, 0,
-                                        num_threads)
-            if status == 0:
-                for n in prange(N, schedule='static', num_threads=num_threads):
-                    for oh in range(Ho):
-                        src = out + ((n * Hp + oh) * Wp) * O
-                        dst = yp + ((n * Ho + oh) * Wo) * O
-                        if bias.shape[0] == 0:
-                            memcpy(dst, src, Wo * O * sizeof(floating))
-                        else:
-                            for q in range(Wo):
-                                for o in range(O):
-                                    dst[q * O + o] = src[q * O + o] + bias[o]
+    cdef floating* pad
+    cdef Py_ssize_t* koff
+    cdef const floating** rows
+    cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef int status
+    with nogil:
+        status = window_rows(&x[0, 0, 0, 0], N, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
+                             dw, &pad, &koff, &rows, num_threads)
+        if status == 0:
+            status = gemm_windows(N * Ho * Wo, O, K, rows, koff, &weight[0, 0], bp,
+                                  &y[0, 0, 0, 0], num_threads)
     free(pad)
     free(koff)
-    free(out)
+    free(rows)
     check_scratch(status)
+
+
+def conv_weight_grad_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, out)
+                          const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          floating[:, ::1] dweight,          # OUT (out, kh * kw * C)
+                          Py_ssize_t chunk,                  # samples per chunk (fixed)
+                          int num_threads):
+    """dweight = dy^T (out x N*Ho*Wo) @ columns(x), the columns' panels packed from the
+    windows where they lie (window_rows), no column matrix; chunks of ``chunk`` samples, each
+    summed on one thread (or, one chunk, with all threads inside the product), the chunks
+    added in order."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = dy.shape[1], Wo = dy.shape[2], O = dy.shape[3], K = kh * kw * C
+    cdef Py_ssize_t P = Ho * Wo, nchunks, t, n0, n1
+    need_windows(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
+    need(chunk >= 1, "chunk must be at least 1")
+    need_len("dy's samples", dy.shape[0], N)
+    need_shape("dweight", dweight.shape, 2, O, K)
+    need_apart("dweight", &dweight[0, 0], dweight.nbytes, "x", &x[0, 0, 0, 0], x.nbytes,
+               False)
+    need_apart("dweight", &dweight[0, 0], dweight.nbytes, "dy", &dy[0, 0, 0, 0], dy.nbytes,
+               False)
+    if O == 0 or K == 0:
+        return
+    if N == 0:
+        memset(&dweight[0, 0], 0, O * K * sizeof(floating))
+        return
+    cdef floating* pad
+    cdef Py_ssize_t* koff
+    cdef const floating** rows
+    cdef const floating* gp = &dy[0, 0, 0, 0]
+    cdef floating* part = NULL
+    cdef cybn_operand b
+    cdef int status, failed = 0
+    nchunks = (N + chunk - 1) // chunk
+    with nogil:
+        status = window_rows(&x[0, 0, 0, 0], N, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
+                             dw, &pad, &koff, &rows, num_threads)
+        if status == 0 and nchunks > 1:
+            part = <floating*>malloc(nchunks * O * K * sizeof(floating))
+            status = -1 if part == NULL else 0
+        if status == 0:
+            b.kind, b.off, b.p = CYBN_GATHER, koff, NULL
+            if nchunks == 1:
+                b.rows = <const void* const*>rows
+                status = gemm_gather(O, K, N * P, gp, O, &b, &dweight[0, 0], num_threads)
+            else:
+                for t in prange(nchunks, schedule='static', num_threads=num_threads):
+                    n0 = t * chunk
+                    n1 = min(N, n0 + chunk)
+                    failed += gemm_gather_part(O, K, (n1 - n0) * P, gp + n0 * P * O, O, koff,
+                                               rows + n0 * P, part + t * O * K) != 0
+                if failed:
+                    status = -1
+                else:
+                    add_parts(&dweight[0, 0], part, nchunks, O * K)
+    free(part)
+    free(pad)
+    free(koff)
+    free(rows)
+    check_scratch(status)
+
+
+cdef inline int gemm_gather(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                            Py_ssize_t csa, const cybn_operand* B, floating* C,
+                            int num_threads) noexcept nogil:
+    """C (M x N, C-contiguous) = A @ B, A(i, k) at A[i + k * csa] (a transposed matrix),
+    B a gathering operand."""
+    if floating is float:
+        return cybn_gemm_op_s(M, N, K, A, 1, csa, NULL, NULL, B, NULL, C, N, 0, num_threads)
+    else:
+        return cybn_gemm_op_d(M, N, K, A, 1, csa, NULL, NULL, B, NULL, C, N, 0, num_threads)
+
+
+cdef inline int gemm_gather_part(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                                 Py_ssize_t csa, const Py_ssize_t* koff,
+                                 const floating** rows, floating* C) noexcept nogil:
+    """gemm_gather on one thread for a chunk whose window rows start at rows."""
+    cdef cybn_operand b
+    b.kind, b.off, b.p, b.rows = CYBN_GATHER, koff, NULL, <const void* const*>rows
+    return gemm_gather(M, N, K, A, csa, &b, C, 1)

@@ -14,13 +14,21 @@ static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
 static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
 
 /* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0.
- * A(i, k) at A[i*rsa + k*csa], or at A[i*rsa + koff[k]] with an offset table. */
+ * A(i, k) at A[i*rsa + k*csa], or at A[i*rsa + koff[k]] with an offset table, or at
+ * arows[i][koff[k]] with row pointers. */
 static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa,
-                               const ptrdiff_t* koff, ptrdiff_t mc, ptrdiff_t kc, GT* Ap) {
+                               const ptrdiff_t* koff, const GT* const* arows, ptrdiff_t mc,
+                               ptrdiff_t kc, GT* Ap) {
     for (ptrdiff_t ir = 0; ir < mc; ir += GMR) {
         ptrdiff_t m = mc - ir < GMR ? mc - ir : GMR;
         const GT* a = A + ir * rsa;
-        if (koff != NULL) {
+        if (arows != NULL) {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                ptrdiff_t i = 0;
+                for (; i < m; i++) Ap[k * GMR + i] = arows[ir + i][koff[k]];
+                for (; i < GMR; i++) Ap[k * GMR + i] = 0;
+            }
+        } else if (koff != NULL) {
             for (ptrdiff_t k = 0; k < kc; k++) {
                 ptrdiff_t i = 0;
                 for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + koff[k]];
@@ -176,6 +184,19 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
         GNAME(cybn_pack_cols_)(b, k0, kc, j0, n, Bp);
         return;
     }
+    if (b->kind == CYBN_GATHER) { /* columns off[j0 ..]: one run when they are adjacent */
+        const ptrdiff_t* off = b->off + j0;
+        int run = off[n - 1] - off[0] == n - 1;
+        for (ptrdiff_t k = 0; k < kc; k++) {
+            const GT* row = (const GT*)b->rows[k0 + k];
+            if (run)
+                for (ptrdiff_t j = 0; j < n; j++) Bp[k * GNR + j] = row[off[0] + j];
+            else
+                for (ptrdiff_t j = 0; j < n; j++) Bp[k * GNR + j] = row[off[j]];
+            for (ptrdiff_t j = n; j < GNR; j++) Bp[k * GNR + j] = 0;
+        }
+        return;
+    }
     if (b->kind == CYBN_ROWS) { /* a partial panel: only n columns are readable */
         for (ptrdiff_t k = 0; k < kc; k++) {
             const GT* row = (const GT*)b->rows[k0 + k] + j0;
@@ -201,18 +222,24 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
     }
 }
 
-/* C[0:m, 0:n] (row stride rsc) = (add ? C : 0) + A @ B over kc: the register tile. A(i, k)
- * at a[i*ars + k*acs], or at a[i*ars + koff[k]] with an offset table; B a packed panel b
- * (brow NULL), or read in place: B(k, j) at brow[k][bj + j] (all NR columns readable). */
+/* C[0:m, 0:n] (row stride rsc) = (add ? C : bias) + A @ B over kc: the register tile.
+ * A(i, k) at a[i*ars + k*acs], or at a[i*ars + koff[k]] with an offset table, or at
+ * ar[i][koff[k]] with row pointers (ar not NULL); B a packed panel b (brow NULL), or read in
+ * place: B(k, j) at brow[k][bj + j] (all NR columns readable); bias: NR readable values, or
+ * NULL (0). */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const ptrdiff_t* koff,
-        const GT* restrict b, const GT* const* brow, ptrdiff_t bj, GT* c, ptrdiff_t rsc,
-        ptrdiff_t m, ptrdiff_t n, int add) {
+        const GT* const* ar, const GT* restrict b, const GT* const* brow, ptrdiff_t bj,
+        const GT* bias, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add) {
     GV acc[GMR][GNV];
+    const GT* ap[GMR];
 #pragma GCC unroll 16
-    for (int i = 0; i < GMR; i++)
+    for (int i = 0; i < GMR; i++) {
+        ap[i] = ar != NULL ? ar[i] : a + i * ars;
 #pragma GCC unroll 4
-        for (int v = 0; v < GNV; v++) acc[i][v] = (GV){0};
+        for (int v = 0; v < GNV; v++)
+            acc[i][v] = add || bias == NULL ? (GV){0} : GNAME(cybn_gld_)(bias + v * GVL);
+    }
     for (ptrdiff_t k = 0; k < kc; k++) {
         GV bv[GNV];
 #pragma GCC unroll 4
@@ -221,7 +248,8 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
                                  : GNAME(cybn_gld_)(brow[k] + bj + v * GVL);
 #pragma GCC unroll 16
         for (int i = 0; i < GMR; i++) {
-            GV ai = GBC(koff == NULL ? a[i * ars] : a[i * ars + koff[k]]);
+            GV ai = GBC(ar != NULL ? ap[i][koff[k]] : koff == NULL ? a[i * ars]
+                                                                 : a[i * ars + koff[k]]);
 #pragma GCC unroll 4
             for (int v = 0; v < GNV; v++) acc[i][v] = GFMA(ai, bv[v], acc[i][v]);
         }
@@ -246,18 +274,22 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
             c[i * rsc + j] = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
 }
 
-/* C (M x N, row stride rsc) = (accumulate ? C : 0) + A @ B, A(i, k) at A[i*rsa + k*csa]
+/* C (M x N, row stride rsc) = (accumulate ? C : bias) + A @ B, A(i, k) at A[i*rsa + k*csa]
  * (or, with an offset table akoff, at A[i*rsa + akoff[k]]: rows that are windows of an
- * image), B the operand *B (a matrix, an image's column matrix or rows read in place, see
- * cybn_operand). The tiles and the summation order depend only on the shapes: the same bits
- * for any thread count. 0, or -1 when out of memory. */
+ * image; or, with row pointers arows as well, at arows[i][akoff[k]]: windows anywhere), B the
+ * operand *B (a matrix, an image's column matrix or rows read in place, see cybn_operand),
+ * bias N values added to each row (NULL: none; the tiles start from it). The tiles and the
+ * summation order depend only on the shapes: the same bits for any thread count. 0, or -1
+ * when out of memory. */
 static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
-                            ptrdiff_t csa, const ptrdiff_t* akoff, const cybn_operand* B,
-                            GT* C, ptrdiff_t rsc, int accumulate, int num_threads) {
+                            ptrdiff_t csa, const ptrdiff_t* akoff, const GT* const* arows,
+                            const cybn_operand* B, const GT* bias, GT* C, ptrdiff_t rsc,
+                            int accumulate, int num_threads) {
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) {
         if (!accumulate)
-            for (ptrdiff_t i = 0; i < M; i++) memset(C + i * rsc, 0, N * sizeof(GT));
+            for (ptrdiff_t i = 0; i < M; i++)
+                for (ptrdiff_t j = 0; j < N; j++) C[i * rsc + j] = bias != NULL ? bias[j] : 0;
         return 0;
     }
     ptrdiff_t ncmax = N < CYBN_GEMM_NC ? N : CYBN_GEMM_NC;
@@ -305,8 +337,9 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                     ptrdiff_t mfull = direct ? mc / GMR * GMR : 0; /* rows read in place */
                     if (packed != ib && mfull < mc) {
                         GNAME(cybn_pack_a_)(A + (ic + mfull) * rsa + (akoff ? 0 : pc * csa),
-                                            rsa, csa, akoff ? akoff + pc : NULL, mc - mfull,
-                                            kc, Ap);
+                                            rsa, csa, akoff ? akoff + pc : NULL,
+                                            arows ? arows + ic + mfull : NULL, mc - mfull, kc,
+                                            Ap);
                         packed = ib;
                     }
                     ptrdiff_t p1 = (g + 1) * CYBN_GEMM_NG < np ? (g + 1) * CYBN_GEMM_NG : np;
@@ -317,26 +350,39 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                         const GT* const* brow = B->kind == CYBN_ROWS && n == GNR && !akoff ?
                             (const GT* const*)B->rows + pc : NULL;
                         GT* cp = C + jc + j0;
+                        /* the bias of the panel's columns, NR readable values */
+                        GT bpad[GNR];
+                        const GT* bb = bias == NULL ? NULL : bias + jc + j0;
+                        if (bb != NULL && n < GNR) {
+                            for (ptrdiff_t j = 0; j < GNR; j++) bpad[j] = j < n ? bb[j] : 0;
+                            bb = bpad;
+                        }
                         ptrdiff_t ir = 0;
-                        if (akoff != NULL) /* (separate calls: each inlined for its A, B) */
+                        /* (separate calls: each inlined for its A, B) */
+                        if (arows != NULL)
+                            for (; ir < mfull; ir += GMR)
+                                GNAME(cybn_micro_)(kc, NULL, 0, 0, akoff + pc,
+                                                   arows + ic + ir, bp, NULL, 0, bb,
+                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add);
+                        else if (akoff != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa, rsa, 0, akoff + pc,
-                                                   bp, NULL, 0, cp + (ic + ir) * rsc, rsc, GMR,
-                                                   n, add);
+                                                   NULL, bp, NULL, 0, bb, cp + (ic + ir) * rsc,
+                                                   rsc, GMR, n, add);
                         else if (brow != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
-                                                   NULL, brow, jc + j0, cp + (ic + ir) * rsc,
-                                                   rsc, GMR, n, add);
+                                                   NULL, NULL, brow, jc + j0, bb,
+                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add);
                         else
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
-                                                   bp, NULL, 0, cp + (ic + ir) * rsc, rsc, GMR,
-                                                   n, add);
+                                                   NULL, bp, NULL, 0, bb, cp + (ic + ir) * rsc,
+                                                   rsc, GMR, n, add);
                         for (; ir < mc; ir += GMR)
-                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, NULL, bp,
-                                               brow, jc + j0, cp + (ic + ir) * rsc, rsc,
-                                               mc - ir < GMR ? mc - ir : GMR, n, add);
+                            GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, NULL, NULL,
+                                               bp, brow, jc + j0, bb, cp + (ic + ir) * rsc,
+                                               rsc, mc - ir < GMR ? mc - ir : GMR, n, add);
                     }
                 }
             }

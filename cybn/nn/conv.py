@@ -9,7 +9,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _matmul
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
-                        conv_rows, depthwise_backward, depthwise_forward, im2col)
+                        conv_rows, conv_rows_weight_grad, depthwise_backward,
+                        depthwise_forward)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -19,14 +20,6 @@ __all__ = ["Conv2d"]
 # (measured on the bench models' layers: at 8x8 and 4x4 it is 2-2.6x faster than a product
 # per sample, at 16x16 even, at 32x32 half as fast)
 ROWS_BELOW = 256
-# The stride-1 rows route computes outputs on the padded grid (Ho + kh - 1) x (Wo + kw - 1);
-# where that grid exceeds the outputs by more than this factor (small maps: 1.56 at 8x8,
-# 1.31 at 14x14 for a 3x3 kernel) the column matrix route was faster (measured 1.2-1.4x at
-# 64-256 channels), below it the rows route (6x at 16 channels, 32x32 maps); inputs with
-# fewer than ROWS_CHANNELS channels take the rows route anyway (a column matrix of few
-# channels is mostly copying: 7x slower for 1 channel at 8x8)
-ROWS_GRID = 1.2
-ROWS_CHANNELS = 32
 
 
 class Conv2d(Module):
@@ -148,9 +141,9 @@ class Conv2d(Module):
         ROWS_BELOW pixels: y[n] = weight @ columns(x[n]), the columns packed from x as the
         products run (ops.conv.conv_planes). Otherwise one product over the whole batch in
         channels-last order (a channels-first x and y transposed around it: for small planes
-        one large product beats a small one per sample): at stride 1 with rows that read
-        their windows in place (ops.conv.conv_rows; the backward builds the column matrix
-        for the weight gradient), else on the column matrix (compiled im2col)."""
+        one large product beats a small one per sample) whose rows read their windows where
+        they lie (ops.conv.conv_rows; the backward builds the column matrix for the weight
+        gradient)."""
         if not self.channels_last and ho * wo >= ROWS_BELOW:
             x = np.ascontiguousarray(x)
             self._cache = ("planes", x, x.shape)
@@ -158,61 +151,38 @@ class Conv2d(Module):
                                None if self.bias is None else self.bias.data, self.stride,
                                self.padding, self.dilation)
         bias = None if self.bias is None else self.bias.data
-        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
-        grid = (ho + dh * (kh - 1)) * (wo + dw * (kw - 1))  # the padded grid's rows per sample
-        if self.stride == (1, 1) and (self.in_channels < ROWS_CHANNELS
-                                      or grid <= ROWS_GRID * ho * wo):
-            # rows reading the windows in place: no column matrix
-            xh = np.ascontiguousarray(xh)
-            self._cache = ("rows", xh, x.shape)
-            y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
-                          self.dilation)
-        else:
-            cols = self._columns(xh, ho, wo)
-            y = _matmul.matmul(cols, self._dense_weight().T, bias=bias)
-            y = y.reshape(x.shape[0], ho, wo, self.out_channels)
-            self._cache = ("dense", cols, x.shape)
+        xh = np.ascontiguousarray(xh)
+        self._cache = ("rows", xh, x.shape)
+        y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
+                      self.dilation, self.stride)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
-    def _columns(self, xh, ho: int, wo: int) -> np.ndarray:
-        """The column matrix (N * Ho * Wo, kh * kw * C) of channels-last xh, columns in
-        (kh, kw, C) order, in this layer's workspace."""
-        kh, kw = self.kernel_size
-        shape = (xh.shape[0] * ho * wo, kh * kw * xh.shape[3])
-        return im2col(xh, self.kernel_size, self.stride, self.padding, self.dilation, ho, wo,
-                      self._workspace("cols", shape, xh.dtype))
-
-    def _rows_columns(self, xh, dy) -> np.ndarray:
-        """The column matrix of the rows route's forward input (for the weight gradient)."""
-        ho, wo = (dy.shape[1], dy.shape[2]) if self.channels_last else dy.shape[2:4]
-        return self._columns(xh, ho, wo)
-
-    def _dense_backward(self, cols, x_shape, dy, input_grad: bool = True):
-        """The backward of the columns route of _dense_forward (x_shape: x's, in its
-        layout)."""
+    def _rows_backward(self, xh, x_shape, dy, input_grad: bool = True):
+        """The backward of the rows route of _dense_forward from its channels-last input xh
+        (x_shape: x's, in its layout)."""
         out, cin, kh, kw = self.weight.data.shape
-        dyh = self._to_nhwc(dy)
+        dyh = np.ascontiguousarray(self._to_nhwc(dy), dtype=xh.dtype)
         n, ho, wo = dyh.shape[:3]
-        dy2 = np.ascontiguousarray(dyh, dtype=cols.dtype).reshape(n * ho * wo, out)
-        dw = _matmul.matmul_sum(dy2.T, cols).reshape(out, kh, kw, cin)
+        dw = conv_rows_weight_grad(dyh, xh, self.kernel_size, self.stride, self.padding,
+                                   self.dilation)
+        dy2 = dyh.reshape(n * ho * wo, out)
         if self.bias is not None:
             ones = np.ones((1, len(dy2)), dy2.dtype)
             self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
-        self.weight.grad += dw.transpose(0, 3, 1, 2)
+        self.weight.grad += dw.reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
         if not input_grad:
             return None
         (dh, dw_), (ph, pw) = self.dilation, self.padding
         if self.stride == (1, 1) and ph <= dh * (kh - 1) and pw <= dw_ * (kw - 1):
             # the convolution of dy with the flipped, transposed weight (rows, (kh, kw, out))
             flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)
-            dx = conv_rows(dy2.reshape(n, ho, wo, out), flipped.reshape(cin, -1), None,
-                           self.kernel_size, (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw),
-                           self.dilation)
+            dx = conv_rows(dyh, flipped.reshape(cin, -1), None, self.kernel_size,
+                           (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw), self.dilation)
         else:  # the columns' gradient, folded back
             dcols = _matmul.matmul(dy2, self._dense_weight(),
-                                   out=self._workspace("dcols", cols.shape, cols.dtype))
-            xh_shape = x_shape if self.channels_last else tuple(np.take(x_shape, (0, 2, 3, 1)))
-            dx = col2im(dcols, xh_shape, self.kernel_size, self.stride, self.padding,
+                                   out=self._workspace("dcols", (len(dy2), kh * kw * cin),
+                                                       xh.dtype))
+            dx = col2im(dcols, xh.shape, self.kernel_size, self.stride, self.padding,
                         self.dilation, ho, wo)
         return dx if self.channels_last else np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
 
@@ -233,16 +203,13 @@ class Conv2d(Module):
 
     def backward_parameters(self, dy) -> None:
         saved = self.__dict__.get("_cache")
-        if saved is None or saved[0] not in ("dense", "planes", "rows"):
+        if saved is None or saved[0] not in ("planes", "rows"):
             return super().backward_parameters(dy)
         saved, dy = self._saved_with_grad(dy)
         if saved[0] == "planes":
             self._planes_backward(saved[1], dy, input_grad=False)
-        elif saved[0] == "rows":
-            self._dense_backward(self._rows_columns(saved[1], dy), saved[2], dy,
-                                 input_grad=False)
         else:
-            self._dense_backward(saved[1], saved[2], dy, input_grad=False)
+            self._rows_backward(saved[1], saved[2], dy, input_grad=False)
         return None
 
     def _taps(self, xh, ho: int, wo: int):
@@ -300,12 +267,10 @@ class Conv2d(Module):
 
     def backward(self, dy):
         (kind, *saved), dy = self._saved_with_grad(dy)
-        if kind == "dense":
-            return self._dense_backward(saved[0], saved[1], dy)
         if kind == "planes":
             return self._planes_backward(saved[0], dy)
         if kind == "rows":
-            return self._dense_backward(self._rows_columns(saved[0], dy), saved[1], dy)
+            return self._rows_backward(saved[0], saved[1], dy)
         if kind == "compiled depthwise":
             return self._compiled_depthwise_backward(saved[0], dy)
         if kind == "depthwise":

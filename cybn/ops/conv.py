@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels
+from .. import _kernels, _matmul
 from . import _schedule
 
 
@@ -122,6 +122,19 @@ def col2im(dcols: np.ndarray, x_shape: tuple, kernel: tuple, stride: tuple, padd
 MAX_CHUNKS = 16  # a weight gradient's sum over samples in at most this many chunks (fixed)
 
 
+def _sample_chunk(n: int, pixels: int, rows: int, cols: int) -> int:
+    """Samples per chunk of a weight gradient (rows x cols) summed over n samples of
+    ``pixels`` outputs each: all n (one chunk, the threads sharing the product's tiles)
+    unless the sum is long against the output's sides, as _matmul splits a product; then at
+    most MAX_CHUNKS chunks of at least MIN_CHUNK outputs each, one thread per chunk (a chunk
+    per sample of 8x8 maps wrote sixteen 2.4 MB partial sums for 256 -> 256 channels, 2.4x
+    PyTorch's time). Fixed by the shapes: it sets the bits."""
+    total = n * pixels
+    if total < _matmul.SPLIT_RATIO * (rows + cols) or total < 2 * _matmul.MIN_CHUNK:
+        return max(n, 1)
+    return max(-(-n // MAX_CHUNKS), -(-_matmul.MIN_CHUNK // max(pixels, 1)))
+
+
 def _strided_pointwise(weight_shape: tuple, stride: tuple, padding: tuple) -> bool:
     """A 1x1 convolution with a stride and no padding: it reads only every stride-th pixel."""
     return tuple(weight_shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and \
@@ -162,7 +175,7 @@ def conv_planes_weight_grad(dy: np.ndarray, x: np.ndarray, kernel: tuple, stride
     n, c = x.shape[:2]
     out = dy.shape[1]
     dweight = np.empty((out, c * kh * kw), dtype=x.dtype)
-    chunk = max(1, -(-n // MAX_CHUNKS))
+    chunk = _sample_chunk(n, dy.shape[2] * dy.shape[3], out, c * kh * kw)
     _kernels.conv_weight_grad_planes(dy, x, kh, kw, sh, sw, ph, pw, dh, dw, dweight, chunk,
                                      _schedule.threads_for(x.size + dy.size))
     return dweight.reshape(out, c, kh, kw)
@@ -197,17 +210,34 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
 
 
 def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, kernel: tuple,
-              padding: tuple, dilation: tuple) -> np.ndarray:
-    """The stride-1 dense convolution of channels-last xh (N, H, W, C) with weight_rows
-    (out, kh * kw * C, taps in (kh, kw, C) order) (+ bias): products whose rows read the
-    windows of zero-padded copies of the images in place (no column matrix)."""
+              padding: tuple, dilation: tuple, stride: tuple = (1, 1)) -> np.ndarray:
+    """The dense convolution of channels-last xh (N, H, W, C) with weight_rows (out,
+    kh * kw * C, taps in (kh, kw, C) order) (+ bias): products whose rows read their windows
+    where they lie (in a zero-padded copy of xh with padding), no column matrix."""
     xh = np.ascontiguousarray(xh)
-    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
+    (kh, kw), (ph, pw), (dh, dw), (sh, sw) = kernel, padding, dilation, stride
     n, h, w, _ = xh.shape
     out = weight_rows.shape[0]
-    ho, wo = _output_size(h, kh, 1, ph, dh), _output_size(w, kw, 1, pw, dw)
+    ho, wo = _output_size(h, kh, sh, ph, dh), _output_size(w, kw, sw, pw, dw)
     y = np.empty((n, ho, wo, out), dtype=xh.dtype)
     b = np.empty(0, xh.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xh.dtype)
     _kernels.conv_forward_rows(xh, np.ascontiguousarray(weight_rows, dtype=xh.dtype), b, kh, kw,
-                               ph, pw, dh, dw, y, _schedule.threads_for(y.size))
+                               sh, sw, ph, pw, dh, dw, y, _schedule.threads_for(y.size))
     return y
+
+
+def conv_rows_weight_grad(dyh: np.ndarray, xh: np.ndarray, kernel: tuple, stride: tuple,
+                          padding: tuple, dilation: tuple) -> np.ndarray:
+    """The weight gradient (out, kh * kw * C, taps in (kh, kw, C) order) of conv_rows:
+    dyh^T @ columns(xh), the columns' panels packed from the windows where they lie, in
+    chunks of samples fixed by the batch size."""
+    xh = np.ascontiguousarray(xh)
+    dyh = np.ascontiguousarray(dyh, dtype=xh.dtype)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c = xh.shape[0], xh.shape[3]
+    dweight = np.empty((dyh.shape[3], kh * kw * c), dtype=xh.dtype)
+    _kernels.conv_weight_grad_rows(dyh, xh, kh, kw, sh, sw, ph, pw, dh, dw, dweight,
+                                   _sample_chunk(n, dyh.shape[1] * dyh.shape[2], dyh.shape[3],
+                                                 kh * kw * c),
+                                   _schedule.threads_for(xh.size + dyh.size))
+    return dweight

@@ -1,8 +1,9 @@
-"""The channels-first dense convolution kernels (conv_forward_planes,
-conv_weight_grad_planes): the products with the window columns packed straight from the
-image equal the definition (float64) for every window geometry, bitwise the same for 1-4
-threads (for each chunking of the samples), and both input-gradient routes of ops.conv
-(the flipped-weight convolution, the columns' gradient folded back) equal the definition."""
+"""The dense convolution kernels, channels-first (conv_forward_planes,
+conv_weight_grad_planes) and channels-last (conv_forward_rows, conv_weight_grad_rows): the
+products with the windows read where they lie equal the definition (float64) for every
+window geometry, bitwise the same for 1-4 threads (for each chunking of the samples), and
+both input-gradient routes of ops.conv (the flipped-weight convolution, the columns'
+gradient folded back) equal the definition."""
 
 import numpy as np
 import pytest
@@ -100,16 +101,22 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients():
     dw = np.full((2, 27), np.nan, np.float32)
     _kernels.conv_weight_grad_planes(y, x, 3, 3, 1, 1, 1, 1, 1, 1, dw, 1, 2)
     assert np.array_equal(dw, np.zeros((2, 27)))
+    xh, yh = x.transpose(0, 2, 3, 1).copy(), y.transpose(0, 2, 3, 1).copy()
+    _kernels.conv_forward_rows(xh, np.ones((2, 27), np.float32), np.empty(0, np.float32),
+                               3, 3, 1, 1, 1, 1, 1, 1, yh, 2)
+    dw[...] = np.nan
+    _kernels.conv_weight_grad_rows(yh, xh, 3, 3, 1, 1, 1, 1, 1, 1, dw, 1, 2)
+    assert np.array_equal(dw, np.zeros((2, 27)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[7] == (1, 1)])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
-    n, c, h, w, out, kh, kw, _, padding, dilation = geometry
+    n, c, h, w, out, kh, kw, stride, padding, dilation = geometry
     x = RNG.standard_normal((n, c, h, w)).astype(dtype)
     weight = RNG.standard_normal((out, c, kh, kw)).astype(dtype)
     bias = RNG.standard_normal(out).astype(dtype)
-    cols, ho, wo = columns(x, kh, kw, (1, 1), padding, dilation)
+    cols, ho, wo = columns(x, kh, kw, stride, padding, dilation)
     ref = np.einsum("ok,nkp->nop", weight.reshape(out, -1).astype(np.float64), cols)
     ref = (ref + bias[:, None]).reshape(n, out, ho, wo).transpose(0, 2, 3, 1)
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -117,13 +124,40 @@ def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
     ys = []
     for threads in (1, 2, 3, 4):
         y = np.full((n, ho, wo, out), np.nan, dtype)
-        _kernels.conv_forward_rows(xh, rows, bias, kh, kw, *padding, *dilation, y, threads)
+        _kernels.conv_forward_rows(xh, rows, bias, kh, kw, *stride, *padding, *dilation, y,
+                                   threads)
         ys.append(y)
     close(ys[0], ref, c * kh * kw, dtype)
     assert all(np.array_equal(y, ys[0]) for y in ys[1:])
     y = np.empty_like(ys[0])  # no bias
-    _kernels.conv_forward_rows(xh, rows, np.empty(0, dtype), kh, kw, *padding, *dilation, y, 2)
+    _kernels.conv_forward_rows(xh, rows, np.empty(0, dtype), kh, kw, *stride, *padding,
+                               *dilation, y, 2)
     close(y, ref - bias, c * kh * kw, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_channels_last_weight_gradient_equals_the_definition(geometry, dtype):
+    """conv_weight_grad_rows: dy^T @ columns(x) with the columns' panels gathered from the
+    windows where they lie; the same bits for 1-4 threads for each chunking of the
+    samples."""
+    n, c, h, w, out, kh, kw, stride, padding, dilation = geometry
+    x = RNG.standard_normal((n, c, h, w)).astype(dtype)
+    cols, ho, wo = columns(x, kh, kw, stride, padding, dilation)
+    dy = RNG.standard_normal((n, out, ho, wo)).astype(dtype)
+    ref = np.einsum("nop,nkp->ok", dy.reshape(n, out, -1).astype(np.float64), cols)
+    ref = ref.reshape(out, c, kh, kw).transpose(0, 2, 3, 1).reshape(out, -1)  # (kh, kw, C)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    dyh = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    for chunk in (1, 2, n):
+        dws = []
+        for threads in (1, 2, 3, 4):
+            dw = np.full((out, kh * kw * c), np.nan, dtype)
+            _kernels.conv_weight_grad_rows(dyh, xh, kh, kw, *stride, *padding, *dilation, dw,
+                                           chunk, threads)
+            dws.append(dw)
+        close(dws[0], ref, n * ho * wo, dtype)
+        assert all(np.array_equal(d, dws[0]) for d in dws[1:])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -133,7 +167,7 @@ def test_the_rows_route_gives_the_column_matrix_routes_bits(dtype):
     x = RNG.standard_normal((3, 11, 13, 6)).astype(dtype)
     rows = RNG.standard_normal((9, 3 * 3 * 6)).astype(dtype)
     y = np.empty((3, 11, 13, 9), dtype)
-    _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, y, 2)
+    _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, 1, 1, y, 2)
     cols = C.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), 11, 13)
     ref = np.empty((cols.shape[0], 9), dtype)
     _kernels.matmul(cols, rows.T, ref, False, 2)

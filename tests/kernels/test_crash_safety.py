@@ -183,6 +183,8 @@ def kernel_cases():
          (z(8, 9, 36), 3, 3, 1, 1, 1, 1, 0, 1, 6, 6, z(8, 6, 6), 1)),
         ("matmul inner sizes differ", K.matmul, (z(3, 4), z(5, 2), z(3, 2), False, 1)),
         ("matmul out short", K.matmul, (z(3, 4), z(4, 2), z(2, 2), False, 1)),
+        ("matmul bias short", K.matmul, (z(3, 4), z(4, 2), z(3, 2), False, 1, z(1))),
+        ("matmul bias with accumulate", K.matmul, (z(3, 4), z(4, 2), z(3, 2), True, 1, z(2))),
         ("matmul_batch batches differ", K.matmul_batch,
          (z(2, 3, 4), z(3, 4, 2), z(2, 3, 2), False, 1)),
         ("matmul_batch no threads", K.matmul_batch,
@@ -198,11 +200,22 @@ def kernel_cases():
         ("conv_forward_planes bias short", K.conv_forward_planes,
          (z(2, 3, 6, 6), z(4, 27), z(3), 3, 3, 1, 1, 1, 1, 1, 1, z(2, 4, 6, 6), 1)),
         ("conv_forward_rows weight short", K.conv_forward_rows,
-         (z(2, 6, 6, 3), z(4, 26), z(4), 3, 3, 1, 1, 1, 1, z(2, 6, 6, 4), 1)),
+         (z(2, 6, 6, 3), z(4, 26), z(4), 3, 3, 1, 1, 1, 1, 1, 1, z(2, 6, 6, 4), 1)),
         ("conv_forward_rows wrong Wo", K.conv_forward_rows,
-         (z(2, 6, 6, 3), z(4, 27), z(0), 3, 3, 1, 1, 1, 1, z(2, 6, 5, 4), 1)),
+         (z(2, 6, 6, 3), z(4, 27), z(0), 3, 3, 1, 1, 1, 1, 1, 1, z(2, 6, 5, 4), 1)),
+        ("conv_forward_rows wrong Ho for the stride", K.conv_forward_rows,
+         (z(2, 6, 6, 3), z(4, 27), z(0), 3, 3, 2, 2, 1, 1, 1, 1, z(2, 6, 3, 4), 1)),
         ("conv_forward_rows y is x", K.conv_forward_rows,
-         (shared_image, z(3, 27), z(0), 3, 3, 1, 1, 1, 1, shared_image, 1)),
+         (shared_image, z(3, 27), z(0), 3, 3, 1, 1, 1, 1, 1, 1, shared_image, 1)),
+        ("conv_forward_rows y is bias", None, None),
+        ("conv_weight_grad_rows dy's samples", K.conv_weight_grad_rows,
+         (z(3, 6, 6, 4), z(2, 6, 6, 3), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 1, 1)),
+        ("conv_weight_grad_rows dweight short", K.conv_weight_grad_rows,
+         (z(2, 6, 6, 4), z(2, 6, 6, 3), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 26), 1, 1)),
+        ("conv_weight_grad_rows wrong Wo", K.conv_weight_grad_rows,
+         (z(2, 6, 5, 4), z(2, 6, 6, 3), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 1, 1)),
+        ("conv_weight_grad_rows chunk 0", K.conv_weight_grad_rows,
+         (z(2, 6, 6, 4), z(2, 6, 6, 3), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 0, 1)),
         ("conv_weight_grad_planes dy's samples", K.conv_weight_grad_planes,
          (z(3, 4, 6, 6), z(2, 3, 6, 6), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 1, 1)),
         ("conv_weight_grad_planes dweight short", K.conv_weight_grad_planes,
@@ -289,6 +302,10 @@ def kernel_cases():
     cases[[c[0] for c in cases].index("row_grad_apply dx overlapping x")] = (
         "row_grad_apply dx overlapping x", K.row_grad_apply,
         (x, x, 3, 1, d(3), d(3), d(3), d(3), dx, False, 1))
+    out = np.zeros(2 * 6 * 6 * 4, f32)  # the output and the bias partly the same memory
+    cases[[c[0] for c in cases].index("conv_forward_rows y is bias")] = (
+        "conv_forward_rows y is bias", K.conv_forward_rows,
+        (z(2, 6, 6, 3), z(4, 27), out[:4], 3, 3, 1, 1, 1, 1, 1, 1, out.reshape(2, 6, 6, 4), 1))
     return cases
 
 

@@ -51,8 +51,8 @@ def test_training_steps_reusing_scratch_equal_fresh_layers(channels_last):
             p.data -= 0.1 * p.grad
     for arr, snapshot in kept_outputs + kept_grads:  # nothing handed out was reused
         np.testing.assert_array_equal(arr, snapshot)
-    conv = model[0]  # stride 1: the column matrix for the weight gradient, no dcols
-    assert set(conv.__dict__["_workspaces"]) == {"cols"}
+    conv = model[0]  # stride 1: windows read where they lie, the flipped-weight dx
+    assert "_workspaces" not in conv.__dict__
     assert "_workspaces" not in copy.deepcopy(conv).__dict__
 
 
@@ -65,15 +65,17 @@ def test_large_channels_first_planes_keep_no_column_matrix():
 
 
 def test_scratch_follows_a_new_shape():
-    conv = cybn.Conv2d(3, 4, 3, padding=1, channels_last=True, rng=0)
+    conv = cybn.Conv2d(3, 4, 3, stride=2, padding=1, channels_last=True, rng=0)
     for shape in [(2, 6, 6, 3), (3, 5, 7, 3), (2, 6, 6, 3)]:
         x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
         y = conv(x)
-        ref = cybn.Conv2d(3, 4, 3, padding=1, channels_last=True, rng=0)
+        ref = cybn.Conv2d(3, 4, 3, stride=2, padding=1, channels_last=True, rng=0)
         np.testing.assert_array_equal(y, ref(x))
-        conv.backward(np.ones_like(y))  # stride 1: the column matrix is the backward's
-        assert conv.__dict__["_workspaces"]["cols"].shape == (shape[0] * shape[1] * shape[2],
-                                                              27)
+        dx = conv.backward(np.ones_like(y))  # strided: dx from the columns' gradient
+        ref(x)
+        np.testing.assert_array_equal(dx, ref.backward(np.ones_like(y)))
+        assert conv.__dict__["_workspaces"]["dcols"].shape == (y.shape[0] * y.shape[1]
+                                                               * y.shape[2], 27)
 
 
 def test_eval_mode_allocates_so_threads_can_share_a_model():
