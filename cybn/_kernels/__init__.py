@@ -143,6 +143,7 @@ relu_backward = _impl.relu_backward
 maxpool_backward_planes = _impl.maxpool_backward_planes
 maxpool_forward_rows = _impl.maxpool_forward_rows
 maxpool_backward_rows = _impl.maxpool_backward_rows
+global_avgpool = _impl.global_avgpool
 half_from_float = _impl.half_from_float
 half_to_float = _impl.half_to_float
 

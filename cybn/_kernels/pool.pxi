@@ -302,3 +302,70 @@ def avgpool_backward_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, C
                             dr = &dx[n, oh * sh + i, ow * sw + j, 0]
                             for c in range(C):
                                 dr[c] = dr[c] + gr[c] * inv
+
+
+# ---------------------------------------------------------------------------------------
+# Global average pooling: y[o, i] = the mean over p of x[o, p, i] for x viewed as
+# (outer, P, inner) (channels-first: (N * C, H * W, 1); channels-last: (N, H * W, C)), summed
+# in double in a fixed order (eight lanes over p for inner 1), one outer slice per work item:
+# the same bits for any thread count.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void mean_run(const floating* x, Py_ssize_t P, floating* y) noexcept nogil:
+    """y[0] = the mean of the P contiguous values at x."""
+    cdef double lane[8]
+    cdef Py_ssize_t p, j, P8 = P // 8 * 8
+    for j in range(8):
+        lane[j] = 0.0
+    for p in range(0, P8, 8):
+        for j in range(8):
+            lane[j] += <double>x[p + j]
+    for p in range(P8, P):
+        lane[p - P8] += <double>x[p]
+    y[0] = <floating>((((lane[0] + lane[1]) + (lane[2] + lane[3]))
+                       + ((lane[4] + lane[5]) + (lane[6] + lane[7]))) / <double>P)
+
+
+cdef inline void avg_column(const floating* x, Py_ssize_t P, Py_ssize_t stride,
+                            floating* y) noexcept nogil:
+    """y[0] = the mean of P values stride apart, summed in order in double."""
+    cdef double s = 0.0
+    cdef Py_ssize_t p
+    for p in range(P):
+        s += <double>x[p * stride]
+    y[0] = <floating>(s / <double>P)
+
+
+def global_avgpool(const floating[:, :, ::1] x,    # IN  (outer, P, inner), P >= 1
+                   floating[:, ::1] y,             # OUT (outer, inner)
+                   int num_threads):
+    """y[o, i] = mean over p of x[o, p, i], accumulated in double."""
+    need_threads(num_threads)
+    need(x.shape[1] >= 1, "global_avgpool needs at least one value per mean")
+    need_shape("y", y.shape, 2, x.shape[0], x.shape[2])
+    need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
+    cdef Py_ssize_t O = x.shape[0], P = x.shape[1], I = x.shape[2], o, p, i
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef double* acc
+    if O == 0 or I == 0:
+        return
+    with nogil:
+        if I == 1:
+            for o in prange(O, schedule='static', num_threads=num_threads):
+                mean_run(xp + o * P, P, yp + o)
+        else:
+            for o in prange(O, schedule='static', num_threads=num_threads):
+                acc = <double*>malloc(I * sizeof(double))
+                if acc != NULL:
+                    for i in range(I):
+                        acc[i] = 0.0
+                    for p in range(P):
+                        for i in range(I):
+                            acc[i] += <double>xp[(o * P + p) * I + i]
+                    for i in range(I):
+                        yp[o * I + i] = <floating>(acc[i] / <double>P)
+                else:  # out of scratch: the same sums, one column at a time
+                    for i in range(I):
+                        avg_column(xp + o * P * I + i, P, I, yp + o * I + i)
+                free(acc)

@@ -107,8 +107,9 @@ class AvgPool2d(_Pool2d):
 
 class AdaptiveAvgPool2d(Module):
     """Global average pooling (PyTorch's ``AdaptiveAvgPool2d(1)``): (N, C, H, W) ->
-    (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C) with channels_last; means in x's dtype
-    accumulated by NumPy (pairwise). Only output_size 1 is supported."""
+    (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C) with channels_last; means in x's dtype,
+    summed in double (compiled for float32 and float64). Only output_size 1 is
+    supported."""
 
     def __init__(self, output_size=1, channels_last: bool = False):
         super().__init__()
@@ -133,7 +134,7 @@ class AdaptiveAvgPool2d(Module):
         if x.ndim != 4:
             raise ValueError(f"AdaptiveAvgPool2d expects 4-D input, got shape {x.shape}")
         self._cache = x.shape
-        return x.mean(axis=self._axes(), keepdims=True)
+        return pool.global_avg_pool2d(x, self.channels_last)
 
     def backward(self, dy):
         shape, dy = self._take_saved(dy, self._output_shape)

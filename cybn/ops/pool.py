@@ -1,5 +1,6 @@
-"""Compiled max and average pooling (no padding, floor mode) for the pooling layers,
-channels-first (N, C, H, W) or channels-last (N, H, W, C), and the ReLU of the ReLU layer.
+"""Compiled max and average pooling (no padding, floor mode) and global average pooling for
+the pooling layers, channels-first (N, C, H, W) or channels-last (N, H, W, C), and the ReLU of
+the ReLU layer.
 Not public API (the layers are :class:`cybn.MaxPool2d`, :class:`cybn.AvgPool2d` and
 :class:`cybn.ReLU`)."""
 
@@ -17,6 +18,23 @@ def supported(x: np.ndarray, kernel: tuple) -> bool:
     """Whether the compiled kernels take this input and window."""
     return (x.dtype in (np.float32, np.float64) and kernel[0] * kernel[1] <= MAX_TAPS
             and x.size > 0)
+
+
+def global_avg_pool2d(x: np.ndarray, channels_last: bool) -> np.ndarray:
+    """The per-(sample, channel) means of 4-D x over its spatial axes, kept as size-1 axes
+    ((N, C, 1, 1), or (N, 1, 1, C) channels-last), in x's dtype: compiled, summed in double
+    in a fixed order, for float32/float64 x with pixels; NumPy's mean otherwise."""
+    axes = (1, 2) if channels_last else (2, 3)
+    if x.dtype not in (np.float32, np.float64) or x.shape[axes[0]] * x.shape[axes[1]] == 0:
+        return x.mean(axis=axes, keepdims=True)
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[3 if channels_last else 1]
+    pixels = x.shape[axes[0]] * x.shape[axes[1]]
+    view = x.reshape(n, pixels, c) if channels_last else x.reshape(n * c, pixels, 1)
+    y = np.empty((n, 1, 1, c) if channels_last else (n, c, 1, 1), dtype=x.dtype)
+    _kernels.global_avgpool(view, y.reshape(view.shape[0], view.shape[2]),
+                            _schedule.threads_for(x.size))
+    return y
 
 
 def max_pool2d(x: np.ndarray, kernel: tuple, stride: tuple, channels_last: bool,

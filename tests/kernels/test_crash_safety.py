@@ -149,6 +149,9 @@ def kernel_cases():
          (z(2, 16, 16, 8), 2, 2, 2, 2, z(2, 9, 8, 8), 1)),
         ("avgpool_forward_planes stride 0", K.avgpool_forward_planes,
          (z(4, 8, 8), 2, 2, 0, 2, z(4, 4, 4), 1)),
+        ("global_avgpool y short", K.global_avgpool, (z(4, 9, 3), z(4, 2), 1)),
+        ("global_avgpool no pixels", K.global_avgpool, (z(4, 0, 3), z(4, 3), 1)),
+        ("global_avgpool y is x", None, None),
         ("maxpool_backward_rows dy wider", K.maxpool_backward_rows,
          (z(2, 8, 9, 8), u8(2, 8, 9, 8), 2, 2, 2, 2, z(2, 16, 16, 8), 1)),
         ("maxpool_backward_rows arg smaller", K.maxpool_backward_rows,
@@ -302,6 +305,10 @@ def kernel_cases():
     cases[[c[0] for c in cases].index("row_grad_apply dx overlapping x")] = (
         "row_grad_apply dx overlapping x", K.row_grad_apply,
         (x, x, 3, 1, d(3), d(3), d(3), d(3), dx, False, 1))
+    shared = np.zeros(24, f32)  # y inside x
+    cases[[c[0] for c in cases].index("global_avgpool y is x")] = (
+        "global_avgpool y is x", K.global_avgpool,
+        (shared.reshape(4, 2, 3), shared[:12].reshape(4, 3), 1))
     out = np.zeros(2 * 6 * 6 * 4, f32)  # the output and the bias partly the same memory
     cases[[c[0] for c in cases].index("conv_forward_rows y is bias")] = (
         "conv_forward_rows y is bias", K.conv_forward_rows,

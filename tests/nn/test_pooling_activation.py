@@ -133,6 +133,34 @@ def test_global_average_pool(channels_last):
         cybn.AvgPool2d(2)(np.ones((1, 1, 4, 4), np.int64))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(1, 1), (5, 7), (16, 16), (3, 21)])
+def test_compiled_global_average_pool_sums_in_double_for_any_thread_count(hw, dtype,
+                                                                         channels_last):
+    """The compiled means (summed in double) are the float64 means rounded to x's dtype,
+    with the same bits for 1-4 threads; a strided x gives the same."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(4)
+    shape = (3, *hw, 9) if channels_last else (3, 9, *hw)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)  # a large mean: cancellation
+    axes = (1, 2) if channels_last else (2, 3)
+    ref = x.astype(np.float64).mean(axis=axes, keepdims=True)
+    layer = cybn.AdaptiveAvgPool2d(1, channels_last=channels_last)
+    ys = []
+    for threads in (1, 2, 3, 4):
+        with threadpool_limits(threads, user_api="openmp"):
+            ys.append(layer(x))
+    assert ys[0].dtype == dtype and ys[0].shape == ref.shape
+    rtol = (1 if dtype == np.float32 else 8) * np.finfo(dtype).eps  # double sums, rounded
+    np.testing.assert_allclose(ys[0], ref, rtol=rtol)
+    assert all(np.array_equal(y, ys[0]) for y in ys[1:])
+    big = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+    big[..., ::2] = x
+    np.testing.assert_array_equal(layer(big[..., ::2]), ys[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_inplace_relu_writes_into_x_and_matches_the_plain_layer(dtype, contiguous):
