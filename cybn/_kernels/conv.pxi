@@ -6,10 +6,6 @@
 # output, so it vectorizes. Sums run in the data's type, taps in a fixed order: the same
 # bits for any thread count. Included after norms.pxi.
 
-cdef enum:
-    DW_BLOCK = 32  # channels summed in registers at a time
-
-
 cdef struct DwGeometry:
     Py_ssize_t H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
 
@@ -25,33 +21,6 @@ cdef inline void tap_range(Py_ssize_t o, Py_ssize_t s, Py_ssize_t p, Py_ssize_t 
     last[0] = k
     while last[0] > first[0] and base + (last[0] - 1) * d >= size:
         last[0] -= 1
-
-
-cdef inline void depthwise_pixel(const floating* x, const floating* weight,
-                                 const floating* bias, DwGeometry g, Py_ssize_t oh,
-                                 Py_ssize_t ow, floating* out) noexcept nogil:
-    """One output pixel of one sample (x at the sample's first element); channels in
-    blocks of DW_BLOCK summed in registers, taps added in order."""
-    cdef floating acc[DW_BLOCK]
-    cdef const floating* src
-    cdef const floating* tap
-    cdef Py_ssize_t c0 = 0, nc, i, j, c, i0, i1, j0, j1
-    tap_range(oh, g.sh, g.ph, g.dh, g.kh, g.H, &i0, &i1)
-    tap_range(ow, g.sw, g.pw, g.dw, g.kw, g.W, &j0, &j1)
-    while c0 < g.C:
-        nc = min(<Py_ssize_t>DW_BLOCK, g.C - c0)
-        for c in range(nc):
-            acc[c] = bias[c0 + c]
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                src = x + ((oh * g.sh - g.ph + i * g.dh) * g.W + ow * g.sw - g.pw
-                           + j * g.dw) * g.C + c0
-                tap = weight + (i * g.kw + j) * g.C + c0
-                for c in range(nc):
-                    acc[c] = acc[c] + src[c] * tap[c]
-        for c in range(nc):
-            out[c0 + c] = acc[c]
-        c0 = c0 + nc
 
 
 cdef inline DwGeometry dw_geometry(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t Ho,
@@ -90,36 +59,41 @@ def depthwise_forward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
     with nogil:
         for row in prange(N * g.Ho, schedule='static', num_threads=num_threads):
             n = row // g.Ho
-            oh = row % g.Ho
-            for ow in range(g.Wo):
-                depthwise_pixel(xp + n * g.H * g.W * g.C, wp, bp, g, oh, ow,
-                                yp + ((n * g.Ho + oh) * g.Wo + ow) * g.C)
+            depthwise_row(xp + n * g.H * g.W * g.C, wp, bp, g, row % g.Ho,
+                          yp + row * g.Wo * g.C)
 
 
 cdef inline void depthwise_sample_backward(const floating* x, const floating* weight,
                                            const floating* dy, floating* dx, double* dweight,
                                            DwGeometry g) noexcept nogil:
-    """One sample: dx (zeroed by the caller) and its weight gradient (overwritten)."""
-    cdef Py_ssize_t oh, ow, i, j, c, off, i0, i1, j0, j1
+    """One sample: dx (zeroed by the caller) and its weight gradient (overwritten), an output
+    row at a time: for each tap (i, j) in order, the pixels it reaches, a vector of channels
+    at a time (the range checks once per row and tap). Each tap's weight gradient sums its
+    pixels in row-major order."""
+    cdef Py_ssize_t oh, ow, i, j, c, off, i0, i1, lo, hi, shift, C = g.C
     cdef const floating* gr
     cdef const floating* tap
+    cdef const floating* xr
+    cdef floating* dxr
     cdef double* acc
-    for c in range(g.kh * g.kw * g.C):
+    for c in range(g.kh * g.kw * C):
         dweight[c] = 0.0
     for oh in range(g.Ho):
         tap_range(oh, g.sh, g.ph, g.dh, g.kh, g.H, &i0, &i1)
-        for ow in range(g.Wo):
-            tap_range(ow, g.sw, g.pw, g.dw, g.kw, g.W, &j0, &j1)
-            gr = dy + (oh * g.Wo + ow) * g.C
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    off = ((oh * g.sh - g.ph + i * g.dh) * g.W + ow * g.sw - g.pw
-                           + j * g.dw) * g.C
-                    tap = weight + (i * g.kw + j) * g.C
-                    acc = dweight + (i * g.kw + j) * g.C
-                    for c in range(g.C):
-                        dx[off + c] = dx[off + c] + gr[c] * tap[c]
-                        acc[c] = acc[c] + <double>gr[c] * <double>x[off + c]
+        for i in range(i0, i1):
+            xr = x + (oh * g.sh - g.ph + i * g.dh) * g.W * C
+            dxr = dx + (oh * g.sh - g.ph + i * g.dh) * g.W * C
+            for j in range(g.kw):
+                tap = weight + (i * g.kw + j) * C
+                acc = dweight + (i * g.kw + j) * C
+                out_range(g.sw, g.pw, j * g.dw, g.W, g.Wo, &lo, &hi)
+                shift = j * g.dw - g.pw
+                for ow in range(lo, hi):
+                    gr = dy + (oh * g.Wo + ow) * C
+                    off = (ow * g.sw + shift) * C
+                    for c in range(C):
+                        dxr[off + c] = dxr[off + c] + gr[c] * tap[c]
+                        acc[c] = acc[c] + <double>gr[c] * <double>xr[off + c]
 
 
 def depthwise_backward(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
@@ -204,6 +178,38 @@ cdef inline void depthwise_plane_row(const floating* x, const floating* weight,
             else:
                 for ow in range(lo, hi):
                     out[ow] = out[ow] + src[ow * sw + shift] * wv
+
+
+cdef inline void channel_axpy(floating* out, const floating* src, const floating* w,
+                              Py_ssize_t C) noexcept nogil:
+    """out[c] += src[c] * w[c] for c < C (a plain loop the compiler vectorizes)."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        out[c] = out[c] + src[c] * w[c]
+
+
+cdef inline void depthwise_row(const floating* x, const floating* weight,
+                               const floating* bias, DwGeometry g, Py_ssize_t oh,
+                               floating* out) noexcept nogil:
+    """One output row (Wo pixels x C channels) of one channels-last sample: the bias, then
+    each tap (i, j) in order added to the pixels whose input it reaches, a vector of
+    channels at a time: each output element sums its taps in depthwise_pixel's order (the
+    same bits), with the range checks once per row and tap instead of per pixel."""
+    cdef Py_ssize_t ow, i, j, i0, i1, lo, hi, shift, C = g.C
+    cdef const floating* src
+    cdef const floating* tap
+    for ow in range(g.Wo):
+        for j in range(C):
+            out[ow * C + j] = bias[j]
+    tap_range(oh, g.sh, g.ph, g.dh, g.kh, g.H, &i0, &i1)
+    for i in range(i0, i1):
+        src = x + (oh * g.sh - g.ph + i * g.dh) * g.W * C
+        for j in range(g.kw):
+            tap = weight + (i * g.kw + j) * C
+            out_range(g.sw, g.pw, j * g.dw, g.W, g.Wo, &lo, &hi)
+            shift = j * g.dw - g.pw
+            for ow in range(lo, hi):
+                channel_axpy(out + ow * C, src + (ow * g.sw + shift) * C, tap, C)
 
 
 def depthwise_forward_planes(const floating[:, :, ::1] x,    # IN  (N * C, H, W)
