@@ -212,6 +212,37 @@ cdef inline void depthwise_row(const floating* x, const floating* weight,
                 channel_axpy(out + ow * C, src + (ow * g.sw + shift) * C, tap, C)
 
 
+cdef enum:
+    PLANE_GRID_BELOW = 32  # stride-1 channels-first outputs narrower than this: whole planes
+
+
+cdef inline void depthwise_plane_grid(const floating* x, const floating* weight,
+                                      floating bias, Py_ssize_t H, Py_ssize_t W,
+                                      Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
+                                      Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
+                                      Py_ssize_t dh, Py_ssize_t dw, floating* scratch,
+                                      floating* out) noexcept nogil:
+    """One stride-1 plane of narrow rows at once: the plane zero-padded into scratch, the
+    outputs computed on the padded grid (row stride W + 2 pw) with one pass per tap over the
+    whole plane (short rows cost a call each per tap), the valid columns copied to out.
+    Each output adds its taps in the row kernel's order; a tap outside the image adds
+    x * 0 (the row kernel skips it: the same value, but for the sign of a zero sum and an
+    infinite weight)."""
+    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, L = (Ho - 1) * Wp + Wo, r, i, j
+    cdef floating* pad = scratch
+    cdef floating* grid = scratch + Hp * Wp
+    memset(pad, 0, Hp * Wp * sizeof(floating))
+    for r in range(H):
+        memcpy(pad + (r + ph) * Wp + pw, x + r * W, W * sizeof(floating))
+    for r in range(L):
+        grid[r] = bias
+    for i in range(kh):
+        for j in range(kw):
+            row_axpy(grid, pad + i * dh * Wp + j * dw, weight[i * kw + j], L)
+    for r in range(Ho):
+        memcpy(out + r * Wo, grid + r * Wp, Wo * sizeof(floating))
+
+
 def depthwise_forward_planes(const floating[:, :, ::1] x,    # IN  (N * C, H, W)
                              const floating[:, :, ::1] weight,  # IN  (C, kh, kw)
                              const floating[::1] bias,       # IN  (C,)
@@ -234,6 +265,24 @@ def depthwise_forward_planes(const floating[:, :, ::1] x,    # IN  (N * C, H, W)
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0]
     cdef floating* yp = &y[0, 0, 0]
+    cdef floating* scratch
+    if sh == 1 and sw == 1 and Wo < PLANE_GRID_BELOW:
+        with nogil:
+            for p in prange(P, schedule='static', num_threads=num_threads):
+                c = p % C
+                scratch = <floating*>malloc(((H + 2 * ph) * (W + 2 * pw) + Ho * (W + 2 * pw))
+                                            * sizeof(floating))
+                if scratch != NULL:
+                    depthwise_plane_grid(xp + p * H * W, wp + c * kh * kw, bias[c], H, W, Ho,
+                                         Wo, kh, kw, ph, pw, dh, dw, scratch,
+                                         yp + p * Ho * Wo)
+                else:  # out of scratch: row by row, the same sums
+                    for row in range(Ho):
+                        depthwise_plane_row(xp + p * H * W, wp + c * kh * kw, bias[c], H, W,
+                                            Wo, kh, kw, row, 1, 1, ph, pw, dh, dw,
+                                            yp + (p * Ho + row) * Wo)
+                free(scratch)
+        return
     with nogil:
         for row in prange(P * Ho, schedule='static', num_threads=num_threads):
             p = row // Ho

@@ -167,12 +167,19 @@ def test_compiled_depthwise_float32_and_thread_bits(channels_last, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 2, 2), ((1, 2), (0, 3), 1)])
-def test_compiled_depthwise_layouts_give_the_same_forward_bits(stride, padding, dilation):
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 2, 2), ((1, 2), (0, 3), 1),
+                                                    (1, (2, 0), (1, 2))])
+@pytest.mark.parametrize("width", [12, 40])  # channels-first stride 1: whole planes, rows
+def test_compiled_depthwise_layouts_give_the_same_forward_bits(stride, padding, dilation,
+                                                               width):
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=6, rng=8)
     first = cybn.Conv2d(6, 6, 3, **kwargs)
     last = cybn.Conv2d(6, 6, 3, channels_last=True, **kwargs)
-    x = np.random.default_rng(9).standard_normal((2, 6, 11, 12)).astype(np.float32)
+    x = np.random.default_rng(9).standard_normal((2, 6, 11, width)).astype(np.float32)
+    ref = direct_conv(x.astype(np.float64), first.weight.data.astype(np.float64),
+                      first.bias.data.astype(np.float64), first.stride, first.padding,
+                      first.dilation, 6)
+    np.testing.assert_allclose(first(x), ref, rtol=1e-5, atol=1e-5)
     y = first(x)
     y_last = last(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
     np.testing.assert_array_equal(y_last.transpose(0, 3, 1, 2), y)
