@@ -15,7 +15,7 @@ import numpy as np
 from . import _kernels
 from ._openmp import get_num_threads
 
-__all__ = ["matmul", "matmul_sum"]
+__all__ = ["linear", "matmul", "matmul_sum"]
 
 MAX_CHUNKS = 16         # a split sum has at most this many chunks (fixed: it sets the bits)
 MIN_CHUNK = 1024        # inner-dimension chunk at least (shorter ones waste the packing)
@@ -62,6 +62,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     if bias is not None:
         out += bias
     return out
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``x @ weight.T (+ bias)`` for 2-D x (M, K) and weight (N, K): one compiled call for
+    C-contiguous float32/float64 arrays of one dtype (the bits of ``matmul``), ``matmul``
+    otherwise."""
+    y = _kernels.fast_linear(x, weight, bias, get_num_threads())
+    return y if y is not None else matmul(x, weight.T, bias=bias)
 
 
 def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -103,6 +103,7 @@ fast_train = _impl.fast_train
 fast_backward = _impl.fast_backward
 fast_relu = _impl.fast_relu
 fast_relu_backward = _impl.fast_relu_backward
+fast_linear = _impl.fast_linear
 FAST_PLANE_RULE = _impl.FAST_PLANE_RULE
 parallel_copy = _impl.parallel_copy
 sample_group_forward = _impl.sample_group_forward

@@ -485,3 +485,46 @@ def fast_relu_backward(dy, keep, int dtype_num, int num_threads):
                 relu_back_run(<const double*>gp + start, kp + start, <double*>dp + start,
                               min(<Py_ssize_t>RELU_BLOCK, n - start))
     return da
+
+
+def fast_linear(x, weight, bias, int num_threads):
+    """Linear's forward in one call: x @ weight^T (+ bias) as a new array, for a C-contiguous
+    aligned 2-D float32/float64 x, a weight (out, in) and a bias (out,) or None of x's dtype,
+    the tiles starting from the bias (as _kernels.matmul with bias). None where this does not
+    apply (the caller's full path)."""
+    cdef int t = data_kind(x)
+    cdef cnp.ndarray xa, wa, ba, ya
+    cdef cnp.npy_intp dims[2]
+    cdef Py_ssize_t M, N, K
+    cdef cybn_operand b
+    cdef int status
+    if t < 0 or data_kind(weight) != t or num_threads < 1:
+        return None
+    xa = <cnp.ndarray>x
+    wa = <cnp.ndarray>weight
+    if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_NDIM(wa) != 2:
+        return None
+    M, K, N = cnp.PyArray_DIM(xa, 0), cnp.PyArray_DIM(xa, 1), cnp.PyArray_DIM(wa, 0)
+    if cnp.PyArray_DIM(wa, 1) != K or M == 0 or N == 0 or K == 0:
+        return None
+    cdef const void* bp = NULL
+    if bias is not None:
+        if data_kind(bias) != t:
+            return None
+        ba = <cnp.ndarray>bias
+        if cnp.PyArray_NDIM(ba) != 1 or cnp.PyArray_DIM(ba, 0) != N:
+            return None
+        bp = cnp.PyArray_DATA(ba)
+    dims[0], dims[1] = M, N
+    ya = cnp.PyArray_EMPTY(2, dims, t, 0)
+    b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, cnp.PyArray_DATA(wa), NULL, 1, K
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            status = cybn_gemm_op_s(M, N, K, <const float*>cnp.PyArray_DATA(xa), K, 1, NULL,
+                                    NULL, &b, <const float*>bp, <float*>cnp.PyArray_DATA(ya),
+                                    N, 0, num_threads)
+        else:
+            status = cybn_gemm_op_d(M, N, K, <const double*>cnp.PyArray_DATA(xa), K, 1, NULL,
+                                    NULL, &b, <const double*>bp,
+                                    <double*>cnp.PyArray_DATA(ya), N, 0, num_threads)
+    return ya if status == 0 else None

@@ -45,8 +45,8 @@ class Linear(Module):
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
         self._cache = x
-        return _matmul.matmul(x, self.weight.data.T,
-                            bias=None if self.bias is None else self.bias.data)
+        return _matmul.linear(x, self.weight.data,
+                              None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
         return self._backward(dy, input_grad=True)
