@@ -487,11 +487,50 @@ def fast_relu_backward(dy, keep, int dtype_num, int num_threads):
     return da
 
 
+cdef enum:
+    GEMV_MIN_PARALLEL = 1048576  # multiply-adds below which a batch of one runs on 1 thread
+
+
+cdef inline void dot_row(const floating* w, const floating* x, Py_ssize_t K, floating start,
+                         floating* out) noexcept nogil:
+    """out[0] = start + sum over k of w[k] * x[k]: sixteen lanes (k mod 16, in order, a
+    plain loop the compiler vectorizes), added pairwise, then the tail in order."""
+    cdef floating lane[16]
+    cdef floating s
+    cdef Py_ssize_t k, l, K16 = K // 16 * 16
+    for l in range(16):
+        lane[l] = 0
+    for k in range(0, K16, 16):
+        for l in range(16):
+            lane[l] = lane[l] + w[k + l] * x[k + l]
+    for l in range(8):
+        lane[l] = lane[l] + lane[l + 8]
+    for l in range(4):
+        lane[l] = lane[l] + lane[l + 4]
+    s = start + ((lane[0] + lane[2]) + (lane[1] + lane[3]))
+    for k in range(K16, K):
+        s = s + w[k] * x[k]
+    out[0] = s
+
+
+cdef inline void matvec(const floating* w, const floating* x, const floating* bias,
+                        Py_ssize_t N, Py_ssize_t K, floating* y, int num_threads) noexcept nogil:
+    """y[n] = bias[n] + weight[n] . x for weight (N, K) row-major: one dot per output, an
+    output per work item (a batch of one: packing the weight for a product tile would read
+    it twice and fill one tile row in eight)."""
+    cdef Py_ssize_t n
+    if <double>N * <double>K < GEMV_MIN_PARALLEL:
+        num_threads = 1
+    for n in prange(N, schedule='static', num_threads=num_threads):
+        dot_row(w + n * K, x, K, bias[n] if bias != NULL else <floating>0, y + n)
+
+
 def fast_linear(x, weight, bias, int num_threads):
     """Linear's forward in one call: x @ weight^T (+ bias) as a new array, for a C-contiguous
-    aligned 2-D float32/float64 x, a weight (out, in) and a bias (out,) or None of x's dtype,
-    the tiles starting from the bias (as _kernels.matmul with bias). None where this does not
-    apply (the caller's full path)."""
+    aligned 2-D float32/float64 x, a weight (out, in) and a bias (out,) or None of x's dtype:
+    the product's tiles starting from the bias (as _kernels.matmul with bias), or for one
+    row of x, a dot product per output (matvec). None where this does not apply (the
+    caller's full path)."""
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, wa, ba, ya
     cdef cnp.npy_intp dims[2]
@@ -517,6 +556,16 @@ def fast_linear(x, weight, bias, int num_threads):
         bp = cnp.PyArray_DATA(ba)
     dims[0], dims[1] = M, N
     ya = cnp.PyArray_EMPTY(2, dims, t, 0)
+    if M == 1:  # a batch of one: dot products along the weight's rows
+        with nogil:
+            if t == cnp.NPY_FLOAT32:
+                matvec(<const float*>cnp.PyArray_DATA(wa), <const float*>cnp.PyArray_DATA(xa),
+                       <const float*>bp, N, K, <float*>cnp.PyArray_DATA(ya), num_threads)
+            else:
+                matvec(<const double*>cnp.PyArray_DATA(wa),
+                       <const double*>cnp.PyArray_DATA(xa), <const double*>bp, N, K,
+                       <double*>cnp.PyArray_DATA(ya), num_threads)
+        return ya
     b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, cnp.PyArray_DATA(wa), NULL, 1, K
     with nogil:
         if t == cnp.NPY_FLOAT32:
