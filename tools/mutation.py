@@ -218,8 +218,20 @@ MUTANTS = [
      '        flipped = weight[:, :, ::-1, :].transpose(1, 0, 2, 3)'),
     ('cybn/nn/conv.py', '            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)',
      '            flipped = self.weight.data[:, :, :, ::-1].transpose(1, 2, 3, 0)'),
-    ('cybn/ops/conv.py', '    chunk = max(1, -(-n // MAX_CHUNKS))\n    _kernels.conv_weight_grad_planes',
-     '    chunk = 0\n    _kernels.conv_weight_grad_planes'),
+    ('cybn/ops/conv.py', '    return max(-(-n // MAX_CHUNKS), -(-_matmul.MIN_CHUNK // max(pixels, 1)))',
+     '    return 0'),
+    ('cybn/nn/batchnorm.py', '            invstd = 1.0 / np.sqrt(s.running_var.astype(np.float64) + self.eps)',
+     '            invstd = 1.0 / np.sqrt(s.running_var.astype(np.float64))'),
+    ('cybn/nn/batchnorm.py', '                if update:\n                    self.num_batches_tracked[...] += 1\n                self._cache',
+     '                self._cache'),
+    ('cybn/nn/batchnorm.py', '                activation == "relu", self.running_variance == "unbiased")',
+     '                activation == "relu", True)'),
+    ('cybn/_matmul.py', '    return y if y is not None else matmul(x, weight.T, bias=bias)',
+     '    return y if y is not None else matmul(x, weight.T)'),
+    ('cybn/ops/pool.py', '    fast = _kernels.fast_relu(x, keep_out, inplace, _schedule.threads_for(x.size))',
+     '    fast = _kernels.fast_relu(x, keep_out, False, _schedule.threads_for(x.size))'),
+    ('cybn/ops/pool.py', '    return x.mean(axis=axes, keepdims=True)\n    x = np.ascontiguousarray(x)',
+     '    return x.mean(axis=axes, keepdims=True)\n    x = np.ascontiguousarray(x)\n    channels_last = not channels_last'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 

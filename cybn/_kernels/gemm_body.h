@@ -304,12 +304,13 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     GT* Bp = (GT*)cybn_gemm_scratch(0, (size_t)npan * GNR * kcmax * sizeof(GT));
     if (Bp == NULL) return -1;
     int failed = 0;
-    /* A's rows read in place, no packing; except rows a multiple of 2 KB apart, whose
-     * register tile would fall into one or two sets of the L1 cache (a 64 x 4096 @ 4096 x 10
-     * product ran at 14 GFLOP/s reading them in place) */
+    /* A's rows read in place, no packing; except rows a multiple of 4 KB apart, whose
+     * register tile would fall into one set of the L1 cache (a 64 x 4096 @ 4096 x 10 product
+     * ran at 14 GFLOP/s reading them in place; at 2 KB apart packing cost more than it
+     * saved) */
     ptrdiff_t apart = (arows != NULL && M > 1) ? (const char*)arows[1] - (const char*)arows[0]
                                                : rsa * (ptrdiff_t)sizeof(GT);
-    int direct = (csa == 1 || akoff != NULL) && apart % 2048 != 0;
+    int direct = (csa == 1 || akoff != NULL) && apart % 4096 != 0;
     ptrdiff_t mblocks = (M + CYBN_GEMM_MC - 1) / CYBN_GEMM_MC;
     /* no more threads than work items, and one for a small product (a team's start and
      * barriers cost more than they save there); the tiles, and so the bits, stay the same */
