@@ -139,6 +139,7 @@ masked_row_moments = _impl.masked_row_moments
 masked_plane_grad_apply = _impl.masked_plane_grad_apply
 masked_row_grad_apply = _impl.masked_row_grad_apply
 col2im_planes = _impl.col2im_planes
+transpose_batch = _impl.transpose_batch
 relu_forward = _impl.relu_forward
 relu_backward = _impl.relu_backward
 maxpool_backward_planes = _impl.maxpool_backward_planes

@@ -567,3 +567,39 @@ def col2im_planes(const floating[:, :, ::1] dcols,  # IN  (N * C, kh * kw, Ho * 
         for p in prange(P, schedule='static', num_threads=num_threads):
             col2im_plane(dp + p * kh * kw * Ho * Wo, xp + p * H * W, H, W, Ho, Wo, kh, kw,
                          sh, sw, ph, pw, dh, dw)
+
+
+# ---------------------------------------------------------------------------------------
+# Layout changes: dst[n, b, a] = src[n, a, b] (channels-first (N, C, H*W) <-> channels-last
+# (N, H*W, C)), in square tiles that stay in the cache, a tile row per work item.
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    TRANSPOSE_TILE = 32
+
+
+def transpose_batch(const floating[:, :, ::1] src,   # IN  (N, A, B)
+                    floating[:, :, ::1] dst,         # OUT (N, B, A), apart from src
+                    int num_threads):
+    """dst[n] = src[n]^T for every n."""
+    need_threads(num_threads)
+    need_shape("dst", dst.shape, 3, src.shape[0], src.shape[2], src.shape[1])
+    need_apart("dst", &dst[0, 0, 0], dst.nbytes, "src", &src[0, 0, 0], src.nbytes, False)
+    cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
+    cdef Py_ssize_t ta = (A + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE, item, n, a0, b0, a, b
+    cdef Py_ssize_t a1, b1, tb, tbn = (B + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
+    cdef const floating* sp = &src[0, 0, 0]
+    cdef floating* dp = &dst[0, 0, 0]
+    if N == 0 or A == 0 or B == 0:
+        return
+    with nogil:
+        for item in prange(N * ta, schedule='static', num_threads=num_threads):
+            n = item // ta
+            a0 = (item % ta) * TRANSPOSE_TILE
+            a1 = min(A, a0 + TRANSPOSE_TILE)
+            for tb in range(tbn):
+                b0 = tb * TRANSPOSE_TILE
+                b1 = min(B, b0 + TRANSPOSE_TILE)
+                for b in range(b0, b1):
+                    for a in range(a0, a1):
+                        dp[(n * B + b) * A + a] = sp[(n * A + a) * B + b]

@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import _matmul
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
                         conv_rows, conv_rows_weight_grad, depthwise_backward,
-                        depthwise_forward)
+                        depthwise_forward, to_channels_first, to_channels_last)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -151,17 +151,18 @@ class Conv2d(Module):
                                None if self.bias is None else self.bias.data, self.stride,
                                self.padding, self.dilation)
         bias = None if self.bias is None else self.bias.data
-        xh = np.ascontiguousarray(xh)
+        xh = np.ascontiguousarray(x) if self.channels_last else to_channels_last(x)
         self._cache = ("rows", xh, x.shape)
         y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
                       self.dilation, self.stride)
-        return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return y if self.channels_last else to_channels_first(y)
 
     def _rows_backward(self, xh, x_shape, dy, input_grad: bool = True):
         """The backward of the rows route of _dense_forward from its channels-last input xh
         (x_shape: x's, in its layout)."""
         out, cin, kh, kw = self.weight.data.shape
-        dyh = np.ascontiguousarray(self._to_nhwc(dy), dtype=xh.dtype)
+        dy = np.asarray(dy, dtype=xh.dtype)
+        dyh = np.ascontiguousarray(dy) if self.channels_last else to_channels_last(dy)
         n, ho, wo = dyh.shape[:3]
         dw = conv_rows_weight_grad(dyh, xh, self.kernel_size, self.stride, self.padding,
                                    self.dilation)
@@ -184,7 +185,7 @@ class Conv2d(Module):
                                                        xh.dtype))
             dx = col2im(dcols, xh.shape, self.kernel_size, self.stride, self.padding,
                         self.dilation, ho, wo)
-        return dx if self.channels_last else np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
+        return dx if self.channels_last else to_channels_first(dx)
 
     def _planes_backward(self, x, dy, input_grad: bool = True):
         """The channels-first dense backward from the forward's input x."""

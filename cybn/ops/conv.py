@@ -11,6 +11,29 @@ from .. import _kernels, _matmul
 from . import _schedule
 
 
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous (N, H, W, C) copy of 4-D channels-first x (compiled for float32 and
+    float64: NumPy's copy of the transposed view was 5x slower on small maps)."""
+    if x.dtype not in (np.float32, np.float64) or x.ndim != 4:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    n, c, h, w = x.shape
+    out = np.empty((n, h, w, c), x.dtype)
+    _kernels.transpose_batch(np.ascontiguousarray(x).reshape(n, c, h * w),
+                             out.reshape(n, h * w, c), _schedule.threads_for(x.size))
+    return out
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous (N, C, H, W) copy of 4-D channels-last x (see to_channels_last)."""
+    if x.dtype not in (np.float32, np.float64) or x.ndim != 4:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    n, h, w, c = x.shape
+    out = np.empty((n, c, h, w), x.dtype)
+    _kernels.transpose_batch(np.ascontiguousarray(x).reshape(n, h * w, c),
+                             out.reshape(n, c, h * w), _schedule.threads_for(x.size))
+    return out
+
+
 def _output_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - (k - 1) * d - 1) // s + 1
 

@@ -193,3 +193,25 @@ def test_strided_pointwise_ops_equal_the_definition(size):
     expected = np.zeros_like(x)
     expected[:, :, ::2, ::2] = np.einsum("oc,nohw->nchw", weight.reshape(6, 4), dy)
     np.testing.assert_allclose(dx, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 40, 33, 35), (3, 64, 1, 1), (0, 2, 3, 3)])
+def test_layout_changes_equal_numpys_transposes(shape, dtype):
+    """ops.conv.to_channels_last / to_channels_first (the compiled tiled transpose) equal
+    NumPy's copies of the transposed views, for any thread count; other dtypes take
+    NumPy's copy."""
+    from threadpoolctl import threadpool_limits
+
+    x = RNG.standard_normal(shape).astype(dtype)
+    for threads in (1, 2, 3):
+        with threadpool_limits(threads, user_api="openmp"):
+            xl = C.to_channels_last(x)
+            back = C.to_channels_first(xl)
+        np.testing.assert_array_equal(xl, x.transpose(0, 2, 3, 1))
+        assert xl.flags.c_contiguous and back.flags.c_contiguous
+        np.testing.assert_array_equal(back, x)
+    strided = np.repeat(x, 2, axis=-1)[..., ::2]
+    np.testing.assert_array_equal(C.to_channels_last(strided), x.transpose(0, 2, 3, 1))
+    half = x.astype(np.float16)
+    np.testing.assert_array_equal(C.to_channels_last(half), half.transpose(0, 2, 3, 1))

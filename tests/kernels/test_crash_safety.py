@@ -135,6 +135,7 @@ def kernel_cases():
     """(name, kernel, args) with one inconsistent argument each."""
     z = lambda *s, dtype=f32: np.zeros(s, dtype)  # noqa: E731
     shared_image = np.zeros((2, 6, 6, 3), f32)
+    shared_square = np.zeros((2, 4, 4), f32)
     u8 = lambda *s: np.zeros(s, np.uint8)  # noqa: E731
     d = lambda *s: np.zeros(s)  # noqa: E731
     K = _kernels
@@ -149,6 +150,8 @@ def kernel_cases():
          (z(2, 16, 16, 8), 2, 2, 2, 2, z(2, 9, 8, 8), 1)),
         ("avgpool_forward_planes stride 0", K.avgpool_forward_planes,
          (z(4, 8, 8), 2, 2, 0, 2, z(4, 4, 4), 1)),
+        ("transpose_batch dst not transposed", K.transpose_batch, (z(2, 3, 4), z(2, 3, 4), 1)),
+        ("transpose_batch dst is src", K.transpose_batch, (shared_square, shared_square, 1)),
         ("global_avgpool y short", K.global_avgpool, (z(4, 9, 3), z(4, 2), 1)),
         ("global_avgpool no pixels", K.global_avgpool, (z(4, 0, 3), z(4, 3), 1)),
         ("global_avgpool y is x", None, None),
