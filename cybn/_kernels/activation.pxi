@@ -26,6 +26,28 @@ cdef inline void relu_back_run(const floating* dy, const unsigned char* keep, fl
         dx[i] = dy[i] if keep[i] else <floating>0
 
 
+cdef inline void relu_forward_blocks(const floating* x, floating* y, unsigned char* keep,
+                                     Py_ssize_t n, int num_threads) noexcept nogil:
+    """relu_run over n elements in blocks of RELU_BLOCK, a block per work item."""
+    cdef Py_ssize_t item, start
+    for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
+                       num_threads=num_threads):
+        start = item * RELU_BLOCK
+        relu_run(x + start, y + start, keep + start, min(<Py_ssize_t>RELU_BLOCK, n - start))
+
+
+cdef inline void relu_backward_blocks(const floating* dy, const unsigned char* keep,
+                                      floating* dx, Py_ssize_t n,
+                                      int num_threads) noexcept nogil:
+    """relu_back_run over n elements in blocks of RELU_BLOCK, a block per work item."""
+    cdef Py_ssize_t item, start
+    for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
+                       num_threads=num_threads):
+        start = item * RELU_BLOCK
+        relu_back_run(dy + start, keep + start, dx + start,
+                      min(<Py_ssize_t>RELU_BLOCK, n - start))
+
+
 def relu_forward(const floating[::1] x,          # IN  (n,)
                  floating[::1] y,                # OUT (n,); may be x itself
                  unsigned char[::1] keep,        # OUT (n,) 1 where x is not <= 0
@@ -34,15 +56,8 @@ def relu_forward(const floating[::1] x,          # IN  (n,)
     need_len("y", y.shape[0], x.shape[0])
     need_len("keep", keep.shape[0], x.shape[0])
     need_apart("y", &y[0], y.nbytes, "x", &x[0], x.nbytes, True)
-    cdef Py_ssize_t n = x.shape[0], item, start
-    cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
-    cdef const floating* xp = &x[0]
-    cdef floating* yp = &y[0]
-    cdef unsigned char* kp = &keep[0]
     with nogil:
-        for item in prange(nitems, schedule='static', num_threads=num_threads):
-            start = item * RELU_BLOCK
-            relu_run(xp + start, yp + start, kp + start, min(<Py_ssize_t>RELU_BLOCK, n - start))
+        relu_forward_blocks(&x[0], &y[0], &keep[0], x.shape[0], num_threads)
 
 
 def relu_backward(const floating[::1] dy,        # IN  (n,)
@@ -53,13 +68,5 @@ def relu_backward(const floating[::1] dy,        # IN  (n,)
     need_len("keep", keep.shape[0], dy.shape[0])
     need_len("dx", dx.shape[0], dy.shape[0])
     need_apart("dx", &dx[0], dx.nbytes, "dy", &dy[0], dy.nbytes, True)
-    cdef Py_ssize_t n = dy.shape[0], item, start
-    cdef Py_ssize_t nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
-    cdef const floating* gp = &dy[0]
-    cdef const unsigned char* kp = &keep[0]
-    cdef floating* dp = &dx[0]
     with nogil:
-        for item in prange(nitems, schedule='static', num_threads=num_threads):
-            start = item * RELU_BLOCK
-            relu_back_run(gp + start, kp + start, dp + start,
-                          min(<Py_ssize_t>RELU_BLOCK, n - start))
+        relu_backward_blocks(&dy[0], &keep[0], &dx[0], dy.shape[0], num_threads)

@@ -425,7 +425,7 @@ def fast_relu(x, keep, bint inplace, int num_threads):
     full path."""
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, ya, ka
-    cdef Py_ssize_t n, item, start, nitems
+    cdef Py_ssize_t n
     if t < 0 or num_threads < 1:
         return None
     xa = <cnp.ndarray>x
@@ -440,18 +440,13 @@ def fast_relu(x, keep, bint inplace, int num_threads):
         return None
     ya = xa if inplace else cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), t, 0)
     cdef unsigned char* kp = <unsigned char*>cnp.PyArray_DATA(ka)
-    cdef char* xp = <char*>cnp.PyArray_DATA(xa)
-    cdef char* yp = <char*>cnp.PyArray_DATA(ya)
-    nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
     with nogil:
-        for item in prange(nitems, schedule='static', num_threads=num_threads):
-            start = item * RELU_BLOCK
-            if t == cnp.NPY_FLOAT32:
-                relu_run(<const float*>xp + start, <float*>yp + start, kp + start,
-                         min(<Py_ssize_t>RELU_BLOCK, n - start))
-            else:
-                relu_run(<const double*>xp + start, <double*>yp + start, kp + start,
-                         min(<Py_ssize_t>RELU_BLOCK, n - start))
+        if t == cnp.NPY_FLOAT32:
+            relu_forward_blocks(<const float*>cnp.PyArray_DATA(xa),
+                                <float*>cnp.PyArray_DATA(ya), kp, n, num_threads)
+        else:
+            relu_forward_blocks(<const double*>cnp.PyArray_DATA(xa),
+                                <double*>cnp.PyArray_DATA(ya), kp, n, num_threads)
     return ya, ka
 
 
@@ -461,7 +456,7 @@ def fast_relu_backward(dy, keep, int dtype_num, int num_threads):
     not apply (the caller's full path converts dy)."""
     cdef int t = data_kind(dy)
     cdef cnp.ndarray ga, ka, da
-    cdef Py_ssize_t n, item, start, nitems
+    cdef Py_ssize_t n
     if t != dtype_num or num_threads < 1 or type(keep) is not cnp.ndarray:
         return None
     ga = <cnp.ndarray>dy
@@ -472,18 +467,13 @@ def fast_relu_backward(dy, keep, int dtype_num, int num_threads):
         return None
     da = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(ga), cnp.PyArray_DIMS(ga), t, 0)
     cdef const unsigned char* kp = <const unsigned char*>cnp.PyArray_DATA(ka)
-    cdef char* gp = <char*>cnp.PyArray_DATA(ga)
-    cdef char* dp = <char*>cnp.PyArray_DATA(da)
-    nitems = (n + RELU_BLOCK - 1) // RELU_BLOCK
     with nogil:
-        for item in prange(nitems, schedule='static', num_threads=num_threads):
-            start = item * RELU_BLOCK
-            if t == cnp.NPY_FLOAT32:
-                relu_back_run(<const float*>gp + start, kp + start, <float*>dp + start,
-                              min(<Py_ssize_t>RELU_BLOCK, n - start))
-            else:
-                relu_back_run(<const double*>gp + start, kp + start, <double*>dp + start,
-                              min(<Py_ssize_t>RELU_BLOCK, n - start))
+        if t == cnp.NPY_FLOAT32:
+            relu_backward_blocks(<const float*>cnp.PyArray_DATA(ga), kp,
+                                 <float*>cnp.PyArray_DATA(da), n, num_threads)
+        else:
+            relu_backward_blocks(<const double*>cnp.PyArray_DATA(ga), kp,
+                                 <double*>cnp.PyArray_DATA(da), n, num_threads)
     return da
 
 

@@ -14,8 +14,7 @@ static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
 static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
 
 /* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0.
- * A(i, k) at A[i*rsa + k*csa], or at A[i*rsa + koff[k]] with an offset table, or at
- * arows[i][koff[k]] with row pointers. */
+ * A(i, k) at A[i*rsa + k*csa], or at arows[i][koff[k]] with row pointers and offsets. */
 static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa,
                                const ptrdiff_t* koff, const GT* const* arows, ptrdiff_t mc,
                                ptrdiff_t kc, GT* Ap) {
@@ -26,12 +25,6 @@ static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa,
             for (ptrdiff_t k = 0; k < kc; k++) {
                 ptrdiff_t i = 0;
                 for (; i < m; i++) Ap[k * GMR + i] = arows[ir + i][koff[k]];
-                for (; i < GMR; i++) Ap[k * GMR + i] = 0;
-            }
-        } else if (koff != NULL) {
-            for (ptrdiff_t k = 0; k < kc; k++) {
-                ptrdiff_t i = 0;
-                for (; i < m; i++) Ap[k * GMR + i] = a[i * rsa + koff[k]];
                 for (; i < GMR; i++) Ap[k * GMR + i] = 0;
             }
         } else if (csa == 1) { /* row by row (block transposes): each row read in order */
@@ -229,8 +222,8 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
 }
 
 /* C[0:m, 0:n] (row stride rsc) = (add ? C : bias) + A @ B over kc: the register tile.
- * A(i, k) at a[i*ars + k*acs], or at a[i*ars + koff[k]] with an offset table, or at
- * ar[i][koff[k]] with row pointers (ar not NULL); B a packed panel b (brow NULL), or read in
+ * A(i, k) at a[i*ars + k*acs], or at ar[i][koff[k]] with row pointers and offsets (ar not
+ * NULL); B a packed panel b (brow NULL), or read in
  * place: B(k, j) at brow[k][bj + j] (all NR columns readable); bias: NR readable values, or
  * NULL (0). */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
@@ -254,12 +247,11 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
                                  : GNAME(cybn_gld_)(brow[k] + bj + v * GVL);
 #pragma GCC unroll 16
         for (int i = 0; i < GMR; i++) {
-            GV ai = GBC(ar != NULL ? ap[i][koff[k]] : koff == NULL ? a[i * ars]
-                                                                 : a[i * ars + koff[k]]);
+            GV ai = GBC(ar != NULL ? ap[i][koff[k]] : a[i * ars]);
 #pragma GCC unroll 4
             for (int v = 0; v < GNV; v++) acc[i][v] = GFMA(ai, bv[v], acc[i][v]);
         }
-        if (koff == NULL) a += acs;
+        if (ar == NULL) a += acs;
         b += GNR;
     }
     if (m == GMR && n == GNR) {
@@ -281,8 +273,8 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
 }
 
 /* C (M x N, row stride rsc) = (accumulate ? C : bias) + A @ B, A(i, k) at A[i*rsa + k*csa]
- * (or, with an offset table akoff, at A[i*rsa + akoff[k]]: rows that are windows of an
- * image; or, with row pointers arows as well, at arows[i][akoff[k]]: windows anywhere), B the
+ * (or, with row pointers arows and an offset table akoff, at arows[i][akoff[k]]: rows that
+ * are windows of an image, read where they lie), B the
  * operand *B (a matrix, an image's column matrix or rows read in place, see cybn_operand),
  * bias N values added to each row (NULL: none; the tiles start from it). The tiles and the
  * summation order depend only on the shapes: the same bits for any thread count. 0, or -1
@@ -310,7 +302,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
      * saved) */
     ptrdiff_t apart = (arows != NULL && M > 1) ? (const char*)arows[1] - (const char*)arows[0]
                                                : rsa * (ptrdiff_t)sizeof(GT);
-    int direct = (csa == 1 || akoff != NULL) && apart % 4096 != 0;
+    int direct = (csa == 1 || arows != NULL) && apart % 4096 != 0;
     ptrdiff_t mblocks = (M + CYBN_GEMM_MC - 1) / CYBN_GEMM_MC;
     /* no more threads than work items, and one for a small product (a team's start and
      * barriers cost more than they save there); the tiles, and so the bits, stay the same */
@@ -376,11 +368,6 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                                 GNAME(cybn_micro_)(kc, NULL, 0, 0, akoff + pc,
                                                    arows + ic + ir, bp, NULL, 0, bb,
                                                    cp + (ic + ir) * rsc, rsc, GMR, n, add);
-                        else if (akoff != NULL)
-                            for (; ir < mfull; ir += GMR)
-                                GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa, rsa, 0, akoff + pc,
-                                                   NULL, bp, NULL, 0, bb, cp + (ic + ir) * rsc,
-                                                   rsc, GMR, n, add);
                         else if (brow != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,

@@ -1,4 +1,5 @@
-"""2-D convolution (im2col with NumPy's matrix product)."""
+"""2-D convolution on cybn's matrix and convolution kernels (NumPy for groups and other
+dtypes)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ ROWS_BELOW = 256
 
 
 class Conv2d(Module):
-    """2-D convolution (cross-correlation, as PyTorch) by im2col and matrix products, one per
-    group.
+    """2-D convolution (cross-correlation, as PyTorch): dense convolutions (``groups=1``) and
+    depthwise ones on compiled kernels, other groups by NumPy matrix products, one per group.
 
     weight has shape (out_channels, in_channels // groups, kh, kw) in both layouts (PyTorch's
     state_dict layout); input is (N, C, H, W), or (N, H, W, C) with ``channels_last``. Zero
@@ -107,8 +108,8 @@ class Conv2d(Module):
                                      self.bias.data, self.stride, self.padding, self.dilation,
                                      self.channels_last)
         if self.groups == 1 and xh.dtype in (np.float32, np.float64):
-            # compiled im2col (columns in (kh, kw, C) order, padding inside), one BLAS product
-            return self._dense_forward(x, xh, ho, wo)
+            # compiled products, no column matrix (see _dense_forward)
+            return self._dense_forward(x, ho, wo)
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n = xh.shape[0]
@@ -136,14 +137,13 @@ class Conv2d(Module):
         w = self.weight.data
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
-    def _dense_forward(self, x, xh, ho: int, wo: int) -> np.ndarray:
+    def _dense_forward(self, x, ho: int, wo: int) -> np.ndarray:
         """groups=1 on cybn's threads. Channels-first with output planes of at least
         ROWS_BELOW pixels: y[n] = weight @ columns(x[n]), the columns packed from x as the
         products run (ops.conv.conv_planes). Otherwise one product over the whole batch in
         channels-last order (a channels-first x and y transposed around it: for small planes
         one large product beats a small one per sample) whose rows read their windows where
-        they lie (ops.conv.conv_rows; the backward builds the column matrix for the weight
-        gradient)."""
+        they lie (ops.conv.conv_rows; its weight gradient gathers from the same windows)."""
         if not self.channels_last and ho * wo >= ROWS_BELOW:
             x = np.ascontiguousarray(x)
             self._cache = ("planes", x, x.shape)
