@@ -64,12 +64,18 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     return out
 
 
-def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """``x @ weight.T (+ bias)`` for 2-D x (M, K) and weight (N, K): one compiled call for
-    C-contiguous float32/float64 arrays of one dtype (the bits of ``matmul``), ``matmul``
-    otherwise."""
-    y = _kernels.fast_linear(x, weight, bias, get_num_threads())
-    return y if y is not None else matmul(x, weight.T, bias=bias)
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+           relu: bool = False) -> np.ndarray:
+    """``x @ weight.T (+ bias)`` for 2-D x (M, K) and weight (N, K), then ReLU with relu (0
+    where <= 0, NaN kept): one compiled call for C-contiguous float32/float64 arrays of one
+    dtype (the bits of ``matmul``, the ReLU in the product's registers), ``matmul`` and a
+    pass otherwise."""
+    y = _kernels.fast_linear(x, weight, bias, get_num_threads(), relu)
+    if y is None:
+        y = matmul(x, weight.T, bias=bias)
+        if relu:
+            np.copyto(y, y.dtype.type(0), where=y <= 0)
+    return y
 
 
 def matmul_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:

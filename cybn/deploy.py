@@ -126,6 +126,7 @@ def fold_batchnorm(model, *, into: str = "previous"):
     ----------
     model : Sequential, in eval mode
         cybn layers; every BatchNorm in it must track running statistics to be folded.
+        Nested Sequentials and :class:`Residual` blocks (body and shortcut) are folded too.
     into : "previous", "next" or "any"
         ``"previous"``: a BatchNorm right after a Linear (BatchNorm1d) or Conv2d
         (BatchNorm2d, same layout, any stride, padding, bias or none) is folded into that
@@ -137,10 +138,15 @@ def fold_batchnorm(model, *, into: str = "previous"):
     Returns
     -------
     Sequential
-        A new model in eval mode without the folded BatchNorm layers (a BatchNorm with a
-        fused ReLU leaves a :class:`ReLU` in its place); its ``not_folded``
-        attribute lists ``(index, reason)`` of the BatchNorm layers left in place (indices
-        in the given model), which are also reported with a warning.
+        A new model in eval mode without the folded BatchNorm layers. A ReLU after a folded
+        BatchNorm (its own layer, or the BatchNorm's fused one) becomes the Conv2d's or
+        Linear's ``activation="relu"``, applied in the product's epilogue, so Conv2d +
+        BatchNorm2d + ReLU is one layer and one pass; a :class:`Residual` block whose body
+        then ends in a convolution adds its shortcut and applies its ReLU in that
+        convolution's epilogue too. The ``not_folded`` attribute lists ``(where, reason)``
+        of the BatchNorm layers left in place (``where``: the index in the given model, or
+        for a nested layer its dotted path as in state_dict keys, e.g. ``"3.body.4"``);
+        they are also reported with a warning.
 
     Raises
     ------
@@ -154,18 +160,59 @@ def fold_batchnorm(model, *, into: str = "previous"):
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval()): "
                          "folding uses the running statistics, which training mode ignores")
-    layers = [copy.deepcopy(layer) for layer in model]
-    keep, not_folded = [], []
+    not_folded: list = []
+    result = nn.Sequential(*_fold_layers(list(model), into, "", not_folded)).eval()
+    result.not_folded = not_folded
+    if not_folded:
+        warnings.warn("fold_batchnorm left in place: " + ", ".join(
+            f"layer {i} ({why})" for i, why in not_folded), stacklevel=2)
+    return result
+
+
+def _takes_relu(layer) -> bool:
+    """A Conv2d or Linear that can take a following ReLU into its epilogue."""
+    return type(layer) in (nn.Conv2d, nn.Linear) and layer.activation is None
+
+
+def _fold_nested(layer, into: str, path: str, not_folded: list):
+    """A copy of a layer with the insides of a Sequential or Residual (body, shortcut)
+    folded."""
+    if isinstance(layer, nn.Sequential):
+        return nn.Sequential(*_fold_layers(list(layer), into, path + ".", not_folded))
+    if isinstance(layer, nn.Residual):
+        sc = layer._shortcut()
+        return nn.Residual(_fold_nested(layer.body, into, path + ".body", not_folded),
+                           None if sc is None else
+                           _fold_nested(sc, into, path + ".shortcut", not_folded),
+                           layer.activation)
+    return copy.deepcopy(layer)
+
+
+def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list:
+    """The folded copies of one Sequential's layers (indices in not_folded: prefix + i; at
+    the top level, prefix "", the plain index)."""
+    def where(i: int):
+        return i if not prefix else f"{prefix}{i}"
+
+    layers = [_fold_nested(layer, into, f"{prefix}{i}", not_folded)
+              for i, layer in enumerate(layers)]
+    keep: list = []
+    joins = None  # the layer a BatchNorm was just folded into: a ReLU next joins it
     i = 0
     while i < len(layers):
         layer = layers[i]
         if not isinstance(layer, _BatchNorm):
-            keep.append(layer)
+            if type(layer) is nn.ReLU and joins is not None and keep and keep[-1] is joins:
+                joins.activation = "relu"  # the ReLU after a folded BatchNorm
+            else:
+                keep.append(layer)
+            joins = None
             i += 1
             continue
+        joins = None
         if not layer.track_running_stats:
-            not_folded.append((i, "it has no running statistics (batch statistics in eval "
-                                  "mode too)"))
+            not_folded.append((where(i), "it has no running statistics (batch statistics in "
+                                         "eval mode too)"))
             keep.append(layer)
             i += 1
             continue
@@ -173,9 +220,15 @@ def fold_batchnorm(model, *, into: str = "previous"):
         if into in ("previous", "any"):
             why = _foldable_previous(keep[-1], layer) if keep else "it is the first layer"
             if why is None:
-                _fold_into_previous(keep[-1], layer)
-                if layer.activation == "relu":  # the fused ReLU stays, as its own layer
-                    keep.append(nn.ReLU())
+                prev = keep[-1]
+                _fold_into_previous(prev, layer)
+                if layer.activation == "relu":  # the fused ReLU moves into the layer
+                    if _takes_relu(prev):
+                        prev.activation = "relu"
+                    else:
+                        keep.append(nn.ReLU())
+                elif _takes_relu(prev):
+                    joins = prev
                 i += 1
                 continue
             reasons.append(why)
@@ -191,25 +244,23 @@ def fold_batchnorm(model, *, into: str = "previous"):
                 i += 1
                 continue
             reasons.append(why)
-        not_folded.append((i, "; ".join(reasons)))
+        not_folded.append((where(i), "; ".join(reasons)))
         keep.append(layer)
         i += 1
-    result = nn.Sequential(*keep).eval()
-    result.not_folded = not_folded
-    if not_folded:
-        warnings.warn("fold_batchnorm left in place: " + ", ".join(
-            f"layer {i} ({why})" for i, why in not_folded), stacklevel=2)
-    return result
+    return keep
 
 
 def _fuse_in_place(module) -> int:
-    """Fuse BatchNorm -> ReLU pairs inside module (Sequentials at any depth); the count."""
+    """Fuse BatchNorm -> ReLU, Conv2d -> ReLU and Linear -> ReLU pairs inside module
+    (Sequentials at any depth); the count."""
     count = 0
     if isinstance(module, nn.Sequential):
         layers = list(module)
         for i, layer in enumerate(layers[:-1]):
+            if type(layers[i + 1]) is not nn.ReLU:
+                continue
             if (isinstance(layer, _BatchNorm) and layer.activation is None
-                    and not layer.renorm and type(layers[i + 1]) is nn.ReLU):
+                    and not layer.renorm) or _takes_relu(layer):
                 layer.activation = "relu"
                 module._modules[str(i + 1)] = nn.Identity()
                 count += 1
@@ -219,14 +270,15 @@ def _fuse_in_place(module) -> int:
 
 
 def fuse(model):
-    """A model with every BatchNorm that a ReLU follows fused with it.
+    """A model with every ReLU that follows a BatchNorm, Conv2d or Linear fused into it.
 
     In each :class:`Sequential` (at any depth, inside :class:`Residual` blocks too) a
-    BatchNorm layer directly followed by a :class:`ReLU` gets ``activation="relu"`` and the
-    ReLU becomes an :class:`Identity`, so indices and state_dict keys stay as they were. The
-    fused model computes the same outputs and gradients, bit for bit, in training and in
-    eval mode, with one pass over memory fewer each way. (A :class:`Residual` block's add and
-    ReLU fuse into its body's last BatchNorm without this pass.)
+    BatchNorm, Conv2d or Linear layer directly followed by a :class:`ReLU` gets
+    ``activation="relu"`` (in the batch norm's elementwise pass, or the product's epilogue)
+    and the ReLU becomes an :class:`Identity`, so indices and state_dict keys stay as they
+    were. The fused model computes the same outputs and gradients, bit for bit, in training
+    and in eval mode, with one pass over memory fewer each way. (A :class:`Residual` block's
+    add and ReLU fuse into its body's last BatchNorm, or last Conv2d, without this pass.)
 
     Parameters
     ----------

@@ -55,7 +55,9 @@ def test_folded_model_computes_the_same_function(dtype, rtol, channels_last, zer
         warnings.simplefilter("error")
         folded = cybn.fold_batchnorm(model)
     assert not any(isinstance(layer, (cybn.BatchNorm1d, cybn.BatchNorm2d)) for layer in folded)
-    assert len(folded) == len(model) - 3 and folded.not_folded == []
+    # three BatchNorms folded, and the ReLU after the first moved into its conv
+    assert len(folded) == len(model) - 4 and folded.not_folded == []
+    assert folded[0].activation == "relu" and folded[1].activation is None
     assert not folded.training
     yf = folded(x)
     assert yf.dtype == dtype

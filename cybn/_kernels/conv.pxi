@@ -586,7 +586,7 @@ def transpose_batch(const floating[:, :, ::1] src,   # IN  (N, A, B)
     need_shape("dst", dst.shape, 3, src.shape[0], src.shape[2], src.shape[1])
     need_apart("dst", &dst[0, 0, 0], dst.nbytes, "src", &src[0, 0, 0], src.nbytes, False)
     cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
-    cdef Py_ssize_t ta = (A + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE, item, n, a0, b0, a, b
+    cdef Py_ssize_t ta = (A + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE, item, n, a0, b0
     cdef Py_ssize_t a1, b1, tb, tbn = (B + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
     cdef const floating* sp = &src[0, 0, 0]
     cdef floating* dp = &dst[0, 0, 0]
@@ -600,6 +600,9 @@ def transpose_batch(const floating[:, :, ::1] src,   # IN  (N, A, B)
             for tb in range(tbn):
                 b0 = tb * TRANSPOSE_TILE
                 b1 = min(B, b0 + TRANSPOSE_TILE)
-                for b in range(b0, b1):
-                    for a in range(a0, a1):
-                        dp[(n * B + b) * A + a] = sp[(n * A + a) * B + b]
+                if floating is float:
+                    cybn_transpose_block_s(sp + (n * A + a0) * B + b0, B,
+                                           dp + (n * B + b0) * A + a0, A, a1 - a0, b1 - b0)
+                else:
+                    cybn_transpose_block_d(sp + (n * A + a0) * B + b0, B,
+                                           dp + (n * B + b0) * A + a0, A, a1 - a0, b1 - b0)

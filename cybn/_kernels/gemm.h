@@ -161,6 +161,27 @@ static inline void cybn_transpose2_d(const double* src, ptrdiff_t ss, double* ds
 #define CYBN_TBLOCK_D 2
 #endif
 
+/* dst[b * ds + a] = src[a * ss + b] for a < na, b < nb: a block transposed by the
+ * in-register transposes above, the edges element by element (layout changes between
+ * channels-first and channels-last; element by element they ran at a sixth of a copy's
+ * speed). */
+#define CYBN_TRANSPOSE_BLOCK(X, T, TB, TRANSPOSE)                                            \
+    static void cybn_transpose_block_##X(const T* src, ptrdiff_t ss, T* dst, ptrdiff_t ds,   \
+                                         ptrdiff_t na, ptrdiff_t nb) {                       \
+        ptrdiff_t ab = na / (TB) * (TB), bb = nb / (TB) * (TB);                              \
+        for (ptrdiff_t a = 0; a < ab; a += (TB)) {                                           \
+            for (ptrdiff_t b = 0; b < bb; b += (TB))                                         \
+                TRANSPOSE(src + a * ss + b, ss, dst + b * ds + a, ds);                       \
+            for (ptrdiff_t b = bb; b < nb; b++)                                              \
+                for (ptrdiff_t i = a; i < a + (TB); i++) dst[b * ds + i] = src[i * ss + b];  \
+        }                                                                                    \
+        for (ptrdiff_t b = 0; b < nb; b++)                                                   \
+            for (ptrdiff_t a = ab; a < na; a++) dst[b * ds + a] = src[a * ss + b];           \
+    }
+CYBN_TRANSPOSE_BLOCK(s, float, CYBN_TBLOCK_S, CYBN_TRANSPOSE_S)
+CYBN_TRANSPOSE_BLOCK(d, double, CYBN_TBLOCK_D, CYBN_TRANSPOSE_D)
+#undef CYBN_TRANSPOSE_BLOCK
+
 /* The B operand of a product: a strided matrix, or the column matrix of one image's
  * convolution windows, read while packing (implicit GEMM: the column matrix is never
  * written out). The column matrix of a (C, H, W) image has a row for each (c, i, j) of the
@@ -182,6 +203,14 @@ typedef struct {
     ptrdiff_t rs, cs;    /* CYBN_MATRIX: element strides between rows and columns */
     ptrdiff_t C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;  /* the windows */
 } cybn_operand;
+
+/* What a product does to a finished tile while it is in registers: add a residual R
+ * (R(i, j) at residual[i*rsr + j], NULL: none), then ReLU (relu). */
+typedef struct {
+    const void* residual;
+    ptrdiff_t rsr;
+    int relu;
+} cybn_epilogue;
 
 typedef float cybn_gvs __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
@@ -254,20 +283,29 @@ typedef double cybn_gvd __attribute__((vector_size(CYBN_GEMM_VBYTES)));
 /* C (M x N, row stride rsc) = A @ B (+ bias), or C += A @ B with accumulate; A(i, k) at
  * A[i*rsa + k*csa] (akoff, arows: see gemm_body.h), B the operand *B: cybn_gemm_op_s/d. The
  * narrow tile for at most one vector of columns, else the wide one. 0, or -1 when out of
- * memory. cybn_gemm_s/d: the same with B a matrix, B(k, j) at B[k*rsb + j*csb], no bias.
+ * memory. cybn_gemm_ep_s/d: the same with an epilogue (NULL: none). cybn_gemm_s/d: B a
+ * matrix, B(k, j) at B[k*rsb + j*csb], no bias.
  * (Computing C^T = B^T A^T for few rows and many columns was tried and measured slower in
  * float32.) */
 #define CYBN_GEMM_DISPATCH(X, T, VL)                                                         \
+    static int cybn_gemm_ep_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,          \
+                                ptrdiff_t rsa, ptrdiff_t csa, const ptrdiff_t* akoff,       \
+                                const T* const* arows, const cybn_operand* B,               \
+                                const T* bias, T* C, ptrdiff_t rsc, int accumulate,         \
+                                const cybn_epilogue* ep, int num_threads) {                 \
+        if (N <= (VL))                                                                      \
+            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, akoff, arows, B, bias, C,   \
+                                          rsc, accumulate, ep, num_threads);                \
+        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, akoff, arows, B, bias, C, rsc,    \
+                                    accumulate, ep, num_threads);                           \
+    }                                                                                       \
     static int cybn_gemm_op_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,          \
                                 ptrdiff_t rsa, ptrdiff_t csa, const ptrdiff_t* akoff,       \
                                 const T* const* arows, const cybn_operand* B,               \
                                 const T* bias, T* C, ptrdiff_t rsc, int accumulate,         \
                                 int num_threads) {                                          \
-        if (N <= (VL))                                                                      \
-            return cybn_gemm_##X##_narrow(M, N, K, A, rsa, csa, akoff, arows, B, bias, C,   \
-                                          rsc, accumulate, num_threads);                    \
-        return cybn_gemm_##X##_wide(M, N, K, A, rsa, csa, akoff, arows, B, bias, C, rsc,    \
-                                    accumulate, num_threads);                               \
+        return cybn_gemm_ep_##X(M, N, K, A, rsa, csa, akoff, arows, B, bias, C, rsc,        \
+                                accumulate, NULL, num_threads);                             \
     }                                                                                       \
     static int cybn_gemm_##X(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A,             \
                              ptrdiff_t rsa, ptrdiff_t csa, const T* B, ptrdiff_t rsb,        \

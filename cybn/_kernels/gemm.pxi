@@ -14,6 +14,10 @@ cdef extern from "gemm.h" nogil:
         const void* const* rows
         const Py_ssize_t* off
         Py_ssize_t rs, cs, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+    ctypedef struct cybn_epilogue:
+        const void* residual
+        Py_ssize_t rsr
+        int relu
     int CYBN_MATRIX
     int CYBN_COLS
     int CYBN_COLS_T
@@ -27,6 +31,19 @@ cdef extern from "gemm.h" nogil:
                        Py_ssize_t rsa, Py_ssize_t csa, const Py_ssize_t* akoff,
                        const double* const* arows, const cybn_operand* B, const double* bias,
                        double* C, Py_ssize_t rsc, int accumulate, int num_threads)
+    void cybn_transpose_block_s(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
+                                Py_ssize_t na, Py_ssize_t nb)
+    void cybn_transpose_block_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds,
+                                Py_ssize_t na, Py_ssize_t nb)
+    int cybn_gemm_ep_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
+                       Py_ssize_t csa, const Py_ssize_t* akoff, const float* const* arows,
+                       const cybn_operand* B, const float* bias, float* C, Py_ssize_t rsc,
+                       int accumulate, const cybn_epilogue* ep, int num_threads)
+    int cybn_gemm_ep_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                       Py_ssize_t rsa, Py_ssize_t csa, const Py_ssize_t* akoff,
+                       const double* const* arows, const cybn_operand* B, const double* bias,
+                       double* C, Py_ssize_t rsc, int accumulate, const cybn_epilogue* ep,
+                       int num_threads)
     int cybn_gemm_s(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
                     Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb, float* C,
                     Py_ssize_t rsc, int accumulate, int num_threads)
@@ -60,15 +77,49 @@ cdef inline int gemm_op(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 cdef inline int gemm_windows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              const floating* const* arows, const Py_ssize_t* koff,
                              const floating* B, const floating* bias, floating* C,
-                             int num_threads) noexcept nogil:
+                             const cybn_epilogue* ep, int num_threads) noexcept nogil:
     """C (M x N, C-contiguous) = A @ B^T (+ bias), A(i, k) at arows[i][koff[k]], B (N x K)
-    C-contiguous: the windows of a convolution read where they lie."""
+    C-contiguous: the windows of a convolution read where they lie; then the epilogue ep
+    (NULL: none)."""
     cdef cybn_operand b
     b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, B, NULL, 1, K
     if floating is float:
-        return cybn_gemm_op_s(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, num_threads)
+        return cybn_gemm_ep_s(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, ep,
+                              num_threads)
     else:
-        return cybn_gemm_op_d(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, num_threads)
+        return cybn_gemm_ep_d(M, N, K, NULL, 0, 1, koff, arows, &b, bias, C, N, 0, ep,
+                              num_threads)
+
+
+cdef inline void add_relu(floating* y, const floating* res, Py_ssize_t n,
+                          bint relu) noexcept nogil:
+    """y += res (NULL: nothing) then ReLU (relu), elementwise: a product's epilogue run after
+    it, on a sample's output still in the cache (the order of the unfused passes)."""
+    cdef Py_ssize_t i
+    cdef floating v
+    if res != NULL:
+        for i in range(n):
+            y[i] = y[i] + res[i]
+    if relu:
+        for i in range(n):
+            v = y[i]
+            y[i] = <floating>0 if v <= 0 else v
+
+
+cdef int need_epilogue(const void* res, Py_ssize_t res_bytes, const Py_ssize_t* res_shape,
+                       const Py_ssize_t* y_shape, int ndim, const void* y, Py_ssize_t y_bytes,
+                       str y_name) except -1:
+    """The checks of a residual beside an output y: y's shape, apart from y."""
+    cdef int i
+    for i in range(ndim):
+        need(res_shape[i] == y_shape[i],
+             f"residual has shape {tuple([res_shape[j] for j in range(ndim)])}, expected "
+             f"{y_name}'s {tuple([y_shape[j] for j in range(ndim)])}")
+    need_apart(y_name, y, y_bytes, "residual", res, res_bytes, False)
+    return 0
+    need(res_shape == y_shape, f"residual has shape {res_shape}, expected {y_shape}")
+    need_apart(y_name, y, y_bytes, "residual", res, res_bytes, False)
+    return 0
 
 
 cdef int input_strides(str name, const char* base, const Py_ssize_t* shape,
@@ -283,10 +334,13 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                         floating[:, :, :, ::1] y,           # OUT (N, out, Ho, Wo)
-                        int num_threads):
+                        int num_threads,
+                        const floating[:, :, :, ::1] residual=None,  # IN (N, out, Ho, Wo)
+                        bint relu=False):
     """y[n] = weight @ columns(x[n]) + bias[:, None], the columns packed straight from x a
     panel at a time (implicit GEMM: no column matrix); the samples spread over the threads
-    when there are at least as many, else each product uses them all."""
+    when there are at least as many, else each product uses them all. Then, on each sample
+    while it is in the cache, + residual (None: none) and ReLU (relu)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = y.shape[1], Ho = y.shape[2]
     cdef Py_ssize_t Wo = y.shape[3], K = C * kh * kw, P = Ho * Wo, n, o, j
     need_windows(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
@@ -296,6 +350,11 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
          f"expected {O} or 0")
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
+    cdef const floating* rp = NULL
+    if residual is not None:
+        need_epilogue(&residual[0, 0, 0, 0], residual.nbytes, &residual.shape[0], &y.shape[0],
+                      4, &y[0, 0, 0, 0], y.nbytes, "y")
+        rp = &residual[0, 0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
@@ -309,6 +368,7 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                                       x.shape[3], wp, bp, O, kh, kw, ph, pw, dh, dw, Ho, Wo,
                                       yp + n * O * P, inner) != 0:
                     failed += 1
+                add_relu(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, relu)
                 continue
             cols = window_columns(CYBN_COLS, xp + n * C * x.shape[2] * x.shape[3], x.shape,
                                   Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -318,6 +378,7 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                 for o in range(O):
                     for j in range(P):
                         yp[(n * O + o) * P + j] = yp[(n * O + o) * P + j] + bp[o]
+            add_relu(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, relu)
     check_scratch(failed)
 
 
@@ -465,10 +526,13 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                       floating[:, :, :, ::1] y,            # OUT (N, Ho, Wo, out)
-                      int num_threads):
+                      int num_threads,
+                      const floating[:, :, :, ::1] residual=None,  # IN (N, Ho, Wo, out)
+                      bint relu=False):
     """The channels-last convolution y = columns(x) @ weight^T + bias with no column matrix
     (an indirect convolution): the product's row for output (n, oh, ow) reads its window where
-    it lies (window_rows). The products' tiles start from the bias and are written into y."""
+    it lies (window_rows). The products' tiles start from the bias, get + residual (None:
+    none) and ReLU (relu) in registers, and are written into y."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], O = y.shape[3], K = kh * kw * C
     need_windows(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
@@ -480,6 +544,12 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
     if bias.shape[0] > 0:
         need_apart("y", &y[0, 0, 0, 0], y.nbytes, "bias", &bias[0], bias.nbytes, False)
+    cdef cybn_epilogue ep
+    ep.residual, ep.rsr, ep.relu = NULL, O, relu
+    if residual is not None:
+        need_epilogue(&residual[0, 0, 0, 0], residual.nbytes, &residual.shape[0], &y.shape[0],
+                      4, &y[0, 0, 0, 0], y.nbytes, "y")
+        ep.residual = &residual[0, 0, 0, 0]
     if N == 0 or O == 0:
         return
     cdef floating* pad
@@ -492,7 +562,7 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                              dw, &pad, &koff, &rows, num_threads)
         if status == 0:
             status = gemm_windows(N * Ho * Wo, O, K, rows, koff, &weight[0, 0], bp,
-                                  &y[0, 0, 0, 0], num_threads)
+                                  &y[0, 0, 0, 0], &ep, num_threads)
     free(pad)
     free(koff)
     free(rows)

@@ -13,6 +13,12 @@ typedef GT GCAT(cybn_gvu_, GX)
 static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
 static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
 
+/* ReLU as cybn's layer has it: 0 where v <= 0, v elsewhere (NaN stays NaN) */
+static inline GV GNAME(cybn_grelu_)(GV v) {
+    __typeof__(v <= v) cut = v <= (GV){0};
+    return (GV)((__typeof__(cut))v & ~cut);
+}
+
 /* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0.
  * A(i, k) at A[i*rsa + k*csa], or at arows[i][koff[k]] with row pointers and offsets. */
 static void GNAME(cybn_pack_a_)(const GT* A, ptrdiff_t rsa, ptrdiff_t csa,
@@ -225,11 +231,13 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
  * A(i, k) at a[i*ars + k*acs], or at ar[i][koff[k]] with row pointers and offsets (ar not
  * NULL); B a packed panel b (brow NULL), or read in
  * place: B(k, j) at brow[k][bj + j] (all NR columns readable); bias: NR readable values, or
- * NULL (0). */
+ * NULL (0). The epilogue of the last inner block: res (not NULL: R(i, j) at res[i*rsr + j])
+ * added to the sum, then ReLU with relu. */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const ptrdiff_t* koff,
         const GT* const* ar, const GT* restrict b, const GT* const* brow, ptrdiff_t bj,
-        const GT* bias, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add) {
+        const GT* bias, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add,
+        const GT* res, ptrdiff_t rsr, int relu) {
     GV acc[GMR][GNV];
     const GT* ap[GMR];
 #pragma GCC unroll 16
@@ -260,7 +268,9 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
 #pragma GCC unroll 4
             for (int v = 0; v < GNV; v++) {
                 GT* p = c + i * rsc + v * GVL;
-                GNAME(cybn_gst_)(p, add ? GNAME(cybn_gld_)(p) + acc[i][v] : acc[i][v]);
+                GV r = add ? GNAME(cybn_gld_)(p) + acc[i][v] : acc[i][v];
+                if (res != NULL) r += GNAME(cybn_gld_)(res + i * rsr + v * GVL);
+                GNAME(cybn_gst_)(p, relu ? GNAME(cybn_grelu_)(r) : r);
             }
         return;
     }
@@ -268,26 +278,36 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
     for (int i = 0; i < GMR; i++)
         for (int v = 0; v < GNV; v++) GNAME(cybn_gst_)(t + i * GNR + v * GVL, acc[i][v]);
     for (ptrdiff_t i = 0; i < m; i++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            c[i * rsc + j] = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
+        for (ptrdiff_t j = 0; j < n; j++) {
+            GT r = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
+            if (res != NULL) r += res[i * rsr + j];
+            c[i * rsc + j] = relu && r <= 0 ? (GT)0 : r;
+        }
 }
 
 /* C (M x N, row stride rsc) = (accumulate ? C : bias) + A @ B, A(i, k) at A[i*rsa + k*csa]
  * (or, with row pointers arows and an offset table akoff, at arows[i][akoff[k]]: rows that
  * are windows of an image, read where they lie), B the
  * operand *B (a matrix, an image's column matrix or rows read in place, see cybn_operand),
- * bias N values added to each row (NULL: none; the tiles start from it). The tiles and the
- * summation order depend only on the shapes: the same bits for any thread count. 0, or -1
- * when out of memory. */
+ * bias N values added to each row (NULL: none; the tiles start from it), then the epilogue
+ * *ep (NULL: none) while the tile is in registers: a residual R (M x N, apart from C) added,
+ * then ReLU. The tiles and the summation order depend only on the shapes: the same bits for
+ * any thread count, and the same as the unfused passes. 0, or -1 when out of memory. */
 static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
                             ptrdiff_t csa, const ptrdiff_t* akoff, const GT* const* arows,
                             const cybn_operand* B, const GT* bias, GT* C, ptrdiff_t rsc,
-                            int accumulate, int num_threads) {
+                            int accumulate, const cybn_epilogue* ep, int num_threads) {
     if (M <= 0 || N <= 0) return 0;
+    const GT* res = ep != NULL ? (const GT*)ep->residual : NULL;
+    ptrdiff_t rsr = ep != NULL ? ep->rsr : 0;
+    int relu = ep != NULL && ep->relu;
     if (K <= 0) {
-        if (!accumulate)
-            for (ptrdiff_t i = 0; i < M; i++)
-                for (ptrdiff_t j = 0; j < N; j++) C[i * rsc + j] = bias != NULL ? bias[j] : 0;
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++) {
+                GT r = accumulate ? C[i * rsc + j] : bias != NULL ? bias[j] : 0;
+                if (res != NULL) r += res[i * rsr + j];
+                C[i * rsc + j] = relu && r <= 0 ? (GT)0 : r;
+            }
         return 0;
     }
     ptrdiff_t ncmax = N < CYBN_GEMM_NC ? N : CYBN_GEMM_NC;
@@ -324,7 +344,8 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
             ptrdiff_t ngroups = (np + CYBN_GEMM_NG - 1) / CYBN_GEMM_NG;
             for (ptrdiff_t pc = 0; pc < K; pc += GKC) {
                 ptrdiff_t kc = K - pc < GKC ? K - pc : GKC;
-                int add = accumulate || pc > 0;
+                int add = accumulate || pc > 0, last = pc + kc >= K;
+                int erelu = last && relu;
                 ptrdiff_t packed = -1;
 #pragma omp for schedule(static)
                 for (ptrdiff_t p = 0; p < np; p++) {
@@ -361,27 +382,33 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                             for (ptrdiff_t j = 0; j < GNR; j++) bpad[j] = j < n ? bb[j] : 0;
                             bb = bpad;
                         }
+                        /* the epilogue's residual at the panel's rows ic.. and columns */
+                        const GT* rp = last && res != NULL ? res + ic * rsr + jc + j0 : NULL;
                         ptrdiff_t ir = 0;
                         /* (separate calls: each inlined for its A, B) */
                         if (arows != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, NULL, 0, 0, akoff + pc,
                                                    arows + ic + ir, bp, NULL, 0, bb,
-                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add);
+                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add,
+                                                   rp ? rp + ir * rsr : NULL, rsr, erelu);
                         else if (brow != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
                                                    NULL, NULL, brow, jc + j0, bb,
-                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add);
+                                                   cp + (ic + ir) * rsc, rsc, GMR, n, add,
+                                                   rp ? rp + ir * rsr : NULL, rsr, erelu);
                         else
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
                                                    NULL, bp, NULL, 0, bb, cp + (ic + ir) * rsc,
-                                                   rsc, GMR, n, add);
+                                                   rsc, GMR, n, add, rp ? rp + ir * rsr : NULL,
+                                                   rsr, erelu);
                         for (; ir < mc; ir += GMR)
                             GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, NULL, NULL,
                                                bp, brow, jc + j0, bb, cp + (ic + ir) * rsc,
-                                               rsc, mc - ir < GMR ? mc - ir : GMR, n, add);
+                                               rsc, mc - ir < GMR ? mc - ir : GMR, n, add,
+                                               rp ? rp + ir * rsr : NULL, rsr, erelu);
                     }
                 }
             }

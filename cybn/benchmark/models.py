@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import demo
-from ..deploy import fuse
+from ..deploy import fold_batchnorm, fuse
 from ..nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten,
                  Linear, MaxPool2d, Module, ReLU, Residual, Sequential)
 from ..nn.module import Identity
@@ -159,8 +159,11 @@ def _TorchResidual(torch, body, shortcut, relu: bool):
 
 def models_suite(repeats: int = 15, verbose: bool = True, suite=None, fused: bool = True
                  ) -> dict:
-    """Time each model of ``suite`` (MODELS) in cybn (as built, and after cybn.fuse) and in
-    PyTorch eager: a training step and an inference forward. A JSON-ready dict."""
+    """Time each model of ``suite`` (MODELS) in cybn (as built, and fused: after cybn.fuse
+    for the training step, after cybn.fold_batchnorm for inference, where BatchNorm folds
+    into the convolutions and Linear layers and their ReLU runs in the products' epilogue)
+    and in PyTorch eager (as built: no folding): a training step and an inference forward.
+    A JSON-ready dict."""
     threads, torch, meta = suite_start(True, repeats)
     if torch is None:
         raise RuntimeError("the models suite needs PyTorch (pip install torch)")
@@ -210,6 +213,12 @@ def models_suite(repeats: int = 15, verbose: bool = True, suite=None, fused: boo
         for m in contenders.values():
             m.eval()
         tm.eval()
+        if fused_model is not None:  # inference: batch norm folded, ReLUs in the epilogues
+            contenders["fused"] = fold_batchnorm(model)
+            ref = model(x)
+            gap = np.abs(contenders["fused"](x) - ref).max()
+            if not gap < 1e-3 * max(1.0, np.abs(ref).max()):
+                raise AssertionError(f"{name}: the folded model differs by {gap}")
         infer = interleaved_medians({**{k: (lambda m=m: m(x)) for k, m in contenders.items()},
                                      "torch": torch_infer}, repeats)
         for kind, med in (("train", step), ("infer", infer)):
@@ -233,7 +242,7 @@ def models_markdown(result) -> str:
         ("batch", lambda r: "x".join(map(str, r["shape"]))),
         ("pass", lambda r: "training step" if r["pass"] == "train" else "inference"),
         ("cybn ms", lambda r: number(r["cybn_ms"])),
-        ("cybn.fuse ms", lambda r: number(r["fused_ms"])),
+        ("fused ms", lambda r: number(r["fused_ms"])),
         ("PyTorch ms", lambda r: number(r["torch_ms"])),
         ("cybn / PyTorch", lambda r: number(r["cybn_over_torch"], 2)),
         ("fused / PyTorch", lambda r: number(r["fused_over_torch"], 2))])

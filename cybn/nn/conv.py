@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _matmul
+from .._validate import check_activation
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
                         conv_rows, conv_rows_weight_grad, depthwise_backward,
                         depthwise_forward, to_channels_first, to_channels_last)
@@ -31,12 +32,21 @@ class Conv2d(Module):
     state_dict layout); input is (N, C, H, W), or (N, H, W, C) with ``channels_last``. Zero
     padding. ``groups`` splits the channels into groups convolved separately
     (``groups == in_channels``: depthwise); ``dilation`` spaces the kernel's taps.
+
+    ``activation="relu"`` applies ReLU to the output inside the convolution's products, while
+    each tile is in registers (or each sample in the cache): the same numbers as a
+    :class:`ReLU` layer after it, in one pass fewer. :func:`cybn.fold_batchnorm` and
+    :func:`cybn.fuse` produce such layers from Conv2d, BatchNorm2d and ReLU. The backward
+    reads the output the forward returned (to find where the ReLU cut), so that array must
+    not be changed in place before it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, channels_last: bool = False, dtype=np.float32, rng=None,
-                 groups: int = 1, dilation=1):
+                 groups: int = 1, dilation=1, activation: str | None = None):
         super().__init__()
+        check_activation(activation)
+        self.activation = activation
         rng = as_rng(rng)
         self.in_channels = positive_int(in_channels, "in_channels")
         self.out_channels = positive_int(out_channels, "out_channels")
@@ -59,10 +69,12 @@ class Conv2d(Module):
         else:
             self._parameters["bias"] = None
         self._cache: tuple | None = None
+        self._epilogue: tuple | None = None
 
     def extra_repr(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v, default in (
-            ("groups", self.groups, 1), ("dilation", self.dilation, (1, 1))) if v != default)
+        extra = "".join(f", {k}={v!r}" for k, v, default in (
+            ("groups", self.groups, 1), ("dilation", self.dilation, (1, 1)),
+            ("activation", self.activation, None)) if v != default)
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}{extra}")
 
@@ -83,6 +95,47 @@ class Conv2d(Module):
         return (n, ho, wo, out) if self.channels_last else (n, out, ho, wo)
 
     def forward(self, x):
+        return self._forward(x, None, self.activation)
+
+    def forward_fused(self, x, residual, activation):
+        """``activation(conv(x) + residual)`` with the add and the activation in the
+        products' epilogue (the ending of :class:`Residual`'s blocks when the body ends in
+        a convolution, as after :func:`cybn.fold_batchnorm`); after a residual,
+        :meth:`backward` returns ``(dx, dresidual)``. The same bits as the separate passes."""
+        check_activation(activation)
+        if residual is not None:
+            residual = np.asarray(residual)
+            expected = self._output_shape(np.shape(x))
+            if residual.shape != expected:
+                raise ValueError(f"Conv2d: residual must have the output's shape {expected}, "
+                                 f"got {residual.shape}")
+        return self._forward(x, residual, activation)
+
+    def _forward(self, x, residual, activation):
+        relu = check_activation(activation)
+        y = self._forward_route(x, residual, relu)
+        object.__setattr__(self, "_epilogue", (residual is not None, y if relu else None))
+        return y
+
+    @staticmethod
+    def _epilogue_after(y: np.ndarray, residual, relu: bool) -> np.ndarray:
+        """The epilogue as passes over y (a new array, changed in place where possible):
+        + residual, then ReLU (0 where <= 0, NaN kept)."""
+        if residual is not None:
+            if residual.dtype == y.dtype:
+                np.add(y, residual, out=y)
+            else:
+                y = y + residual
+        if relu:
+            np.copyto(y, y.dtype.type(0), where=y <= 0)
+        return y
+
+    @staticmethod
+    def _in_kernel(residual, dtype) -> bool:
+        """Whether the kernels can add this residual in their epilogue (one dtype, C order)."""
+        return residual is None or (residual.dtype == dtype and residual.flags.c_contiguous)
+
+    def _forward_route(self, x, residual, relu: bool):
         x = np.asarray(x)
         c_axis = 3 if self.channels_last else 1
         if x.ndim != 4 or x.shape[c_axis] != self.in_channels:
@@ -104,19 +157,21 @@ class Conv2d(Module):
             # depthwise, one filter per channel: compiled kernels, in x's own layout
             x = np.ascontiguousarray(x)
             self._cache = ("compiled depthwise", x, x.shape)
-            return depthwise_forward(x, self.weight.data, None if self.bias is None else
-                                     self.bias.data, self.stride, self.padding, self.dilation,
-                                     self.channels_last)
+            y = depthwise_forward(x, self.weight.data, None if self.bias is None else
+                                  self.bias.data, self.stride, self.padding, self.dilation,
+                                  self.channels_last)
+            return self._epilogue_after(y, residual, relu)
         if self.groups == 1 and xh.dtype in (np.float32, np.float64):
             # compiled products, no column matrix (see _dense_forward)
-            return self._dense_forward(x, ho, wo)
+            return self._dense_forward(x, ho, wo, residual, relu)
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n = xh.shape[0]
         if self.groups == c:  # depthwise with a channel multiplier: a pass per kernel tap
             y = self._depthwise_forward(xh, ho, wo)
             self._cache = ("depthwise", xh, x.shape)
-            return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            y = y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            return self._epilogue_after(y, residual, relu)
         win = sliding_window_view(xh, (ekh, ekw), axis=(1, 2))
         win = win[:, ::sh, ::sw, :, ::dil_h, ::dil_w]  # N, Ho, Wo, C, kh, kw
         G = self.groups
@@ -130,32 +185,40 @@ class Conv2d(Module):
             y += self.bias.data
         y = y.reshape(n, ho, wo, self.out_channels)
         self._cache = ("im2col", cols, xh.shape, x.shape)
-        return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        y = y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return self._epilogue_after(y, residual, relu)
 
     def _dense_weight(self) -> np.ndarray:
         """weight (out, in, kh, kw) as (out, kh * kw * in), the channels-last column order."""
         w = self.weight.data
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
-    def _dense_forward(self, x, ho: int, wo: int) -> np.ndarray:
+    def _dense_forward(self, x, ho: int, wo: int, residual=None, relu: bool = False):
         """groups=1 on cybn's threads. Channels-first with output planes of at least
         ROWS_BELOW pixels: y[n] = weight @ columns(x[n]), the columns packed from x as the
         products run (ops.conv.conv_planes). Otherwise one product over the whole batch in
         channels-last order (a channels-first x and y transposed around it: for small planes
         one large product beats a small one per sample) whose rows read their windows where
-        they lie (ops.conv.conv_rows; its weight gradient gathers from the same windows)."""
+        they lie (ops.conv.conv_rows; its weight gradient gathers from the same windows).
+        The residual and the ReLU run in the products' epilogue where the residual's layout
+        allows (for a channels-first output of the rows route it does not: passes after)."""
+        fusable = self._in_kernel(residual, x.dtype)
         if not self.channels_last and ho * wo >= ROWS_BELOW:
             x = np.ascontiguousarray(x)
             self._cache = ("planes", x, x.shape)
-            return conv_planes(x, self.weight.data,
-                               None if self.bias is None else self.bias.data, self.stride,
-                               self.padding, self.dilation)
+            y = conv_planes(x, self.weight.data, None if self.bias is None else self.bias.data,
+                            self.stride, self.padding, self.dilation,
+                            residual if fusable else None, relu and fusable)
+            return y if fusable else self._epilogue_after(y, residual, relu)
         bias = None if self.bias is None else self.bias.data
         xh = np.ascontiguousarray(x) if self.channels_last else to_channels_last(x)
         self._cache = ("rows", xh, x.shape)
+        inside = fusable and (self.channels_last or residual is None)
         y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
-                      self.dilation, self.stride)
-        return y if self.channels_last else to_channels_first(y)
+                      self.dilation, self.stride, residual if inside else None,
+                      relu and inside)
+        y = y if self.channels_last else to_channels_first(y)
+        return y if inside else self._epilogue_after(y, residual, relu)
 
     def _rows_backward(self, xh, x_shape, dy, input_grad: bool = True):
         """The backward of the rows route of _dense_forward from its channels-last input xh
@@ -199,8 +262,20 @@ class Conv2d(Module):
         return conv_planes_input_grad(dy, self.weight.data, x.shape, *geometry)
 
     def _saved_with_grad(self, dy) -> tuple:
-        """The forward's record and dy, checked against the forward's output shape."""
-        return self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))
+        """The forward's record and dy, checked against the forward's output shape, then
+        through the epilogue's ReLU (0 where the output is 0 or below)."""
+        saved, dy = self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))
+        _, y = self.__dict__.get("_epilogue") or (False, None)
+        if y is not None:
+            dy = np.where(y <= 0, dy.dtype.type(0), dy)
+        return saved, dy
+
+    def backward(self, dy):
+        """dx, or ``(dx, dresidual)`` after :meth:`forward_fused` with a residual."""
+        with_residual = (self.__dict__.get("_epilogue") or (False,))[0]
+        saved, dy = self._saved_with_grad(dy)
+        dx = self._backward_route(saved, dy)
+        return (dx, dy) if with_residual else dx
 
     def backward_parameters(self, dy) -> None:
         saved = self.__dict__.get("_cache")
@@ -266,8 +341,8 @@ class Conv2d(Module):
             self.bias.grad += dy.sum(axis=(0, 1, 2) if self.channels_last else (0, 2, 3))
         return dx
 
-    def backward(self, dy):
-        (kind, *saved), dy = self._saved_with_grad(dy)
+    def _backward_route(self, record: tuple, dy):
+        kind, *saved = record
         if kind == "planes":
             return self._planes_backward(saved[0], dy)
         if kind == "rows":

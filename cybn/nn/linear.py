@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import _matmul
+from .._validate import check_activation
 from ._args import as_rng, positive_int
 from .module import Module, Parameter
 
@@ -17,12 +18,17 @@ class Linear(Module):
     """``y = x @ weight.T + bias`` with weight of shape (out_features, in_features).
 
     Initialized like PyTorch: uniform in +-1/sqrt(in_features). ``rng`` is a seed or a
-    numpy Generator.
+    numpy Generator. ``activation="relu"`` applies ReLU inside the product's epilogue (the
+    numbers of a :class:`ReLU` layer after it; :func:`cybn.fold_batchnorm` and
+    :func:`cybn.fuse` produce such layers); the backward then reads the returned output,
+    which must not be changed in place before it.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype=np.float32, rng=None):
+                 dtype=np.float32, rng=None, activation: str | None = None):
         super().__init__()
+        check_activation(activation)
+        self.activation = activation
         in_features = positive_int(in_features, "in_features")
         out_features = positive_int(out_features, "out_features")
         rng = as_rng(rng)
@@ -37,16 +43,19 @@ class Linear(Module):
         self._cache = None
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        extra = "" if self.activation is None else f", activation={self.activation!r}"
+        return f"in_features={self.in_features}, out_features={self.out_features}{extra}"
 
     def forward(self, x):
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
-        self._cache = x
-        return _matmul.linear(x, self.weight.data,
-                              None if self.bias is None else self.bias.data)
+        relu = check_activation(self.activation)
+        y = _matmul.linear(x, self.weight.data, None if self.bias is None else self.bias.data,
+                           relu=relu)
+        self._cache = (x, y if relu else None)
+        return y
 
     def backward(self, dy):
         return self._backward(dy, input_grad=True)
@@ -56,7 +65,9 @@ class Linear(Module):
         return None
 
     def _backward(self, dy, input_grad: bool):
-        x, dy = self._take_saved(dy, lambda x: (x.shape[0], self.out_features))
+        (x, y), dy = self._take_saved(dy, lambda saved: (saved[0].shape[0], self.out_features))
+        if y is not None:  # through the fused ReLU
+            dy = np.where(y <= 0, dy.dtype.type(0), dy)
         self.weight.grad += _matmul.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)

@@ -1,5 +1,5 @@
 """The residual connection of a ResNet block, with the add and the ReLU fused into the
-block's last batch norm."""
+block's last batch norm (or, in a folded inference model, its last convolution)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from .._validate import check_activation
 from .batchnorm import _BatchNorm
+from .conv import Conv2d
 from .module import Module, Sequential
 
 __all__ = ["Residual"]
@@ -19,8 +20,8 @@ class ResidualSaved:
     """What a Residual forward keeps for its backward."""
 
     shape: tuple                     # the output's
-    head: tuple = ()                 # the body's layers before its last batch norm (fused)
-    bn: _BatchNorm | None = None     # that batch norm, when the add and ReLU ran inside it
+    head: tuple = ()                 # the body's layers before its last layer (fused)
+    bn: Module | None = None         # that batch norm or conv, when the add and ReLU ran in it
     cut: np.ndarray | None = None    # where the unfused ReLU cut the sum (pre <= 0)
 
 
@@ -42,7 +43,8 @@ class Residual(Module):
     When the body ends in a BatchNorm layer without its own activation, the add and the
     ReLU run inside that layer's elementwise pass
     (``batch_norm_train(..., residual=s, activation="relu")``) and its backward returns the
-    shortcut's gradient too; otherwise they
+    shortcut's gradient too; when it ends in a Conv2d without one (a folded model), they run
+    in the convolution's epilogue (:meth:`Conv2d.forward_fused`); otherwise they
     run as NumPy operations. The outputs and gradients are the same either way, bit for bit.
     state_dict keys are ``body.*`` and ``shortcut.*``, as in a PyTorch module with those
     attribute names.
@@ -68,13 +70,15 @@ class Residual(Module):
         return self._modules.get("shortcut")
 
     def _split_body(self) -> tuple:
-        """(the layers before the fused BatchNorm, that BatchNorm), or (None, None) when the
-        body does not end in a BatchNorm without an activation."""
+        """(the layers before the last one, that layer) when the body ends in a BatchNorm
+        or a Conv2d without an activation, whose forward_fused takes the add and the ReLU;
+        else (None, None)."""
         body = self.body
         layers = list(body) if isinstance(body, Sequential) else [body]
-        if (layers and isinstance(layers[-1], _BatchNorm) and layers[-1].activation is None
-                and not layers[-1].renorm):
-            return layers[:-1], layers[-1]
+        last = layers[-1] if layers else None
+        if (isinstance(last, _BatchNorm) and last.activation is None and not last.renorm) \
+                or (type(last) is Conv2d and last.activation is None):
+            return layers[:-1], last
         return None, None
 
     def forward(self, x):

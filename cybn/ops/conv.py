@@ -165,13 +165,16 @@ def _strided_pointwise(weight_shape: tuple, stride: tuple, padding: tuple) -> bo
 
 
 def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple,
-                padding: tuple, dilation: tuple) -> np.ndarray:
+                padding: tuple, dilation: tuple, residual: np.ndarray | None = None,
+                relu: bool = False) -> np.ndarray:
     """The dense convolution of channels-first x (N, C, H, W) with weight (out, C, kh, kw)
-    (+ bias), by products with the columns packed straight from x (no column matrix). A
-    strided 1x1 convolution without padding is the stride-1 one of x's sampled pixels."""
+    (+ bias), by products with the columns packed straight from x (no column matrix); then
+    + residual (the output's shape and dtype, C-contiguous) and ReLU on each sample while it
+    is in the cache. A strided 1x1 convolution without padding is the stride-1 one of x's
+    sampled pixels."""
     if _strided_pointwise(weight.shape, stride, padding):
         return conv_planes(x[:, :, ::stride[0], ::stride[1]], weight, bias, (1, 1), (0, 0),
-                           (1, 1))
+                           (1, 1), residual, relu)
     x = np.ascontiguousarray(x)
     out, c, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -181,7 +184,7 @@ def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stri
     b = np.empty(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     w2 = np.ascontiguousarray(weight, dtype=x.dtype).reshape(out, c * kh * kw)
     _kernels.conv_forward_planes(x, w2, b, kh, kw, sh, sw, ph, pw, dh, dw, y,
-                                 _schedule.threads_for(y.size))
+                                 _schedule.threads_for(y.size), residual, relu)
     return y
 
 
@@ -233,10 +236,12 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
 
 
 def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, kernel: tuple,
-              padding: tuple, dilation: tuple, stride: tuple = (1, 1)) -> np.ndarray:
+              padding: tuple, dilation: tuple, stride: tuple = (1, 1),
+              residual: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
     """The dense convolution of channels-last xh (N, H, W, C) with weight_rows (out,
     kh * kw * C, taps in (kh, kw, C) order) (+ bias): products whose rows read their windows
-    where they lie (in a zero-padded copy of xh with padding), no column matrix."""
+    where they lie (in a zero-padded copy of xh with padding), no column matrix; + residual
+    (the output's shape and dtype, C-contiguous) and ReLU in the products' registers."""
     xh = np.ascontiguousarray(xh)
     (kh, kw), (ph, pw), (dh, dw), (sh, sw) = kernel, padding, dilation, stride
     n, h, w, _ = xh.shape
@@ -245,7 +250,8 @@ def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, 
     y = np.empty((n, ho, wo, out), dtype=xh.dtype)
     b = np.empty(0, xh.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xh.dtype)
     _kernels.conv_forward_rows(xh, np.ascontiguousarray(weight_rows, dtype=xh.dtype), b, kh, kw,
-                               sh, sw, ph, pw, dh, dw, y, _schedule.threads_for(y.size))
+                               sh, sw, ph, pw, dh, dw, y, _schedule.threads_for(y.size),
+                               residual, relu)
     return y
 
 

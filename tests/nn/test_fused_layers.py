@@ -160,7 +160,7 @@ def test_residual_without_trailing_batchnorm_runs_unfused():
     np.testing.assert_allclose(z, cybn.batch_norm_train(x)[0] + x, rtol=1e-6)
 
 
-def test_fold_batchnorm_keeps_a_fused_relu():
+def test_fold_batchnorm_moves_a_fused_relu_into_the_layer():
     rng = np.random.default_rng(4)
     model = cybn.fuse(nn.Sequential(nn.Linear(6, 5, rng=rng), nn.BatchNorm1d(5), nn.ReLU(),
                                     nn.Linear(5, 3, rng=rng)))
@@ -168,7 +168,8 @@ def test_fold_batchnorm_keeps_a_fused_relu():
     model.eval()
     x = rng.standard_normal((7, 6)).astype(np.float32)
     folded = cybn.fold_batchnorm(model, into="previous")
-    assert any(isinstance(layer, nn.ReLU) for layer in folded)
+    assert folded[0].activation == "relu"
+    assert not any(isinstance(layer, nn.ReLU) for layer in folded)
     np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-6)
     with pytest.warns(UserWarning, match="fused relu"):
         folded = cybn.fold_batchnorm(model, into="next")
