@@ -8,9 +8,10 @@ control and build information. Every public name is re-exported here (``cybn.Bat
 
 __version__ = "0.1.0"
 
-from . import deploy, distributed, functional, interop, layers, nn, ops, train
+from . import convert, deploy, distributed, functional, interop, layers, nn, ops, train
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
+from .convert import from_torch
 from .deploy import fold_batchnorm, fuse, insert_batchnorm, recalibrate
 from .distributed import SyncBatchNorm
 from .interop import from_flax, from_keras, from_onnx
@@ -29,5 +30,6 @@ __all__ = [
     *train.__all__,
     *deploy.__all__,
     *interop.__all__,
+    *convert.__all__,
     "SyncBatchNorm",
 ]

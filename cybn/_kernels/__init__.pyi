@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 F64 = NDArray[np.float64]
 Data = NDArray[np.float32] | NDArray[np.float64]
+Index = NDArray[np.intp]
 
 ISA: str
 EP_RESIDUAL: int
@@ -147,26 +148,58 @@ def im2col_planes(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
 def col2im_planes(dcols: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
                   dh: int, dw: int, Ho: int, Wo: int, dx: Data, num_threads: int) -> None: ...
 
-# max pooling (no padding, floor mode): planes (N * C, H, W) or rows (N, H, W, C); arg: the
-# window tap of each output's maximum (uint8)
-def maxpool_forward_planes(x: Data, kh: int, kw: int, sh: int, sw: int, y: Data,
-                           arg: NDArray[np.uint8], num_threads: int) -> None: ...
-def maxpool_backward_planes(dy: Data, arg: NDArray[np.uint8], kw: int, sh: int, sw: int,
-                            dx: Data, num_threads: int) -> None: ...
-def maxpool_forward_rows(x: Data, kh: int, kw: int, sh: int, sw: int, y: Data,
-                         arg: NDArray[np.uint8], num_threads: int) -> None: ...
-def maxpool_backward_rows(dy: Data, arg: NDArray[np.uint8], kh: int, kw: int, sh: int,
-                          sw: int, dx: Data, num_threads: int) -> None: ...
-
-# average pooling (no padding, floor mode), the same views as max pooling
-def avgpool_forward_planes(x: Data, kh: int, kw: int, sh: int, sw: int, y: Data,
+# max pooling (padding, dilation, floor or ceil mode): planes (N * C, H, W) or rows
+# (N, H, W, C); arg: the window tap of each output's maximum (uint8)
+def maxpool_forward_planes(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                           dh: int, dw: int, ceil: bool, y: Data, arg: NDArray[np.uint8],
                            num_threads: int) -> None: ...
-def avgpool_backward_planes(dy: Data, kh: int, kw: int, sh: int, sw: int, dx: Data,
-                            num_threads: int) -> None: ...
-def avgpool_forward_rows(x: Data, kh: int, kw: int, sh: int, sw: int, y: Data,
+def maxpool_backward_planes(dy: Data, arg: NDArray[np.uint8], kh: int, kw: int, sh: int,
+                            sw: int, ph: int, pw: int, dh: int, dw: int, ceil: bool,
+                            dx: Data, num_threads: int) -> None: ...
+def maxpool_forward_rows(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                         dh: int, dw: int, ceil: bool, y: Data, arg: NDArray[np.uint8],
                          num_threads: int) -> None: ...
-def avgpool_backward_rows(dy: Data, kh: int, kw: int, sh: int, sw: int, dx: Data,
+def maxpool_backward_rows(dy: Data, arg: NDArray[np.uint8], kh: int, kw: int, sh: int,
+                          sw: int, ph: int, pw: int, dh: int, dw: int, ceil: bool, dx: Data,
                           num_threads: int) -> None: ...
+
+# average pooling (padding, floor or ceil mode, count_include_pad, a divisor > 0 overrides)
+def avgpool_forward_planes(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                           ceil: bool, include_pad: bool, divisor: int, y: Data,
+                           num_threads: int) -> None: ...
+def avgpool_backward_planes(dy: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                            ceil: bool, include_pad: bool, divisor: int, dx: Data,
+                            num_threads: int) -> None: ...
+def avgpool_forward_rows(x: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                         ceil: bool, include_pad: bool, divisor: int, y: Data,
+                         num_threads: int) -> None: ...
+def avgpool_backward_rows(dy: Data, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                          ceil: bool, include_pad: bool, divisor: int, dx: Data,
+                          num_threads: int) -> None: ...
+
+# adaptive pooling: output (oh, ow) pools rows [hs[oh], he[oh]) and columns [ws[ow], we[ow])
+def adaptive_avgpool_planes(x: Data, hs: Index, he: Index, ws: Index, we: Index, y: Data,
+                            num_threads: int) -> None: ...
+def adaptive_avgpool_backward_planes(dy: Data, hs: Index, he: Index, ws: Index, we: Index,
+                                     dx: Data, num_threads: int) -> None: ...
+def adaptive_avgpool_rows(x: Data, hs: Index, he: Index, ws: Index, we: Index, y: Data,
+                          num_threads: int) -> None: ...
+def adaptive_avgpool_backward_rows(dy: Data, hs: Index, he: Index, ws: Index, we: Index,
+                                   dx: Data, num_threads: int) -> None: ...
+def adaptive_maxpool_planes(x: Data, hs: Index, he: Index, ws: Index, we: Index, y: Data,
+                            index: NDArray[np.int32], num_threads: int) -> None: ...
+def adaptive_maxpool_backward_planes(dy: Data, index: NDArray[np.int32], dx: Data,
+                                     num_threads: int) -> None: ...
+def adaptive_maxpool_rows(x: Data, hs: Index, he: Index, ws: Index, we: Index, y: Data,
+                          index: NDArray[np.int32], num_threads: int) -> None: ...
+def adaptive_maxpool_backward_rows(dy: Data, index: NDArray[np.int32], dx: Data,
+                                   num_threads: int) -> None: ...
+
+# elementwise activations (kind: activation.pxi's ACT_*), computed in double
+def activation_forward(x: Data, y: Data, kind: int, a: float, b: float,
+                       num_threads: int) -> None: ...
+def activation_backward(x: Data, dy: Data, dx: Data, kind: int, a: float, b: float,
+                        num_threads: int) -> None: ...
 
 def global_avgpool(x: Data, y: Data, num_threads: int) -> None: ...
 

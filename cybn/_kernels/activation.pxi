@@ -70,3 +70,140 @@ def relu_backward(const floating[::1] dy,        # IN  (n,)
     need_apart("dx", &dx[0], dx.nbytes, "dy", &dy[0], dy.nbytes, True)
     with nogil:
         relu_backward_blocks(&dy[0], &keep[0], &dx[0], dy.shape[0], num_threads)
+
+
+# ---------------------------------------------------------------------------------------
+# The other elementwise activations, as PyTorch defines them (values and gradients at the
+# kinks included), computed in double and rounded once to the data's type. The backward
+# reads the forward's input x (for the clamping ones, whose gradient only asks on which
+# side of the kinks a value lies, the output serves as well: their in-place forms).
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    ACT_HARDTANH = 0      # clamp(x, a, b) (ReLU6: a = 0, b = 6)
+    ACT_HARDSWISH = 1
+    ACT_HARDSIGMOID = 2
+    ACT_SILU = 3
+    ACT_SIGMOID = 4
+    ACT_TANH = 5
+    ACT_GELU = 6          # the exact form, with erf
+    ACT_GELU_TANH = 7     # the tanh approximation
+    ACT_LEAKY = 8         # x > 0 ? x : a * x
+    ACT_KINDS = 9
+
+
+cdef inline double sigmoid_of(double v) noexcept nogil:
+    cdef double e
+    if v >= 0:
+        return 1.0 / (1.0 + exp(-v))
+    e = exp(v)
+    return e / (1.0 + e)
+
+
+cdef inline double act_value(int kind, double v, double a, double b) noexcept nogil:
+    cdef double t
+    if kind == ACT_HARDTANH:
+        return a if v < a else (b if v > b else v)
+    if kind == ACT_HARDSWISH:
+        return 0.0 if v < -3.0 else (v * (v + 3.0) / 6.0 if v <= 3.0 else v)
+    if kind == ACT_HARDSIGMOID:
+        return 0.0 if v <= -3.0 else (1.0 if v >= 3.0 else v / 6.0 + 0.5)
+    if kind == ACT_SILU:
+        return v * sigmoid_of(v)
+    if kind == ACT_SIGMOID:
+        return sigmoid_of(v)
+    if kind == ACT_TANH:
+        return tanh(v)
+    if kind == ACT_GELU:
+        return 0.5 * v * (1.0 + erf(v * 0.7071067811865476))
+    if kind == ACT_GELU_TANH:
+        t = tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))
+        return 0.5 * v * (1.0 + t)
+    return v if v > 0 else a * v
+
+
+cdef inline double act_slope(int kind, double v, double a, double b) noexcept nogil:
+    """The derivative at v (PyTorch's choice at the kinks)."""
+    cdef double s, t, u
+    if kind == ACT_HARDTANH:
+        return 0.0 if (v <= a or v >= b) else 1.0
+    if kind == ACT_HARDSWISH:
+        return 0.0 if v <= -3.0 else (v / 3.0 + 0.5 if v < 3.0 else 1.0)
+    if kind == ACT_HARDSIGMOID:
+        return 1.0 / 6.0 if (v > -3.0 and v < 3.0) else 0.0
+    if kind == ACT_SILU:
+        s = sigmoid_of(v)
+        return s * (1.0 + v * (1.0 - s))
+    if kind == ACT_SIGMOID:
+        s = sigmoid_of(v)
+        return s * (1.0 - s)
+    if kind == ACT_TANH:
+        t = tanh(v)
+        return 1.0 - t * t
+    if kind == ACT_GELU:
+        return 0.5 * (1.0 + erf(v * 0.7071067811865476)) \
+            + v * exp(-0.5 * v * v) * 0.3989422804014327
+    if kind == ACT_GELU_TANH:
+        u = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+        t = tanh(u)
+        return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * 0.7978845608028654 \
+            * (1.0 + 3.0 * 0.044715 * v * v)
+    return 1.0 if v > 0 else a
+
+
+cdef int need_activation(int kind, double a, double b) except -1:
+    need(0 <= kind < ACT_KINDS, f"activation kind {kind} is not one of 0..{ACT_KINDS - 1}")
+    need(kind != ACT_HARDTANH or a <= b, f"hardtanh needs min {a} <= max {b}")
+    return 0
+
+
+def activation_forward(const floating[::1] x,      # IN  (n,)
+                       floating[::1] y,            # OUT (n,); may be x itself
+                       int kind, double a, double b, int num_threads):
+    """y = f(x) for the activation kind (ACT_*) with parameters a, b; blocks of RELU_BLOCK
+    elements over the threads."""
+    cdef Py_ssize_t n = x.shape[0], item, start, i, stop
+    need_threads(num_threads)
+    need_activation(kind, a, b)
+    need_len("y", y.shape[0], n)
+    need_apart("y", &y[0], y.nbytes, "x", &x[0], x.nbytes, True)
+    if n == 0:
+        return
+    cdef const floating* xp = &x[0]
+    cdef floating* yp = &y[0]
+    with nogil:
+        for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
+                           num_threads=num_threads):
+            start = item * RELU_BLOCK
+            stop = min(n, start + RELU_BLOCK)
+            for i in range(start, stop):
+                yp[i] = <floating>act_value(kind, <double>xp[i], a, b)
+
+
+def activation_backward(const floating[::1] x,     # IN  (n,) the forward's input
+                        const floating[::1] dy,    # IN  (n,)
+                        floating[::1] dx,          # OUT (n,); may be dy itself
+                        int kind, double a, double b, int num_threads):
+    """dx = dy * f'(x), blocks of RELU_BLOCK elements over the threads (an exact 0 where
+    the slope is 0, whatever dy is)."""
+    cdef Py_ssize_t n = x.shape[0], item, start, i, stop
+    cdef double s
+    need_threads(num_threads)
+    need_activation(kind, a, b)
+    need_len("dy", dy.shape[0], n)
+    need_len("dx", dx.shape[0], n)
+    need_apart("dx", &dx[0], dx.nbytes, "dy", &dy[0], dy.nbytes, True)
+    need_apart("dx", &dx[0], dx.nbytes, "x", &x[0], x.nbytes, False)
+    if n == 0:
+        return
+    cdef const floating* xp = &x[0]
+    cdef const floating* gp = &dy[0]
+    cdef floating* dp = &dx[0]
+    with nogil:
+        for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
+                           num_threads=num_threads):
+            start = item * RELU_BLOCK
+            stop = min(n, start + RELU_BLOCK)
+            for i in range(start, stop):
+                s = act_slope(kind, <double>xp[i], a, b)
+                dp[i] = <floating>0 if s == 0.0 else <floating>(<double>gp[i] * s)

@@ -14,10 +14,11 @@ be used from several threads at once; separate objects (or ``eval()`` inference 
 the functional API) may run in parallel.
 """
 
-from . import (activation, batchnorm, conv, dropout, flatten, linear, module, normalization,
-               pooling, residual)
+from . import (activation, batchnorm, branches, conv, dropout, flatten, linear, module,
+               normalization, pooling, residual)
 from .activation import *  # noqa: F401,F403
 from .batchnorm import *  # noqa: F401,F403
+from .branches import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .flatten import *  # noqa: F401,F403
@@ -38,4 +39,5 @@ __all__ = [
     *pooling.__all__,
     *flatten.__all__,
     *residual.__all__,
+    *branches.__all__,
 ]

@@ -1,0 +1,219 @@
+"""Layers that route channels: parallel branches concatenated along the channel axis
+(Inception, SqueezeNet's Fire, DenseNet), a channel range (ShuffleNetV2's split), channel
+shuffle (ShuffleNet) and squeeze-and-excitation (MobileNetV3, EfficientNet)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops import pool
+from ._args import positive_int
+from .activation import Hardsigmoid, ReLU, Sigmoid
+from .conv import Conv2d
+from .module import Module
+
+__all__ = ["Concat", "ChannelSlice", "ChannelShuffle", "SqueezeExcitation"]
+
+
+def _channel_axis(x: np.ndarray, channels_last: bool, name: str) -> int:
+    if x.ndim < 2:
+        raise ValueError(f"{name} expects input with a batch and a channel axis, got shape "
+                         f"{x.shape}")
+    return x.ndim - 1 if channels_last else 1
+
+
+class Concat(Module):
+    """``concat([branch(x) for branch in branches], channel axis)``: each branch gets the
+    whole input; the outputs (equal in every axis but the channels) are joined in order.
+    The backward splits dy the same way and adds the branches' input gradients, in order.
+
+    Parameters
+    ----------
+    *branches : Module
+        state_dict keys ``0.*``, ``1.*``, ... as in a :class:`Sequential`.
+    channels_last : bool
+        The channel axis is the last one (else axis 1).
+    """
+
+    def __init__(self, *branches: Module, channels_last: bool = False):
+        super().__init__()
+        if not branches:
+            raise ValueError("Concat needs at least one branch")
+        for i, m in enumerate(branches):
+            if not isinstance(m, Module):
+                raise TypeError(f"branch {i} must be a cybn Module, got {type(m).__name__}")
+            setattr(self, str(i), m)
+        self.channels_last = channels_last
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        x = np.asarray(x)
+        outs = [np.asarray(m(x)) for m in self]
+        axis = _channel_axis(outs[0], self.channels_last, "Concat")
+        rest = [o.shape[:axis] + o.shape[axis + 1:] for o in outs]
+        if any(r != rest[0] or o.ndim != outs[0].ndim for r, o in zip(rest, outs)):
+            raise ValueError(f"Concat: the branches' outputs {[o.shape for o in outs]} "
+                             f"differ in more than the channel axis {axis}")
+        y = np.concatenate(outs, axis=axis)
+        self._cache = (y.shape, axis, [o.shape[axis] for o in outs])
+        return y
+
+    def backward(self, dy):
+        (_, axis, sizes), dy = self._take_saved(dy, lambda saved: saved[0])
+        parts = np.split(dy, np.cumsum(sizes)[:-1], axis=axis)
+        dx = None
+        for m, g in zip(self, parts):
+            d = m.backward(np.ascontiguousarray(g))
+            dx = d if dx is None else dx + d
+        return dx
+
+
+class ChannelSlice(Module):
+    """The channels ``start:stop`` of the input (ShuffleNetV2's channel split: one branch
+    takes the first half, another the second); the backward puts dy there and zeros
+    elsewhere."""
+
+    def __init__(self, start: int, stop: int, channels_last: bool = False):
+        super().__init__()
+        self.start = int(start)
+        self.stop = int(stop)
+        if not 0 <= self.start < self.stop:
+            raise ValueError(f"ChannelSlice needs 0 <= start < stop, got {start}, {stop}")
+        self.channels_last = channels_last
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"start={self.start}, stop={self.stop}"
+
+    def _index(self, ndim: int, axis: int) -> tuple:
+        index = [slice(None)] * ndim
+        index[axis] = slice(self.start, self.stop)
+        return tuple(index)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        axis = _channel_axis(x, self.channels_last, "ChannelSlice")
+        if x.shape[axis] < self.stop:
+            raise ValueError(f"ChannelSlice({self.start}, {self.stop}): the input has "
+                             f"{x.shape[axis]} channels (shape {x.shape})")
+        shape = list(x.shape)
+        shape[axis] = self.stop - self.start
+        self._cache = (x.shape, x.dtype, axis, tuple(shape))
+        return np.ascontiguousarray(x[self._index(x.ndim, axis)])
+
+    def backward(self, dy):
+        (shape, dtype, axis, _), dy = self._take_saved(dy, lambda saved: saved[3])
+        dx = np.zeros(shape, dtype=np.result_type(dtype, dy.dtype))
+        dx[self._index(len(shape), axis)] = dy
+        return dx
+
+
+class ChannelShuffle(Module):
+    """ShuffleNet's channel shuffle, as PyTorch's ``nn.ChannelShuffle(groups)``: the C
+    channels seen as (groups, C // groups) are transposed to (C // groups, groups), so
+    output channel j * groups + g is input channel g * (C // groups) + j."""
+
+    def __init__(self, groups: int, channels_last: bool = False):
+        super().__init__()
+        self.groups = positive_int(groups, "groups")
+        self.channels_last = channels_last
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+    def _permute(self, x: np.ndarray, inverse: bool) -> np.ndarray:
+        axis = _channel_axis(x, self.channels_last, "ChannelShuffle")
+        C, g = x.shape[axis], self.groups
+        if C % g:
+            raise ValueError(f"ChannelShuffle: {C} channels do not split into {g} groups")
+        split = (g, C // g) if not inverse else (C // g, g)
+        v = x.reshape(x.shape[:axis] + split + x.shape[axis + 1:])
+        return np.ascontiguousarray(np.swapaxes(v, axis, axis + 1)).reshape(x.shape)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        y = self._permute(x, inverse=False)
+        self._cache = x.shape
+        return y
+
+    def backward(self, dy):
+        _, dy = self._take_saved(dy, lambda shape: shape)
+        return self._permute(dy, inverse=True)
+
+
+class SqueezeExcitation(Module):
+    """Squeeze-and-excitation, as torchvision's ``SqueezeExcitation``: per sample and
+    channel, ``scale = scale_activation(fc2(activation(fc1(mean over the pixels))))`` with
+    fc1, fc2 1x1 convolutions, and ``y = x * scale``.
+
+    Parameters
+    ----------
+    input_channels, squeeze_channels : int
+    activation : "relu" (default) or a cybn Module
+    scale_activation : "sigmoid" (default), "hardsigmoid" (MobileNetV3) or a cybn Module
+    channels_last : bool
+    dtype, rng : as Conv2d's
+
+    state_dict keys ``fc1.weight``, ``fc1.bias``, ``fc2.weight``, ``fc2.bias``, as
+    torchvision's.
+    """
+
+    def __init__(self, input_channels: int, squeeze_channels: int, activation="relu",
+                 scale_activation="sigmoid", channels_last: bool = False, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        cl = channels_last
+        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        self.fc1 = Conv2d(input_channels, squeeze_channels, 1, channels_last=cl, dtype=dtype,
+                          rng=rng)
+        self.fc2 = Conv2d(squeeze_channels, input_channels, 1, channels_last=cl, dtype=dtype,
+                          rng=rng)
+        self.activation = _as_module(activation, {"relu": ReLU}, "activation")
+        self.scale_activation = _as_module(scale_activation, {"sigmoid": Sigmoid,
+                                                              "hardsigmoid": Hardsigmoid},
+                                           "scale_activation")
+        self.channels_last = channels_last
+        self._cache = None
+
+    def _axes(self) -> tuple:
+        return (1, 2) if self.channels_last else (2, 3)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"SqueezeExcitation expects 4-D input, got shape {x.shape}")
+        if x.dtype in (np.float32, np.float64):
+            s = pool.global_avg_pool2d(x, self.channels_last)
+        else:
+            s = x.mean(axis=self._axes(), keepdims=True)
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(s))))
+        self._cache = (x, scale)
+        return x * scale
+
+    def backward(self, dy):
+        (x, scale), dy = self._take_saved(dy, lambda saved: saved[0].shape)
+        dscale = (dy * x).sum(axis=self._axes(), keepdims=True)
+        ds = self.fc1.backward(self.activation.backward(self.fc2.backward(
+            self.scale_activation.backward(dscale.astype(scale.dtype)))))
+        a, b = self._axes()
+        pixels = x.shape[a] * x.shape[b]
+        return dy * scale + ds / ds.dtype.type(pixels)
+
+
+def _as_module(value, names: dict, what: str) -> Module:
+    if isinstance(value, Module):
+        return value
+    if isinstance(value, str) and value in names:
+        return names[value]()
+    raise ValueError(f"{what} must be one of {', '.join(map(repr, names))} or a cybn Module, "
+                     f"got {value!r}")

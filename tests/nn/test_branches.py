@@ -1,0 +1,130 @@
+"""Channel-routing layers: Concat of branches, ChannelSlice, ChannelShuffle and
+SqueezeExcitation, against their definitions (known permutations, NumPy compositions) and
+finite differences of float64 gradients."""
+
+import numpy as np
+import pytest
+
+from cybn import nn
+
+
+def numeric_grad(f, x, dy, eps=1e-6):
+    """d/dx of sum(f(x) * dy) by central differences."""
+    g = np.zeros_like(x)
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = np.sum(f(x) * dy)
+        flat[i] = old - eps
+        down = np.sum(f(x) * dy)
+        flat[i] = old
+        g.reshape(-1)[i] = (up - down) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_concat_joins_branch_outputs_and_adds_their_gradients(channels_last):
+    rng = np.random.default_rng(0)
+    cl = channels_last
+    a = nn.Conv2d(3, 2, 1, channels_last=cl, dtype=np.float64, rng=rng)
+    b = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, channels_last=cl, dtype=np.float64,
+                                rng=rng), nn.ReLU())
+    layer = nn.Concat(a, b, channels_last=cl)
+    shape = (2, 5, 5, 3) if cl else (2, 3, 5, 5)
+    x = rng.standard_normal(shape)
+    y = layer(x)
+    axis = 3 if cl else 1
+    np.testing.assert_array_equal(y, np.concatenate([a(x), b(x)], axis=axis))
+    dy = rng.standard_normal(y.shape)
+    layer(x)
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(dx, numeric_grad(layer, x.copy(), dy), rtol=1e-6, atol=1e-7)
+    assert list(layer.state_dict())[:2] == ["0.weight", "0.bias"]
+    assert "1.0.weight" in layer.state_dict()
+    assert len(layer) == 2 and layer[1] is b
+
+
+def test_concat_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        nn.Concat()
+    with pytest.raises(TypeError, match="branch 1"):
+        nn.Concat(nn.ReLU(), "conv")
+    layer = nn.Concat(nn.Identity(), nn.MaxPool2d(2))
+    with pytest.raises(ValueError, match="differ"):
+        layer(np.zeros((1, 2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_slice_and_shuffle_move_the_known_channels(channels_last):
+    x = np.arange(2 * 6 * 2 * 3, dtype=np.float64).reshape(2, 6, 2, 3)
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    take = lambda a, idx: np.take(a, idx, axis=3 if channels_last else 1)  # noqa: E731
+    sl = nn.ChannelSlice(2, 5, channels_last=channels_last)
+    np.testing.assert_array_equal(sl(x), take(x, [2, 3, 4]))
+    dy = np.ones(sl(x).shape)
+    sl(x)
+    dx = sl.backward(dy)
+    np.testing.assert_array_equal(take(dx, [0, 1, 5]), 0)
+    np.testing.assert_array_equal(take(dx, [2, 3, 4]), 1)
+    sh = nn.ChannelShuffle(2, channels_last=channels_last)
+    y = sh(x)
+    # (2, 3) groups -> output channel j * 2 + g is input channel g * 3 + j
+    np.testing.assert_array_equal(y, take(x, [0, 3, 1, 4, 2, 5]))
+    np.testing.assert_array_equal(sh.backward(y), x)  # the inverse permutation
+
+
+def test_shufflenet_unit_of_split_branch_concat_and_shuffle():
+    """ShuffleNetV2's stride-1 unit: x1, x2 = split(x); cat(x1, branch(x2)); shuffle(2)."""
+    rng = np.random.default_rng(1)
+    branch = nn.Sequential(nn.Conv2d(2, 2, 1, dtype=np.float64, rng=rng), nn.ReLU())
+    unit = nn.Sequential(nn.Concat(nn.ChannelSlice(0, 2),
+                                   nn.Sequential(nn.ChannelSlice(2, 4), branch)),
+                         nn.ChannelShuffle(2))
+    x = rng.standard_normal((2, 4, 3, 3))
+    y = unit(x)
+    expected = np.concatenate([x[:, :2], branch(x[:, 2:])], axis=1)[:, [0, 2, 1, 3]]
+    np.testing.assert_array_equal(y, expected)
+    dy = rng.standard_normal(y.shape)
+    unit(x)
+    np.testing.assert_allclose(unit.backward(dy), numeric_grad(unit, x.copy(), dy),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_shuffle_and_slice_errors():
+    with pytest.raises(ValueError, match="groups"):
+        nn.ChannelShuffle(4)(np.zeros((1, 6, 2, 2)))
+    with pytest.raises(ValueError, match="start"):
+        nn.ChannelSlice(3, 3)
+    with pytest.raises(ValueError, match="channels"):
+        nn.ChannelSlice(0, 5)(np.zeros((1, 4, 2, 2)))
+    with pytest.raises(ValueError, match="groups"):
+        nn.ChannelShuffle(0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", ["sigmoid", "hardsigmoid"])
+def test_squeeze_excitation_matches_its_definition_and_finite_differences(channels_last,
+                                                                          scale):
+    rng = np.random.default_rng(2)
+    se = nn.SqueezeExcitation(6, 3, scale_activation=scale, channels_last=channels_last,
+                              dtype=np.float64, rng=rng)
+    shape = (2, 4, 5, 6) if channels_last else (2, 6, 4, 5)
+    x = rng.standard_normal(shape)
+    axes = (1, 2) if channels_last else (2, 3)
+    s = x.mean(axis=axes, keepdims=True)
+    w1 = se.fc1.weight.data[:, :, 0, 0]
+    w2 = se.fc2.weight.data[:, :, 0, 0]
+    s = np.moveaxis(s, 3 if channels_last else 1, -1)
+    h = np.maximum(s @ w1.T + se.fc1.bias.data, 0) @ w2.T + se.fc2.bias.data
+    g = 1 / (1 + np.exp(-h)) if scale == "sigmoid" else np.clip(h / 6 + 0.5, 0, 1)
+    expected = x * np.moveaxis(g, -1, 3 if channels_last else 1)
+    np.testing.assert_allclose(se(x), expected, rtol=1e-13, atol=1e-14)
+    dy = rng.standard_normal(x.shape)
+    se(x)
+    dx = se.backward(dy)
+    np.testing.assert_allclose(dx, numeric_grad(se, x.copy(), dy), rtol=1e-6, atol=1e-7)
+    assert sorted(se.state_dict()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    with pytest.raises(ValueError, match="scale_activation"):
+        nn.SqueezeExcitation(6, 3, scale_activation="softmax")
