@@ -126,7 +126,8 @@ def fold_batchnorm(model, *, into: str = "previous"):
     ----------
     model : Sequential, in eval mode
         cybn layers; every BatchNorm in it must track running statistics to be folded.
-        Nested Sequentials and :class:`Residual` blocks (body and shortcut) are folded too.
+        Nested Sequentials, :class:`Residual` blocks (body and shortcut) and
+        :class:`Concat` branches are folded too.
     into : "previous", "next" or "any"
         ``"previous"``: a BatchNorm right after a Linear (BatchNorm1d) or Conv2d
         (BatchNorm2d, same layout, any stride, padding, bias or none) is folded into that
@@ -175,10 +176,13 @@ def _takes_relu(layer) -> bool:
 
 
 def _fold_nested(layer, into: str, path: str, not_folded: list):
-    """A copy of a layer with the insides of a Sequential or Residual (body, shortcut)
-    folded."""
+    """A copy of a layer with the insides of a Sequential, a Residual (body, shortcut) or a
+    Concat (its branches) folded."""
     if isinstance(layer, nn.Sequential):
         return nn.Sequential(*_fold_layers(list(layer), into, path + ".", not_folded))
+    if isinstance(layer, nn.Concat):
+        return nn.Concat(*[_fold_nested(b, into, f"{path}.{i}", not_folded)
+                           for i, b in enumerate(layer)], channels_last=layer.channels_last)
     if isinstance(layer, nn.Residual):
         sc = layer._shortcut()
         return nn.Residual(_fold_nested(layer.body, into, path + ".body", not_folded),

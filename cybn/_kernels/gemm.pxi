@@ -486,12 +486,14 @@ def conv_weight_grad_planes(const floating[:, :, :, ::1] dy,  # IN  (N, out, Ho,
 cdef int window_rows(const floating* x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
                      Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                     Py_ssize_t dh, Py_ssize_t dw, floating** pad, Py_ssize_t** koff,
-                     const floating*** rows, int num_threads) noexcept nogil:
+                     Py_ssize_t dh, Py_ssize_t dw, bint channel_major, floating** pad,
+                     Py_ssize_t** koff, const floating*** rows,
+                     int num_threads) noexcept nogil:
     """The windows of channels-last x (N, H, W, C) where they lie: rows[(n * Ho + oh) * Wo +
     ow] points at output (n, oh, ow)'s window, whose column (tap (i, j), channel c) is at
-    offset koff[(i * kw + j) * C + c]; with padding, in a zero-padded copy *pad of x. The
-    caller frees the three; -1 if out of memory."""
+    offset koff[(i * kw + j) * C + c], or with channel_major at koff[(c * kh + i) * kw + j]
+    (the order of PyTorch's weight (out, C, kh, kw)); with padding, in a zero-padded copy
+    *pad of x. The caller frees the three; -1 if out of memory."""
     cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw * C, n, r, i, j, c, oh, ow
     cdef const floating* src = x
     pad[0] = NULL
@@ -512,7 +514,8 @@ cdef int window_rows(const floating* x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W
     for i in range(kh):
         for j in range(kw):
             for c in range(C):
-                koff[0][(i * kw + j) * C + c] = (i * dh * Wp + j * dw) * C + c
+                koff[0][((c * kh + i) * kw + j) if channel_major else ((i * kw + j) * C + c)] \
+                    = (i * dh * Wp + j * dw) * C + c
     for n in range(N):
         for oh in range(Ho):
             for ow in range(Wo):
@@ -521,7 +524,7 @@ cdef int window_rows(const floating* x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W
 
 
 def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
-                      const floating[:, ::1] weight,       # IN  (out, kh * kw * C)
+                      const floating[:, ::1] weight,       # IN  (out, C * kh * kw)
                       const floating[::1] bias,            # IN  (out,), or (0,): none
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
@@ -531,7 +534,8 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                       bint relu=False):
     """The channels-last convolution y = columns(x) @ weight^T + bias with no column matrix
     (an indirect convolution): the product's row for output (n, oh, ow) reads its window where
-    it lies (window_rows). The products' tiles start from the bias, get + residual (None:
+    it lies (window_rows), its columns in (C, kh, kw) order, so that the weight is PyTorch's
+    (out, C, kh, kw) as it is. The products' tiles start from the bias, get + residual (None:
     none) and ReLU (relu) in registers, and are written into y."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], O = y.shape[3], K = kh * kw * C
@@ -559,7 +563,7 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     cdef int status
     with nogil:
         status = window_rows(&x[0, 0, 0, 0], N, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
-                             dw, &pad, &koff, &rows, num_threads)
+                             dw, True, &pad, &koff, &rows, num_threads)
         if status == 0:
             status = gemm_windows(N * Ho * Wo, O, K, rows, koff, &weight[0, 0], bp,
                                   &y[0, 0, 0, 0], &ep, num_threads)
@@ -606,7 +610,7 @@ def conv_weight_grad_rows(const floating[:, :, :, ::1] dy,   # IN  (N, Ho, Wo, o
     nchunks = (N + chunk - 1) // chunk
     with nogil:
         status = window_rows(&x[0, 0, 0, 0], N, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
-                             dw, &pad, &koff, &rows, num_threads)
+                             dw, False, &pad, &koff, &rows, num_threads)
         if status == 0 and nchunks > 1:
             part = <floating*>malloc(nchunks * O * K * sizeof(floating))
             status = -1 if part == NULL else 0

@@ -353,7 +353,10 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                     if (B->kind != CYBN_ROWS || n < GNR || akoff != NULL)
                         GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, n, Bp + p * GNR * kc);
                 }
-#pragma omp for schedule(static)
+                /* round robin: row blocks of unequal height (96 and 32 rows of a 128-row
+                 * product) spread evenly; which thread computes a tile never changes its
+                 * bits */
+#pragma omp for schedule(static, 1)
                 for (ptrdiff_t t = 0; t < mblocks * ngroups; t++) {
                     if (Ap == NULL) continue;
                     ptrdiff_t ib = t / ngroups, g = t % ngroups;

@@ -20,7 +20,9 @@ __all__ = ["Conv2d"]
 
 # Channels-first output planes below this many pixels take the channels-last columns route
 # (measured on the bench models' layers: at 8x8 and 4x4 it is 2-2.6x faster than a product
-# per sample, at 16x16 even, at 32x32 half as fast)
+# per sample, at 16x16 even, at 32x32 half as fast); so does a batch of one at any size
+# (its one product spreads over the threads by output pixels: ResNet-18's 3x3 convolutions
+# at batch 1 took 1.2-1.3 ms instead of 1.4-1.9 ms at 56x56-14x14, 2026-12-06)
 ROWS_BELOW = 256
 
 
@@ -188,22 +190,24 @@ class Conv2d(Module):
         y = y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
         return self._epilogue_after(y, residual, relu)
 
-    def _dense_weight(self) -> np.ndarray:
-        """weight (out, in, kh, kw) as (out, kh * kw * in), the channels-last column order."""
+    def _tap_major_weight(self) -> np.ndarray:
+        """weight (out, in, kh, kw) as (out, kh * kw * in), the column order of the
+        channels-last column matrix (a copy)."""
         w = self.weight.data
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
     def _dense_forward(self, x, ho: int, wo: int, residual=None, relu: bool = False):
         """groups=1 on cybn's threads. Channels-first with output planes of at least
-        ROWS_BELOW pixels: y[n] = weight @ columns(x[n]), the columns packed from x as the
-        products run (ops.conv.conv_planes). Otherwise one product over the whole batch in
-        channels-last order (a channels-first x and y transposed around it: for small planes
-        one large product beats a small one per sample) whose rows read their windows where
+        ROWS_BELOW pixels and more than one sample: y[n] = weight @ columns(x[n]), the
+        columns packed from x as the products run (ops.conv.conv_planes). Otherwise one
+        product over the whole batch in channels-last order (a channels-first x and y
+        transposed around it: for small planes or one sample, one large product beats a
+        small one per sample) whose rows read their windows where
         they lie (ops.conv.conv_rows; its weight gradient gathers from the same windows).
         The residual and the ReLU run in the products' epilogue where the residual's layout
         allows (for a channels-first output of the rows route it does not: passes after)."""
         fusable = self._in_kernel(residual, x.dtype)
-        if not self.channels_last and ho * wo >= ROWS_BELOW:
+        if not self.channels_last and ho * wo >= ROWS_BELOW and x.shape[0] > 1:
             x = np.ascontiguousarray(x)
             self._cache = ("planes", x, x.shape)
             y = conv_planes(x, self.weight.data, None if self.bias is None else self.bias.data,
@@ -214,7 +218,8 @@ class Conv2d(Module):
         xh = np.ascontiguousarray(x) if self.channels_last else to_channels_last(x)
         self._cache = ("rows", xh, x.shape)
         inside = fusable and (self.channels_last or residual is None)
-        y = conv_rows(xh, self._dense_weight(), bias, self.kernel_size, self.padding,
+        y = conv_rows(xh, self.weight.data.reshape(self.out_channels, -1), bias,
+                      self.kernel_size, self.padding,
                       self.dilation, self.stride, residual if inside else None,
                       relu and inside)
         y = y if self.channels_last else to_channels_first(y)
@@ -238,12 +243,12 @@ class Conv2d(Module):
             return None
         (dh, dw_), (ph, pw) = self.dilation, self.padding
         if self.stride == (1, 1) and ph <= dh * (kh - 1) and pw <= dw_ * (kw - 1):
-            # the convolution of dy with the flipped, transposed weight (rows, (kh, kw, out))
-            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)
+            # the convolution of dy with the flipped, transposed weight (cin, out, kh, kw)
+            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
             dx = conv_rows(dyh, flipped.reshape(cin, -1), None, self.kernel_size,
                            (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw), self.dilation)
         else:  # the columns' gradient, folded back
-            dcols = _matmul.matmul(dy2, self._dense_weight(),
+            dcols = _matmul.matmul(dy2, self._tap_major_weight(),
                                    out=self._workspace("dcols", (len(dy2), kh * kw * cin),
                                                        xh.dtype))
             dx = col2im(dcols, xh.shape, self.kernel_size, self.stride, self.padding,

@@ -43,6 +43,18 @@ def threads_for(size: int) -> int:
     return 1 if size < MIN_PARALLEL_SIZE else get_num_threads()
 
 
+# Products (convolutions, their gradients) with fewer multiply-adds run on the calling
+# thread: the matrix-product kernels' own threshold (CYBN_GEMM_MIN_PARALLEL in gemm.h)
+MIN_PARALLEL_MADDS = 1 << 20
+
+
+def threads_for_product(madds: int) -> int:
+    """The OpenMP threads a product of ``madds`` multiply-adds uses: by the work, not by the
+    output's size (a convolution's output of 100K elements at batch 1 can take 100M
+    multiply-adds)."""
+    return 1 if madds < MIN_PARALLEL_MADDS else get_num_threads()
+
+
 def streaming(view: ChannelView, itemsize: int, op: str) -> bool:
     """Whether the elementwise pass of ``op`` ("infer", "train", "backward") streams."""
     run = view.inner * itemsize if view.family == "plane" else math.inf

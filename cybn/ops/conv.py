@@ -184,7 +184,8 @@ def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stri
     b = np.empty(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     w2 = np.ascontiguousarray(weight, dtype=x.dtype).reshape(out, c * kh * kw)
     _kernels.conv_forward_planes(x, w2, b, kh, kw, sh, sw, ph, pw, dh, dw, y,
-                                 _schedule.threads_for(y.size), residual, relu)
+                                 _schedule.threads_for_product(y.size * c * kh * kw),
+                                 residual, relu)
     return y
 
 
@@ -203,7 +204,7 @@ def conv_planes_weight_grad(dy: np.ndarray, x: np.ndarray, kernel: tuple, stride
     dweight = np.empty((out, c * kh * kw), dtype=x.dtype)
     chunk = _sample_chunk(n, dy.shape[2] * dy.shape[3], out, c * kh * kw)
     _kernels.conv_weight_grad_planes(dy, x, kh, kw, sh, sw, ph, pw, dh, dw, dweight, chunk,
-                                     _schedule.threads_for(x.size + dy.size))
+                                     _schedule.threads_for_product(dy.size * dweight.shape[1]))
     return dweight.reshape(out, c, kh, kw)
 
 
@@ -231,7 +232,7 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
     dcols = np.empty((n, c * kh * kw, ho * wo), dtype=dy.dtype)
     _kernels.matmul_batch(np.broadcast_to(w2.T, (n, c * kh * kw, out)),
                           dy.reshape(n, out, ho * wo), dcols, False,
-                          _schedule.threads_for(dcols.size))
+                          _schedule.threads_for_product(dcols.size * out))
     return col2im_planes(dcols, x_shape, (kh, kw), stride, padding, dilation, ho, wo)
 
 
@@ -239,9 +240,10 @@ def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, 
               padding: tuple, dilation: tuple, stride: tuple = (1, 1),
               residual: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
     """The dense convolution of channels-last xh (N, H, W, C) with weight_rows (out,
-    kh * kw * C, taps in (kh, kw, C) order) (+ bias): products whose rows read their windows
-    where they lie (in a zero-padded copy of xh with padding), no column matrix; + residual
-    (the output's shape and dtype, C-contiguous) and ReLU in the products' registers."""
+    C * kh * kw, in (C, kh, kw) order: PyTorch's weight (out, C, kh, kw) reshaped, no copy)
+    (+ bias): products whose rows read their windows where they lie (in a zero-padded copy
+    of xh with padding), no column matrix; + residual (the output's shape and dtype,
+    C-contiguous) and ReLU in the products' registers."""
     xh = np.ascontiguousarray(xh)
     (kh, kw), (ph, pw), (dh, dw), (sh, sw) = kernel, padding, dilation, stride
     n, h, w, _ = xh.shape
@@ -250,7 +252,8 @@ def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, 
     y = np.empty((n, ho, wo, out), dtype=xh.dtype)
     b = np.empty(0, xh.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xh.dtype)
     _kernels.conv_forward_rows(xh, np.ascontiguousarray(weight_rows, dtype=xh.dtype), b, kh, kw,
-                               sh, sw, ph, pw, dh, dw, y, _schedule.threads_for(y.size),
+                               sh, sw, ph, pw, dh, dw, y,
+                               _schedule.threads_for_product(y.size * weight_rows.shape[1]),
                                residual, relu)
     return y
 
@@ -268,5 +271,5 @@ def conv_rows_weight_grad(dyh: np.ndarray, xh: np.ndarray, kernel: tuple, stride
     _kernels.conv_weight_grad_rows(dyh, xh, kh, kw, sh, sw, ph, pw, dh, dw, dweight,
                                    _sample_chunk(n, dyh.shape[1] * dyh.shape[2], dyh.shape[3],
                                                  kh * kw * c),
-                                   _schedule.threads_for(xh.size + dyh.size))
+                                   _schedule.threads_for_product(dyh.size * kh * kw * c))
     return dweight

@@ -120,7 +120,7 @@ def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
     ref = np.einsum("ok,nkp->nop", weight.reshape(out, -1).astype(np.float64), cols)
     ref = (ref + bias[:, None]).reshape(n, out, ho, wo).transpose(0, 2, 3, 1)
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out, -1)  # (kh, kw, C)
+    rows = weight.reshape(out, -1)  # (C, kh, kw): PyTorch's weight as it is
     ys = []
     for threads in (1, 2, 3, 4):
         y = np.full((n, ho, wo, out), np.nan, dtype)
@@ -163,12 +163,15 @@ def test_channels_last_weight_gradient_equals_the_definition(geometry, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_rows_route_gives_the_column_matrix_routes_bits(dtype):
     """Reading the windows in place changes where the operands come from, not the
-    arithmetic: bitwise the product on the compiled im2col's column matrix."""
+    arithmetic: bitwise the product on the compiled im2col's column matrix (its columns
+    put in the (C, kh, kw) order the rows route sums in)."""
     x = RNG.standard_normal((3, 11, 13, 6)).astype(dtype)
-    rows = RNG.standard_normal((9, 3 * 3 * 6)).astype(dtype)
+    rows = RNG.standard_normal((9, 6 * 3 * 3)).astype(dtype)
     y = np.empty((3, 11, 13, 9), dtype)
     _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, 1, 1, y, 2)
-    cols = C.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), 11, 13)
+    cols = C.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), 11, 13)  # (kh, kw, C) order
+    cols = np.ascontiguousarray(cols.reshape(-1, 3, 3, 6).transpose(0, 3, 1, 2)).reshape(
+        cols.shape)
     ref = np.empty((cols.shape[0], 9), dtype)
     _kernels.matmul(cols, rows.T, ref, False, 2)
     assert np.array_equal(y.reshape(-1, 9), ref)

@@ -128,3 +128,23 @@ def test_squeeze_excitation_matches_its_definition_and_finite_differences(channe
     assert sorted(se.state_dict()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     with pytest.raises(ValueError, match="scale_activation"):
         nn.SqueezeExcitation(6, 3, scale_activation="softmax")
+
+
+def test_fold_batchnorm_folds_inside_concat_branches():
+    import cybn
+    rng = np.random.default_rng(3)
+    fire = nn.Sequential(
+        nn.Conv2d(4, 3, 1, rng=rng), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Concat(nn.Sequential(nn.Conv2d(3, 2, 1, rng=rng), nn.BatchNorm2d(2), nn.ReLU()),
+                  nn.Sequential(nn.Conv2d(3, 2, 3, padding=1, rng=rng), nn.BatchNorm2d(2),
+                                nn.ReLU6())))
+    for m in fire.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[...] = rng.standard_normal(m.num_features)
+            m.running_var[...] = rng.uniform(0.5, 2, m.num_features)
+    fire.eval()
+    folded = cybn.fold_batchnorm(fire)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert folded[1][0][0].activation == "relu"  # the first branch's ReLU moved in
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(folded(x), fire(x), rtol=1e-5, atol=1e-5)
