@@ -64,17 +64,49 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     return out
 
 
+# The activations the products apply in their epilogue (gemm.h's CYBN_ACT_*): ReLU as the
+# ReLU layer (0 where <= 0), ReLU6 as the ReLU6 layer (PyTorch's hardtanh from 0 to 6);
+# NaN kept by both
+ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}
+
+
+def activation_code(activation) -> int:
+    """The epilogue code of a Conv2d's or Linear's ``activation``; ValueError naming it for
+    anything but None, "relu" and "relu6"."""
+    if activation is None or (isinstance(activation, str) and activation in ACTIVATIONS):
+        return ACTIVATIONS[activation]
+    raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+
+
+def apply_activation(y: np.ndarray, act: int) -> np.ndarray:
+    """The epilogue's activation as passes over y (changed in place)."""
+    if act == 1:
+        np.copyto(y, y.dtype.type(0), where=y <= 0)
+    elif act == 2:
+        np.copyto(y, y.dtype.type(0), where=y < 0)
+        np.copyto(y, y.dtype.type(6), where=y > 6)
+    return y
+
+
+def activation_grad(y: np.ndarray, act: int, dy: np.ndarray) -> np.ndarray:
+    """dy through the epilogue's activation, from its output y: an exact 0 where ReLU cut
+    (y <= 0) or ReLU6 clamped (y <= 0 or y >= 6)."""
+    if act == 1:
+        return np.where(y <= 0, dy.dtype.type(0), dy)
+    if act == 2:
+        return np.where((y <= 0) | (y >= 6), dy.dtype.type(0), dy)
+    return dy
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
-           relu: bool = False) -> np.ndarray:
-    """``x @ weight.T (+ bias)`` for 2-D x (M, K) and weight (N, K), then ReLU with relu (0
-    where <= 0, NaN kept): one compiled call for C-contiguous float32/float64 arrays of one
-    dtype (the bits of ``matmul``, the ReLU in the product's registers), ``matmul`` and a
+           act: int = 0) -> np.ndarray:
+    """``x @ weight.T (+ bias)`` for 2-D x (M, K) and weight (N, K), then the activation act
+    (ACTIVATIONS): one compiled call for C-contiguous float32/float64 arrays of one dtype
+    (the bits of ``matmul``, the activation in the product's registers), ``matmul`` and a
     pass otherwise."""
-    y = _kernels.fast_linear(x, weight, bias, get_num_threads(), relu)
+    y = _kernels.fast_linear(x, weight, bias, get_num_threads(), act)
     if y is None:
-        y = matmul(x, weight.T, bias=bias)
-        if relu:
-            np.copyto(y, y.dtype.type(0), where=y <= 0)
+        y = apply_activation(matmul(x, weight.T, bias=bias), act)
     return y
 
 

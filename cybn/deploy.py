@@ -171,8 +171,13 @@ def fold_batchnorm(model, *, into: str = "previous"):
 
 
 def _takes_relu(layer) -> bool:
-    """A Conv2d or Linear that can take a following ReLU into its epilogue."""
+    """A Conv2d or Linear that can take a following ReLU or ReLU6 into its epilogue."""
     return type(layer) in (nn.Conv2d, nn.Linear) and layer.activation is None
+
+
+def _epilogue_name(layer) -> str | None:
+    """The epilogue activation a ReLU or ReLU6 layer is, or None for other layers."""
+    return {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(layer))
 
 
 def _fold_nested(layer, into: str, path: str, not_folded: list):
@@ -206,8 +211,8 @@ def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list
     while i < len(layers):
         layer = layers[i]
         if not isinstance(layer, _BatchNorm):
-            if type(layer) is nn.ReLU and joins is not None and keep and keep[-1] is joins:
-                joins.activation = "relu"  # the ReLU after a folded BatchNorm
+            if _epilogue_name(layer) and joins is not None and keep and keep[-1] is joins:
+                joins.activation = _epilogue_name(layer)  # the ReLU after a folded BatchNorm
             else:
                 keep.append(layer)
             joins = None
@@ -255,17 +260,18 @@ def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list
 
 
 def _fuse_in_place(module) -> int:
-    """Fuse BatchNorm -> ReLU, Conv2d -> ReLU and Linear -> ReLU pairs inside module
+    """Fuse BatchNorm -> ReLU, and Conv2d or Linear -> ReLU or ReLU6, pairs inside module
     (Sequentials at any depth); the count."""
     count = 0
     if isinstance(module, nn.Sequential):
         layers = list(module)
         for i, layer in enumerate(layers[:-1]):
-            if type(layers[i + 1]) is not nn.ReLU:
+            name = _epilogue_name(layers[i + 1])
+            if name is None:
                 continue
             if (isinstance(layer, _BatchNorm) and layer.activation is None
-                    and not layer.renorm) or _takes_relu(layer):
-                layer.activation = "relu"
+                    and not layer.renorm and name == "relu") or _takes_relu(layer):
+                layer.activation = name
                 module._modules[str(i + 1)] = nn.Identity()
                 count += 1
     for child in list(module._modules.values()):
@@ -274,11 +280,13 @@ def _fuse_in_place(module) -> int:
 
 
 def fuse(model):
-    """A model with every ReLU that follows a BatchNorm, Conv2d or Linear fused into it.
+    """A model with every ReLU that follows a BatchNorm, Conv2d or Linear fused into it (and
+    every ReLU6 that follows a Conv2d or Linear).
 
     In each :class:`Sequential` (at any depth, inside :class:`Residual` blocks too) a
     BatchNorm, Conv2d or Linear layer directly followed by a :class:`ReLU` gets
-    ``activation="relu"`` (in the batch norm's elementwise pass, or the product's epilogue)
+    ``activation="relu"`` (in the batch norm's elementwise pass, or the product's epilogue),
+    a Conv2d or Linear followed by a :class:`ReLU6` ``activation="relu6"``,
     and the ReLU becomes an :class:`Identity`, so indices and state_dict keys stay as they
     were. The fused model computes the same outputs and gradients, bit for bit, in training
     and in eval mode, with one pass over memory fewer each way. (A :class:`Residual` block's

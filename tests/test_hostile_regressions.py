@@ -165,6 +165,24 @@ def test_masked_arrays_are_rejected_not_silently_unmasked():
         cybn.batch_norm_infer(x, np.zeros(3), np.ones(3))
 
 
+@pytest.mark.parametrize("make", [lambda: cybn.BatchNorm1d(3), lambda: cybn.Linear(3, 2),
+                                  lambda: cybn.ReLU(), lambda: cybn.SiLU(),
+                                  lambda: cybn.Sequential(cybn.Linear(3, 3),
+                                                          cybn.BatchNorm1d(3))])
+def test_layers_refuse_masked_arrays_through_forward_too(make):
+    """layer(x) and layer.forward(x) alike, before anything changes (running statistics)."""
+    layer = make()
+    x = np.ma.masked_array(np.ones((8, 3), np.float32), mask=np.zeros((8, 3), bool))
+    before = {k: v.copy() for k, v in layer.state_dict().items()}
+    for call in (layer, layer.forward):
+        with pytest.raises(TypeError, match="x is a masked array"):
+            call(x)
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(TypeError, match="x is a masked array"):
+        cybn.Residual(cybn.BatchNorm1d(3), activation=None).forward(x)
+
+
 @pytest.mark.parametrize("bad", ["False", 0, 1, None, np.array([True])])
 def test_training_flag_must_be_a_bool(bad):
     x = np.random.default_rng(7).standard_normal((8, 3))

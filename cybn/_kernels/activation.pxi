@@ -74,9 +74,12 @@ def relu_backward(const floating[::1] dy,        # IN  (n,)
 
 # ---------------------------------------------------------------------------------------
 # The other elementwise activations, as PyTorch defines them (values and gradients at the
-# kinks included), computed in double and rounded once to the data's type. The backward
-# reads the forward's input x (for the clamping ones, whose gradient only asks on which
-# side of the kinks a value lies, the output serves as well: their in-place forms).
+# kinks included). The piecewise-linear ones (hardtanh, leaky ReLU) and the hard ones
+# (hardswish, hardsigmoid, written as PyTorch writes them) run in the data's type, each in a
+# loop of its own that the compiler vectorizes; the transcendental ones in double, rounded
+# once. The backward reads the forward's input x (for the clamping ones, whose gradient only
+# asks on which side of the kinks a value lies, the output serves as well: their in-place
+# forms).
 # ---------------------------------------------------------------------------------------
 
 cdef enum:
@@ -157,12 +160,61 @@ cdef int need_activation(int kind, double a, double b) except -1:
     return 0
 
 
+cdef void act_forward_run(int kind, const floating* x, floating* y, Py_ssize_t n, double a,
+                          double b) noexcept nogil:
+    """y[0:n] = f(x[0:n]): a loop per kind (vectorized where the kind is piecewise)."""
+    cdef Py_ssize_t i
+    cdef floating v, lo = <floating>a, hi = <floating>b, z
+    cdef floating three = 3, six = 6, zero = 0
+    if kind == ACT_HARDTANH:
+        for i in range(n):
+            v = x[i]
+            y[i] = lo if v < lo else (hi if v > hi else v)
+    elif kind == ACT_LEAKY:
+        for i in range(n):
+            v = x[i]
+            y[i] = v if v > 0 else lo * v
+    elif kind == ACT_HARDSWISH:  # x * min(max(x + 3, 0), 6) / 6
+        for i in range(n):
+            v = x[i]
+            z = v + three
+            z = zero if z < zero else (six if z > six else z)
+            y[i] = v * z / six
+    elif kind == ACT_HARDSIGMOID:  # min(max(x + 3, 0), 6) / 6
+        for i in range(n):
+            z = x[i] + three
+            z = zero if z < zero else (six if z > six else z)
+            y[i] = z / six
+    else:
+        for i in range(n):
+            y[i] = <floating>act_value(kind, <double>x[i], a, b)
+
+
+cdef void act_backward_run(int kind, const floating* x, const floating* dy, floating* dx,
+                           Py_ssize_t n, double a, double b) noexcept nogil:
+    """dx[0:n] = dy * f'(x): a loop per kind, as act_forward_run."""
+    cdef Py_ssize_t i
+    cdef floating v, lo = <floating>a, hi = <floating>b, zero = 0
+    cdef double s
+    if kind == ACT_HARDTANH:
+        for i in range(n):
+            v = x[i]
+            dx[i] = zero if (v <= lo or v >= hi) else dy[i]
+    elif kind == ACT_LEAKY:
+        for i in range(n):
+            dx[i] = dy[i] if x[i] > 0 else dy[i] * lo
+    else:
+        for i in range(n):
+            s = act_slope(kind, <double>x[i], a, b)
+            dx[i] = <floating>0 if s == 0.0 else <floating>(<double>dy[i] * s)
+
+
 def activation_forward(const floating[::1] x,      # IN  (n,)
                        floating[::1] y,            # OUT (n,); may be x itself
                        int kind, double a, double b, int num_threads):
     """y = f(x) for the activation kind (ACT_*) with parameters a, b; blocks of RELU_BLOCK
     elements over the threads."""
-    cdef Py_ssize_t n = x.shape[0], item, start, i, stop
+    cdef Py_ssize_t n = x.shape[0], item, start
     need_threads(num_threads)
     need_activation(kind, a, b)
     need_len("y", y.shape[0], n)
@@ -175,9 +227,8 @@ def activation_forward(const floating[::1] x,      # IN  (n,)
         for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
                            num_threads=num_threads):
             start = item * RELU_BLOCK
-            stop = min(n, start + RELU_BLOCK)
-            for i in range(start, stop):
-                yp[i] = <floating>act_value(kind, <double>xp[i], a, b)
+            act_forward_run(kind, xp + start, yp + start, min(n, start + RELU_BLOCK) - start,
+                            a, b)
 
 
 def activation_backward(const floating[::1] x,     # IN  (n,) the forward's input
@@ -186,8 +237,7 @@ def activation_backward(const floating[::1] x,     # IN  (n,) the forward's inpu
                         int kind, double a, double b, int num_threads):
     """dx = dy * f'(x), blocks of RELU_BLOCK elements over the threads (an exact 0 where
     the slope is 0, whatever dy is)."""
-    cdef Py_ssize_t n = x.shape[0], item, start, i, stop
-    cdef double s
+    cdef Py_ssize_t n = x.shape[0], item, start
     need_threads(num_threads)
     need_activation(kind, a, b)
     need_len("dy", dy.shape[0], n)
@@ -203,7 +253,5 @@ def activation_backward(const floating[::1] x,     # IN  (n,) the forward's inpu
         for item in prange((n + RELU_BLOCK - 1) // RELU_BLOCK, schedule='static',
                            num_threads=num_threads):
             start = item * RELU_BLOCK
-            stop = min(n, start + RELU_BLOCK)
-            for i in range(start, stop):
-                s = act_slope(kind, <double>xp[i], a, b)
-                dp[i] = <floating>0 if s == 0.0 else <floating>(<double>gp[i] * s)
+            act_backward_run(kind, xp + start, gp + start, dp + start,
+                             min(n, start + RELU_BLOCK) - start, a, b)

@@ -515,12 +515,12 @@ cdef inline void matvec(const floating* w, const floating* x, const floating* bi
         dot_row(w + n * K, x, K, bias[n] if bias != NULL else <floating>0, y + n)
 
 
-def fast_linear(x, weight, bias, int num_threads, bint relu=False):
+def fast_linear(x, weight, bias, int num_threads, int act=0):
     """Linear's forward in one call: x @ weight^T (+ bias) as a new array, for a C-contiguous
     aligned 2-D float32/float64 x, a weight (out, in) and a bias (out,) or None of x's dtype:
     the product's tiles starting from the bias (as _kernels.matmul with bias), or for one
-    row of x, a dot product per output (matvec); then ReLU with relu (in the product's
-    registers). None where this does not apply (the caller's full path)."""
+    row of x, a dot product per output (matvec); then the activation act (0 none, 1 ReLU,
+    2 ReLU6; in the product's registers). None where this does not apply (the caller's full path)."""
     cdef int t = data_kind(x)
     cdef cnp.ndarray xa, wa, ba, ya
     cdef cnp.npy_intp dims[2]
@@ -528,7 +528,7 @@ def fast_linear(x, weight, bias, int num_threads, bint relu=False):
     cdef cybn_operand b
     cdef cybn_epilogue ep
     cdef int status
-    if t < 0 or data_kind(weight) != t or num_threads < 1:
+    if t < 0 or data_kind(weight) != t or num_threads < 1 or not 0 <= act <= 2:
         return None
     xa = <cnp.ndarray>x
     wa = <cnp.ndarray>weight
@@ -556,14 +556,14 @@ def fast_linear(x, weight, bias, int num_threads, bint relu=False):
                 matvec(<const double*>cnp.PyArray_DATA(wa),
                        <const double*>cnp.PyArray_DATA(xa), <const double*>bp, N, K,
                        <double*>cnp.PyArray_DATA(ya), num_threads)
-            if relu:
+            if act:
                 if t == cnp.NPY_FLOAT32:
-                    add_relu(<float*>cnp.PyArray_DATA(ya), <const float*>NULL, N, True)
+                    add_act(<float*>cnp.PyArray_DATA(ya), <const float*>NULL, N, act)
                 else:
-                    add_relu(<double*>cnp.PyArray_DATA(ya), <const double*>NULL, N, True)
+                    add_act(<double*>cnp.PyArray_DATA(ya), <const double*>NULL, N, act)
         return ya
     b.kind, b.p, b.rows, b.rs, b.cs = CYBN_MATRIX, cnp.PyArray_DATA(wa), NULL, 1, K
-    ep.residual, ep.rsr, ep.relu = NULL, 0, relu
+    ep.residual, ep.rsr, ep.act = NULL, 0, act
     with nogil:
         if t == cnp.NPY_FLOAT32:
             status = cybn_gemm_ep_s(M, N, K, <const float*>cnp.PyArray_DATA(xa), K, 1, NULL,

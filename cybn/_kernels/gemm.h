@@ -205,11 +205,12 @@ typedef struct {
 } cybn_operand;
 
 /* What a product does to a finished tile while it is in registers: add a residual R
- * (R(i, j) at residual[i*rsr + j], NULL: none), then ReLU (relu). */
+ * (R(i, j) at residual[i*rsr + j], NULL: none), then an activation (act). */
+enum { CYBN_ACT_NONE = 0, CYBN_ACT_RELU = 1, CYBN_ACT_RELU6 = 2 };
 typedef struct {
     const void* residual;
     ptrdiff_t rsr;
-    int relu;
+    int act;
 } cybn_epilogue;
 
 typedef float cybn_gvs __attribute__((vector_size(CYBN_GEMM_VBYTES)));

@@ -17,7 +17,10 @@ cdef extern from "gemm.h" nogil:
     ctypedef struct cybn_epilogue:
         const void* residual
         Py_ssize_t rsr
-        int relu
+        int act
+    int CYBN_ACT_NONE
+    int CYBN_ACT_RELU
+    int CYBN_ACT_RELU6
     int CYBN_MATRIX
     int CYBN_COLS
     int CYBN_COLS_T
@@ -91,19 +94,30 @@ cdef inline int gemm_windows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                               num_threads)
 
 
-cdef inline void add_relu(floating* y, const floating* res, Py_ssize_t n,
-                          bint relu) noexcept nogil:
-    """y += res (NULL: nothing) then ReLU (relu), elementwise: a product's epilogue run after
-    it, on a sample's output still in the cache (the order of the unfused passes)."""
+cdef inline void add_act(floating* y, const floating* res, Py_ssize_t n,
+                         int act) noexcept nogil:
+    """y += res (NULL: nothing) then the activation act (CYBN_ACT_*, as the products'
+    epilogue), elementwise: a product's epilogue run after it, on a sample's output still in
+    the cache (the order of the unfused passes)."""
     cdef Py_ssize_t i
     cdef floating v
     if res != NULL:
         for i in range(n):
             y[i] = y[i] + res[i]
-    if relu:
+    if act == CYBN_ACT_RELU:
         for i in range(n):
             v = y[i]
             y[i] = <floating>0 if v <= 0 else v
+    elif act == CYBN_ACT_RELU6:
+        for i in range(n):
+            v = y[i]
+            y[i] = <floating>0 if v < 0 else (<floating>6 if v > 6 else v)
+
+
+cdef int need_act(int act) except -1:
+    need(act == CYBN_ACT_NONE or act == CYBN_ACT_RELU or act == CYBN_ACT_RELU6,
+         f"act must be 0 (none), 1 (ReLU) or 2 (ReLU6), got {act}")
+    return 0
 
 
 cdef int need_epilogue(const void* res, Py_ssize_t res_bytes, const Py_ssize_t* res_shape,
@@ -336,11 +350,12 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                         floating[:, :, :, ::1] y,           # OUT (N, out, Ho, Wo)
                         int num_threads,
                         const floating[:, :, :, ::1] residual=None,  # IN (N, out, Ho, Wo)
-                        bint relu=False):
+                        int act=0):
     """y[n] = weight @ columns(x[n]) + bias[:, None], the columns packed straight from x a
     panel at a time (implicit GEMM: no column matrix); the samples spread over the threads
     when there are at least as many, else each product uses them all. Then, on each sample
-    while it is in the cache, + residual (None: none) and ReLU (relu)."""
+    while it is in the cache, + residual (None: none) and the activation act (0 none, 1 ReLU,
+    2 ReLU6)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = y.shape[1], Ho = y.shape[2]
     cdef Py_ssize_t Wo = y.shape[3], K = C * kh * kw, P = Ho * Wo, n, o, j
     need_windows(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
@@ -350,6 +365,7 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
          f"expected {O} or 0")
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "weight", &weight[0, 0], weight.nbytes, False)
+    need_act(act)
     cdef const floating* rp = NULL
     if residual is not None:
         need_epilogue(&residual[0, 0, 0, 0], residual.nbytes, &residual.shape[0], &y.shape[0],
@@ -368,7 +384,7 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                                       x.shape[3], wp, bp, O, kh, kw, ph, pw, dh, dw, Ho, Wo,
                                       yp + n * O * P, inner) != 0:
                     failed += 1
-                add_relu(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, relu)
+                add_act(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, act)
                 continue
             cols = window_columns(CYBN_COLS, xp + n * C * x.shape[2] * x.shape[3], x.shape,
                                   Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -378,7 +394,7 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                 for o in range(O):
                     for j in range(P):
                         yp[(n * O + o) * P + j] = yp[(n * O + o) * P + j] + bp[o]
-            add_relu(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, relu)
+            add_act(yp + n * O * P, rp + n * O * P if rp != NULL else NULL, O * P, act)
     check_scratch(failed)
 
 
@@ -531,12 +547,13 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                       floating[:, :, :, ::1] y,            # OUT (N, Ho, Wo, out)
                       int num_threads,
                       const floating[:, :, :, ::1] residual=None,  # IN (N, Ho, Wo, out)
-                      bint relu=False):
+                      int act=0):
     """The channels-last convolution y = columns(x) @ weight^T + bias with no column matrix
     (an indirect convolution): the product's row for output (n, oh, ow) reads its window where
     it lies (window_rows), its columns in (C, kh, kw) order, so that the weight is PyTorch's
     (out, C, kh, kw) as it is. The products' tiles start from the bias, get + residual (None:
-    none) and ReLU (relu) in registers, and are written into y."""
+    none) and the activation act (0 none, 1 ReLU, 2 ReLU6) in registers, and are written
+    into y."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], O = y.shape[3], K = kh * kw * C
     need_windows(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, num_threads)
@@ -549,7 +566,8 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     if bias.shape[0] > 0:
         need_apart("y", &y[0, 0, 0, 0], y.nbytes, "bias", &bias[0], bias.nbytes, False)
     cdef cybn_epilogue ep
-    ep.residual, ep.rsr, ep.relu = NULL, O, relu
+    need_act(act)
+    ep.residual, ep.rsr, ep.act = NULL, O, act
     if residual is not None:
         need_epilogue(&residual[0, 0, 0, 0], residual.nbytes, &residual.shape[0], &y.shape[0],
                       4, &y[0, 0, 0, 0], y.nbytes, "y")

@@ -13,10 +13,23 @@ typedef GT GCAT(cybn_gvu_, GX)
 static inline GV GNAME(cybn_gld_)(const GT* p) { return *(const GVU*)p; }
 static inline void GNAME(cybn_gst_)(GT* p, GV v) { *(GVU*)p = v; }
 
-/* ReLU as cybn's layer has it: 0 where v <= 0, v elsewhere (NaN stays NaN) */
-static inline GV GNAME(cybn_grelu_)(GV v) {
-    __typeof__(v <= v) cut = v <= (GV){0};
-    return (GV)((__typeof__(cut))v & ~cut);
+/* The epilogue's activation (CYBN_ACT_*): ReLU as cybn's layer has it, 0 where v <= 0, v
+ * elsewhere; ReLU6 as PyTorch's hardtanh, 0 where v < 0, 6 where v > 6, v elsewhere (-0.0
+ * kept); NaN stays NaN in both */
+static inline GV GNAME(cybn_gact_)(GV v, int act) {
+    if (act == CYBN_ACT_RELU) {
+        __typeof__(v <= v) cut = v <= (GV){0};
+        return (GV)((__typeof__(cut))v & ~cut);
+    }
+    GV six = GBC((GT)6);
+    __typeof__(v < v) below = v < (GV){0}, above = v > six;
+    typedef __typeof__(below) M;
+    return (GV)(((M)six & above) | ((M)v & ~(below | above)));
+}
+
+static inline GT GNAME(cybn_sact_)(GT v, int act) {
+    if (act == CYBN_ACT_RELU) return v <= 0 ? (GT)0 : v;
+    return v < 0 ? (GT)0 : (v > 6 ? (GT)6 : v);
 }
 
 /* A[ic:ic+mc, pc:pc+kc] into MR-row panels, k-major: Ap[panel][k][i]; rows past mc are 0.
@@ -232,12 +245,12 @@ static void GNAME(cybn_pack_any_)(const cybn_operand* b, ptrdiff_t k0, ptrdiff_t
  * NULL); B a packed panel b (brow NULL), or read in
  * place: B(k, j) at brow[k][bj + j] (all NR columns readable); bias: NR readable values, or
  * NULL (0). The epilogue of the last inner block: res (not NULL: R(i, j) at res[i*rsr + j])
- * added to the sum, then ReLU with relu. */
+ * added to the sum, then the activation act (CYBN_ACT_*). */
 static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         ptrdiff_t kc, const GT* restrict a, ptrdiff_t ars, ptrdiff_t acs, const ptrdiff_t* koff,
         const GT* const* ar, const GT* restrict b, const GT* const* brow, ptrdiff_t bj,
         const GT* bias, GT* c, ptrdiff_t rsc, ptrdiff_t m, ptrdiff_t n, int add,
-        const GT* res, ptrdiff_t rsr, int relu) {
+        const GT* res, ptrdiff_t rsr, int act) {
     GV acc[GMR][GNV];
     const GT* ap[GMR];
 #pragma GCC unroll 16
@@ -270,7 +283,7 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
                 GT* p = c + i * rsc + v * GVL;
                 GV r = add ? GNAME(cybn_gld_)(p) + acc[i][v] : acc[i][v];
                 if (res != NULL) r += GNAME(cybn_gld_)(res + i * rsr + v * GVL);
-                GNAME(cybn_gst_)(p, relu ? GNAME(cybn_grelu_)(r) : r);
+                GNAME(cybn_gst_)(p, act ? GNAME(cybn_gact_)(r, act) : r);
             }
         return;
     }
@@ -281,7 +294,7 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
         for (ptrdiff_t j = 0; j < n; j++) {
             GT r = add ? c[i * rsc + j] + t[i * GNR + j] : t[i * GNR + j];
             if (res != NULL) r += res[i * rsr + j];
-            c[i * rsc + j] = relu && r <= 0 ? (GT)0 : r;
+            c[i * rsc + j] = act ? GNAME(cybn_sact_)(r, act) : r;
         }
 }
 
@@ -291,7 +304,7 @@ static inline __attribute__((always_inline)) void GNAME(cybn_micro_)(
  * operand *B (a matrix, an image's column matrix or rows read in place, see cybn_operand),
  * bias N values added to each row (NULL: none; the tiles start from it), then the epilogue
  * *ep (NULL: none) while the tile is in registers: a residual R (M x N, apart from C) added,
- * then ReLU. The tiles and the summation order depend only on the shapes: the same bits for
+ * then an activation. The tiles and the summation order depend only on the shapes: the same bits for
  * any thread count, and the same as the unfused passes. 0, or -1 when out of memory. */
 static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A, ptrdiff_t rsa,
                             ptrdiff_t csa, const ptrdiff_t* akoff, const GT* const* arows,
@@ -300,13 +313,13 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     if (M <= 0 || N <= 0) return 0;
     const GT* res = ep != NULL ? (const GT*)ep->residual : NULL;
     ptrdiff_t rsr = ep != NULL ? ep->rsr : 0;
-    int relu = ep != NULL && ep->relu;
+    int act = ep != NULL ? ep->act : CYBN_ACT_NONE;
     if (K <= 0) {
         for (ptrdiff_t i = 0; i < M; i++)
             for (ptrdiff_t j = 0; j < N; j++) {
                 GT r = accumulate ? C[i * rsc + j] : bias != NULL ? bias[j] : 0;
                 if (res != NULL) r += res[i * rsr + j];
-                C[i * rsc + j] = relu && r <= 0 ? (GT)0 : r;
+                C[i * rsc + j] = act ? GNAME(cybn_sact_)(r, act) : r;
             }
         return 0;
     }
@@ -345,7 +358,7 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
             for (ptrdiff_t pc = 0; pc < K; pc += GKC) {
                 ptrdiff_t kc = K - pc < GKC ? K - pc : GKC;
                 int add = accumulate || pc > 0, last = pc + kc >= K;
-                int erelu = last && relu;
+                int eact = last ? act : CYBN_ACT_NONE;
                 ptrdiff_t packed = -1;
 #pragma omp for schedule(static)
                 for (ptrdiff_t p = 0; p < np; p++) {
@@ -394,24 +407,24 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                                 GNAME(cybn_micro_)(kc, NULL, 0, 0, akoff + pc,
                                                    arows + ic + ir, bp, NULL, 0, bb,
                                                    cp + (ic + ir) * rsc, rsc, GMR, n, add,
-                                                   rp ? rp + ir * rsr : NULL, rsr, erelu);
+                                                   rp ? rp + ir * rsr : NULL, rsr, eact);
                         else if (brow != NULL)
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
                                                    NULL, NULL, brow, jc + j0, bb,
                                                    cp + (ic + ir) * rsc, rsc, GMR, n, add,
-                                                   rp ? rp + ir * rsr : NULL, rsr, erelu);
+                                                   rp ? rp + ir * rsr : NULL, rsr, eact);
                         else
                             for (; ir < mfull; ir += GMR)
                                 GNAME(cybn_micro_)(kc, A + (ic + ir) * rsa + pc, rsa, 1, NULL,
                                                    NULL, bp, NULL, 0, bb, cp + (ic + ir) * rsc,
                                                    rsc, GMR, n, add, rp ? rp + ir * rsr : NULL,
-                                                   rsr, erelu);
+                                                   rsr, eact);
                         for (; ir < mc; ir += GMR)
                             GNAME(cybn_micro_)(kc, Ap + (ir - mfull) * kc, 1, GMR, NULL, NULL,
                                                bp, brow, jc + j0, bb, cp + (ic + ir) * rsc,
                                                rsc, mc - ir < GMR ? mc - ir : GMR, n, add,
-                                               rp ? rp + ir * rsr : NULL, rsr, erelu);
+                                               rp ? rp + ir * rsr : NULL, rsr, eact);
                     }
                 }
             }

@@ -9,7 +9,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _matmul
-from .._validate import check_activation
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
                         conv_rows, conv_rows_weight_grad, depthwise_backward,
                         depthwise_forward, to_channels_first, to_channels_last)
@@ -35,9 +34,9 @@ class Conv2d(Module):
     padding. ``groups`` splits the channels into groups convolved separately
     (``groups == in_channels``: depthwise); ``dilation`` spaces the kernel's taps.
 
-    ``activation="relu"`` applies ReLU to the output inside the convolution's products, while
-    each tile is in registers (or each sample in the cache): the same numbers as a
-    :class:`ReLU` layer after it, in one pass fewer. :func:`cybn.fold_batchnorm` and
+    ``activation="relu"`` (or ``"relu6"``) applies ReLU (ReLU6) to the output inside the
+    convolution's products, while each tile is in registers (or each sample in the cache):
+    the same numbers as a :class:`ReLU` (:class:`ReLU6`) layer after it, in one pass fewer. :func:`cybn.fold_batchnorm` and
     :func:`cybn.fuse` produce such layers from Conv2d, BatchNorm2d and ReLU. The backward
     reads the output the forward returned (to find where the ReLU cut), so that array must
     not be changed in place before it.
@@ -47,7 +46,7 @@ class Conv2d(Module):
                  bias: bool = True, channels_last: bool = False, dtype=np.float32, rng=None,
                  groups: int = 1, dilation=1, activation: str | None = None):
         super().__init__()
-        check_activation(activation)
+        _matmul.activation_code(activation)
         self.activation = activation
         rng = as_rng(rng)
         self.in_channels = positive_int(in_channels, "in_channels")
@@ -104,7 +103,7 @@ class Conv2d(Module):
         products' epilogue (the ending of :class:`Residual`'s blocks when the body ends in
         a convolution, as after :func:`cybn.fold_batchnorm`); after a residual,
         :meth:`backward` returns ``(dx, dresidual)``. The same bits as the separate passes."""
-        check_activation(activation)
+        _matmul.activation_code(activation)
         if residual is not None:
             residual = np.asarray(residual)
             expected = self._output_shape(np.shape(x))
@@ -114,30 +113,28 @@ class Conv2d(Module):
         return self._forward(x, residual, activation)
 
     def _forward(self, x, residual, activation):
-        relu = check_activation(activation)
-        y = self._forward_route(x, residual, relu)
-        object.__setattr__(self, "_epilogue", (residual is not None, y if relu else None))
+        act = _matmul.activation_code(activation)
+        y = self._forward_route(x, residual, act)
+        object.__setattr__(self, "_epilogue", (residual is not None, (y, act) if act else None))
         return y
 
     @staticmethod
-    def _epilogue_after(y: np.ndarray, residual, relu: bool) -> np.ndarray:
+    def _epilogue_after(y: np.ndarray, residual, act: int) -> np.ndarray:
         """The epilogue as passes over y (a new array, changed in place where possible):
-        + residual, then ReLU (0 where <= 0, NaN kept)."""
+        + residual, then the activation act (_matmul.ACTIVATIONS)."""
         if residual is not None:
             if residual.dtype == y.dtype:
                 np.add(y, residual, out=y)
             else:
                 y = y + residual
-        if relu:
-            np.copyto(y, y.dtype.type(0), where=y <= 0)
-        return y
+        return _matmul.apply_activation(y, act)
 
     @staticmethod
     def _in_kernel(residual, dtype) -> bool:
         """Whether the kernels can add this residual in their epilogue (one dtype, C order)."""
         return residual is None or (residual.dtype == dtype and residual.flags.c_contiguous)
 
-    def _forward_route(self, x, residual, relu: bool):
+    def _forward_route(self, x, residual, act: int):
         x = np.asarray(x)
         c_axis = 3 if self.channels_last else 1
         if x.ndim != 4 or x.shape[c_axis] != self.in_channels:
@@ -162,10 +159,10 @@ class Conv2d(Module):
             y = depthwise_forward(x, self.weight.data, None if self.bias is None else
                                   self.bias.data, self.stride, self.padding, self.dilation,
                                   self.channels_last)
-            return self._epilogue_after(y, residual, relu)
+            return self._epilogue_after(y, residual, act)
         if self.groups == 1 and xh.dtype in (np.float32, np.float64):
             # compiled products, no column matrix (see _dense_forward)
-            return self._dense_forward(x, ho, wo, residual, relu)
+            return self._dense_forward(x, ho, wo, residual, act)
         if ph or pw:
             xh = np.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         n = xh.shape[0]
@@ -173,7 +170,7 @@ class Conv2d(Module):
             y = self._depthwise_forward(xh, ho, wo)
             self._cache = ("depthwise", xh, x.shape)
             y = y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-            return self._epilogue_after(y, residual, relu)
+            return self._epilogue_after(y, residual, act)
         win = sliding_window_view(xh, (ekh, ekw), axis=(1, 2))
         win = win[:, ::sh, ::sw, :, ::dil_h, ::dil_w]  # N, Ho, Wo, C, kh, kw
         G = self.groups
@@ -188,7 +185,7 @@ class Conv2d(Module):
         y = y.reshape(n, ho, wo, self.out_channels)
         self._cache = ("im2col", cols, xh.shape, x.shape)
         y = y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return self._epilogue_after(y, residual, relu)
+        return self._epilogue_after(y, residual, act)
 
     def _tap_major_weight(self) -> np.ndarray:
         """weight (out, in, kh, kw) as (out, kh * kw * in), the column order of the
@@ -196,7 +193,7 @@ class Conv2d(Module):
         w = self.weight.data
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
-    def _dense_forward(self, x, ho: int, wo: int, residual=None, relu: bool = False):
+    def _dense_forward(self, x, ho: int, wo: int, residual=None, act: int = 0):
         """groups=1 on cybn's threads. Channels-first with output planes of at least
         ROWS_BELOW pixels and more than one sample: y[n] = weight @ columns(x[n]), the
         columns packed from x as the products run (ops.conv.conv_planes). Otherwise one
@@ -212,8 +209,8 @@ class Conv2d(Module):
             self._cache = ("planes", x, x.shape)
             y = conv_planes(x, self.weight.data, None if self.bias is None else self.bias.data,
                             self.stride, self.padding, self.dilation,
-                            residual if fusable else None, relu and fusable)
-            return y if fusable else self._epilogue_after(y, residual, relu)
+                            residual if fusable else None, act if fusable else 0)
+            return y if fusable else self._epilogue_after(y, residual, act)
         bias = None if self.bias is None else self.bias.data
         xh = np.ascontiguousarray(x) if self.channels_last else to_channels_last(x)
         self._cache = ("rows", xh, x.shape)
@@ -221,9 +218,9 @@ class Conv2d(Module):
         y = conv_rows(xh, self.weight.data.reshape(self.out_channels, -1), bias,
                       self.kernel_size, self.padding,
                       self.dilation, self.stride, residual if inside else None,
-                      relu and inside)
+                      act if inside else 0)
         y = y if self.channels_last else to_channels_first(y)
-        return y if inside else self._epilogue_after(y, residual, relu)
+        return y if inside else self._epilogue_after(y, residual, act)
 
     def _rows_backward(self, xh, x_shape, dy, input_grad: bool = True):
         """The backward of the rows route of _dense_forward from its channels-last input xh
@@ -270,9 +267,9 @@ class Conv2d(Module):
         """The forward's record and dy, checked against the forward's output shape, then
         through the epilogue's ReLU (0 where the output is 0 or below)."""
         saved, dy = self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))
-        _, y = self.__dict__.get("_epilogue") or (False, None)
-        if y is not None:
-            dy = np.where(y <= 0, dy.dtype.type(0), dy)
+        _, fused = self.__dict__.get("_epilogue") or (False, None)
+        if fused is not None:
+            dy = _matmul.activation_grad(*fused, dy)
         return saved, dy
 
     def backward(self, dy):

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from .. import _matmul
-from .._validate import check_activation
 from ._args import as_rng, positive_int
 from .module import Module, Parameter
 
@@ -18,8 +17,8 @@ class Linear(Module):
     """``y = x @ weight.T + bias`` with weight of shape (out_features, in_features).
 
     Initialized like PyTorch: uniform in +-1/sqrt(in_features). ``rng`` is a seed or a
-    numpy Generator. ``activation="relu"`` applies ReLU inside the product's epilogue (the
-    numbers of a :class:`ReLU` layer after it; :func:`cybn.fold_batchnorm` and
+    numpy Generator. ``activation="relu"`` (or ``"relu6"``) applies ReLU (ReLU6) inside the
+    product's epilogue (the numbers of a :class:`ReLU` or :class:`ReLU6` layer after it; :func:`cybn.fold_batchnorm` and
     :func:`cybn.fuse` produce such layers); the backward then reads the returned output,
     which must not be changed in place before it.
     """
@@ -27,7 +26,7 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  dtype=np.float32, rng=None, activation: str | None = None):
         super().__init__()
-        check_activation(activation)
+        _matmul.activation_code(activation)
         self.activation = activation
         in_features = positive_int(in_features, "in_features")
         out_features = positive_int(out_features, "out_features")
@@ -51,10 +50,10 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
-        relu = check_activation(self.activation)
+        act = _matmul.activation_code(self.activation)
         y = _matmul.linear(x, self.weight.data, None if self.bias is None else self.bias.data,
-                           relu=relu)
-        self._cache = (x, y if relu else None)
+                           act=act)
+        self._cache = (x, (y, act) if act else None)
         return y
 
     def backward(self, dy):
@@ -65,9 +64,10 @@ class Linear(Module):
         return None
 
     def _backward(self, dy, input_grad: bool):
-        (x, y), dy = self._take_saved(dy, lambda saved: (saved[0].shape[0], self.out_features))
-        if y is not None:  # through the fused ReLU
-            dy = np.where(y <= 0, dy.dtype.type(0), dy)
+        (x, fused), dy = self._take_saved(dy, lambda saved: (saved[0].shape[0],
+                                                             self.out_features))
+        if fused is not None:  # through the fused activation
+            dy = _matmul.activation_grad(*fused, dy)
         self.weight.grad += _matmul.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)

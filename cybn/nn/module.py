@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import numpy as np
@@ -64,8 +65,29 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def _checked_forward(forward):
+    """A layer's forward that first checks x as layer_input does (an ndarray of real numbers
+    passes at the cost of a type check): ``layer.forward(masked_array)`` is refused like
+    ``layer(...)``."""
+    @functools.wraps(forward)
+    def checked(self, x, *args, **kwargs):
+        if type(x) is not np.ndarray or x.dtype.kind not in "biuf":
+            layer_input(x, type(self).__name__)  # the forward converts x as it needs
+        return forward(self, x, *args, **kwargs)
+
+    checked._checked = True
+    return checked
+
+
 class Module:
     """Base class: registers parameters, buffers and sub-modules in assignment order."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "forward_fused"):  # every entry that takes x first
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_checked", False):
+                setattr(cls, name, _checked_forward(method))
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -116,8 +138,7 @@ class Module:
         self._buffers[name] = value
 
     def __call__(self, x, **kwargs):
-        layer_input(x, type(self).__name__)  # a clear error for what is no array of numbers
-        return self.forward(x, **kwargs)
+        return self.forward(x, **kwargs)  # forward checks x (see _checked_forward)
 
     def forward(self, x):
         raise NotImplementedError

@@ -166,15 +166,15 @@ def _strided_pointwise(weight_shape: tuple, stride: tuple, padding: tuple) -> bo
 
 def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple,
                 padding: tuple, dilation: tuple, residual: np.ndarray | None = None,
-                relu: bool = False) -> np.ndarray:
+                act: int = 0) -> np.ndarray:
     """The dense convolution of channels-first x (N, C, H, W) with weight (out, C, kh, kw)
     (+ bias), by products with the columns packed straight from x (no column matrix); then
-    + residual (the output's shape and dtype, C-contiguous) and ReLU on each sample while it
-    is in the cache. A strided 1x1 convolution without padding is the stride-1 one of x's
+    + residual (the output's shape and dtype, C-contiguous) and the activation act
+    (_matmul.ACTIVATIONS) on each sample while it is in the cache. A strided 1x1 convolution without padding is the stride-1 one of x's
     sampled pixels."""
     if _strided_pointwise(weight.shape, stride, padding):
         return conv_planes(x[:, :, ::stride[0], ::stride[1]], weight, bias, (1, 1), (0, 0),
-                           (1, 1), residual, relu)
+                           (1, 1), residual, act)
     x = np.ascontiguousarray(x)
     out, c, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -185,7 +185,7 @@ def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stri
     w2 = np.ascontiguousarray(weight, dtype=x.dtype).reshape(out, c * kh * kw)
     _kernels.conv_forward_planes(x, w2, b, kh, kw, sh, sw, ph, pw, dh, dw, y,
                                  _schedule.threads_for_product(y.size * c * kh * kw),
-                                 residual, relu)
+                                 residual, act)
     return y
 
 
@@ -238,12 +238,12 @@ def conv_planes_input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple,
 
 def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, kernel: tuple,
               padding: tuple, dilation: tuple, stride: tuple = (1, 1),
-              residual: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+              residual: np.ndarray | None = None, act: int = 0) -> np.ndarray:
     """The dense convolution of channels-last xh (N, H, W, C) with weight_rows (out,
     C * kh * kw, in (C, kh, kw) order: PyTorch's weight (out, C, kh, kw) reshaped, no copy)
     (+ bias): products whose rows read their windows where they lie (in a zero-padded copy
     of xh with padding), no column matrix; + residual (the output's shape and dtype,
-    C-contiguous) and ReLU in the products' registers."""
+    C-contiguous) and the activation act (_matmul.ACTIVATIONS) in the products' registers."""
     xh = np.ascontiguousarray(xh)
     (kh, kw), (ph, pw), (dh, dw), (sh, sw) = kernel, padding, dilation, stride
     n, h, w, _ = xh.shape
@@ -254,7 +254,7 @@ def conv_rows(xh: np.ndarray, weight_rows: np.ndarray, bias: np.ndarray | None, 
     _kernels.conv_forward_rows(xh, np.ascontiguousarray(weight_rows, dtype=xh.dtype), b, kh, kw,
                                sh, sw, ph, pw, dh, dw, y,
                                _schedule.threads_for_product(y.size * weight_rows.shape[1]),
-                               residual, relu)
+                               residual, act)
     return y
 
 

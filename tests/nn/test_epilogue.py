@@ -24,12 +24,12 @@ CASES = [
 ]
 
 
-def conv_pair(case, channels_last, dtype, rng):
+def conv_pair(case, channels_last, dtype, rng, activation="relu"):
     cin, cout, k, s, p, g, _ = case
     plain = nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g,
                       channels_last=channels_last, dtype=dtype, rng=rng)
     fused = copy.deepcopy(plain)
-    fused.activation = "relu"
+    fused.activation = activation
     return plain, fused
 
 
@@ -42,22 +42,27 @@ def inputs(case, channels_last, dtype, rng, n=3):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_relu_equals_conv_then_relu_layer(case, channels_last, dtype):
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_conv_relu_equals_conv_then_relu_layer(case, channels_last, dtype, activation):
     rng = np.random.default_rng(0)
-    plain, fused = conv_pair(case, channels_last, dtype, rng)
-    relu = nn.ReLU()
+    plain, fused = conv_pair(case, channels_last, dtype, rng, activation)
+    if activation == "relu6":  # outputs on both sides of 6
+        plain.weight.data *= 8
+        fused.weight.data *= 8
+    relu = nn.ReLU() if activation == "relu" else nn.ReLU6()
     x = inputs(case, channels_last, dtype, rng)
     y = relu(plain(x))
     yf = fused(x)
     np.testing.assert_array_equal(yf, y)
     assert (y == 0).any() and (y > 0).any()
+    assert activation == "relu" or (y == 6).any()
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = plain.backward(relu.backward(dy))
     dxf = fused.backward(dy)
     np.testing.assert_array_equal(dxf, dx)
     np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
     np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
-    assert "activation='relu'" in repr(fused)
+    assert f"activation='{activation}'" in repr(fused)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -121,6 +126,8 @@ def test_fused_conv_errors_leave_the_layer_usable():
         nn.Conv2d(3, 4, 3, activation="tanh")
     with pytest.raises(ValueError, match="activation"):
         nn.Linear(3, 4, activation="sigmoid")
+    with pytest.raises(ValueError, match="activation"):
+        conv.forward_fused(x, None, "relu7")
     conv(x)
     assert conv.backward(np.ones((2, 4, 5, 5), np.float32)).shape == x.shape
 
@@ -145,12 +152,14 @@ def test_kernel_refuses_a_residual_of_the_wrong_shape_or_overlapping_y():
 
 @pytest.mark.parametrize("batch", [1, 2, 37])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_linear_relu_equals_linear_then_relu_layer(batch, dtype):
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_linear_relu_equals_linear_then_relu_layer(batch, dtype, activation):
     rng = np.random.default_rng(3)
     plain = nn.Linear(40, 33, dtype=dtype, rng=rng)
+    plain.weight.data *= 20
     fused = copy.deepcopy(plain)
-    fused.activation = "relu"
-    relu = nn.ReLU()
+    fused.activation = activation
+    relu = nn.ReLU() if activation == "relu" else nn.ReLU6()
     x = rng.standard_normal((batch, 40)).astype(dtype)
     y = relu(plain(x))
     np.testing.assert_array_equal(fused(x), y)
@@ -159,8 +168,11 @@ def test_linear_relu_equals_linear_then_relu_layer(batch, dtype):
     np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
     np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
     xs = x[:, ::2]  # a strided input takes the path with a separate pass: the same rule
-    lin = nn.Linear(20, 5, dtype=dtype, rng=0, activation="relu")
-    np.testing.assert_array_equal(lin(xs), nn.ReLU()(nn.Linear(20, 5, dtype=dtype, rng=0)(xs)))
+    lin = nn.Linear(20, 5, dtype=dtype, rng=0, activation=activation)
+    ref = nn.Linear(20, 5, dtype=dtype, rng=0)
+    lin.weight.data *= 20
+    ref.weight.data *= 20
+    np.testing.assert_array_equal(lin(xs), relu(ref(xs)))
 
 
 def resnet(rng, channels_last=False):
@@ -249,11 +261,12 @@ def test_fold_batchnorm_names_a_nested_layer_it_leaves_by_its_path():
 
 def test_fuse_takes_relus_into_convolutions_and_linears_and_keeps_gradients():
     rng = np.random.default_rng(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.ReLU(), nn.Flatten(),
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.ReLU6(), nn.Flatten(),
                           nn.Linear(4 * 36, 6, rng=rng), nn.ReLU(), nn.Linear(6, 2, rng=rng))
+    model[0].weight.data *= 10  # outputs above 6 too
     fused = cybn.fuse(model)
     assert fused.fused == 2
-    assert fused[0].activation == "relu" and fused[3].activation == "relu"
+    assert fused[0].activation == "relu6" and fused[3].activation == "relu"
     assert isinstance(fused[1], nn.Identity) and isinstance(fused[4], nn.Identity)
     assert list(fused.state_dict()) == list(model.state_dict())
     x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)
@@ -265,3 +278,27 @@ def test_fuse_takes_relus_into_convolutions_and_linears_and_keeps_gradients():
     np.testing.assert_array_equal(fused.backward(dy), model.backward(dy))
     for p, q in zip(model.parameters(), fused.parameters()):
         np.testing.assert_array_equal(q.grad, p.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_batchnorm_moves_a_relu6_into_the_convolution(channels_last):
+    """MobileNet's Conv2d + BatchNorm2d + ReLU6 becomes one convolution with a ReLU6
+    epilogue, computing what the three layers compute."""
+    rng = np.random.default_rng(8)
+    cl = channels_last
+    model = trained_statistics(nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False, channels_last=cl, rng=rng),
+        nn.BatchNorm2d(6, channels_last=cl), nn.ReLU6(),
+        nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False, channels_last=cl, rng=rng),
+        nn.BatchNorm2d(6, channels_last=cl), nn.ReLU6()), rng)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data *= 6
+    folded = cybn.fold_batchnorm(model)
+    assert len(folded) == 2
+    assert [m.activation for m in folded] == ["relu6", "relu6"]
+    shape = (2, 9, 9, 3) if cl else (2, 3, 9, 9)
+    x = rng.standard_normal(shape).astype(np.float32) * 3
+    y = model(x)
+    assert (y == 6).any() and (y == 0).any()
+    np.testing.assert_allclose(folded(x), y, rtol=1e-5, atol=1e-5)
