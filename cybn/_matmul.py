@@ -79,10 +79,20 @@ def activation_code(activation) -> int:
 
 
 def apply_activation(y: np.ndarray, act: int) -> np.ndarray:
-    """The epilogue's activation as passes over y (changed in place)."""
+    """The epilogue's activation as a pass over y (changed in place): the ReLU and ReLU6
+    layers' compiled kernels for float32/float64, NumPy otherwise."""
+    if act == 0:
+        return y
+    if y.dtype in (np.float32, np.float64) and y.flags.c_contiguous and y.size:
+        flat, threads = y.reshape(-1), get_num_threads()
+        if act == 1:
+            _kernels.relu_forward(flat, flat, np.empty(flat.size, np.uint8), threads)
+        else:  # the ReLU6 layer's kernel: hardtanh (activation.pxi's ACT_HARDTANH) on [0, 6]
+            _kernels.activation_forward(flat, flat, 0, 0.0, 6.0, threads)
+        return y
     if act == 1:
         np.copyto(y, y.dtype.type(0), where=y <= 0)
-    elif act == 2:
+    else:
         np.copyto(y, y.dtype.type(0), where=y < 0)
         np.copyto(y, y.dtype.type(6), where=y > 6)
     return y
