@@ -40,7 +40,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport erf, exp, isfinite, sqrt, tanh
+from libc.math cimport INFINITY, erf, exp, isfinite, sqrt, tanh
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 

@@ -541,17 +541,19 @@ cdef int window_rows(const floating* x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W
 
 def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
                       const floating[:, ::1] weight,       # IN  (out, C * kh * kw)
+                      # ^ columns in (C, kh, kw) order with channel_major, else (kh, kw, C)
                       const floating[::1] bias,            # IN  (out,), or (0,): none
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                       floating[:, :, :, ::1] y,            # OUT (N, Ho, Wo, out)
                       int num_threads,
                       const floating[:, :, :, ::1] residual=None,  # IN (N, Ho, Wo, out)
-                      int act=0):
+                      int act=0, bint channel_major=False):
     """The channels-last convolution y = columns(x) @ weight^T + bias with no column matrix
     (an indirect convolution): the product's row for output (n, oh, ow) reads its window where
-    it lies (window_rows), its columns in (C, kh, kw) order, so that the weight is PyTorch's
-    (out, C, kh, kw) as it is. The products' tiles start from the bias, get + residual (None:
+    it lies (window_rows), its columns in (kh, kw, C) order (each tap's channels read in a
+    run), or with channel_major in (C, kh, kw) order, PyTorch's weight (out, C, kh, kw) as it
+    is (for few rows, where a reordered copy of the weight would cost more than the reads). The products' tiles start from the bias, get + residual (None:
     none) and the activation act (0 none, 1 ReLU, 2 ReLU6) in registers, and are written
     into y."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
@@ -581,7 +583,7 @@ def conv_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     cdef int status
     with nogil:
         status = window_rows(&x[0, 0, 0, 0], N, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
-                             dw, True, &pad, &koff, &rows, num_threads)
+                             dw, channel_major, &pad, &koff, &rows, num_threads)
         if status == 0:
             status = gemm_windows(N * Ho * Wo, O, K, rows, koff, &weight[0, 0], bp,
                                   &y[0, 0, 0, 0], &ep, num_threads)

@@ -11,7 +11,7 @@
 # fixed order: the same bits for any thread count. Included after conv.pxi.
 
 cdef enum:
-    NO_TAP = 255          # a max pooling output no tap has been taken for yet
+    NO_TAP = 255          # never a tap: windows have at most 254
 
 
 cdef int need_pool_out(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t k, Py_ssize_t s,
@@ -76,17 +76,34 @@ cdef inline Py_ssize_t end_out(Py_ssize_t off, Py_ssize_t s, Py_ssize_t size,
     return e if e < n else n
 
 
+cdef inline bint windows_inside(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                                Py_ssize_t dw) noexcept nogil:
+    """Whether every window lies inside the input (no padding, no partial ceil-mode window):
+    the loops then take no range checks and start from each window's first tap."""
+    return (ph == 0 and pw == 0 and (Ho - 1) * sh + (kh - 1) * dh < H
+            and (Wo - 1) * sw + (kw - 1) * dw < W)
+
+
+cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
+    """The first tap i of a window starting at position start (taps d apart) that lies at
+    a position >= 0."""
+    return 0 if start >= 0 else (-start + d - 1) // d
+
+
 cdef inline void max_tap_run(const floating* xr, Py_ssize_t sw, floating* yr,
                              unsigned char* ar, Py_ssize_t n, unsigned char t) noexcept nogil:
     """One window tap over n outputs of a row (inputs sw apart): the running maxima and
-    their taps, by selects."""
+    their taps, by selects. The maxima start at -inf and the taps at each window's first
+    tap inside the input, so a window of -inf values names its first tap."""
     cdef Py_ssize_t o
     cdef floating v, b
     cdef bint take
     for o in range(n):
         v = xr[o * sw]
         b = yr[o]
-        take = ar[o] == NO_TAP or v > b or (v != v and b == b)
+        take = v > b or (v != v and b == b)
         yr[o] = v if take else b
         ar[o] = t if take else ar[o]
 
@@ -110,19 +127,28 @@ def maxpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
     need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     if P == 0 or Ho == 0 or Wo == 0:
         return
+    cdef bint inside = windows_inside(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
             for oh in range(Ho):
                 yr = &y[p, oh, 0]
                 ar = &arg[p, oh, 0]
-                for ow in range(Wo):
-                    yr[ow] = 0
-                    ar[ow] = NO_TAP
+                if inside:  # every window inside the input: start from its first tap
+                    for ow in range(Wo):
+                        yr[ow] = x[p, oh * sh, ow * sw]
+                        ar[ow] = 0
+                else:
+                    i = first_tap(oh * sh - ph, dh)
+                    for ow in range(Wo):
+                        yr[ow] = -INFINITY
+                        ar[ow] = <unsigned char>(i * kw + first_tap(ow * sw - pw, dw))
                 for i in range(kh):
                     r = oh * sh - ph + i * dh
                     if r < 0 or r >= H:
                         continue
                     for j in range(kw):
+                        if inside and i == 0 and j == 0:
+                            continue
                         off = j * dw - pw
                         lo = first_out(off, sw)
                         hi = end_out(off, sw, W, Wo)
@@ -175,7 +201,7 @@ cdef inline void max_tap_rows(const floating* xr, floating* yr, unsigned char* a
     for c in range(C):
         v = xr[c]
         b = yr[c]
-        take = ar[c] == NO_TAP or v > b or (v != v and b == b)
+        take = v > b or (v != v and b == b)
         yr[c] = v if take else b
         ar[c] = t if take else ar[c]
 
@@ -193,11 +219,13 @@ def maxpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
     cdef Py_ssize_t H = x.shape[1], W = x.shape[2], item, n, oh, ow, i, j, c, r, q
     cdef floating* yr
     cdef unsigned char* ar
+    cdef const floating* xr
     need_pool(x.shape, y.shape, True, kh, kw, sh, sw, ph, pw, dh, dw, ceil, True, num_threads)
     need_shape("arg", arg.shape, 4, N, Ho, Wo, C)
     need_apart("y", &y[0, 0, 0, 0], y.nbytes, "x", &x[0, 0, 0, 0], x.nbytes, False)
     if N == 0 or Ho == 0 or Wo == 0 or C == 0:
         return
+    cdef bint inside = windows_inside(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
     with nogil:
         for item in prange(N * Ho, schedule='static', num_threads=num_threads):
             n = item // Ho
@@ -205,16 +233,23 @@ def maxpool_forward_rows(const floating[:, :, :, ::1] x,     # IN  (N, H, W, C)
             for ow in range(Wo):
                 yr = &y[n, oh, ow, 0]
                 ar = &arg[n, oh, ow, 0]
-                for c in range(C):
-                    yr[c] = 0
-                    ar[c] = NO_TAP
+                if inside:  # every window inside the input: start from its first tap
+                    xr = &x[n, oh * sh, ow * sw, 0]
+                    for c in range(C):
+                        yr[c] = xr[c]
+                        ar[c] = 0
+                else:
+                    r = first_tap(oh * sh - ph, dh) * kw + first_tap(ow * sw - pw, dw)
+                    for c in range(C):
+                        yr[c] = -INFINITY
+                        ar[c] = <unsigned char>r
                 for i in range(kh):
                     r = oh * sh - ph + i * dh
                     if r < 0 or r >= H:
                         continue
                     for j in range(kw):
                         q = ow * sw - pw + j * dw
-                        if q >= 0 and q < W:
+                        if q >= 0 and q < W and not (inside and i == 0 and j == 0):
                             max_tap_rows(&x[n, r, q, 0], yr, ar, C,
                                          <unsigned char>(i * kw + j))
 
@@ -299,8 +334,10 @@ def avgpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
     need_apart("y", &y[0, 0, 0], y.nbytes, "x", &x[0, 0, 0], x.nbytes, False)
     cdef floating* yr
     cdef const floating* xr
+    cdef floating d
     if P == 0 or Ho == 0 or Wo == 0:
         return
+    cdef bint inside = windows_inside(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, 1, 1)
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
             for oh in range(Ho):
@@ -316,9 +353,15 @@ def avgpool_forward_planes(const floating[:, :, ::1] x,      # IN  (P, H, W), P 
                         xr = &x[p, r, 0] + off
                         for ow in range(lo, hi):
                             yr[ow] = yr[ow] + xr[ow * sw]
-                for ow in range(Wo):
-                    yr[ow] = yr[ow] / <floating>pool_divisor(hs, ow * sw - pw, kh, kw, H, W,
-                                                             ph, pw, include_pad, divisor)
+                if inside:  # one divisor for the row: a loop the compiler vectorizes
+                    d = <floating>(divisor if divisor > 0 else kh * kw)
+                    for ow in range(Wo):
+                        yr[ow] = yr[ow] / d
+                else:
+                    for ow in range(Wo):
+                        yr[ow] = yr[ow] / <floating>pool_divisor(hs, ow * sw - pw, kh, kw, H,
+                                                                 W, ph, pw, include_pad,
+                                                                 divisor)
 
 
 def avgpool_backward_planes(const floating[:, :, ::1] dy,    # IN  (P, Ho, Wo)

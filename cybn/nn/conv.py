@@ -215,8 +215,7 @@ class Conv2d(Module):
         xh = np.ascontiguousarray(x) if self.channels_last else to_channels_last(x)
         self._cache = ("rows", xh, x.shape)
         inside = fusable and (self.channels_last or residual is None)
-        y = conv_rows(xh, self.weight.data.reshape(self.out_channels, -1), bias,
-                      self.kernel_size, self.padding,
+        y = conv_rows(xh, self.weight.data, bias, self.kernel_size, self.padding,
                       self.dilation, self.stride, residual if inside else None,
                       act if inside else 0)
         y = y if self.channels_last else to_channels_first(y)
@@ -242,7 +241,7 @@ class Conv2d(Module):
         if self.stride == (1, 1) and ph <= dh * (kh - 1) and pw <= dw_ * (kw - 1):
             # the convolution of dy with the flipped, transposed weight (cin, out, kh, kw)
             flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-            dx = conv_rows(dyh, flipped.reshape(cin, -1), None, self.kernel_size,
+            dx = conv_rows(dyh, flipped, None, self.kernel_size,
                            (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw), self.dilation)
         else:  # the columns' gradient, folded back
             dcols = _matmul.matmul(dy2, self._tap_major_weight(),

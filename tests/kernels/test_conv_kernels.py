@@ -120,18 +120,20 @@ def test_channels_last_rows_forward_equals_the_definition(geometry, dtype):
     ref = np.einsum("ok,nkp->nop", weight.reshape(out, -1).astype(np.float64), cols)
     ref = (ref + bias[:, None]).reshape(n, out, ho, wo).transpose(0, 2, 3, 1)
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    rows = weight.reshape(out, -1)  # (C, kh, kw): PyTorch's weight as it is
-    ys = []
-    for threads in (1, 2, 3, 4):
-        y = np.full((n, ho, wo, out), np.nan, dtype)
-        _kernels.conv_forward_rows(xh, rows, bias, kh, kw, *stride, *padding, *dilation, y,
-                                   threads)
-        ys.append(y)
-    close(ys[0], ref, c * kh * kw, dtype)
-    assert all(np.array_equal(y, ys[0]) for y in ys[1:])
+    for channel_major in (False, True):
+        rows = weight.reshape(out, -1) if channel_major else \
+            np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out, -1)
+        ys = []
+        for threads in (1, 2, 3, 4):
+            y = np.full((n, ho, wo, out), np.nan, dtype)
+            _kernels.conv_forward_rows(xh, rows, bias, kh, kw, *stride, *padding, *dilation,
+                                       y, threads, None, 0, channel_major)
+            ys.append(y)
+        close(ys[0], ref, c * kh * kw, dtype)
+        assert all(np.array_equal(y, ys[0]) for y in ys[1:])
     y = np.empty_like(ys[0])  # no bias
     _kernels.conv_forward_rows(xh, rows, np.empty(0, dtype), kh, kw, *stride, *padding,
-                               *dilation, y, 2)
+                               *dilation, y, 2, None, 0, True)
     close(y, ref - bias, c * kh * kw, dtype)
 
 
@@ -164,17 +166,19 @@ def test_channels_last_weight_gradient_equals_the_definition(geometry, dtype):
 def test_the_rows_route_gives_the_column_matrix_routes_bits(dtype):
     """Reading the windows in place changes where the operands come from, not the
     arithmetic: bitwise the product on the compiled im2col's column matrix (its columns
-    put in the (C, kh, kw) order the rows route sums in)."""
+    in the order the rows route sums in: (kh, kw, C), or (C, kh, kw) with channel_major)."""
     x = RNG.standard_normal((3, 11, 13, 6)).astype(dtype)
     rows = RNG.standard_normal((9, 6 * 3 * 3)).astype(dtype)
-    y = np.empty((3, 11, 13, 9), dtype)
-    _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, 1, 1, y, 2)
     cols = C.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), 11, 13)  # (kh, kw, C) order
-    cols = np.ascontiguousarray(cols.reshape(-1, 3, 3, 6).transpose(0, 3, 1, 2)).reshape(
-        cols.shape)
-    ref = np.empty((cols.shape[0], 9), dtype)
-    _kernels.matmul(cols, rows.T, ref, False, 2)
-    assert np.array_equal(y.reshape(-1, 9), ref)
+    for channel_major in (False, True):
+        y = np.empty((3, 11, 13, 9), dtype)
+        _kernels.conv_forward_rows(x, rows, np.empty(0, dtype), 3, 3, 1, 1, 1, 1, 1, 1, y, 2,
+                                   None, 0, channel_major)
+        c = np.ascontiguousarray(cols.reshape(-1, 3, 3, 6).transpose(0, 3, 1, 2)).reshape(
+            cols.shape) if channel_major else cols
+        ref = np.empty((c.shape[0], 9), dtype)
+        _kernels.matmul(c, rows.T, ref, False, 2)
+        assert np.array_equal(y.reshape(-1, 9), ref)
 
 
 @pytest.mark.parametrize("size", [7, 8])
