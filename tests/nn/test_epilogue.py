@@ -302,3 +302,11 @@ def test_fold_batchnorm_moves_a_relu6_into_the_convolution(channels_last):
     y = model(x)
     assert (y == 6).any() and (y == 0).any()
     np.testing.assert_allclose(folded(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_leaves_a_relu6_after_batchnorm_alone():
+    """BatchNorm's fused activation is ReLU only: a ReLU6 after it stays a layer."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4), nn.ReLU6())
+    fused = cybn.fuse(model)
+    assert fused.fused == 0 and isinstance(fused[2], nn.ReLU6)
+    assert fused[1].activation is None

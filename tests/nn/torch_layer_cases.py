@@ -15,6 +15,11 @@ POOL_CASES = [
     ("max_rect", "MaxPool2d", {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0),
                                "ceil_mode": True}, (2, 2, 9, 7)),
     ("max_plain", "MaxPool2d", {"kernel_size": 2}, (2, 3, 6, 7)),
+    # ceil mode where a last window would start in the padding: PyTorch drops it
+    ("max_ceil_pad_drop", "MaxPool2d", {"kernel_size": 2, "stride": 2, "padding": 1,
+                                        "ceil_mode": True}, (2, 3, 5, 7)),
+    ("avg_ceil_pad_drop", "AvgPool2d", {"kernel_size": 2, "stride": 2, "padding": 1,
+                                        "ceil_mode": True}, (2, 3, 5, 7)),
     ("avg_pad", "AvgPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (2, 3, 9, 9)),
     ("avg_pad_exclude", "AvgPool2d", {"kernel_size": 3, "stride": 2, "padding": 1,
                                       "count_include_pad": False}, (2, 3, 9, 9)),
