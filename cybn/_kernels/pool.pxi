@@ -76,6 +76,12 @@ cdef inline Py_ssize_t end_out(Py_ssize_t off, Py_ssize_t s, Py_ssize_t size,
     return e if e < n else n
 
 
+cdef inline bint max_wins(floating v, floating best) noexcept nogil:
+    """Whether v replaces the running maximum best: larger, or the first NaN (NumPy's argmax
+    and PyTorch's rule); a tie keeps the earlier value."""
+    return v > best or (v != v and best == best)
+
+
 cdef inline bint windows_inside(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
                                 Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
@@ -103,7 +109,7 @@ cdef inline void max_tap_run(const floating* xr, Py_ssize_t sw, floating* yr,
     for o in range(n):
         v = xr[o * sw]
         b = yr[o]
-        take = v > b or (v != v and b == b)
+        take = max_wins(v, b)
         yr[o] = v if take else b
         ar[o] = t if take else ar[o]
 
@@ -201,7 +207,7 @@ cdef inline void max_tap_rows(const floating* xr, floating* yr, unsigned char* a
     for c in range(C):
         v = xr[c]
         b = yr[c]
-        take = v > b or (v != v and b == b)
+        take = max_wins(v, b)
         yr[c] = v if take else b
         ar[c] = t if take else ar[c]
 
@@ -625,7 +631,7 @@ def adaptive_maxpool_planes(const floating[:, :, ::1] x,     # IN  (P, H, W)
                     for r in range(hs[oh], he[oh]):
                         for q in range(ws[ow], we[ow]):
                             v = x[p, r, q]
-                            if v > b or (v != v and b == b):
+                            if max_wins(v, b):
                                 b = v
                                 at = <int>(r * W + q)
                     y[p, oh, ow] = b
@@ -702,7 +708,7 @@ def adaptive_maxpool_rows(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C)
                         for c in range(C):
                             v = xr[c]
                             b = yr[c]
-                            take = v > b or (v != v and b == b)
+                            take = max_wins(v, b)
                             yr[c] = v if take else b
                             ir[c] = at if take else ir[c]
 
