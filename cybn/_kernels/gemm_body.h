@@ -342,6 +342,8 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
     ptrdiff_t items = mblocks * ((npan + CYBN_GEMM_NG - 1) / CYBN_GEMM_NG);
     if (num_threads > items) num_threads = (int)items;
     if ((double)M * N * K < CYBN_GEMM_MIN_PARALLEL) num_threads = 1;
+    ptrdiff_t deal = items >= 8 * (ptrdiff_t)num_threads
+                         ? (items + num_threads - 1) / num_threads : 1;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
     {
         /* this thread's packed block of A (all of it, or the last rows of direct blocks) */
@@ -366,10 +368,12 @@ static int GNAME(cybn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const GT* A,
                     if (B->kind != CYBN_ROWS || n < GNR || akoff != NULL)
                         GNAME(cybn_pack_any_)(B, pc, kc, jc + j0, n, Bp + p * GNR * kc);
                 }
-                /* round robin: row blocks of unequal height (96 and 32 rows of a 128-row
-                 * product) spread evenly; which thread computes a tile never changes its
-                 * bits */
-#pragma omp for schedule(static, 1)
+                /* few work items round robin (row blocks of unequal height, 96 and 32
+                 * rows of a 128-row product, then spread evenly), many in one contiguous
+                 * range per thread (neighbouring row blocks read neighbouring windows:
+                 * dealt round robin, a 64 x 32x32 channels-last convolution was 14%
+                 * slower); which thread computes a tile never changes its bits */
+#pragma omp for schedule(static, deal)
                 for (ptrdiff_t t = 0; t < mblocks * ngroups; t++) {
                     if (Ap == NULL) continue;
                     ptrdiff_t ib = t / ngroups, g = t % ngroups;
