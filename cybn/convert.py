@@ -250,9 +250,6 @@ class _Converter:
         layer.fc1, layer.fc2 = fc1, fc2
         return layer
 
-    def tv_Conv2dNormActivation(self, m, path):
-        return nn.Sequential(*[self.convert(c, f"{path}{i}.") for i, c in self._named(m)])
-
     def tv__DenseLayer(self, m, path):
         if m.drop_rate > 0:
             raise TypeError(f"from_torch: {path.rstrip('.')} drops features (drop_rate "
@@ -262,10 +259,7 @@ class _Converter:
         # the block's running concatenation: each layer's input is all features so far
         return nn.Concat(nn.Identity(), layer, channels_last=self.cl)
 
-    def tv__DenseBlock(self, m, path):
-        return nn.Sequential(*[self.convert(c, f"{path}{n}.") for n, c in self._named(m)])
-
-    def tv__Transition(self, m, path):
+    def tv__DenseBlock(self, m, path):  # a ModuleDict run in order (Sequentials convert as such)
         return nn.Sequential(*[self.convert(c, f"{path}{n}.") for n, c in self._named(m)])
 
     def tv_DenseNet(self, m, path):
