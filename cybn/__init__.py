@@ -8,7 +8,8 @@ control and build information. Every public name is re-exported here (``cybn.Bat
 
 __version__ = "0.1.0"
 
-from . import convert, deploy, distributed, functional, interop, layers, nn, ops, train
+from . import (convert, deploy, distributed, functional, interop, layers, models, nn, ops,
+               train)
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
 from .convert import from_torch

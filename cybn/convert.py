@@ -181,28 +181,33 @@ class _Converter:
 
     # ----- torchvision blocks (matched by class name) --------------------------------
     def tv_BasicBlock(self, m, path):
-        names = ["conv1", "bn1", "relu", "conv2", "bn2"]
-        return self._resnet_block(m, path, names)
+        return self._resnet_block(m, path, ["conv1", "bn1", "relu", "conv2", "bn2"])
 
     def tv_Bottleneck(self, m, path):
-        names = ["conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"]
-        return self._resnet_block(m, path, names)
+        return self._resnet_block(m, path, ["conv1", "bn1", "relu", "conv2", "bn2", "relu",
+                                            "conv3", "bn3"])
 
     def _resnet_block(self, m, path, names):
-        body = nn.Sequential(*[self.child(m, n, path) for n in names])
+        """A Residual with torchvision's names (keys ``conv1.weight``, ``downsample.0.*``;
+        the ReLU used twice in a Bottleneck's body is ``relu`` and ``relu2``)."""
+        body = {}
+        for n in names:
+            body["relu2" if n in body else n] = self.child(m, n, path)
         down = None if m.downsample is None else self.child(m, "downsample", path)
-        return nn.Residual(body, down)
+        return nn.Residual(body, down, shortcut_name="downsample")
 
     def tv_ResNet(self, m, path):
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                  "avgpool"]
-        return nn.Sequential(*[self.child(m, n, path) for n in names],
-                             nn.Flatten(channels_last=self.cl), self.child(m, "fc", path))
+        layers = {n: self.child(m, n, path) for n in names}
+        layers.update(flatten=nn.Flatten(channels_last=self.cl), fc=self.child(m, "fc", path))
+        return nn.Sequential(layers)
 
     def tv_InvertedResidual(self, m, path):
         if hasattr(m, "use_res_connect"):  # MobileNetV2's
-            conv = self.child(m, "conv", path)
-            return nn.Residual(conv, activation=None) if m.use_res_connect else conv
+            conv = {"conv": self.child(m, "conv", path)}  # torchvision's keys: conv.*
+            return nn.Residual(conv, activation=None) if m.use_res_connect else \
+                nn.Sequential(conv)
         # ShuffleNetV2's: split (stride 1) or two branches (stride 2), concatenated, shuffled
         branch2 = self.child(m, "branch2", path)
         if m.stride == 1:
@@ -216,9 +221,10 @@ class _Converter:
         return nn.Sequential(joined, nn.ChannelShuffle(2, channels_last=self.cl))
 
     def tv_MobileNetV2(self, m, path):
-        return nn.Sequential(self.child(m, "features", path),
-                             nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
-                             nn.Flatten(channels_last=self.cl), self.child(m, "classifier", path))
+        return nn.Sequential({"features": self.child(m, "features", path),
+                              "avgpool": nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
+                              "flatten": nn.Flatten(channels_last=self.cl),
+                              "classifier": self.child(m, "classifier", path)})
 
     def tv_SqueezeNet(self, m, path):
         return nn.Sequential(self.child(m, "features", path),
@@ -290,8 +296,10 @@ def from_torch(module, *, channels_last: bool = False, dtype=None):
     -------
     Module
         In the module's mode (``training`` of every BatchNorm as in PyTorch). Residual
-        blocks become :class:`cybn.Residual`, branches :class:`cybn.Concat`: the cybn model's
-        state_dict keys follow cybn's structure, not the PyTorch module's.
+        blocks become :class:`cybn.Residual`, branches :class:`cybn.Concat`. The state_dict
+        keys are the module's for plain Sequentials and for torchvision's ResNet and
+        MobileNetV2 (as :mod:`cybn.models` builds them); the other torchvision models' keys
+        follow cybn's structure (``features.3.0.1.weight`` for a Fire module's branch).
 
     Raises
     ------

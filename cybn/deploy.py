@@ -162,7 +162,8 @@ def fold_batchnorm(model, *, into: str = "previous"):
         raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval()): "
                          "folding uses the running statistics, which training mode ignores")
     not_folded: list = []
-    result = nn.Sequential(*_fold_layers(list(model), into, "", not_folded)).eval()
+    result = _sequential_like(model, _fold_layers(model.named_layers(), into, "",
+                                                  not_folded)).eval()
     result.not_folded = not_folded
     if not_folded:
         warnings.warn("fold_batchnorm left in place: " + ", ".join(
@@ -180,41 +181,64 @@ def _epilogue_name(layer) -> str | None:
     return {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(layer))
 
 
+def _index_named(seq) -> bool:
+    """Whether a Sequential's layers are named by their indices (Sequential(a, b, ...))."""
+    return all(name == str(i) for i, (name, _) in enumerate(seq.named_layers()))
+
+
+def _sequential_like(seq, pairs: list):
+    """A Sequential of the (name, layer) pairs: renumbered where ``seq`` named its layers by
+    index, under their names where it named them (so torchvision-style keys stay)."""
+    if _index_named(seq):
+        return nn.Sequential(*[layer for _, layer in pairs])
+    return nn.Sequential(dict(pairs))
+
+
 def _fold_nested(layer, into: str, path: str, not_folded: list):
     """A copy of a layer with the insides of a Sequential, a Residual (body, shortcut) or a
     Concat (its branches) folded."""
     if isinstance(layer, nn.Sequential):
-        return nn.Sequential(*_fold_layers(list(layer), into, path + ".", not_folded))
+        return _sequential_like(layer, _fold_layers(layer.named_layers(), into, path + ".",
+                                                    not_folded))
     if isinstance(layer, nn.Concat):
         return nn.Concat(*[_fold_nested(b, into, f"{path}.{i}", not_folded)
                            for i, b in enumerate(layer)], channels_last=layer.channels_last)
     if isinstance(layer, nn.Residual):
-        sc = layer._shortcut()
-        return nn.Residual(_fold_nested(layer.body, into, path + ".body", not_folded),
-                           None if sc is None else
-                           _fold_nested(sc, into, path + ".shortcut", not_folded),
-                           layer.activation)
+        sc, sc_name = layer._shortcut(), layer.shortcut_name
+        folded_sc = None if sc is None else _fold_nested(sc, into, f"{path}.{sc_name}",
+                                                         not_folded)
+        if layer._named_body:  # named layers, folded as a Sequential's
+            body = dict(_fold_layers(layer.body_items(), into, path + ".", not_folded))
+        else:
+            body = _fold_nested(layer.body, into, path + ".body", not_folded)
+        return nn.Residual(body, folded_sc, layer.activation, shortcut_name=sc_name)
     return copy.deepcopy(layer)
 
 
-def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list:
-    """The folded copies of one Sequential's layers (indices in not_folded: prefix + i; at
-    the top level, prefix "", the plain index)."""
-    def where(i: int):
-        return i if not prefix else f"{prefix}{i}"
+def _fold_layers(named: list, into: str, prefix: str, not_folded: list) -> list:
+    """The folded copies of one Sequential's ``(name, layer)`` pairs, as such pairs (where
+    in not_folded: prefix + name; at the top level, prefix "", the plain index, or the name
+    of a named layer)."""
+    names = [name for name, _ in named]
 
-    layers = [_fold_nested(layer, into, f"{prefix}{i}", not_folded)
-              for i, layer in enumerate(layers)]
-    keep: list = []
+    def where(i: int):
+        if prefix:
+            return f"{prefix}{names[i]}"
+        return i if names[i] == str(i) else names[i]
+
+    layers = [_fold_nested(layer, into, f"{prefix}{name}", not_folded)
+              for name, layer in named]
+    keep: list = []  # (name, layer) pairs
     joins = None  # the layer a BatchNorm was just folded into: a ReLU next joins it
     i = 0
     while i < len(layers):
         layer = layers[i]
+        prev = keep[-1][1] if keep else None
         if not isinstance(layer, _BatchNorm):
-            if _epilogue_name(layer) and joins is not None and keep and keep[-1] is joins:
+            if _epilogue_name(layer) and joins is not None and prev is joins:
                 joins.activation = _epilogue_name(layer)  # the ReLU after a folded BatchNorm
             else:
-                keep.append(layer)
+                keep.append((names[i], layer))
             joins = None
             i += 1
             continue
@@ -222,20 +246,19 @@ def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list
         if not layer.track_running_stats:
             not_folded.append((where(i), "it has no running statistics (batch statistics in "
                                          "eval mode too)"))
-            keep.append(layer)
+            keep.append((names[i], layer))
             i += 1
             continue
         reasons = []
         if into in ("previous", "any"):
-            why = _foldable_previous(keep[-1], layer) if keep else "it is the first layer"
+            why = _foldable_previous(prev, layer) if keep else "it is the first layer"
             if why is None:
-                prev = keep[-1]
                 _fold_into_previous(prev, layer)
                 if layer.activation == "relu":  # the fused ReLU moves into the layer
                     if _takes_relu(prev):
                         prev.activation = "relu"
                     else:
-                        keep.append(nn.ReLU())
+                        keep.append((names[i], nn.ReLU()))
                 elif _takes_relu(prev):
                     joins = prev
                 i += 1
@@ -254,7 +277,7 @@ def _fold_layers(layers: list, into: str, prefix: str, not_folded: list) -> list
                 continue
             reasons.append(why)
         not_folded.append((where(i), "; ".join(reasons)))
-        keep.append(layer)
+        keep.append((names[i], layer))
         i += 1
     return keep
 
@@ -263,16 +286,20 @@ def _fuse_in_place(module) -> int:
     """Fuse BatchNorm -> ReLU, and Conv2d or Linear -> ReLU or ReLU6, pairs inside module
     (Sequentials at any depth); the count."""
     count = 0
+    named = None
     if isinstance(module, nn.Sequential):
-        layers = list(module)
-        for i, layer in enumerate(layers[:-1]):
-            name = _epilogue_name(layers[i + 1])
+        named = module.named_layers()
+    elif isinstance(module, nn.Residual) and module._named_body:
+        named = module.body_items()
+    if named:
+        for (_, layer), (key, after) in zip(named[:-1], named[1:]):
+            name = _epilogue_name(after)
             if name is None:
                 continue
             if (isinstance(layer, _BatchNorm) and layer.activation is None
                     and not layer.renorm and name == "relu") or _takes_relu(layer):
                 layer.activation = name
-                module._modules[str(i + 1)] = nn.Identity()
+                module._modules[key] = nn.Identity()
                 count += 1
     for child in list(module._modules.values()):
         count += _fuse_in_place(child)

@@ -264,14 +264,32 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse. Indexable like a list."""
+    """Layers applied in order; backward runs them in reverse. Indexable like a list.
+
+    ``Sequential(a, b, c)`` names the layers ``"0"``, ``"1"``, ``"2"`` (the prefixes of
+    their state_dict keys); ``Sequential({"conv1": a, "bn1": b})`` (a dict, in its order)
+    names them as given, as ``torch.nn.Sequential(OrderedDict(...))`` does, and the layers
+    are also attributes (``model.conv1``).
+    """
 
     def __init__(self, *layers: Module):
         super().__init__()
-        for i, layer in enumerate(layers):
+        if len(layers) == 1 and isinstance(layers[0], dict):
+            named = list(layers[0].items())
+            for name, _ in named:
+                if not isinstance(name, str) or not name or "." in name:
+                    raise ValueError(f"layer names must be non-empty strings without dots, "
+                                     f"got {name!r}")
+        else:
+            named = [(str(i), layer) for i, layer in enumerate(layers)]
+        for name, layer in named:
             if not isinstance(layer, Module):
-                raise TypeError(f"layer {i} is not a cybn Module: {type(layer).__name__}")
-            self._modules[str(i)] = layer
+                raise TypeError(f"layer {name} is not a cybn Module: {type(layer).__name__}")
+            self._modules[name] = layer
+
+    def named_layers(self) -> list:
+        """``[(name, layer), ...]`` in order."""
+        return list(self._modules.items())
 
     def __getitem__(self, index):
         return list(self._modules.values())[index]

@@ -30,13 +30,18 @@ class Residual(Module):
 
     Parameters
     ----------
-    body : Module
-        Usually a :class:`Sequential` ending in a BatchNorm layer (conv, BN, ReLU, conv, BN).
+    body : Module or dict
+        Usually a :class:`Sequential` ending in a BatchNorm layer (conv, BN, ReLU, conv, BN),
+        kept as the child ``body``. A dict of named layers (in order) makes them this
+        block's own children instead, so their state_dict keys are ``conv1.weight``,
+        ``bn1.running_mean``, ... as in torchvision's ``BasicBlock``.
     shortcut : Module or None
         None for the identity; a projection (1x1 Conv2d and BatchNorm2d) when the body
         changes the shape.
     activation : "relu" or None
         Applied to the sum.
+    shortcut_name : str
+        The shortcut's child name, the prefix of its keys (torchvision: ``"downsample"``).
 
     Notes
     -----
@@ -45,36 +50,67 @@ class Residual(Module):
     (``batch_norm_train(..., residual=s, activation="relu")``) and its backward returns the
     shortcut's gradient too; when it ends in a Conv2d without one (a folded model), they run
     in the convolution's epilogue (:meth:`Conv2d.forward_fused`); otherwise they
-    run as NumPy operations. The outputs and gradients are the same either way, bit for bit.
-    state_dict keys are ``body.*`` and ``shortcut.*``, as in a PyTorch module with those
-    attribute names.
+    run as NumPy operations. Nested Sequentials in the body count as their layers. The
+    outputs and gradients are the same either way, bit for bit. state_dict keys are
+    ``body.*`` (or the named layers') and ``shortcut.*`` (or ``shortcut_name``'s), as in a
+    PyTorch module with those attribute names.
     """
 
-    def __init__(self, body: Module, shortcut: Module | None = None,
-                 activation: str | None = "relu"):
+    def __init__(self, body, shortcut: Module | None = None,
+                 activation: str | None = "relu", *, shortcut_name: str = "shortcut"):
         super().__init__()
-        for name, m in (("body", body), ("shortcut", shortcut)):
+        named = isinstance(body, dict)
+        parts = list(body.items()) if named else [("body", body)]
+        if not isinstance(shortcut_name, str) or not shortcut_name or "." in shortcut_name:
+            raise ValueError(f"shortcut_name must be a non-empty name without dots, got "
+                             f"{shortcut_name!r}")
+        for name, m in parts + [("shortcut", shortcut)]:
             if m is not None and not isinstance(m, Module):
                 raise TypeError(f"{name} must be a cybn Module, got {type(m).__name__}")
+        if named and (not parts or shortcut_name in body):
+            raise ValueError(f"body must name at least one layer, none of them "
+                             f"{shortcut_name!r} (the shortcut's name)")
         check_activation(activation)
-        self.body = body
+        for name, m in parts:
+            self._modules[name] = m
         if shortcut is not None:
-            self.shortcut = shortcut
+            self._modules[shortcut_name] = shortcut
         self.activation = activation
+        self.shortcut_name = shortcut_name
+        self._named_body = named
         self._cache = None
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
 
+    def body_items(self) -> list:
+        """The body's ``(name, layer)`` children: ``[("body", body)]``, or the named
+        layers given as a dict."""
+        return [(k, m) for k, m in self._modules.items() if k != self.shortcut_name]
+
+    @property
+    def body(self) -> Module:
+        """The body: the module given, or a Sequential of the named layers (sharing them)."""
+        if not self._named_body:
+            return self._modules["body"]
+        return Sequential(dict(self.body_items()))
+
     def _shortcut(self) -> Module | None:
-        return self._modules.get("shortcut")
+        return self._modules.get(self.shortcut_name)
+
+    def _body_layers(self) -> list:
+        """The body's layers in order, nested Sequentials opened."""
+        def opened(m):
+            return [x for layer in m for x in opened(layer)] if isinstance(m, Sequential) \
+                else [m]
+
+        return [x for _, m in self.body_items() for x in opened(m)]
 
     def _split_body(self) -> tuple:
         """(the layers before the last one, that layer) when the body ends in a BatchNorm
         or a Conv2d without an activation, whose forward_fused takes the add and the ReLU;
         else (None, None)."""
-        body = self.body
-        layers = list(body) if isinstance(body, Sequential) else [body]
+        layers = self._body_layers()
         last = layers[-1] if layers else None
         if (isinstance(last, _BatchNorm) and last.activation is None and not last.renorm) \
                 or (type(last) is Conv2d and last.activation is None):
@@ -93,7 +129,10 @@ class Residual(Module):
             y = bn.forward_fused(h, s, self.activation)
             self._cache = ResidualSaved(y.shape, head=tuple(head), bn=bn)
             return y
-        pre = np.asarray(self.body(x)) + s
+        h = x
+        for layer in self._body_layers():
+            h = layer(h)
+        pre = np.asarray(h) + s
         if self.activation is None:
             self._cache = ResidualSaved(pre.shape)
             return pre
@@ -109,7 +148,9 @@ class Residual(Module):
                 dh = layer.backward(dh)
         else:
             dsum = dy if saved.cut is None else np.where(saved.cut, dy.dtype.type(0), dy)
-            dh = self.body.backward(dsum)
+            dh = dsum
+            for layer in reversed(self._body_layers()):
+                dh = layer.backward(dh)
         shortcut = self._shortcut()
         ds = dsum if shortcut is None else shortcut.backward(dsum)
         return dh + ds
