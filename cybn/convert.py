@@ -209,16 +209,8 @@ class _Converter:
             return nn.Residual(conv, activation=None) if m.use_res_connect else \
                 nn.Sequential(conv)
         # ShuffleNetV2's: split (stride 1) or two branches (stride 2), concatenated, shuffled
-        branch2 = self.child(m, "branch2", path)
-        if m.stride == 1:
-            half = m.branch2[0].in_channels
-            joined = nn.Concat(nn.ChannelSlice(0, half, channels_last=self.cl),
-                               nn.Sequential(nn.ChannelSlice(half, 2 * half,
-                                                             channels_last=self.cl), branch2),
-                               channels_last=self.cl)
-        else:
-            joined = nn.Concat(self.child(m, "branch1", path), branch2, channels_last=self.cl)
-        return nn.Sequential(joined, nn.ChannelShuffle(2, channels_last=self.cl))
+        branch1 = self.child(m, "branch1", path) if m.stride > 1 else None
+        return nn.ShuffleUnit(self.child(m, "branch2", path), branch1, channels_last=self.cl)
 
     def tv_MobileNetV2(self, m, path):
         return nn.Sequential({"features": self.child(m, "features", path),
@@ -227,25 +219,28 @@ class _Converter:
                               "classifier": self.child(m, "classifier", path)})
 
     def tv_SqueezeNet(self, m, path):
-        return nn.Sequential(self.child(m, "features", path),
-                             self.child(m, "classifier", path),
-                             nn.Flatten(channels_last=self.cl))
+        return nn.Sequential({"features": self.child(m, "features", path),
+                              "classifier": self.child(m, "classifier", path),
+                              "flatten": nn.Flatten(channels_last=self.cl)})
 
     def tv_Fire(self, m, path):
-        def branch(conv, act):
-            return nn.Sequential(self.child(m, conv, path), self.child(m, act, path))
-
-        return nn.Sequential(self.child(m, "squeeze", path),
-                             self.child(m, "squeeze_activation", path),
-                             nn.Concat(branch("expand1x1", "expand1x1_activation"),
-                                       branch("expand3x3", "expand3x3_activation"),
-                                       channels_last=self.cl))
+        names = ["squeeze", "expand1x1", "expand3x3"]
+        convs = {n: self.child(m, n, path) for n in names}
+        layer = nn.Fire(convs["squeeze"].in_channels, *[convs[n].out_channels for n in names],
+                        channels_last=self.cl, dtype=convs["squeeze"].weight.data.dtype)
+        for n in names:
+            setattr(layer, n, convs[n])
+        for n in ("squeeze_activation", "expand1x1_activation", "expand3x3_activation"):
+            if type(getattr(m, n)).__name__ != "ReLU":
+                raise TypeError(f"from_torch: {path}{n} is not a ReLU")
+        return layer
 
     def tv_ShuffleNetV2(self, m, path):
         names = ["conv1", "maxpool", "stage2", "stage3", "stage4", "conv5"]
-        return nn.Sequential(*[self.child(m, n, path) for n in names],
-                             nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
-                             nn.Flatten(channels_last=self.cl), self.child(m, "fc", path))
+        layers = {n: self.child(m, n, path) for n in names}
+        layers.update(avgpool=nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
+                      flatten=nn.Flatten(channels_last=self.cl), fc=self.child(m, "fc", path))
+        return nn.Sequential(layers)
 
     def tv_SqueezeExcitation(self, m, path):
         fc1, fc2 = self.child(m, "fc1", path), self.child(m, "fc2", path)
@@ -296,10 +291,11 @@ def from_torch(module, *, channels_last: bool = False, dtype=None):
     -------
     Module
         In the module's mode (``training`` of every BatchNorm as in PyTorch). Residual
-        blocks become :class:`cybn.Residual`, branches :class:`cybn.Concat`. The state_dict
-        keys are the module's for plain Sequentials and for torchvision's ResNet and
-        MobileNetV2 (as :mod:`cybn.models` builds them); the other torchvision models' keys
-        follow cybn's structure (``features.3.0.1.weight`` for a Fire module's branch).
+        blocks become :class:`cybn.Residual`, branches :class:`cybn.Concat`, SqueezeNet's
+        and ShuffleNetV2's blocks :class:`cybn.Fire` and :class:`cybn.ShuffleUnit`. The
+        state_dict keys are the module's for plain Sequentials and for torchvision's ResNet,
+        MobileNetV2, SqueezeNet and ShuffleNetV2 (as :mod:`cybn.models` builds them);
+        DenseNet's follow cybn's structure.
 
     Raises
     ------

@@ -19,6 +19,7 @@ import numpy as np
 from . import nn
 from .nn._args import positive_int
 from .nn.batchnorm import _BatchNorm
+from .nn.branches import _Composite
 
 __all__ = ["fold_batchnorm", "insert_batchnorm", "fuse", "recalibrate"]
 
@@ -195,8 +196,8 @@ def _sequential_like(seq, pairs: list):
 
 
 def _fold_nested(layer, into: str, path: str, not_folded: list):
-    """A copy of a layer with the insides of a Sequential, a Residual (body, shortcut) or a
-    Concat (its branches) folded."""
+    """A copy of a layer with the insides of a Sequential, a Residual (body, shortcut), a
+    Concat (its branches) or a Fire or ShuffleUnit (its children) folded."""
     if isinstance(layer, nn.Sequential):
         return _sequential_like(layer, _fold_layers(layer.named_layers(), into, path + ".",
                                                     not_folded))
@@ -212,6 +213,13 @@ def _fold_nested(layer, into: str, path: str, not_folded: list):
         else:
             body = _fold_nested(layer.body, into, path + ".body", not_folded)
         return nn.Residual(body, folded_sc, layer.activation, shortcut_name=sc_name)
+    if isinstance(layer, _Composite):  # Fire, ShuffleUnit: their children folded
+        clone = copy.copy(layer)
+        object.__setattr__(clone, "_modules", type(layer._modules)(
+            (name, _fold_nested(child, into, f"{path}.{name}", not_folded))
+            for name, child in layer._modules.items()))
+        object.__setattr__(clone, "_net", None)
+        return clone
     return copy.deepcopy(layer)
 
 
@@ -291,7 +299,10 @@ def _fuse_in_place(module) -> int:
         named = module.named_layers()
     elif isinstance(module, nn.Residual) and module._named_body:
         named = module.body_items()
-    if named:
+    chains = [named] if named else []
+    if isinstance(module, _Composite):  # Fire: its conv -> ReLU pairs
+        chains = [[(n, module._modules[n]) for n in chain] for chain in module._chains()]
+    for named in chains:
         for (_, layer), (key, after) in zip(named[:-1], named[1:]):
             name = _epilogue_name(after)
             if name is None:

@@ -20,7 +20,9 @@ import numpy as np
 from . import nn
 from .nn._args import as_rng, positive_int
 
-__all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
+__all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "squeezenet1_0",
+           "squeezenet1_1", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+           "shufflenet_v2_x2_0"]
 
 
 class _Builder:
@@ -174,3 +176,117 @@ def mobilenet_v2(num_classes: int = 1000, *, width_mult: float = 1.0, dropout: f
                           "avgpool": nn.AdaptiveAvgPool2d(1, channels_last=b.cl),
                           "flatten": nn.Flatten(channels_last=b.cl),
                           "classifier": nn.Sequential(nn.Dropout(dropout), fc)})
+
+
+def _squeezenet(version: str, num_classes: int, dropout: float, channels_last: bool, dtype,
+                rng) -> nn.Sequential:
+    b = _Builder(channels_last, dtype, rng)
+    num_classes = positive_int(num_classes, "num_classes")
+    cl = b.cl
+
+    def fire(*planes):
+        return nn.Fire(*planes, channels_last=cl, dtype=b.dtype, rng=b.rng)
+
+    def pool():
+        return nn.MaxPool2d(3, 2, ceil_mode=True, channels_last=cl)
+
+    if version == "1_0":
+        stem = nn.Conv2d(3, 96, 7, 2, channels_last=cl, dtype=b.dtype, rng=b.rng)
+        features = [stem, nn.ReLU(), pool(), fire(96, 16, 64, 64), fire(128, 16, 64, 64),
+                    fire(128, 32, 128, 128), pool(), fire(256, 32, 128, 128),
+                    fire(256, 48, 192, 192), fire(384, 48, 192, 192), fire(384, 64, 256, 256),
+                    pool(), fire(512, 64, 256, 256)]
+    else:
+        stem = nn.Conv2d(3, 64, 3, 2, channels_last=cl, dtype=b.dtype, rng=b.rng)
+        features = [stem, nn.ReLU(), pool(), fire(64, 16, 64, 64), fire(128, 16, 64, 64),
+                    pool(), fire(128, 32, 128, 128), fire(256, 32, 128, 128), pool(),
+                    fire(256, 48, 192, 192), fire(384, 48, 192, 192), fire(384, 64, 256, 256),
+                    fire(512, 64, 256, 256)]
+    final = nn.Conv2d(512, num_classes, 1, channels_last=cl, dtype=b.dtype, rng=b.rng)
+    for m in features + [final]:  # torchvision's init: He-uniform, the classifier N(0, 0.01)
+        for conv in (c for c in m.modules() if isinstance(c, nn.Conv2d)):
+            fan_in = conv.weight.data[0].size
+            bound = math.sqrt(6.0 / fan_in)
+            conv.weight.data[...] = b.rng.uniform(-bound, bound, conv.weight.shape)
+            conv.bias.data[...] = 0
+    final.weight.data[...] = b.rng.normal(0.0, 0.01, final.weight.shape)
+    return nn.Sequential({"features": nn.Sequential(*features),
+                          "classifier": nn.Sequential(nn.Dropout(dropout), final, nn.ReLU(),
+                                                      nn.AdaptiveAvgPool2d(1,
+                                                                           channels_last=cl)),
+                          "flatten": nn.Flatten(channels_last=cl)})
+
+
+def squeezenet1_0(num_classes: int = 1000, *, dropout: float = 0.5,
+                  channels_last: bool = False, dtype=np.float32, rng=None) -> nn.Sequential:
+    """SqueezeNet 1.0 (torchvision's ``squeezenet1_0``): keys ``features.0.weight``,
+    ``features.3.squeeze.weight``, ``features.3.expand1x1.weight``, ...,
+    ``classifier.1.weight``; the Fire modules are :class:`cybn.Fire`. Arguments as
+    :func:`resnet18`, plus the classifier's ``dropout``."""
+    return _squeezenet("1_0", num_classes, dropout, channels_last, dtype, rng)
+
+
+def squeezenet1_1(num_classes: int = 1000, *, dropout: float = 0.5,
+                  channels_last: bool = False, dtype=np.float32, rng=None) -> nn.Sequential:
+    """SqueezeNet 1.1 (torchvision's ``squeezenet1_1``), as :func:`squeezenet1_0`."""
+    return _squeezenet("1_1", num_classes, dropout, channels_last, dtype, rng)
+
+
+def _shufflenet(widths: tuple, num_classes: int, channels_last: bool, dtype,
+                rng) -> nn.Sequential:
+    b = _Builder(channels_last, dtype, rng)
+    num_classes = positive_int(num_classes, "num_classes")
+    cl = b.cl
+
+    def conv(cin, cout, k, stride=1, groups=1):  # PyTorch's default init, no bias
+        return nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, bias=False, channels_last=cl,
+                         dtype=b.dtype, rng=b.rng, groups=groups)
+
+    def unit(cin, cout, stride):
+        f = cout // 2
+        branch1 = None
+        if stride > 1:
+            branch1 = nn.Sequential(conv(cin, cin, 3, stride, cin), b.bn(cin), conv(cin, f, 1),
+                                    b.bn(f), nn.ReLU())
+        branch2 = nn.Sequential(conv(cin if stride > 1 else f, f, 1), b.bn(f), nn.ReLU(),
+                                conv(f, f, 3, stride, f), b.bn(f), conv(f, f, 1), b.bn(f),
+                                nn.ReLU())
+        return nn.ShuffleUnit(branch2, branch1, channels_last=cl)
+
+    layers = {"conv1": nn.Sequential(conv(3, widths[0], 3, 2), b.bn(widths[0]), nn.ReLU()),
+              "maxpool": nn.MaxPool2d(3, 2, 1, channels_last=cl)}
+    cin = widths[0]
+    for stage, (repeats, cout) in enumerate(zip((4, 8, 4), widths[1:4])):
+        layers[f"stage{stage + 2}"] = nn.Sequential(
+            unit(cin, cout, 2), *[unit(cout, cout, 1) for _ in range(repeats - 1)])
+        cin = cout
+    layers.update(conv5=nn.Sequential(conv(cin, widths[4], 1), b.bn(widths[4]), nn.ReLU()),
+                  avgpool=nn.AdaptiveAvgPool2d(1, channels_last=cl),
+                  flatten=nn.Flatten(channels_last=cl), fc=b.linear(widths[4], num_classes))
+    return nn.Sequential(layers)
+
+
+def shufflenet_v2_x0_5(num_classes: int = 1000, *, channels_last: bool = False,
+                       dtype=np.float32, rng=None) -> nn.Sequential:
+    """ShuffleNetV2 x0.5 (torchvision's ``shufflenet_v2_x0_5``): keys ``conv1.0.weight``,
+    ``stage2.0.branch1.0.weight``, ``stage2.1.branch2.0.weight``, ..., ``conv5.0.weight``,
+    ``fc.weight``; the units are :class:`cybn.ShuffleUnit`. Arguments as :func:`resnet18`."""
+    return _shufflenet((24, 48, 96, 192, 1024), num_classes, channels_last, dtype, rng)
+
+
+def shufflenet_v2_x1_0(num_classes: int = 1000, *, channels_last: bool = False,
+                       dtype=np.float32, rng=None) -> nn.Sequential:
+    """ShuffleNetV2 x1.0, as :func:`shufflenet_v2_x0_5`."""
+    return _shufflenet((24, 116, 232, 464, 1024), num_classes, channels_last, dtype, rng)
+
+
+def shufflenet_v2_x1_5(num_classes: int = 1000, *, channels_last: bool = False,
+                       dtype=np.float32, rng=None) -> nn.Sequential:
+    """ShuffleNetV2 x1.5, as :func:`shufflenet_v2_x0_5`."""
+    return _shufflenet((24, 176, 352, 704, 1024), num_classes, channels_last, dtype, rng)
+
+
+def shufflenet_v2_x2_0(num_classes: int = 1000, *, channels_last: bool = False,
+                       dtype=np.float32, rng=None) -> nn.Sequential:
+    """ShuffleNetV2 x2.0, as :func:`shufflenet_v2_x0_5`."""
+    return _shufflenet((24, 244, 488, 976, 2048), num_classes, channels_last, dtype, rng)

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import nn
 from .nn.batchnorm import _BatchNorm
+from .nn.branches import _Composite
 
 __all__ = ["to_onnx", "from_onnx_model"]
 
@@ -169,6 +170,8 @@ def _emit(w: _Writer, layer, x: str, rank: int, c, path: str) -> tuple:
         perm = np.arange(c).reshape(g, c // g).T.reshape(-1)
         return w.node("Gather", [x, w.const(hint + "_perm", perm, np.int64)], hint,
                       axis=1), rank, c
+    if isinstance(layer, _Composite):  # Fire, ShuffleUnit: the composition they run
+        return _emit(w, layer._compose(), x, rank, c, path)
     if kind is nn.SqueezeExcitation:
         s = w.node("GlobalAveragePool", [x], hint + "_squeeze")
         for name in ("fc1", "activation", "fc2", "scale_activation"):

@@ -10,6 +10,8 @@ MODEL_CASES = [
     ("resnet18", "resnet18", {"num_classes": 10}),
     ("resnet50", "resnet50", {"num_classes": 10}),
     ("mobilenet_v2", "mobilenet_v2", {"num_classes": 10, "width_mult": 0.5, "dropout": 0.0}),
+    ("squeezenet1_1", "squeezenet1_1", {"num_classes": 10, "dropout": 0.0}),
+    ("shufflenet_v2_x0_5", "shufflenet_v2_x0_5", {"num_classes": 10}),
 ]
 INPUT_SHAPE = (2, 3, 64, 64)  # NCHW, float64
 

@@ -133,6 +133,8 @@ BUILDERS = {
     "resnet18": lambda cl: cybn.models.resnet18(7, channels_last=cl, rng=0),
     "mobilenet_v2": lambda cl: cybn.models.mobilenet_v2(7, width_mult=0.35, channels_last=cl,
                                                         rng=0),
+    "squeezenet1_1": lambda cl: cybn.models.squeezenet1_1(7, channels_last=cl, rng=0),
+    "shufflenet_v2": lambda cl: cybn.models.shufflenet_v2_x0_5(7, channels_last=cl, rng=0),
     "squeeze_like": squeeze_like,
     "shuffle_like": shuffle_like,
     "se_like": se_like,

@@ -10,9 +10,10 @@ from ..ops import pool
 from ._args import positive_int
 from .activation import Hardsigmoid, ReLU, Sigmoid
 from .conv import Conv2d
-from .module import Module
+from .module import Module, Sequential
 
-__all__ = ["Concat", "ChannelSlice", "ChannelShuffle", "SqueezeExcitation"]
+__all__ = ["Concat", "ChannelSlice", "ChannelShuffle", "SqueezeExcitation", "Fire",
+           "ShuffleUnit"]
 
 
 def _channel_axis(x: np.ndarray, channels_last: bool, name: str) -> int:
@@ -217,3 +218,122 @@ def _as_module(value, names: dict, what: str) -> Module:
         return names[value]()
     raise ValueError(f"{what} must be one of {', '.join(map(repr, names))} or a cybn Module, "
                      f"got {value!r}")
+
+
+class _Composite(Module):
+    """A block whose children carry the names of the PyTorch module it mirrors (so its
+    state_dict keys are torchvision's) and whose computation is a composition of those
+    same children in cybn's containers, built by ``_compose`` at each forward (so a child
+    replaced by :func:`cybn.fold_batchnorm` or :func:`cybn.fuse` is the one used)."""
+
+    def _compose(self) -> Module:
+        raise NotImplementedError
+
+    def _chains(self) -> list:
+        """Lists of child names that run one after another (where :func:`cybn.fuse` may
+        move an activation into the layer before it)."""
+        return []
+
+    def forward(self, x):
+        net = self._compose()
+        object.__setattr__(self, "_net", net)
+        return net(x)
+
+    def backward(self, dy):
+        net = self.__dict__.get("_net")
+        if net is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first (each "
+                               f"forward allows one backward)")
+        object.__setattr__(self, "_net", None)
+        return net.backward(dy)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_net", None)  # the composition of the last forward: not state
+        return state
+
+
+class Fire(_Composite):
+    """SqueezeNet's Fire module, as torchvision's: ``squeeze`` (1x1 conv) and ReLU, then
+    the concatenation of ``expand1x1`` (1x1) and ``expand3x3`` (3x3, padding 1), each with
+    its ReLU. state_dict keys ``squeeze.*``, ``expand1x1.*``, ``expand3x3.*``.
+
+    Parameters
+    ----------
+    inplanes, squeeze_planes, expand1x1_planes, expand3x3_planes : int
+    channels_last : bool
+    dtype, rng : as Conv2d's
+    """
+
+    def __init__(self, inplanes: int, squeeze_planes: int, expand1x1_planes: int,
+                 expand3x3_planes: int, channels_last: bool = False, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        cl = channels_last
+        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        self.squeeze = Conv2d(inplanes, squeeze_planes, 1, channels_last=cl, dtype=dtype,
+                              rng=rng)
+        self.squeeze_activation = ReLU()
+        self.expand1x1 = Conv2d(squeeze_planes, expand1x1_planes, 1, channels_last=cl,
+                                dtype=dtype, rng=rng)
+        self.expand1x1_activation = ReLU()
+        self.expand3x3 = Conv2d(squeeze_planes, expand3x3_planes, 3, padding=1,
+                                channels_last=cl, dtype=dtype, rng=rng)
+        self.expand3x3_activation = ReLU()
+        self.channels_last = channels_last
+
+    def _chains(self) -> list:
+        return [[f"{n}", f"{n}_activation"] for n in ("squeeze", "expand1x1", "expand3x3")]
+
+    def _compose(self) -> Module:
+        return Sequential(self.squeeze, self.squeeze_activation, Concat(
+            Sequential(self.expand1x1, self.expand1x1_activation),
+            Sequential(self.expand3x3, self.expand3x3_activation),
+            channels_last=self.channels_last))
+
+
+class ShuffleUnit(_Composite):
+    """ShuffleNetV2's unit (torchvision's ``shufflenetv2.InvertedResidual``): with
+    ``branch1`` (stride 2), both branches see the whole input; without it (stride 1), the
+    first half of the channels passes as it is and ``branch2`` takes the second half. The
+    two results are concatenated along the channels and shuffled in 2 groups. state_dict keys
+    ``branch1.*``, ``branch2.*``.
+
+    Parameters
+    ----------
+    branch2 : Module
+    branch1 : Module or None
+    channels_last : bool
+    """
+
+    def __init__(self, branch2: Module, branch1: Module | None = None,
+                 channels_last: bool = False):
+        super().__init__()
+        for name, m in (("branch1", branch1), ("branch2", branch2)):
+            if m is not None and not isinstance(m, Module):
+                raise TypeError(f"{name} must be a cybn Module, got {type(m).__name__}")
+        if branch1 is not None:
+            self.branch1 = branch1
+        self.branch2 = branch2
+        self.channels_last = channels_last
+
+    def _compose(self) -> Module:
+        cl = self.channels_last
+        branch1 = self._modules.get("branch1")
+        if branch1 is not None:
+            joined = Concat(branch1, self.branch2, channels_last=cl)
+        else:
+            half = _in_channels(self.branch2)
+            joined = Concat(ChannelSlice(0, half, channels_last=cl),
+                            Sequential(ChannelSlice(half, 2 * half, channels_last=cl),
+                                       self.branch2), channels_last=cl)
+        return Sequential(joined, ChannelShuffle(2, channels_last=cl))
+
+
+def _in_channels(m: Module) -> int:
+    """The input channels of a branch (its first convolution's)."""
+    for layer in m.modules():
+        if isinstance(layer, Conv2d):
+            return layer.in_channels
+    raise ValueError("a ShuffleUnit's branch2 must contain a Conv2d (its input channels "
+                     "give the split)")

@@ -5,6 +5,7 @@ finite differences of float64 gradients."""
 import numpy as np
 import pytest
 
+import cybn
 from cybn import nn
 
 
@@ -148,3 +149,41 @@ def test_fold_batchnorm_folds_inside_concat_branches():
     assert folded[1][0][0].activation == "relu"  # the first branch's ReLU moved in
     x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(folded(x), fire(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fire_and_shuffle_unit_compose_their_named_children():
+    """Fire and ShuffleUnit compute with the children that carry torchvision's names: a
+    child swapped after construction (as fold_batchnorm and fuse do) is the one used, and
+    forward/backward agree with the same layers written as Concat blocks."""
+    rng = np.random.default_rng(0)
+    fire = cybn.Fire(6, 3, 4, 5, dtype=np.float64, rng=1)
+    assert [k.split(".")[0] for k in fire.state_dict()][::2] == ["squeeze", "expand1x1",
+                                                                 "expand3x3"]
+    plain = cybn.Sequential(fire.squeeze, cybn.ReLU(), cybn.Concat(
+        cybn.Sequential(fire.expand1x1, cybn.ReLU()), cybn.Sequential(fire.expand3x3,
+                                                                       cybn.ReLU())))
+    x = rng.standard_normal((2, 6, 5, 7))
+    y = fire(x)
+    dy = rng.standard_normal(y.shape)
+    fire.zero_grad()
+    dx = fire.backward(dy)
+    grads = [p.grad.copy() for p in fire.parameters()]
+    fire.zero_grad()  # the same layer objects, run through plain
+    np.testing.assert_array_equal(plain(x), y)
+    np.testing.assert_array_equal(plain.backward(dy), dx)
+    for g, p in zip(grads, fire.parameters()):
+        np.testing.assert_array_equal(g, p.grad)
+    with pytest.raises(RuntimeError, match="forward first"):
+        fire.backward(dy)
+    fire.expand3x3_activation = cybn.Identity()  # no ReLU on that branch any more
+    assert (fire(x)[:, 4:] < 0).any()
+
+    unit = cybn.ShuffleUnit(cybn.Sequential(cybn.Conv2d(4, 4, 1, dtype=np.float64, rng=2),
+                                            cybn.BatchNorm2d(4, dtype=np.float64)))
+    x = rng.standard_normal((2, 8, 3, 3))
+    y = unit(x)
+    half = cybn.ChannelShuffle(2)(np.concatenate([x[:, :4], unit.branch2(x[:, 4:])], axis=1))
+    np.testing.assert_allclose(y, half, rtol=1e-14)
+    assert unit.backward(np.ones_like(y)).shape == x.shape
+    with pytest.raises(TypeError, match="branch2"):
+        cybn.ShuffleUnit("conv")
