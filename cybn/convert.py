@@ -3,9 +3,9 @@
 :func:`from_torch` walks a ``torch.nn.Module`` tree and builds the cybn layers that compute
 the same function: the standard ``torch.nn`` layers, ``Sequential`` (and its subclasses,
 such as torchvision's ``Conv2dNormActivation``), and the blocks of torchvision's ResNet,
-MobileNetV2, SqueezeNet, ShuffleNetV2 and DenseNet families, whose ``forward`` adds a
-shortcut, concatenates branches or shuffles channels. PyTorch is needed for the conversion
-only (imported here, lazily); the result runs on cybn alone.
+MobileNetV2, SqueezeNet, ShuffleNetV2, EfficientNet and DenseNet families, whose
+``forward`` adds a shortcut, concatenates branches or shuffles channels. PyTorch is needed
+for the conversion only (imported here, lazily); the result runs on cybn alone.
 """
 
 from __future__ import annotations
@@ -263,6 +263,25 @@ class _Converter:
     def tv__DenseBlock(self, m, path):  # a ModuleDict run in order (Sequentials convert as such)
         return nn.Sequential(*[self.convert(c, f"{path}{n}.") for n, c in self._named(m)])
 
+    def tv_StochasticDepth(self, m, path):
+        return nn.StochasticDepth(m.p, m.mode)
+
+    def tv_MBConv(self, m, path):
+        """EfficientNet's block: block, then (same shape) stochastic depth and the add."""
+        block = self.child(m, "block", path)
+        if not m.use_res_connect:
+            return nn.Sequential({"block": block})
+        body = {"block": block, "stochastic_depth": self.child(m, "stochastic_depth", path)}
+        return nn.Residual(body, activation=None)
+
+    tv_FusedMBConv = tv_MBConv  # EfficientNetV2's
+
+    def tv_EfficientNet(self, m, path):
+        return nn.Sequential({"features": self.child(m, "features", path),
+                              "avgpool": nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
+                              "flatten": nn.Flatten(channels_last=self.cl),
+                              "classifier": self.child(m, "classifier", path)})
+
     def tv_DenseNet(self, m, path):
         return nn.Sequential(self.child(m, "features", path), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(1, channels_last=self.cl),
@@ -279,7 +298,7 @@ def from_torch(module, *, channels_last: bool = False, dtype=None):
         Standard ``torch.nn`` layers (Conv2d with zero padding, Linear, BatchNorm1d/2d, the
         activations, pooling, Flatten, Dropout, Identity, ChannelShuffle) in Sequentials at
         any depth, and torchvision's ResNet, MobileNetV2, SqueezeNet, ShuffleNetV2 and
-        DenseNet (``drop_rate=0``) models and blocks.
+        EfficientNet and DenseNet (``drop_rate=0``) models and blocks.
     channels_last : bool
         Build the cybn model for (N, H, W, C) inputs (weights in PyTorch's layout either
         way; Flatten keeps PyTorch's (C, H, W) order, so a following Linear's weight is

@@ -53,11 +53,11 @@ def compare(tm, shape, channels_last, training, rtol=1e-10):
     tm = trained_look(tm).double()
     tm.train(training)
     for m in tm.modules():  # random masks cannot agree
-        if isinstance(m, torch.nn.Dropout):
+        if isinstance(m, torch.nn.Dropout) or type(m).__name__ == "StochasticDepth":
             m.eval()
     cm = cybn.from_torch(tm, channels_last=channels_last)
     for m in cm.modules():
-        if isinstance(m, cybn.Dropout):
+        if isinstance(m, (cybn.Dropout, cybn.StochasticDepth)):
             m.eval()
     assert cm.training == training
     rng = np.random.default_rng(0)
@@ -130,6 +130,7 @@ FAMILIES = {
                      (2, 3, 40, 40)),
     "squeezenet1_1": (lambda M: M.squeezenet1_1(num_classes=10), (2, 3, 48, 48)),
     "shufflenet_v2": (lambda M: M.shufflenet_v2_x0_5(num_classes=10), (2, 3, 40, 40)),
+    "efficientnet_b0": (lambda M: M.efficientnet_b0(num_classes=10), (2, 3, 40, 40)),
     "densenet": (lambda M: M.DenseNet(growth_rate=8, block_config=(2, 2),
                                       num_init_features=16, num_classes=10), (2, 3, 32, 32)),
 }

@@ -1,4 +1,4 @@
-"""Dropout."""
+"""Dropout, and stochastic depth (dropout of whole residual branches)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from ._args import as_rng
 from .module import Module
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "StochasticDepth"]
 
 
 class Dropout(Module):
@@ -36,6 +36,49 @@ class Dropout(Module):
             raise TypeError(f"Dropout: x must hold floating-point numbers, got dtype {x.dtype}")
         keep = self.rng.random(x.shape) >= self.p
         scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        self._cache = (scale, x.shape)
+        return x * scale
+
+    def backward(self, dy):
+        (scale, _), dy = self._take_saved(dy, lambda saved: saved[1])
+        return dy if scale is None else dy * scale
+
+
+class StochasticDepth(Module):
+    """torchvision's ``StochasticDepth(p, mode)`` (EfficientNet's residual branches): in
+    training, zeroes whole samples (``mode="row"``: each sample of the batch on its own) or
+    the whole batch (``"batch"``) with probability p and scales what survives by 1/(1-p);
+    identity in eval mode and for p = 0 (p = 1 zeroes everything, as torchvision).
+    ``rng`` is a seed or a numpy Generator."""
+
+    def __init__(self, p: float, mode: str = "row", rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+        if mode not in ("row", "batch"):
+            raise ValueError(f"mode must be 'row' or 'batch', got {mode!r}")
+        self.p: float = float(p)
+        self.mode = mode
+        self.rng = as_rng(rng)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}"
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not self.training or self.p == 0.0:
+            self._cache = (None, x.shape)
+            return x
+        if x.dtype.kind != "f":
+            raise TypeError(f"StochasticDepth: x must hold floating-point numbers, got dtype "
+                            f"{x.dtype}")
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
+        survival = 1.0 - self.p
+        keep = self.rng.random(shape) < survival
+        scale = keep.astype(x.dtype)
+        if survival > 0.0:
+            scale /= x.dtype.type(survival)
         self._cache = (scale, x.shape)
         return x * scale
 

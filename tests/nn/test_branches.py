@@ -187,3 +187,22 @@ def test_fire_and_shuffle_unit_compose_their_named_children():
     assert unit.backward(np.ones_like(y)).shape == x.shape
     with pytest.raises(TypeError, match="branch2"):
         cybn.ShuffleUnit("conv")
+
+
+def test_stochastic_depth_drops_whole_samples():
+    x = np.ones((400, 3, 2, 2))
+    layer = cybn.StochasticDepth(0.25, "row", rng=0)
+    y = layer(x)
+    kept = y.reshape(400, -1)
+    assert set(np.unique(kept)) == {0.0, 1 / 0.75}
+    assert np.all(kept.min(axis=1) == kept.max(axis=1))  # a whole sample or nothing
+    assert 0.6 < np.mean(kept[:, 0] > 0) < 0.9
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)  # the same mask
+    batch = cybn.StochasticDepth(0.5, "batch", rng=1)
+    assert len(np.unique(batch(x))) == 1
+    np.testing.assert_array_equal(cybn.StochasticDepth(1.0)(x), 0 * x)
+    layer.eval()
+    assert layer(x) is x or np.array_equal(layer(x), x)
+    for bad in (dict(p=1.5), dict(p=0.1, mode="rows")):
+        with pytest.raises(ValueError, match="p must|mode must"):
+            cybn.StochasticDepth(**bad)
