@@ -332,6 +332,9 @@ class _Reader:
     def __init__(self, onnx, graph, channels_last: bool, dtype):
         self.onnx = onnx
         self.cl = bool(channels_last)
+        consts = {t.name for t in graph.initializer}
+        self.input = [i.name for i in graph.input if i.name not in consts][0]
+        self.outputs = {o.name for o in graph.output}
         self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
         # shape arithmetic (Shape, Gather, Unsqueeze, Concat, ...) written by exporters for
         # a dynamic batch: the entries known without the input, None for the others
@@ -356,6 +359,7 @@ class _Reader:
             else:
                 nodes.append(n)
         self.nodes = nodes
+        self.producers = {o: n for n in nodes for o in n.output}
         self.index = {id(n): i for i, n in enumerate(nodes)}
         self.consumers: dict = {}
         for n in nodes:
@@ -839,7 +843,8 @@ def from_onnx_model(model, *, channels_last: bool | None = None, dtype=None):
         Concat and Split (channels), Reshape + Transpose + Reshape or Gather (channel
         shuffle), Slice (a channel range), MaxPool, AveragePool, GlobalAveragePool,
         GlobalMaxPool, ReduceMean over the image, Gemm, MatMul (+ Add), Flatten, Reshape
-        to (N, -1), Dropout and Identity. Shapes given as constants.
+        to (N, -1), Dropout and Identity. Shapes as constants, or as the shape arithmetic
+        (Shape, Gather, Unsqueeze, Concat, ...) exporters write for a dynamic batch.
     channels_last : bool, optional
         Build the model for (N, H, W, C) input (the graph's NCHW weights are used as they
         are; Flatten keeps the graph's (C, H, W) order). By default, as the graph's input:
@@ -880,9 +885,6 @@ def from_onnx_model(model, *, channels_last: bool | None = None, dtype=None):
     except Exception:  # noqa: BLE001 (a graph shape inference rejects: read it as it is)
         pass
     reader = _Reader(onnx, graph, channels_last, dtype)
-    reader.input = name
-    reader.producers = {o: n for n in reader.nodes for o in n.output}
-    reader.outputs = {graph.output[0].name}
     dims = inputs[0].type.tensor_type.shape.dim
     rank = len(dims) if dims else 4
     layers, _ = reader.chain(name, graph.output[0].name, rank)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+import types
 import warnings
 
 import numpy as np
@@ -27,10 +28,16 @@ import cybn
 def convert(path: str) -> None:
     """torchvision's ResNet-18 (random weights, seed 0) saved as NumPy arrays."""
     import torch
-    import torchvision
 
+    try:
+        import torchvision.models as models
+    except RuntimeError:  # a torchvision wheel whose compiled operators do not match torch:
+        for name in [n for n in sys.modules if n.startswith("torchvision")]:  # its model
+            del sys.modules[name]  # definitions load without its meta registrations
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("skipped")
+        import torchvision.models as models
     torch.manual_seed(0)
-    model = torchvision.models.resnet18()
+    model = models.resnet18()
     np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
 
 
