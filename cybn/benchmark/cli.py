@@ -16,6 +16,7 @@ from .report import (fused_markdown, half_markdown, markdown_table, norms_markdo
                      variants_markdown)
 from .suites import (QUICK_SUITE, SUITE, fused_suite, half_suite, norm_suite, python_threads,
                      run, thread_scaling, variants_suite)
+from .sweep import SERIES, sweep_markdown, sweep_plot, sweep_suite
 
 
 
@@ -76,6 +77,12 @@ def main(argv=None) -> int:
                    help="only single layers (the bench models' products; 3x3, 1x1, strided "
                         "and depthwise convolutions, both layouts) against PyTorch's modules: "
                         "forward, backward, weight gradient")
+    p.add_argument("--sweep", action="store_true",
+                   help="only the size sweep: every norm op and layout at 16 KiB to 64 MiB in "
+                        "steps of 2x against PyTorch's functional API and autograd (geometric "
+                        "mean and worst ratio per series; --plot draws the curves)")
+    p.add_argument("--ops", type=choices(tuple(op for op, _ in SERIES)),
+                   help="with --sweep: only these ops, comma-separated")
     p.add_argument("--scaling", metavar="N,N,...", type=counts,
                    help="only time thread scaling at these OpenMP thread counts, e.g. 1,2")
     args = p.parse_args(argv)
@@ -94,11 +101,14 @@ def main(argv=None) -> int:
         "layers": (lambda: layers_suite(repeats=args.repeats), layers_markdown),
         "scaling": (lambda: thread_scaling(args.scaling, repeats=args.repeats,
                                            dtype=args.dtype[0]), None),
+        "sweep": (lambda: sweep_suite(repeats=args.repeats, series=args.ops), sweep_markdown),
     }
     chosen = next((name for name in suites if getattr(args, name)), None)
     if chosen is not None:
         suite, table = suites[chosen]
         result = suite()
+        if chosen == "sweep" and args.plot and not sweep_plot(result, args.plot):
+            print("matplotlib is not installed: no plot written")
     else:
         result = run(QUICK_SUITE if args.quick else SUITE, dtypes=args.dtype,
                      layouts=args.layouts, repeats=args.repeats,
