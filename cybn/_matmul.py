@@ -98,14 +98,33 @@ def apply_activation(y: np.ndarray, act: int) -> np.ndarray:
     return y
 
 
-def activation_grad(y: np.ndarray, act: int, dy: np.ndarray) -> np.ndarray:
+def activation_grad(y: np.ndarray, act: int, dy: np.ndarray, workspace=None) -> np.ndarray:
     """dy through the epilogue's activation, from its output y: an exact 0 where ReLU cut
-    (y <= 0) or ReLU6 clamped (y <= 0 or y >= 6)."""
+    (y <= 0) or ReLU6 clamped (y <= 0 or y >= 6), dy elsewhere (NaN y included). The ReLU
+    and ReLU6 layers' compiled kernels for C-contiguous float32/float64 arrays of one
+    dtype, NumPy otherwise. ``workspace(name, shape, dtype)``, a layer's
+    :meth:`Module._workspace`, gives the result and the mask buffers to reuse between
+    training steps (fresh arrays of a large map cost more in page faults than the pass)."""
+    if act == 0:
+        return dy
+    if (y.dtype in (np.float32, np.float64) and dy.dtype == y.dtype and y.shape == dy.shape
+            and y.flags.c_contiguous and dy.flags.c_contiguous and y.size):
+        flat, g = y.reshape(-1), dy.reshape(-1)
+        spaces = workspace if workspace is not None else (lambda name, shape, dtype: None)
+        dx = spaces("activation_grad", dy.shape, dy.dtype)
+        dx = np.empty_like(dy) if dx is None else dx
+        if act == 1:  # the ReLU layer's backward: keep dy where y is not <= 0
+            keep = spaces("activation_keep", flat.shape, np.bool_)
+            keep = np.less_equal(flat, 0, out=keep)
+            np.logical_not(keep, out=keep)
+            _kernels.relu_backward(g, keep.view(np.uint8), dx.reshape(-1), get_num_threads())
+        else:  # the ReLU6 layer's: hardtanh's backward on [0, 6] from its output
+            _kernels.activation_backward(flat, g, dx.reshape(-1), 0, 0.0, 6.0,
+                                         get_num_threads())
+        return dx
     if act == 1:
         return np.where(y <= 0, dy.dtype.type(0), dy)
-    if act == 2:
-        return np.where((y <= 0) | (y >= 6), dy.dtype.type(0), dy)
-    return dy
+    return np.where((y <= 0) | (y >= 6), dy.dtype.type(0), dy)
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,

@@ -266,9 +266,10 @@ class Conv2d(Module):
         """The forward's record and dy, checked against the forward's output shape, then
         through the epilogue's ReLU (0 where the output is 0 or below)."""
         saved, dy = self._take_saved(dy, lambda saved: self._output_shape(saved[-1]))
-        _, fused = self.__dict__.get("_epilogue") or (False, None)
-        if fused is not None:
-            dy = _matmul.activation_grad(*fused, dy)
+        with_residual, fused = self.__dict__.get("_epilogue") or (False, None)
+        if fused is not None:  # into a reused buffer, unless it is handed back as dresidual
+            dy = _matmul.activation_grad(*fused, dy,
+                                         None if with_residual else self._workspace)
         return saved, dy
 
     def backward(self, dy):

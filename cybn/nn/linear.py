@@ -66,8 +66,8 @@ class Linear(Module):
     def _backward(self, dy, input_grad: bool):
         (x, fused), dy = self._take_saved(dy, lambda saved: (saved[0].shape[0],
                                                              self.out_features))
-        if fused is not None:  # through the fused activation
-            dy = _matmul.activation_grad(*fused, dy)
+        if fused is not None:  # through the fused activation, into a reused buffer
+            dy = _matmul.activation_grad(*fused, dy, self._workspace)
         self.weight.grad += _matmul.matmul_sum(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
