@@ -11,7 +11,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import _matmul
 from ..ops.conv import (col2im, conv_planes, conv_planes_input_grad, conv_planes_weight_grad,
                         conv_rows, conv_rows_weight_grad, depthwise_backward,
-                        depthwise_forward, to_channels_first, to_channels_last)
+                        depthwise_forward, to_channels_first, to_channels_last,
+                        transposed_flipped_rows, weight_as_is)
 from ._args import as_rng, int_pair, positive_int
 from .module import Module, Parameter
 
@@ -234,15 +235,18 @@ class Conv2d(Module):
         if self.bias is not None:
             ones = np.ones((1, len(dy2)), dy2.dtype)
             self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
-        self.weight.grad += dw.reshape(out, kh, kw, cin).transpose(0, 3, 1, 2)
+        # (out, kh, kw, cin) -> (out, cin, kh, kw) with the compiled transpose, then added
+        self.weight.grad += to_channels_first(dw.reshape(out, kh, kw, cin))
         if not input_grad:
             return None
         (dh, dw_), (ph, pw) = self.dilation, self.padding
         if self.stride == (1, 1) and ph <= dh * (kh - 1) and pw <= dw_ * (kw - 1):
             # the convolution of dy with the flipped, transposed weight (cin, out, kh, kw)
-            flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-            dx = conv_rows(dyh, flipped, None, self.kernel_size,
-                           (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw), self.dilation)
+            w = np.asarray(self.weight.data, dtype=xh.dtype)
+            rows = transposed_flipped_rows(w, weight_as_is(n, *xh.shape[1:3], cin))
+            dx = conv_rows(dyh, w.transpose(1, 0, 2, 3), None, self.kernel_size,
+                           (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw), self.dilation,
+                           rows=rows)
         else:  # the columns' gradient, folded back
             dcols = _matmul.matmul(dy2, self._tap_major_weight(),
                                    out=self._workspace("dcols", (len(dy2), kh * kw * cin),

@@ -310,3 +310,21 @@ def test_fuse_leaves_a_relu6_after_batchnorm_alone():
     fused = cybn.fuse(model)
     assert fused.fused == 0 and isinstance(fused[2], nn.ReLU6)
     assert fused[1].activation is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_rows_input_grad_reads_the_flipped_weight_in_the_order_of_its_own_output(
+        channels_last):
+    """A valid-padding convolution whose output has fewer rows than 8 per input channel
+    (1 x 5 x 5 < 8 x 4) while its input gradient has more (1 x 9 x 9): the input
+    gradient's flipped weight must be laid out for the input gradient's product, not for
+    the forward's. Checked against the adjoint identity <conv(x), dy> = <x, dx>."""
+    rng = np.random.default_rng(7)
+    conv = nn.Conv2d(4, 6, 5, channels_last=channels_last, dtype=np.float64, rng=3)
+    shape = (1, 9, 9, 4) if channels_last else (1, 4, 9, 9)
+    x = rng.standard_normal(shape)
+    y = conv(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    conv.bias.data[...] = 0
+    np.testing.assert_allclose((conv(x) * dy).sum(), (x * dx).sum(), rtol=1e-12)
