@@ -8,7 +8,9 @@ The models are cybn layers (:class:`Sequential` with named layers, :class:`Resid
 with named layers), so :func:`cybn.fuse`, :func:`cybn.fold_batchnorm`, training with
 :func:`cybn.fit` and the ONNX export take them like any other model. Weights are
 initialized as torchvision initializes them (convolutions He-normal over the fan-out,
-batch norms 1 and 0), from ``rng``.
+batch norms 1 and 0), from ``rng``. Their activations work in place, as torchvision's
+(``inplace=True``): they overwrite the batch norm or convolution output before them, which
+no backward reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from .nn._args import as_rng, positive_int
 __all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "squeezenet1_0",
            "squeezenet1_1", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
            "shufflenet_v2_x2_0"]
+
+
+def _relu():
+    return nn.ReLU(inplace=True)
+
+
+def _relu6():
+    return nn.ReLU6(inplace=True)
 
 
 class _Builder:
@@ -51,23 +61,23 @@ class _Builder:
 
 
 def _basic_block(b: _Builder, cin: int, planes: int, stride: int):
-    body = {"conv1": b.conv(cin, planes, 3, stride), "bn1": b.bn(planes), "relu": nn.ReLU(),
+    body = {"conv1": b.conv(cin, planes, 3, stride), "bn1": b.bn(planes), "relu": _relu(),
             "conv2": b.conv(planes, planes, 3), "bn2": b.bn(planes)}
     return body, planes
 
 
 def _bottleneck(b: _Builder, cin: int, planes: int, stride: int):
     out = planes * 4
-    body = {"conv1": b.conv(cin, planes, 1), "bn1": b.bn(planes), "relu": nn.ReLU(),
+    body = {"conv1": b.conv(cin, planes, 1), "bn1": b.bn(planes), "relu": _relu(),
             "conv2": b.conv(planes, planes, 3, stride), "bn2": b.bn(planes),
-            "relu2": nn.ReLU(), "conv3": b.conv(planes, out, 1), "bn3": b.bn(out)}
+            "relu2": _relu(), "conv3": b.conv(planes, out, 1), "bn3": b.bn(out)}
     return body, out
 
 
 def _resnet(block, depths: tuple, num_classes: int, channels_last: bool, dtype, rng):
     b = _Builder(channels_last, dtype, rng)
     num_classes = positive_int(num_classes, "num_classes")
-    layers = {"conv1": b.conv(3, 64, 7, 2), "bn1": b.bn(64), "relu": nn.ReLU(),
+    layers = {"conv1": b.conv(3, 64, 7, 2), "bn1": b.bn(64), "relu": _relu(),
               "maxpool": nn.MaxPool2d(3, 2, 1, channels_last=b.cl)}
     cin = 64
     for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths)):
@@ -148,7 +158,7 @@ def mobilenet_v2(num_classes: int = 1000, *, width_mult: float = 1.0, dropout: f
         raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
 
     def cna(cin, cout, k, stride=1, groups=1):  # torchvision's Conv2dNormActivation
-        return nn.Sequential(b.conv(cin, cout, k, stride, groups), b.bn(cout), nn.ReLU6())
+        return nn.Sequential(b.conv(cin, cout, k, stride, groups), b.bn(cout), _relu6())
 
     cin = _divisible(32 * width_mult)
     features = [cna(3, cin, 3, 2)]
@@ -192,13 +202,13 @@ def _squeezenet(version: str, num_classes: int, dropout: float, channels_last: b
 
     if version == "1_0":
         stem = nn.Conv2d(3, 96, 7, 2, channels_last=cl, dtype=b.dtype, rng=b.rng)
-        features = [stem, nn.ReLU(), pool(), fire(96, 16, 64, 64), fire(128, 16, 64, 64),
+        features = [stem, _relu(), pool(), fire(96, 16, 64, 64), fire(128, 16, 64, 64),
                     fire(128, 32, 128, 128), pool(), fire(256, 32, 128, 128),
                     fire(256, 48, 192, 192), fire(384, 48, 192, 192), fire(384, 64, 256, 256),
                     pool(), fire(512, 64, 256, 256)]
     else:
         stem = nn.Conv2d(3, 64, 3, 2, channels_last=cl, dtype=b.dtype, rng=b.rng)
-        features = [stem, nn.ReLU(), pool(), fire(64, 16, 64, 64), fire(128, 16, 64, 64),
+        features = [stem, _relu(), pool(), fire(64, 16, 64, 64), fire(128, 16, 64, 64),
                     pool(), fire(128, 32, 128, 128), fire(256, 32, 128, 128), pool(),
                     fire(256, 48, 192, 192), fire(384, 48, 192, 192), fire(384, 64, 256, 256),
                     fire(512, 64, 256, 256)]
@@ -211,7 +221,7 @@ def _squeezenet(version: str, num_classes: int, dropout: float, channels_last: b
             conv.bias.data[...] = 0
     final.weight.data[...] = b.rng.normal(0.0, 0.01, final.weight.shape)
     return nn.Sequential({"features": nn.Sequential(*features),
-                          "classifier": nn.Sequential(nn.Dropout(dropout), final, nn.ReLU(),
+                          "classifier": nn.Sequential(nn.Dropout(dropout), final, _relu(),
                                                       nn.AdaptiveAvgPool2d(1,
                                                                            channels_last=cl)),
                           "flatten": nn.Flatten(channels_last=cl)})
@@ -247,20 +257,20 @@ def _shufflenet(widths: tuple, num_classes: int, channels_last: bool, dtype,
         branch1 = None
         if stride > 1:
             branch1 = nn.Sequential(conv(cin, cin, 3, stride, cin), b.bn(cin), conv(cin, f, 1),
-                                    b.bn(f), nn.ReLU())
-        branch2 = nn.Sequential(conv(cin if stride > 1 else f, f, 1), b.bn(f), nn.ReLU(),
+                                    b.bn(f), _relu())
+        branch2 = nn.Sequential(conv(cin if stride > 1 else f, f, 1), b.bn(f), _relu(),
                                 conv(f, f, 3, stride, f), b.bn(f), conv(f, f, 1), b.bn(f),
-                                nn.ReLU())
+                                _relu())
         return nn.ShuffleUnit(branch2, branch1, channels_last=cl)
 
-    layers = {"conv1": nn.Sequential(conv(3, widths[0], 3, 2), b.bn(widths[0]), nn.ReLU()),
+    layers = {"conv1": nn.Sequential(conv(3, widths[0], 3, 2), b.bn(widths[0]), _relu()),
               "maxpool": nn.MaxPool2d(3, 2, 1, channels_last=cl)}
     cin = widths[0]
     for stage, (repeats, cout) in enumerate(zip((4, 8, 4), widths[1:4])):
         layers[f"stage{stage + 2}"] = nn.Sequential(
             unit(cin, cout, 2), *[unit(cout, cout, 1) for _ in range(repeats - 1)])
         cin = cout
-    layers.update(conv5=nn.Sequential(conv(cin, widths[4], 1), b.bn(widths[4]), nn.ReLU()),
+    layers.update(conv5=nn.Sequential(conv(cin, widths[4], 1), b.bn(widths[4]), _relu()),
                   avgpool=nn.AdaptiveAvgPool2d(1, channels_last=cl),
                   flatten=nn.Flatten(channels_last=cl), fc=b.linear(widths[4], num_classes))
     return nn.Sequential(layers)

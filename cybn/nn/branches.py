@@ -273,13 +273,13 @@ class Fire(_Composite):
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
         self.squeeze = Conv2d(inplanes, squeeze_planes, 1, channels_last=cl, dtype=dtype,
                               rng=rng)
-        self.squeeze_activation = ReLU()
+        self.squeeze_activation = ReLU(inplace=True)
         self.expand1x1 = Conv2d(squeeze_planes, expand1x1_planes, 1, channels_last=cl,
                                 dtype=dtype, rng=rng)
-        self.expand1x1_activation = ReLU()
+        self.expand1x1_activation = ReLU(inplace=True)
         self.expand3x3 = Conv2d(squeeze_planes, expand3x3_planes, 3, padding=1,
                                 channels_last=cl, dtype=dtype, rng=rng)
-        self.expand3x3_activation = ReLU()
+        self.expand3x3_activation = ReLU(inplace=True)
         self.channels_last = channels_last
 
     def _chains(self) -> list:
