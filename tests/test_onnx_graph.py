@@ -57,6 +57,10 @@ def kinds(model):
 def test_torch_exported_graphs_become_cybns_layers(name, expected):
     model = cybn.from_onnx_model(os.path.join(DATA, f"{name}.onnx"))
     assert expected <= kinds(model)
+    if name == "resnet":  # each block's Add and the Relu after it: one Residual
+        blocks = [m for m in model.modules() if isinstance(m, cybn.Residual)]
+        assert len(blocks) == 3 and all(b.activation == "relu" for b in blocks)
+        assert sum(isinstance(m, cybn.ReLU) for m in model) == 1  # the stem's only
 
 
 def test_imported_model_trains():

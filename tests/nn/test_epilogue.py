@@ -328,3 +328,27 @@ def test_rows_input_grad_reads_the_flipped_weight_in_the_order_of_its_own_output
     dx = conv.backward(dy)
     conv.bias.data[...] = 0
     np.testing.assert_allclose((conv(x) * dy).sum(), (x * dx).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("act, keep", [(1, lambda y: ~(y <= 0)),
+                                       (2, lambda y: ~((y <= 0) | (y >= 6)))])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "float16"])
+def test_activation_grad_kernel_and_numpy_paths_agree(act, keep, layout):
+    """dy through a fused ReLU (act 1) or ReLU6 (act 2) from the output y: dy where the
+    activation passed (a NaN y too), an exact 0 elsewhere, on the compiled path
+    (C-contiguous float32/float64) and on NumPy's (strided views, other dtypes)."""
+    from cybn import _matmul
+
+    rng = np.random.default_rng(3)
+    y = np.clip(rng.standard_normal((6, 10)) * 5, 0, 6)
+    y[0, :4] = [0.0, 6.0, np.nan, 3.0]
+    dy = rng.standard_normal(y.shape)
+    dy[1, 0] = np.inf
+    if layout == "strided":
+        y, dy = y[:, ::2], dy[:, ::2]
+    elif layout == "float16":
+        y, dy = y.astype(np.float16), dy.astype(np.float16)
+    got = _matmul.activation_grad(y, act, dy)
+    want = np.where(keep(y), dy, 0)
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got[~keep(y)]).any()  # exact (+0) zeros where cut
