@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import pool
-from ._args import positive_int
+from ._args import as_rng, positive_int
 from .activation import Hardsigmoid, ReLU, Sigmoid
 from .conv import Conv2d
 from .module import Module, Sequential
@@ -174,7 +174,7 @@ class SqueezeExcitation(Module):
                  rng=None):
         super().__init__()
         cl = channels_last
-        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        rng = as_rng(rng)
         self.fc1 = Conv2d(input_channels, squeeze_channels, 1, channels_last=cl, dtype=dtype,
                           rng=rng)
         self.fc2 = Conv2d(squeeze_channels, input_channels, 1, channels_last=cl, dtype=dtype,
@@ -270,7 +270,7 @@ class Fire(_Composite):
                  rng=None):
         super().__init__()
         cl = channels_last
-        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        rng = as_rng(rng)
         self.squeeze = Conv2d(inplanes, squeeze_planes, 1, channels_last=cl, dtype=dtype,
                               rng=rng)
         self.squeeze_activation = ReLU(inplace=True)
