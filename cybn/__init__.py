@@ -9,14 +9,15 @@ control and build information. Every public name is re-exported here (``cybn.Bat
 __version__ = "0.1.0"
 
 from . import (convert, deploy, distributed, functional, interop, layers, models, nn,
-               onnx_graph, ops, train)
+               onnx_export, onnx_import, ops, train)
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
 from .convert import from_torch
 from .deploy import fold_batchnorm, fuse, insert_batchnorm, recalibrate
 from .distributed import SyncBatchNorm
 from .interop import from_flax, from_keras, from_onnx
-from .onnx_graph import from_onnx_model, to_onnx
+from .onnx_export import to_onnx
+from .onnx_import import from_onnx_model
 from .nn import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
 from .ops import *  # noqa: F401,F403  (batch_norm_train, ..., moments)
 from .train import *  # noqa: F401,F403  (cross_entropy, mse_loss, SGD, Adam, fit, ...)
@@ -33,6 +34,7 @@ __all__ = [
     *deploy.__all__,
     *interop.__all__,
     *convert.__all__,
-    *onnx_graph.__all__,
+    *onnx_export.__all__,
+    *onnx_import.__all__,
     "SyncBatchNorm",
 ]
