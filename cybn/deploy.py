@@ -218,7 +218,7 @@ def _fold_nested(layer, into: str, path: str, not_folded: list):
         object.__setattr__(clone, "_modules", type(layer._modules)(
             (name, _fold_nested(child, into, f"{path}.{name}", not_folded))
             for name, child in layer._modules.items()))
-        object.__setattr__(clone, "_net", None)
+        object.__setattr__(clone, "_cache", None)
         return clone
     return copy.deepcopy(layer)
 

@@ -169,9 +169,12 @@ class _Reader:
     def error(n, why: str) -> TypeError:
         return TypeError(f"from_onnx_model: node {n.name or '(unnamed)'} ({n.op_type}): {why}")
 
-    def reaches(self, n, stop: str) -> bool:
-        return stop in n.output or (stop in self.producers and
-                                    self.index[id(self.producers[stop])] in self.below[id(n)])
+    def leads_to(self, hop, u: str) -> bool:
+        """Whether tensor u is a hop's own output or computed below it (hop: see hops)."""
+        n, k = hop
+        if u in (n.output if k is None else (n.output[k],)):
+            return True
+        return u in self.producers and self.index[id(self.producers[u])] in self.hop_reach(hop)
 
     def only_consumer(self, t: str):
         """The one node that reads tensor t, or None where t has several readers (or is
@@ -207,12 +210,8 @@ class _Reader:
         (split node, k) for output k of a Split that reads t."""
         hops = []
         for n in self.consumers.get(t, []):
-            if n.op_type == "Split":
-                hops += [(n, k) for k, o in enumerate(n.output)
-                         if o == stop or (stop in self.producers and self.index[id(
-                             self.producers[stop])] in self.tensor_reach(o))]
-            elif self.reaches(n, stop):
-                hops.append((n, None))
+            ways = range(len(n.output)) if n.op_type == "Split" else (None,)
+            hops += [(n, k) for k in ways if self.leads_to((n, k), stop)]
         return hops
 
     def hop_reach(self, hop) -> set:
@@ -235,10 +234,7 @@ class _Reader:
                 branches.append([])
                 ranks.append(rank)
                 continue
-            mine = [h for h in hops if (h[1] is None and self.reaches(h[0], u))
-                    or (h[1] is not None and (h[0].output[h[1]] == u or (
-                        u in self.producers and self.index[id(self.producers[u])]
-                        in self.hop_reach(h))))]
+            mine = [h for h in hops if self.leads_to(h, u)]
             if len(mine) != 1:
                 raise self.error(join, f"its input {u} is not computed from {t} alone")
             node, k = mine[0]

@@ -236,21 +236,13 @@ class _Composite(Module):
 
     def forward(self, x):
         net = self._compose()
-        object.__setattr__(self, "_net", net)
-        return net(x)
+        y = net(x)
+        self._cache = (net, np.shape(y))  # the composition that ran, for its backward
+        return y
 
     def backward(self, dy):
-        net = self.__dict__.get("_net")
-        if net is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first (each "
-                               f"forward allows one backward)")
-        object.__setattr__(self, "_net", None)
+        (net, _), dy = self._take_saved(dy, lambda saved: saved[1])
         return net.backward(dy)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_net", None)  # the composition of the last forward: not state
-        return state
 
 
 class Fire(_Composite):

@@ -206,3 +206,12 @@ def test_stochastic_depth_drops_whole_samples():
     for bad in (dict(p=1.5), dict(p=0.1, mode="rows")):
         with pytest.raises(ValueError, match="p must|mode must"):
             cybn.StochasticDepth(**bad)
+
+
+def test_fire_backward_checks_dy_before_using_the_forward():
+    fire = cybn.Fire(4, 2, 3, 3, dtype=np.float64, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5))
+    y = fire(x)
+    with pytest.raises(ValueError, match="dy must have the shape"):
+        fire.backward(np.ones((2, 6, 5, 4)))
+    assert fire.backward(np.ones_like(y)).shape == x.shape  # the forward's record kept
