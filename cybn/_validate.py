@@ -314,6 +314,8 @@ def check_out(out, shape, dtype, inputs: dict, in_place_ok: tuple = ()) -> None:
 
 
 ACTIVATIONS = (None, "relu")
+# what a batch norm can end with (ops._bn.POST_ACTIVATIONS: how each but ReLU runs)
+BN_ACTIVATIONS = (None, "relu", "relu6", "leaky_relu", "silu", "hardswish")
 
 
 def check_activation(activation) -> bool:
@@ -323,6 +325,15 @@ def check_activation(activation) -> bool:
     if isinstance(activation, str) and activation == "relu":
         return True
     raise ValueError(f"activation must be None or 'relu', got {describe(activation)}")
+
+
+def check_bn_activation(activation) -> str | None:
+    """A batch norm's fused activation, checked: one of BN_ACTIVATIONS; anything else is an
+    error naming ``activation``."""
+    if activation is None or (isinstance(activation, str) and activation in BN_ACTIVATIONS):
+        return activation
+    names = ", ".join(repr(a) for a in BN_ACTIVATIONS[1:])
+    raise ValueError(f"activation must be None or one of {names}, got {describe(activation)}")
 
 
 def check_same_layout(arr: np.ndarray, name: str, x: np.ndarray) -> None:

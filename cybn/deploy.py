@@ -182,6 +182,14 @@ def _epilogue_name(layer) -> str | None:
     return {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(layer))
 
 
+def _activation_layer(name: str):
+    """The activation layer of a BatchNorm's fused ``activation`` (name not None)."""
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01)
+    return {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU,
+            "hardswish": nn.Hardswish}[name]()
+
+
 def _index_named(seq) -> bool:
     """Whether a Sequential's layers are named by their indices (Sequential(a, b, ...))."""
     return all(name == str(i) for i, (name, _) in enumerate(seq.named_layers()))
@@ -262,11 +270,11 @@ def _fold_layers(named: list, into: str, prefix: str, not_folded: list) -> list:
             why = _foldable_previous(prev, layer) if keep else "it is the first layer"
             if why is None:
                 _fold_into_previous(prev, layer)
-                if layer.activation == "relu":  # the fused ReLU moves into the layer
-                    if _takes_relu(prev):
-                        prev.activation = "relu"
+                if layer.activation is not None:  # the fused activation moves on
+                    if layer.activation in ("relu", "relu6") and _takes_relu(prev):
+                        prev.activation = layer.activation  # into the product's epilogue
                     else:
-                        keep.append((names[i], nn.ReLU()))
+                        keep.append((names[i], _activation_layer(layer.activation)))
                 elif _takes_relu(prev):
                     joins = prev
                 i += 1
@@ -304,11 +312,14 @@ def _fuse_in_place(module) -> int:
         chains = [[(n, module._modules[n]) for n in chain] for chain in module._chains()]
     for named in chains:
         for (_, layer), (key, after) in zip(named[:-1], named[1:]):
-            name = _epilogue_name(after)
-            if name is None:
-                continue
+            # a BatchNorm takes the ReLU its kernels carry (its other activations run as a
+            # pass of their own, so fusing them would save nothing)
             if (isinstance(layer, _BatchNorm) and layer.activation is None
-                    and not layer.renorm and name == "relu") or _takes_relu(layer):
+                    and not layer.renorm):
+                name = "relu" if type(after) is nn.ReLU else None
+            else:
+                name = _epilogue_name(after) if _takes_relu(layer) else None
+            if name is not None:
                 layer.activation = name
                 module._modules[key] = nn.Identity()
                 count += 1

@@ -55,13 +55,20 @@ def _unsupported(path: str, layer, why: str = "") -> TypeError:
 
 
 def _activation(w: _Writer, x: str, act: str | None, hint: str) -> str:
-    """The fused activation of a Conv2d, Linear or BatchNorm (None, "relu" or "relu6")."""
+    """The fused activation of a Conv2d, Linear (None, "relu" or "relu6") or BatchNorm (also
+    "leaky_relu", "silu" or "hardswish")."""
     if act is None:
         return x
     if act == "relu":
         return w.node("Relu", [x], hint + "_relu")
     if act == "relu6":
         return w.node("Clip", [x, w.const("zero", 0.0), w.const("six", 6.0)], hint + "_relu6")
+    if act == "leaky_relu":
+        return w.node("LeakyRelu", [x], hint + "_leaky_relu", alpha=0.01)
+    if act == "silu":
+        return w.node("Mul", [x, w.node("Sigmoid", [x], hint + "_sigmoid")], hint + "_silu")
+    if act == "hardswish":
+        return w.node("HardSwish", [x], hint + "_hardswish")
     raise ValueError(f"to_onnx: unknown fused activation {act!r} at {hint}")
 
 

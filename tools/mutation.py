@@ -275,6 +275,17 @@ MUTANTS = [
      '            return [m] if isinstance(m, Sequential) \\'),
     ('cybn/models.py', '            stride = 2 if stage > 0 and i == 0 else 1',
      '            stride = 2 if i == 0 else 1'),
+    # 2026-12-06 night: batch norm ending in ReLU6, LeakyReLU, SiLU, Hardswish
+    ('cybn/ops/_bn.py', 'POST_ACTIVATIONS = {"relu6": ("hardtanh", 0.0, 6.0), "leaky_relu": ("leaky_relu", 0.01, 0.0),',
+     'POST_ACTIVATIONS = {"relu6": ("hardtanh", 0.0, 6.0), "leaky_relu": ("leaky_relu", 0.02, 0.0),'),
+    ('cybn/ops/_bn.py', '    y[...] = pool.activation(y.astype(np.float64), kind, a, b).astype(y.dtype)',
+     '    y[...] = y'),
+    ('cybn/ops/_bn.py', '                       residual=residual, ep=epilogue(False, residual))',
+     '                       residual=residual, ep=0)'),
+    ('cybn/ops/variants.py', '            z[s] = pre_activation(x[s], view.axis, mean[i], invstd[i], w, b,',
+     '            z[s] = pre_activation(x[s], view.axis, mean[0], invstd[0], w, b,'),
+    ('cybn/deploy.py', '                    if layer.activation in ("relu", "relu6") and _takes_relu(prev):',
+     '                    if _takes_relu(prev):'),
 ]
 MUTANTS = [m for m in MUTANTS if m[1]]
 

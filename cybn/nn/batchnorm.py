@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops as F
-from .._validate import check_activation, check_eps, check_momentum
-from ..ops._bn import check_policy
+from .._validate import check_bn_activation, check_eps, check_momentum
+from ..ops._bn import apply_post, check_policy
 from ..ops.batchnorm import train_plain
 from ..ops.conventions import check_running_variance, get_convention
 from ._args import (activation_grad, affine_parameters, param_dtype, positive_int,
@@ -68,7 +68,7 @@ class _BatchNorm(Module):
             momentum = check_momentum(momentum)
         eps = conv.eps if eps is None else check_eps(eps)
         unbiased = check_running_variance(running_variance, conv)
-        check_activation(activation)
+        check_bn_activation(activation)
         check_policy(on_degenerate)
         dtype = param_dtype(dtype)
         if renorm:
@@ -238,7 +238,8 @@ class _BatchNorm(Module):
                 if update:
                     self.num_batches_tracked[...] += 1
                 self._cache = Saved(x, fast[1], fast[2], True, axis, None, activation)
-                return fast[0]
+                return fast[0] if activation in (None, "relu") else apply_post(fast[0],
+                                                                               activation)
         if mask is not None and (self.renorm or self.ghost_batch_size is not None):
             raise ValueError("mask= does not work with renorm or ghost_batch_size (it would "
                              "be ignored): use a plain BatchNorm for masked statistics")
@@ -338,10 +339,13 @@ class BatchNorm1d(_BatchNorm):
         bfloat16 (mixed precision): the output and dx then have the input's dtype (a dy of
         another dtype is rounded to it), the parameters, their gradients and the running
         statistics stay in ``dtype``.
-    activation : None or "relu"
-        "relu" fuses the ReLU that follows into the same pass (forward and backward), with
-        the outputs and gradients of BatchNorm followed by :class:`ReLU`; see
-        :func:`cybn.fuse`.
+    activation : None, "relu", "relu6", "leaky_relu", "silu" or "hardswish"
+        The activation that follows, inside this layer, with the outputs and gradients of
+        BatchNorm followed by :class:`ReLU`, :class:`ReLU6`, :class:`LeakyReLU` (slope 0.01),
+        :class:`SiLU` or :class:`Hardswish`. "relu" runs in the same pass over memory
+        (forward and backward); the others as one more compiled pass over the output, and
+        no saved copy of the pre-activation values (the backward recomputes them from x).
+        See :func:`cybn.fuse`.
     convention : "torch" (default), "keras", "flax", "onnx" or "tensorflow"
         That framework's running-statistics rules and defaults: whether running_var keeps
         the unbiased (torch, tensorflow) or biased (keras, flax, onnx) batch variance, what

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _kernels
 from .._validate import train_inputs
-from . import _schedule
+from . import _schedule, pool
 from ._layout import ChannelView, Output, kernel_array, view_of
 
 # what a training batch with one value per channel does (see batch_norm_train)
@@ -103,6 +103,46 @@ def epilogue(relu: bool, residual) -> int:
     """The kernels' fused-epilogue bits."""
     return (_kernels.EP_RELU if relu else 0) | (_kernels.EP_RESIDUAL if residual is not None
                                                 else 0)
+
+
+# The activations a batch norm ends with besides ReLU, which the kernels' epilogue carries:
+# the compiled activation kernel (ops.pool) and its parameters. Each runs as one more
+# compiled pass over the op's output, in place; the backward recomputes the pre-activation
+# values from x with the affine kernel and the forward's coefficients. LeakyReLU has
+# PyTorch's default slope, 0.01.
+POST_ACTIVATIONS = {"relu6": ("hardtanh", 0.0, 6.0), "leaky_relu": ("leaky_relu", 0.01, 0.0),
+                    "silu": ("silu", 0.0, 0.0), "hardswish": ("hardswish", 0.0, 0.0)}
+
+
+def apply_post(y: np.ndarray, activation: str) -> np.ndarray:
+    """y = activation(y) in place (a POST_ACTIVATIONS name); half-precision y in float64,
+    rounded once, as the activation layers compute it."""
+    kind, a, b = POST_ACTIVATIONS[activation]
+    if y.dtype in (np.float32, np.float64):
+        return pool.activation(y, kind, a, b, inplace=True)
+    y[...] = pool.activation(y.astype(np.float64), kind, a, b).astype(y.dtype)
+    return y
+
+
+def post_grad(dy: np.ndarray, z: np.ndarray, activation: str) -> np.ndarray:
+    """The gradient reaching a batch norm's output: dy * activation'(z), z the recomputed
+    pre-activation values, in z's dtype (half precision through float64)."""
+    kind, a, b = POST_ACTIVATIONS[activation]
+    if z.dtype in (np.float32, np.float64):
+        return pool.activation_backward(z, dy, kind, a, b)
+    return pool.activation_backward(z.astype(np.float64), dy.astype(np.float64), kind, a,
+                                     b).astype(z.dtype)
+
+
+def pre_activation(x: np.ndarray, axis: int, mean, invstd, w, b, residual) -> np.ndarray:
+    """BN(x) [+ residual] as the forward computed it before its activation, for checked
+    arguments (float64 per-channel vectors): the affine kernel with scale = w * invstd."""
+    view = view_of(x.shape, axis)
+    dest = Output(view, None, x.dtype)
+    if view.size:
+        channel_affine(view, x, mean, w * invstd, b, dest, _schedule.threads(view),
+                       residual=residual, ep=epilogue(False, residual))
+    return dest.result()
 
 
 def param_dtype(x: np.ndarray) -> np.dtype:

@@ -11,7 +11,7 @@ from .._validate import (
     describe,
     is_int,
     channel_vector,
-    check_activation,
+    check_bn_activation,
     check_bool,
     check_eps,
     check_out,
@@ -20,8 +20,9 @@ from .._validate import (
     backward_inputs,
 )
 from . import _schedule
-from ._bn import (check_policy, checked_train_args,
-                  degenerate_batch, epilogue, grad_sums, infer_core, param_dtype, train_core)
+from ._bn import (POST_ACTIVATIONS, apply_post, check_policy, checked_train_args,
+                  degenerate_batch, epilogue, grad_sums, infer_core, param_dtype, post_grad,
+                  pre_activation, train_core)
 from ._layout import Output, channel_view, empty_result, kernel_array, view_of
 from .conventions import get_convention
 from .masked import check_mask, masked_grad_apply, masked_train, zero_dy_terms_dropped
@@ -61,10 +62,13 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         TensorFlow 1e-3).
     axis : int
         Channel axis (1 for channels-first, -1 for channels-last).
-    activation : None or "relu"
-        "relu": ``y = max(BN(x) [+ residual], 0)`` fused into the elementwise pass (``-inf``
-        gives 0, NaN stays NaN). Nothing else is stored: :func:`batch_norm_backward`
-        recomputes the ReLU's mask from x (and the residual) with the same arithmetic.
+    activation : None, "relu", "relu6", "leaky_relu", "silu" or "hardswish"
+        The activation applied to ``BN(x) [+ residual]``, as PyTorch's ``relu``, ``relu6``,
+        ``leaky_relu`` (slope 0.01), ``silu`` and ``hardswish``. "relu":
+        ``y = max(BN(x) [+ residual], 0)`` fused into the elementwise pass (``-inf`` gives
+        0, NaN stays NaN). The others run as one more compiled pass over y, in place. Nothing
+        else is stored: :func:`batch_norm_backward` recomputes the pre-activation values
+        from x (and the residual) with the forward's coefficients.
     residual : ndarray, optional
         Array of x's shape and dtype added to BN(x) before the activation (in x's dtype, as a
         separate add would).
@@ -112,7 +116,16 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         With one value per channel (``count == 1``) and ``on_degenerate="raise"``: batch
         statistics are undefined.
     """
-    relu = check_activation(activation)
+    if check_bn_activation(activation) in POST_ACTIVATIONS:
+        if mask is not None:
+            raise ValueError("mask= works without stats=, residual= and activation=")
+        y, mean, invstd = batch_norm_train(
+            x, weight, bias, running_mean=running_mean, running_var=running_var,
+            momentum=momentum, eps=eps, axis=axis, residual=residual, stats=stats, out=out,
+            convention=convention, running_variance=running_variance,
+            on_degenerate=on_degenerate)
+        return apply_post(y, activation), mean, invstd
+    relu = activation == "relu"
     momentum, eps, unbiased = resolve_convention(convention, momentum, eps, running_variance)
     check_policy(on_degenerate)
     if mask is not None:
@@ -207,7 +220,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
         None: the convention's default (PyTorch 1e-5, Keras and TensorFlow 1e-3).
     axis : int
         Channel axis.
-    activation : None or "relu"
+    activation : None, "relu", "relu6", "leaky_relu", "silu" or "hardswish"
         As in :func:`batch_norm_train`.
     residual : ndarray, optional
         As in :func:`batch_norm_train`.
@@ -220,7 +233,11 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     -------
     y : ndarray, x's shape and dtype
     """
-    relu = check_activation(activation)
+    if check_bn_activation(activation) in POST_ACTIVATIONS:
+        y = batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
+                             residual=residual, out=out, convention=convention)
+        return apply_post(y, activation)
+    relu = activation == "relu"
     if eps is None:
         eps = get_convention(convention).eps
     elif convention is not None:
@@ -274,14 +291,16 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
         False: statistics are constants (frozen BN), ``dx = dy * weight * invstd``.
     axis : int
         Channel axis.
-    activation : None or "relu"
-        The forward's activation. With "relu" the gradient flows through
-        ``relu(BN(x) [+ residual])``: dy is replaced by 0 where the forward's pre-activation
-        value was <= 0 (so the gradient at exactly 0 is 0, as PyTorch's), that value being
-        recomputed from x, mean, invstd, weight, bias (and residual) with the forward's
-        arithmetic, bit for bit.
+    activation : None, "relu", "relu6", "leaky_relu", "silu" or "hardswish"
+        The forward's activation; the gradient flows through
+        ``activation(BN(x) [+ residual])``, the pre-activation values being recomputed from
+        x, mean, invstd, weight, bias (and residual). With "relu" dy is replaced by 0 where
+        that value was <= 0 (so the gradient at exactly 0 is 0, as PyTorch's), recomputed
+        with the forward's arithmetic, bit for bit, in the same pass; the others take one
+        pass that recomputes the values and one through the activation's gradient (at the
+        kinks as PyTorch's: relu6 passes dy where 0 < value < 6).
     bias : ndarray of shape (C,), optional
-        The forward's bias (None means 0); used with ``activation="relu"`` only.
+        The forward's bias (None means 0); used with an activation only.
     residual : ndarray, optional
         The forward's residual (x's shape and dtype); its gradient is returned as well.
     out : ndarray, optional
@@ -302,7 +321,15 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     dresidual : ndarray, x's shape and dtype
         Only when ``residual`` is given: g, the gradient of the residual.
     """
-    relu = check_activation(activation)
+    if check_bn_activation(activation) in POST_ACTIVATIONS:
+        dy, x, axis_, w, mu, inv, b, training_, residual_ = backward_inputs(
+            dy, x, weight, mean, invstd, bias, training, axis, residual, out)
+        if mask is not None and training_:
+            raise ValueError("mask= works without residual= and activation=")
+        g = post_grad(dy, pre_activation(x, axis_, mu, inv, w, b, residual_), activation)
+        return batch_norm_backward(g, x, weight, mean, invstd, training=training, axis=axis,
+                                   residual=residual, out=out, mask=mask)
+    relu = activation == "relu"
     if not relu and residual is None and mask is None:
         # small plain arrays: one compiled call (None when it does not apply)
         fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,

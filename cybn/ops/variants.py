@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from .._validate import (as_data, channel_vector, check_activation, check_bool,
+from .._validate import (as_data, channel_vector, check_bn_activation, check_bool,
                          check_out, check_same_layout, describe, is_int, normalize_axis,
                          residual_array, shaped_array)
 from . import _schedule
-from ._bn import (channel_affine, channel_moments, check_policy, checked_train_args,
-                  train_core, update_running_stats)
+from ._bn import (POST_ACTIVATIONS, apply_post, channel_affine, channel_moments, check_policy,
+                  checked_train_args, post_grad, pre_activation, train_core,
+                  update_running_stats)
 from ._layout import Output, channel_view
 from .batchnorm import batch_norm_backward, batch_norm_train
 from .conventions import resolve as resolve_convention
@@ -207,7 +208,13 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     mean, invstd : ndarray (G, C), float64
         Each ghost batch's statistics, for :func:`batch_norm_ghost_backward`.
     """
-    check_activation(activation)
+    if check_bn_activation(activation) in POST_ACTIVATIONS:  # one pass over y after
+        y, mean, invstd = batch_norm_ghost(
+            x, weight, bias, ghost_batch_size=ghost_batch_size, running_mean=running_mean,
+            running_var=running_var, momentum=momentum, eps=eps, axis=axis, residual=residual,
+            convention=convention, running_variance=running_variance,
+            on_degenerate=on_degenerate, out=out)
+        return apply_post(y, activation), mean, invstd
     check_policy(on_degenerate)
     x = as_data(x, "x", half=True)
     if normalize_axis(axis, x.ndim) == 0:
@@ -218,7 +225,7 @@ def batch_norm_ghost(x, weight=None, bias=None, *, ghost_batch_size: int, runnin
     # everything checked once, before any ghost batch runs or a running statistic changes
     x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
         x, weight, bias, running_mean, running_var, momentum, eps, axis,
-        activation is not None, residual, out)
+        activation == "relu", residual, out)
     y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
     if not parts:
         nan = np.full((0, view.channels), np.nan)
@@ -266,7 +273,7 @@ def _ghost_backward_args(dy, x, weight, mean, invstd, ghost_batch_size, axis, ac
     """Every argument of batch_norm_ghost_backward checked before anything is written:
     (x, dy, the ghost slices, x's ChannelView, weight, bias (float64 (C,)), mean, invstd
     (float64 (G, C)), one training flag per ghost batch, residual)."""
-    check_activation(activation)
+    check_bn_activation(activation)
     x = as_data(x, "x", half=True)
     dy = as_data(dy, "dy", half=True)
     check_same_layout(dy, "dy", x)
@@ -314,6 +321,15 @@ def batch_norm_ghost_backward(dy, x, weight, mean, invstd, *, ghost_batch_size: 
     x, dy, parts, view, w, b, mean, invstd, flags, residual = _ghost_backward_args(
         dy, x, weight, mean, invstd, ghost_batch_size, axis, activation, bias, residual,
         training, out)
+    if activation in POST_ACTIVATIONS:  # the gradient through it first, for the whole batch
+        z = np.empty(x.shape, dtype=x.dtype)
+        for i, s in enumerate(parts):
+            z[s] = pre_activation(x[s], view.axis, mean[i], invstd[i], w, b,
+                                  None if residual is None else residual[s])
+        return batch_norm_ghost_backward(
+            post_grad(dy, z, activation), x, weight, mean, invstd,
+            ghost_batch_size=ghost_batch_size, axis=axis, bias=bias, residual=residual,
+            training=training, out=out)
     dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
     dres = None if residual is None else np.empty(x.shape, dtype=x.dtype)
     dw, db = np.zeros(view.channels), np.zeros(view.channels)
