@@ -8,14 +8,15 @@ control and build information. Every public name is re-exported here (``cybn.Bat
 
 __version__ = "0.1.0"
 
-from . import (convert, deploy, distributed, functional, interop, layers, models, nn,
-               onnx_export, onnx_import, ops, train)
+from . import (convert, deploy, distributed, functional, interop, layers, model_file, models,
+               nn, onnx_export, onnx_import, ops, train)
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
 from .convert import from_torch
 from .deploy import fold_batchnorm, fuse, insert_batchnorm, recalibrate
 from .distributed import SyncBatchNorm
 from .interop import from_flax, from_keras, from_onnx
+from .model_file import load, save
 from .onnx_export import to_onnx
 from .onnx_import import from_onnx_model
 from .nn import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
@@ -36,5 +37,7 @@ __all__ = [
     *convert.__all__,
     *onnx_export.__all__,
     *onnx_import.__all__,
+    "save",
+    "load",
     "SyncBatchNorm",
 ]

@@ -15,7 +15,7 @@ from ._args import (activation_grad, affine_parameters, param_dtype, positive_in
                     running_buffers)
 from .module import Module
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 @dataclass(frozen=True)
@@ -404,3 +404,14 @@ class BatchNorm3d(_BatchNorm):
     """
 
     ranks = (5,)
+
+
+class BatchNorm(_BatchNorm):
+    """Batch normalization over input of any rank from 2 to 5: (N, C, ...), or (N, ..., C)
+    with channels_last (as :class:`cybn.SyncBatchNorm` takes it, and what a saved
+    SyncBatchNorm loads as where MPI is absent, see :func:`cybn.load`).
+
+    Same parameters as :class:`BatchNorm1d`.
+    """
+
+    ranks = (2, 3, 4, 5)
