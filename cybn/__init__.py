@@ -8,8 +8,8 @@ control and build information. Every public name is re-exported here (``cybn.Bat
 
 __version__ = "0.1.0"
 
-from . import (convert, deploy, distributed, functional, interop, layers, model_file, models,
-               nn, onnx_export, onnx_import, ops, train)
+from . import (callbacks, convert, deploy, distributed, functional, interop, layers,
+               model_file, models, nn, onnx_export, onnx_import, ops, schedules, train)
 from ._config import show_config
 from ._openmp import MAX_THREADS, get_num_threads, set_num_threads
 from .convert import from_torch
@@ -22,6 +22,8 @@ from .onnx_import import from_onnx_model
 from .nn import *  # noqa: F401,F403  (Parameter, Module, BatchNorm1d, ...)
 from .ops import *  # noqa: F401,F403  (batch_norm_train, ..., moments)
 from .train import *  # noqa: F401,F403  (cross_entropy, mse_loss, SGD, Adam, fit, ...)
+from .schedules import *  # noqa: F401,F403  (StepLR, CosineLR, LinearWarmup)
+from .callbacks import *  # noqa: F401,F403  (EarlyStopping, Checkpoint)
 
 __all__ = [
     "__version__",
@@ -32,6 +34,8 @@ __all__ = [
     *ops.__all__,
     *nn.__all__,
     *train.__all__,
+    *schedules.__all__,
+    *callbacks.__all__,
     *deploy.__all__,
     *interop.__all__,
     *convert.__all__,

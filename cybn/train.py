@@ -21,7 +21,8 @@ import numpy as np
 
 from ._validate import numeric_array
 
-__all__ = ["cross_entropy", "mse_loss", "SGD", "Adam", "fit", "evaluate", "predict"]
+__all__ = ["cross_entropy", "mse_loss", "SGD", "Adam", "fit", "evaluate", "predict",
+           "clip_grad_norm"]
 
 
 def cross_entropy(logits, targets):
@@ -222,6 +223,23 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def clip_grad_norm(parameters, max_norm: float) -> float:
+    """Scale the gradients of ``parameters`` in place so that their global L2 norm (over all
+    of them, as one vector, summed in float64) is at most ``max_norm``; returns the norm
+    before clipping. As PyTorch's ``clip_grad_norm_``: the factor is
+    ``max_norm / (norm + 1e-6)``, applied only when below 1. A NaN or infinite norm leaves
+    the gradients unchanged (the step then shows the divergence)."""
+    max_norm = _number(max_norm, "max_norm", low=0.0, low_ok=False)
+    params = [p for p in parameters if getattr(p, "requires_grad", True)]
+    total = math.sqrt(sum(float(np.dot(g, g)) for g in
+                          (p.grad.reshape(-1).astype(np.float64) for p in params)))
+    factor = max_norm / (total + 1e-6)
+    if math.isfinite(total) and factor < 1.0:
+        for p in params:
+            p.grad *= p.grad.dtype.type(factor)
+    return total
+
+
 def predict(model, X, batch_size: int = 256):
     """Model outputs (logits for a classifier) on X in eval mode, batch by batch (the model
     is left in eval mode). Matrix products run on one BLAS thread (see fit)."""
@@ -254,7 +272,8 @@ def evaluate(model, X, y, *, loss="cross_entropy", batch_size: int = 256):
 
 def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
         batch_size: int = 64, validation_data=None, shuffle: bool = True, seed: int = 0,
-        progress: bool = True, comm=None):
+        progress: bool = True, comm=None, schedule=None, callbacks=None,
+        clip_grad_norm: float | None = None):
     """Train ``model`` on (X, y) with mini-batches.
 
     Parameters
@@ -289,15 +308,38 @@ def fit(model, X, y, *, loss="cross_entropy", optimizer=None, epochs: int = 10,
         :func:`cybn.distributed.convert_sync_batchnorm` for batch statistics of the whole
         batch. The history is the whole batch's, the same on every rank.
 
+    schedule : a learning-rate schedule, optional
+        :class:`cybn.StepLR`, :class:`cybn.CosineLR`, :class:`cybn.LinearWarmup` (built
+        over ``optimizer``): ``schedule.step()`` after each epoch.
+    callbacks : list, optional
+        :class:`cybn.EarlyStopping`, :class:`cybn.Checkpoint` or any object with their
+        methods (see :mod:`cybn.callbacks`); a True from ``on_epoch_end`` stops training.
+    clip_grad_norm : float > 0, optional
+        Clip the gradients' global L2 norm to this value before each step
+        (:func:`clip_grad_norm`; after the sum over ranks with ``comm``).
+
     Returns
     -------
     history : dict of per-epoch lists ``loss``, ``accuracy``, ``val_loss``,
-        ``val_accuracy``, ``time`` (seconds), and ``diverged`` (True when the training loss
-        became NaN or infinite; training stops there).
+        ``val_accuracy``, ``lr`` (the learning rate of the epoch), ``time`` (seconds), and
+        ``diverged`` (True when the training loss became NaN or infinite; training stops
+        there) and ``stopped_early`` (True when a callback stopped training).
     """
+    if schedule is not None and optimizer is None:
+        raise ValueError("schedule needs the optimizer it was built over: pass optimizer=")
+    if schedule is not None and getattr(schedule, "optimizer", None) is not optimizer:
+        raise ValueError("schedule must be built over the optimizer passed to fit")
+    if clip_grad_norm is not None:
+        clip_grad_norm = _number(clip_grad_norm, "clip_grad_norm", low=0.0, low_ok=False)
+    callbacks = list(callbacks) if callbacks is not None else []
+    for cb in callbacks:
+        if not all(hasattr(cb, m) for m in ("on_train_begin", "on_epoch_end",
+                                            "on_train_end")):
+            raise TypeError(f"callbacks: {type(cb).__name__} lacks on_train_begin, "
+                            f"on_epoch_end or on_train_end")
     with _one_blas_thread():
         return _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data,
-                    shuffle, seed, progress, comm)
+                    shuffle, seed, progress, comm, schedule, callbacks, clip_grad_norm)
 
 
 def _pair(X, y, what: str) -> tuple:
@@ -350,7 +392,7 @@ def _fit_args(model, X, y, fn, epochs, batch_size, validation_data, comm) -> tup
 
 
 def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, seed,
-         progress, comm=None):
+         progress, comm=None, schedule=None, callbacks=(), clip=None):
     fn = _loss_fn(loss)
     error = None
     try:  # the whole plan checked before any step (with comm, on every rank: see agree)
@@ -375,8 +417,18 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
         progress = progress and comm.rank == 0
     rng = np.random.default_rng(seed)
     classify = _is_classification(fn)
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "time": [],
-               "diverged": False}
+    for cb in callbacks:  # a metric a callback watches must exist, before any step
+        watched = getattr(cb, "monitor", None)
+        if isinstance(watched, str) and watched.startswith("val_") and validation_data is None:
+            raise ValueError(f"callbacks: {type(cb).__name__} monitors {watched!r}, which "
+                             f"needs validation_data")
+        if isinstance(watched, str) and watched.endswith("accuracy") and not classify:
+            raise ValueError(f"callbacks: {type(cb).__name__} monitors {watched!r}, which "
+                             f"needs a classification loss")
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "lr": [],
+               "time": [], "diverged": False, "stopped_early": False}
+    for cb in callbacks:
+        cb.on_train_begin(model)
     bar = None
     if progress:
         try:
@@ -410,6 +462,8 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
                                       else grad)
             if comm is not None:
                 allreduce_gradients(model, comm)
+            if clip is not None:
+                clip_grad_norm(optimizer.params, clip)
             optimizer.step()
             total += value * len(idx)
             seen += len(idx)
@@ -428,6 +482,7 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
             vl, va = None, None
         history["val_loss"].append(vl)
         history["val_accuracy"].append(va)
+        history["lr"].append(float(optimizer.lr))
         history["time"].append(time.perf_counter() - start)
         line = f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f}"
         if classify:
@@ -442,6 +497,20 @@ def _fit(model, X, y, loss, optimizer, epochs, batch_size, validation_data, shuf
         if not np.isfinite(train_loss):
             history["diverged"] = True
             break
+        logs = {k: history[k][-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                            "lr")}
+        stop = False
+        for cb in callbacks:
+            if comm is not None and comm.rank != 0 and getattr(cb, "rank_zero_only", False):
+                continue  # one writer of the files (every rank has the same model)
+            stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+        if schedule is not None:
+            schedule.step()
+        if stop:
+            history["stopped_early"] = True
+            break
+    for cb in callbacks:
+        cb.on_train_end(model)
     if bar is not None:
         bar.close()
     return history
