@@ -110,6 +110,10 @@ def test_early_stopping_patience_and_restore():
     assert es.best == 4.0 and es.best_epoch == 1 and es.stopped_epoch == 4
     es.on_train_end(model)
     assert model.value == 1
+    flat = cybn.EarlyStopping(monitor="loss", patience=1)  # an equal value is no improvement
+    flat.on_train_begin(model)
+    assert not flat.on_epoch_end(0, {"loss": 1.0}, model)
+    assert flat.on_epoch_end(1, {"loss": 1.0}, model) and flat.best_epoch == 0
     acc = cybn.EarlyStopping(monitor="accuracy", patience=1)
     acc.on_train_begin(model)
     assert not acc.on_epoch_end(0, {"accuracy": 0.5}, model)
