@@ -68,6 +68,9 @@ def test_clip_grad_norm_known_values():
     a.grad[:], b.grad[:] = 3.0, 4.0
     assert cybn.clip_grad_norm([a, b], 10.0) == 5.0
     assert a.grad[0] == 3.0 and b.grad[0] == 4.0  # below the limit: unchanged
+    assert cybn.clip_grad_norm([a, b], 4.0) == 5.0  # a mild clip: factor 0.8
+    np.testing.assert_allclose([a.grad[0], b.grad[0]], [2.4, 3.2], rtol=1e-6)
+    a.grad[:], b.grad[:] = 3.0, 4.0
     assert cybn.clip_grad_norm([a, b], 1.0) == 5.0
     factor = 1.0 / (5.0 + 1e-6)
     np.testing.assert_allclose([a.grad[0], b.grad[0]], [3 * factor, 4 * factor], rtol=1e-7)
