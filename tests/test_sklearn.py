@@ -121,9 +121,12 @@ def test_warm_start_partial_fit_and_early_stopping():
     inc.partial_fit(X[300:], y[300:])
     assert inc.n_iter_ == 2 and inc.t_ == 600
     es = BNMLPClassifier(hidden_layer_sizes=(32,), early_stopping=True, n_iter_no_change=3,
-                         max_iter=200, learning_rate_init=0.05, random_state=2).fit(X, y)
-    assert es.best_validation_score_ == max(es.validation_scores_)
-    assert es.n_iter_ < 200
+                         max_iter=200, learning_rate_init=0.05, tol=0.0,
+                         random_state=0).fit(X, y)
+    scores = es.validation_scores_
+    assert es.best_validation_score_ == max(scores) and es.n_iter_ < 200
+    # with tol 0: stopped 3 epochs after the first best one, whose weights are back
+    assert es.n_iter_ == int(np.argmax(scores)) + 1 + 3
 
 
 def test_custom_model_on_image_arrays_and_pipeline():
