@@ -28,7 +28,7 @@ import tempfile
 
 import numpy as np
 
-from . import nn
+from . import __version__, nn
 from .nn.module import Module, Parameter
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
@@ -145,8 +145,6 @@ def save(model, path) -> None:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a cybn Module, got {type(model).__name__}")
     st = _safetensors()
-    from . import __version__
-
     architecture = _describe(model, "", _classes())
     # (np.ascontiguousarray would make 0-d counters 1-d)
     tensors = {k: np.array(v, order="C", copy=True) for k, v in model._state_items()}
@@ -297,7 +295,7 @@ def load(path) -> Module:
         raise reader.bad(f"format_version {metadata.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
         raise ValueError(f"cybn.load: {path} has format version {version}, newer than this "
-                         f"cybn reads ({FORMAT_VERSION}, cybn {_version()}): upgrade cybn")
+                         f"cybn reads ({FORMAT_VERSION}, cybn {__version__}): upgrade cybn")
     try:
         tree = json.loads(metadata["architecture"])
         model = reader.build(tree, "")
@@ -311,9 +309,3 @@ def load(path) -> Module:
     if extra:
         raise reader.bad(f"arrays {extra} belong to no layer")
     return model
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

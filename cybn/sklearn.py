@@ -126,6 +126,9 @@ class ChannelScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if reset:
             self.n_features_in_ = X.shape[axis]
             self.__dict__.pop("feature_names_in_", None)
+        elif hasattr(self, "mean_") and X.shape[axis] != self.mean_.shape[0]:
+            raise ValueError(f"X has {X.shape[axis]} channels along axis {axis}, but "
+                             f"ChannelScaler was fitted with {self.mean_.shape[0]}")
         return X, axis
 
     def fit(self, X, y=None):
@@ -138,19 +141,16 @@ class ChannelScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """Merge X's per-channel statistics into those seen so far."""
         first = not hasattr(self, "mean_")
         X, axis = self._validate(X, reset=first)
-        if not first and X.shape[axis] != self.mean_.shape[0]:
-            raise ValueError(f"X has {X.shape[axis]} channels along axis {axis}, but "
-                             f"ChannelScaler was fitted with {self.mean_.shape[0]}")
         count, mean, m2 = batch_norm_stats(X, axis=axis)
         if not first:
             count, mean, m2 = merge_stats([self.n_samples_seen_, count],
-                                          np.stack([self._mean, mean]),
+                                          np.stack([self.mean_, mean]),
                                           np.stack([self._m2, m2]))
-        self._mean, self._m2 = mean, m2
+        self._m2 = m2
         self.n_samples_seen_ = int(count)
         self.n_features_in_ = X.shape[axis]
         var = m2 / max(count, 1)
-        self.mean_ = mean.copy()
+        self.mean_ = mean
         self.var_ = var
         self.scale_ = np.where(var > 0, np.sqrt(var), 1.0)
         return self
@@ -158,9 +158,6 @@ class ChannelScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _affine(self, X, shift, multiplier, offset):
         """X * multiplier + offset after subtracting shift, in X's dtype, per channel."""
         X, axis = self._validate(X, reset=False)
-        if X.shape[axis] != self.mean_.shape[0]:
-            raise ValueError(f"X has {X.shape[axis]} channels along axis {axis}, but "
-                             f"ChannelScaler was fitted with {self.mean_.shape[0]}")
         in_place = (not self.copy and X.flags.c_contiguous and X.flags.writeable)
         ones = np.ones(X.shape[axis])
         return batch_norm_infer(X, shift, ones, multiplier, offset, eps=_TINY, axis=axis,
@@ -287,8 +284,7 @@ class _BNMLP(BaseEstimator):
             self._dtype = X.dtype
             self._rs = check_random_state(self.random_state)
             seed = int(self._rs.randint(np.iinfo(np.int32).max))
-            self.model_ = self._build(X.shape[1] if X.ndim == 2 else X.shape[1],
-                                      self._n_outputs, X.dtype, seed)
+            self.model_ = self._build(X.shape[1], self._n_outputs, X.dtype, seed)
             self.loss_curve_ = []
             self.n_iter_ = 0
             self.t_ = 0
