@@ -53,6 +53,12 @@ cdef extern from "simd_f32.h" nogil:
     void cybn_store_fence()
     void cybn_f32_block_moments(const float* p, Py_ssize_t n, Py_ssize_t nplanes,
                                 Py_ssize_t stride, double* mean, double* m2)
+    void cybn_f32_row_grad_sums(const float* dy, const float* x, const float* w,
+                                Py_ssize_t n, float mh, float ml, double* a, double* b)
+    void cybn_f32_rows_grad_apply(const float* dy, const float* x, float* dx,
+                                  Py_ssize_t nrows, Py_ssize_t n, const float* w,
+                                  const float* mh, const float* ml, const float* inv,
+                                  const float* k, double* col_xhat, double* col_dy)
     void cybn_f32_block_grad_sums(const float* g, const float* x, Py_ssize_t n,
                                   Py_ssize_t nplanes, Py_ssize_t stride, Py_ssize_t gstride,
                                   float mh, float ml, double* sum_dy, double* sum_dy_xmu)

@@ -128,30 +128,64 @@ def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sa
 # Rows: x[M, D] normalized per row (layer and RMS norm) with a per-column affine.
 # ---------------------------------------------------------------------------------------
 
-def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
-                const double[::1] shift,         # IN  (M,)
-                const double[::1] scale,         # IN  (M,)
-                const double[::1] weight,        # IN  (D,)
-                const double[::1] bias,          # IN  (D,)
-                floating[:, ::1] y,              # OUT (M, D); may be x itself
-                int num_threads):
-    """y[m, d] = ((x[m, d] - shift[m]) * scale[m]) * weight[d] + bias[d].
+cdef inline void row_stats(const floating* x, Py_ssize_t D, double* mean,
+                           double* m2) noexcept nogil:
+    """Mean and M2 of one row of D elements: the plane family's reduction of one plane
+    (blocks of PLANE_BLOCK, at most MAX_CHUNKS chunks merged in order)."""
+    cdef PlaneBlocks blocks = plane_blocks(1, D)
+    cdef Py_ssize_t Q = blocks.count
+    cdef Py_ssize_t nq = min(Q, <Py_ssize_t>MAX_CHUNKS), qi
+    cdef double part[3 * MAX_CHUNKS]
+    for qi in range(nq):
+        plane_chunk_moments(x, 1, 1, D, blocks, chunk_start(Q, nq, qi),
+                            chunk_start(Q, nq, qi + 1), 0, part + 3 * qi)
+    plane_finish_moments(part, nq, mean, m2)
 
-    float32: (x - hi) * s + o in float with the row mean split hi + lo (o = -lo * s), then
-    the per-column affine in float; float64: in double throughout."""
+
+cdef inline void row_normalize(const floating* x, floating* y, Py_ssize_t D, double shift,
+                               double scale, const float* fw, const float* fb,
+                               const double* weight, const double* bias) noexcept nogil:
+    """y[d] = ((x[d] - shift) * scale) * weight[d] + bias[d]; float32 subtracts the split
+    shift hi + lo in float ((x - hi) * s + o, o = -lo * s), float64 works in double."""
+    cdef Py_ssize_t d
+    cdef float hi = 0.0, lo = 0.0, fs, fo
+    if floating is float:
+        cybn_split(shift, &hi, &lo)
+        fs = <float>scale
+        fo = <float>(-<double>lo * scale)
+        for d in range(D):
+            y[d] = ((x[d] - hi) * fs + fo) * fw[d] + fb[d]
+    else:
+        for d in range(D):
+            y[d] = ((x[d] - shift) * scale) * weight[d] + bias[d]
+
+
+def rows_forward(const floating[:, ::1] x,        # IN  (M, D), nonempty
+                 const double[::1] weight,        # IN  (D,)
+                 const double[::1] bias,          # IN  (D,)
+                 double eps,
+                 bint centered,                   # layer norm True, RMS norm False
+                 floating[:, ::1] y,              # OUT (M, D); may be x itself
+                 double[::1] mean,                # OUT (M,) row means (centered only)
+                 double[::1] invstd,              # OUT (M,) 1 / sqrt(var + eps), or 1 / rms
+                 int num_threads):
+    """Layer norm (centered) or RMS norm forward, one row at a time while it is in cache:
+    the row's moments, then y = ((x - mean) * invstd) * weight + bias with
+    invstd = 1 / sqrt(M2 / D + eps); RMS norm: y = (x * invrms) * weight with
+    invrms = 1 / sqrt(M2 / D + mean**2 + eps) (bias zeros). One thread per row: the bits
+    do not depend on the thread count."""
     need_nonempty(x.size, "x")
     need_threads(num_threads)
-    need_len("shift", shift.shape[0], x.shape[0])
-    need_len("scale", scale.shape[0], x.shape[0])
     need_len("weight", weight.shape[0], x.shape[1])
     need_len("bias", bias.shape[0], x.shape[1])
     need_same("y", y.shape, x.shape, 2)
+    need_len("mean", mean.shape[0], x.shape[0])
+    need_len("invstd", invstd.shape[0], x.shape[0])
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], m, d
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
-    cdef float hi, lo, fs, fo
-    cdef double s, sh
+    cdef double mu, m2, inv
     cdef float* fw = <float*>malloc(2 * D * sizeof(float))
     if fw == NULL:
         raise MemoryError("cybn: out of memory for kernel scratch")
@@ -161,19 +195,17 @@ def rows_affine(const floating[:, ::1] x,        # IN  (M, D), nonempty
         fb[d] = <float>bias[d]
     with nogil:
         for m in prange(M, schedule='static', num_threads=num_threads):
-            if floating is float:
-                hi = 0.0  # assigned in the loop, so that prange makes hi and lo private
-                lo = 0.0
-                cybn_split(shift[m], &hi, &lo)
-                fs = <float>scale[m]
-                fo = <float>(-<double>lo * scale[m])
-                for d in range(D):
-                    yp[m * D + d] = ((xp[m * D + d] - hi) * fs + fo) * fw[d] + fb[d]
+            mu = 0.0  # assigned in the loop, so that prange makes them private
+            m2 = 0.0
+            row_stats(xp + m * D, D, &mu, &m2)
+            if centered:
+                inv = 1.0 / sqrt(m2 / <double>D + eps)
             else:
-                sh = shift[m]
-                s = scale[m]
-                for d in range(D):
-                    yp[m * D + d] = ((xp[m * D + d] - sh) * s) * weight[d] + bias[d]
+                inv = 1.0 / sqrt(m2 / <double>D + mu * mu + eps)
+                mu = 0.0
+            mean[m] = mu
+            invstd[m] = inv
+            row_normalize(xp + m * D, yp + m * D, D, mu, inv, fw, fb, &weight[0], &bias[0])
     free(fw)
 
 
@@ -366,13 +398,14 @@ def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sa
 # ---------------------------------------------------------------------------------------
 
 cdef enum:
-    ROWS_CHUNKS = 64   # row chunks of the column sums (fixed by the shape, merged in order)
+    ROWS_CHUNKS = 64       # row chunks of the column sums (fixed by the shape, merged in order)
+    ROWS_PER_CHUNK = 16    # at least this many rows a chunk (fewer chunks for fewer rows)
 
 
-cdef inline void rows_grad_row(const floating* dy, const floating* x, floating* dx,
-                               Py_ssize_t D, double mean, double invstd, const double* weight,
-                               bint centered, double* col_xhat, double* col_dy) noexcept nogil:
-    """One row: dx, and the row's dy * xhat and dy added into the column sums.
+cdef inline void row_grad_coefficients(const floating* dy, const floating* x, Py_ssize_t D,
+                                       double mean, double invstd, const double* weight,
+                                       bint centered, double* k) noexcept nogil:
+    """One row's dx = k[0] * (weight * dy) + k[1] * (x - mean) + k[2].
 
     g = weight * dy; dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) with
     xhat = (x - mean) * invstd (centered, layer norm); without centering (RMS norm) the
@@ -380,7 +413,7 @@ cdef inline void rows_grad_row(const floating* dy, const floating* x, floating* 
     cdef double acc_a[LANES]
     cdef double acc_b[LANES]
     cdef Py_ssize_t i, j, nfull = D - D % LANES
-    cdef double a = 0.0, b = 0.0, g, xm, k1, k2, k3
+    cdef double a = 0.0, b = 0.0, g
     for j in range(LANES):
         acc_a[j] = 0.0
         acc_b[j] = 0.0
@@ -396,15 +429,52 @@ cdef inline void rows_grad_row(const floating* dy, const floating* x, floating* 
         g = weight[i] * <double>dy[i]
         a += g
         b += g * (<double>x[i] - mean)
-    k1 = invstd
-    k2 = -invstd * invstd * invstd * (b / <double>D)
-    k3 = -invstd * (a / <double>D) if centered else 0.0
+    k[0] = invstd
+    k[1] = -invstd * invstd * invstd * (b / <double>D)
+    k[2] = -invstd * (a / <double>D) if centered else 0.0
+
+
+cdef inline void rows_grad_rows(const floating* dy, const floating* x, floating* dx,
+                                Py_ssize_t nrows, Py_ssize_t D, const double* mean,
+                                const double* invstd, const double* weight, const float* fw,
+                                bint centered, double* col_xhat, double* col_dy) noexcept nogil:
+    """dx of nrows (1 to ROW_GROUP) consecutive rows, and their dy * xhat and dy summed over
+    the rows in order, then added into the column sums (one accumulator update per
+    ROW_GROUP rows). float32 in float32 SIMD (simd_f32.h) with the row sums in double,
+    float64 in double; fw: the weight as float32 (float32 data)."""
+    cdef double k[3 * ROW_GROUP]
+    cdef float fk[3 * ROW_GROUP]
+    cdef float mh[ROW_GROUP]
+    cdef float ml[ROW_GROUP]
+    cdef float finv[ROW_GROUP]
+    cdef double sx, sd, g, xm, a, b
+    cdef Py_ssize_t i, r
+    if floating is float:
+        for r in range(nrows):
+            cybn_split(mean[r], &mh[r], &ml[r])
+            cybn_f32_row_grad_sums(dy + r * D, x + r * D, fw, D, mh[r], ml[r], &a, &b)
+            # dx = inv * ((w * dy - mean(w * dy)) - xm * inv**2 * mean(w * dy * xm))
+            fk[3 * r] = <float>invstd[r]
+            fk[3 * r + 1] = <float>(invstd[r] * invstd[r] * (b / <double>D))
+            fk[3 * r + 2] = <float>(a / <double>D) if centered else 0.0
+            finv[r] = <float>invstd[r]
+        cybn_f32_rows_grad_apply(dy, x, dx, nrows, D, fw, mh, ml, finv, fk, col_xhat, col_dy)
+        return
+    for r in range(nrows):
+        row_grad_coefficients(dy + r * D, x + r * D, D, mean[r], invstd[r], weight, centered,
+                              k + 3 * r)
     for i in range(D):
-        g = <double>dy[i]
-        xm = <double>x[i] - mean
-        col_xhat[i] += g * (xm * invstd)
-        col_dy[i] += g
-        dx[i] = <floating>(k1 * (weight[i] * g) + k2 * xm + k3)
+        sx = 0.0
+        sd = 0.0
+        for r in range(nrows):
+            g = <double>dy[r * D + i]
+            xm = <double>x[r * D + i] - mean[r]
+            sx = sx + g * (xm * invstd[r])
+            sd = sd + g
+            dx[r * D + i] = <floating>(k[3 * r] * (weight[i] * g) + k[3 * r + 1] * xm
+                                       + k[3 * r + 2])
+        col_xhat[i] += sx
+        col_dy[i] += sd
 
 
 def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
@@ -429,22 +499,28 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
     need_len("dbias", dbias.shape[0], x.shape[1])
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item
-    cdef Py_ssize_t nchunks = min(M, <Py_ssize_t>ROWS_CHUNKS)
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item, step
+    cdef Py_ssize_t nchunks = max(1, min(M // ROWS_PER_CHUNK, <Py_ssize_t>ROWS_CHUNKS))
     cdef const floating* gp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dp = &dx[0, 0]
-    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double))
+    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double) + D * sizeof(float))
     if part == NULL:
         raise MemoryError("cybn: out of memory for kernel scratch")
+    cdef float* fw = <float*>(part + 2 * nchunks * D)
+    for d in range(D):
+        fw[d] = <float>weight[d]
     with nogil:
         for item in prange(nchunks, schedule='static', num_threads=num_threads):
             for d in range(2 * D):
                 part[2 * item * D + d] = 0.0
-            for m in range(chunk_start(M, nchunks, item), chunk_start(M, nchunks, item + 1)):
-                rows_grad_row(gp + m * D, xp + m * D, dp + m * D, D, mean[m], invstd[m],
-                              &weight[0], centered, part + 2 * item * D,
-                              part + 2 * item * D + D)
+            m = chunk_start(M, nchunks, item)
+            while m < chunk_start(M, nchunks, item + 1):
+                step = min(<Py_ssize_t>ROW_GROUP, chunk_start(M, nchunks, item + 1) - m)
+                rows_grad_rows(gp + m * D, xp + m * D, dp + m * D, step, D, &mean[m],
+                               &invstd[m], &weight[0], fw, centered, part + 2 * item * D,
+                               part + 2 * item * D + D)
+                m = m + step
         for d in range(D):
             dweight[d] = 0.0
             dbias[d] = 0.0

@@ -1128,4 +1128,86 @@ static inline void cybn_flat_relu_grad_apply_d(const void* g, const void* x, voi
 #undef CYBN_CALL
 }
 
+/* Layer / RMS norm backward, float32 rows (norms.pxi).
+ *
+ * One row of n elements: a = sum(w * dy) and b = sum(w * dy * (x - m)), m = mh + ml split,
+ * float products over runs of at most CYBN_FLUSH elements per lane, flushed into double. */
+static inline void cybn_f32_row_grad_sums(const float* dy, const float* x, const float* w,
+                                          ptrdiff_t n, float mh, float ml, double* a,
+                                          double* b) {
+    const cybn_v8f vh = cybn_bc8(mh), vl = cybn_bc8(ml);
+    cybn_v4d a_lo = {0, 0, 0, 0}, a_hi = {0, 0, 0, 0}, b_lo = {0, 0, 0, 0}, b_hi = {0, 0, 0, 0};
+    double sa = 0.0, sb = 0.0;
+    ptrdiff_t i = 0, n16 = n & ~(ptrdiff_t)15;
+    while (i < n16) {
+        ptrdiff_t end = i + CYBN_FLUSH < n16 ? i + CYBN_FLUSH : n16;
+        cybn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        for (; i < end; i += 16) {
+            cybn_v8f g0 = cybn_ld8(w + i) * cybn_ld8(dy + i);
+            cybn_v8f g1 = cybn_ld8(w + i + 8) * cybn_ld8(dy + i + 8);
+            a0 += g0;
+            a1 += g1;
+            b0 += g0 * ((cybn_ld8(x + i) - vh) - vl);
+            b1 += g1 * ((cybn_ld8(x + i + 8) - vh) - vl);
+        }
+        cybn_flush8(a0 + a1, &a_lo, &a_hi);
+        cybn_flush8(b0 + b1, &b_lo, &b_hi);
+    }
+    for (; i < n; i++) {
+        float g = w[i] * dy[i];
+        sa += (double)g;
+        sb += (double)(g * ((x[i] - mh) - ml));
+    }
+    *a = cybn_hsum(a_lo, a_hi) + sa;
+    *b = cybn_hsum(b_lo, b_hi) + sb;
+}
+
+/* dx of nrows (1 to 4) consecutive rows of n elements, dx = inv * ((w * dy - mg) - xm * c)
+ * with xm = (x - mh) - ml and the row's k = (inv, c, mg): mean(w * dy) is taken off before
+ * the scaling (a row whose terms cancel gives 0, not inv times a rounding error); and the
+ * rows' dy * (xm * inv) and dy, summed over the rows in order in float, added into the
+ * double column sums col_xhat and col_dy. dx may be dy or x itself (each element is read
+ * before it is written). */
+static inline void cybn_f32_rows_grad_apply(const float* dy, const float* x, float* dx,
+                                            ptrdiff_t nrows, ptrdiff_t n, const float* w,
+                                            const float* mh, const float* ml,
+                                            const float* inv, const float* k,
+                                            double* col_xhat, double* col_dy) {
+    ptrdiff_t i = 0, r, n8 = n & ~(ptrdiff_t)7;
+    for (; i < n8; i += 8) {
+        const cybn_v8f wv = cybn_ld8(w + i);
+        cybn_v8f sx = {0}, sd = {0};
+        for (r = 0; r < nrows; r++) {
+            const cybn_v8f g = cybn_ld8(dy + r * n + i);
+            const cybn_v8f xm = (cybn_ld8(x + r * n + i) - cybn_bc8(mh[r])) - cybn_bc8(ml[r]);
+            sx += g * (xm * cybn_bc8(inv[r]));
+            sd += g;
+            cybn_st8(dx + r * n + i, cybn_bc8(k[3 * r]) * ((wv * g - cybn_bc8(k[3 * r + 2]))
+                                                           - xm * cybn_bc8(k[3 * r + 1])));
+        }
+        cybn_v4d lo = {0, 0, 0, 0}, hi = {0, 0, 0, 0};
+        cybn_flush8(sx, &lo, &hi);
+        cybn_v4d lo2 = {0, 0, 0, 0}, hi2 = {0, 0, 0, 0};
+        cybn_flush8(sd, &lo2, &hi2);
+        for (r = 0; r < 4; r++) {
+            col_xhat[i + r] += lo[r];
+            col_xhat[i + 4 + r] += hi[r];
+            col_dy[i + r] += lo2[r];
+            col_dy[i + 4 + r] += hi2[r];
+        }
+    }
+    for (; i < n; i++) {
+        float sxs = 0.0f, sds = 0.0f;
+        for (r = 0; r < nrows; r++) {
+            const float g = dy[r * n + i];
+            const float xm = (x[r * n + i] - mh[r]) - ml[r];
+            sxs += g * (xm * inv[r]);
+            sds += g;
+            dx[r * n + i] = k[3 * r] * ((w[i] * g - k[3 * r + 2]) - xm * k[3 * r + 1]);
+        }
+        col_xhat[i] += (double)sxs;
+        col_dy[i] += (double)sds;
+    }
+}
+
 #endif

@@ -454,15 +454,6 @@ def _rows_input(x, name: str, normalized_shape) -> tuple:
     return x, shape
 
 
-def _row_moments(rows: Rows, xk: np.ndarray) -> tuple:
-    """Per-row mean and M2 (float64, shape (M,)) from the plane kernels on (1, M, D)."""
-    mean = np.empty(rows.M)
-    m2 = np.empty(rows.M)
-    _kernels.plane_moments(xk.reshape(1, rows.M, rows.D), mean, m2,
-                           _schedule.threads_for(xk.size))
-    return mean, m2
-
-
 @_half_via_float32
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, out=None):
     """Layer normalization over the trailing axes ``normalized_shape`` (PyTorch's
@@ -495,11 +486,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *
     if x.size == 0:
         nan = np.full(rows.lead, np.nan)
         return _empty(x, out), nan, nan.copy()
-    xk = rows.kernel_view(x)
-    mean, m2 = _row_moments(rows, xk)
-    invstd = 1.0 / np.sqrt(m2 / rows.D + eps)
+    mean = np.empty(rows.M)
+    invstd = np.empty(rows.M)
     dest = Output(rows, out, x.dtype)
-    _kernels.rows_affine(xk, mean, invstd, w, b, dest.kernel, _schedule.threads_for(x.size))
+    _kernels.rows_forward(rows.kernel_view(x), w, b, eps, True, dest.kernel, mean, invstd,
+                          _schedule.threads_for(x.size))
     return dest.result(), mean.reshape(rows.lead), invstd.reshape(rows.lead)
 
 
@@ -583,12 +574,10 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     check_out(out, x.shape, x.dtype, {"x": x, "weight": weight}, in_place_ok=("x",))
     if x.size == 0:
         return _empty(x, out), np.full(rows.lead, np.nan)
-    xk = rows.kernel_view(x)
-    mean, m2 = _row_moments(rows, xk)
-    invrms = 1.0 / np.sqrt(m2 / rows.D + mean * mean + eps)
+    invrms = np.empty(rows.M)
     dest = Output(rows, out, x.dtype)
-    _kernels.rows_affine(xk, np.zeros(rows.M), invrms, w, np.zeros(rows.D), dest.kernel,
-                         _schedule.threads_for(x.size))
+    _kernels.rows_forward(rows.kernel_view(x), w, np.zeros(rows.D), eps, False, dest.kernel,
+                          np.empty(rows.M), invrms, _schedule.threads_for(x.size))
     return dest.result(), invrms.reshape(rows.lead)
 
 
