@@ -13,6 +13,7 @@
 # the same blocks.
 
 cimport numpy as cnp
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
 
 cnp.import_array()
 
@@ -574,3 +575,174 @@ def fast_linear(x, weight, bias, int num_threads, int act=0):
                                     NULL, &b, <const double*>bp,
                                     <double*>cnp.PyArray_DATA(ya), N, 0, &ep, num_threads)
     return ya if status == 0 else None
+
+
+# ---------------------------------------------------------------------------------------
+# Layer and RMS norm: x as rows (M, D), the normalized shape one int (x's last axis). Any
+# size: the row cores run on num_threads threads from min_parallel elements on (the ops'
+# threads_for rule), so a call of any size costs one compiled call.
+# ---------------------------------------------------------------------------------------
+
+cdef inline bint row_geometry(cnp.ndarray x, object normalized_shape, Py_ssize_t* M,
+                              Py_ssize_t* D) noexcept:
+    """x as (M, D) when normalized_shape is an int (or a 1-tuple of one) equal to x's last
+    axis and x is not empty; else False."""
+    cdef int nd = cnp.PyArray_NDIM(x)
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
+        normalized_shape = (<tuple>normalized_shape)[0]
+    if type(normalized_shape) is not int or nd < 1 or size == 0:
+        return False
+    if normalized_shape != cnp.PyArray_DIM(x, nd - 1):  # compared as Python ints
+        return False
+    D[0] = cnp.PyArray_DIM(x, nd - 1)
+    M[0] = size // D[0]
+    return True
+
+
+cdef inline object row_stat_array(cnp.ndarray x):
+    """A new float64 array of x's shape without its last axis (one value per row)."""
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x) - 1, cnp.PyArray_DIMS(x), cnp.NPY_FLOAT64, 0)
+
+
+cdef inline double* row_stat_data(object a, cnp.ndarray x) noexcept:
+    """The data of a float64 C-contiguous array of x's shape without its last axis, else
+    NULL."""
+    cdef cnp.ndarray arr
+    cdef int j, nd = cnp.PyArray_NDIM(x)
+    if data_kind(a) != cnp.NPY_FLOAT64:
+        return NULL
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_NDIM(arr) != nd - 1:
+        return NULL
+    for j in range(nd - 1):
+        if cnp.PyArray_DIM(arr, j) != cnp.PyArray_DIM(x, j):
+            return NULL
+    return <double*>cnp.PyArray_DATA(arr)
+
+
+cdef inline bint row_eps(object eps, bint centered, int t, double* e) noexcept:
+    """eps as a double: a positive float; RMS norm's None is the machine epsilon of x's
+    dtype (float32 / float64), as in rms_norm."""
+    if eps is None and not centered:
+        e[0] = FLT_EPSILON if t == cnp.NPY_FLOAT32 else DBL_EPSILON
+        return True
+    if not positive_float(eps):
+        return False
+    e[0] = <double>eps
+    return True
+
+
+def fast_rows_forward(x, normalized_shape, weight, bias, eps, out, bint centered,
+                      Py_ssize_t min_parallel, int num_threads):
+    """layer_norm (centered) or rms_norm for a C-contiguous float32/float64 array in one
+    call: (y, mean, invstd) or (y, invrms); None: use the full path."""
+    cdef Py_ssize_t M, D
+    cdef int t = data_kind(x), status, threads
+    cdef cnp.ndarray xa, ya
+    cdef object y, mean, invstd
+    cdef double* buf
+    cdef double* mp
+    cdef double* ip
+    cdef double e
+    if t < 0 or not row_eps(eps, centered, t, &e) or (not centered and bias is not None):
+        return None
+    xa = <cnp.ndarray>x
+    if not row_geometry(xa, normalized_shape, &M, &D) or num_threads < 1:
+        return None
+    buf = <double*>malloc((2 * D + M) * sizeof(double))
+    if buf == NULL:
+        return None
+    if (load_vector(weight, D, 1.0, buf, False) < 0
+            or load_vector(bias, D, 0.0, buf + D, False) < 0):
+        free(buf)
+        return None
+    y = result_array(out, xa, t, (xa,), (weight, bias))
+    if y is None:
+        free(buf)
+        return None
+    ya = <cnp.ndarray>y
+    mean = row_stat_array(xa)
+    invstd = row_stat_array(xa)
+    mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean) if centered else buf + 2 * D
+    ip = <double*>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    threads = 1 if M * D < min_parallel else num_threads
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            status = rows_forward_core(<const float*>cnp.PyArray_DATA(xa),
+                                       <float*>cnp.PyArray_DATA(ya), M, D, buf, buf + D, e,
+                                       centered, mp, ip, threads)
+        else:
+            status = rows_forward_core(<const double*>cnp.PyArray_DATA(xa),
+                                       <double*>cnp.PyArray_DATA(ya), M, D, buf, buf + D, e,
+                                       centered, mp, ip, threads)
+    free(buf)
+    if status != 0:
+        return None
+    return (ya, mean, invstd) if centered else (ya, invstd)
+
+
+def fast_rows_backward(dy, x, weight, mean, invstd, normalized_shape, out, bint centered,
+                       Py_ssize_t min_parallel, int num_threads):
+    """layer_norm_backward (centered; mean given) or rms_norm_backward (mean None, invstd
+    the invrms) in one call: (dx, dweight, dbias) or (dx, dweight); None: the full path."""
+    cdef Py_ssize_t M, D, d
+    cdef int t = data_kind(x), status, threads
+    cdef cnp.ndarray xa, ga, da, dwa, dba
+    cdef cnp.npy_intp dims[1]
+    cdef object dx
+    cdef double* buf
+    cdef double* mp
+    cdef double* ip
+    if t < 0 or data_kind(dy) != t or num_threads < 1:
+        return None
+    xa = <cnp.ndarray>x
+    ga = <cnp.ndarray>dy
+    if not cnp.PyArray_SAMESHAPE(xa, ga) or not row_geometry(xa, normalized_shape, &M, &D):
+        return None
+    ip = row_stat_data(invstd, xa)
+    mp = row_stat_data(mean, xa) if centered else NULL
+    if ip == NULL or (centered and mp == NULL) or (not centered and mean is not None):
+        return None
+    buf = <double*>malloc((3 * D + M) * sizeof(double))
+    if buf == NULL:
+        return None
+    if load_vector(weight, D, 1.0, buf, False) < 0:
+        free(buf)
+        return None
+    dx = result_array(out, xa, t, (xa, ga), (weight, mean, invstd))
+    if dx is None:
+        free(buf)
+        return None
+    da = <cnp.ndarray>dx
+    if not centered:
+        mp = buf + 3 * D
+        for d in range(M):
+            mp[d] = 0.0
+    threads = 1 if M * D < min_parallel else num_threads
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            status = rows_backward_core(<const float*>cnp.PyArray_DATA(ga),
+                                        <const float*>cnp.PyArray_DATA(xa),
+                                        <float*>cnp.PyArray_DATA(da), M, D, mp, ip, buf,
+                                        centered, buf + D, buf + 2 * D, threads)
+        else:
+            status = rows_backward_core(<const double*>cnp.PyArray_DATA(ga),
+                                        <const double*>cnp.PyArray_DATA(xa),
+                                        <double*>cnp.PyArray_DATA(da), M, D, mp, ip, buf,
+                                        centered, buf + D, buf + 2 * D, threads)
+    if status != 0:
+        free(buf)
+        return None
+    dims[0] = D
+    dwa = cnp.PyArray_EMPTY(1, dims, t, 0)
+    dba = cnp.PyArray_EMPTY(1, dims, t, 0)
+    for d in range(D):  # the gradients in x's dtype, as the full path's astype
+        if t == cnp.NPY_FLOAT32:
+            (<float*>cnp.PyArray_DATA(dwa))[d] = <float>buf[D + d]
+            (<float*>cnp.PyArray_DATA(dba))[d] = <float>buf[2 * D + d]
+        else:
+            (<double*>cnp.PyArray_DATA(dwa))[d] = buf[D + d]
+            (<double*>cnp.PyArray_DATA(dba))[d] = buf[2 * D + d]
+    free(buf)
+    return (da, dwa, dba) if centered else (da, dwa)

@@ -160,6 +160,36 @@ cdef inline void row_normalize(const floating* x, floating* y, Py_ssize_t D, dou
             y[d] = ((x[d] - shift) * scale) * weight[d] + bias[d]
 
 
+cdef inline int rows_forward_core(const floating* xp, floating* yp, Py_ssize_t M,
+                                  Py_ssize_t D, const double* weight, const double* bias,
+                                  double eps, bint centered, double* mean, double* invstd,
+                                  int num_threads) noexcept nogil:
+    """rows_forward on pointers (also the compiled fast path's); -1 if out of memory."""
+    cdef Py_ssize_t m, d
+    cdef double mu, m2, inv
+    cdef float* fw = <float*>malloc(2 * D * sizeof(float))
+    if fw == NULL:
+        return -1
+    cdef float* fb = fw + D
+    for d in range(D):
+        fw[d] = <float>weight[d]
+        fb[d] = <float>bias[d]
+    for m in prange(M, schedule='static', num_threads=num_threads):
+        mu = 0.0  # assigned in the loop, so that prange makes them private
+        m2 = 0.0
+        row_stats(xp + m * D, D, &mu, &m2)
+        if centered:
+            inv = 1.0 / sqrt(m2 / <double>D + eps)
+        else:
+            inv = 1.0 / sqrt(m2 / <double>D + mu * mu + eps)
+            mu = 0.0
+        mean[m] = mu
+        invstd[m] = inv
+        row_normalize(xp + m * D, yp + m * D, D, mu, inv, fw, fb, weight, bias)
+    free(fw)
+    return 0
+
+
 def rows_forward(const floating[:, ::1] x,        # IN  (M, D), nonempty
                  const double[::1] weight,        # IN  (D,)
                  const double[::1] bias,          # IN  (D,)
@@ -182,31 +212,11 @@ def rows_forward(const floating[:, ::1] x,        # IN  (M, D), nonempty
     need_len("mean", mean.shape[0], x.shape[0])
     need_len("invstd", invstd.shape[0], x.shape[0])
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], m, d
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef double mu, m2, inv
-    cdef float* fw = <float*>malloc(2 * D * sizeof(float))
-    if fw == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-    cdef float* fb = fw + D
-    for d in range(D):
-        fw[d] = <float>weight[d]
-        fb[d] = <float>bias[d]
+    cdef int status
     with nogil:
-        for m in prange(M, schedule='static', num_threads=num_threads):
-            mu = 0.0  # assigned in the loop, so that prange makes them private
-            m2 = 0.0
-            row_stats(xp + m * D, D, &mu, &m2)
-            if centered:
-                inv = 1.0 / sqrt(m2 / <double>D + eps)
-            else:
-                inv = 1.0 / sqrt(m2 / <double>D + mu * mu + eps)
-                mu = 0.0
-            mean[m] = mu
-            invstd[m] = inv
-            row_normalize(xp + m * D, yp + m * D, D, mu, inv, fw, fb, &weight[0], &bias[0])
-    free(fw)
+        status = rows_forward_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], &weight[0],
+                                   &bias[0], eps, centered, &mean[0], &invstd[0], num_threads)
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -477,6 +487,40 @@ cdef inline void rows_grad_rows(const floating* dy, const floating* x, floating*
         col_dy[i] += sd
 
 
+cdef inline int rows_backward_core(const floating* gp, const floating* xp, floating* dp,
+                                   Py_ssize_t M, Py_ssize_t D, const double* mean,
+                                   const double* invstd, const double* weight, bint centered,
+                                   double* dweight, double* dbias,
+                                   int num_threads) noexcept nogil:
+    """rows_backward on pointers (also the compiled fast path's); -1 if out of memory."""
+    cdef Py_ssize_t d, m, item, step
+    cdef Py_ssize_t nchunks = max(1, min(M // ROWS_PER_CHUNK, <Py_ssize_t>ROWS_CHUNKS))
+    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double) + D * sizeof(float))
+    if part == NULL:
+        return -1
+    cdef float* fw = <float*>(part + 2 * nchunks * D)
+    for d in range(D):
+        fw[d] = <float>weight[d]
+    for item in prange(nchunks, schedule='static', num_threads=num_threads):
+        for d in range(2 * D):
+            part[2 * item * D + d] = 0.0
+        m = chunk_start(M, nchunks, item)
+        while m < chunk_start(M, nchunks, item + 1):
+            step = min(<Py_ssize_t>ROW_GROUP, chunk_start(M, nchunks, item + 1) - m)
+            rows_grad_rows(gp + m * D, xp + m * D, dp + m * D, step, D, mean + m, invstd + m,
+                           weight, fw, centered, part + 2 * item * D, part + 2 * item * D + D)
+            m = m + step
+    for d in range(D):
+        dweight[d] = 0.0
+        dbias[d] = 0.0
+    for item in range(nchunks):
+        for d in range(D):
+            dweight[d] += part[2 * item * D + d]
+            dbias[d] += part[2 * item * D + D + d]
+    free(part)
+    return 0
+
+
 def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
                   const floating[:, ::1] x,      # IN  (M, D)
                   const double[::1] mean,        # IN  (M,) (zeros: RMS norm)
@@ -487,7 +531,8 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
                   double[::1] dweight,           # OUT (D,) sum over rows of dy * xhat
                   double[::1] dbias,             # OUT (D,) sum over rows of dy
                   int num_threads):
-    """Backward of a per-row normalization with a per-column affine, in one pass per row."""
+    """Backward of a per-row normalization with a per-column affine, in one pass per row
+    (rows ROW_GROUP at a time; column sums in row chunks fixed by the shape)."""
     need_nonempty(x.size, "x")
     need_threads(num_threads)
     need_same("dy", dy.shape, x.shape, 2)
@@ -499,36 +544,12 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
     need_len("dbias", dbias.shape[0], x.shape[1])
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], d, m, item, step
-    cdef Py_ssize_t nchunks = max(1, min(M // ROWS_PER_CHUNK, <Py_ssize_t>ROWS_CHUNKS))
-    cdef const floating* gp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef double* part = <double*>malloc(2 * nchunks * D * sizeof(double) + D * sizeof(float))
-    if part == NULL:
-        raise MemoryError("cybn: out of memory for kernel scratch")
-    cdef float* fw = <float*>(part + 2 * nchunks * D)
-    for d in range(D):
-        fw[d] = <float>weight[d]
+    cdef int status
     with nogil:
-        for item in prange(nchunks, schedule='static', num_threads=num_threads):
-            for d in range(2 * D):
-                part[2 * item * D + d] = 0.0
-            m = chunk_start(M, nchunks, item)
-            while m < chunk_start(M, nchunks, item + 1):
-                step = min(<Py_ssize_t>ROW_GROUP, chunk_start(M, nchunks, item + 1) - m)
-                rows_grad_rows(gp + m * D, xp + m * D, dp + m * D, step, D, &mean[m],
-                               &invstd[m], &weight[0], fw, centered, part + 2 * item * D,
-                               part + 2 * item * D + D)
-                m = m + step
-        for d in range(D):
-            dweight[d] = 0.0
-            dbias[d] = 0.0
-        for item in range(nchunks):
-            for d in range(D):
-                dweight[d] += part[2 * item * D + d]
-                dbias[d] += part[2 * item * D + D + d]
-    free(part)
+        status = rows_backward_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1],
+                                    &mean[0], &invstd[0], &weight[0], centered, &dweight[0],
+                                    &dbias[0], num_threads)
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------

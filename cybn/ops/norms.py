@@ -30,6 +30,7 @@ import numbers
 import numpy as np
 
 from .. import _kernels
+from .._openmp import get_num_threads
 from .._validate import (
     as_data,
     channel_vector,
@@ -476,6 +477,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *
     y : ndarray, x's shape and dtype
     mean, invstd : ndarray, float64, shape ``x.shape[:-len(normalized_shape)]``
     """
+    fast = _kernels.fast_rows_forward(x, normalized_shape, weight, bias, eps, out, True,
+                                      _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:  # the common case in one compiled call (None: anything else)
+        return fast
     x, shape = _rows_input(x, "x", normalized_shape)
     rows = Rows.of(x.shape, shape)
     w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
@@ -527,6 +532,10 @@ def layer_norm_backward(dy, x, weight, mean, invstd, normalized_shape, *, out=No
     dx : ndarray, x's shape and dtype
     dweight, dbias : ndarray of shape normalized_shape, x's dtype
     """
+    fast = _kernels.fast_rows_backward(dy, x, weight, mean, invstd, normalized_shape, out,
+                                       True, _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:
+        return fast
     x, shape = _rows_input(x, "x", normalized_shape)
     dy = as_data(dy, "dy", min_ndim=len(shape))
     check_same_layout(dy, "dy", x)
@@ -567,6 +576,10 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     invrms : ndarray, float64, shape ``x.shape[:-len(normalized_shape)]``
         ``1 / sqrt(mean(x**2) + eps)`` per row.
     """
+    fast = _kernels.fast_rows_forward(x, normalized_shape, weight, None, eps, out, False,
+                                      _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:
+        return fast
     x, shape = _rows_input(x, "x", normalized_shape)
     rows = Rows.of(x.shape, shape)
     w = shaped_array(weight, "weight", shape, default=1.0, what="normalized_shape").ravel()
@@ -600,6 +613,10 @@ def rms_norm_backward(dy, x, weight, invrms, normalized_shape, *, out=None):
     dx : ndarray, x's shape and dtype
     dweight : ndarray of shape normalized_shape, x's dtype
     """
+    fast = _kernels.fast_rows_backward(dy, x, weight, None, invrms, normalized_shape, out,
+                                       False, _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:
+        return fast
     x, shape = _rows_input(x, "x", normalized_shape)
     dy = as_data(dy, "dy", min_ndim=len(shape))
     check_same_layout(dy, "dy", x)

@@ -350,3 +350,92 @@ def test_python_threads_give_the_serial_bits():
         t.join()
     for a, b in zip(serial, results):
         np.testing.assert_array_equal(a, b)
+
+
+ROW_FAST_CASES = [((768,), 768), ((5, 768), 768), ((2, 3, 33), (33,)), ((300, 520), 520),
+                  ((7, 1), 1)]
+
+
+def _row_ops(x, dy, w, b, D, out=None):
+    """Layer and RMS norm forward and backward (out: a callable giving each call's out)."""
+    o = (lambda: None) if out is None else out
+    y, mean, invstd = cybn.layer_norm(x, D, w, b, out=o())
+    res = [y, mean, invstd]
+    res += cybn.layer_norm_backward(dy, x, w, mean, invstd, D, out=o())
+    r, invrms = cybn.rms_norm(x, D, w, out=o())
+    res += [r, invrms]
+    res += cybn.rms_norm_backward(dy, x, w, invrms, D, out=o())
+    res += cybn.rms_norm(x, D, w, eps=1e-3, out=o())
+    return res
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,D", ROW_FAST_CASES)
+@pytest.mark.parametrize("min_parallel", [1, 1 << 17])
+def test_row_norm_fast_path_gives_the_bits_of_the_full_path(shape, D, dtype, min_parallel,
+                                                            monkeypatch):
+    """Layer and RMS norm calls with an int normalized shape take one compiled entry point
+    (on the calling thread or, from min_parallel elements, on all threads); with it disabled
+    every call takes the full Python path. The same bits, statistics and parameter
+    gradients included, with and without out=."""
+    from cybn import _kernels
+    from cybn.ops import _schedule
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    n = shape[-1]
+    w, b = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
+    assert _kernels.fast_rows_forward(x, D, w, b, 1e-5, None, True, min_parallel, 2) is not None
+    with threadpool_limits(limits=2, user_api="openmp"):
+        fast = _row_ops(x, dy, w, b, D)
+        fast_out = _row_ops(x, dy, w, b, D, out=lambda: np.empty_like(x))
+        for name in ("fast_rows_forward", "fast_rows_backward"):
+            monkeypatch.setattr(_kernels, name, lambda *args: None)
+        full = _row_ops(x, dy, w, b, D)
+    for a, a_out, c in zip(fast, fast_out, full):
+        assert a.dtype == a_out.dtype == c.dtype and a.shape == c.shape
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(a_out, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_norm_fast_path_in_place_and_what_it_leaves_to_the_full_path(dtype):
+    """out=x (forward) and out=dy or x (backward) work in place on the fast path; what it
+    does not take (a partly overlapping out, a float16 weight, a list) goes to the full
+    path, which answers or rejects it as before."""
+    from cybn import _kernels
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 40)).astype(dtype)
+    dy = rng.standard_normal((6, 40)).astype(dtype)
+    w = rng.standard_normal(40).astype(dtype)
+    y, mean, invstd = cybn.layer_norm(x, 40, w, w)
+    xi = x.copy()
+    assert cybn.layer_norm(xi, 40, w, w, out=xi)[0] is xi
+    np.testing.assert_array_equal(xi, y)
+    dx = cybn.layer_norm_backward(dy, x, w, mean, invstd, 40)[0]
+    for which in ("dy", "x"):
+        g, xx = dy.copy(), x.copy()
+        target = g if which == "dy" else xx
+        cybn.layer_norm_backward(g, xx, w, mean, invstd, 40, out=target)
+        np.testing.assert_array_equal(target, dx)
+    buf = np.concatenate([x.ravel(), x.ravel()])
+    shifted = buf[1: x.size + 1].reshape(x.shape)
+    assert _kernels.fast_rows_forward(buf[: x.size].reshape(x.shape), 40, w, w, 1e-5, shifted,
+                                      True, 1 << 17, 1) is None
+    before = buf.copy()
+    with pytest.raises(ValueError, match="out overlaps x"):
+        cybn.layer_norm(buf[: x.size].reshape(x.shape), 40, w, w, out=shifted)
+    np.testing.assert_array_equal(buf, before)
+    # left to the full path: a mean of the wrong shape, a float32 mean, an int eps
+    assert _kernels.fast_rows_backward(dy, x, w, mean[:5], invstd, 40, None, True,
+                                       1 << 17, 1) is None
+    assert _kernels.fast_rows_backward(dy, x, w, mean.astype(np.float32), invstd, 40, None,
+                                       True, 1 << 17, 1) is None
+    assert _kernels.fast_rows_forward(x, 40, w, w, 1, None, True, 1 << 17, 1) is None
+    with pytest.raises(ValueError, match="mean"):
+        cybn.layer_norm_backward(dy, x, w, mean[:5], invstd, 40)
+    np.testing.assert_array_equal(cybn.layer_norm(x, 40, w, w, eps=1)[0],
+                                  cybn.layer_norm(x, [40], w, w, eps=1.0)[0])
