@@ -164,6 +164,27 @@ cdef inline int affine_serial(const floating* x, floating* y, Py_ssize_t outer, 
     return 0
 
 
+cdef inline int fast_threads(Py_ssize_t size, Py_ssize_t min_parallel,
+                             int num_threads) noexcept nogil:
+    """The ops' thread rule (ops/_schedule.threads_for): one thread below min_parallel."""
+    return 1 if size < min_parallel or num_threads < 1 else num_threads
+
+
+cdef inline int affine_threads(const floating* x, floating* y, Py_ssize_t outer, Py_ssize_t C,
+                               Py_ssize_t inner, Py_ssize_t k, const double* shift,
+                               const double* scale, const double* offset, int ep,
+                               int threads) noexcept nogil:
+    """affine_serial on `threads` threads (the full path's cores, no streaming: the fast
+    path's arrays are smaller than ops/_schedule.STREAM_MIN_BYTES); -1 if out of memory."""
+    if threads == 1:
+        return affine_serial(x, y, outer, C, inner, k, shift, scale, offset, ep)
+    if k:
+        return row_affine_core(x, y, outer // k, k * C * inner, C, inner, shift, scale, offset,
+                               0, threads, x, ep)
+    plane_affine_core(x, y, outer, C, inner, shift, scale, offset, 0, threads, x, ep)
+    return 0
+
+
 cdef inline void store_running(cnp.ndarray arr, const double* batch, double momentum,
                                double factor, Py_ssize_t C) noexcept:
     cdef Py_ssize_t c
@@ -180,11 +201,13 @@ cdef inline void store_running(cnp.ndarray arr, const double* batch, double mome
 
 
 def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-               Py_ssize_t max_size, bint relu=False):
-    """batch_norm_infer (with a fused ReLU when relu) for a small C-contiguous array on one
-    thread; None: use the full path."""
+               Py_ssize_t max_size, bint relu=False, Py_ssize_t min_parallel=0,
+               int num_threads=1):
+    """batch_norm_infer (with a fused ReLU when relu) for a C-contiguous array of fewer than
+    max_size elements, on one thread below min_parallel elements, else on num_threads;
+    None: use the full path."""
     cdef Py_ssize_t outer, C, inner, k, c
-    cdef int t = data_kind(x), status
+    cdef int t = data_kind(x), status, threads
     cdef cnp.ndarray xa, ya
     cdef object y
     cdef double* buf
@@ -211,25 +234,29 @@ def fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
     ya = <cnp.ndarray>y
     for c in range(C):  # scale, the same arithmetic as infer_scale
         buf[C + c] = buf[2 * C + c] * (1.0 / sqrt(buf[C + c] + e))
-    if t == cnp.NPY_FLOAT32:
-        status = affine_serial(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-                               outer, C, inner, k, buf, buf + C, buf + 3 * C,
-                               EP_RELU if relu else 0)
-    else:
-        status = affine_serial(<const double*>cnp.PyArray_DATA(xa),
-                               <double*>cnp.PyArray_DATA(ya), outer, C, inner, k, buf, buf + C,
-                               buf + 3 * C, EP_RELU if relu else 0)
+    threads = fast_threads(outer * C * inner, min_parallel, num_threads)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            status = affine_threads(<const float*>cnp.PyArray_DATA(xa),
+                                    <float*>cnp.PyArray_DATA(ya), outer, C, inner, k, buf,
+                                    buf + C, buf + 3 * C, EP_RELU if relu else 0, threads)
+        else:
+            status = affine_threads(<const double*>cnp.PyArray_DATA(xa),
+                                    <double*>cnp.PyArray_DATA(ya), outer, C, inner, k, buf,
+                                    buf + C, buf + 3 * C, EP_RELU if relu else 0, threads)
     free(buf)
     return ya if status == 0 else None
 
 
 def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, out,
-               Py_ssize_t max_size, bint relu=False, bint unbiased=True):
-    """batch_norm_train (with a fused ReLU when relu) for a small C-contiguous array on one
-    thread; None: use the full path. Returns (y, mean, invstd). running_var receives the
-    unbiased batch variance, or the biased one when not unbiased."""
+               Py_ssize_t max_size, bint relu=False, bint unbiased=True,
+               Py_ssize_t min_parallel=0, int num_threads=1):
+    """batch_norm_train (with a fused ReLU when relu) for a C-contiguous array of fewer than
+    max_size elements (threads as fast_infer); None: use the full path. Returns (y, mean,
+    invstd). running_var receives the unbiased batch variance, or the biased one when not
+    unbiased."""
     cdef Py_ssize_t outer, C, inner, k, c
-    cdef int t = data_kind(x), status = 0
+    cdef int t = data_kind(x), status = 0, threads, ep = EP_RELU if relu else 0
     cdef cnp.ndarray xa, ya, mean_a, invstd_a, rm, rv
     cdef cnp.npy_intp dims[1]
     cdef double* buf
@@ -277,16 +304,31 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     mean = <double*>cnp.PyArray_DATA(mean_a)
     invstd = <double*>cnp.PyArray_DATA(invstd_a)
     # buf: weight, bias, var (m2 first), scale
+    threads = fast_threads(outer * C * inner, min_parallel, num_threads)
     if k and t == cnp.NPY_FLOAT32:
-        status = row_train_forward_core(
-            <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
-            <const float*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
-            buf + C, e, EP_RELU if relu else 0, mean, buf + 2 * C, invstd, 0, 1)
+        with nogil:
+            status = row_train_forward_core(
+                <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                <const float*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
+                buf + C, e, ep, mean, buf + 2 * C, invstd, 0, threads)
     elif k:
-        status = row_train_forward_core(
-            <const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
-            <const double*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
-            buf + C, e, EP_RELU if relu else 0, mean, buf + 2 * C, invstd, 0, 1)
+        with nogil:
+            status = row_train_forward_core(
+                <const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+                <const double*>cnp.PyArray_DATA(xa), outer // k, k * C * inner, C, inner, buf,
+                buf + C, e, ep, mean, buf + 2 * C, invstd, 0, threads)
+    elif threads > 1:  # the full path's cooperative schedule (the arrays fit the cache)
+        with nogil:
+            if t == cnp.NPY_FLOAT32:
+                status = plane_train_forward_core(
+                    <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                    <const float*>cnp.PyArray_DATA(xa), outer, C, inner, buf, buf + C, e, ep,
+                    mean, buf + 2 * C, invstd, C, 0, threads)
+            else:
+                status = plane_train_forward_core(
+                    <const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya),
+                    <const double*>cnp.PyArray_DATA(xa), outer, C, inner, buf, buf + C, e, ep,
+                    mean, buf + 2 * C, invstd, C, 0, threads)
     else:
         if t == cnp.NPY_FLOAT32:
             plane_moments_core(<const float*>cnp.PyArray_DATA(xa), outer, C, inner, mean,
@@ -313,11 +355,13 @@ def fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, 
     return ya, mean_a, invstd_a
 
 
-def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t max_size):
-    """batch_norm_backward for small C-contiguous arrays on one thread; None: use the full
-    path. Returns (dx, dweight, dbias) with dweight, dbias in x's dtype."""
+def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t max_size,
+                  Py_ssize_t min_parallel=0, int num_threads=1):
+    """batch_norm_backward for C-contiguous arrays of fewer than max_size elements (threads
+    as fast_infer); None: use the full path. Returns (dx, dweight, dbias) with dweight,
+    dbias in x's dtype."""
     cdef Py_ssize_t outer, C, inner, k, c, qi, o, off, nq, Q
-    cdef int t = data_kind(x), status = 0
+    cdef int t = data_kind(x), status = 0, threads
     cdef cnp.ndarray xa, ga, dxa, dw_a, db_a
     cdef cnp.npy_intp dims[1]
     cdef double* buf
@@ -353,16 +397,33 @@ def fast_backward(dy, x, weight, mean, invstd, training, axis, out, Py_ssize_t m
             or load_vector(invstd, C, 0.0, buf + 2 * C, False) < 0 or invstd is None):
         free(buf)
         return None
+    threads = fast_threads(outer * C * inner, min_parallel, num_threads)
     if k and t == cnp.NPY_FLOAT32:
-        status = row_backward_core(
-            <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
-            <float*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
-            buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0, 1)
+        with nogil:
+            status = row_backward_core(
+                <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
+                <float*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
+                buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0,
+                threads)
     elif k:
-        status = row_backward_core(
-            <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
-            <double*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
-            buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0, 1)
+        with nogil:
+            status = row_backward_core(
+                <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
+                <double*>cnp.PyArray_DATA(dxa), outer // k, k * C * inner, C, inner, buf + C,
+                buf + 2 * C, buf, train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, 0,
+                threads)
+    elif threads > 1:  # the full path's cooperative schedule (the arrays fit the cache)
+        with nogil:
+            if t == cnp.NPY_FLOAT32:
+                status = plane_backward_core(
+                    <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
+                    <float*>cnp.PyArray_DATA(dxa), outer, C, inner, buf + C, buf + 2 * C, buf,
+                    train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, C, 0, threads)
+            else:
+                status = plane_backward_core(
+                    <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
+                    <double*>cnp.PyArray_DATA(dxa), outer, C, inner, buf + C, buf + 2 * C, buf,
+                    train, 0, NULL, NULL, NULL, NULL, buf + 3 * C, buf + 4 * C, C, 0, threads)
     else:
         for c in range(C):
             for qi in range(nq):

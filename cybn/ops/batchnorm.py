@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
+from .._openmp import get_num_threads
 from .._validate import (
     as_data,
     describe,
@@ -133,9 +134,10 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                                      axis, relu, residual, stats, out, unbiased, on_degenerate,
                                      mask)
     if residual is None and stats is None:
-        # small plain arrays: one compiled call (None when it does not apply)
+        # plain arrays up to mid size: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   axis, out, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
+                                   axis, out, _schedule.FAST_MAX_SIZE, relu, unbiased,
+                                   _schedule.MIN_PARALLEL_SIZE, get_num_threads())
         if fast is not None:
             return fast
     x, view, w, b, rm, rv, momentum, eps, ep, residual = checked_train_args(
@@ -186,7 +188,8 @@ def train_plain(x, weight, bias, running_mean, running_var, momentum: float, eps
     (momentum: the batch's weight; no residual, mask or out): (y, mean, invstd), or None
     where that call does not apply (then the layer calls batch_norm_train). The same bits."""
     return _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                               axis, None, _schedule.MIN_PARALLEL_SIZE, relu, unbiased)
+                               axis, None, _schedule.FAST_MAX_SIZE, relu, unbiased,
+                               _schedule.MIN_PARALLEL_SIZE, get_num_threads())
 
 
 def _global_stats(stats, C: int) -> tuple:
@@ -243,9 +246,10 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     elif convention is not None:
         get_convention(convention)  # a bad name is an error even when eps is given
     if residual is None:
-        # small plain arrays: one compiled call (None when it does not apply)
+        # plain arrays up to mid size: one compiled call (None when it does not apply)
         y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-                                _schedule.MIN_PARALLEL_SIZE, relu)
+                                _schedule.FAST_MAX_SIZE, relu, _schedule.MIN_PARALLEL_SIZE,
+                                get_num_threads())
         if y is not None:
             return y
     x = as_data(x, "x", half=True)
@@ -331,9 +335,10 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
                                    residual=residual, out=out, mask=mask)
     relu = activation == "relu"
     if not relu and residual is None and mask is None:
-        # small plain arrays: one compiled call (None when it does not apply)
+        # plain arrays up to mid size: one compiled call (None when it does not apply)
         fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
-                                      _schedule.MIN_PARALLEL_SIZE)
+                                      _schedule.FAST_MAX_SIZE, _schedule.MIN_PARALLEL_SIZE,
+                                      get_num_threads())
         if fast is not None:
             return fast
     dy, x, axis, w, mu, inv, b, training, residual = backward_inputs(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 from conftest import assert_close, stat_rtol
 
 import cybn
@@ -272,6 +273,9 @@ FAST_CASES = [((2, 3, 4, 4), 1), ((2, 4, 4, 3), -1), ((5, 7), 1), ((9, 17, 21, 2
               ((3, 5, 7), 2), ((1, 2, 3), 1),
               # the row family: (N, C) batches, channels-last maps, short channels-first runs
               ((64, 512), 1), ((96, 5, 5, 40), -1), ((30, 48, 4, 4), 1), ((700, 9), 1)]
+# mid sizes (threads from MIN_PARALLEL_SIZE on; below FAST_MAX_SIZE)
+MID_CASES = [((8, 64, 28, 28), 1), ((8, 28, 28, 64), -1), ((1200, 160), 1),
+             ((16, 96, 7, 7), 1)]
 
 
 def run_ops(x, dy, w, b, rm, rv, axis, out=None):
@@ -287,22 +291,34 @@ def run_ops(x, dy, w, b, rm, rv, axis, out=None):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,axis", FAST_CASES)
-def test_small_array_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, rng,
-                                                               monkeypatch):
-    """Small plain calls (with or without out=) take one compiled entry point; with it
-    disabled every call takes the full Python path. Both give the same bits, running
-    statistics included."""
+@pytest.mark.parametrize("min_parallel", [1 << 17, 1])
+@pytest.mark.parametrize("shape,axis", FAST_CASES + MID_CASES)
+def test_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, min_parallel, rng,
+                                                   monkeypatch):
+    """Plain calls up to mid size (with or without out=) take one compiled entry point, on
+    one thread below min_parallel elements and on two from there; with it disabled every
+    call takes the full Python path. Both give the same bits, running statistics
+    included."""
+    from cybn.ops import _schedule
+
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
+    with threadpool_limits(limits=2, user_api="openmp"):
+        _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch)
+
+
+def _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch):
     from cybn import _kernels
+    from cybn.ops import _schedule
 
     x, w, b = make(rng, shape, axis, dtype, offset=5.0)
     C = shape[axis]
     dy = rng.standard_normal(shape).astype(dtype)
     rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
     # the fast path is really taken for these calls, with and without out=
-    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, None, 1 << 17) is not None
+    max_size = _schedule.FAST_MAX_SIZE
+    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, None, max_size) is not None
     out = np.empty_like(x)
-    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, out, 1 << 17) is out
+    assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, out, max_size) is out
     fast = run_ops(x, dy, w, b, rm.copy(), rv.copy(), axis)
     fast_out = run_ops(x, dy, w, b, rm.copy(), rv.copy(), axis, out=lambda: np.empty_like(x))
     for name in ("fast_infer", "fast_train", "fast_backward"):
