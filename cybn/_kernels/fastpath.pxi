@@ -77,7 +77,7 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
     """(outer, C, inner) of x for one thread (size < max_size), or False; k: 0 for the plane
     family, else the row family's outer slices per row (ChannelView.of's rule)."""
     cdef int nd = cnp.PyArray_NDIM(x), ax, j
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(x), width, cand
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     if type(axis) is not int or nd < 2 or size == 0 or size >= max_size:
         return False
     if not -nd <= axis < nd:  # compared as Python ints: a huge axis never reaches <int>
@@ -92,17 +92,21 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
     for j in range(ax + 1, nd):
         inner[0] *= cnp.PyArray_DIM(x, j)
     C[0] = cnp.PyArray_DIM(x, ax)
-    k[0] = 0
-    if inner[0] >= FAST_MIN_INNER or size < FAST_SMALL_SIZE:
-        return True
-    width = C[0] * inner[0]
-    k[0] = 1
+    k[0] = family_k(outer[0], C[0], inner[0])
+    return True
+
+
+cdef inline Py_ssize_t family_k(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner) noexcept:
+    """ChannelView.of's family rule for a view (outer, C, inner): 0 for the plane family,
+    else the row family's outer slices per row."""
+    cdef Py_ssize_t width = C * inner, cand
+    if inner >= FAST_MIN_INNER or outer * width < FAST_SMALL_SIZE:
+        return 0
     if width < FAST_ROW_WIDTH:
         for cand in range((FAST_ROW_WIDTH + width - 1) // width, 4 * FAST_ROW_WIDTH // width + 1):
-            if outer[0] % cand == 0:
-                k[0] = cand
-                break
-    return True
+            if outer % cand == 0:
+                return cand
+    return 1
 
 
 cdef inline bint disjoint(cnp.ndarray a, object b) noexcept:
@@ -807,3 +811,240 @@ def fast_rows_backward(dy, x, weight, mean, invstd, normalized_shape, out, bint 
             (<double*>cnp.PyArray_DATA(dba))[d] = buf[2 * D + d]
     free(buf)
     return (da, dwa, dba) if centered else (da, dwa)
+
+
+# ---------------------------------------------------------------------------------------
+# Group and instance norm (num_groups None: one group per channel), as ops/norms.py runs
+# them: channels-first data with at least min_group_rows (sample, group) pairs a group per
+# work item, otherwise the sample kernels on ops/_layout.Samples' view.
+# ---------------------------------------------------------------------------------------
+
+cdef struct GroupPlan:
+    Py_ssize_t N, C, G      # batch, channels, groups
+    Py_ssize_t rows, size   # sample-kernel rows and elements a row
+    Py_ssize_t outer, Cv, inner, k   # a row's view (Cv channels; k 1 for the plane family)
+    bint plane
+    Py_ssize_t S            # > 0: group rows of Cg * S elements (channels-first)
+
+
+cdef inline bint group_plan(cnp.ndarray x, object axis, object num_groups,
+                            Py_ssize_t max_size, Py_ssize_t min_group_rows,
+                            GroupPlan* p) noexcept:
+    """The plan of Samples.of and _group_rows for x, or False (full path)."""
+    cdef int nd = cnp.PyArray_NDIM(x), ax, j
+    cdef Py_ssize_t total = cnp.PyArray_SIZE(x), outer_s = 1, k
+    if type(axis) is not int or nd < 2 or total == 0 or total >= max_size:
+        return False
+    if not -nd <= axis < nd:  # compared as Python ints
+        return False
+    ax = <int>axis
+    if ax < 0:
+        ax += nd
+    if ax == 0:
+        return False
+    p.N = cnp.PyArray_DIM(x, 0)
+    p.C = cnp.PyArray_DIM(x, ax)
+    if num_groups is None:
+        p.G = p.C
+    elif type(num_groups) is not int or not 1 <= num_groups <= p.C:
+        return False
+    else:
+        p.G = <Py_ssize_t>num_groups
+        if p.C % p.G:
+            return False
+    p.inner = 1
+    for j in range(1, ax):
+        outer_s *= cnp.PyArray_DIM(x, j)
+    for j in range(ax + 1, nd):
+        p.inner *= cnp.PyArray_DIM(x, j)
+    p.S = 0
+    if outer_s == 1:  # channels-first: one row of N * C channels
+        p.rows = 1
+        p.size = total
+        p.outer = 1
+        p.Cv = p.N * p.C
+        p.k = 1
+        p.plane = True
+        if p.N * p.G >= min_group_rows:
+            p.S = p.inner
+        return True
+    p.rows = p.N
+    p.size = total // p.N
+    p.outer = outer_s
+    p.Cv = p.C
+    k = family_k(outer_s, p.C, p.inner)
+    p.plane = k == 0
+    p.k = 1 if k == 0 else k
+    return True
+
+
+cdef inline object group_stat_array(GroupPlan* p):
+    cdef cnp.npy_intp dims[2]
+    dims[0] = p.N
+    dims[1] = p.G
+    return cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT64, 0)
+
+
+cdef inline double* group_stat_data(object a, GroupPlan* p) noexcept:
+    """The data of a float64 C-contiguous (N, G) array, else NULL."""
+    if data_kind(a) != cnp.NPY_FLOAT64:
+        return NULL
+    if (cnp.PyArray_NDIM(<cnp.ndarray>a) != 2 or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != p.N
+            or cnp.PyArray_DIM(<cnp.ndarray>a, 1) != p.G):
+        return NULL
+    return <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def fast_group_forward(x, num_groups, weight, bias, eps, axis, out, Py_ssize_t max_size,
+                       Py_ssize_t min_group_rows, Py_ssize_t min_parallel, int num_threads):
+    """group_norm (instance_norm's statistics with num_groups None) in one call for a
+    C-contiguous float32/float64 array of fewer than max_size elements: (y, mean, invstd,
+    var), each statistic (N, groups); None: use the full path (also for instances of one
+    element, which instance_norm rejects)."""
+    cdef GroupPlan p
+    cdef int t = data_kind(x), status = 0, threads
+    cdef cnp.ndarray xa, ya
+    cdef object y, mean, invstd, var
+    cdef double* buf
+    cdef double* mp
+    cdef double* vp
+    cdef double* ip
+    cdef double e
+    if t < 0 or not positive_float(eps):
+        return None
+    xa = <cnp.ndarray>x
+    if not group_plan(xa, axis, num_groups, max_size, min_group_rows, &p):
+        return None
+    if num_groups is None and p.N * p.C == cnp.PyArray_SIZE(xa):
+        return None
+    e = <double>eps
+    buf = <double*>malloc(2 * p.C * sizeof(double))
+    if buf == NULL:
+        return None
+    if (load_vector(weight, p.C, 1.0, buf, False) < 0
+            or load_vector(bias, p.C, 0.0, buf + p.C, False) < 0):
+        free(buf)
+        return None
+    y = result_array(out, xa, t, (xa,), (weight, bias))
+    if y is None:
+        free(buf)
+        return None
+    ya = <cnp.ndarray>y
+    mean = group_stat_array(&p)
+    invstd = group_stat_array(&p)
+    var = group_stat_array(&p)
+    mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
+    vp = <double*>cnp.PyArray_DATA(<cnp.ndarray>var)
+    ip = <double*>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    threads = fast_threads(cnp.PyArray_SIZE(xa), min_parallel, num_threads)
+    with nogil:
+        if t == cnp.NPY_FLOAT32 and p.S:
+            group_forward_core(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya),
+                               p.N * p.G, p.size // (p.N * p.G), p.S, p.C, buf, buf + p.C, e,
+                               mp, vp, ip, 0, threads)
+        elif p.S:
+            group_forward_core(<const double*>cnp.PyArray_DATA(xa),
+                               <double*>cnp.PyArray_DATA(ya), p.N * p.G,
+                               p.size // (p.N * p.G), p.S, p.C, buf, buf + p.C, e, mp, vp, ip,
+                               0, threads)
+        elif t == cnp.NPY_FLOAT32:
+            status = sample_group_forward_core(
+                <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(ya), p.rows,
+                p.size, p.outer, p.Cv, p.inner, p.k, p.plane, p.G * p.N // p.rows, p.C, buf,
+                buf + p.C, e, mp, vp, ip, 0, threads)
+        else:
+            status = sample_group_forward_core(
+                <const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(ya), p.rows,
+                p.size, p.outer, p.Cv, p.inner, p.k, p.plane, p.G * p.N // p.rows, p.C, buf,
+                buf + p.C, e, mp, vp, ip, 0, threads)
+    free(buf)
+    if status != 0:
+        return None
+    return ya, mean, invstd, var
+
+
+def fast_group_backward(dy, x, num_groups, weight, mean, invstd, axis, out,
+                        Py_ssize_t max_size, Py_ssize_t min_group_rows,
+                        Py_ssize_t min_parallel, int num_threads):
+    """group_norm_backward (instance_norm_backward with num_groups None) in one call:
+    (dx, dweight, dbias); None: use the full path."""
+    cdef GroupPlan p
+    cdef int t = data_kind(x), status = 0, threads
+    cdef cnp.ndarray xa, ga, da, dwa, dba
+    cdef cnp.npy_intp dims[1]
+    cdef object dx
+    cdef double* buf
+    cdef double* mp
+    cdef double* ip
+    cdef double* sdy
+    cdef double* sdx
+    cdef double dw, db
+    cdef Py_ssize_t n, c, Cg
+    if t < 0 or data_kind(dy) != t:
+        return None
+    xa = <cnp.ndarray>x
+    ga = <cnp.ndarray>dy
+    if not cnp.PyArray_SAMESHAPE(xa, ga):
+        return None
+    if not group_plan(xa, axis, num_groups, max_size, min_group_rows, &p):
+        return None
+    mp = group_stat_data(mean, &p)
+    ip = group_stat_data(invstd, &p)
+    if mp == NULL or ip == NULL:
+        return None
+    buf = <double*>malloc((p.C + 2 * p.N * p.C) * sizeof(double))
+    if buf == NULL:
+        return None
+    if load_vector(weight, p.C, 1.0, buf, False) < 0:
+        free(buf)
+        return None
+    dx = result_array(out, xa, t, (xa, ga), (weight, mean, invstd))
+    if dx is None:
+        free(buf)
+        return None
+    da = <cnp.ndarray>dx
+    sdy = buf + p.C
+    sdx = buf + p.C + p.N * p.C
+    threads = fast_threads(cnp.PyArray_SIZE(xa), min_parallel, num_threads)
+    with nogil:
+        if t == cnp.NPY_FLOAT32 and p.S:
+            group_backward_core(<const float*>cnp.PyArray_DATA(ga),
+                                <const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(da),
+                                p.N * p.G, p.size // (p.N * p.G), p.S, p.C, mp, ip, buf, sdy,
+                                sdx, 0, threads)
+        elif p.S:
+            group_backward_core(<const double*>cnp.PyArray_DATA(ga),
+                                <const double*>cnp.PyArray_DATA(xa),
+                                <double*>cnp.PyArray_DATA(da), p.N * p.G, p.size // (p.N * p.G),
+                                p.S, p.C, mp, ip, buf, sdy, sdx, 0, threads)
+        elif t == cnp.NPY_FLOAT32:
+            status = sample_group_backward_core(
+                <const float*>cnp.PyArray_DATA(ga), <const float*>cnp.PyArray_DATA(xa),
+                <float*>cnp.PyArray_DATA(da), p.rows, p.size, p.outer, p.Cv, p.inner, p.k,
+                p.plane, p.G * p.N // p.rows, p.C, mp, ip, buf, sdy, sdx, 0, threads)
+        else:
+            status = sample_group_backward_core(
+                <const double*>cnp.PyArray_DATA(ga), <const double*>cnp.PyArray_DATA(xa),
+                <double*>cnp.PyArray_DATA(da), p.rows, p.size, p.outer, p.Cv, p.inner, p.k,
+                p.plane, p.G * p.N // p.rows, p.C, mp, ip, buf, sdy, sdx, 0, threads)
+    if status != 0:
+        free(buf)
+        return None
+    dims[0] = p.C
+    dwa = cnp.PyArray_EMPTY(1, dims, t, 0)
+    dba = cnp.PyArray_EMPTY(1, dims, t, 0)
+    Cg = p.C // p.G
+    for c in range(p.C):  # the full path's NumPy sums over the samples, in sample order
+        dw = sdx[c] * ip[c // Cg]
+        db = sdy[c]
+        for n in range(1, p.N):
+            dw = dw + sdx[n * p.C + c] * ip[n * p.G + c // Cg]
+            db = db + sdy[n * p.C + c]
+        if t == cnp.NPY_FLOAT32:
+            (<float*>cnp.PyArray_DATA(dwa))[c] = <float>dw
+            (<float*>cnp.PyArray_DATA(dba))[c] = <float>db
+        else:
+            (<double*>cnp.PyArray_DATA(dwa))[c] = dw
+            (<double*>cnp.PyArray_DATA(dba))[c] = db
+    free(buf)
+    return da, dwa, dba

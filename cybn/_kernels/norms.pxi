@@ -79,6 +79,37 @@ cdef inline int sample_group_forward_one(const floating* x, floating* y, Py_ssiz
     return status
 
 
+cdef inline int sample_group_forward_core(const floating* x, floating* y, Py_ssize_t N,
+                                          Py_ssize_t size, Py_ssize_t outer, Py_ssize_t C,
+                                          Py_ssize_t inner, Py_ssize_t k, bint plane,
+                                          Py_ssize_t groups, Py_ssize_t Cw,
+                                          const double* weight, const double* bias, double eps,
+                                          double* mean, double* var, double* invstd,
+                                          int streaming, int num_threads) noexcept nogil:
+    """sample_group_forward on pointers (N rows of size elements; (N, groups) statistics);
+    -1 if out of memory."""
+    cdef Py_ssize_t n
+    cdef int inside, across
+    cdef int status[1]
+    status[0] = 0
+    across = sample_threads(N, size, num_threads, &inside)
+    if across == 1:
+        for n in range(N):
+            if sample_group_forward_one(x + n * size, y + n * size, outer, C, inner, k, plane,
+                                        groups, Cw, weight, bias, eps, mean + n * groups,
+                                        var + n * groups, invstd + n * groups, streaming,
+                                        inside) != 0:
+                status[0] = -1
+    else:
+        for n in prange(N, schedule='static', num_threads=across):
+            if sample_group_forward_one(x + n * size, y + n * size, outer, C, inner, k, plane,
+                                        groups, Cw, weight, bias, eps, mean + n * groups,
+                                        var + n * groups, invstd + n * groups, streaming,
+                                        inside) != 0:
+                status[0] = -1
+    return status[0]
+
+
 def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sample a row
                          Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
                          bint plane,                  # one row's view (C channels)
@@ -102,25 +133,13 @@ def sample_group_forward(const floating[:, ::1] x,    # IN  (rows, size): one sa
     need_same("var", var.shape, mean.shape, 2)
     need_same("invstd", invstd.shape, mean.shape, 2)
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
+    cdef int status
     with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
-                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_group_forward_one(&x[n, 0], &y[n, 0], outer, C, inner, k, plane,
-                                            groups, Cw, &weight[0], &bias[0], eps, &mean[n, 0],
-                                            &var[n, 0], &invstd[n, 0], streaming, inside) != 0:
-                    status[0] = -1
-    check_scratch(status[0])
+        status = sample_group_forward_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], outer,
+                                           C, inner, k, plane, groups, weight.shape[0],
+                                           &weight[0], &bias[0], eps, &mean[0, 0], &var[0, 0],
+                                           &invstd[0, 0], streaming, num_threads)
+    check_scratch(status)
 
 
 
@@ -242,6 +261,28 @@ cdef inline void group_moments(const floating* x, Py_ssize_t n, double* mean,
         start += length
 
 
+cdef inline void group_forward_core(const floating* xp, floating* yp, Py_ssize_t R,
+                                    Py_ssize_t n, Py_ssize_t S, Py_ssize_t C,
+                                    const double* weight, const double* bias, double eps,
+                                    double* mean, double* var, double* invstd, int streaming,
+                                    int num_threads) noexcept nogil:
+    """group_train_forward on pointers: R rows (groups) of n = Cg * S elements."""
+    cdef Py_ssize_t Cg = n // S, G = C // Cg
+    cdef Py_ssize_t r, j, ch
+    cdef double m, m2
+    for r in prange(R, schedule='static', num_threads=num_threads):
+        m = 0.0  # assigned in the loop, so that prange makes m and m2 private
+        m2 = 0.0
+        group_moments(xp + r * n, n, &m, &m2)
+        mean[r] = m
+        var[r] = m2 / <double>n
+        invstd[r] = 1.0 / sqrt(var[r] + eps)
+        for j in range(Cg):
+            ch = (r % G) * Cg + j
+            run_affine(xp + r * n + j * S, yp + r * n + j * S, S, m,
+                       weight[ch] * invstd[r], bias[ch], streaming)
+
+
 def group_train_forward(const floating[:, ::1] x,    # IN  (N * G, Cg * S), nonempty
                         Py_ssize_t S,                # elements per channel
                         const double[::1] weight,    # IN  (C,), C = G * Cg
@@ -264,24 +305,10 @@ def group_train_forward(const floating[:, ::1] x,    # IN  (N * G, Cg * S), none
     need_len("var", var.shape[0], x.shape[0])
     need_len("invstd", invstd.shape[0], x.shape[0])
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
-    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
-    cdef Py_ssize_t r, j, ch
-    cdef double m, m2
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
     with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            m = 0.0  # assigned in the loop, so that prange makes m and m2 private
-            m2 = 0.0
-            group_moments(xp + r * n, n, &m, &m2)
-            mean[r] = m
-            var[r] = m2 / <double>n
-            invstd[r] = 1.0 / sqrt(var[r] + eps)
-            for j in range(Cg):
-                ch = (r % G) * Cg + j
-                run_affine(xp + r * n + j * S, yp + r * n + j * S, S, m,
-                           weight[ch] * invstd[r], bias[ch], streaming)
+        group_forward_core(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], S, weight.shape[0],
+                           &weight[0], &bias[0], eps, &mean[0], &var[0], &invstd[0], streaming,
+                           num_threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,6 +382,38 @@ cdef inline int sample_group_backward_one(const floating* dy, const floating* x,
     return status
 
 
+cdef inline int sample_group_backward_core(const floating* dy, const floating* x,
+                                           floating* dx, Py_ssize_t N, Py_ssize_t size,
+                                           Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                           Py_ssize_t k, bint plane, Py_ssize_t groups,
+                                           Py_ssize_t Cw, const double* mean,
+                                           const double* invstd, const double* weight,
+                                           double* sum_dy, double* sum_dy_xmu, int streaming,
+                                           int num_threads) noexcept nogil:
+    """sample_group_backward on pointers ((N, groups) statistics, (N, C) sums); -1 if out
+    of memory."""
+    cdef Py_ssize_t n
+    cdef int inside, across
+    cdef int status[1]
+    status[0] = 0
+    across = sample_threads(N, size, num_threads, &inside)
+    if across == 1:
+        for n in range(N):
+            if sample_group_backward_one(dy + n * size, x + n * size, dx + n * size, outer, C,
+                                         inner, k, plane, groups, Cw, mean + n * groups,
+                                         invstd + n * groups, weight, sum_dy + n * C,
+                                         sum_dy_xmu + n * C, streaming, inside) != 0:
+                status[0] = -1
+    else:
+        for n in prange(N, schedule='static', num_threads=across):
+            if sample_group_backward_one(dy + n * size, x + n * size, dx + n * size, outer, C,
+                                         inner, k, plane, groups, Cw, mean + n * groups,
+                                         invstd + n * groups, weight, sum_dy + n * C,
+                                         sum_dy_xmu + n * C, streaming, inside) != 0:
+                status[0] = -1
+    return status[0]
+
+
 def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sample a row
                           const floating[:, ::1] x,   # IN  (rows, size)
                           Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
@@ -380,27 +439,14 @@ def sample_group_backward(const floating[:, ::1] dy,  # IN  (rows, size): one sa
     need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t N = x.shape[0], n, Cw = weight.shape[0]
-    cdef int inside, across
-    cdef int status[1]
-    status[0] = 0
-    across = sample_threads(N, x.shape[1], num_threads, &inside)
+    cdef int status
     with nogil:
-        if across == 1:
-            for n in range(N):
-                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
-                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                             streaming, inside) != 0:
-                    status[0] = -1
-        else:
-            for n in prange(N, schedule='static', num_threads=across):
-                if sample_group_backward_one(&dy[n, 0], &x[n, 0], &dx[n, 0], outer, C, inner, k,
-                                             plane, groups, Cw, &mean[n, 0], &invstd[n, 0],
-                                             &weight[0], &sum_dy[n, 0], &sum_dy_xmu[n, 0],
-                                             streaming, inside) != 0:
-                    status[0] = -1
-    check_scratch(status[0])
+        status = sample_group_backward_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0],
+                                            x.shape[1], outer, C, inner, k, plane, groups,
+                                            weight.shape[0], &mean[0, 0], &invstd[0, 0],
+                                            &weight[0], &sum_dy[0, 0], &sum_dy_xmu[0, 0],
+                                            streaming, num_threads)
+    check_scratch(status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -556,6 +602,38 @@ def rows_backward(const floating[:, ::1] dy,     # IN  (M, D), nonempty
 # Groups (see above): channels-first group norm backward, a thread per group.
 # ---------------------------------------------------------------------------------------
 
+cdef inline void group_backward_core(const floating* gp, const floating* xp, floating* dp,
+                                     Py_ssize_t R, Py_ssize_t n, Py_ssize_t S, Py_ssize_t C,
+                                     const double* mean, const double* invstd,
+                                     const double* weight, double* sdy, double* sdx,
+                                     int streaming, int num_threads) noexcept nogil:
+    """group_backward on pointers: R rows (groups) of n = Cg * S elements; (N, C) sums."""
+    cdef Py_ssize_t Cg = n // S, G = C // Cg
+    cdef Py_ssize_t r, j, ch, s, c0
+    cdef double a, b, k2, k3, inv, sa, sb
+    for r in prange(R, schedule='static', num_threads=num_threads):
+        s = r // G
+        c0 = (r % G) * Cg
+        a = 0.0
+        b = 0.0
+        sa = 0.0  # assigned in the loop, so that prange makes sa and sb private
+        sb = 0.0
+        for j in range(Cg):
+            ch = c0 + j
+            run_grad_sums(gp + r * n + j * S, xp + r * n + j * S, S, 1, S, mean[r], &sa, &sb)
+            sdy[s * C + ch] = sa
+            sdx[s * C + ch] = sb
+            a = a + weight[ch] * sa
+            b = b + weight[ch] * sb
+        inv = invstd[r]
+        k2 = -inv * inv * inv * (b / <double>n)
+        k3 = -inv * (a / <double>n)
+        for j in range(Cg):
+            ch = c0 + j
+            run_grad_apply(gp + r * n + j * S, xp + r * n + j * S, dp + r * n + j * S, S,
+                           mean[r], weight[ch] * inv, k2, k3, streaming)
+
+
 def group_backward(const floating[:, ::1] dy,      # IN  (N * G, Cg * S), nonempty
                    const floating[:, ::1] x,       # IN  (N * G, Cg * S)
                    Py_ssize_t S,                   # elements per channel
@@ -580,35 +658,7 @@ def group_backward(const floating[:, ::1] dy,      # IN  (N * G, Cg * S), nonemp
     need_same("sum_dy_xmu", sum_dy_xmu.shape, sum_dy.shape, 2)
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], Cg = n // S
-    cdef Py_ssize_t C = weight.shape[0], G = C // Cg
-    cdef Py_ssize_t r, j, ch, s, c0
-    cdef double a, b, k2, k3, inv, sa, sb
-    cdef const floating* gp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef double* sdy = &sum_dy[0, 0]
-    cdef double* sdx = &sum_dy_xmu[0, 0]
     with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            s = r // G
-            c0 = (r % G) * Cg
-            a = 0.0
-            b = 0.0
-            sa = 0.0  # assigned in the loop, so that prange makes sa and sb private
-            sb = 0.0
-            for j in range(Cg):
-                ch = c0 + j
-                run_grad_sums(gp + r * n + j * S, xp + r * n + j * S, S, 1, S, mean[r],
-                              &sa, &sb)
-                sdy[s * C + ch] = sa
-                sdx[s * C + ch] = sb
-                a = a + weight[ch] * sa
-                b = b + weight[ch] * sb
-            inv = invstd[r]
-            k2 = -inv * inv * inv * (b / <double>n)
-            k3 = -inv * (a / <double>n)
-            for j in range(Cg):
-                ch = c0 + j
-                run_grad_apply(gp + r * n + j * S, xp + r * n + j * S, dp + r * n + j * S, S,
-                               mean[r], weight[ch] * inv, k2, k3, streaming)
+        group_backward_core(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1], S,
+                            weight.shape[0], &mean[0], &invstd[0], &weight[0], &sum_dy[0, 0],
+                            &sum_dy_xmu[0, 0], streaming, num_threads)

@@ -226,6 +226,11 @@ def _grouped_backward(dy, x, groups, w, mean, invstd, out, threads, samples):
 def _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out):
     """Group norm backward (instance norm: ``num_groups`` None, one group per channel) with
     every argument checked first."""
+    fast = _kernels.fast_group_backward(dy, x, num_groups, weight, mean, invstd, axis, out,
+                                        _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
+                                        _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:
+        return fast
     x = as_data(x, "x")
     dy = as_data(dy, "dy")
     check_same_layout(dy, "dy", x)
@@ -282,6 +287,11 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     mean, invstd : ndarray (N, num_groups), float64
         Each group's mean and ``1 / sqrt(var + eps)`` (biased variance).
     """
+    fast = _kernels.fast_group_forward(x, num_groups, weight, bias, eps, axis, out,
+                                       _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
+                                       _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+    if fast is not None:  # the common case in one compiled call (None: anything else)
+        return fast[:3]
     x = as_data(x, "x")
     ax = _channel_axis(axis, x)
     N, C = x.shape[0], x.shape[ax]
@@ -381,6 +391,13 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
         y = batch_norm_infer(x, running_mean, running_var, weight, bias, eps=eps, axis=ax,
                              out=out)
         return y, rm.copy(), 1.0 / np.sqrt(rv + eps)
+    if (running_mean is None and running_var is None and type(momentum) is float
+            and 0.0 <= momentum <= 1.0):
+        fast = _kernels.fast_group_forward(x, None, weight, bias, eps, axis, out,
+                                           _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
+                                           _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+        if fast is not None:
+            return fast[:3]
     x = as_data(x, "x")
     ax = _channel_axis(axis, x)
     N, C = x.shape[0], x.shape[ax]

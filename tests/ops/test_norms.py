@@ -439,3 +439,83 @@ def test_row_norm_fast_path_in_place_and_what_it_leaves_to_the_full_path(dtype):
         cybn.layer_norm_backward(dy, x, w, mean[:5], invstd, 40)
     np.testing.assert_array_equal(cybn.layer_norm(x, 40, w, w, eps=1)[0],
                                   cybn.layer_norm(x, [40], w, w, eps=1.0)[0])
+
+
+# channels-first few and many (sample, group) rows, channels-last plane and row family,
+# a 3-D (N, C, L) and a 2-D (N, C) batch
+GROUP_FAST_CASES = [((2, 8, 5, 5), 1, 4), ((16, 32, 6, 6), 1, 8), ((3, 6, 6, 16), -1, 4),
+                    ((4, 40, 40, 8), -1, 2), ((5, 12, 33), 1, 3), ((6, 12), 1, 4),
+                    ((8, 64, 28, 28), 1, 32)]
+
+
+def _group_ops(x, dy, w, b, G, axis, out=None):
+    o = (lambda: None) if out is None else out
+    y, mean, invstd = cybn.group_norm(x, G, w, b, axis=axis, out=o())
+    res = [y, mean, invstd]
+    res += cybn.group_norm_backward(dy, x, G, w, mean, invstd, axis=axis, out=o())
+    if x.size > x.shape[0] * x.shape[axis]:
+        yi, mi, ii = cybn.instance_norm(x, w, b, axis=axis, out=o())
+        res += [yi, mi, ii]
+        res += cybn.instance_norm_backward(dy, x, w, mi, ii, axis=axis, out=o())
+    return res
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis,G", GROUP_FAST_CASES)
+@pytest.mark.parametrize("min_parallel", [1, 1 << 17])
+def test_group_norm_fast_path_gives_the_bits_of_the_full_path(shape, axis, G, dtype,
+                                                              min_parallel, monkeypatch):
+    """Group and instance norm calls up to mid size take one compiled entry point (one
+    thread below min_parallel elements, two from there); with it disabled every call takes
+    the full Python path. The same bits, statistics and parameter gradients included, with
+    and without out=."""
+    from cybn import _kernels
+    from cybn.ops import _schedule
+    from cybn.ops.norms import MIN_GROUP_ROWS
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
+    assert _kernels.fast_group_forward(x, G, w, b, 1e-5, axis, None, 1 << 30, MIN_GROUP_ROWS,
+                                       min_parallel, 2) is not None
+    with threadpool_limits(limits=2, user_api="openmp"):
+        fast = _group_ops(x, dy, w, b, G, axis)
+        fast_out = _group_ops(x, dy, w, b, G, axis, out=lambda: np.empty_like(x))
+        for name in ("fast_group_forward", "fast_group_backward"):
+            monkeypatch.setattr(_kernels, name, lambda *args: None)
+        full = _group_ops(x, dy, w, b, G, axis)
+    assert len(fast) == len(full)
+    for a, a_out, c in zip(fast, fast_out, full):
+        assert a.dtype == a_out.dtype == c.dtype and a.shape == c.shape
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(a_out, c)
+
+
+def test_group_norm_fast_path_leaves_the_unusual_to_the_full_path():
+    """What the compiled call does not take goes to the full path, which gives its errors:
+    a group count not dividing C, axis 0, a bool group count, one element per instance,
+    (N, G) statistics of the wrong shape or dtype."""
+    from cybn import _kernels
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 6, 4, 4)).astype(np.float32)
+    w = np.ones(6, np.float32)
+    args = (1 << 30, 64, 1 << 15, 1)
+    for g, axis in ((4, 1), (2, 0), (True, 1), (0, 1), (7, 1)):
+        assert _kernels.fast_group_forward(x, g, w, w, 1e-5, axis, None, *args) is None
+    with pytest.raises(ValueError, match="num_groups"):
+        cybn.group_norm(x, 4, w, w)
+    with pytest.raises(ValueError, match="axis"):
+        cybn.group_norm(x, 2, w, w, axis=0)
+    x1 = x[:, :, :1, :1].copy()
+    assert _kernels.fast_group_forward(x1, None, w, w, 1e-5, 1, None, *args) is None
+    with pytest.raises(ValueError, match="spatial element"):
+        cybn.instance_norm(x1, w, w)
+    y, mean, invstd = cybn.group_norm(x, 3, w, w)
+    for m in (mean[:1], mean.astype(np.float32), mean.T.copy()):
+        assert _kernels.fast_group_backward(x, x, 3, w, m, invstd, 1, None, *args) is None
+    with pytest.raises(ValueError, match="mean"):
+        cybn.group_norm_backward(x, x, 3, w, mean[:1], invstd)
