@@ -96,11 +96,12 @@ cdef inline bint fast_geometry(cnp.ndarray x, object axis, Py_ssize_t max_size,
     return True
 
 
-cdef inline Py_ssize_t family_k(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner) noexcept:
+cdef inline Py_ssize_t family_k(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                               bint small_plane=True) noexcept:
     """ChannelView.of's family rule for a view (outer, C, inner): 0 for the plane family,
     else the row family's outer slices per row."""
     cdef Py_ssize_t width = C * inner, cand
-    if inner >= FAST_MIN_INNER or outer * width < FAST_SMALL_SIZE:
+    if inner >= FAST_MIN_INNER or (small_plane and outer * width < FAST_SMALL_SIZE):
         return 0
     if width < FAST_ROW_WIDTH:
         for cand in range((FAST_ROW_WIDTH + width - 1) // width, 4 * FAST_ROW_WIDTH // width + 1):
@@ -872,7 +873,7 @@ cdef inline bint group_plan(cnp.ndarray x, object axis, object num_groups,
     p.size = total // p.N
     p.outer = outer_s
     p.Cv = p.C
-    k = family_k(outer_s, p.C, p.inner)
+    k = family_k(outer_s, p.C, p.inner, False)
     p.plane = k == 0
     p.k = 1 if k == 0 else k
     return True

@@ -53,11 +53,15 @@ class ChannelView:
     k: int
 
     @classmethod
-    def of(cls, shape, axis: int) -> "ChannelView":
+    def of(cls, shape, axis: int, small_plane: bool = True) -> "ChannelView":
+        """The view of an array of ``shape``; ``small_plane``: arrays of fewer than
+        SMALL_SIZE elements take the plane family whatever their inner size (False: only
+        by the inner size, as for the many small per-sample views of group norm)."""
         outer = math.prod(shape[:axis])
         channels = shape[axis]
         inner = math.prod(shape[axis + 1:])
-        if inner >= MIN_PLANE_INNER or outer * channels * inner < SMALL_SIZE:
+        small = small_plane and outer * channels * inner < SMALL_SIZE
+        if inner >= MIN_PLANE_INNER or small:
             return cls(tuple(shape), axis, outer, channels, inner, "plane", 1)
         width = channels * inner
         k = 1
@@ -124,7 +128,9 @@ class Samples:
     @classmethod
     def of(cls, shape: tuple, axis: int) -> "Samples":
         N, C = shape[0], shape[axis]
-        per_sample = ChannelView.of(shape[1:], axis - 1)
+        # by the inner size only: a sample's plane family on short runs costs a call per
+        # run, which the whole array of many samples pays many times
+        per_sample = ChannelView.of(shape[1:], axis - 1, small_plane=False)
         if per_sample.outer == 1:
             geometry = (1, N * C, per_sample.inner, 1, True)
             return cls(tuple(shape), N, C, 1, geometry)
