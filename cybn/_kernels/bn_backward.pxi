@@ -404,7 +404,7 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     cdef Py_ssize_t nchunks = min(nblocks, <Py_ssize_t>MAX_CHUNKS)
     cdef Py_ssize_t k = L // (C * inner)
     cdef Py_ssize_t W = tile_period(L) if ep else 0
-    cdef Py_ssize_t item, blk, blk_end, r0, nrows, j, c, t, i
+    cdef Py_ssize_t item, blk, blk_end, r0, nrows, j, c, run, t, i
     cdef double* tmp
     cdef int status[1]
     cdef float* fmean
@@ -429,20 +429,30 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     fmean = <float*>(col_mean + 3 * L)
     ftile = fmean + 2 * L
     xtile = ftile + 3 * (W + 8)
+    c = 0
+    run = 0
     for j in range(L):
-        c = column_channel(j, L, C, inner)
         col_mean[j] = mean[c]
         cybn_split(col_mean[j], &fmean[j], &fmean[L + j])
         if ep:
             col_mean[L + j] = fscale[c]
             col_mean[2 * L + j] = foffset[c]
+        run += 1
+        if run == inner:  # the next channel's columns (rows are whole channel runs)
+            run = 0
+            c = c + 1 if c + 1 < C else 0
     if ep:
+        c = 0
+        run = 0
         for j in range(W + 8):
-            c = column_channel(j, L, C, inner)
             cybn_split(mean[c], &hi, &lo)
             ftile[j] = hi
             ftile[W + 8 + j] = <float>fscale[c]
             ftile[2 * (W + 8) + j] = <float>(foffset[c] - <double>lo * fscale[c])
+            run += 1
+            if run == inner:  # the next channel's columns (rows are whole channel runs)
+                run = 0
+                c = c + 1 if c + 1 < C else 0
         if sizeof(storage) == 2:
             exact_tiles(xtile, W, L, C, inner, mean, fscale, foffset)
     status[0] = 0
@@ -537,7 +547,7 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
     fscale and foffset (the forward's per-channel scale and offset), dy is masked by the
     forward's ReLU."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, P, i, c, item, e0, group, rows_per_item, r0
+    cdef Py_ssize_t W, P, i, c, run, item, e0, group, rows_per_item, r0
     cdef bint relu = fscale != NULL
     cdef float hi, lo
     cdef float* ft
@@ -549,8 +559,9 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
         ft = <float*>malloc(10 * P * sizeof(float))
         if ft == NULL:
             return -1
+        c = 0
+        run = 0
         for i in range(P):
-            c = column_channel(i, L, C, inner)
             cybn_split(mean[c], &hi, &lo)
             ft[i] = hi
             ft[P + i] = <float>k1[c]
@@ -559,6 +570,10 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
             if relu:
                 ft[4 * P + i] = <float>fscale[c]
                 ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
+            run += 1
+            if run == inner:  # the next channel's columns (rows are whole channel runs)
+                run = 0
+                c = c + 1 if c + 1 < C else 0
         if relu and sizeof(storage) == 2:
             exact_tiles(ft + 6 * P, W, L, C, inner, mean, fscale, foffset)
         for item in prange(nitems, schedule='static', num_threads=num_threads):

@@ -294,11 +294,6 @@ cdef inline Py_ssize_t row_group(Py_ssize_t L) noexcept nogil:
     return max(<Py_ssize_t>1, <Py_ssize_t>ROW_RUN // L)
 
 
-cdef inline Py_ssize_t column_channel(Py_ssize_t j, Py_ssize_t L, Py_ssize_t C,
-                                      Py_ssize_t inner) noexcept nogil:
-    return ((j % L) // inner) % C
-
-
 # ---------------------------------------------------------------------------------------
 # Samples: the per-sample norms (group, instance) run a family's kernel on each sample
 # x[n] of an array (N, size), with per-(sample, channel) results. Samples are spread over
@@ -327,9 +322,13 @@ cdef inline void column_table(double* dst, const double* per_channel, Py_ssize_t
                               Py_ssize_t L, Py_ssize_t C, Py_ssize_t inner) noexcept nogil:
     """dst[i] = per_channel[the channel of column i] for the W columns of a row-family
     table (rows of L = k * C * inner columns)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, c = 0, run = 0
     for i in range(W):
-        dst[i] = per_channel[column_channel(i, L, C, inner)]
+        dst[i] = per_channel[c]
+        run += 1
+        if run == inner:  # the next channel's columns (rows are whole channel runs)
+            run = 0
+            c = c + 1 if c + 1 < C else 0
 
 
 cdef inline void exact_tiles(float* xt, Py_ssize_t W, Py_ssize_t L, Py_ssize_t C,
@@ -337,8 +336,11 @@ cdef inline void exact_tiles(float* xt, Py_ssize_t W, Py_ssize_t L, Py_ssize_t C
                              const double* offset) noexcept nogil:
     """The tiles of the exact half-precision affine value (simd_f32.h): S_hi, S_lo, T_hi,
     T_lo of each column's channel, 4 arrays of W + 8 floats."""
-    cdef Py_ssize_t i, c, P = W + 8
+    cdef Py_ssize_t i, c = 0, run = 0, P = W + 8
     for i in range(P):
-        c = column_channel(i, L, C, inner)
         cybn_exact_coef(shift[c], scale[c], offset[c], &xt[i], &xt[P + i], &xt[2 * P + i],
                         &xt[3 * P + i])
+        run += 1
+        if run == inner:  # the next channel's columns (rows are whole channel runs)
+            run = 0
+            c = c + 1 if c + 1 < C else 0
