@@ -911,6 +911,23 @@ def masked_row_grad_apply(const floating[:, ::1] dy,     # IN  (rows, C)
     free(fa)
 
 
+cdef inline int ghost_backward_one(const floating* dy, const floating* x, floating* dx,
+                                   bint plane, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t C,
+                                   Py_ssize_t inner, const double* mean, const double* invstd,
+                                   const double* weight, double* sum_dy, double* sum_dy_xmu,
+                                   int streaming, int threads) noexcept nogil:
+    """One ghost batch's backward on `threads` threads (schedule as ghost_forward_one); -1
+    if out of memory."""
+    if plane:
+        return plane_backward_core(dy, x, dx, d0, C, inner, mean, invstd, weight, True, 0,
+                                   <const floating*>NULL, <floating*>NULL, <const double*>NULL,
+                                   <const double*>NULL, sum_dy, sum_dy_xmu,
+                                   C, streaming, threads)
+    return row_backward_core(dy, x, dx, d0, d1, C, inner, mean, invstd, weight, True, 0,
+                             <const floating*>NULL, <floating*>NULL, <const double*>NULL,
+                             <const double*>NULL, sum_dy, sum_dy_xmu, streaming, threads)
+
+
 def ghost_backward(const floating[:, ::1] dy,       # IN  (G, n)
                    const floating[:, ::1] x,        # IN  (G, n)
                    floating[:, ::1] dx,             # OUT (G, n); may be dy or x
@@ -938,20 +955,20 @@ def ghost_backward(const floating[:, ::1] dy,       # IN  (G, n)
     need_apart("dx", &dx[0, 0], dx.nbytes, "dy", &dy[0, 0], dy.nbytes, True)
     need_apart("dx", &dx[0, 0], dx.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t G = x.shape[0], g
+    cdef int inside, across = sample_threads(G, x.shape[1], num_threads, &inside)
     with nogil:
-        for g in prange(G, schedule='static', num_threads=num_threads):
-            if plane:
-                status[g] = plane_backward_core(
-                    &dy[g, 0], &x[g, 0], &dx[g, 0], d0, C, inner, &mean[g, 0], &invstd[g, 0],
-                    &weight[0], True, 0, <const floating*>NULL, <floating*>NULL,
-                    <const double*>NULL, <const double*>NULL, &sum_dy[g, 0],
-                    &sum_dy_xmu[g, 0], 0, streaming, 1)
-            else:
-                status[g] = row_backward_core(
-                    &dy[g, 0], &x[g, 0], &dx[g, 0], d0, d1, C, inner, &mean[g, 0],
-                    &invstd[g, 0], &weight[0], True, 0, <const floating*>NULL,
-                    <floating*>NULL, <const double*>NULL, <const double*>NULL, &sum_dy[g, 0],
-                    &sum_dy_xmu[g, 0], streaming, 1)
+        if across == 1:  # few ghost batches: one at a time on all threads (the same bits)
+            for g in range(G):
+                status[g] = ghost_backward_one(&dy[g, 0], &x[g, 0], &dx[g, 0], plane, d0, d1,
+                                               C, inner, &mean[g, 0], &invstd[g, 0],
+                                               &weight[0], &sum_dy[g, 0], &sum_dy_xmu[g, 0],
+                                               streaming, inside)
+        else:
+            for g in prange(G, schedule='static', num_threads=across):
+                status[g] = ghost_backward_one(&dy[g, 0], &x[g, 0], &dx[g, 0], plane, d0, d1,
+                                               C, inner, &mean[g, 0], &invstd[g, 0],
+                                               &weight[0], &sum_dy[g, 0], &sum_dy_xmu[g, 0],
+                                               streaming, 1)
     for g in range(G):
         if status[g] != 0:
             raise MemoryError("cybn: out of memory for reduction scratch")

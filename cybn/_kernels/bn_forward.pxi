@@ -320,6 +320,21 @@ def parallel_copy(const floating[::1] src,        # IN  (n,)
 # thread count, so each ghost batch's results equal a batch_norm_train call on it.
 # ---------------------------------------------------------------------------------------
 
+cdef inline int ghost_forward_one(const floating* x, floating* y, bint plane, Py_ssize_t d0,
+                                  Py_ssize_t d1, Py_ssize_t C, Py_ssize_t inner,
+                                  const double* weight, const double* bias, double eps,
+                                  double* mean, double* var, double* invstd, int streaming,
+                                  int threads) noexcept nogil:
+    """One ghost batch's training forward on `threads` threads (plane family: all threads
+    share each channel, the schedule of arrays that fit the cache); -1 if out of memory."""
+    if plane:
+        return plane_train_forward_core(x, y, x, d0, C, inner, weight, bias, eps, 0, mean, var,
+                                        invstd, C, streaming,
+                                        threads)
+    return row_train_forward_core(x, y, x, d0, d1, C, inner, weight, bias, eps, 0, mean, var,
+                                  invstd, streaming, threads)
+
+
 def ghost_train_forward(const floating[:, ::1] x,   # IN  (G, n): ghost batch g in row g
                         floating[:, ::1] y,         # OUT (G, n); may be x itself
                         bint plane,                 # plane view (d0 = outer) or row (d0 = rows, d1 = L)
@@ -345,16 +360,18 @@ def ghost_train_forward(const floating[:, ::1] x,   # IN  (G, n): ghost batch g 
     need_len("status", status.shape[0], x.shape[0])
     need_apart("y", &y[0, 0], y.nbytes, "x", &x[0, 0], x.nbytes, True)
     cdef Py_ssize_t G = x.shape[0], g
+    cdef int inside, across = sample_threads(G, x.shape[1], num_threads, &inside)
     with nogil:
-        for g in prange(G, schedule='static', num_threads=num_threads):
-            if plane:
-                status[g] = plane_train_forward_core(
-                    &x[g, 0], &y[g, 0], &x[g, 0], d0, C, inner, &weight[0], &bias[0], eps, 0,
-                    &mean[g, 0], &var[g, 0], &invstd[g, 0], 0, streaming, 1)
-            else:
-                status[g] = row_train_forward_core(
-                    &x[g, 0], &y[g, 0], &x[g, 0], d0, d1, C, inner, &weight[0], &bias[0], eps,
-                    0, &mean[g, 0], &var[g, 0], &invstd[g, 0], streaming, 1)
+        if across == 1:  # few ghost batches: one at a time on all threads (the same bits)
+            for g in range(G):
+                status[g] = ghost_forward_one(&x[g, 0], &y[g, 0], plane, d0, d1, C, inner,
+                                              &weight[0], &bias[0], eps, &mean[g, 0],
+                                              &var[g, 0], &invstd[g, 0], streaming, inside)
+        else:
+            for g in prange(G, schedule='static', num_threads=across):
+                status[g] = ghost_forward_one(&x[g, 0], &y[g, 0], plane, d0, d1, C, inner,
+                                              &weight[0], &bias[0], eps, &mean[g, 0],
+                                              &var[g, 0], &invstd[g, 0], streaming, 1)
     for g in range(G):
         if status[g] != 0:
             raise MemoryError("cybn: out of memory for reduction scratch")
