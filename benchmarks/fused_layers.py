@@ -20,7 +20,7 @@ for layout in ("NCHW","NHWC"):
     fused=cybn.BatchNorm2d(96, channels_last=axis==-1, activation="relu")
     relu=cybn.ReLU()
     def two():
-        h=relu(bn(x)); g=relu.backward(dy); bn.backward(g)
+        relu(bn(x)); g=relu.backward(dy); bn.backward(g)
     def one():
         fused(x); fused.backward(dy)
     def bn_only():
