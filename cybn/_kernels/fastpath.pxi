@@ -649,6 +649,16 @@ def fast_linear(x, weight, bias, int num_threads, int act=0):
 # threads_for rule), so a call of any size costs one compiled call.
 # ---------------------------------------------------------------------------------------
 
+cdef inline object affine_output(object weight, object bias, Py_ssize_t n, double* buf,
+                                 object out, cnp.ndarray xa, int t):
+    """weight and bias (n,) (None: 1 and 0) into buf[0:n] and buf[n:2n], and the array the
+    forward writes (result_array); None where either needs the full path."""
+    if (load_vector(weight, n, 1.0, buf, False) < 0
+            or load_vector(bias, n, 0.0, buf + n, False) < 0):
+        return None
+    return result_array(out, xa, t, (xa,), (weight, bias))
+
+
 cdef inline bint row_geometry(cnp.ndarray x, object normalized_shape, Py_ssize_t* M,
                               Py_ssize_t* D) noexcept:
     """x as (M, D) when normalized_shape is an int (or a 1-tuple of one) equal to x's last
@@ -719,11 +729,7 @@ def fast_rows_forward(x, normalized_shape, weight, bias, eps, out, bint centered
     buf = <double*>malloc((2 * D + M) * sizeof(double))
     if buf == NULL:
         return None
-    if (load_vector(weight, D, 1.0, buf, False) < 0
-            or load_vector(bias, D, 0.0, buf + D, False) < 0):
-        free(buf)
-        return None
-    y = result_array(out, xa, t, (xa,), (weight, bias))
+    y = affine_output(weight, bias, D, buf, out, xa, t)
     if y is None:
         free(buf)
         return None
@@ -732,7 +738,7 @@ def fast_rows_forward(x, normalized_shape, weight, bias, eps, out, bint centered
     invstd = row_stat_array(xa)
     mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean) if centered else buf + 2 * D
     ip = <double*>cnp.PyArray_DATA(<cnp.ndarray>invstd)
-    threads = 1 if M * D < min_parallel else num_threads
+    threads = fast_threads(M * D, min_parallel, num_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             status = rows_forward_core(<const float*>cnp.PyArray_DATA(xa),
@@ -785,7 +791,7 @@ def fast_rows_backward(dy, x, weight, mean, invstd, normalized_shape, out, bint 
         mp = buf + 3 * D
         for d in range(M):
             mp[d] = 0.0
-    threads = 1 if M * D < min_parallel else num_threads
+    threads = fast_threads(M * D, min_parallel, num_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             status = rows_backward_core(<const float*>cnp.PyArray_DATA(ga),
@@ -922,11 +928,7 @@ def fast_group_forward(x, num_groups, weight, bias, eps, axis, out, Py_ssize_t m
     buf = <double*>malloc(2 * p.C * sizeof(double))
     if buf == NULL:
         return None
-    if (load_vector(weight, p.C, 1.0, buf, False) < 0
-            or load_vector(bias, p.C, 0.0, buf + p.C, False) < 0):
-        free(buf)
-        return None
-    y = result_array(out, xa, t, (xa,), (weight, bias))
+    y = affine_output(weight, bias, p.C, buf, out, xa, t)
     if y is None:
         free(buf)
         return None
