@@ -3,14 +3,14 @@ compiled ReLU layer, and against PyTorch's BatchNorm2d + relu with autograd: tra
 + backward on (28, 96, 48, 48) in both layouts (kernels issue: fused at least 1.4x faster
 than the two layers and 2x PyTorch). Run: python benchmarks/fused_layers.py (needs torch).
 """
-import time, numpy as np, cybn, torch
+from cybn.benchmark.timing import median_time
+import numpy as np, cybn, torch
 torch.set_num_threads(2)
 def med(f, n=9):
-    for _ in range(2): f()
-    ts=[]
-    for _ in range(n):
-        t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
-    return np.median(ts)*1e3
+    """Median time of f in ms (cybn's benchmark timer, 2 warm-up calls)."""
+    return median_time(f, n, warmup=2) * 1e3
+
+
 rng=np.random.default_rng(0)
 for layout in ("NCHW","NHWC"):
     shape=(28,96,48,48) if layout=="NCHW" else (28,48,48,96)

@@ -3,13 +3,13 @@
 
 Prints, per shape and channel axis, the median times (ms) and ghost / plain.
 """
-import time, numpy as np, cybn
+from cybn.benchmark.timing import median_time
+import numpy as np, cybn
 def med(f, n=15):
-    for _ in range(3): f()
-    ts=[]
-    for _ in range(n):
-        t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
-    return np.median(ts)*1e3
+    """Median time of f in ms (cybn's benchmark timer, 3 warm-up calls)."""
+    return median_time(f, n, warmup=3) * 1e3
+
+
 rng=np.random.default_rng(0)
 for shape,axis,gb in [((24,36,36,48),-1,8),((128,512,7,7),1,32),((24,48,36,36),1,8)]:
     x=rng.standard_normal(shape).astype(np.float32); dy=x.copy(); C=shape[axis]; w=np.ones(C,np.float32); b=np.zeros(C,np.float32)

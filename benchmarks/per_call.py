@@ -2,14 +2,14 @@
 (both allocating their outputs), with the time of a copy of the same array: the kernels
 issue's per-call cases. Run: python benchmarks/per_call.py (needs torch).
 """
-import time, numpy as np, torch, cybn
+from cybn.benchmark.timing import median_time
+import numpy as np, torch, cybn
 torch.set_num_threads(2)
 def med(f, n=400):
-    for _ in range(50): f()
-    ts=[]
-    for _ in range(n):
-        t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
-    return np.median(ts)*1e6
+    """Median time of f in us (cybn's benchmark timer, 50 warm-up calls)."""
+    return median_time(f, n, warmup=50) * 1e6
+
+
 rng=np.random.default_rng(0)
 print("shape               infer cybn/torch      train cybn/torch     backward cybn/torch   copy")
 for shape,axis in [((3,5,2,3),1),((6,48,4,5),1),((12,640),1),((64,512),1),((8,16,8,8),1),((32,64,14,14),1),((32,14,14,64),-1),((12,160,20,20),1)]:

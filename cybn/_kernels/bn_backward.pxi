@@ -442,17 +442,7 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
             run = 0
             c = c + 1 if c + 1 < C else 0
     if ep:
-        c = 0
-        run = 0
-        for j in range(W + 8):
-            cybn_split(mean[c], &hi, &lo)
-            ftile[j] = hi
-            ftile[W + 8 + j] = <float>fscale[c]
-            ftile[2 * (W + 8) + j] = <float>(foffset[c] - <double>lo * fscale[c])
-            run += 1
-            if run == inner:  # the next channel's columns (rows are whole channel runs)
-                run = 0
-                c = c + 1 if c + 1 < C else 0
+        affine_tiles(ftile, W + 8, C, inner, mean, fscale, foffset)
         if sizeof(storage) == 2:
             exact_tiles(xtile, W, L, C, inner, mean, fscale, foffset)
     status[0] = 0

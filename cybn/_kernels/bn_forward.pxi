@@ -189,8 +189,7 @@ cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_s
     """y[r, j] = ep((x[r, j] - shift[c]) * scale[c] + offset[c]), c the channel of column j;
     res: the residual, x's layout (read when ep has EP_RESIDUAL). -1 if out of memory."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, i, c, run, item, rev, group, rows_per_item, r0, e0
-    cdef float hi, lo
+    cdef Py_ssize_t W, item, rev, group, rows_per_item, r0, e0
     cdef float* ft
     cdef double* dt
     if storage is not double:
@@ -202,17 +201,7 @@ cdef inline int row_affine_core(const storage* x, storage* y, Py_ssize_t R, Py_s
         if sizeof(storage) == 2:
             exact_tiles(ft, W, L, C, inner, shift, scale, offset)
         else:
-            c = 0
-            run = 0
-            for i in range(W + 8):
-                cybn_split(shift[c], &hi, &lo)
-                ft[i] = hi
-                ft[W + 8 + i] = <float>scale[c]
-                ft[2 * (W + 8) + i] = <float>(offset[c] - <double>lo * scale[c])
-                run += 1
-                if run == inner:  # the next channel's columns (rows are whole channel runs)
-                    run = 0
-                    c = c + 1 if c + 1 < C else 0
+            affine_tiles(ft, W + 8, C, inner, shift, scale, offset)
         for item in prange(nitems, schedule='static', num_threads=num_threads):
             rev = nitems - 1 - item  # last-read rows first: they are still in the cache
             e0 = rev * ELEMENT_ITEM

@@ -331,6 +331,25 @@ cdef inline void column_table(double* dst, const double* per_channel, Py_ssize_t
             c = c + 1 if c + 1 < C else 0
 
 
+cdef inline void affine_tiles(float* ft, Py_ssize_t P, Py_ssize_t C, Py_ssize_t inner,
+                              const double* shift, const double* scale,
+                              const double* offset) noexcept nogil:
+    """The float32 tiles of the affine (x - shift) * scale + offset over P columns of a
+    row-family table (rows are whole channel runs): hi of the split shift, scale, and
+    offset - lo * scale, 3 arrays of P floats."""
+    cdef Py_ssize_t i, c = 0, run = 0
+    cdef float hi, lo
+    for i in range(P):
+        cybn_split(shift[c], &hi, &lo)
+        ft[i] = hi
+        ft[P + i] = <float>scale[c]
+        ft[2 * P + i] = <float>(offset[c] - <double>lo * scale[c])
+        run += 1
+        if run == inner:  # the next channel's columns
+            run = 0
+            c = c + 1 if c + 1 < C else 0
+
+
 cdef inline void exact_tiles(float* xt, Py_ssize_t W, Py_ssize_t L, Py_ssize_t C,
                              Py_ssize_t inner, const double* shift, const double* scale,
                              const double* offset) noexcept nogil:
