@@ -201,6 +201,26 @@ def test_streaming_policy():
     assert not S.streaming(mid, 4, "infer")
 
 
+def test_fast_path_stops_where_the_full_path_would_stream_or_own_channels(monkeypatch):
+    """The one-call fast path never streams and runs the plane family's threads on the
+    whole array: its limit is the op's streaming threshold or half the cache (a quarter
+    for backward's two arrays), whichever comes first, counted in float64 bytes."""
+    from cybn.ops import _schedule as S
+    from cybn.ops._layout import ChannelView
+
+    for cache, limits in [(32 << 20, {"infer": 16 << 20, "train": (32 << 20) // 3,
+                                      "backward": int((32 << 20) / 5)}),
+                          (8 << 20, {"infer": 4 << 20, "train": 4 << 20,
+                                     "backward": 2 << 20})]:
+        monkeypatch.setattr(S, "cache_bytes", lambda: cache)
+        for op, limit in limits.items():
+            n = S.fast_max_size(op)
+            assert n == limit // 8
+            below = ChannelView.of((n // 1024 - 1, 64, 4, 4), 1)  # float64, just below
+            assert not S.streaming(below, 8, op)
+            assert S.plane_group(below, 8, S.OP_ARRAYS[op], 2) == 64
+
+
 def test_cache_size_from_sysfs(monkeypatch, tmp_path):
     from cybn.ops import _schedule as S
 

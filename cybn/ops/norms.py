@@ -227,8 +227,9 @@ def _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out
     """Group norm backward (instance norm: ``num_groups`` None, one group per channel) with
     every argument checked first."""
     fast = _kernels.fast_group_backward(dy, x, num_groups, weight, mean, invstd, axis, out,
-                                        _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
-                                        _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+                                        _schedule.fast_max_size("backward"),
+                                        MIN_GROUP_ROWS, _schedule.MIN_PARALLEL_SIZE,
+                                        get_num_threads())
     if fast is not None:
         return fast
     x = as_data(x, "x")
@@ -288,8 +289,9 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
         Each group's mean and ``1 / sqrt(var + eps)`` (biased variance).
     """
     fast = _kernels.fast_group_forward(x, num_groups, weight, bias, eps, axis, out,
-                                       _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
-                                       _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+                                       _schedule.fast_max_size("train"), MIN_GROUP_ROWS,
+                                       _schedule.MIN_PARALLEL_SIZE,
+                                       get_num_threads())
     if fast is not None:  # the common case in one compiled call (None: anything else)
         return fast[:3]
     x = as_data(x, "x")
@@ -394,8 +396,9 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
     if (running_mean is None and running_var is None and type(momentum) is float
             and 0.0 <= momentum <= 1.0):
         fast = _kernels.fast_group_forward(x, None, weight, bias, eps, axis, out,
-                                           _schedule.FAST_MAX_SIZE, MIN_GROUP_ROWS,
-                                           _schedule.MIN_PARALLEL_SIZE, get_num_threads())
+                                           _schedule.fast_max_size("train"),
+                                           MIN_GROUP_ROWS, _schedule.MIN_PARALLEL_SIZE,
+                                           get_num_threads())
         if fast is not None:
             return fast[:3]
     x = as_data(x, "x")

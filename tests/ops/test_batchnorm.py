@@ -273,9 +273,10 @@ FAST_CASES = [((2, 3, 4, 4), 1), ((2, 4, 4, 3), -1), ((5, 7), 1), ((9, 17, 21, 2
               ((3, 5, 7), 2), ((1, 2, 3), 1),
               # the row family: (N, C) batches, channels-last maps, short channels-first runs
               ((64, 512), 1), ((96, 5, 5, 40), -1), ((30, 48, 4, 4), 1), ((700, 9), 1)]
-# mid sizes (threads from MIN_PARALLEL_SIZE on; below FAST_MAX_SIZE)
+# mid sizes (threads from MIN_PARALLEL_SIZE on), and beyond 4 MiB in float64 (the fast
+# path's limit follows the cache: _schedule.fast_max_size)
 MID_CASES = [((8, 64, 28, 28), 1), ((8, 28, 28, 64), -1), ((1200, 160), 1),
-             ((16, 96, 7, 7), 1)]
+             ((16, 96, 7, 7), 1), ((6, 64, 40, 48), 1), ((6, 40, 48, 64), -1)]
 
 
 def run_ops(x, dy, w, b, rm, rv, axis, out=None):
@@ -302,6 +303,7 @@ def test_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, min_paral
     from cybn.ops import _schedule
 
     monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
+    monkeypatch.setattr(_schedule, "cache_bytes", lambda: 1 << 30)  # the fast path's limit
     with threadpool_limits(limits=2, user_api="openmp"):
         _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch)
 
@@ -315,7 +317,7 @@ def _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch):
     dy = rng.standard_normal(shape).astype(dtype)
     rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
     # the fast path is really taken for these calls, with and without out=
-    max_size = _schedule.FAST_MAX_SIZE
+    max_size = _schedule.fast_max_size("infer")
     assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, None, max_size) is not None
     out = np.empty_like(x)
     assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, out, max_size) is out

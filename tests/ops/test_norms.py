@@ -445,7 +445,9 @@ def test_row_norm_fast_path_in_place_and_what_it_leaves_to_the_full_path(dtype):
 # a 3-D (N, C, L) and a 2-D (N, C) batch
 GROUP_FAST_CASES = [((2, 8, 5, 5), 1, 4), ((16, 32, 6, 6), 1, 8), ((3, 6, 6, 16), -1, 4),
                     ((4, 40, 40, 8), -1, 2), ((5, 12, 33), 1, 3), ((6, 12), 1, 4),
-                    ((8, 64, 28, 28), 1, 32)]
+                    ((8, 64, 28, 28), 1, 32),
+                    # beyond 4 MiB in float64 (the fast path's limit follows the cache)
+                    ((4, 64, 48, 40), 1, 32), ((4, 48, 40, 64), -1, 16)]
 
 
 def _group_ops(x, dy, w, b, G, axis, out=None):
@@ -479,6 +481,7 @@ def test_group_norm_fast_path_gives_the_bits_of_the_full_path(shape, axis, G, dt
     C = shape[axis]
     w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
     monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
+    monkeypatch.setattr(_schedule, "cache_bytes", lambda: 1 << 30)  # the fast path's limit
     assert _kernels.fast_group_forward(x, G, w, b, 1e-5, axis, None, 1 << 30, MIN_GROUP_ROWS,
                                        min_parallel, 2) is not None
     with threadpool_limits(limits=2, user_api="openmp"):
