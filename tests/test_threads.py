@@ -156,6 +156,7 @@ def test_schedule_and_streaming_stores_do_not_change_bits(shape, axis, dtype, al
         share = 0 if stream_bytes == 0 else 1
         monkeypatch.setattr(S, "STREAM_CACHE_SHARE", dict.fromkeys(S.STREAM_CACHE_SHARE, share))
         monkeypatch.setattr(S, "STREAM_MIN_RUN", stream_run)
+        monkeypatch.setattr(S, "FAST_MAX_SIZE", dict.fromkeys(S.FAST_MAX_SIZE, 0))  # full path
         with threadpool_limits(limits=2, user_api="openmp"):
             results.append(run_all(x, dy, axis))
     for other in results[1:]:

@@ -136,7 +136,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     if residual is None and stats is None:
         # plain arrays up to mid size: one compiled call (None when it does not apply)
         fast = _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   axis, out, _schedule.fast_max_size("train"), relu,
+                                   axis, out, _schedule.FAST_MAX_SIZE["train"], relu,
                                    unbiased, _schedule.MIN_PARALLEL_SIZE, get_num_threads())
         if fast is not None:
             return fast
@@ -188,7 +188,7 @@ def train_plain(x, weight, bias, running_mean, running_var, momentum: float, eps
     (momentum: the batch's weight; no residual, mask or out): (y, mean, invstd), or None
     where that call does not apply (then the layer calls batch_norm_train). The same bits."""
     return _kernels.fast_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                               axis, None, _schedule.fast_max_size("train"), relu, unbiased,
+                               axis, None, _schedule.FAST_MAX_SIZE["train"], relu, unbiased,
                                _schedule.MIN_PARALLEL_SIZE, get_num_threads())
 
 
@@ -248,7 +248,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *,
     if residual is None:
         # plain arrays up to mid size: one compiled call (None when it does not apply)
         y = _kernels.fast_infer(x, running_mean, running_var, weight, bias, eps, axis, out,
-                                _schedule.fast_max_size("infer"), relu,
+                                _schedule.FAST_MAX_SIZE["infer"], relu,
                                 _schedule.MIN_PARALLEL_SIZE, get_num_threads())
         if y is not None:
             return y
@@ -337,7 +337,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, training: bool = True, a
     if not relu and residual is None and mask is None:
         # plain arrays up to mid size: one compiled call (None when it does not apply)
         fast = _kernels.fast_backward(dy, x, weight, mean, invstd, training, axis, out,
-                                      _schedule.fast_max_size("backward"),
+                                      _schedule.FAST_MAX_SIZE["backward"],
                                       _schedule.MIN_PARALLEL_SIZE, get_num_threads())
         if fast is not None:
             return fast

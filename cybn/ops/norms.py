@@ -227,7 +227,7 @@ def _grouped_backward_checked(dy, x, num_groups, weight, mean, invstd, axis, out
     """Group norm backward (instance norm: ``num_groups`` None, one group per channel) with
     every argument checked first."""
     fast = _kernels.fast_group_backward(dy, x, num_groups, weight, mean, invstd, axis, out,
-                                        _schedule.fast_max_size("backward"),
+                                        _schedule.FAST_MAX_SIZE["backward"],
                                         MIN_GROUP_ROWS, _schedule.MIN_PARALLEL_SIZE,
                                         get_num_threads())
     if fast is not None:
@@ -289,7 +289,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
         Each group's mean and ``1 / sqrt(var + eps)`` (biased variance).
     """
     fast = _kernels.fast_group_forward(x, num_groups, weight, bias, eps, axis, out,
-                                       _schedule.fast_max_size("train"), MIN_GROUP_ROWS,
+                                       _schedule.FAST_MAX_SIZE["train"], MIN_GROUP_ROWS,
                                        _schedule.MIN_PARALLEL_SIZE,
                                        get_num_threads())
     if fast is not None:  # the common case in one compiled call (None: anything else)
@@ -396,7 +396,7 @@ def instance_norm(x, weight=None, bias=None, *, running_mean=None, running_var=N
     if (running_mean is None and running_var is None and type(momentum) is float
             and 0.0 <= momentum <= 1.0):
         fast = _kernels.fast_group_forward(x, None, weight, bias, eps, axis, out,
-                                           _schedule.fast_max_size("train"),
+                                           _schedule.FAST_MAX_SIZE["train"],
                                            MIN_GROUP_ROWS, _schedule.MIN_PARALLEL_SIZE,
                                            get_num_threads())
         if fast is not None:

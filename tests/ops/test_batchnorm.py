@@ -303,7 +303,8 @@ def test_fast_path_gives_the_bits_of_the_full_path(shape, axis, dtype, min_paral
     from cybn.ops import _schedule
 
     monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
-    monkeypatch.setattr(_schedule, "cache_bytes", lambda: 1 << 30)  # the fast path's limit
+    monkeypatch.setattr(_schedule, "FAST_MAX_SIZE", dict.fromkeys(_schedule.FAST_MAX_SIZE,
+                                                                 1 << 30))
     with threadpool_limits(limits=2, user_api="openmp"):
         _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch)
 
@@ -317,7 +318,7 @@ def _fast_and_full_paths_agree(shape, axis, dtype, rng, monkeypatch):
     dy = rng.standard_normal(shape).astype(dtype)
     rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C)
     # the fast path is really taken for these calls, with and without out=
-    max_size = _schedule.fast_max_size("infer")
+    max_size = _schedule.FAST_MAX_SIZE["infer"]
     assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, None, max_size) is not None
     out = np.empty_like(x)
     assert _kernels.fast_infer(x, rm, rv, w, b, 1e-5, axis, out, max_size) is out

@@ -481,7 +481,8 @@ def test_group_norm_fast_path_gives_the_bits_of_the_full_path(shape, axis, G, dt
     C = shape[axis]
     w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
     monkeypatch.setattr(_schedule, "MIN_PARALLEL_SIZE", min_parallel)
-    monkeypatch.setattr(_schedule, "cache_bytes", lambda: 1 << 30)  # the fast path's limit
+    monkeypatch.setattr(_schedule, "FAST_MAX_SIZE", dict.fromkeys(_schedule.FAST_MAX_SIZE,
+                                                                 1 << 30))
     assert _kernels.fast_group_forward(x, G, w, b, 1e-5, axis, None, 1 << 30, MIN_GROUP_ROWS,
                                        min_parallel, 2) is not None
     with threadpool_limits(limits=2, user_api="openmp"):
