@@ -430,17 +430,18 @@ cdef inline int row_grad_sums_core(const storage* dy, const storage* x, Py_ssize
     ftile = fmean + 2 * L
     xtile = ftile + 3 * (W + 8)
     c = 0
-    run = 0
-    for j in range(L):
-        col_mean[j] = mean[c]
-        cybn_split(col_mean[j], &fmean[j], &fmean[L + j])
-        if ep:
-            col_mean[L + j] = fscale[c]
-            col_mean[2 * L + j] = foffset[c]
-        run += 1
-        if run == inner:  # the next channel's columns (rows are whole channel runs)
-            run = 0
-            c = c + 1 if c + 1 < C else 0
+    j = 0
+    while j < L:  # one channel's run of columns at a time (rows are whole runs)
+        cybn_split(mean[c], &hi, &lo)
+        for i in range(j, j + inner):
+            col_mean[i] = mean[c]
+            fmean[i] = hi
+            fmean[L + i] = lo
+            if ep:
+                col_mean[L + i] = fscale[c]
+                col_mean[2 * L + i] = foffset[c]
+        j += inner
+        c = c + 1 if c + 1 < C else 0
     if ep:
         affine_tiles(ftile, W + 8, C, inner, mean, fscale, foffset)
         if sizeof(storage) == 2:
@@ -537,7 +538,7 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
     fscale and foffset (the forward's per-channel scale and offset), dy is masked by the
     forward's ReLU."""
     cdef Py_ssize_t n = R * L, nitems = (n + ELEMENT_ITEM - 1) // ELEMENT_ITEM
-    cdef Py_ssize_t W, P, i, c, run, item, e0, group, rows_per_item, r0
+    cdef Py_ssize_t W, P, i, j, q, c, run, item, e0, group, rows_per_item, r0
     cdef bint relu = fscale != NULL
     cdef float hi, lo
     cdef float* ft
@@ -550,8 +551,9 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
         if ft == NULL:
             return -1
         c = 0
-        run = 0
-        for i in range(P):
+        i = 0
+        while i < P:  # one channel's run of columns at a time (rows are whole runs)
+            run = min(inner, P - i)
             cybn_split(mean[c], &hi, &lo)
             ft[i] = hi
             ft[P + i] = <float>k1[c]
@@ -560,10 +562,11 @@ cdef inline int row_grad_apply_core(const storage* dy, const storage* x, storage
             if relu:
                 ft[4 * P + i] = <float>fscale[c]
                 ft[5 * P + i] = <float>(foffset[c] - <double>lo * fscale[c])
-            run += 1
-            if run == inner:  # the next channel's columns (rows are whole channel runs)
-                run = 0
-                c = c + 1 if c + 1 < C else 0
+            for j in range(i + 1, i + run):
+                for q in range(6 if relu else 4):
+                    ft[q * P + j] = ft[q * P + i]
+            i += run
+            c = c + 1 if c + 1 < C else 0
         if relu and sizeof(storage) == 2:
             exact_tiles(ft + 6 * P, W, L, C, inner, mean, fscale, foffset)
         for item in prange(nitems, schedule='static', num_threads=num_threads):

@@ -180,7 +180,8 @@ cdef inline int affine_threads(const floating* x, floating* y, Py_ssize_t outer,
                                const double* scale, const double* offset, int ep,
                                int threads) noexcept nogil:
     """affine_serial on `threads` threads (the full path's cores, no streaming: the fast
-    path's arrays are smaller than ops/_schedule.STREAM_MIN_BYTES); -1 if out of memory."""
+    path stops below the streaming threshold, ops/_schedule.fast_max_size); -1 if out of
+    memory."""
     if threads == 1:
         return affine_serial(x, y, outer, C, inner, k, shift, scale, offset, ep)
     if k:
