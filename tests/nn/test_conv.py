@@ -78,19 +78,27 @@ def test_grouped_conv_gradients_match_finite_differences(case, channels_last):
                                atol=1e-8)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[-1] == 1])
-def test_large_channels_first_planes_equal_the_definition_and_the_other_route(case):
-    """Output planes of 256 pixels or more take the packed-columns route (ops.conv_planes):
-    forward against the definition, every gradient against the channels-last route
-    (checked against finite differences above), float64."""
+# without padding: a k x 1 kernel (the product writes the output in place, its rows read
+# in place) and a dilated 3 x 3 one (x read in place, the outputs copied out)
+UNPADDED = [(3, 5, (3, 1), 1, 0, 1, 1), (3, 5, 3, 1, 0, (1, 2), 1)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", [c for c in CASES if c[-1] == 1] + UNPADDED)
+def test_large_channels_first_planes_equal_the_definition_and_the_other_route(case, batch):
+    """Output planes of 256 pixels or more take the packed-columns route (ops.conv_planes)
+    for a batch, and for a 1x1 convolution at any batch: forward against the definition,
+    every gradient against the channels-last route (checked against finite differences
+    above), float64."""
     cin, cout, k, s, p, d, _ = case
     make = lambda cl: cybn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d,  # noqa
                                   channels_last=cl, dtype=np.float64, rng=5)
     first, last = make(False), make(True)
-    x = np.random.default_rng(6).standard_normal((2, cin, 34, 36))
+    x = np.random.default_rng(6).standard_normal((batch, cin, 34, 36))
     y = first(x)
     assert y.shape[2] * y.shape[3] >= 256
-    assert first.__dict__["_cache"][0] == "planes"
+    assert first.__dict__["_cache"][0] == ("planes" if batch > 1 or
+                                           first.kernel_size == (1, 1) else "rows")
     np.testing.assert_allclose(y, direct_conv(x, first.weight.data, first.bias.data,
                                               first.stride, first.padding, first.dilation, 1),
                                rtol=1e-12, atol=1e-12)
@@ -188,3 +196,30 @@ def test_compiled_depthwise_layouts_give_the_same_forward_bits(stride, padding, 
     dx_last = last.backward(np.ascontiguousarray(g.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(dx_last.transpose(0, 3, 1, 2), dx, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(first.weight.grad, last.weight.grad)  # same order, double
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pointwise_channels_first_takes_the_planes_at_any_size_with_the_same_bits(batch):
+    """A 1x1 channels-first convolution is a product per sample on the planes at any batch
+    and plane size (with bias, residual and ReLU6 in the epilogue): float64 against the
+    definition; float32 with the same bits on 1, 2 and 3 threads (fewer samples than
+    threads: each product on all of them)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(8)
+    for hw, dtype in [((5, 6), np.float64), ((20, 18), np.float64), ((20, 18), np.float32)]:
+        conv = cybn.Conv2d(6, 10, 1, dtype=dtype, rng=3, activation="relu6")
+        x = rng.standard_normal((batch, 6) + hw).astype(dtype) * 3
+        res = rng.standard_normal((batch, 10) + hw).astype(dtype)
+        ref = direct_conv(x.astype(np.float64), conv.weight.data.astype(np.float64),
+                          conv.bias.data.astype(np.float64), (1, 1), (0, 0), (1, 1), 1)
+        ref = np.clip(ref + res, 0, 6)
+        outs = []
+        for threads in (1, 2, 3):
+            with threadpool_limits(limits=threads, user_api="openmp"):
+                outs.append(conv.forward_fused(x, res, "relu6"))
+        assert conv.__dict__["_cache"][0] == "planes"
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(outs[0], ref, rtol=tol, atol=tol * 10)
+        for other in outs[1:]:
+            np.testing.assert_array_equal(other, outs[0])
