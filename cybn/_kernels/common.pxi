@@ -50,6 +50,10 @@ OPENMP_ENABLED = bool(CYBN_OPENMP_ENABLED)
 
 cdef extern from "simd_f32.h" nogil:
     void cybn_split(double m, float* hi, float* lo)
+    void cybn_f32_max_tap(const float* x, float* y, unsigned char* a, Py_ssize_t C,
+                          unsigned char t)
+    void cybn_f32_max_tap_back(const float* g, const unsigned char* a, float* dx,
+                               Py_ssize_t C, unsigned char t)
     void cybn_store_fence()
     void cybn_f32_block_moments(const float* p, Py_ssize_t n, Py_ssize_t nplanes,
                                 Py_ssize_t stride, double* mean, double* m2)

@@ -204,6 +204,9 @@ cdef inline void max_tap_rows(const floating* xr, floating* yr, unsigned char* a
     cdef Py_ssize_t c
     cdef floating v, b
     cdef bint take
+    if floating is float:  # 8 channels at a time (simd_f32.h)
+        cybn_f32_max_tap(xr, yr, ar, C, t)
+        return
     for c in range(C):
         v = xr[c]
         b = yr[c]
@@ -265,6 +268,9 @@ cdef inline void max_tap_back_rows(const floating* g, const unsigned char* ar,
                                    unsigned char t) noexcept nogil:
     """dx[c] += dy[c] where this tap held the maximum (a select: other values add 0)."""
     cdef Py_ssize_t c
+    if floating is float:  # 8 channels at a time (simd_f32.h)
+        cybn_f32_max_tap_back(g, ar, dxr, C, t)
+        return
     for c in range(C):
         dxr[c] = dxr[c] + (g[c] if ar[c] == t else <floating>0)
 

@@ -32,10 +32,12 @@ def reference(x, k, s):
                                  ((2, 3), (3, 1)), ((1, 1), (1, 1)), ((16, 16), (1, 1))])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool_against_loops(k, s, channels_last, dtype):
+@pytest.mark.parametrize("C", [3, 21])  # channels-last float32: 8 at a time and a tail
+def test_max_pool_against_loops(k, s, channels_last, dtype, C):
     rng = np.random.default_rng(0)
-    x = rng.integers(-3, 4, (2, 3, 17, 18)).astype(dtype)  # many ties
+    x = rng.integers(-3, 4, (2, C, 17, 18)).astype(dtype)  # many ties
     x[0, 0, 1, 1] = np.nan
+    x[1, C - 1, 2, 3] = x[1, C // 2, 5, 5] = np.nan
     y0, dy, dx0 = reference(x, k, s)
     layer = cybn.MaxPool2d(k, s, channels_last=channels_last)
     to = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))) if channels_last else (
