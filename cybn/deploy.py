@@ -66,6 +66,8 @@ def _foldable_previous(layer, bn: _BatchNorm) -> str | None:
         channels = layer.out_channels
     else:
         return f"the layer before it is a {type(layer).__name__}"
+    if layer.activation is not None:
+        return f"the {type(layer).__name__} before it applies {layer.activation} first"
     if channels != bn.num_features:
         raise ValueError(f"a {type(bn).__name__} with {bn.num_features} channels follows a "
                          f"{type(layer).__name__} with {channels} output channels")
@@ -140,10 +142,13 @@ def fold_batchnorm(model, *, into: str = "previous"):
     Returns
     -------
     Sequential
-        A new model in eval mode without the folded BatchNorm layers. A ReLU after a folded
-        BatchNorm (its own layer, or the BatchNorm's fused one) becomes the Conv2d's or
-        Linear's ``activation="relu"``, applied in the product's epilogue, so Conv2d +
-        BatchNorm2d + ReLU is one layer and one pass; a :class:`Residual` block whose body
+        A new model in eval mode without the folded BatchNorm layers. A ReLU or ReLU6
+        right after a Conv2d or Linear, or after a BatchNorm folded into one (its own
+        layer, or the BatchNorm's fused one), becomes that layer's ``activation``, applied
+        in the product's epilogue, so Conv2d + BatchNorm2d + ReLU is one layer and one pass
+        (inside blocks such as :class:`Fire` the ReLU's place holds an :class:`Identity`,
+        as :func:`fuse` leaves it; a BatchNorm left in place takes its ReLU the same way);
+        a :class:`Residual` block whose body
         then ends in a convolution adds its shortcut and applies its ReLU in that
         convolution's epilogue too. The ``not_folded`` attribute lists ``(where, reason)``
         of the BatchNorm layers left in place (``where``: the index in the given model, or
@@ -165,6 +170,7 @@ def fold_batchnorm(model, *, into: str = "previous"):
     not_folded: list = []
     result = _sequential_like(model, _fold_layers(model.named_layers(), into, "",
                                                   not_folded)).eval()
+    _fuse_in_place(result)  # the pairs inside Fire-like blocks, and BatchNorms left in place
     result.not_folded = not_folded
     if not_folded:
         warnings.warn("fold_batchnorm left in place: " + ", ".join(
@@ -251,8 +257,11 @@ def _fold_layers(named: list, into: str, prefix: str, not_folded: list) -> list:
         layer = layers[i]
         prev = keep[-1][1] if keep else None
         if not isinstance(layer, _BatchNorm):
-            if _epilogue_name(layer) and joins is not None and prev is joins:
-                joins.activation = _epilogue_name(layer)  # the ReLU after a folded BatchNorm
+            # a ReLU or ReLU6 right after a Conv2d or Linear (or after a BatchNorm folded
+            # into one) moves into that layer's epilogue
+            follows = prev is not None and (prev is joins or prev is layers[i - 1])
+            if _epilogue_name(layer) and follows and _takes_relu(prev):
+                prev.activation = _epilogue_name(layer)
             else:
                 keep.append((names[i], layer))
             joins = None

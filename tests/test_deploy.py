@@ -85,15 +85,69 @@ def test_fold_into_next_layer_and_what_cannot_fold():
         folded = cybn.fold_batchnorm(model, into="next")
     assert [i for i, _ in folded.not_folded] == [3]
     assert "pads" in folded.not_folded[0][1]
-    assert len(folded) == len(model) - 2
+    # two BatchNorms folded, and the ReLU after the first conv moved into its epilogue
+    assert len(folded) == len(model) - 3 and folded[0].activation == "relu"
     np.testing.assert_allclose(folded(x), model(x), rtol=1e-12, atol=1e-12)
     with pytest.warns(UserWarning):
         previous_only = cybn.fold_batchnorm(model)  # nothing before layer 0 and 6 folds
     assert [i for i, _ in previous_only.not_folded] == [0, 3, 6]
+    assert "applies relu" in previous_only.not_folded[1][1]  # not into the conv's ReLU
+    np.testing.assert_allclose(previous_only(x), model(x), rtol=1e-12, atol=1e-12)
     with pytest.warns(UserWarning):
         either = cybn.fold_batchnorm(model, into="any")
     assert [i for i, _ in either.not_folded] == [3]
     np.testing.assert_allclose(either(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_moves_activations_into_products_without_batchnorm(channels_last):
+    """A network without batch norm (SqueezeNet's kind): each ReLU or ReLU6 right after a
+    Conv2d or Linear becomes that layer's epilogue, inside Fire blocks too, and the function
+    is the same bit for bit; a ReLU after another layer stays."""
+    rng = np.random.default_rng(5)
+    cl = channels_last
+    model = cybn.Sequential(
+        cybn.Conv2d(3, 8, 3, padding=1, channels_last=cl, dtype=np.float32, rng=rng),
+        cybn.ReLU(),
+        cybn.Fire(8, 4, 6, 6, channels_last=cl, rng=rng),
+        cybn.Conv2d(12, 5, 1, channels_last=cl, dtype=np.float32, rng=rng),
+        cybn.ReLU6(),
+        cybn.MaxPool2d(2, channels_last=cl),
+        cybn.ReLU(),  # after a pool: stays
+        cybn.Flatten(),
+        cybn.Linear(20 if not cl else 20, 3, dtype=np.float32, rng=rng),
+        cybn.ReLU(),
+    ).eval()
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 4)).astype(np.float32) * 4
+    if cl:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folded = cybn.fold_batchnorm(model)
+    kinds = [type(layer).__name__ for layer in folded]
+    assert kinds == ["Conv2d", "Fire", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear"]
+    assert [folded[i].activation for i in (0, 2, 6)] == ["relu", "relu6", "relu"]
+    fire = folded[1]
+    for name in ("squeeze", "expand1x1", "expand3x3"):
+        assert getattr(fire, name).activation == "relu"
+        assert isinstance(getattr(fire, name + "_activation"), cybn.Identity)
+    assert model[0].activation is None  # the given model is unchanged
+    np.testing.assert_array_equal(folded(x), model(x))
+
+
+def test_batchnorm_after_a_product_with_an_activation_stays():
+    """BatchNorm after Conv2d(activation="relu") normalizes the ReLU's output: folding it
+    into the conv's weight would scale before the ReLU, so it stays (and is listed)."""
+    rng = np.random.default_rng(7)
+    model = cybn.Sequential(
+        cybn.Conv2d(3, 4, 3, dtype=np.float64, rng=rng, activation="relu"),
+        cybn.BatchNorm2d(4, dtype=np.float64))
+    randomize_bn(model, rng).eval()
+    x = np.random.default_rng(8).standard_normal((2, 3, 5, 5))
+    with pytest.warns(UserWarning, match="applies relu"):
+        folded = cybn.fold_batchnorm(model)
+    assert [i for i, _ in folded.not_folded] == [1]
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-12, atol=1e-12)
 
 
 def test_batchnorm_without_running_stats_is_left_in_place():
