@@ -35,8 +35,9 @@ __all__ = ["save", "load", "FORMAT_VERSION"]
 
 FORMAT = "cybn.model"
 FORMAT_VERSION = 1
-# a forward's record for its backward, and scratch arrays: never saved
-_TRANSIENT = ("_cache", "_workspaces")
+# a forward's record for its backward, scratch arrays, and a block's composition of its
+# children (Fire, ShuffleUnit: rebuilt from them): never saved
+_TRANSIENT = ("_cache", "_workspaces", "_composed")
 _GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 
 

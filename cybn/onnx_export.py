@@ -152,25 +152,24 @@ def _emit(w: _Writer, layer, x: str, rank: int, c, path: str) -> tuple:
         return w.node("Flatten", [x], hint, axis=1), 2, None
     if kind is nn.Residual:
         return _emit_residual(w, layer, x, rank, c, path, hint)
-    if kind is nn.Concat:
+    if isinstance(layer, nn.Concat):
         outs, total = [], 0
         for i, branch in enumerate(layer):
             y, rank_i, c_i = _emit(w, branch, x, rank, c, f"{path}.{i}")
             outs.append(y)
             total = None if total is None or c_i is None else total + c_i
-        return w.node("Concat", outs, hint, axis=1), rank_i, total
+        if not layer.interleaved:
+            return w.node("Concat", outs, hint, axis=1), rank_i, total
+        # ShuffleNetV2's concatenation and shuffle, which cybn runs as one pass
+        y = w.node("Concat", outs, hint + "_concat", axis=1)
+        return _shuffle_gather(w, y, hint, len(outs), total, layer, path), rank_i, total
     if kind is nn.ChannelSlice:
         return w.node("Slice", [x, w.const(hint + "_start", [layer.start], np.int64),
                                 w.const(hint + "_stop", [layer.stop], np.int64),
                                 w.const(hint + "_axis", [1], np.int64)], hint), rank, \
             layer.stop - layer.start
-    if kind is nn.ChannelShuffle:  # (g, C / g) -> (C / g, g): a gather of the channels
-        g = layer.groups
-        if c is None or c % g:
-            raise _unsupported(path, layer, f"{c} channels in {g} groups")
-        perm = np.arange(c).reshape(g, c // g).T.reshape(-1)
-        return w.node("Gather", [x, w.const(hint + "_perm", perm, np.int64)], hint,
-                      axis=1), rank, c
+    if kind is nn.ChannelShuffle:
+        return _shuffle_gather(w, x, hint, layer.groups, c, layer, path), rank, c
     if isinstance(layer, _Composite):  # Fire, ShuffleUnit: the composition they run
         return _emit(w, layer._compose(), x, rank, c, path)
     if kind is nn.SqueezeExcitation:
@@ -203,6 +202,14 @@ def _emit_residual(w: _Writer, layer, x: str, rank: int, c, path: str, hint: str
     if layer.activation == "relu":
         out = w.node("Relu", [out], hint + "_relu")
     return out, rank_y, c_y
+
+
+def _shuffle_gather(w, x, hint: str, g: int, c, layer, path: str):
+    """Channel shuffle in g groups, (g, C / g) -> (C / g, g): a gather of the channels."""
+    if c is None or c % g:
+        raise _unsupported(path, layer, f"{c} channels in {g} groups")
+    perm = np.arange(c).reshape(g, c // g).T.reshape(-1)
+    return w.node("Gather", [x, w.const(hint + "_perm", perm, np.int64)], hint, axis=1)
 
 
 def _input_spec(model) -> tuple:

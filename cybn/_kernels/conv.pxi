@@ -606,3 +606,42 @@ def transpose_batch(const floating[:, :, ::1] src,   # IN  (N, A, B)
                 else:
                     cybn_transpose_block_d(sp + (n * A + a0) * B + b0, B,
                                            dp + (n * B + b0) * A + a0, A, a1 - a0, b1 - b0)
+
+
+# ---------------------------------------------------------------------------------------
+# The weight an input gradient reads: the convolution of dy with the weight's in and out
+# channels swapped and its taps flipped. rows[c, T - 1 - t, o] (taps_outer) or
+# rows[c, o, T - 1 - t] = weight[o, c, t], in one pass: an input channel per work item,
+# reading each output channel's T taps where they lie.
+# ---------------------------------------------------------------------------------------
+
+def flipped_weight_rows(const floating[:, :, ::1] weight,  # IN  (out, C, T), T = kh * kw
+                        floating[:, :, ::1] rows,          # OUT (C, T, out) or (C, out, T)
+                        bint taps_outer,                   # rows is (C, T, out)
+                        int num_threads):
+    need_threads(num_threads)
+    cdef Py_ssize_t O = weight.shape[0], C = weight.shape[1], T = weight.shape[2]
+    if taps_outer:
+        need_shape("rows", rows.shape, 3, C, T, O)
+    else:
+        need_shape("rows", rows.shape, 3, C, O, T)
+    if O == 0 or C == 0 or T == 0:
+        return
+    need_apart("rows", &rows[0, 0, 0], rows.nbytes, "weight", &weight[0, 0, 0],
+               weight.nbytes, False)
+    cdef const floating* wp = &weight[0, 0, 0]
+    cdef floating* rp = &rows[0, 0, 0]
+    cdef Py_ssize_t c, o, t
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for c in prange(C, schedule='static', num_threads=num_threads):
+            dst = rp + c * T * O
+            for o in range(O):
+                src = wp + (o * C + c) * T
+                if taps_outer:
+                    for t in range(T):
+                        dst[(T - 1 - t) * O + o] = src[t]
+                else:
+                    for t in range(T):
+                        dst[o * T + T - 1 - t] = src[t]

@@ -13,4 +13,5 @@ include "gemm.pxi"         # matrix products (Linear, convolutions)
 include "conv.pxi"         # depthwise convolution, im2col / col2im
 include "pool.pxi"         # max and average pooling
 include "activation.pxi"   # ReLU
+include "channels.pxi"     # channel routing: concatenation, split, shuffle
 include "fastpath.pxi"     # one compiled call for small batch-norm arrays

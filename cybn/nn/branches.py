@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops import pool
+from ..ops import channels, pool
 from ._args import as_rng, positive_int
 from .activation import Hardsigmoid, ReLU, Sigmoid
 from .conv import Conv2d
@@ -36,6 +36,15 @@ class Concat(Module):
         The channel axis is the last one (else axis 1).
     """
 
+    _interleave = False  # see _ShuffledConcat
+
+    @property
+    def interleaved(self) -> bool:
+        """Whether the branches' channels are interleaved (concatenation followed by a
+        channel shuffle in ``len(self)`` groups, as ShuffleNetV2's units run it) rather
+        than joined in order."""
+        return self._interleave
+
     def __init__(self, *branches: Module, channels_last: bool = False):
         super().__init__()
         if not branches:
@@ -64,18 +73,32 @@ class Concat(Module):
         if any(r != rest[0] or o.ndim != outs[0].ndim for r, o in zip(rest, outs)):
             raise ValueError(f"Concat: the branches' outputs {[o.shape for o in outs]} "
                              f"differ in more than the channel axis {axis}")
-        y = np.concatenate(outs, axis=axis)
-        self._cache = (y.shape, axis, [o.shape[axis] for o in outs])
+        sizes = [o.shape[axis] for o in outs]
+        if self._interleave and len(set(sizes)) > 1:
+            raise ValueError(f"ShuffleUnit: its branches give {sizes} channels; the shuffle "
+                             f"interleaves branches of equal width")
+        dtype = np.result_type(*outs)
+        y = channels.concat([o.astype(dtype, copy=False) for o in outs], axis,
+                            self._interleave)
+        self._cache = (y.shape, axis, sizes)
         return y
 
     def backward(self, dy):
         (_, axis, sizes), dy = self._take_saved(dy, lambda saved: saved[0])
-        parts = np.split(dy, np.cumsum(sizes)[:-1], axis=axis)
+        parts = channels.split(dy, sizes, axis, self._interleave)
         dx = None
         for m, g in zip(self, parts):
-            d = m.backward(np.ascontiguousarray(g))
+            d = m.backward(g)
             dx = d if dx is None else dx + d
         return dx
+
+
+class _ShuffledConcat(Concat):
+    """Concat followed by ChannelShuffle(len(branches)) in one pass, for branches with
+    equal channel counts: branch b's channel k is output channel ``k * len(branches) + b``
+    (ShuffleNetV2's units)."""
+
+    _interleave = True
 
 
 class ChannelSlice(Module):
@@ -109,13 +132,12 @@ class ChannelSlice(Module):
         shape = list(x.shape)
         shape[axis] = self.stop - self.start
         self._cache = (x.shape, x.dtype, axis, tuple(shape))
-        return np.ascontiguousarray(x[self._index(x.ndim, axis)])
+        return channels.take_range(x, self.start, self.stop, axis)
 
     def backward(self, dy):
         (shape, dtype, axis, _), dy = self._take_saved(dy, lambda saved: saved[3])
-        dx = np.zeros(shape, dtype=np.result_type(dtype, dy.dtype))
-        dx[self._index(len(shape), axis)] = dy
-        return dx
+        return channels.put_range(dy, shape, self.start, axis, np.result_type(dtype,
+                                                                              dy.dtype))
 
 
 class ChannelShuffle(Module):
@@ -137,9 +159,7 @@ class ChannelShuffle(Module):
         C, g = x.shape[axis], self.groups
         if C % g:
             raise ValueError(f"ChannelShuffle: {C} channels do not split into {g} groups")
-        split = (g, C // g) if not inverse else (C // g, g)
-        v = x.reshape(x.shape[:axis] + split + x.shape[axis + 1:])
-        return np.ascontiguousarray(np.swapaxes(v, axis, axis + 1)).reshape(x.shape)
+        return channels.shuffle(x, g, axis, inverse)
 
     def forward(self, x):
         x = np.asarray(x)
@@ -223,8 +243,9 @@ def _as_module(value, names: dict, what: str) -> Module:
 class _Composite(Module):
     """A block whose children carry the names of the PyTorch module it mirrors (so its
     state_dict keys are torchvision's) and whose computation is a composition of those
-    same children in cybn's containers, built by ``_compose`` at each forward (so a child
-    replaced by :func:`cybn.fold_batchnorm` or :func:`cybn.fuse` is the one used)."""
+    same children in cybn's containers, built by ``_compose`` (again whenever a child was
+    replaced, so a child replaced by :func:`cybn.fold_batchnorm` or :func:`cybn.fuse` is
+    the one used)."""
 
     def _compose(self) -> Module:
         raise NotImplementedError
@@ -234,8 +255,24 @@ class _Composite(Module):
         move an activation into the layer before it)."""
         return []
 
+    def _composition(self) -> Module:
+        """The composition of the current children: built again only when a child was
+        replaced (the children's identities are the key; the composition holds them, so an
+        identity cannot be reused while it is kept)."""
+        key = tuple(map(id, self._modules.values()))
+        kept = self.__dict__.get("_composed")
+        if kept is None or kept[0] != key:
+            kept = (key, self._compose())
+            object.__setattr__(self, "_composed", kept)
+        return kept[1]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_composed", None)  # rebuilt from the children when needed
+        return state
+
     def forward(self, x):
-        net = self._compose()
+        net = self._composition()
         y = net(x)
         self._cache = (net, np.shape(y))  # the composition that ran, for its backward
         return y
@@ -312,14 +349,14 @@ class ShuffleUnit(_Composite):
     def _compose(self) -> Module:
         cl = self.channels_last
         branch1 = self._modules.get("branch1")
+        # torchvision's concatenation then channel shuffle in 2 groups, as one interleaving
+        # pass (its two branches have the same channel count)
         if branch1 is not None:
-            joined = Concat(branch1, self.branch2, channels_last=cl)
-        else:
-            half = _in_channels(self.branch2)
-            joined = Concat(ChannelSlice(0, half, channels_last=cl),
-                            Sequential(ChannelSlice(half, 2 * half, channels_last=cl),
-                                       self.branch2), channels_last=cl)
-        return Sequential(joined, ChannelShuffle(2, channels_last=cl))
+            return _ShuffledConcat(branch1, self.branch2, channels_last=cl)
+        half = _in_channels(self.branch2)
+        return _ShuffledConcat(ChannelSlice(0, half, channels_last=cl),
+                               Sequential(ChannelSlice(half, 2 * half, channels_last=cl),
+                                          self.branch2), channels_last=cl)
 
 
 def _in_channels(m: Module) -> int:

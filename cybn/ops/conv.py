@@ -253,18 +253,19 @@ def weight_as_is(n: int, ho: int, wo: int, out: int) -> bool:
 def transposed_flipped_rows(weight: np.ndarray, as_is: bool) -> np.ndarray:
     """The rows conv_rows reads for the input gradient of a stride-1 convolution: weight
     (out, C, kh, kw) with in and out swapped and the taps flipped, as (C, out * kh * kw)
-    in (out, kh, kw) order when as_is, else (C, kh * kw * out) in (kh, kw, out) order. The
-    values of NumPy's copy of the flipped, transposed view, made with the compiled
-    transpose (NumPy's strided copy took 4.9 ms for a 512x512 3x3 weight, this 2.5)."""
+    in (out, kh, kw) order when as_is, else (C, kh * kw * out) in (kh, kw, out) order; one
+    compiled pass for float32 and float64 (a transpose and NumPy's copy of the flipped view
+    took 2-4x a copy of the weight for 512 x 512 x 3 x 3)."""
     out, cin, kh, kw = weight.shape
-    if as_is:
+    if weight.dtype not in (np.float32, np.float64):
         swapped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        if not as_is:
+            swapped = swapped.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(swapped).reshape(cin, -1)
-    taps = np.empty((cin * kh * kw, out), weight.dtype)  # float32 or float64, as conv_rows
-    _kernels.transpose_batch(np.ascontiguousarray(weight).reshape(1, out, cin * kh * kw),
-                             taps.reshape(1, cin * kh * kw, out), _schedule.threads_for(taps.size))
-    return np.ascontiguousarray(taps.reshape(cin, kh, kw, out)[:, ::-1, ::-1, :]).reshape(cin,
-                                                                                          -1)
+    rows = np.empty((cin, kh * kw, out) if not as_is else (cin, out, kh * kw), weight.dtype)
+    _kernels.flipped_weight_rows(np.ascontiguousarray(weight).reshape(out, cin, kh * kw),
+                                 rows, not as_is, _schedule.threads_for(rows.size))
+    return rows.reshape(cin, -1)
 
 
 def conv_rows(xh: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, kernel: tuple,

@@ -222,3 +222,22 @@ def test_layout_changes_equal_numpys_transposes(shape, dtype):
     np.testing.assert_array_equal(C.to_channels_last(strided), x.transpose(0, 2, 3, 1))
     half = x.astype(np.float16)
     np.testing.assert_array_equal(C.to_channels_last(half), half.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (64, 40, 3, 1), (3, 7, 1, 1), (2, 2, 2, 5)])
+@pytest.mark.parametrize("as_is", [False, True])
+def test_flipped_weight_rows_equal_numpys_copy(shape, dtype, as_is):
+    """ops.conv.transposed_flipped_rows (the compiled one-pass copy for float32 and float64)
+    equals NumPy's copy of the flipped, swapped view, in both orders, on any thread count."""
+    from threadpoolctl import threadpool_limits
+
+    w = RNG.standard_normal(shape).astype(dtype)
+    out, cin = shape[:2]
+    swapped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)                # (C, out, kh, kw)
+    want = (swapped if as_is else swapped.transpose(0, 2, 3, 1)).reshape(cin, -1)
+    for threads in (1, 2, 3):
+        with threadpool_limits(threads, user_api="openmp"):
+            got = C.transposed_flipped_rows(w, as_is)
+        assert got.dtype == w.dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)

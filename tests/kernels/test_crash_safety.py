@@ -40,6 +40,11 @@ LAYERS = {
     "BatchNorm2d-ghost": ("cybn.BatchNorm2d(8, ghost_batch_size=2)", (4, 8, 5, 5)),
     "LayerNorm": ("cybn.LayerNorm(8)", (4, 8)),
     "GroupNorm": ("cybn.GroupNorm(2, 8)", (4, 8, 5, 5)),
+    "Concat": ("cybn.Concat(cybn.Conv2d(8, 3, 1), cybn.ReLU())", (2, 8, 5, 5)),
+    "Concat-last": ("cybn.Concat(cybn.Identity(), cybn.Identity(), channels_last=True)",
+                    (2, 5, 5, 8)),
+    "ChannelSlice": ("cybn.ChannelSlice(2, 6)", (2, 8, 5, 5)),
+    "ChannelShuffle-last": ("cybn.ChannelShuffle(4, channels_last=True)", (2, 5, 5, 8)),
     "Residual": ("cybn.Residual(cybn.Sequential(cybn.Conv2d(8, 8, 3, padding=1), "
                  "cybn.BatchNorm2d(8)), activation='relu')", (2, 8, 6, 6)),
 }
@@ -138,6 +143,8 @@ def kernel_cases():
     shared_square = np.zeros((2, 4, 4), f32)
     u8 = lambda *s: np.zeros(s, np.uint8)  # noqa: E731
     d = lambda *s: np.zeros(s)  # noqa: E731
+    u32 = lambda *s: np.zeros(s, np.uint32)  # noqa: E731
+    shared_words = np.zeros((2, 6, 4), np.uint32)
     K = _kernels
     cases = [
         ("avgpool_backward_planes dy too tall", K.avgpool_backward_planes,
@@ -263,6 +270,26 @@ def kernel_cases():
         ("conv_weight_grad_planes chunk 0", K.conv_weight_grad_planes,
          (z(2, 4, 6, 6), z(2, 3, 6, 6), 3, 3, 1, 1, 1, 1, 1, 1, z(4, 27), 0, 1)),
         ("relu_forward keep short", K.relu_forward, (z(10), z(10), u8(9), 1)),
+        ("flipped_weight_rows rows short", K.flipped_weight_rows,
+         (z(4, 3, 9), z(3, 9, 3), True, 1)),
+        ("flipped_weight_rows rows in the other order", K.flipped_weight_rows,
+         (z(4, 3, 9), z(3, 9, 4), False, 1)),
+        ("copy_channels dst's channels run past the end", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 4), 0, 1, 1, 3, 3, 1)),
+        ("copy_channels src's channels run past the end", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 4), 1, 1, 0, 1, 3, 1)),
+        ("copy_channels negative start", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 4), -1, 1, 0, 1, 2, 1)),
+        ("copy_channels step 0", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 4), 0, 0, 0, 1, 3, 1)),
+        ("copy_channels negative count", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 4), 0, 1, 0, 1, -1, 1)),
+        ("copy_channels dst has fewer samples", K.copy_channels,
+         (u32(3, 3, 4), u32(2, 6, 4), 0, 1, 0, 1, 3, 1)),
+        ("copy_channels dst's planes shorter", K.copy_channels,
+         (u32(2, 3, 4), u32(2, 6, 3), 0, 1, 0, 1, 3, 1)),
+        ("copy_channels dst is src", K.copy_channels,
+         (shared_words, shared_words, 0, 1, 3, 1, 3, 1)),
         ("relu_backward dx short", K.relu_backward, (z(10), u8(10), z(9), 1)),
         ("plane_moments mean short", K.plane_moments, (z(2, 3, 40), d(2), d(3), 1)),
         ("plane_infer y short", K.plane_infer,

@@ -2,6 +2,9 @@
 SqueezeExcitation, against their definitions (known permutations, NumPy compositions) and
 finite differences of float64 gradients."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -177,6 +180,15 @@ def test_fire_and_shuffle_unit_compose_their_named_children():
         fire.backward(dy)
     fire.expand3x3_activation = cybn.Identity()  # no ReLU on that branch any more
     assert (fire(x)[:, 4:] < 0).any()
+    # the composition is kept between calls and rebuilt only for new children; copies and
+    # pickles leave it out (and rebuild it from their own children)
+    first = fire._composition()
+    assert fire._composition() is first
+    fire.expand3x3_activation = cybn.ReLU()
+    assert fire._composition() is not first and (fire(x)[:, 4:] >= 0).all()
+    clone = pickle.loads(pickle.dumps(fire))
+    assert "_composed" not in copy.deepcopy(fire).__dict__
+    np.testing.assert_array_equal(clone(x), fire(x))
 
     unit = cybn.ShuffleUnit(cybn.Sequential(cybn.Conv2d(4, 4, 1, dtype=np.float64, rng=2),
                                             cybn.BatchNorm2d(4, dtype=np.float64)))
