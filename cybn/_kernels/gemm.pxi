@@ -394,6 +394,19 @@ def conv_forward_planes(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
     check_scratch(failed)
 
 
+cdef inline void add_row_bias(floating* y, const floating* bias, Py_ssize_t O,
+                              Py_ssize_t P) noexcept nogil:
+    """y[o, :] += bias[o] for the O rows of P outputs (nothing when bias is NULL)."""
+    cdef Py_ssize_t o, q
+    cdef floating t
+    if bias == NULL:
+        return
+    for o in range(O):
+        t = bias[o]
+        for q in range(P):
+            y[o * P + q] = y[o * P + q] + t
+
+
 cdef int planes_sample(const floating* x, const Py_ssize_t* xshape, const floating* wp,
                        const floating* bp, Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw,
                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
@@ -402,7 +415,7 @@ cdef int planes_sample(const floating* x, const Py_ssize_t* xshape, const floati
                        int num_threads) noexcept nogil:
     """One sample of conv_forward_planes (x: (C, H, W), y: (O, Ho, Wo)) on num_threads:
     the product, the bias, then + res and the activation; 0, or -1 when out of memory."""
-    cdef Py_ssize_t C = xshape[1], K = C * kh * kw, P = Ho * Wo, o, j
+    cdef Py_ssize_t C = xshape[1], K = C * kh * kw, P = Ho * Wo
     cdef cybn_operand cols
     cdef int status
     if sh == 1 and sw == 1:
@@ -411,10 +424,7 @@ cdef int planes_sample(const floating* x, const Py_ssize_t* xshape, const floati
     else:
         cols = window_columns(CYBN_COLS, x, xshape, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
         status = gemm_op(O, P, K, wp, &cols, y, 0, num_threads)
-        if bp != NULL:
-            for o in range(O):
-                for j in range(P):
-                    y[o * P + j] = y[o * P + j] + bp[o]
+        add_row_bias(y, bp, O, P)
     add_act(y, res, O * P, act)
     return status
 
@@ -460,11 +470,7 @@ cdef int conv_padded_sample(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ss
             b.kind, b.rs, b.cs = CYBN_MATRIX, H * W, 1
         status = gemm_op(O, Pp, K, weight, &b, out, 0, num_threads)
         if status == 0 and direct:  # the outputs in place: the bias added (as below)
-            if bias != NULL:
-                for o in range(O):
-                    t = bias[o]
-                    for q in range(Pp):
-                        y[o * Pp + q] = y[o * Pp + q] + t
+            add_row_bias(y, bias, O, Pp)
         elif status == 0:
             for o in range(O):
                 for oh in range(Ho):
