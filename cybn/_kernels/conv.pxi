@@ -637,11 +637,15 @@ def flipped_weight_rows(const floating[:, :, ::1] weight,  # IN  (out, C, T), T 
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             dst = rp + c * T * O
-            for o in range(O):
-                src = wp + (o * C + c) * T
-                if taps_outer:
-                    for t in range(T):
-                        dst[(T - 1 - t) * O + o] = src[t]
-                else:
+            if taps_outer:
+                # a row of O per tap, written in order (this input channel's cache
+                # lines, one per output channel, stay in L1 across the T rows)
+                src = wp + c * T
+                for t in range(T):
+                    for o in range(O):
+                        dst[(T - 1 - t) * O + o] = src[o * C * T + t]
+            else:
+                for o in range(O):
+                    src = wp + (o * C + c) * T
                     for t in range(T):
                         dst[o * T + T - 1 - t] = src[t]
