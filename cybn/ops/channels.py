@@ -2,7 +2,8 @@
 interleaved, which is concatenation and channel shuffle in one pass), a channel range,
 channel shuffle, and the backward of each. Each is one or a few compiled copies of evenly
 spaced channels (``copy_channels``), on the threads, for any layout and rank; arrays whose
-items are not 1, 2, 4 or 8 bytes of plain data go through NumPy instead. Not public API
+items are not 1, 2, 4 or 8 bytes of plain data go through NumPy instead, and so do small
+copies of whole channel ranges (see NUMPY_RANGE_BELOW). Not public API
 (the layers are :class:`cybn.Concat`, :class:`cybn.ChannelSlice` and
 :class:`cybn.ChannelShuffle`)."""
 
@@ -38,6 +39,18 @@ def _copy(src, dst, src_start: int, src_step: int, dst_start: int, dst_step: int
                            threads)
 
 
+# Below this many elements NumPy copies a whole channel range (concatenation, a range, a
+# split) in less time than the kernel call: 4-11 us against 13-25 us from 0.1 to 0.4 MiB
+# of float32, even at 0.7 MiB (22 us each), the kernel's threads ahead from 1.4 MiB (41
+# against 97 us); 2 threads, Xeon VM, benchmarks/channel_routing.py, 2026-12-07.
+NUMPY_RANGE_BELOW = 1 << 18
+
+
+def _serial(size: int) -> bool:
+    """Whether NumPy copies a whole range of ``size`` elements (see NUMPY_RANGE_BELOW)."""
+    return size < NUMPY_RANGE_BELOW
+
+
 def _index(ndim: int, axis: int, channels: slice) -> tuple:
     index = [slice(None)] * ndim
     index[axis] = channels
@@ -54,6 +67,8 @@ def concat(parts: list, axis: int, interleave: bool = False) -> np.ndarray:
                          f"{[p.shape[axis] for p in parts]}")
     shape = list(parts[0].shape)
     shape[axis] = sum(p.shape[axis] for p in parts)
+    if not interleave and _serial(math.prod(shape)):
+        return np.concatenate(parts, axis=axis)
     y = np.empty(shape, dtype=parts[0].dtype)
     dst = _words(y, axis)
     step = len(parts) if interleave else 1
@@ -74,8 +89,8 @@ def split(y: np.ndarray, sizes: list, axis: int, interleave: bool = False) -> li
     """The inverse of :func:`concat`: y's channels cut into contiguous parts of ``sizes``
     channels (with ``interleave``, part b takes channels b, b + len(sizes), ...)."""
     y = np.ascontiguousarray(y)
-    src = _words(y, axis)
     step = len(sizes) if interleave else 1
+    src = None if step == 1 and _serial(y.size) else _words(y, axis)
     parts = []
     start = 0
     for b, C in enumerate(sizes):
@@ -83,7 +98,7 @@ def split(y: np.ndarray, sizes: list, axis: int, interleave: bool = False) -> li
         shape = list(y.shape)
         shape[axis] = C
         part = np.empty(shape, dtype=y.dtype)
-        if src is None:
+        if src is None:  # (a copy: a view would let a branch's backward write into y)
             part[...] = y[_index(y.ndim, axis, slice(first, first + (C - 1) * step + 1, step))]
         else:
             _copy(src, _words(part, axis), first, step, 0, 1, C)
@@ -98,7 +113,7 @@ def take_range(x: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
     shape = list(x.shape)
     shape[axis] = stop - start
     y = np.empty(shape, dtype=x.dtype)
-    src = _words(x, axis)
+    src = None if _serial(y.size) else _words(x, axis)
     if src is None:
         y[...] = x[_index(x.ndim, axis, slice(start, stop))]
     else:
@@ -111,7 +126,7 @@ def put_range(part: np.ndarray, shape: tuple, start: int, axis: int, dtype) -> n
     backward of :func:`take_range`)."""
     dx = np.zeros(shape, dtype=dtype)
     part = np.ascontiguousarray(part, dtype=dtype)
-    src, dst = _words(part, axis), _words(dx, axis)
+    src, dst = (None, None) if _serial(part.size) else (_words(part, axis), _words(dx, axis))
     if src is None or dst is None:
         dx[_index(dx.ndim, axis, slice(start, start + part.shape[axis]))] = part
     else:

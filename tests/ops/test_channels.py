@@ -35,7 +35,16 @@ def same_bits(a, b):
 
 
 SHAPES = [((2, 6, 5, 5), 1), ((2, 5, 5, 6), 3), ((3, 6), 1), ((2, 6, 3, 2, 2), 1),
-          ((1, 6, 70, 70), 1), ((4, 9, 9, 6), 3), ((0, 6, 3), 1)]
+          ((1, 6, 70, 70), 1), ((4, 9, 9, 6), 3), ((0, 6, 3), 1), ((2, 6, 40, 40), 1)]
+
+
+@pytest.fixture(autouse=True, params=["numpy-ranges", "kernel-ranges"])
+def route(request, monkeypatch):
+    """Every test twice: small whole-range copies by NumPy, as shipped, and every copy by
+    the kernel (channels.NUMPY_RANGE_BELOW set to 0)."""
+    if request.param == "kernel-ranges":
+        monkeypatch.setattr(channels, "NUMPY_RANGE_BELOW", 0)
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
