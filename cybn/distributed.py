@@ -247,9 +247,9 @@ class SyncBatchNorm(_BatchNorm):
                                          axis=axis)
         if not self.frozen:
             if self.scale:
-                self.weight.grad += (sum_dy_xmu * invstd).astype(self.weight.grad.dtype)
+                self.weight.accumulate((sum_dy_xmu * invstd).astype(self.weight.grad.dtype))
             if self.center:
-                self.bias.grad += sum_dy.astype(self.bias.grad.dtype)
+                self.bias.accumulate(sum_dy.astype(self.bias.grad.dtype))
         return dx
 
 

@@ -308,9 +308,9 @@ class _BatchNorm(Module):
                                           residual=s.residual, mask=s.mask)
         if not self.frozen:
             if self.scale:
-                self.weight.grad += grads[1]
+                self.weight.accumulate(grads[1])
             if self.center:
-                self.bias.grad += grads[2]
+                self.bias.accumulate(grads[2])
         return grads[0] if s.residual is None else (grads[0], grads[3])
 
 

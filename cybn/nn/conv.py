@@ -241,9 +241,9 @@ class Conv2d(Module):
         dy2 = dyh.reshape(n * ho * wo, out)
         if self.bias is not None:
             ones = np.ones((1, len(dy2)), dy2.dtype)
-            self.bias.grad += _matmul.matmul_sum(ones, dy2)[0]
+            self.bias.accumulate(_matmul.matmul_sum(ones, dy2)[0])
         # (out, kh, kw, cin) -> (out, cin, kh, kw) with the compiled transpose, then added
-        self.weight.grad += to_channels_first(dw.reshape(out, kh, kw, cin))
+        self.weight.accumulate(to_channels_first(dw.reshape(out, kh, kw, cin)))
         if not input_grad:
             return None
         (dh, dw_), (ph, pw) = self.dilation, self.padding
@@ -266,9 +266,9 @@ class Conv2d(Module):
         """The channels-first dense backward from the forward's input x."""
         dy = np.ascontiguousarray(dy, dtype=x.dtype)
         geometry = (self.stride, self.padding, self.dilation)
-        self.weight.grad += conv_planes_weight_grad(dy, x, self.kernel_size, *geometry)
+        self.weight.accumulate(conv_planes_weight_grad(dy, x, self.kernel_size, *geometry))
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 2, 3))
+            self.bias.accumulate(dy.sum(axis=(0, 2, 3)))
         if not input_grad:
             return None
         return conv_planes_input_grad(dy, self.weight.data, x.shape, *geometry)
@@ -338,9 +338,9 @@ class Conv2d(Module):
             (sh, sw), (r, q) = self.stride, (i * self.dilation[0], j * self.dilation[1])
             dxp[:, r:r + sh * (ho - 1) + 1:sh, q:q + sw * (wo - 1) + 1:sw, :] += \
                 (dy5 * wd[:, :, i, j]).sum(axis=-1)
-        self.weight.grad += dw.reshape(self.weight.data.shape)
+        self.weight.accumulate(dw.reshape(self.weight.data.shape))
         if self.bias is not None:
-            self.bias.grad += dyh.reshape(-1, self.out_channels).sum(axis=0)
+            self.bias.accumulate(dyh.reshape(-1, self.out_channels).sum(axis=0))
         ph, pw = self.padding
         dx = dxp[:, ph:xh.shape[1] - ph, pw:xh.shape[2] - pw, :]
         return np.ascontiguousarray(dx if self.channels_last else dx.transpose(0, 3, 1, 2))
@@ -349,9 +349,9 @@ class Conv2d(Module):
         dy = np.asarray(dy)
         dx, dw = depthwise_backward(x, self.weight.data, dy, self.stride, self.padding,
                                     self.dilation, self.channels_last)
-        self.weight.grad += dw
+        self.weight.accumulate(dw)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 1, 2) if self.channels_last else (0, 2, 3))
+            self.bias.accumulate(dy.sum(axis=(0, 1, 2) if self.channels_last else (0, 2, 3)))
         return dx
 
     def _backward_route(self, record: tuple, dy):
@@ -380,9 +380,9 @@ class Conv2d(Module):
             dy_t = dy3.transpose(1, 0, 2)                           # (G, M, out // G)
             dw_g = np.matmul(dy_t.transpose(0, 2, 1), cols.transpose(1, 0, 2))
             dcols = np.matmul(dy_t, wg).transpose(1, 0, 2)          # (M, G, K)
-        self.weight.grad += dw_g.reshape(self.weight.data.shape)
+        self.weight.accumulate(dw_g.reshape(self.weight.data.shape))
         if self.bias is not None:
-            self.bias.grad += dy3.reshape(n * ho * wo, -1).sum(axis=0)
+            self.bias.accumulate(dy3.reshape(n * ho * wo, -1).sum(axis=0))
         dcols = dcols.reshape(n, ho, wo, c, kh, kw)
         dxp = np.zeros(padded_shape, dtype=dcols.dtype)
         for i in range(kh):

@@ -68,7 +68,7 @@ class Linear(Module):
                                                              self.out_features))
         if fused is not None:  # through the fused activation, into a reused buffer
             dy = _matmul.activation_grad(*fused, dy, self._workspace)
-        self.weight.grad += _matmul.matmul_sum(dy.T, x)
+        self.weight.accumulate(_matmul.matmul_sum(dy.T, x))
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            self.bias.accumulate(dy.sum(axis=0))
         return _matmul.matmul(dy, self.weight.data) if input_grad else None

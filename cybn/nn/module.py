@@ -50,7 +50,8 @@ class Parameter:
 
     def __init__(self, data, decay: bool = True):
         self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self._grad = np.zeros_like(self.data)
+        self._grad_stale = False  # True: _grad's values are to be read as zeros
         self.decay = decay
         self.requires_grad = True
 
@@ -58,8 +59,41 @@ class Parameter:
     def shape(self) -> tuple:
         return self.data.shape
 
+    @property
+    def grad(self) -> np.ndarray:
+        """The accumulated gradient (zeros after :meth:`zero_grad`)."""
+        if self._grad_stale:
+            self._grad.fill(0)
+            self._grad_stale = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = value
+        self._grad_stale = False
+
     def zero_grad(self) -> None:
-        self.grad.fill(0)
+        """Zero the gradient. The zeros are written only when the gradient is read before a
+        backward adds to it: the first :meth:`accumulate` after this writes its values
+        instead (a pass over the parameter fewer each way, which was 10% of a batch-1
+        ResNet-18 training step)."""
+        self._grad_stale = True
+
+    def accumulate(self, g) -> None:
+        """grad += g (g broadcast to grad's shape, cast to its dtype as ``+=`` casts), as
+        a backward adds a parameter's gradient."""
+        if self._grad_stale:
+            np.copyto(self._grad, g, casting="same_kind")
+            self._grad_stale = False
+        else:
+            np.add(self._grad, g, out=self._grad, casting="same_kind")
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        if "grad" in state:  # pickled before the gradient was zeroed lazily
+            state["_grad"] = state.pop("grad")
+        state.setdefault("_grad_stale", False)
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"

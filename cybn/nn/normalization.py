@@ -38,7 +38,7 @@ def _input_shape(saved: tuple) -> tuple:
 
 def _accumulate(param, grad) -> None:
     if param is not None:
-        param.grad += grad
+        param.accumulate(grad)
 
 
 def _data(param):

@@ -1,7 +1,9 @@
 """Layers: finite-difference gradients, agreement with the functional API, running statistics,
 train/eval, state_dict round trips and PyTorch-produced state."""
 
+import copy
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -313,3 +315,48 @@ def test_fit_regression_and_divergence_flag():
     hist = cybn.fit(model, X * 1e3, target, loss="mse", epochs=30, batch_size=16,
                     progress=False, optimizer=cybn.SGD(model.parameters(), lr=10.0))
     assert hist["diverged"] and len(hist["loss"]) < 30
+
+
+def test_zero_grad_reads_as_zeros_and_the_next_backward_writes_its_gradient():
+    """zero_grad defers its zeros: a read sees zeros, the first accumulate writes its values
+    (the same as adding to zeros), later ones add; copies and pickles keep that state, and
+    a Parameter pickled with a plain ``grad`` attribute still loads."""
+    p = cybn.Parameter(np.ones(3, np.float32))
+    p.accumulate(np.array([1.0, 2.0, 3.0]))
+    p.accumulate(np.float32(1.0))  # broadcast, like +=
+    np.testing.assert_array_equal(p.grad, [2, 3, 4])
+    p.zero_grad()
+    clone = pickle.loads(pickle.dumps(p))
+    np.testing.assert_array_equal(clone.grad, [0, 0, 0])
+    p.accumulate(np.array([5.0, -1.0, 0.5]))
+    np.testing.assert_array_equal(p.grad, [5, -1, 0.5])
+    assert p.grad.dtype == np.float32
+    p.zero_grad()
+    np.testing.assert_array_equal(copy.deepcopy(p).grad, 0)
+    np.testing.assert_array_equal(p.grad, 0)  # read: zeros; the next accumulate adds
+    p.accumulate(np.array([1.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(p.grad, 1)
+    with pytest.raises(TypeError):  # complex into float32, refused as += refuses it
+        p.accumulate(np.ones(3, np.complex64))
+    old = cybn.Parameter.__new__(cybn.Parameter)
+    old.__setstate__({"data": np.zeros(2), "grad": np.array([1.0, 2.0]), "decay": True,
+                      "requires_grad": True})
+    np.testing.assert_array_equal(old.grad, [1, 2])
+
+
+def test_a_layer_after_zero_grad_gets_the_gradient_of_one_backward():
+    rng = np.random.default_rng(0)
+    layer = cybn.Conv2d(3, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, 3, 5, 5))
+    dy = rng.standard_normal((2, 4, 5, 5))
+    layer(x)
+    layer.backward(dy)
+    once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer(x)
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once[0], rtol=1e-12)
+    layer.zero_grad()
+    layer(x)
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.weight.grad, once[0])
+    np.testing.assert_array_equal(layer.bias.grad, once[1])
