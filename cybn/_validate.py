@@ -283,7 +283,8 @@ def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
     if not np.may_share_memory(a, b):
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]  # stub: -1, 0 only
+        # the stub accepts only -1 and 0 for max_work
+        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]
     except TooHardError:  # too costly to decide exactly: treat as overlapping
         return True
 

@@ -493,7 +493,8 @@ class _Reader:
         # channel shuffle: (N, g, C / g, H, W) -> transposed (0, 2, 1, 3, 4) -> (N, C, H, W)
         tr = self.only_consumer(n.output[0])
         back = None if tr is None else self.only_consumer(tr.output[0])
-        if len(shape) == 5 and shape[1] and rank == 4 and tr is not None and tr.op_type == "Transpose" \
+        if len(shape) == 5 and shape[1] and rank == 4 and tr is not None \
+                and tr.op_type == "Transpose" \
                 and list(self.attrs(tr).get("perm", [])) == [0, 2, 1, 3, 4] \
                 and back is not None and back.op_type == "Reshape":
             return nn.ChannelShuffle(shape[1], channels_last=self.cl), back.output[0], 4

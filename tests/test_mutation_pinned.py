@@ -1,5 +1,6 @@
 """Behaviours no test pinned down before (a mutation run, tools/mutation.py, let a plausible
-one-line bug through for each). Every assertion compares against the float64 reference or exact values."""
+one-line bug through for each). Every assertion compares against the float64 reference or
+exact values."""
 
 import numpy as np
 import pytest

@@ -108,7 +108,8 @@ def shuffle_like(cl):
 
 def se_like(cl):
     return cybn.Sequential(
-        cybn.Conv2d(3, 16, 3, 2, 1, channels_last=cl, rng=0), cybn.BatchNorm2d(16, channels_last=cl),
+        cybn.Conv2d(3, 16, 3, 2, 1, channels_last=cl, rng=0),
+        cybn.BatchNorm2d(16, channels_last=cl),
         cybn.Hardswish(), cybn.SqueezeExcitation(16, 8, scale_activation="hardsigmoid",
                                                  channels_last=cl, rng=1),
         cybn.SiLU(), cybn.Conv2d(16, 8, 1, channels_last=cl, rng=2), cybn.LeakyReLU(0.1),

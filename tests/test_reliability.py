@@ -147,8 +147,8 @@ def test_property_every_op_matches_reference(problem):
     cond = 1.0
     if not constant.all():
         cond = float(np.max(np.abs(x)) / np.sqrt(np.min(v_ref[~constant])))
-        np.testing.assert_allclose(v[~constant], v_ref[~constant], rtol=stat_rtol(x.dtype, 1e-9) + 1e-15 * cond,
-                                   atol=1e-20)
+        np.testing.assert_allclose(v[~constant], v_ref[~constant],
+                                   rtol=stat_rtol(x.dtype, 1e-9) + 1e-15 * cond, atol=1e-20)
     yi = cybn.batch_norm_infer(x, m_ref, v_ref + 1.0, w, b, axis=axis)
     assert_close(yi, ref.infer(x, m_ref, v_ref + 1.0, w, b, axis=axis), x.dtype)
     if n < 2:

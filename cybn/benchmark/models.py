@@ -24,8 +24,8 @@ from .timing import interleaved_medians, print_header, suite_start
 
 
 def small_cnn(channels_last: bool, rng) -> Sequential:
-    """The 32x32 CNN of the whole-network benchmark: Conv 3->32, BN, ReLU, MaxPool 2, Conv 32->64, BN, ReLU,
-    MaxPool 2, Linear 4096->10."""
+    """The 32x32 CNN of the whole-network benchmark: Conv 3->32, BN, ReLU, MaxPool 2,
+    Conv 32->64, BN, ReLU, MaxPool 2, Linear 4096->10."""
     cl = channels_last
     return Sequential(
         Conv2d(3, 32, 3, padding=1, channels_last=cl, rng=rng), BatchNorm2d(32, channels_last=cl),

@@ -77,7 +77,8 @@ def torch_runner(op, x, axis, w, b, rm, rv, dy, mean, invstd):
     # Forward ops write into preallocated tensors (native_batch_norm.out): PyTorch's own
     # allocation of a large output page-faults, which would cost it up to milliseconds a call.
     native_out = torch.ops.aten.native_batch_norm.out
-    out, save_mean, save_invstd = torch.empty_like(tx), tw.new_empty(tw.shape), tw.new_empty(tw.shape)
+    out = torch.empty_like(tx)
+    save_mean, save_invstd = tw.new_empty(tw.shape), tw.new_empty(tw.shape)
     if op in ("infer", "train"):
         training = op == "train"
         return lambda: native_out(tx, tw, tb, trm, trv, training, 0.1, 1e-5, out=out,
@@ -119,12 +120,13 @@ def run(shapes=None, dtypes=("float32",), layouts=("NCHW", "NHWC"), repeats: int
                 flat_x, flat_out = x.reshape(-1), out.reshape(-1)
                 for op in OPS:
                     if op == "infer":
-                        fn = lambda: F.batch_norm_infer(x, rm, rv, w, b, axis=axis, out=out)  # noqa: E731
+                        fn = lambda: F.batch_norm_infer(x, rm, rv, w, b, axis=axis,  # noqa: E731
+                                                        out=out)
                     elif op == "train":
                         fn = lambda: F.batch_norm_train(x, w, b, axis=axis, out=out)  # noqa: E731
                     else:
-                        fn = lambda: F.batch_norm_backward(dy, x, w, mean, invstd, axis=axis,  # noqa: E731
-                                                           out=out)
+                        fn = lambda: F.batch_norm_backward(  # noqa: E731
+                            dy, x, w, mean, invstd, axis=axis, out=out)
                     contenders = {
                         "copy": lambda: _kernels.parallel_copy(flat_x, flat_out, threads),
                         "cybn": fn,

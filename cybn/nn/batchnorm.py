@@ -128,16 +128,21 @@ class _BatchNorm(Module):
         affine = (f"affine={self.affine}" if self.center == self.scale else
                   f"center={self.center}, scale={self.scale}")
         conv = get_convention(self.convention)
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"{affine}, track_running_stats={self.track_running_stats}"
-                f"{', channels_last=True' if self.channels_last else ''}"
-                f"{', activation=' + repr(self.activation) if self.activation else ''}"
-                f"{', convention=' + repr(self.convention) if self.convention != 'torch' else ''}"
-                f"{', running_variance=' + repr(self.running_variance) if self.running_variance != conv.running_variance else ''}"
-                f"{', on_degenerate=' + repr(self.on_degenerate) if self.on_degenerate != 'raise' else ''}"
-                f"{', renorm=True' if self.renorm else ''}"
-                f"{', ghost_batch_size=' + str(self.ghost_batch_size) if self.ghost_batch_size else ''}"
-                f"{', frozen=True' if self.frozen else ''}")
+        parts = [f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                 f"{affine}, track_running_stats={self.track_running_stats}"]
+        # the settings that differ from their defaults, in this order
+        optional = [("channels_last", self.channels_last, False),
+                    ("activation", self.activation, None),
+                    ("convention", self.convention, "torch"),
+                    ("running_variance", self.running_variance, conv.running_variance),
+                    ("on_degenerate", self.on_degenerate, "raise"),
+                    ("renorm", self.renorm, False),
+                    ("ghost_batch_size", self.ghost_batch_size, None),
+                    ("frozen", self.frozen, False)]
+        for name, value, default in optional:
+            if value != default and value:
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
 
     def renorm_limits(self) -> tuple:
         """(rmax, dmax) for the next training step: the schedule's at step

@@ -42,8 +42,9 @@ class Conv2d(Module):
 
     ``activation="relu"`` (or ``"relu6"``) applies ReLU (ReLU6) to the output inside the
     convolution's products, while each tile is in registers (or each sample in the cache):
-    the same numbers as a :class:`ReLU` (:class:`ReLU6`) layer after it, in one pass fewer. :func:`cybn.fold_batchnorm` and
-    :func:`cybn.fuse` produce such layers from Conv2d, BatchNorm2d and ReLU. The backward
+    the same numbers as a :class:`ReLU` (:class:`ReLU6`) layer after it, in one pass fewer.
+    :func:`cybn.fold_batchnorm` and :func:`cybn.fuse` produce such layers from Conv2d,
+    BatchNorm2d and ReLU. The backward
     reads the output the forward returned (to find where the ReLU cut), so that array must
     not be changed in place before it.
     """

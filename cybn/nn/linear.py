@@ -18,8 +18,9 @@ class Linear(Module):
 
     Initialized like PyTorch: uniform in +-1/sqrt(in_features). ``rng`` is a seed or a
     numpy Generator. ``activation="relu"`` (or ``"relu6"``) applies ReLU (ReLU6) inside the
-    product's epilogue (the numbers of a :class:`ReLU` or :class:`ReLU6` layer after it; :func:`cybn.fold_batchnorm` and
-    :func:`cybn.fuse` produce such layers); the backward then reads the returned output,
+    product's epilogue (the numbers of a :class:`ReLU` or :class:`ReLU6` layer after it;
+    :func:`cybn.fold_batchnorm` and :func:`cybn.fuse` produce such layers); the backward
+    then reads the returned output,
     which must not be changed in place before it.
     """
 

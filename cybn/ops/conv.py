@@ -170,8 +170,8 @@ def conv_planes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stri
     """The dense convolution of channels-first x (N, C, H, W) with weight (out, C, kh, kw)
     (+ bias), by products with the columns packed straight from x (no column matrix); then
     + residual (the output's shape and dtype, C-contiguous) and the activation act
-    (_matmul.ACTIVATIONS) on each sample while it is in the cache. A strided 1x1 convolution without padding is the stride-1 one of x's
-    sampled pixels."""
+    (_matmul.ACTIVATIONS) on each sample while it is in the cache. A strided 1x1
+    convolution without padding is the stride-1 one of x's sampled pixels."""
     if _strided_pointwise(weight.shape, stride, padding):
         return conv_planes(x[:, :, ::stride[0], ::stride[1]], weight, bias, (1, 1), (0, 0),
                            (1, 1), residual, act)

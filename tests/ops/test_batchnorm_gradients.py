@@ -38,7 +38,10 @@ def test_inference_gradient_matches_finite_differences(shape, axis):
     eps = 1e-5
     invstd = 1 / np.sqrt(rv + eps)
     dx, dw, db = cybn.batch_norm_backward(g, x, w, rm, invstd, training=False, axis=axis)
-    f = lambda: float(np.sum(cybn.batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis) * g))  # noqa: E731
+
+    def f():
+        return float(np.sum(cybn.batch_norm_infer(x, rm, rv, w, b, eps=eps, axis=axis) * g))
+
     np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dw, numeric_grad(f, w), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(db, numeric_grad(f, b), rtol=1e-6, atol=1e-8)
