@@ -118,11 +118,6 @@ class ChannelSlice(Module):
     def extra_repr(self) -> str:
         return f"start={self.start}, stop={self.stop}"
 
-    def _index(self, ndim: int, axis: int) -> tuple:
-        index = [slice(None)] * ndim
-        index[axis] = slice(self.start, self.stop)
-        return tuple(index)
-
     def forward(self, x):
         x = np.asarray(x)
         axis = _channel_axis(x, self.channels_last, "ChannelSlice")
